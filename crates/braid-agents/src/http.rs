@@ -1,0 +1,314 @@
+//! The `http` agent: POSTs the agent's reads as JSON to a service and
+//! takes a JSON object of writes back.
+//!
+//! Settings: `url` (required), `headers` (values may use `${VAR}` from the
+//! environment; a missing variable is a load-time error, so secrets never
+//! live in pipeline files), `http_retries` (default 2: connect errors, 429
+//! and 5xx are tried again with backoff, honouring `Retry-After`), and
+//! `request_timeout` (default: none beyond the agent's own `timeout`).
+
+use std::time::Duration;
+
+use braid_core::AgentConfig;
+use braid_core::agent::{Agent, AgentError, AgentInput, Reads, Writes};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Longest wait a `Retry-After` may ask for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub struct HttpAgent {
+    url: reqwest::Url,
+    headers: HeaderMap,
+    retries: u32,
+    request_timeout: Option<Duration>,
+}
+
+/// Replaces each `${NAME}` with the environment variable NAME.
+pub fn expand_env(text: &str, what: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{what}: `${{` without a closing `}}`"))?;
+        let name = &after[..end];
+        let value = std::env::var(name)
+            .map_err(|_| format!("{what} uses ${{{name}}}, which is not set in the environment"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Builds an `http` agent from its settings (the kind's factory).
+pub fn build(config: &AgentConfig<'_>) -> Result<std::sync::Arc<dyn Agent>, String> {
+    const KEYS: &[&str] = &["url", "headers", "http_retries", "request_timeout"];
+    if let Some(unknown) = config.settings.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown key `{unknown}` for an `http` agent; expected one of: {}",
+            KEYS.join(", ")
+        ));
+    }
+    let url = config
+        .settings
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or("an `http` agent needs `url: http(s)://…`")?;
+    let url = expand_env(url, "`url`")?;
+    let url = reqwest::Url::parse(&url).map_err(|e| format!("`url`: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "`url` must be http or https, not `{}`",
+            url.scheme()
+        ));
+    }
+    let mut headers = HeaderMap::new();
+    if let Some(given) = config.settings.get("headers") {
+        let given = given
+            .as_object()
+            .ok_or("`headers` must map header names to values")?;
+        for (name, value) in given {
+            let value = value
+                .as_str()
+                .ok_or_else(|| format!("header `{name}` must be a string"))?;
+            let value = expand_env(value, &format!("header `{name}`"))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("header name `{name}`: {e}"))?;
+            let mut value =
+                HeaderValue::from_str(&value).map_err(|e| format!("header `{name}`: {e}"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+    }
+    let retries = match config.settings.get("http_retries") {
+        None => 2,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or("`http_retries` must be a whole number")?,
+    };
+    let request_timeout = match config.settings.get("request_timeout") {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|s| humantime::parse_duration(s).ok())
+                .ok_or("`request_timeout` must be a duration like 10s")?,
+        ),
+    };
+    Ok(std::sync::Arc::new(HttpAgent {
+        url,
+        headers,
+        retries,
+        request_timeout,
+    }))
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    agent: &'a str,
+    run_id: &'a str,
+    attempt: u32,
+    state: &'a Reads,
+}
+
+/// Whether a response status is worth another try.
+fn transient(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// The delay before transport retry `n` (1-based): the server's
+/// `Retry-After` if it gave one, else 200 ms doubling, with jitter.
+fn delay(n: u32, retry_after: Option<Duration>) -> Duration {
+    if let Some(asked) = retry_after {
+        return asked.min(MAX_RETRY_AFTER);
+    }
+    let base = Duration::from_millis(200) * (1 << (n - 1).min(8));
+    base / 2 + (base / 2).mul_f64(fastrand::f64())
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    if text.chars().count() > 300 {
+        format!("{}…", text.chars().take(300).collect::<String>())
+    } else {
+        text.to_owned()
+    }
+}
+
+#[async_trait::async_trait]
+impl Agent for HttpAgent {
+    async fn call(&self, input: &AgentInput) -> Result<Writes, AgentError> {
+        let body = serde_json::to_vec(&Request {
+            agent: &input.agent,
+            run_id: &input.run_id,
+            attempt: input.attempt,
+            state: &input.reads,
+        })
+        .map_err(|e| AgentError::Other(format!("cannot encode the request: {e}")))?;
+        let text = post(
+            &self.url,
+            &self.headers,
+            body,
+            self.retries,
+            self.request_timeout,
+        )
+        .await?;
+        match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(writes)) => Ok(writes),
+            Ok(_) | Err(_) => Err(AgentError::Output(format!(
+                "{} must answer with one JSON object of writes; got: {}",
+                self.url,
+                excerpt(&text)
+            ))),
+        }
+    }
+}
+
+/// POSTs a JSON `body` through the shared client and returns the answer's
+/// text. Connect errors, timeouts, 429 and 5xx are tried again up to
+/// `retries` times, waiting as `Retry-After` asks or with backoff.
+pub(crate) async fn post(
+    url: &reqwest::Url,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+    retries: u32,
+    timeout: Option<Duration>,
+) -> Result<String, AgentError> {
+    let (response, _slot) = send(url, headers, body, retries, timeout).await?;
+    response
+        .text()
+        .await
+        .map_err(|e| AgentError::Other(format!("reading the answer from {url}: {e}")))
+}
+
+/// Like [`post`], but hands each line of the answer to `on_line` as it
+/// arrives (for streamed answers); retries happen only before the first byte.
+pub(crate) async fn post_lines(
+    url: &reqwest::Url,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+    retries: u32,
+    mut on_line: impl FnMut(&str),
+) -> Result<(), AgentError> {
+    let (mut response, _slot) = send(url, headers, body, retries, None).await?;
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let chunk = response
+            .chunk()
+            .await
+            .map_err(|e| AgentError::Other(format!("reading the answer from {url}: {e}")))?;
+        let Some(chunk) = chunk else { break };
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            on_line(String::from_utf8_lossy(&line).trim_end());
+        }
+    }
+    if !pending.is_empty() {
+        on_line(String::from_utf8_lossy(&pending).trim_end());
+    }
+    Ok(())
+}
+
+/// Sends until a success status (with retries), holding the host's slot
+/// while the caller reads the body: the connection is busy until then.
+async fn send(
+    url: &reqwest::Url,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+    retries: u32,
+    timeout: Option<Duration>,
+) -> Result<(reqwest::Response, tokio::sync::OwnedSemaphorePermit), AgentError> {
+    let host = format!(
+        "{}:{}",
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    );
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        let mut request = crate::client()
+            .post(url.clone())
+            .headers(headers.clone())
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(limit) = timeout {
+            request = request.timeout(limit);
+        }
+        let slot = crate::host_slot(&host).await;
+        let (wait, failure) = match request.send().await {
+            Ok(response) if response.status().is_success() => return Ok((response, slot)),
+            Ok(response) => {
+                let status = response.status();
+                let wait = retry_after(response.headers());
+                let text = response.text().await.unwrap_or_default();
+                let failure =
+                    AgentError::Other(format!("HTTP {status} from {url}: {}", excerpt(&text)));
+                if !transient(status) {
+                    return Err(failure);
+                }
+                (wait, failure)
+            }
+            Err(err) if err.is_connect() || err.is_timeout() => (
+                None,
+                AgentError::Other(format!("cannot reach {url}: {err}")),
+            ),
+            Err(err) => {
+                return Err(AgentError::Other(format!("request to {url} failed: {err}")));
+            }
+        };
+        drop(slot);
+        if tried > retries {
+            return Err(failure);
+        }
+        tokio::time::sleep(delay(tried, wait)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_variables_are_expanded_or_named_when_missing() {
+        // SAFETY-free: the test only reads variables it knows are set.
+        let home = std::env::var("HOME").unwrap_or_default();
+        assert_eq!(
+            expand_env("at ${HOME}!", "x").unwrap(),
+            format!("at {home}!")
+        );
+        let err =
+            expand_env("Bearer ${BRAID_SURELY_UNSET_VAR}", "header `Authorization`").unwrap_err();
+        assert!(
+            err.contains("header `Authorization` uses ${BRAID_SURELY_UNSET_VAR}, which is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        assert_eq!(
+            delay(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(delay(1, Some(Duration::from_secs(600))), MAX_RETRY_AFTER);
+        let d = delay(2, None);
+        assert!(
+            d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+            "{d:?}"
+        );
+    }
+}

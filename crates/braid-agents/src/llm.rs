@@ -1,0 +1,361 @@
+//! The `llm` agent: one chat completion from any OpenAI-compatible
+//! endpoint (OpenAI, vLLM, Ollama, llama.cpp's server).
+//!
+//! ```yaml
+//!   summarise:
+//!     kind: llm
+//!     endpoint: http://127.0.0.1:8080/v1    # or BRAID_LLM_URL; /chat/completions is added
+//!     model: qwen2.5-7b-instruct
+//!     api_key_env: OPENAI_API_KEY           # optional: the variable holding the key
+//!     system: You are a terse analyst.
+//!     prompt: "Summarise for {{ audience }}: {{ findings | tojson }}"   # minijinja, over the reads
+//!     output: json                          # or text (the default)
+//!     schema: { type: object, required: [summary], properties: { summary: { type: string } } }
+//!     temperature: 0.2
+//!     max_tokens: 400
+//!     requests_per_minute: 60               # shared by every agent calling this endpoint
+//!     reads: [findings, audience]
+//!     writes: [summary]
+//! ```
+//!
+//! With `output: text` the answer goes to the one declared write. With
+//! `output: json` the answer must be JSON: with one declared write it goes
+//! there whole; with several it must be an object holding each. A `schema`
+//! is checked, and on a mismatch the model is asked once more, shown what
+//! was wrong; a second miss fails the agent with the model's answer in the
+//! error. Token usage is recorded per agent and per run. When the run asked
+//! for `full` events the answer streams into the event stream as it comes.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use braid_core::AgentConfig;
+use braid_core::agent::{Agent, AgentError, AgentInput, Writes};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+
+use crate::http::{self, expand_env};
+
+/// How the answer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// See the [module docs](self).
+pub struct LlmAgent {
+    url: reqwest::Url,
+    headers: HeaderMap,
+    model: String,
+    templates: minijinja::Environment<'static>,
+    has_system: bool,
+    output: Output,
+    schema: Option<Arc<jsonschema::Validator>>,
+    temperature: Option<f64>,
+    max_tokens: Option<u64>,
+    writes: Vec<String>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+impl std::fmt::Debug for LlmAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmAgent")
+            .field("url", &self.url.as_str())
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+const KEYS: &[&str] = &[
+    "endpoint",
+    "model",
+    "api_key_env",
+    "system",
+    "prompt",
+    "output",
+    "schema",
+    "temperature",
+    "max_tokens",
+    "requests_per_minute",
+];
+
+/// One rate limiter per endpoint, shared by every agent that calls it.
+fn limiter(endpoint: &str, per_minute: NonZeroU32) -> Arc<DefaultDirectRateLimiter> {
+    static LIMITERS: OnceLock<Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>> =
+        OnceLock::new();
+    LIMITERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(format!("{endpoint}#{per_minute}"))
+        .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_minute(per_minute))))
+        .clone()
+}
+
+/// Builds an `llm` agent from its settings (the kind's factory).
+pub fn build(config: &AgentConfig<'_>) -> Result<Arc<dyn Agent>, String> {
+    let settings = config.settings;
+    if let Some(unknown) = settings.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown key `{unknown}` for an `llm` agent; expected one of: {}",
+            KEYS.join(", ")
+        ));
+    }
+    let text = |key: &str| settings.get(key).and_then(Value::as_str).map(str::to_owned);
+    let endpoint = match text("endpoint") {
+        Some(e) => expand_env(&e, "`endpoint`")?,
+        None => std::env::var("BRAID_LLM_URL").map_err(|_| {
+            "an `llm` agent needs `endpoint: http(s)://HOST/v1` (or BRAID_LLM_URL in the environment)"
+                .to_owned()
+        })?,
+    };
+    let base = endpoint.trim_end_matches('/');
+    let url = if base.ends_with("/chat/completions") {
+        base.to_owned()
+    } else {
+        format!("{base}/chat/completions")
+    };
+    let url = reqwest::Url::parse(&url).map_err(|e| format!("`endpoint`: {e}"))?;
+    let model = text("model").ok_or("an `llm` agent needs `model: NAME`")?;
+    let mut headers = HeaderMap::new();
+    if let Some(var) = text("api_key_env") {
+        let key = std::env::var(&var).map_err(|_| {
+            format!("`api_key_env: {var}`, but {var} is not set in the environment")
+        })?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|e| format!("the key in {var}: {e}"))?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    let prompt = text("prompt").ok_or("an `llm` agent needs `prompt: TEMPLATE`")?;
+    let mut templates = minijinja::Environment::new();
+    templates
+        .add_template_owned("prompt", prompt)
+        .map_err(|e| format!("`prompt` is not a valid template: {e}"))?;
+    let has_system = match text("system") {
+        Some(system) => {
+            templates
+                .add_template_owned("system", system)
+                .map_err(|e| format!("`system` is not a valid template: {e}"))?;
+            true
+        }
+        None => false,
+    };
+    let output = match text("output").as_deref() {
+        None | Some("text") => Output::Text,
+        Some("json") => Output::Json,
+        Some(other) => return Err(format!("`output` must be `text` or `json`, not `{other}`")),
+    };
+    let writes = config.writes.clone();
+    if output == Output::Text && writes.len() != 1 {
+        return Err(format!(
+            "with `output: text` an `llm` agent writes exactly one field; it declares {}",
+            writes.len()
+        ));
+    }
+    let schema = match settings.get("schema") {
+        None => None,
+        Some(_) if output == Output::Text => {
+            return Err("`schema` needs `output: json`".to_owned());
+        }
+        Some(schema) => Some(Arc::new(
+            jsonschema::validator_for(schema).map_err(|e| format!("`schema`: {e}"))?,
+        )),
+    };
+    let number = |key: &str| settings.get(key).and_then(Value::as_f64);
+    let limiter = match settings.get("requests_per_minute") {
+        None => None,
+        Some(v) => {
+            let n = v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(NonZeroU32::new)
+                .ok_or("`requests_per_minute` must be a whole number of at least 1")?;
+            Some(limiter(url.as_str(), n))
+        }
+    };
+    Ok(Arc::new(LlmAgent {
+        url,
+        headers,
+        model,
+        templates,
+        has_system,
+        output,
+        schema,
+        temperature: number("temperature"),
+        max_tokens: settings.get("max_tokens").and_then(Value::as_u64),
+        writes,
+        limiter,
+    }))
+}
+
+impl LlmAgent {
+    fn render(&self, name: &str, input: &AgentInput) -> Result<String, AgentError> {
+        let context: serde_json::Map<String, Value> = input
+            .reads
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect();
+        self.templates
+            .get_template(name)
+            .and_then(|t| t.render(Value::Object(context)))
+            .map_err(|e| AgentError::Other(format!("rendering `{name}`: {e}")))
+    }
+
+    /// One chat completion: the answer's text.
+    async fn complete(&self, input: &AgentInput, messages: &[Value]) -> Result<String, AgentError> {
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+        let stream = input.wants_progress();
+        let mut body = json!({"model": self.model, "messages": messages});
+        if let Some(t) = self.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(m) = self.max_tokens {
+            body["max_tokens"] = json!(m);
+        }
+        if self.output == Output::Json {
+            body["response_format"] = json!({"type": "json_object"});
+        }
+        if stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| AgentError::Other(format!("cannot encode the request: {e}")))?;
+        if stream {
+            return self.stream(input, body).await;
+        }
+        let text = http::post(&self.url, &self.headers, body, 2, None).await?;
+        let answer: Value = serde_json::from_str(&text).map_err(|e| {
+            AgentError::Output(format!(
+                "{} answered with something that is not JSON ({e})",
+                self.url
+            ))
+        })?;
+        if let Some(usage) = answer.get("usage") {
+            input.record_tokens(
+                usage["prompt_tokens"].as_u64().unwrap_or(0),
+                usage["completion_tokens"].as_u64().unwrap_or(0),
+            );
+        }
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                AgentError::Output(format!(
+                    "{} answered without choices[0].message.content: {}",
+                    self.url,
+                    answer.to_string().chars().take(300).collect::<String>()
+                ))
+            })
+    }
+
+    /// Reads a streamed answer (server-sent `data:` lines) as it arrives,
+    /// reporting the answer so far as the agent's progress.
+    async fn stream(&self, input: &AgentInput, body: Vec<u8>) -> Result<String, AgentError> {
+        let mut answer = String::new();
+        let mut done = false;
+        http::post_lines(&self.url, &self.headers, body, 2, |line| {
+            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                return;
+            };
+            if done || data == "[DONE]" {
+                done = true;
+                return;
+            }
+            let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                return;
+            };
+            if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
+                answer.push_str(delta);
+                input.log(&answer);
+            }
+            if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+                input.record_tokens(
+                    usage["prompt_tokens"].as_u64().unwrap_or(0),
+                    usage["completion_tokens"].as_u64().unwrap_or(0),
+                );
+            }
+        })
+        .await?;
+        Ok(answer)
+    }
+
+    /// The answer as the agent's writes, or what is wrong with it.
+    fn writes_of(&self, answer: &str) -> Result<Writes, String> {
+        if self.output == Output::Text {
+            let mut out = Writes::new();
+            out.insert(self.writes[0].clone(), json!(answer));
+            return Ok(out);
+        }
+        let value: Value = serde_json::from_str(strip_fences(answer))
+            .map_err(|e| format!("the answer is not JSON ({e})"))?;
+        if let Some(schema) = &self.schema {
+            let problems: Vec<String> = schema
+                .iter_errors(&value)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect();
+            if !problems.is_empty() {
+                return Err(format!(
+                    "the answer does not match the schema: {}",
+                    problems.join("; ")
+                ));
+            }
+        }
+        match (self.writes.len(), value) {
+            (1, value) => {
+                let mut out = Writes::new();
+                out.insert(self.writes[0].clone(), value);
+                Ok(out)
+            }
+            (_, Value::Object(map)) => Ok(map),
+            (n, _) => Err(format!(
+                "with {n} writes the answer must be a JSON object holding each"
+            )),
+        }
+    }
+}
+
+/// Models often wrap JSON in a Markdown code fence.
+fn strip_fences(text: &str) -> &str {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("```json")
+        .or_else(|| t.strip_prefix("```"))
+        .unwrap_or(t);
+    t.strip_suffix("```").unwrap_or(t).trim()
+}
+
+#[async_trait::async_trait]
+impl Agent for LlmAgent {
+    async fn call(&self, input: &AgentInput) -> Result<Writes, AgentError> {
+        let mut messages = Vec::new();
+        if self.has_system {
+            messages.push(json!({"role": "system", "content": self.render("system", input)?}));
+        }
+        messages.push(json!({"role": "user", "content": self.render("prompt", input)?}));
+        let answer = self.complete(input, &messages).await?;
+        let problem = match self.writes_of(&answer) {
+            Ok(writes) => return Ok(writes),
+            Err(problem) => problem,
+        };
+        // One re-ask, showing the model what was wrong.
+        messages.push(json!({"role": "assistant", "content": answer}));
+        messages.push(json!({
+            "role": "user",
+            "content": format!("{problem}. Answer again with only the JSON, nothing else."),
+        }));
+        let again = self.complete(input, &messages).await?;
+        self.writes_of(&again).map_err(|problem| {
+            AgentError::Output(format!(
+                "{problem}, after one re-ask; the model answered: {}",
+                again.chars().take(500).collect::<String>()
+            ))
+        })
+    }
+}

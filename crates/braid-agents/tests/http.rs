@@ -1,0 +1,288 @@
+//! The `http` agent against local stub services (axum on 127.0.0.1:0).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use braid_core::{AgentStatus, Pipeline, RunOptions};
+use serde_json::{Value, json};
+
+/// What the stub saw: how many requests, and from which client ports
+/// (one per TCP connection).
+#[derive(Default)]
+struct Seen {
+    requests: usize,
+    peers: HashSet<SocketAddr>,
+    headers: Vec<HeaderMap>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+/// Starts a stub whose handler gets (call number, request body).
+async fn stub<F>(respond: F) -> (String, Shared)
+where
+    F: Fn(usize, Value) -> axum::response::Response + Clone + Send + Sync + 'static,
+{
+    let seen: Shared = Arc::default();
+    let handler = {
+        let respond = respond.clone();
+        move |State(seen): State<Shared>,
+              ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              headers: HeaderMap,
+              Json(body): Json<Value>| {
+            let respond = respond.clone();
+            async move {
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.requests += 1;
+                    seen.peers.insert(peer);
+                    seen.headers.push(headers);
+                    seen.requests
+                };
+                respond(n, body)
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/agent", post(handler))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/agent", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    (url, seen)
+}
+
+fn pipeline(yaml: &str) -> Pipeline {
+    Pipeline::from_yaml_str_with(yaml, &braid_agents::kinds()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn run(pipeline: &Pipeline, input: Value) -> braid_core::RunReport {
+    let input = pipeline.check_input(&input).unwrap();
+    pipeline.run(input, RunOptions::default()).await
+}
+
+fn doubled(_: usize, body: Value) -> axum::response::Response {
+    let n = body["state"]["n"].as_i64().unwrap_or(0);
+    Json(json!({"doubled": n * 2})).into_response()
+}
+
+#[tokio::test]
+async fn posts_the_reads_and_takes_the_writes() {
+    let (url, seen) = stub(doubled).await;
+    let p = pipeline(&format!(
+        "pipeline: p\ninputs: {{ n: {{ type: integer }} }}\nagents:\n  svc: {{ kind: http, url: '{url}', headers: {{ X-Home: '${{HOME}}' }}, reads: [n], writes: [doubled] }}\n"
+    ));
+    let report = run(&p, json!({"n": 21})).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(*report.state["doubled"], json!(42));
+    let seen = seen.lock().unwrap();
+    let home = std::env::var("HOME").unwrap_or_default();
+    assert_eq!(
+        seen.headers[0]["x-home"],
+        home.as_str(),
+        "header filled from the environment"
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_retry_after_is_honoured() {
+    let (url, seen) = stub(|n, body| match n {
+        1 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            "slow down",
+        )
+            .into_response(),
+        2 => (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
+        _ => doubled(n, body),
+    })
+    .await;
+    let p = pipeline(&format!(
+        "pipeline: p\ninputs: {{ n: {{ type: integer }} }}\nagents:\n  svc: {{ kind: http, url: '{url}', reads: [n], writes: [doubled] }}\n"
+    ));
+    let started = Instant::now();
+    let report = run(&p, json!({"n": 2})).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured"
+    );
+    assert_eq!(seen.lock().unwrap().requests, 3);
+}
+
+#[tokio::test]
+async fn errors_say_what_the_service_did() {
+    let (bad_json, _) = stub(|_, _| "not json".into_response()).await;
+    let (refusing, _) =
+        stub(|_, _| (StatusCode::BAD_REQUEST, "no such thing").into_response()).await;
+    let (slow, _) = stub(|_, _| {
+        std::thread::sleep(Duration::from_millis(10));
+        doubled(0, json!({}))
+    })
+    .await;
+    // A port nothing listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/agent", listener.local_addr().unwrap())
+    };
+    let p = pipeline(&format!(
+        "pipeline: p
+on_failure: continue
+agents:
+  garbled: {{ kind: http, url: '{bad_json}', writes: [a] }}
+  refused: {{ kind: http, url: '{refusing}', writes: [b] }}
+  nobody:  {{ kind: http, url: '{closed}', http_retries: 1, writes: [c] }}
+  late:    {{ kind: http, url: '{slow}', request_timeout: 1ms, http_retries: 0, writes: [d] }}
+"
+    ));
+    let report = run(&p, json!({})).await;
+    let error = |a: &str| report.agents[a].error.clone().unwrap_or_default();
+    assert!(
+        error("garbled").contains("must answer with one JSON object of writes; got: not json"),
+        "{}",
+        error("garbled")
+    );
+    assert!(
+        error("refused").contains("HTTP 400 Bad Request")
+            && error("refused").contains("no such thing"),
+        "{}",
+        error("refused")
+    );
+    assert!(
+        error("nobody").contains("cannot reach"),
+        "{}",
+        error("nobody")
+    );
+    assert!(
+        error("late").contains("cannot reach") || error("late").contains("timed out"),
+        "{}",
+        error("late")
+    );
+    assert!(
+        report
+            .agents
+            .values()
+            .all(|a| a.status == AgentStatus::Failed)
+    );
+}
+
+#[test]
+fn settings_are_checked_when_the_pipeline_loads() {
+    let err = Pipeline::from_yaml_str_with(
+        "pipeline: p
+agents:
+  a: { kind: http, writes: [x] }
+  b: { kind: http, url: 'ftp://x', writes: [y] }
+  c: { kind: http, url: 'http://x', headers: { Authorization: 'Bearer ${BRAID_NO_SUCH_SECRET}' }, writes: [z] }
+  d: { kind: http, url: 'http://x', verb: GET, writes: [w] }
+",
+        &braid_agents::kinds(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("agent `a`: an `http` agent needs `url"),
+        "{err}"
+    );
+    assert!(
+        err.contains("agent `b`: `url` must be http or https"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "agent `c`: header `Authorization` uses ${BRAID_NO_SUCH_SECRET}, which is not set"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("agent `d`: unknown key `verb`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_parallel_calls_reuse_a_bounded_set_of_connections() {
+    // A service that takes 5 ms per call and counts how many calls it is
+    // serving at once, and from how many connections (client ports).
+    #[derive(Default)]
+    struct Load {
+        now: usize,
+        peak: usize,
+        requests: usize,
+        peers: HashSet<SocketAddr>,
+    }
+    let load: Arc<Mutex<Load>> = Arc::default();
+    let handler = |State(load): State<Arc<Mutex<Load>>>,
+                   ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                   Json(body): Json<Value>| async move {
+        {
+            let mut load = load.lock().unwrap();
+            load.now += 1;
+            load.peak = load.peak.max(load.now);
+            load.requests += 1;
+            load.peers.insert(peer);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        load.lock().unwrap().now -= 1;
+        // Each agent `aK` writes `fK`: answer with the field the caller declared.
+        let agent = body["agent"].as_str().unwrap_or("a0");
+        Json(json!({ format!("f{}", &agent[1..]): body["state"]["n"] }))
+    };
+    let app = axum::Router::new()
+        .route("/agent", post(handler))
+        .with_state(load.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/agent", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+
+    let mut yaml = String::from("pipeline: wide\ninputs: { n: { type: integer } }\nagents:\n");
+    for i in 0..20 {
+        yaml.push_str(&format!(
+            "  a{i}: {{ kind: http, url: '{url}', reads: [n], writes: [f{i}] }}\n"
+        ));
+    }
+    let p = Arc::new(pipeline(&yaml));
+    let mut runs = tokio::task::JoinSet::new();
+    for n in 0..10 {
+        let p = p.clone();
+        runs.spawn(async move { run(&p, json!({ "n": n })).await });
+    }
+    while let Some(report) = runs.join_next().await {
+        let report = report.unwrap();
+        assert!(report.status.is_success(), "{:?}", report.error);
+    }
+    let load = load.lock().unwrap();
+    assert_eq!(load.requests, 200);
+    let limit = braid_agents::ClientSettings::default().max_connections_per_host;
+    // The hard limit: never more calls in flight to one host than allowed.
+    assert!(
+        load.peak <= limit,
+        "{} calls in flight at once; the limit is {limit}",
+        load.peak
+    );
+    // Connections are reused. hyper hands a connection back to its pool a
+    // moment after the response is read, so a call that starts in that
+    // moment may open one more; it never approaches one per call.
+    assert!(
+        load.peers.len() <= limit + limit / 4,
+        "{} connections for 200 calls; the limit is {limit} in flight",
+        load.peers.len()
+    );
+}

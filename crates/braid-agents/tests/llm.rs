@@ -1,0 +1,313 @@
+//! The `llm` agent against a local stub of an OpenAI-compatible endpoint.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use braid_core::event::{EventKind, EventLevel, EventSink};
+use braid_core::{AgentStatus, Pipeline, RunOptions};
+use serde_json::{Value, json};
+
+type Requests = Arc<Mutex<Vec<Value>>>;
+
+/// A stub `/v1/chat/completions`; `answer(call number, request)` decides.
+async fn stub<F>(answer: F) -> (String, Requests)
+where
+    F: Fn(usize, &Value) -> axum::response::Response + Clone + Send + Sync + 'static,
+{
+    let requests: Requests = Arc::default();
+    let handler = move |State(requests): State<Requests>, Json(body): Json<Value>| {
+        let answer = answer.clone();
+        async move {
+            let n = {
+                let mut seen = requests.lock().unwrap();
+                seen.push(body.clone());
+                seen.len()
+            };
+            answer(n, &body)
+        }
+    };
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", post(handler))
+        .with_state(requests.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (endpoint, requests)
+}
+
+fn completion(content: &str) -> axum::response::Response {
+    Json(json!({
+        "choices": [{"message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5}
+    }))
+    .into_response()
+}
+
+fn pipeline(endpoint: &str, agent: &str) -> Pipeline {
+    let yaml = format!(
+        "pipeline: p\ninputs: {{ topic: {{ type: string }} }}\nagents:\n  ask: {{ kind: llm, endpoint: '{endpoint}', model: tiny, {agent} }}\n"
+    );
+    Pipeline::from_yaml_str_with(&yaml, &braid_agents::kinds()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn run(pipeline: &Pipeline, options: RunOptions) -> braid_core::RunReport {
+    let input = pipeline.check_input(&json!({"topic": "costs"})).unwrap();
+    pipeline.run(input, options).await
+}
+
+#[tokio::test]
+async fn a_text_answer_goes_to_the_write_and_tokens_are_counted() {
+    let (endpoint, requests) = stub(|_, body| {
+        let prompt = body["messages"][1]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        completion(&format!("answer to: {prompt}"))
+    })
+    .await;
+    let p = pipeline(
+        &endpoint,
+        "system: 'Be brief.', prompt: 'Tell me about {{ topic }}', temperature: 0.1, max_tokens: 50, reads: [topic], writes: [answer]",
+    );
+    let report = run(&p, RunOptions::default()).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(
+        *report.state["answer"],
+        json!("answer to: Tell me about costs")
+    );
+    let tokens = report.agents["ask"].tokens.unwrap();
+    assert_eq!((tokens.prompt, tokens.completion), (12, 5));
+    assert_eq!(report.tokens.unwrap().prompt, 12);
+    let sent = &requests.lock().unwrap()[0];
+    assert_eq!(sent["model"], "tiny");
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(sent["temperature"], 0.1);
+    assert_eq!(sent["max_tokens"], 50);
+}
+
+const SCHEMA: &str =
+    "schema: { type: object, required: [summary], properties: { summary: { type: string } } }";
+
+#[tokio::test]
+async fn a_schema_miss_is_asked_again_once() {
+    let (endpoint, requests) = stub(|n, _| {
+        if n == 1 {
+            completion("{\"summary\": 5}")
+        } else {
+            completion("```json\n{\"summary\": \"spend is up\"}\n```")
+        }
+    })
+    .await;
+    let p = pipeline(
+        &endpoint,
+        &format!(
+            "prompt: 'Summarise {{{{ topic }}}}', output: json, {SCHEMA}, reads: [topic], writes: [summary]"
+        ),
+    );
+    let report = run(&p, RunOptions::default()).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(*report.state["summary"], json!({"summary": "spend is up"}));
+    let requests = requests.lock().unwrap();
+    assert_eq!(requests.len(), 2);
+    let reask = requests[1]["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reask.contains("does not match the schema"), "{reask}");
+    assert_eq!(
+        requests[0]["response_format"],
+        json!({"type": "json_object"})
+    );
+}
+
+#[tokio::test]
+async fn a_second_miss_fails_with_the_models_answer() {
+    let (endpoint, _) = stub(|_, _| completion("I think the summary is: costs.")).await;
+    let p = pipeline(
+        &endpoint,
+        &format!("prompt: 'Summarise', output: json, {SCHEMA}, writes: [summary]"),
+    );
+    let report = run(&p, RunOptions::default()).await;
+    let agent = &report.agents["ask"];
+    assert_eq!(agent.status, AgentStatus::Failed);
+    let error = agent.error.as_deref().unwrap();
+    assert!(
+        error.contains("not JSON") && error.contains("I think the summary is: costs."),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_are_retried() {
+    let (endpoint, requests) = stub(|n, _| match n {
+        1 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "0")],
+            "slow down",
+        )
+            .into_response(),
+        2 => (StatusCode::BAD_GATEWAY, "upstream").into_response(),
+        _ => completion("fine"),
+    })
+    .await;
+    let p = pipeline(
+        &endpoint,
+        "prompt: hi, requests_per_minute: 600, writes: [answer]",
+    );
+    let report = run(&p, RunOptions::default()).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(requests.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn with_full_events_the_answer_streams_into_the_event_stream() {
+    let (endpoint, _) = stub(|_, body| {
+        assert_eq!(body["stream"], true);
+        let mut sse = String::new();
+        for word in ["spend ", "is ", "down"] {
+            sse.push_str(&format!(
+                "data: {}\n\n",
+                json!({"choices": [{"delta": {"content": word}}]})
+            ));
+        }
+        sse.push_str(&format!(
+            "data: {}\n\n",
+            json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3}})
+        ));
+        sse.push_str("data: [DONE]\n\n");
+        ([("content-type", "text/event-stream")], sse).into_response()
+    })
+    .await;
+    let p = pipeline(&endpoint, "prompt: hi, writes: [answer]");
+    let (sink, mut events) = EventSink::channel(EventLevel::Full);
+    let report = run(
+        &p,
+        RunOptions {
+            events: Some(sink),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(*report.state["answer"], json!("spend is down"));
+    assert_eq!(report.agents["ask"].tokens.unwrap().completion, 3);
+    let mut partial = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::AgentLog { line, .. } = event.kind {
+            partial.push(line);
+        }
+    }
+    assert_eq!(partial, ["spend ", "spend is ", "spend is down"]);
+}
+
+#[test]
+fn settings_are_checked_when_the_pipeline_loads() {
+    let err = Pipeline::from_yaml_str_with(
+        "pipeline: p
+agents:
+  a: { kind: llm, endpoint: 'http://x/v1', prompt: hi, writes: [x] }
+  b: { kind: llm, endpoint: 'http://x/v1', model: m, prompt: '{{ unclosed', writes: [y] }
+  c: { kind: llm, endpoint: 'http://x/v1', model: m, prompt: hi, writes: [z, w] }
+  d: { kind: llm, endpoint: 'http://x/v1', model: m, prompt: hi, api_key_env: BRAID_NO_SUCH_KEY, writes: [v] }
+",
+        &braid_agents::kinds(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("agent `a`: an `llm` agent needs `model: NAME`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("agent `b`: `prompt` is not a valid template"),
+        "{err}"
+    );
+    assert!(
+        err.contains("agent `c`: with `output: text` an `llm` agent writes exactly one field"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "agent `d`: `api_key_env: BRAID_NO_SUCH_KEY`, but BRAID_NO_SUCH_KEY is not set"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn streamed_tokens_reach_the_event_stream_before_the_answer_ends() {
+    // The stub sends the first token, then holds the rest until the test
+    // has seen that token as an event: only real streaming gets past this.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let (endpoint, _) = stub(move |_, _| {
+        let gate = gate.clone();
+        let chunks = async_stream(gate);
+        (
+            [("content-type", "text/event-stream")],
+            axum::body::Body::from_stream(chunks),
+        )
+            .into_response()
+    })
+    .await;
+    let p = Arc::new(pipeline(&endpoint, "prompt: hi, writes: [answer]"));
+    let (sink, mut events) = EventSink::channel(EventLevel::Full);
+    let running = tokio::spawn({
+        let p = p.clone();
+        async move {
+            run(
+                &p,
+                RunOptions {
+                    events: Some(sink),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    });
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if let EventKind::AgentLog { line, .. } = event.kind {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the first token never arrived while the answer was still streaming");
+    assert_eq!(first, "first ");
+    release.notify_one();
+    let report = running.await.unwrap();
+    assert_eq!(*report.state["answer"], json!("first second"));
+}
+
+/// `data:` lines: one token, a pause until `gate` is notified, the rest.
+fn async_stream(
+    gate: Arc<tokio::sync::Notify>,
+) -> impl tokio_stream::Stream<Item = Result<String, std::convert::Infallible>> {
+    let first = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"delta": {"content": "first "}}]})
+    );
+    let rest = format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        json!({"choices": [{"delta": {"content": "second"}}]})
+    );
+    tokio_stream::iter(vec![Ok(first)]).chain(tokio_stream::once(()).then(move |()| {
+        let gate = gate.clone();
+        let rest = rest.clone();
+        async move {
+            gate.notified().await;
+            Ok(rest)
+        }
+    }))
+}
+
+use tokio_stream::StreamExt as _;

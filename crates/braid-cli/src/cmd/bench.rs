@@ -1,0 +1,306 @@
+//! `braid bench`: the benchmark scenarios of `shared/peers/langgraph_peer.py`
+//! run on braid, in process, printing one JSON object per scenario with the
+//! same field names, so the two can be compared side by side.
+//!
+//! Scenarios (agents are `sleep` agents standing for I/O):
+//! - `seed`: triage → {data, metrics, cost} → optimization → report, L each; ideal 4L.
+//! - `sequential`: the seed pipeline run one agent at a time; ideal 6L.
+//! - `skewed`: triage → slow(10L) ‖ quick(L) → slow2(9L) → join; ideal 12L.
+//! - `overhead`: the seed pipeline with no-op agents, R runs one after another.
+//! - `wide`: 1 → N no-op agents → join.
+//! - `deep`: a chain of N no-op agents.
+//! - `many`: C concurrent seed runs with L-ms agents (throughput, peak memory).
+//! - `persist`: the `overhead` runs with checkpoints (`none`, `end`, `agent`)
+//!   to SQLite (a fresh file) and, with `--postgres URL`, PostgreSQL: one
+//!   run at a time waiting for its commit (`wait_each`, as `braid run`
+//!   does), one at a time without waiting, and 100 in flight; cost per run
+//!   (until every checkpoint is committed) and transactions per run.
+//!
+//! Times are medians of `--repeat` measurements (after one warm-up); `min_ms`
+//! is the fastest, which is what the peer script reports.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use braid_core::{CheckpointPolicy, Pipeline, RunOptions, RunStatus};
+use braid_store::{Store, StoreSettings};
+use clap::Args;
+use serde_json::{Value, json};
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Which scenario to run.
+    #[arg(long, default_value = "all", value_parser = [
+        "all", "seed", "sequential", "skewed", "overhead", "wide", "deep", "many", "persist",
+    ])]
+    scenario: String,
+    /// L: how long each agent's simulated I/O takes, in ms.
+    #[arg(long, default_value_t = 50.0)]
+    latency_ms: f64,
+    /// R: runs one after another in `overhead`.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// N: agents in `wide` and `deep`.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// C: concurrent runs in `many`.
+    #[arg(long, default_value_t = 1000)]
+    concurrent: usize,
+    /// How many measurements each figure is the median of.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// PostgreSQL for `persist` (its tables are created if missing).
+    #[arg(long, env = "BRAID_BENCH_POSTGRES_URL")]
+    postgres: Option<String>,
+}
+
+const SCENARIOS: &[&str] = &[
+    "seed",
+    "sequential",
+    "skewed",
+    "overhead",
+    "wide",
+    "deep",
+    "many",
+    "persist",
+];
+
+use braid_core::scenarios::{deep_yaml, seed_yaml, skewed_yaml, wide_yaml};
+
+fn load(yaml: &str) -> anyhow::Result<Arc<Pipeline>> {
+    Ok(Arc::new(
+        Pipeline::from_yaml_str(yaml).context("a benchmark pipeline failed to load")?,
+    ))
+}
+
+/// Runs once and returns the makespan in ms (the run must complete).
+async fn makespan(pipeline: &Pipeline, sequential: bool) -> anyhow::Result<f64> {
+    let input = pipeline.check_input(&Value::Null)?;
+    let report = pipeline
+        .run(
+            input,
+            RunOptions {
+                sequential,
+                ..Default::default()
+            },
+        )
+        .await;
+    anyhow::ensure!(
+        report.status == RunStatus::Completed,
+        "benchmark run of {} ended {}: {:?}",
+        pipeline.name(),
+        report.status,
+        report.error
+    );
+    Ok(report.makespan_ms)
+}
+
+/// A warm-up, then `repeat` measurements: (median, min).
+async fn measure<F, Fut>(repeat: usize, mut once: F) -> anyhow::Result<(f64, f64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    once().await?;
+    let mut samples = Vec::with_capacity(repeat.max(1));
+    for _ in 0..repeat.max(1) {
+        samples.push(once().await?);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((samples[samples.len() / 2], samples[0]))
+}
+
+/// Peak resident memory of this process, in MB (Linux `VmHWM`).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `runs` no-op seed runs with `in_flight` at a time, checkpointed to
+/// `store` with `policy`; the time until the last checkpoint is committed.
+async fn persist_once(
+    pipeline: &Arc<Pipeline>,
+    store: &Arc<Store>,
+    policy: CheckpointPolicy,
+    runs: usize,
+    in_flight: usize,
+    wait_each: bool,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..runs {
+        if i >= in_flight
+            && let Some(done) = tasks.join_next().await
+        {
+            done??;
+        }
+        let (pipeline, store) = (pipeline.clone(), store.clone());
+        tasks.spawn(async move {
+            let input = pipeline.check_input(&Value::Null)?;
+            let options = RunOptions {
+                checkpoint: Some(policy),
+                checkpointer: Some(store.checkpointer()),
+                ..Default::default()
+            };
+            let report = pipeline.run(input, options).await;
+            anyhow::ensure!(
+                report.status == RunStatus::Completed,
+                "a persist run failed"
+            );
+            if wait_each {
+                // As `braid run` does: the run returns once it is committed.
+                store.flush().await?;
+            }
+            Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    store.flush().await?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+async fn persist(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
+    let pipeline = load(&seed_yaml(0.0))?;
+    let dir = std::env::temp_dir().join(format!("braid-bench-{}", std::process::id()));
+    let sqlite = format!("sqlite://{}", dir.join("bench.db").display());
+    let mut backends = vec![("sqlite", sqlite)];
+    if let Some(url) = &a.postgres {
+        backends.push(("postgres", url.clone()));
+    }
+    let runs = a.runs.max(1);
+    let mut lines = Vec::new();
+    for (backend, url) in backends {
+        let store = Arc::new(
+            Store::connect(&url, &StoreSettings::default())
+                .await
+                .with_context(|| format!("cannot open the {backend} store for the benchmark"))?,
+        );
+        // (runs in flight, whether each run waits until it is committed)
+        for (in_flight, wait_each) in [(1, true), (1, false), (100, false)] {
+            for policy in [
+                CheckpointPolicy::None,
+                CheckpointPolicy::End,
+                CheckpointPolicy::Agent,
+            ] {
+                let before = store.stats().transactions;
+                let (median, _) = measure(a.repeat, || {
+                    persist_once(&pipeline, &store, policy, runs, in_flight, wait_each)
+                })
+                .await?;
+                let transactions = store.stats().transactions - before;
+                let measured_runs = (runs * (a.repeat.max(1) + 1)) as f64;
+                lines.push(json!({
+                    "scenario": "persist", "backend": backend, "checkpoint": policy.to_string(),
+                    "in_flight": in_flight, "wait_each": wait_each, "runs": runs,
+                    "per_run_us": median * 1e3 / runs as f64,
+                    "transactions_per_run": transactions as f64 / measured_runs,
+                }));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(lines)
+}
+
+async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
+    let l = a.latency_ms;
+    if name == "persist" {
+        return persist(a).await;
+    }
+    Ok(vec![match name {
+        "seed" | "sequential" => {
+            let sequential = name == "sequential";
+            let pipeline = load(&seed_yaml(l))?;
+            let (median, min) = measure(a.repeat, || makespan(&pipeline, sequential)).await?;
+            let ideal = if sequential { 6.0 * l } else { 4.0 * l };
+            json!({"scenario": name, "makespan_ms": median, "min_ms": min, "ideal_ms": ideal, "ratio": median / ideal})
+        }
+        "skewed" => {
+            let pipeline = load(&skewed_yaml(l))?;
+            let (median, min) = measure(a.repeat, || makespan(&pipeline, false)).await?;
+            let ideal = 12.0 * l;
+            json!({"scenario": name, "makespan_ms": median, "min_ms": min, "ideal_ms": ideal, "ratio": median / ideal})
+        }
+        "overhead" => {
+            let pipeline = load(&seed_yaml(0.0))?;
+            let runs = a.runs.max(1);
+            let (median, _) = measure(a.repeat, || async {
+                let start = Instant::now();
+                for _ in 0..runs {
+                    makespan(&pipeline, false).await?;
+                }
+                Ok(start.elapsed().as_secs_f64() * 1e3)
+            })
+            .await?;
+            let per_run_us = median * 1e3 / runs as f64;
+            json!({"scenario": name, "runs": runs, "per_run_us": per_run_us, "per_agent_us": per_run_us / 6.0})
+        }
+        "wide" | "deep" => {
+            let n = a.nodes.max(1);
+            let pipeline = load(&if name == "wide" {
+                wide_yaml(n)
+            } else {
+                deep_yaml(n)
+            })?;
+            let (median, min) = measure(a.repeat, || makespan(&pipeline, false)).await?;
+            json!({"scenario": name, "nodes": n, "makespan_ms": median, "min_ms": min, "per_agent_us": median * 1e3 / n as f64})
+        }
+        "many" => {
+            let pipeline = load(&seed_yaml(l))?;
+            let c = a.concurrent.max(1);
+            let start = Instant::now();
+            let mut runs = tokio::task::JoinSet::new();
+            for _ in 0..c {
+                let pipeline = pipeline.clone();
+                runs.spawn(async move { makespan(&pipeline, false).await });
+            }
+            while let Some(result) = runs.join_next().await {
+                result??;
+            }
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            let ideal = 4.0 * l;
+            json!({"scenario": name, "concurrent": c, "makespan_ms": ms, "ideal_ms": ideal,
+                   "ratio": ms / ideal, "runs_per_s": c as f64 / ms * 1e3, "peak_rss_mb": peak_rss_mb()})
+        }
+        other => anyhow::bail!(
+            "unknown scenario `{other}`; expected `all` or one of: {}",
+            SCENARIOS.join(", ")
+        ),
+    }])
+}
+
+pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let names: Vec<&str> = if args.scenario == "all" {
+        SCENARIOS.to_vec()
+    } else {
+        vec![args.scenario.as_str()]
+    };
+    // The same runtime as `braid run`: one thread (see cmd/run.rs).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for name in names {
+        for mut line in runtime.block_on(scenario(name, &args))? {
+            round(&mut line);
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Three decimals, as the peer script prints.
+fn round(v: &mut Value) {
+    if let Value::Object(map) = v {
+        for value in map.values_mut() {
+            if let Some(f) = value.as_f64().filter(|_| value.is_f64()) {
+                *value = json!((f * 1000.0).round() / 1000.0);
+            }
+        }
+    }
+}

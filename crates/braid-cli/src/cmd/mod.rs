@@ -1,0 +1,64 @@
+//! One module per subcommand; small ones live here.
+
+pub(crate) mod bench;
+pub(crate) mod run;
+pub(crate) mod runs;
+pub(crate) mod serve;
+pub(crate) mod timeline;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use braid_core::{LoadError, Pipeline};
+
+use crate::{ExplainFormat, exit};
+
+/// Loads a pipeline, or prints every problem with it to stderr.
+pub(crate) fn load(file: &Path) -> Result<Pipeline, ExitCode> {
+    Pipeline::from_file_with(file, &crate::kinds()).map_err(|err| {
+        print_load_error(&err);
+        ExitCode::from(exit::INVALID)
+    })
+}
+
+fn print_load_error(err: &LoadError) {
+    let diagnostics = err.diagnostics();
+    for d in &diagnostics {
+        eprintln!("error: {d}");
+    }
+    if diagnostics.len() > 1 {
+        eprintln!("{} errors", diagnostics.len());
+    }
+}
+
+pub(crate) fn explain(file: &Path, format: ExplainFormat) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(file) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let explanation = pipeline.explain();
+    match format {
+        ExplainFormat::Text => print!("{}", explanation.to_text()),
+        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+        ExplainFormat::Dot => print!("{}", explanation.to_dot()),
+        ExplainFormat::Mermaid => print!("{}", explanation.to_mermaid()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn validate(file: &Path) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(file) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let graph = pipeline.graph();
+    println!(
+        "ok: {} ({}): {} agents, {} edges, {} stages",
+        pipeline.name(),
+        file.display(),
+        pipeline.agents().len(),
+        graph.edges().count(),
+        graph.stages().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,375 @@
+//! `braid runs`: the run history in the store: list, show, resume.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use braid_core::{AgentReport, CheckpointPolicy, Pipeline, ResumePoint, RunOptions};
+use braid_store::{RunFilter, Store, StoredRun};
+use clap::{Args, Subcommand};
+use indexmap::IndexMap;
+use serde_json::{Value, json};
+
+use super::run::{DisplayArgs, Output, StoreArgs, execute, fmt_ms, runtime};
+use crate::exit;
+
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    #[command(subcommand)]
+    command: RunsCommand,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Recent runs, newest first.
+    List {
+        /// Only runs with this status (running, completed, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// `text` or `json` (one array).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// One run: status, input, state, and each agent's status and timings.
+    Show {
+        /// The run's id.
+        id: String,
+        /// `text` or `json` (one object).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Also draw the run's timeline (queue waits, executions, the
+        /// critical path) as SVG into this file.
+        #[arg(long)]
+        timeline: Option<std::path::PathBuf>,
+    },
+    /// Continue a run that failed, was cancelled or whose process died:
+    /// agents that completed are not run again.
+    Resume {
+        /// The run's id.
+        id: String,
+        /// Resume even though the pipeline file changed since the run
+        /// started, or the run was last seen running on another host.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        display: DisplayArgs,
+    },
+}
+
+pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    let code = runtime.block_on(async {
+        let store = args.store.open().await?;
+        match args.command {
+            RunsCommand::List {
+                status,
+                pipeline,
+                limit,
+                output,
+            } => list(&store, status, pipeline, limit, output).await,
+            RunsCommand::Show {
+                id,
+                output,
+                timeline,
+            } => show(&store, &id, output, timeline.as_deref()).await,
+            RunsCommand::Resume { id, force, display } => {
+                resume(&store, &id, force, &display).await
+            }
+        }
+    });
+    runtime.shutdown_background();
+    code
+}
+
+fn write_out(
+    f: impl FnOnce(&mut std::io::StdoutLock<'_>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match f(&mut out) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}
+
+async fn list(
+    store: &Store,
+    status: Option<String>,
+    pipeline: Option<String>,
+    limit: i64,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let runs = store
+        .list_runs(&RunFilter {
+            status,
+            pipeline,
+            limit: Some(limit),
+        })
+        .await?;
+    write_out(|out| match output {
+        Output::Json => {
+            serde_json::to_writer(&mut *out, &runs)?;
+            writeln!(out)
+        }
+        Output::Text => {
+            writeln!(
+                out,
+                "{:<36}  {:<20}  {:<9}  {:>12}  started",
+                "run", "pipeline", "status", "makespan"
+            )?;
+            for run in &runs {
+                writeln!(
+                    out,
+                    "{:<36}  {:<20}  {:<9}  {:>12}  {}",
+                    run.run_id,
+                    run.pipeline,
+                    run.status,
+                    fmt_ms(run.makespan_ms),
+                    format_time(run.created_at_ms)
+                )?;
+            }
+            Ok(())
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The run's pipeline, if its file is still there and unchanged.
+fn same_pipeline(run: &StoredRun) -> Result<Pipeline, String> {
+    let Some(path) = &run.pipeline_path else {
+        return Err("the run did not come from a pipeline file".to_owned());
+    };
+    let pipeline = Pipeline::from_file_with(path, &crate::kinds()).map_err(|e| e.to_string())?;
+    if pipeline.content_hash() != run.pipeline_hash {
+        return Err(format!("{path} has changed since the run started"));
+    }
+    Ok(pipeline)
+}
+
+/// Input plus deltas. Exact with the unchanged pipeline (merge rules,
+/// topological order); otherwise later-starting writers win.
+fn state_of(run: &StoredRun) -> (IndexMap<String, Arc<Value>>, Option<String>) {
+    match same_pipeline(run) {
+        Ok(pipeline) => match pipeline.check_input(&Value::Object(run.input.clone())) {
+            Ok(input) => (pipeline.replay(input, &run.agents), None),
+            Err(e) => (naive_state(run), Some(e.to_string())),
+        },
+        Err(why) => (
+            naive_state(run),
+            Some(format!(
+                "{why}; fields written by several agents show the last writer's value"
+            )),
+        ),
+    }
+}
+
+fn naive_state(run: &StoredRun) -> IndexMap<String, Arc<Value>> {
+    let mut state: IndexMap<String, Arc<Value>> = run
+        .input
+        .iter()
+        .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+        .collect();
+    for agent in &run.agents {
+        for (field, value) in &agent.writes {
+            state.insert(field.to_string(), value.clone());
+        }
+    }
+    state
+}
+
+async fn show(
+    store: &Store,
+    id: &str,
+    output: Output,
+    timeline: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let Some(run) = store.get_run(id).await? else {
+        eprintln!("error: no run {id} in {}", store.url());
+        return Ok(ExitCode::from(exit::INVALID));
+    };
+    if let Some(path) = timeline {
+        let pipeline = same_pipeline(&run).ok();
+        // In the pipeline's order when it is at hand, else by start.
+        let mut agents: Vec<(String, AgentReport)> = run
+            .agents
+            .iter()
+            .map(|a| (a.agent.to_string(), a.report.clone()))
+            .collect();
+        if let Some(p) = &pipeline {
+            agents.sort_by_key(|(name, _)| p.agent_names().position(|n| n == name));
+        }
+        let critical = super::timeline::critical_path(pipeline.as_ref(), &agents);
+        let title = format!("{} — run {}", run.summary.pipeline, run.summary.run_id);
+        std::fs::write(path, super::timeline::svg(&title, &agents, &critical))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let (state, note) = state_of(&run);
+    let agents: IndexMap<&str, &AgentReport> =
+        run.agents.iter().map(|a| (&*a.agent, &a.report)).collect();
+    write_out(|out| match output {
+        Output::Json => {
+            let mut value = serde_json::to_value(&run)?;
+            value["state"] = serde_json::to_value(&state)?;
+            value["agents"] = serde_json::to_value(&agents)?;
+            if let Some(note) = &note {
+                value["state_note"] = json!(note);
+            }
+            serde_json::to_writer(&mut *out, &value)?;
+            writeln!(out)
+        }
+        Output::Text => {
+            let s = &run.summary;
+            writeln!(out, "run {} of {}: {}", s.run_id, s.pipeline, s.status)?;
+            writeln!(
+                out,
+                "  started {}, makespan {}, checkpoint {}",
+                format_time(s.created_at_ms),
+                fmt_ms(s.makespan_ms),
+                s.checkpoint
+            )?;
+            if let Some(error) = &s.error {
+                writeln!(out, "  {error}")?;
+            }
+            writeln!(out)?;
+            let width = agents.keys().map(|a| a.len()).max().unwrap_or(5).max(5);
+            writeln!(
+                out,
+                "{:<width$}  {:<9}  {:>10}  {:>10}  {:>8}  note",
+                "agent", "status", "start", "duration", "attempts"
+            )?;
+            for (name, a) in &agents {
+                let note = a.error.as_deref().or(a.reason.as_deref()).unwrap_or("");
+                writeln!(
+                    out,
+                    "{name:<width$}  {:<9}  {:>10}  {:>10}  {:>8}  {}",
+                    a.status.to_string(),
+                    fmt_ms(a.start_ms),
+                    fmt_ms(a.duration_ms),
+                    a.attempts,
+                    note.lines().next().unwrap_or("")
+                )?;
+            }
+            writeln!(out)?;
+            writeln!(out, "input:")?;
+            serde_json::to_writer_pretty(&mut *out, &run.input)?;
+            writeln!(out)?;
+            writeln!(out, "state:")?;
+            serde_json::to_writer_pretty(&mut *out, &state)?;
+            writeln!(out)?;
+            if let Some(note) = &note {
+                writeln!(out, "note: {note}")?;
+            }
+            Ok(())
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the process recorded as `host:pid` is, as far as this machine
+/// can tell.
+enum Owner {
+    /// A live `braid` process on this host.
+    Alive,
+    /// Gone (or another program reuses its pid).
+    Gone,
+    /// On another host: cannot be checked from here.
+    Elsewhere(String),
+}
+
+fn owner_state(owner: &str) -> Owner {
+    let Some((host, pid)) = owner.rsplit_once(':') else {
+        return Owner::Gone;
+    };
+    let this_host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    if host != this_host {
+        return Owner::Elsewhere(host.to_owned());
+    }
+    let alive = pid.parse::<u32>().is_ok_and(|pid| {
+        pid != std::process::id()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "))
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("braid"))
+    });
+    if alive { Owner::Alive } else { Owner::Gone }
+}
+
+async fn resume(
+    store: &Store,
+    id: &str,
+    force: bool,
+    display: &DisplayArgs,
+) -> anyhow::Result<ExitCode> {
+    let Some(run) = store.get_run(id).await? else {
+        eprintln!("error: no run {id} in {}", store.url());
+        return Ok(ExitCode::from(exit::INVALID));
+    };
+    let refuse = |why: String| {
+        eprintln!("error: cannot resume run {id}: {why}");
+        Ok(ExitCode::from(exit::INVALID))
+    };
+    match run.summary.status.as_str() {
+        "completed" => return refuse("it already completed".to_owned()),
+        "running" => match run.owner.as_deref().map(owner_state) {
+            Some(Owner::Alive) => {
+                return refuse(format!(
+                    "it is still running (process {})",
+                    run.owner.as_deref().unwrap_or("?")
+                ));
+            }
+            Some(Owner::Elsewhere(host)) if !force => {
+                return refuse(format!(
+                    "it was last running on {host}, which this machine cannot check; \
+                     if that process is gone, resume with --force"
+                ));
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    let Some(path) = &run.pipeline_path else {
+        return refuse("it did not come from a pipeline file".to_owned());
+    };
+    let pipeline = match Pipeline::from_file_with(path, &crate::kinds()) {
+        Ok(p) => p,
+        Err(err) => return refuse(format!("its pipeline no longer loads: {err}")),
+    };
+    if pipeline.content_hash() != run.pipeline_hash && !force {
+        return refuse(format!(
+            "{path} has changed since the run started; use --force to resume it with the \
+             current file (completed agents keep their results, the rest run as now written)"
+        ));
+    }
+    let input = match pipeline.check_input(&Value::Object(run.input.clone())) {
+        Ok(input) => input,
+        Err(err) => return refuse(format!("its input no longer fits the pipeline: {err}")),
+    };
+    if !store.claim(&run).await? {
+        return refuse("another process took it over just now".to_owned());
+    }
+    let policy =
+        braid_store::parse_policy(&run.summary.checkpoint).unwrap_or(CheckpointPolicy::Agent);
+    let options = RunOptions {
+        run_id: Some(run.summary.run_id.clone()),
+        checkpoint: Some(policy),
+        resume: Some(ResumePoint { agents: run.agents }),
+        ..RunOptions::default()
+    };
+    execute(&pipeline, input, options, display, Some(store)).await
+}

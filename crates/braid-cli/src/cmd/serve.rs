@@ -1,0 +1,166 @@
+//! `braid serve`: the HTTP API, live event streams and the web view.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use braid_core::Pipeline;
+use braid_server::{AppState, ServerConfig};
+use clap::Args;
+
+use super::run::StoreArgs;
+use crate::exit;
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on. Anything but loopback needs a token.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    bind: SocketAddr,
+    /// Load every *.yaml, *.yml and *.json pipeline in this folder at start
+    /// (these may contain command agents: the operator put them there).
+    #[arg(long)]
+    pipelines: Option<PathBuf>,
+    /// A file holding the bearer token (else BRAID_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Let pipelines registered over HTTP contain `command` agents, which
+    /// run programs on this host.
+    #[arg(long)]
+    allow_command_agents: bool,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most agents in one pipeline.
+    #[arg(long, default_value_t = 1000)]
+    max_agents: usize,
+    /// Most runs in flight (429 beyond it).
+    #[arg(long, default_value_t = 1000)]
+    max_runs: usize,
+    /// Most events kept per run (lifecycle events are always kept).
+    #[arg(long, default_value_t = 10_000)]
+    max_events_per_run: usize,
+    /// How long runs in flight may take to finish on shutdown before they
+    /// are cancelled and marked interrupted.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Keep no run history (no database at all).
+    #[arg(long)]
+    no_store: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn load_dir(dir: &PathBuf, state: &AppState) -> anyhow::Result<Result<usize, ExitCode>> {
+    let mut loaded = 0;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the pipelines folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
+        .collect();
+    entries.sort();
+    for path in entries {
+        let source = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        match Pipeline::from_file_with(&path, &crate::kinds()) {
+            Ok(pipeline) => {
+                state.preload(pipeline, source);
+                loaded += 1;
+            }
+            Err(err) => {
+                for d in err.diagnostics() {
+                    eprintln!("error: {d}");
+                }
+                return Ok(Err(ExitCode::from(exit::INVALID)));
+            }
+        }
+    }
+    Ok(Ok(loaded))
+}
+
+pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("BRAID_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    if token.as_deref() == Some("") {
+        eprintln!("error: the token file is empty; put the token in it");
+        return Ok(ExitCode::from(exit::INVALID));
+    }
+    if token.is_none() && !braid_server::is_loopback(&args.bind) {
+        eprintln!(
+            "error: refusing to listen on {} without a token: anyone who can reach it could \
+             run pipelines. Set BRAID_TOKEN or --token-file, or bind 127.0.0.1.",
+            args.bind
+        );
+        return Ok(ExitCode::from(exit::INVALID));
+    }
+    // Many runs and connections at once: the multi-threaded runtime.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = if args.no_store {
+            None
+        } else {
+            Some(Arc::new(args.store.open().await?))
+        };
+        let config = ServerConfig {
+            token,
+            allow_command_agents: args.allow_command_agents,
+            max_body_bytes: args.max_body_bytes,
+            max_agents: args.max_agents,
+            max_concurrent_runs: args.max_runs,
+            max_events_per_run: args.max_events_per_run,
+            grace: args.grace,
+            ..ServerConfig::default()
+        };
+        let state = AppState::new(config, store.clone());
+        let loaded = match &args.pipelines {
+            Some(dir) => match load_dir(dir, &state)? {
+                Ok(n) => n,
+                Err(code) => return Ok(code),
+            },
+            None => 0,
+        };
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.bind))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "braid: serving on http://{addr} ({loaded} pipelines; store: {})",
+            store.as_ref().map_or("none", |s| s.url())
+        );
+        braid_server::serve(state, listener, shutdown_signal()).await?;
+        eprintln!("braid: stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    eprintln!("braid: shutting down: no new runs; waiting for runs in flight");
+}

@@ -1,0 +1,143 @@
+//! A run's timeline as SVG: per agent, its queue wait and its execution as
+//! bars on one time axis, coloured by status, with the critical path (the
+//! chain of dependencies that set the makespan) outlined.
+
+use std::fmt::Write as _;
+
+use braid_core::{AgentReport, AgentStatus, Pipeline};
+
+fn colour(status: AgentStatus) -> &'static str {
+    match status {
+        AgentStatus::Completed => "#188038",
+        AgentStatus::Failed => "#d93025",
+        AgentStatus::Skipped => "#f9ab00",
+        AgentStatus::Cancelled => "#5f6368",
+        AgentStatus::Running => "#1a73e8",
+        AgentStatus::Pending => "#9aa0a6",
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The agents on the critical path of the run as it happened: the longest
+/// chain by measured durations (queue waits included). Needs the pipeline's
+/// graph; empty without it.
+pub(crate) fn critical_path(
+    pipeline: Option<&Pipeline>,
+    agents: &[(String, AgentReport)],
+) -> Vec<String> {
+    let Some(pipeline) = pipeline else {
+        return Vec::new();
+    };
+    let measured = |name: &str| {
+        agents
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.duration_ms.unwrap_or(0.0) + a.queue_ms.unwrap_or(0.0))
+            .unwrap_or(0.0)
+    };
+    let (path, _) = pipeline
+        .graph()
+        .critical_path(|a| measured(pipeline.agents()[a].name()));
+    path.into_iter()
+        .map(|a| pipeline.agents()[a].name().to_owned())
+        .collect()
+}
+
+/// The SVG document.
+pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[String]) -> String {
+    const LABEL: f64 = 160.0;
+    const WIDTH: f64 = 720.0;
+    const ROW: f64 = 26.0;
+    let end = agents
+        .iter()
+        .map(|(_, a)| a.start_ms.unwrap_or(0.0) + a.duration_ms.unwrap_or(0.0))
+        .fold(1.0f64, f64::max);
+    let x = |ms: f64| LABEL + ms / end * WIDTH;
+    let height = 70.0 + agents.len() as f64 * ROW;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        w = LABEL + WIDTH + 90.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="8" y="20" font-size="14" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    let _ = writeln!(
+        out,
+        r##"<text x="8" y="38" fill="#555">queue wait: light bar; execution: solid bar; critical path: red outline</text>"##
+    );
+    // The time axis: five ticks.
+    for i in 0..=4 {
+        let ms = end * f64::from(i) / 4.0;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{0:.1}" y1="48" x2="{0:.1}" y2="{1:.1}" stroke="#eee"/><text x="{0:.1}" y="{2:.1}" fill="#777" text-anchor="middle">{3:.0} ms</text>"##,
+            x(ms),
+            height - 14.0,
+            height - 2.0,
+            ms
+        );
+    }
+    for (i, (name, agent)) in agents.iter().enumerate() {
+        let y = 52.0 + i as f64 * ROW;
+        let on_path = critical.iter().any(|c| c == name);
+        let _ = writeln!(
+            out,
+            r#"<text x="8" y="{:.1}"{}>{}</text>"#,
+            y + 15.0,
+            if on_path {
+                r##" fill="#d93025" font-weight="bold""##
+            } else {
+                ""
+            },
+            escape(name)
+        );
+        let Some(start) = agent.start_ms else {
+            continue;
+        };
+        let queue = agent.queue_ms.unwrap_or(0.0);
+        let duration = agent.duration_ms.unwrap_or(0.0);
+        let fill = colour(agent.status);
+        if queue > 0.0 {
+            let _ = writeln!(
+                out,
+                r#"<rect class="queue" data-agent="{}" x="{:.1}" y="{:.1}" width="{:.1}" height="16" fill="{fill}" fill-opacity="0.25"/>"#,
+                escape(name),
+                x(start - queue),
+                y + 3.0,
+                (x(start) - x(start - queue)).max(1.0)
+            );
+        }
+        let stroke = if on_path {
+            r##" stroke="#d93025" stroke-width="2""##
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            r#"<rect class="run" data-agent="{}" data-status="{}" x="{:.1}" y="{:.1}" width="{:.1}" height="16" fill="{fill}"{stroke}/>"#,
+            escape(name),
+            agent.status,
+            x(start),
+            y + 3.0,
+            (x(start + duration) - x(start)).max(1.0)
+        );
+        let _ = writeln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" fill="#555">{duration:.1} ms</text>"##,
+            x(start + duration) + 4.0,
+            y + 15.0
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}

@@ -1,0 +1,145 @@
+//! `braid`: run, explain, validate and benchmark agent pipelines from the
+//! command line.
+//!
+//! Exit codes: 0 success; 1 the run failed (or another error); 2 the
+//! pipeline or the input is invalid (or the command line is wrong); 3 the
+//! run finished but could not be saved to the store; 130 the run was
+//! cancelled.
+
+mod cmd;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Runs multi-agent pipelines as fast as their data dependencies allow.
+#[derive(Debug, Parser)]
+#[command(name = "braid", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr (what is logged: RUST_LOG, default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs through a non-blocking writer: a slow stderr never stalls a run.
+/// The guard flushes what is buffered when it drops, at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // A closing span logs its busy and idle time: per run and per agent
+    // attempt, when RUST_LOG lets them through (e.g. braid_core=debug).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(writer);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    guard
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline once and report each agent's status and timing.
+    Run(cmd::run::RunArgs),
+    /// Show the dependency graph derived from reads and writes.
+    Explain {
+        /// The pipeline file (YAML or JSON).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+    },
+    /// Serve the HTTP API, live event streams and the web view.
+    Serve(cmd::serve::ServeArgs),
+    /// The run history: list, show and resume stored runs.
+    Runs(cmd::runs::RunsArgs),
+    /// Run the benchmark scenarios (the same as the LangGraph peer's) and
+    /// print one JSON object per scenario.
+    Bench(cmd::bench::BenchArgs),
+    /// Check a pipeline file and report every problem found.
+    Validate {
+        /// The pipeline file (YAML or JSON).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExplainFormat {
+    Text,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+/// Every agent kind the CLI's pipelines may use: the core's, `http` and
+/// `llm` (braid-agents) and `sql` (braid-store).
+pub(crate) fn kinds() -> braid_core::AgentKinds {
+    let mut kinds = braid_agents::kinds();
+    braid_store::sql::register(&mut kinds);
+    kinds
+}
+
+/// The process exit codes, in one place.
+pub(crate) mod exit {
+    pub(crate) const FAILED: u8 = 1;
+    pub(crate) const INVALID: u8 = 2;
+    pub(crate) const NOT_SAVED: u8 = 3;
+    pub(crate) const CANCELLED: u8 = 130;
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return match err.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(exit::INVALID),
+            };
+        }
+    };
+    let _logging = init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run(args) => cmd::run::run(args),
+        Command::Bench(args) => cmd::bench::bench(args),
+        Command::Runs(args) => cmd::runs::runs(args),
+        Command::Serve(args) => cmd::serve::serve(args),
+        Command::Explain { file, format } => cmd::explain(&file, format),
+        Command::Validate { file } => cmd::validate(&file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", chain(&err));
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text
+/// its parent already includes (some drivers' errors repeat their source).
+fn chain(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|prev| prev.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}

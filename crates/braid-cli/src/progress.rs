@@ -1,0 +1,97 @@
+//! The live progress display of `braid run` on a terminal (indicatif): one
+//! line per agent for small pipelines, one bar for large ones.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use braid_core::event::{EventKind, RunEvent};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Above this many agents, one overall bar replaces per-agent lines.
+const MAX_LINES: usize = 24;
+
+/// Renders events until the run finishes (or the sender goes away).
+pub(crate) async fn show(agents: Vec<String>, mut events: UnboundedReceiver<RunEvent>) {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let width = agents.iter().map(String::len).max().unwrap_or(0);
+    let style = ProgressStyle::with_template("{spinner} {prefix} {msg}")
+        .expect("a valid template")
+        .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏✓");
+    let lines: HashMap<String, ProgressBar> = if agents.len() <= MAX_LINES {
+        agents
+            .iter()
+            .map(|name| {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{name:<width$}"));
+                bar.set_message("pending");
+                (name.clone(), bar)
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let overall = (agents.len() > MAX_LINES).then(|| {
+        let bar = multi.add(ProgressBar::new(agents.len() as u64));
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} agents done {msg}")
+                .expect("a valid template"),
+        );
+        bar
+    });
+    let line = |agent: &str| lines.get(agent);
+    while let Some(event) = events.recv().await {
+        match &event.kind {
+            EventKind::AgentStarted { agent, .. } => {
+                if let Some(bar) = line(agent) {
+                    bar.set_message("running");
+                    bar.enable_steady_tick(Duration::from_millis(100));
+                }
+            }
+            EventKind::AgentRetrying { agent, attempt, .. } => {
+                if let Some(bar) = line(agent) {
+                    bar.set_message(format!("retrying (attempt {} failed)", attempt));
+                }
+            }
+            EventKind::AgentCompleted { agent, duration_ms } => {
+                if let Some(bar) = line(agent) {
+                    bar.finish_with_message(format!("completed in {duration_ms:.1} ms"));
+                }
+                if let Some(bar) = &overall {
+                    bar.inc(1);
+                }
+            }
+            EventKind::AgentFailed { agent, error } => {
+                if let Some(bar) = line(agent) {
+                    let first = error.lines().next().unwrap_or("");
+                    bar.abandon_with_message(format!("failed: {first}"));
+                }
+                if let Some(bar) = &overall {
+                    bar.inc(1);
+                }
+            }
+            EventKind::AgentSkipped { agent, reason } => {
+                if let Some(bar) = line(agent) {
+                    bar.finish_with_message(format!("skipped: {reason}"));
+                }
+                if let Some(bar) = &overall {
+                    bar.inc(1);
+                }
+            }
+            EventKind::RunFinished { status, .. } => {
+                for bar in lines.values() {
+                    if !bar.is_finished() {
+                        bar.abandon_with_message(status.to_string());
+                    }
+                }
+                if let Some(bar) = &overall {
+                    bar.finish_with_message(status.to_string());
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    let _ = multi.clear();
+}

@@ -1,0 +1,1141 @@
+//! The `braid` binary, driven the way a user drives it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary, with its default store in the test's scratch folder rather
+/// than the user's data directory.
+fn braid() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_braid"));
+    command.env(
+        "BRAID_STORE",
+        format!("sqlite://{}/cli-tests.db", env!("CARGO_TARGET_TMPDIR")),
+    );
+    command
+}
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// A pipeline file in a fresh folder (command agents run from there).
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new(pipeline: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pipeline.yaml"), pipeline).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn pipeline(&self) -> PathBuf {
+        self.path("pipeline.yaml")
+    }
+}
+
+fn run_json(args: &[&str], pipeline: &Path) -> (Output, Value) {
+    let output = braid()
+        .arg("run")
+        .arg(pipeline)
+        .args(["--output", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}):\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output, report)
+}
+
+#[test]
+fn the_seed_pipeline_runs_in_parallel_and_reports_json() {
+    let (output, report) = run_json(&[], &examples().join("seed.yaml"));
+    assert_eq!(output.status.code(), Some(0));
+    for key in ["run_id", "status", "makespan_ms", "state", "agents"] {
+        assert!(report.get(key).is_some(), "missing `{key}` in {report}");
+    }
+    assert_eq!(report["status"], "completed");
+    let agents = report["agents"].as_object().unwrap();
+    assert_eq!(agents.len(), 6);
+    for (name, agent) in agents {
+        assert_eq!(agent["status"], "completed", "{name}");
+        assert_eq!(agent["attempts"], 1, "{name}");
+        assert!(agent["start_ms"].is_number() && agent["duration_ms"].is_number());
+    }
+    // data, metrics and cost overlap.
+    let start = |a: &str| agents[a]["start_ms"].as_f64().unwrap();
+    let end = |a: &str| start(a) + agents[a]["duration_ms"].as_f64().unwrap();
+    assert!(start("metrics") < end("data") && start("cost") < end("data"));
+    assert_eq!(report["state"]["report"], true);
+    assert_eq!(
+        report["state"]["request"],
+        "How can we cut our LLM spend without hurting latency?"
+    );
+
+    // --sequential: one at a time.
+    let (output, report) = run_json(&["--sequential"], &examples().join("seed.yaml"));
+    assert_eq!(output.status.code(), Some(0));
+    let agents = report["agents"].as_object().unwrap();
+    let start = |a: &str| agents[a]["start_ms"].as_f64().unwrap();
+    let end = |a: &str| start(a) + agents[a]["duration_ms"].as_f64().unwrap();
+    assert!(start("metrics") >= end("data"));
+    assert!(report["makespan_ms"].as_f64().unwrap() >= 300.0);
+}
+
+#[test]
+fn the_text_output_is_a_table_per_agent() {
+    let output = braid()
+        .arg("run")
+        .arg(examples().join("seed.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("of seed-optimization: completed in"),
+        "{stdout}"
+    );
+    for agent in [
+        "triage",
+        "data",
+        "metrics",
+        "cost",
+        "optimization",
+        "report",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(agent))
+            .unwrap_or_else(|| panic!("no row for {agent}:\n{stdout}"));
+        assert!(line.contains("completed") && line.contains(" ms"), "{line}");
+    }
+}
+
+#[test]
+fn the_polyglot_example_runs_python_and_shell_agents() {
+    let (output, report) = run_json(
+        &["--input", r#"{"text": "a b a c a b"}"#],
+        &examples().join("polyglot/pipeline.yaml"),
+    );
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["state"]["word_count"], 6);
+    assert_eq!(report["state"]["char_count"], 11);
+    assert_eq!(
+        report["state"]["top_words"],
+        serde_json::json!(["a", "b", "c"])
+    );
+    assert_eq!(
+        report["state"]["summary"],
+        "6 words, 11 characters; most common: a, b, c"
+    );
+}
+
+#[test]
+fn a_failing_command_agent_fails_the_run_with_its_exit_code_and_stderr() {
+    let ws = Workspace::new(
+        "pipeline: failing
+agents:
+  first:  { kind: sleep, ms: 1, writes: [a] }
+  broken: { kind: command, run: [sh, -c, 'echo \"disk full\" >&2; exit 4'], reads: [a], writes: [b] }
+",
+    );
+    let (output, report) = run_json(&[], &ws.pipeline());
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(report["status"], "failed");
+    assert_eq!(report["agents"]["first"]["status"], "completed");
+    assert_eq!(report["state"]["a"], true);
+    let error = report["agents"]["broken"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("exit code 4") && error.contains("disk full"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_timeout_kills_the_agent_and_fails_the_run() {
+    let ws = Workspace::new(
+        "pipeline: stuck
+agents:
+  stuck: { kind: command, run: [sleep, '30'], writes: [x], timeout: 200ms }
+",
+    );
+    let started = Instant::now();
+    let (output, report) = run_json(&[], &ws.pipeline());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(1));
+    let error = report["agents"]["stuck"]["error"].as_str().unwrap();
+    assert!(error.contains("timed out after 200ms"), "{error}");
+}
+
+#[test]
+fn a_retry_that_succeeds_on_the_second_attempt_completes_the_run() {
+    let ws = Workspace::new(
+        "pipeline: flaky
+agents:
+  flaky:
+    kind: command
+    run: [sh, agents/flaky.sh]
+    writes: [answer]
+    retries: 2
+    backoff: 10ms
+",
+    );
+    std::fs::create_dir(ws.path("agents")).unwrap();
+    std::fs::write(
+        ws.path("agents/flaky.sh"),
+        "n=$(cat attempts 2>/dev/null || echo 0)\n\
+         n=$((n+1)); echo $n > attempts\n\
+         if [ $n -lt 2 ]; then echo \"attempt $n fails\" >&2; exit 1; fi\n\
+         echo '{\"answer\": 42}'\n",
+    )
+    .unwrap();
+    let (output, report) = run_json(&[], &ws.pipeline());
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["agents"]["flaky"]["attempts"], 2);
+    assert_eq!(report["state"]["answer"], 42);
+    assert_eq!(
+        std::fs::read_to_string(ws.path("attempts")).unwrap().trim(),
+        "2"
+    );
+}
+
+#[test]
+fn skips_propagate_through_required_reads() {
+    let ws = Workspace::new(
+        "pipeline: skipping
+inputs:
+  route: { type: string }
+agents:
+  analysis: { kind: sleep, reads: [route], writes: [analysis], when: 'route != \"skip\"' }
+  report:   { kind: sleep, reads: [analysis], writes: [report] }
+  note:     { kind: sleep, reads: [analysis?, route], writes: [note] }
+",
+    );
+    let (output, report) = run_json(&["--input", r#"{"route": "skip"}"#], &ws.pipeline());
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(report["agents"]["analysis"]["status"], "skipped");
+    assert_eq!(report["agents"]["report"]["status"], "skipped");
+    assert!(
+        report["agents"]["report"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`analysis` skipped")
+    );
+    assert_eq!(report["agents"]["note"]["status"], "completed");
+
+    let (_, report) = run_json(&["--input", r#"{"route": "cost"}"#], &ws.pipeline());
+    assert_eq!(report["agents"]["report"]["status"], "completed");
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_kills_command_agents_and_reports_what_finished() {
+    cancel_with(nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn closing_the_terminal_cancels_the_run_too() {
+    cancel_with(nix::sys::signal::Signal::SIGHUP);
+}
+
+fn cancel_with(signal: nix::sys::signal::Signal) {
+    let ws = Workspace::new(
+        "pipeline: interruptible
+agents:
+  quick: { kind: sleep, ms: 1, writes: [q] }
+  slow:  { kind: command, run: [sh, -c, 'echo $$ > slow.pid; sleep 30; echo {}'], reads: [q], writes: [s] }
+  last:  { kind: sleep, reads: [s], writes: [l] }
+",
+    );
+    let child = braid()
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid_file = ws.path("slow.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n')) {
+        assert!(Instant::now() < deadline, "the slow agent never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["status"], "cancelled");
+    assert_eq!(report["agents"]["quick"]["status"], "completed");
+    assert_eq!(report["agents"]["slow"]["status"], "cancelled");
+    assert_eq!(report["agents"]["last"]["status"], "cancelled");
+    assert_eq!(report["state"]["q"], true);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cancelling"));
+
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "command agent {pid} outlived the run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn invalid_input_exits_2_and_names_the_field() {
+    let pipeline = examples().join("polyglot/pipeline.yaml");
+    let output = braid()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--input", r#"{"text": 42}"#])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("input `text`") && stderr.contains("string"),
+        "{stderr}"
+    );
+
+    let output = braid()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--input", "{not json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--input is not valid JSON"));
+
+    // @file works, and a missing one is a clear error.
+    let ws = Workspace::new("");
+    std::fs::write(ws.path("input.json"), r#"{"text": "x y"}"#).unwrap();
+    let at = format!("@{}", ws.path("input.json").display());
+    let (output, report) = run_json(&["--input", &at], &pipeline);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(report["state"]["word_count"], 2);
+    let output = braid()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--input", "@/nonexistent/input.json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/input.json"));
+}
+
+#[test]
+fn validate_reports_every_error_with_file_and_line() {
+    let output = braid()
+        .arg("validate")
+        .arg(examples().join("seed.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with("ok: seed-optimization") && stdout.contains("6 agents"),
+        "{stdout}"
+    );
+
+    let ws = Workspace::new(
+        "pipeline: broken
+agents:
+  a: { kind: sleep, reads: [b_out], writes: [a_out] }
+  b: { kind: sleep, reads: [a_out], writes: [b_out] }
+  c: { kind: sleep, reads: [missing], writes: [c_out] }
+",
+    );
+    let output = braid().arg("validate").arg(ws.pipeline()).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let file = ws.pipeline().display().to_string();
+    assert!(stderr.contains(&format!("{file}:5:")), "{stderr}");
+    assert!(stderr.contains("reads `missing`"), "{stderr}");
+
+    let output = braid()
+        .arg("validate")
+        .arg("/no/such/pipeline.yaml")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/pipeline.yaml"));
+
+    // A cycle (once the unknown read is fixed) is printed as a path.
+    std::fs::write(
+        ws.pipeline(),
+        "pipeline: loop\nagents:\n  a: { kind: sleep, reads: [b_out], writes: [a_out] }\n  b: { kind: sleep, reads: [a_out], writes: [b_out] }\n",
+    )
+    .unwrap();
+    let output = braid().arg("validate").arg(ws.pipeline()).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{file}:3:3: dependency cycle: a -> b -> a")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn explain_shows_the_graph_in_four_formats() {
+    let seed = examples().join("seed.yaml");
+    let output = braid()
+        .args(["explain", "--format", "json"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let explained: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(explained["agents"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        explained["stages"],
+        serde_json::json!([
+            ["triage"],
+            ["data", "metrics", "cost"],
+            ["optimization"],
+            ["report"]
+        ])
+    );
+    assert_eq!(
+        explained["critical_path"],
+        serde_json::json!(["triage", "data", "optimization", "report"])
+    );
+    assert_eq!(explained["sequential_ms"], 300.0);
+    assert_eq!(explained["parallel_ms"], 200.0);
+    assert_eq!(explained["speedup"], 1.5);
+    assert!(
+        explained["edges"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["cost", "optimization"]))
+    );
+
+    let text = |format: &str| {
+        let output = braid()
+            .args(["explain", "--format", format])
+            .arg(&seed)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(text("dot").contains("\"triage\" -> \"data\" [color=red"));
+    assert!(text("mermaid").contains("triage ==> data"));
+    assert!(text("text").contains("critical path: triage -> data -> optimization -> report"));
+
+    // `expected:` hints stand in for command agents' durations…
+    let explain_json = |file: &Path| -> Value {
+        let output = braid()
+            .args(["explain", "--format", "json"])
+            .arg(file)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let explained = explain_json(&examples().join("polyglot/pipeline.yaml"));
+    assert_eq!(explained["parallel_ms"], 80.0);
+    // …and without them the estimates are unknown.
+    let ws =
+        Workspace::new("pipeline: p\nagents:\n  a: { kind: command, run: [true], writes: [x] }\n");
+    let explained = explain_json(&ws.pipeline());
+    assert!(explained["parallel_ms"].is_null() && explained["speedup"].is_null());
+    assert_eq!(explained["critical_path"], serde_json::json!(["a"]));
+}
+
+#[test]
+fn a_reader_that_goes_away_does_not_turn_success_into_a_crash() {
+    let mut child = braid()
+        .arg("run")
+        .arg(examples().join("seed.yaml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // like `braid run … | head -0`
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn bench_prints_one_json_object_per_scenario_with_the_peers_fields() {
+    let output = braid()
+        .args(["bench", "--latency-ms", "2", "--runs", "5", "--nodes", "20"])
+        .env_remove("BRAID_BENCH_POSTGRES_URL")
+        .args(["--concurrent", "10", "--repeat", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected: &[(&str, &[&str])] = &[
+        ("seed", &["makespan_ms", "ideal_ms", "ratio"]),
+        ("sequential", &["makespan_ms", "ideal_ms", "ratio"]),
+        ("skewed", &["makespan_ms", "ideal_ms", "ratio"]),
+        ("overhead", &["runs", "per_run_us", "per_agent_us"]),
+        ("wide", &["nodes", "makespan_ms", "per_agent_us"]),
+        ("deep", &["nodes", "makespan_ms", "per_agent_us"]),
+        (
+            "many",
+            &[
+                "concurrent",
+                "makespan_ms",
+                "ratio",
+                "runs_per_s",
+                "peak_rss_mb",
+            ],
+        ),
+    ];
+    // Then `persist`: SQLite only (no --postgres), 3 ways × 3 policies.
+    let (lines, persist) = lines.split_at(expected.len());
+    assert_eq!(persist.len(), 9, "{persist:?}");
+    for line in persist {
+        assert_eq!(line["scenario"], "persist");
+        assert_eq!(line["backend"], "sqlite");
+        assert!(line["per_run_us"].is_number() && line["transactions_per_run"].is_number());
+    }
+    let none = persist.iter().find(|l| l["checkpoint"] == "none").unwrap();
+    assert_eq!(none["transactions_per_run"], 0.0, "`none` writes nothing");
+    let waiting_end = persist
+        .iter()
+        .find(|l| l["checkpoint"] == "end" && l["wait_each"] == true)
+        .unwrap();
+    assert_eq!(
+        waiting_end["transactions_per_run"], 1.0,
+        "one transaction per run"
+    );
+    for (line, (scenario, fields)) in lines.iter().zip(expected) {
+        assert_eq!(line["scenario"], *scenario);
+        for field in *fields {
+            assert!(
+                line[field].is_number(),
+                "{scenario}: `{field}` missing in {line}"
+            );
+        }
+    }
+    assert_eq!(lines[0]["ideal_ms"], 8.0);
+    assert_eq!(lines[4]["nodes"], 20);
+
+    let output = braid()
+        .args(["bench", "--scenario", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid value 'nope'") && stderr.contains("skewed"),
+        "{stderr}"
+    );
+}
+
+/// `braid` with its own store in `ws`.
+fn braid_in(ws: &Workspace) -> Command {
+    let mut command = braid();
+    command.env(
+        "BRAID_STORE",
+        format!("sqlite://{}", ws.path("store.db").display()),
+    );
+    command
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[test]
+fn runs_are_recorded_and_can_be_listed_and_shown() {
+    let ws = Workspace::new(
+        "pipeline: recorded
+inputs:
+  n: { type: integer }
+agents:
+  double: { kind: command, run: [sh, -c, 'echo {\\\"d\\\": 2}'], reads: [n], writes: [d] }
+  fails:  { kind: command, run: [sh, -c, 'exit 9'], reads: [d], writes: [f] }
+",
+    );
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--input", r#"{"n": 1}"#, "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let run_id = json_of(&output)["run_id"].as_str().unwrap().to_owned();
+
+    let output = braid_in(&ws)
+        .args(["runs", "list", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let list = json_of(&output);
+    assert_eq!(list[0]["run_id"], run_id.as_str());
+    assert_eq!(list[0]["status"], "failed");
+    assert_eq!(list[0]["checkpoint"], "end");
+
+    let output = braid_in(&ws)
+        .args(["runs", "show", &run_id, "--output", "json"])
+        .output()
+        .unwrap();
+    let shown = json_of(&output);
+    assert_eq!(shown["input"], serde_json::json!({"n": 1}));
+    assert_eq!(shown["state"], serde_json::json!({"n": 1, "d": 2}));
+    assert_eq!(shown["agents"]["double"]["status"], "completed");
+    assert!(
+        shown["agents"]["fails"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 9")
+    );
+
+    let text = braid_in(&ws)
+        .args(["runs", "show", &run_id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("of recorded: failed") && text.contains("exit code 9"),
+        "{text}"
+    );
+
+    // --checkpoint none writes nothing.
+    braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--input", r#"{"n": 1}"#, "--checkpoint", "none"])
+        .output()
+        .unwrap();
+    let output = braid_in(&ws)
+        .args(["runs", "list", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&output).as_array().unwrap().len(), 1);
+
+    let output = braid_in(&ws)
+        .args(["runs", "show", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no run nope"));
+}
+
+#[test]
+fn an_unreachable_store_is_a_clear_error_before_anything_runs() {
+    let ws = Workspace::new(
+        "pipeline: p\nagents:\n  a: { kind: command, run: [sh, -c, 'touch ran; echo {}'] }\n",
+    );
+    let output = braid()
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--store", "postgres://app:hunter2@127.0.0.1:1/braid"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot open the store at postgres://app:***@127.0.0.1:1/braid"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("refused") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+    assert!(
+        !ws.path("ran").exists(),
+        "nothing should run without the store"
+    );
+}
+
+#[test]
+fn resuming_against_a_changed_pipeline_is_refused_unless_forced() {
+    let pipeline = "pipeline: changing
+agents:
+  first: { kind: command, run: [sh, -c, 'echo first >> ran; echo {}'] }
+  flaky: { kind: command, run: [sh, -c, 'echo flaky >> ran; test -f ok'], after: [first] }
+";
+    let ws = Workspace::new(pipeline);
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--checkpoint", "agent", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let run_id = json_of(&output)["run_id"].as_str().unwrap().to_owned();
+
+    std::fs::write(ws.pipeline(), format!("{pipeline}# edited\n")).unwrap();
+    std::fs::write(ws.path("ok"), "").unwrap();
+    let output = braid_in(&ws)
+        .args(["runs", "resume", &run_id])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("has changed since the run started") && stderr.contains("--force"),
+        "{stderr}"
+    );
+
+    let output = braid_in(&ws)
+        .args(["runs", "resume", &run_id, "--force", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_of(&output);
+    assert_eq!(report["run_id"], run_id.as_str());
+    assert_eq!(report["agents"]["first"]["resumed"], true);
+    let ran = std::fs::read_to_string(ws.path("ran")).unwrap();
+    assert_eq!(ran, "first\nflaky\nflaky\n");
+
+    let output = braid_in(&ws)
+        .args(["runs", "resume", &run_id])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already completed"));
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_without_rerunning_checkpointed_agents() {
+    // `slow` takes 30 s unless the file `fast` exists; every agent logs each execution.
+    let ws = Workspace::new(
+        r#"pipeline: crashable
+agents:
+  a:    { kind: command, run: [sh, -c, "echo a >> ran; echo '{\"a\": 1}'"], writes: [a] }
+  b:    { kind: command, run: [sh, -c, "echo b >> ran; echo '{\"b\": 2}'"], reads: [a], writes: [b] }
+  side: { kind: command, run: [sh, -c, "echo side >> ran; echo '{\"side\": 5}'"], writes: [side] }
+  slow: { kind: command, run: [sh, -c, "echo $$ > slow.pid; echo slow >> ran; [ -f fast ] || sleep 30; echo '{\"s\": 3}'"], reads: [b], writes: [s] }
+  last: { kind: command, run: [sh, -c, "echo last >> ran; echo '{\"l\": 4}'"], reads: [s, side], writes: [l] }
+"#,
+    );
+    let mut child = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--checkpoint", "agent", "--output", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = ws.path("slow.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pid_file).map_or(true, |s| !s.ends_with('\n')) {
+        assert!(Instant::now() < deadline, "slow never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let the agent-by-agent checkpoints of a, b and side reach the store.
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    // The killed process could not kill its agent; do it for it.
+    let slow: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(slow),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+
+    let output = braid_in(&ws)
+        .args(["runs", "list", "--output", "json"])
+        .output()
+        .unwrap();
+    let list = json_of(&output);
+    assert_eq!(
+        list[0]["status"], "running",
+        "the dead run is on record: {list}"
+    );
+    let run_id = list[0]["run_id"].as_str().unwrap().to_owned();
+
+    std::fs::write(ws.path("fast"), "").unwrap();
+    let output = braid_in(&ws)
+        .args(["runs", "resume", &run_id, "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let resumed = json_of(&output);
+    for agent in ["a", "b", "side"] {
+        assert_eq!(
+            resumed["agents"][agent]["resumed"], true,
+            "{agent}: {resumed}"
+        );
+    }
+
+    let ran = std::fs::read_to_string(ws.path("ran")).unwrap();
+    let count = |agent: &str| ran.lines().filter(|l| *l == agent).count();
+    assert_eq!((count("a"), count("b"), count("side")), (1, 1, 1), "{ran}");
+    assert_eq!((count("slow"), count("last")), (2, 1), "{ran}");
+
+    // The same final state as a run that was never interrupted.
+    let (_, clean) = run_json(&["--checkpoint", "none"], &ws.pipeline());
+    assert_eq!(resumed["state"], clean["state"]);
+
+    let output = braid_in(&ws)
+        .args(["runs", "show", &run_id, "--output", "json"])
+        .output()
+        .unwrap();
+    let shown = json_of(&output);
+    assert_eq!(shown["status"], "completed");
+    assert_eq!(shown["state"], clean["state"]);
+}
+
+#[test]
+fn a_run_whose_checkpoints_cannot_be_written_still_reports_and_exits_3() {
+    // The agent breaks the store under the run's feet (a bad manual
+    // migration, say): the final write fails after its retries.
+    let ws = Workspace::new(
+        r#"pipeline: unlucky
+agents:
+  vandal:
+    kind: command
+    run: [python3, -c, "import sqlite3; sqlite3.connect('store.db').execute('DROP TABLE braid_deltas'); print('{\"x\": 1}')"]
+    writes: [x]
+"#,
+    );
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--output", "json", "--db-write-retries", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let report = json_of(&output);
+    assert_eq!(report["status"], "completed");
+    assert_eq!(report["state"]["x"], 1, "the result is not lost");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the run completed but was not saved") && stderr.contains("braid_deltas"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_expose_itself_without_a_token() {
+    let output = braid()
+        .args(["serve", "--bind", "0.0.0.0:0", "--no-store"])
+        .env_remove("BRAID_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without a token"),
+        "{stderr}"
+    );
+
+    let ws = Workspace::new("");
+    std::fs::write(ws.path("token"), "\n").unwrap();
+    let output = braid()
+        .args(["serve", "--bind", "0.0.0.0:0", "--no-store", "--token-file"])
+        .arg(ws.path("token"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("token file is empty"));
+}
+
+#[test]
+fn the_cli_knows_http_agents_and_checks_their_secrets_at_load() {
+    let ws = Workspace::new(
+        "pipeline: remote
+agents:
+  score: { kind: http, url: 'http://127.0.0.1:9/score', headers: { Authorization: 'Bearer ${BRAID_TEST_UNSET_TOKEN}' }, writes: [score] }
+",
+    );
+    let output = braid()
+        .arg("validate")
+        .arg(ws.pipeline())
+        .env_remove("BRAID_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "agent `score`: header `Authorization` uses ${BRAID_TEST_UNSET_TOKEN}, which is not set"
+        ),
+        "{stderr}"
+    );
+    let output = braid()
+        .arg("validate")
+        .arg(ws.pipeline())
+        .env("BRAID_TEST_UNSET_TOKEN", "t0ken")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Copies a folder (the example) into a scratch one.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "data" {
+                copy_dir(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_flagship_answers_with_numbers_that_match_the_data() {
+    let ws = Workspace::new("");
+    let example = ws.path("optimize");
+    copy_dir(&examples().join("optimize"), &example);
+    let (output, report) = run_json(
+        &[
+            "--input",
+            r#"{"request": "Cut our LLM spend without hurting latency", "records": 4000}"#,
+            "--checkpoint",
+            "none",
+        ],
+        &example.join("pipeline.yaml"),
+    );
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    let state = &report["state"];
+    assert_eq!(state["dataset"]["records"], 4000);
+    assert_eq!(state["triage_result"]["route"], "mixed");
+    let plan = &state["optimization_plan"];
+
+    // The same figures, computed independently from the generated data.
+    let check = std::process::Command::new("python3")
+        .current_dir(&example)
+        .args(["-c", r#"
+import json, sqlite3
+db = sqlite3.connect("data/usage.db")
+total = db.execute("SELECT SUM(cost_usd) FROM calls").fetchone()[0]
+mini_in, mini_out = db.execute("SELECT input_per_mtok, output_per_mtok FROM prices WHERE model = 'gpt-4o-mini'").fetchone()
+spend, tin, tout = db.execute("SELECT SUM(cost_usd), SUM(prompt_tokens), SUM(completion_tokens) FROM calls WHERE team = 'support' AND model = 'gpt-4o' AND prompt_tokens < 500").fetchone()
+p95 = {}
+for (model,) in db.execute("SELECT DISTINCT model FROM calls"):
+    lat = [r[0] for r in db.execute("SELECT latency_ms FROM calls WHERE model = ? ORDER BY latency_ms", (model,))]
+    import math
+    p95[model] = lat[math.ceil(0.95 * len(lat)) - 1]
+print(json.dumps({"total": total, "support_savings": spend - (tin * mini_in + tout * mini_out) / 1e6, "p95": p95}))
+"#])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let expected: Value = serde_json::from_slice(&check.stdout).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 0.006;
+    assert!(
+        close(
+            plan["total_spend_usd"].as_f64().unwrap(),
+            expected["total"].as_f64().unwrap()
+        ),
+        "{plan} vs {expected}"
+    );
+    let support = plan["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "cheaper_model" && p["team"] == "support" && p["from"] == "gpt-4o")
+        .expect("a proposal to move support's short gpt-4o prompts");
+    assert!(
+        close(
+            support["savings_usd"].as_f64().unwrap(),
+            expected["support_savings"].as_f64().unwrap()
+        ),
+        "{support} vs {expected}"
+    );
+    for metric in state["metrics_result"].as_array().unwrap() {
+        let model = metric["model"].as_str().unwrap();
+        assert_eq!(metric["p95_ms"], expected["p95"][model], "p95 of {model}");
+    }
+    let markdown = state["report"].as_str().unwrap();
+    assert!(markdown.starts_with("# How to cut LLM spend"), "{markdown}");
+    assert!(markdown.contains(&format!(
+        "Spend: **${:.2}**",
+        plan["total_spend_usd"].as_f64().unwrap()
+    )));
+
+    // The text view shows the report itself, and --out writes it with a timeline.
+    let out = ws.path("report.md");
+    let text = braid()
+        .arg("run")
+        .arg(example.join("pipeline.yaml"))
+        .args([
+            "--input",
+            r#"{"records": 4000}"#,
+            "--checkpoint",
+            "none",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("## Proposals") && !stdout.contains("\"cost_result\""),
+        "{stdout}"
+    );
+    let written = std::fs::read_to_string(out).unwrap();
+    assert!(
+        written.contains("## Proposals")
+            && written.contains("## Timeline")
+            && written.contains("| optimization | completed |"),
+        "{written}"
+    );
+}
+
+#[test]
+fn a_batch_run_writes_its_metrics_and_logs_as_json() {
+    let ws = Workspace::new("");
+    let metrics = ws.path("metrics.prom");
+    let output = braid()
+        .arg("run")
+        .arg(examples().join("seed.yaml"))
+        .args([
+            "--checkpoint",
+            "none",
+            "--output",
+            "json",
+            "--log-format",
+            "json",
+            "--metrics-file",
+        ])
+        .arg(&metrics)
+        .env("RUST_LOG", "braid_core=debug")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for family in [
+        "braid_runs_total",
+        "braid_run_makespan_seconds",
+        "braid_agents_total",
+        "braid_agent_duration_seconds",
+        "braid_agent_queue_wait_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "no {family} in:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("braid_agents_total{status=\"completed\"} 6"),
+        "{text}"
+    );
+    // Debug logs are JSON lines carrying the run's and the agent's span.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("\"agent\""))
+        .unwrap_or_else(|| panic!("no agent span in the log:\n{stderr}"));
+    let entry: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["span"]["name"], "agent", "{entry}");
+    assert!(line.contains("seed-optimization"), "{line}");
+}
+
+#[test]
+fn runs_show_draws_the_timeline_with_the_critical_path() {
+    let ws = Workspace::new(
+        "pipeline: timed
+agents:
+  start: { kind: sleep, ms: 10, writes: [s] }
+  long:  { kind: sleep, ms: 80, reads: [s], writes: [l] }
+  short: { kind: sleep, ms: 10, reads: [s], writes: [t] }
+  end:   { kind: sleep, ms: 10, reads: [l, t], writes: [e] }
+",
+    );
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let run_id = json_of(&output)["run_id"].as_str().unwrap().to_owned();
+    let svg_path = ws.path("timeline.svg");
+    let output = braid_in(&ws)
+        .args(["runs", "show", &run_id, "--timeline"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    for agent in ["start", "long", "short", "end"] {
+        assert!(
+            svg.contains(&format!(
+                r#"class="run" data-agent="{agent}" data-status="completed""#
+            )),
+            "{agent}: {svg}"
+        );
+    }
+    let outlined = |agent: &str| {
+        svg.lines()
+            .find(|l| l.contains(&format!(r#"class="run" data-agent="{agent}""#)))
+            .is_some_and(|l| l.contains("stroke=\"#d93025\""))
+    };
+    assert!(
+        outlined("start") && outlined("long") && outlined("end"),
+        "{svg}"
+    );
+    assert!(!outlined("short"), "short is not on the critical path");
+}

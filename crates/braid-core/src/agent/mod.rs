@@ -1,0 +1,212 @@
+//! What an agent is to the scheduler: something that takes the fields it
+//! reads and returns the fields it writes.
+//!
+//! The built-in kinds live in submodules: [`sleep`] (stands for I/O in
+//! benchmarks and examples), [`command`] (any program speaking JSON over
+//! stdin and stdout) and its warm-process variant [`pool`]. Library users implement [`Agent`] for their own.
+
+pub mod command;
+pub mod pool;
+pub mod sleep;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+
+use crate::event::{EventKind, EventSink};
+
+/// The fields an agent writes, by name.
+pub type Writes = Map<String, Value>;
+
+/// One agent invocation: which run, which attempt, and the values of the
+/// fields the agent declared in `reads` (optional reads that were not
+/// produced are absent).
+#[derive(Debug, Clone)]
+pub struct AgentInput {
+    /// The run this call belongs to.
+    pub run_id: Arc<str>,
+    /// The agent's name in the pipeline.
+    pub agent: Arc<str>,
+    /// 1 for the first try, 2 for the first retry, and so on.
+    pub attempt: u32,
+    /// The agent's reads, in declaration order. Values are shared with the
+    /// run's state, not copied.
+    pub reads: Reads,
+    pub(crate) events: Option<EventSink>,
+    pub(crate) usage: Arc<TokenCounter>,
+}
+
+/// Tokens an agent's model calls used, added up over its attempts.
+#[derive(Debug, Default)]
+pub struct TokenCounter {
+    prompt: std::sync::atomic::AtomicU64,
+    completion: std::sync::atomic::AtomicU64,
+}
+
+/// Token usage, per agent and per run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenUsage {
+    /// Tokens sent.
+    pub prompt: u64,
+    /// Tokens received.
+    pub completion: u64,
+}
+
+impl TokenCounter {
+    pub(crate) fn usage(&self) -> Option<TokenUsage> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let usage = TokenUsage {
+            prompt: self.prompt.load(Relaxed),
+            completion: self.completion.load(Relaxed),
+        };
+        (usage != TokenUsage::default()).then_some(usage)
+    }
+}
+
+impl AgentInput {
+    /// Records tokens a model call used; they appear in the agent's report
+    /// and the run's total.
+    pub fn record_tokens(&self, prompt: u64, completion: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.usage.prompt.fetch_add(prompt, Relaxed);
+        self.usage.completion.fetch_add(completion, Relaxed);
+    }
+
+    /// Whether anyone listens to this agent's log lines (the run asked for
+    /// `full` events): worth streaming partial output for.
+    pub fn wants_progress(&self) -> bool {
+        self.events.as_ref().is_some_and(EventSink::wants_logs)
+    }
+
+    /// Reports one line of the agent's log. It reaches event subscribers
+    /// only when the run asked for `full` events; otherwise it costs nothing.
+    pub fn log(&self, line: &str) {
+        if let Some(events) = &self.events
+            && events.wants_logs()
+        {
+            events.emit(EventKind::AgentLog {
+                agent: self.agent.clone(),
+                line: line.to_owned(),
+            });
+        }
+    }
+}
+
+/// The read fields handed to an agent: a small list of shared values.
+#[derive(Debug, Clone, Default)]
+pub struct Reads(pub(crate) Vec<(Arc<str>, Arc<Value>)>);
+
+impl Reads {
+    /// The value of field `name`, if it was read and produced.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| &**n == name).map(|(_, v)| &**v)
+    }
+
+    /// Every (field, value) pair.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(n, v)| (&**n, &**v))
+    }
+
+    /// How many fields are present.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no field is present.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Reads {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(&**name, &**value)?;
+        }
+        map.end()
+    }
+}
+
+/// Why one attempt of an agent failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// The attempt ran longer than the agent's `timeout`.
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// A command agent's process could not be started.
+    #[error("cannot start `{program}`: {message}")]
+    Spawn {
+        /// The program that was run.
+        program: String,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// A command agent's process exited unsuccessfully.
+    #[error("{}", exit_message(.status, .stderr_tail))]
+    Exit {
+        /// How it ended, e.g. `exit code 3` or `killed by signal 9`.
+        status: String,
+        /// The last lines it wrote to stderr.
+        stderr_tail: Vec<String>,
+    },
+    /// The agent's output was not what it promised: not a JSON object, an
+    /// undeclared field, a missing declared field, or a value its field's
+    /// merge rule cannot combine. Not retried: the same code would do it again.
+    #[error("{0}")]
+    Output(String),
+    /// Any other failure, as the agent describes it.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AgentError {
+    /// Whether another attempt could succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, AgentError::Output(_) | AgentError::Spawn { .. })
+    }
+}
+
+fn exit_message(status: &str, stderr_tail: &[String]) -> String {
+    if stderr_tail.is_empty() {
+        format!("{status} (no stderr)")
+    } else {
+        format!(
+            "{status}; stderr ends with:\n  {}",
+            stderr_tail.join("\n  ")
+        )
+    }
+}
+
+/// Something the scheduler can run.
+///
+/// ```
+/// use braid_core::agent::{Agent, AgentError, AgentInput, Writes};
+///
+/// struct Shout;
+///
+/// #[async_trait::async_trait]
+/// impl Agent for Shout {
+///     async fn call(&self, input: &AgentInput) -> Result<Writes, AgentError> {
+///         let text = input.reads.get("text").and_then(|v| v.as_str()).unwrap_or("");
+///         let mut out = Writes::new();
+///         out.insert("loud".into(), text.to_uppercase().into());
+///         Ok(out)
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait Agent: Send + Sync + 'static {
+    /// Runs one attempt. Dropping the returned future must cancel the work
+    /// (the scheduler drops it on timeout and on cancellation).
+    async fn call(&self, input: &AgentInput) -> Result<Writes, AgentError>;
+}
+
+impl fmt::Debug for dyn Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<agent>")
+    }
+}

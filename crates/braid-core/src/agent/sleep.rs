@@ -1,0 +1,160 @@
+//! The `sleep` agent: waits `ms` milliseconds, then writes `value` (or
+//! `true`) to each of its declared writes.
+//!
+//! It stands for I/O (an LLM or database call) in benchmarks and examples;
+//! with `ms: 0` it measures the engine's own per-agent cost.
+//!
+//! Its wait is precise to a few tens of microseconds. Tokio's timer wheel
+//! rounds every deadline up to the next whole millisecond and adds the
+//! reactor's own millisecond rounding, about +1.2 ms on every 50 ms sleep,
+//! while the real I/O a sleep stands for completes when the socket becomes
+//! readable, with no such rounding. So sleeps are handed to one process-wide
+//! timer thread that waits on a futex with nanosecond deadlines. (It follows
+//! the real monotonic clock, not Tokio's paused test clock.)
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use serde_json::Value;
+
+use super::{Agent, AgentError, AgentInput, Writes};
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub struct SleepAgent {
+    duration: Duration,
+    value: Value,
+    writes: Arc<[Arc<str>]>,
+}
+
+impl SleepAgent {
+    /// An agent that waits `duration`, then writes `value` to every field in `writes`.
+    pub fn new(duration: Duration, value: Value, writes: Arc<[Arc<str>]>) -> Self {
+        Self {
+            duration,
+            value,
+            writes,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Agent for SleepAgent {
+    async fn call(&self, _input: &AgentInput) -> Result<Writes, AgentError> {
+        if !self.duration.is_zero() {
+            precise_sleep(self.duration).await;
+        }
+        Ok(self
+            .writes
+            .iter()
+            .map(|w| (w.to_string(), self.value.clone()))
+            .collect())
+    }
+}
+
+/// One pending wake-up of the timer thread.
+struct Wake {
+    deadline: Instant,
+    seq: u64,
+    done: oneshot::Sender<()>,
+}
+
+impl PartialEq for Wake {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deadline, self.seq) == (other.deadline, other.seq)
+    }
+}
+impl Eq for Wake {}
+impl PartialOrd for Wake {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Wake {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.deadline, self.seq).cmp(&(other.deadline, other.seq))
+    }
+}
+
+fn timer() -> &'static mpsc::Sender<Wake> {
+    static TIMER: OnceLock<mpsc::Sender<Wake>> = OnceLock::new();
+    TIMER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Wake>();
+        std::thread::Builder::new()
+            .name("braid-timer".into())
+            .spawn(move || {
+                let mut due: BinaryHeap<Reverse<Wake>> = BinaryHeap::new();
+                loop {
+                    let now = Instant::now();
+                    while due.peek().is_some_and(|w| w.0.deadline <= now) {
+                        let Reverse(wake) = due.pop().expect("peeked");
+                        // The sleeper may have been cancelled; that is fine.
+                        let _ = wake.done.send(());
+                    }
+                    let next = match due.peek() {
+                        Some(w) => rx.recv_timeout(w.0.deadline.saturating_duration_since(now)),
+                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    };
+                    match next {
+                        Ok(wake) => due.push(Reverse(wake)),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .expect("cannot start the braid-timer thread");
+        tx
+    })
+}
+
+/// Waits `duration` on the precise timer thread (see the module docs).
+/// Dropping the future cancels the wait.
+pub async fn precise_sleep(duration: Duration) {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(deadline) = Instant::now().checked_add(duration) else {
+        // Further than the clock can count: Tokio's timer clamps it.
+        tokio::time::sleep(duration).await;
+        return;
+    };
+    let (done, wait) = oneshot::channel();
+    let wake = Wake {
+        deadline,
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        done,
+    };
+    if timer().send(wake).is_err() {
+        // The timer thread is gone (it never exits while the process runs);
+        // fall back to Tokio's timer rather than not waiting at all.
+        tokio::time::sleep(duration).await;
+        return;
+    }
+    let _ = wait.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn precise_sleep_never_wakes_early_and_wakes_in_deadline_order() {
+        let start = Instant::now();
+        let (a, b) = tokio::join!(
+            async {
+                precise_sleep(Duration::from_millis(30)).await;
+                Instant::now()
+            },
+            async {
+                precise_sleep(Duration::from_millis(10)).await;
+                Instant::now()
+            }
+        );
+        assert!(b - start >= Duration::from_millis(10));
+        assert!(a - start >= Duration::from_millis(30));
+        assert!(b < a);
+    }
+}

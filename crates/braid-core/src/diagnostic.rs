@@ -1,0 +1,92 @@
+//! Load-time errors that point at the pipeline file.
+//!
+//! Every problem found while loading a pipeline becomes a [`Diagnostic`]: a
+//! message plus, where one applies, the [`Location`] (file, line, column) of
+//! the key or value at fault. Loading collects as many diagnostics as it can
+//! before giving up, so `braid validate` reports every error in one go.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where in a pipeline file something was written (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file, or `None` for a pipeline loaded from a string.
+    pub file: Option<Arc<Path>>,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}:{}:{}", file.display(), self.line, self.column),
+            None => write!(f, "<pipeline>:{}:{}", self.line, self.column),
+        }
+    }
+}
+
+/// One problem found in a pipeline definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Where the problem is, when it can be pinned to a place in the file.
+    pub location: Option<Location>,
+    /// What was expected and what was found, naming agents and fields.
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub(crate) fn new(location: Option<Location>, message: impl Into<String>) -> Self {
+        Self {
+            location,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(loc) => write!(f, "{loc}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Why a pipeline could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read pipeline file {}: {source}", path.display())]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but the pipeline in it is not valid.
+    #[error("{}", render(diagnostics))]
+    Invalid {
+        /// Every problem found, in file order where possible.
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+impl LoadError {
+    /// The individual problems (one for a read error).
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        match self {
+            LoadError::Read { .. } => vec![Diagnostic::new(None, self.to_string())],
+            LoadError::Invalid { diagnostics } => diagnostics.clone(),
+        }
+    }
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}

@@ -1,0 +1,202 @@
+//! `braid explain`: the derived graph, its stages and critical path, and
+//! what running it in parallel should save, as JSON, text, DOT or Mermaid.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::graph::AgentId;
+use crate::pipeline::Pipeline;
+
+/// One agent as `explain` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedAgent {
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its kind (`sleep`, `command`, …).
+    pub kind: String,
+    /// What it reads (optional reads end in `?`).
+    pub reads: Vec<String>,
+    /// What it writes.
+    pub writes: Vec<String>,
+    /// Its `when` condition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Its expected duration in ms, when known.
+    pub expected_ms: Option<f64>,
+}
+
+/// The derived graph and the timing estimates it implies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Every agent, in declaration order.
+    pub agents: Vec<ExplainedAgent>,
+    /// `[from, to]`: `to` waits for `from`.
+    pub edges: Vec<[String; 2]>,
+    /// Agents grouped by depth (for reading; the scheduler has no stages).
+    pub stages: Vec<Vec<String>>,
+    /// The longest path by expected duration (by agent count when a
+    /// duration is unknown).
+    pub critical_path: Vec<String>,
+    /// Sum of expected durations: one agent at a time. `None` when a duration is unknown.
+    pub sequential_ms: Option<f64>,
+    /// Length of the critical path: as fast as the dependencies allow,
+    /// with no concurrency limit. `None` when a duration is unknown.
+    pub parallel_ms: Option<f64>,
+    /// `sequential_ms / parallel_ms`.
+    pub speedup: Option<f64>,
+}
+
+impl Pipeline {
+    /// The graph, stages, critical path and timing estimates.
+    pub fn explain(&self) -> Explanation {
+        let name = |a: AgentId| self.agents[a].name.to_string();
+        let durations: Vec<Option<f64>> = self
+            .agents
+            .iter()
+            .map(|a| a.expected_duration().map(|d| d.as_secs_f64() * 1e3))
+            .collect();
+        let known = durations.iter().all(Option::is_some);
+        let (path, total) = self.graph.critical_path(|a| {
+            if known {
+                durations[a].unwrap_or(0.0)
+            } else {
+                1.0
+            }
+        });
+        let sequential_ms = known.then(|| durations.iter().flatten().sum::<f64>());
+        let parallel_ms = known.then_some(total);
+        let speedup = sequential_ms
+            .zip(parallel_ms)
+            .filter(|&(_, p)| p > 0.0)
+            .map(|(s, p)| s / p);
+        Explanation {
+            pipeline: self.name.to_string(),
+            agents: self
+                .agents
+                .iter()
+                .enumerate()
+                .map(|(i, a)| ExplainedAgent {
+                    name: a.name.to_string(),
+                    description: a.description.clone(),
+                    kind: a.kind.name().to_owned(),
+                    reads: self.reads_of(i),
+                    writes: self.writes_of(i),
+                    when: a.when.as_ref().map(|c| c.source().to_owned()),
+                    expected_ms: durations[i],
+                })
+                .collect(),
+            edges: self
+                .graph
+                .edges()
+                .map(|(from, to)| [name(from), name(to)])
+                .collect(),
+            stages: self
+                .graph
+                .stages()
+                .into_iter()
+                .map(|stage| stage.into_iter().map(name).collect())
+                .collect(),
+            critical_path: path.into_iter().map(name).collect(),
+            sequential_ms,
+            parallel_ms,
+            speedup,
+        }
+    }
+}
+
+impl Explanation {
+    fn on_critical_path(&self, from: &str, to: &str) -> bool {
+        self.critical_path
+            .windows(2)
+            .any(|w| w[0] == from && w[1] == to)
+    }
+
+    /// A human-readable summary.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "pipeline {}: {} agents, {} edges",
+            self.pipeline,
+            self.agents.len(),
+            self.edges.len()
+        );
+        for (i, stage) in self.stages.iter().enumerate() {
+            let _ = writeln!(out, "  stage {i}: {}", stage.join(", "));
+        }
+        let _ = writeln!(out, "critical path: {}", self.critical_path.join(" -> "));
+        match (self.sequential_ms, self.parallel_ms, self.speedup) {
+            (Some(s), Some(p), speedup) => {
+                let _ = writeln!(
+                    out,
+                    "estimated: {s:.0} ms one at a time, {p:.0} ms in parallel{}",
+                    speedup
+                        .map(|x| format!(" ({x:.2}x faster)"))
+                        .unwrap_or_default()
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "estimated: unknown (give command agents an `expected:` duration)"
+                );
+            }
+        }
+        out
+    }
+
+    /// Graphviz DOT; the critical path is drawn bold red.
+    pub fn to_dot(&self) -> String {
+        let mut out = format!(
+            "digraph {:?} {{\n  rankdir=LR;\n  node [shape=box, style=rounded];\n",
+            self.pipeline
+        );
+        for a in &self.agents {
+            let bold = if self.critical_path.contains(&a.name) {
+                ", color=red, penwidth=2"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {:?} [label={:?}{bold}];",
+                a.name,
+                format!("{}\n{}", a.name, a.kind)
+            );
+        }
+        for [from, to] in &self.edges {
+            let bold = if self.on_critical_path(from, to) {
+                " [color=red, penwidth=2]"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  {from:?} -> {to:?}{bold};");
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// A Mermaid flowchart; the critical path's edges are thick.
+    pub fn to_mermaid(&self) -> String {
+        let id = |name: &str| name.replace('-', "_");
+        let mut out = String::from("flowchart LR\n");
+        for a in &self.agents {
+            let _ = writeln!(out, "  {}[\"{} ({})\"]", id(&a.name), a.name, a.kind);
+        }
+        for [from, to] in &self.edges {
+            let arrow = if self.on_critical_path(from, to) {
+                "==>"
+            } else {
+                "-->"
+            };
+            let _ = writeln!(out, "  {} {arrow} {}", id(from), id(to));
+        }
+        out
+    }
+}

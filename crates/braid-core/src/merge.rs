@@ -1,0 +1,176 @@
+//! Merge rules: how concurrent writes to one field combine.
+//!
+//! Two agents may write the same field without a dependency path between
+//! them only if the field declares a rule in the pipeline's `fields:`
+//! section. Contributions are combined in the writers' declaration order, so
+//! the result does not depend on which agent finished first.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+
+/// How concurrent writes to one field combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeRule {
+    /// Lists are concatenated; a non-list value is appended as one item.
+    Append,
+    /// Objects are merged key by key; a later writer's key wins.
+    Merge,
+    /// Numbers are added.
+    Sum,
+    /// The largest number wins.
+    Max,
+    /// The smallest number wins.
+    Min,
+}
+
+impl MergeRule {
+    /// Every rule, by name, for error messages.
+    pub const NAMES: &'static [&'static str] = &["append", "merge", "sum", "max", "min"];
+
+    /// Checks that one writer's value can take part in this rule.
+    pub(crate) fn check(self, value: &Value) -> Result<(), String> {
+        match self {
+            MergeRule::Append => Ok(()),
+            MergeRule::Merge if value.is_object() => Ok(()),
+            MergeRule::Merge => Err(format!(
+                "merge rule `merge` needs an object, got {}",
+                kind(value)
+            )),
+            MergeRule::Sum | MergeRule::Max | MergeRule::Min if value.is_number() => Ok(()),
+            _ => Err(format!(
+                "merge rule `{self}` needs a number, got {}",
+                kind(value)
+            )),
+        }
+    }
+
+    /// Combines the contributions (already [`check`](Self::check)ed), in order.
+    pub(crate) fn combine<'a>(self, values: impl IntoIterator<Item = &'a Value>) -> Value {
+        let mut values = values.into_iter();
+        match self {
+            MergeRule::Append => {
+                let mut out = Vec::new();
+                for v in values {
+                    match v {
+                        Value::Array(items) => out.extend(items.iter().cloned()),
+                        other => out.push(other.clone()),
+                    }
+                }
+                Value::Array(out)
+            }
+            MergeRule::Merge => {
+                let mut out = Map::new();
+                for v in values {
+                    if let Value::Object(map) = v {
+                        out.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    }
+                }
+                Value::Object(out)
+            }
+            MergeRule::Sum => {
+                let nums: Vec<&Value> = values.collect();
+                if nums.iter().all(|v| v.is_i64()) {
+                    Value::from(nums.iter().filter_map(|v| v.as_i64()).sum::<i64>())
+                } else {
+                    Value::from(nums.iter().filter_map(|v| v.as_f64()).sum::<f64>())
+                }
+            }
+            MergeRule::Max | MergeRule::Min => {
+                let Some(first) = values.next() else {
+                    return Value::Null;
+                };
+                let better = |a: &Value, b: &Value| {
+                    let (a, b) = (
+                        a.as_f64().unwrap_or(f64::NAN),
+                        b.as_f64().unwrap_or(f64::NAN),
+                    );
+                    if self == MergeRule::Max { b > a } else { b < a }
+                };
+                values
+                    .fold(first, |best, v| if better(best, v) { v } else { best })
+                    .clone()
+            }
+        }
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl fmt::Display for MergeRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MergeRule::Append => "append",
+            MergeRule::Merge => "merge",
+            MergeRule::Sum => "sum",
+            MergeRule::Max => "max",
+            MergeRule::Min => "min",
+        })
+    }
+}
+
+impl FromStr for MergeRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "append" => MergeRule::Append,
+            "merge" => MergeRule::Merge,
+            "sum" => MergeRule::Sum,
+            "max" => MergeRule::Max,
+            "min" => MergeRule::Min,
+            other => {
+                return Err(format!(
+                    "unknown merge rule `{other}`; expected one of: {}",
+                    MergeRule::NAMES.join(", ")
+                ));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rules_combine_in_the_given_order() {
+        let a = [json!([1]), json!(2), json!([3, 4])];
+        assert_eq!(MergeRule::Append.combine(&a), json!([1, 2, 3, 4]));
+        let o = [json!({"x": 1, "y": 1}), json!({"y": 2})];
+        assert_eq!(MergeRule::Merge.combine(&o), json!({"x": 1, "y": 2}));
+        assert_eq!(MergeRule::Sum.combine(&[json!(1), json!(2)]), json!(3));
+        assert_eq!(MergeRule::Sum.combine(&[json!(1), json!(0.5)]), json!(1.5));
+        assert_eq!(
+            MergeRule::Max.combine(&[json!(1), json!(7), json!(3)]),
+            json!(7)
+        );
+        assert_eq!(MergeRule::Min.combine(&[json!(4), json!(-2)]), json!(-2));
+    }
+
+    #[test]
+    fn type_mismatches_are_reported() {
+        assert!(
+            MergeRule::Sum
+                .check(&json!("x"))
+                .unwrap_err()
+                .contains("needs a number")
+        );
+        assert!(
+            MergeRule::Merge
+                .check(&json!([1]))
+                .unwrap_err()
+                .contains("needs an object")
+        );
+    }
+}

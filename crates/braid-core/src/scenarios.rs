@@ -1,0 +1,67 @@
+//! The benchmark pipelines, as YAML: the scenarios of the LangGraph peer
+//! script, shared by `braid bench` and the divan benchmarks.
+
+/// The seed pipeline with every agent sleeping `ms`.
+pub fn seed_yaml(ms: f64) -> String {
+    let ms = ms.round() as u64;
+    format!(
+        "pipeline: seed
+agents:
+  triage:       {{ kind: sleep, ms: {ms}, writes: [triage_result] }}
+  data:         {{ kind: sleep, ms: {ms}, reads: [triage_result], writes: [data_analysis] }}
+  metrics:      {{ kind: sleep, ms: {ms}, reads: [triage_result], writes: [metrics_result] }}
+  cost:         {{ kind: sleep, ms: {ms}, reads: [triage_result], writes: [cost_result] }}
+  optimization: {{ kind: sleep, ms: {ms}, reads: [data_analysis, metrics_result, cost_result], writes: [optimization_plan] }}
+  report:       {{ kind: sleep, ms: {ms}, reads: [optimization_plan], writes: [report] }}
+"
+    )
+}
+
+/// The skewed pipeline: triage (L) → slow (10L) ‖ quick (L) → slow2 (9L) → join (L).
+pub fn skewed_yaml(l: f64) -> String {
+    let ms = |k: f64| (k * l).round() as u64;
+    format!(
+        "pipeline: skewed
+agents:
+  triage: {{ kind: sleep, ms: {}, writes: [t] }}
+  slow:   {{ kind: sleep, ms: {}, reads: [t], writes: [a] }}
+  quick:  {{ kind: sleep, ms: {}, reads: [t], writes: [q] }}
+  slow2:  {{ kind: sleep, ms: {}, reads: [q], writes: [b] }}
+  join:   {{ kind: sleep, ms: {}, reads: [a, b], writes: [done] }}
+",
+        ms(1.0),
+        ms(10.0),
+        ms(1.0),
+        ms(9.0),
+        ms(1.0)
+    )
+}
+
+/// 1 → `n` no-op agents in parallel → join.
+pub fn wide_yaml(n: usize) -> String {
+    let mut out = String::from("pipeline: wide\nagents:\n  start: { kind: sleep, writes: [s] }\n");
+    let mut all = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push_str(&format!(
+            "  w{i}: {{ kind: sleep, reads: [s], writes: [f{i}] }}\n"
+        ));
+        all.push(format!("f{i}"));
+    }
+    out.push_str(&format!(
+        "  join: {{ kind: sleep, reads: [{}], writes: [done] }}\n",
+        all.join(", ")
+    ));
+    out
+}
+
+/// A chain of `n` no-op agents.
+pub fn deep_yaml(n: usize) -> String {
+    let mut out = String::from("pipeline: deep\nagents:\n  d0: { kind: sleep, writes: [f0] }\n");
+    for i in 1..n {
+        out.push_str(&format!(
+            "  d{i}: {{ kind: sleep, reads: [f{}], writes: [f{i}] }}\n",
+            i - 1
+        ));
+    }
+    out
+}

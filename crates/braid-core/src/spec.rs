@@ -1,0 +1,557 @@
+//! The pipeline file as written: YAML (or JSON) parsed into plain structs
+//! that remember where each value came from.
+//!
+//! This module only checks shape (known keys, types, required keys). What the
+//! values mean (do the reads resolve, is there a cycle) is checked by
+//! [`crate::pipeline`], which turns a [`PipelineSpec`] into a runnable
+//! [`crate::Pipeline`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::{LoaderOptions, Node, Span};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::diagnostic::{Diagnostic, Location};
+
+/// A value together with where it was written.
+#[derive(Debug, Clone)]
+pub(crate) struct Located<T> {
+    pub(crate) value: T,
+    pub(crate) at: Option<Location>,
+}
+
+/// The whole file, shape-checked.
+#[derive(Debug, Default)]
+pub(crate) struct PipelineSpec {
+    pub(crate) name: Option<Located<String>>,
+    pub(crate) description: Option<String>,
+    pub(crate) inputs: IndexMap<String, Located<Value>>,
+    pub(crate) defaults: DefaultsSpec,
+    pub(crate) concurrency: Option<Located<usize>>,
+    pub(crate) on_failure: Option<Located<String>>,
+    pub(crate) checkpoint: Option<Located<String>>,
+    pub(crate) output: Option<Located<String>>,
+    pub(crate) fields: IndexMap<String, Located<FieldSpec>>,
+    pub(crate) agents: IndexMap<String, Located<AgentSpec>>,
+    /// Where the `agents` key is, for errors about the section as a whole.
+    pub(crate) agents_at: Option<Location>,
+}
+
+/// `defaults:`: retry and timeout settings that agents inherit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DefaultsSpec {
+    pub(crate) timeout: Option<marked_yaml::Spanned<String>>,
+    pub(crate) retries: Option<marked_yaml::Spanned<u32>>,
+    pub(crate) backoff: Option<marked_yaml::Spanned<String>>,
+}
+
+/// One entry of the top-level `fields:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FieldSpec {
+    pub(crate) merge: Option<marked_yaml::Spanned<String>>,
+    #[allow(dead_code)] // documentation for people reading the file
+    pub(crate) description: Option<String>,
+}
+
+/// One agent, as written. Kind-specific keys are all optional here; the
+/// pipeline compiler checks that each kind gets the keys it needs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentSpec {
+    pub(crate) kind: marked_yaml::Spanned<String>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
+    #[serde(default)]
+    pub(crate) reads: Vec<marked_yaml::Spanned<String>>,
+    #[serde(default)]
+    pub(crate) writes: Vec<marked_yaml::Spanned<String>>,
+    #[serde(default)]
+    pub(crate) after: Vec<marked_yaml::Spanned<String>>,
+    pub(crate) when: Option<marked_yaml::Spanned<String>>,
+    pub(crate) timeout: Option<marked_yaml::Spanned<String>>,
+    pub(crate) retries: Option<marked_yaml::Spanned<u32>>,
+    pub(crate) backoff: Option<marked_yaml::Spanned<String>>,
+    pub(crate) expected: Option<marked_yaml::Spanned<String>>,
+    // kind: sleep
+    pub(crate) ms: Option<marked_yaml::Spanned<u64>>,
+    /// Filled from the raw node (any JSON), not by serde.
+    #[serde(skip)]
+    pub(crate) value: Option<Located<Value>>,
+    // kind: command
+    pub(crate) run: Option<Vec<marked_yaml::Spanned<String>>>,
+    #[serde(default)]
+    pub(crate) env: IndexMap<String, String>,
+    pub(crate) pool: Option<marked_yaml::Spanned<u32>>,
+    /// Every other key, for kinds the core does not build itself.
+    #[serde(skip)]
+    pub(crate) settings: IndexMap<String, Located<Value>>,
+}
+
+/// Keys every agent may have, whatever its kind.
+pub(crate) const COMMON_AGENT_KEYS: &[&str] = &[
+    "kind",
+    "description",
+    "reads",
+    "writes",
+    "after",
+    "when",
+    "timeout",
+    "retries",
+    "backoff",
+    "expected",
+];
+/// Keys of the `sleep` and `command` kinds, which the core checks itself.
+pub(crate) const CORE_KIND_KEYS: &[&str] = &["ms", "value", "run", "env", "pool"];
+
+/// Context for turning marked-yaml positions into [`Location`]s.
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub(crate) file: Option<Arc<Path>>,
+}
+
+impl Source {
+    pub(crate) fn at(&self, span: &Span) -> Option<Location> {
+        span.start().map(|m| Location {
+            file: self.file.clone(),
+            line: m.line(),
+            column: m.column(),
+        })
+    }
+
+    fn whole_file(&self) -> Option<Location> {
+        self.file.as_ref().map(|f| Location {
+            file: Some(f.clone()),
+            line: 1,
+            column: 1,
+        })
+    }
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "pipeline",
+    "description",
+    "inputs",
+    "defaults",
+    "concurrency",
+    "on_failure",
+    "checkpoint",
+    "output",
+    "fields",
+    "agents",
+];
+
+/// Duplicate keys are errors, and quoted scalars stay strings.
+fn loader_options() -> LoaderOptions {
+    LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true)
+        .toplevel_mapping()
+}
+
+/// Parses the text of a pipeline file. Returns every shape error found.
+pub(crate) fn parse(text: &str, source: &Source) -> Result<PipelineSpec, Vec<Diagnostic>> {
+    let root = match marked_yaml::parse_yaml_with_options(0, text, loader_options()) {
+        Ok(root) => root,
+        Err(err) => return Err(vec![yaml_error(err, source)]),
+    };
+    let Some(top) = root.as_mapping() else {
+        return Err(vec![Diagnostic::new(
+            source.whole_file(),
+            "expected a mapping with `pipeline` and `agents` at the top level",
+        )]);
+    };
+
+    let mut spec = PipelineSpec::default();
+    let mut errors = Vec::new();
+    for (key, value) in top.iter() {
+        let key_at = source.at(key.span());
+        match key.as_str() {
+            "pipeline" => match scalar(value) {
+                Some(name) => {
+                    spec.name = Some(Located {
+                        value: name.to_owned(),
+                        at: key_at,
+                    })
+                }
+                None => errors.push(Diagnostic::new(
+                    source.at(value.span()),
+                    "`pipeline` must be a name (a string)",
+                )),
+            },
+            "description" => spec.description = scalar(value).map(str::to_owned),
+            "inputs" => match value.as_mapping() {
+                Some(map) => {
+                    for (name, schema) in map.iter() {
+                        spec.inputs.insert(
+                            name.as_str().to_owned(),
+                            Located {
+                                value: to_json(schema),
+                                at: source.at(name.span()),
+                            },
+                        );
+                    }
+                }
+                None => errors.push(Diagnostic::new(
+                    source.at(value.span()),
+                    "`inputs` must map each input field to a JSON Schema, e.g. `request: { type: string }`",
+                )),
+            },
+            "defaults" => match deserialize::<DefaultsSpec>(value, "defaults", source, key_at) {
+                Ok(d) => spec.defaults = d,
+                Err(d) => errors.push(d),
+            },
+            "concurrency" => match scalar(value).map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => {
+                    spec.concurrency = Some(Located {
+                        value: n,
+                        at: key_at,
+                    })
+                }
+                _ => errors.push(Diagnostic::new(
+                    source.at(value.span()),
+                    format!(
+                        "`concurrency` must be a whole number of at least 1, found `{}`",
+                        describe(value)
+                    ),
+                )),
+            },
+            "on_failure" => {
+                spec.on_failure = located_scalar(
+                    value,
+                    source,
+                    "`on_failure` must be `fail` or `continue`",
+                    &mut errors,
+                )
+            }
+            "output" => {
+                spec.output = located_scalar(
+                    value,
+                    source,
+                    "`output` must name the field a person wants to see (e.g. `output: report`)",
+                    &mut errors,
+                )
+            }
+            "checkpoint" => {
+                spec.checkpoint = located_scalar(
+                    value,
+                    source,
+                    "`checkpoint` must be `none`, `end` or `agent`",
+                    &mut errors,
+                )
+            }
+            "fields" => match value.as_mapping() {
+                Some(map) => {
+                    for (name, field) in map.iter() {
+                        let at = source.at(name.span());
+                        let context = format!("field `{}`", name.as_str());
+                        match deserialize::<FieldSpec>(field, &context, source, at.clone()) {
+                            Ok(f) => {
+                                spec.fields
+                                    .insert(name.as_str().to_owned(), Located { value: f, at });
+                            }
+                            Err(d) => errors.push(d),
+                        }
+                    }
+                }
+                None => errors.push(Diagnostic::new(
+                    source.at(value.span()),
+                    "`fields` must map field names to settings, e.g. `findings: { merge: append }`",
+                )),
+            },
+            "agents" => {
+                spec.agents_at = key_at.clone();
+                match value.as_mapping() {
+                    Some(map) => parse_agents(map, source, &mut spec, &mut errors),
+                    None => errors.push(Diagnostic::new(
+                        source.at(value.span()),
+                        "`agents` must map agent names to agents, e.g. `triage: { kind: sleep, ms: 50, writes: [route] }`",
+                    )),
+                }
+            }
+            other => errors.push(Diagnostic::new(
+                key_at,
+                format!(
+                    "unknown top-level key `{other}`; expected one of: {}",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
+            )),
+        }
+    }
+    if spec.name.is_none() {
+        errors.push(Diagnostic::new(
+            source.whole_file(),
+            "missing `pipeline: NAME` at the top level",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(spec)
+    } else {
+        Err(errors)
+    }
+}
+
+fn parse_agents(
+    map: &MarkedMappingNode,
+    source: &Source,
+    spec: &mut PipelineSpec,
+    errors: &mut Vec<Diagnostic>,
+) {
+    for (name, node) in map.iter() {
+        let at = source.at(name.span());
+        let context = format!("agent `{}`", name.as_str());
+        // `value` is free-form JSON, which serde cannot take from marked-yaml's
+        // untyped scalars; convert it by hand and deserialize the rest.
+        let mut value = None;
+        let mut settings = IndexMap::new();
+        let parsed = match node.as_mapping() {
+            Some(fields) => {
+                let mut fields = fields.clone();
+                if let Some(v) = fields.remove("value") {
+                    value = Some(Located {
+                        value: to_json(&v),
+                        at: source.at(v.span()),
+                    });
+                }
+                // Keys the core does not know go to the kind's own factory.
+                let other: Vec<String> = fields
+                    .keys()
+                    .map(|k| k.as_str().to_owned())
+                    .filter(|k| {
+                        !COMMON_AGENT_KEYS.contains(&k.as_str())
+                            && !CORE_KIND_KEYS.contains(&k.as_str())
+                    })
+                    .collect();
+                for key in other {
+                    let at = fields
+                        .keys()
+                        .find(|k| k.as_str() == key)
+                        .and_then(|k| source.at(k.span()));
+                    if let Some(v) = fields.remove(key.as_str()) {
+                        settings.insert(
+                            key,
+                            Located {
+                                value: to_json(&v),
+                                at,
+                            },
+                        );
+                    }
+                }
+                // `sleep` and `command` take no other keys: say so now, with the
+                // other shape errors.
+                let own: &[&str] = match fields.get_scalar("kind").map(|k| k.as_str()) {
+                    Some("sleep") => &["ms", "value"],
+                    Some("command") => &["run", "env", "pool"],
+                    _ => &[],
+                };
+                if !own.is_empty() {
+                    for (key, value) in std::mem::take(&mut settings) {
+                        let expected: Vec<&str> =
+                            COMMON_AGENT_KEYS.iter().chain(own).copied().collect();
+                        errors.push(Diagnostic::new(
+                            value.at,
+                            format!(
+                                "{context}: unknown key `{key}`; expected one of: {}",
+                                expected.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                deserialize::<AgentSpec>(&Node::Mapping(fields), &context, source, at.clone())
+            }
+            None => Err(Diagnostic::new(
+                source.at(node.span()),
+                format!(
+                    "{context} must be a mapping with at least `kind`, found `{}`",
+                    describe(node)
+                ),
+            )),
+        };
+        match parsed {
+            Ok(mut agent) => {
+                agent.value = value;
+                agent.settings = settings;
+                spec.agents
+                    .insert(name.as_str().to_owned(), Located { value: agent, at });
+            }
+            Err(d) => errors.push(d),
+        }
+    }
+}
+
+fn deserialize<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    context: &str,
+    source: &Source,
+    fallback: Option<Location>,
+) -> Result<T, Diagnostic> {
+    marked_yaml::from_node(node).map_err(|err| {
+        let path = err.path().map(str::to_owned);
+        let inner = err.into_inner();
+        let at = inner
+            .start_mark()
+            .map(|m| Location {
+                file: source.file.clone(),
+                line: m.line(),
+                column: m.column(),
+            })
+            .or(fallback);
+        let message = match (&inner, path.as_deref()) {
+            (marked_yaml::Error::UnknownFieldError(key, expected, _), _) => format!(
+                "{context}: unknown key `{key}`; expected one of: {}",
+                expected.join(", ")
+            ),
+            (_, Some(path)) if !path.is_empty() && path != "." => {
+                format!("{context}: `{path}`: {inner}")
+            }
+            _ => format!("{context}: {inner}"),
+        };
+        Diagnostic::new(at, message)
+    })
+}
+
+fn yaml_error(err: marked_yaml::LoadError, source: &Source) -> Diagnostic {
+    use marked_yaml::LoadError as E;
+    let (mark, message) = match &err {
+        E::TopLevelMustBeMapping(m) => (
+            *m,
+            "expected a mapping with `pipeline` and `agents` at the top level".to_owned(),
+        ),
+        E::TopLevelMustBeSequence(m) => (*m, "unexpected top-level sequence".to_owned()),
+        E::UnexpectedAnchor(m) => (
+            *m,
+            "YAML anchors and aliases are not supported in pipeline files".to_owned(),
+        ),
+        E::MappingKeyMustBeScalar(m) => (*m, "mapping keys must be plain strings".to_owned()),
+        E::UnexpectedTag(m) => (
+            *m,
+            "YAML tags are not supported in pipeline files".to_owned(),
+        ),
+        E::ScanError(m, scan) => (*m, format!("malformed YAML: {}", scan.info())),
+        E::DuplicateKey(dup) => {
+            let first = dup
+                .prev_key
+                .span()
+                .start()
+                .map(|p| format!(" (first defined at line {})", p.line()))
+                .unwrap_or_default();
+            let mark = dup
+                .key
+                .span()
+                .start()
+                .copied()
+                .unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
+            (mark, format!("duplicate key `{}`{first}", dup.key.as_str()))
+        }
+    };
+    Diagnostic::new(
+        Some(Location {
+            file: source.file.clone(),
+            line: mark.line(),
+            column: mark.column(),
+        }),
+        message,
+    )
+}
+
+/// A top-level key's string value with its position, or `problem` reported
+/// at the value.
+fn located_scalar(
+    value: &Node,
+    source: &Source,
+    problem: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Located<String>> {
+    match scalar(value) {
+        Some(s) => Some(Located {
+            value: s.to_owned(),
+            at: source.at(value.span()),
+        }),
+        None => {
+            errors.push(Diagnostic::new(source.at(value.span()), problem));
+            None
+        }
+    }
+}
+
+fn scalar(node: &Node) -> Option<&str> {
+    node.as_scalar().map(|s| s.as_str())
+}
+
+fn describe(node: &Node) -> String {
+    match node {
+        Node::Scalar(s) => s.as_str().to_owned(),
+        Node::Mapping(_) => "a mapping".to_owned(),
+        Node::Sequence(_) => "a list".to_owned(),
+    }
+}
+
+/// Converts a YAML node to JSON with the YAML 1.2 core schema: plain scalars
+/// become null, booleans and numbers where they look like one; quoted
+/// scalars stay strings.
+pub(crate) fn to_json(node: &Node) -> Value {
+    match node {
+        Node::Scalar(s) => {
+            let text = s.as_str();
+            if !s.may_coerce() {
+                return Value::String(text.to_owned());
+            }
+            match text {
+                "null" | "Null" | "NULL" | "~" | "" => Value::Null,
+                "true" | "True" | "TRUE" => Value::Bool(true),
+                "false" | "False" | "FALSE" => Value::Bool(false),
+                _ => {
+                    if let Ok(i) = text.parse::<i64>() {
+                        Value::from(i)
+                    } else if let Some(f) = text
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite())
+                        .and_then(serde_json::Number::from_f64)
+                    {
+                        Value::Number(f)
+                    } else {
+                        Value::String(text.to_owned())
+                    }
+                }
+            }
+        }
+        Node::Sequence(items) => Value::Array(items.iter().map(to_json).collect()),
+        Node::Mapping(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.as_str().to_owned(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_of(yaml: &str) -> Value {
+        let node = marked_yaml::parse_yaml_with_options(0, yaml, loader_options()).unwrap();
+        to_json(&node)
+    }
+
+    #[test]
+    fn yaml_scalars_follow_the_core_schema() {
+        assert_eq!(
+            json_of("a: 1\nb: 1.5\nc: true\nd: ~\ne: '1'\nf: text\ng: [1, x]"),
+            serde_json::json!({"a": 1, "b": 1.5, "c": true, "d": null, "e": "1", "f": "text", "g": [1, "x"]})
+        );
+    }
+
+    #[test]
+    fn json_documents_load_as_yaml() {
+        assert_eq!(
+            json_of(r#"{"a": {"b": [1, 2.5, "3", false, null]}}"#),
+            serde_json::json!({"a": {"b": [1, 2.5, "3", false, null]}})
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Metrics and traces of runs, recorded without blocking the scheduler.
+//!
+//! Everything goes through the `metrics` facade (atomic updates; nothing at
+//! all without an installed recorder) and `tracing` (a run span, an agent
+//! span per attempt; free when no subscriber listens). The names, for
+//! dashboards:
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `braid_runs_total` | counter | `status` |
+//! | `braid_run_makespan_seconds` | histogram | `status` |
+//! | `braid_agents_total` | counter | `status` |
+//! | `braid_agent_duration_seconds` | histogram | |
+//! | `braid_agent_queue_wait_seconds` | histogram | |
+//! | `braid_agent_retries_total` | counter | |
+//! | `braid_llm_tokens_total` | counter | `direction` (`prompt`, `completion`) |
+//! | `braid_events_emitted_total` | counter | |
+//!
+//! Other crates add theirs: the store `braid_checkpoint_batch_size`,
+//! `braid_checkpoint_commit_seconds`, `braid_checkpoint_transactions_total`,
+//! `braid_checkpoint_retries_total`, `braid_checkpoint_failures_total` and
+//! `braid_db_pool_connections{state}`; the HTTP client
+//! `braid_http_requests_total`, `braid_http_pool_waits_total` and
+//! `braid_http_in_flight{host}`; the server `braid_runs_started_total`,
+//! `braid_runs_finished_total{status}`, `braid_runs_in_memory{status}` and
+//! `braid_events_dropped_total`.
+
+use std::time::Duration;
+
+use crate::run::RunReport;
+
+pub(crate) fn run_finished(report: &RunReport) {
+    let status = report.status.to_string();
+    metrics::counter!("braid_runs_total", "status" => status.clone()).increment(1);
+    metrics::histogram!("braid_run_makespan_seconds", "status" => status)
+        .record(report.makespan_ms / 1e3);
+    if let Some(tokens) = report.tokens {
+        metrics::counter!("braid_llm_tokens_total", "direction" => "prompt")
+            .increment(tokens.prompt);
+        metrics::counter!("braid_llm_tokens_total", "direction" => "completion")
+            .increment(tokens.completion);
+    }
+}
+
+pub(crate) fn agent_finished(status: &'static str, duration_ms: Option<f64>, _attempts: u32) {
+    metrics::counter!("braid_agents_total", "status" => status).increment(1);
+    if let Some(ms) = duration_ms {
+        metrics::histogram!("braid_agent_duration_seconds").record(ms / 1e3);
+    }
+}
+
+pub(crate) fn queue_wait(wait: Duration) {
+    metrics::histogram!("braid_agent_queue_wait_seconds").record(wait.as_secs_f64());
+}
+
+pub(crate) fn retried() {
+    metrics::counter!("braid_agent_retries_total").increment(1);
+}
+
+pub(crate) fn event_emitted() {
+    metrics::counter!("braid_events_emitted_total").increment(1);
+}

@@ -1,0 +1,382 @@
+//! Every way a pipeline file can be wrong gets a specific error that names
+//! the agents and fields involved and the line and column in the file.
+
+use std::path::PathBuf;
+
+use braid_core::{Diagnostic, LoadError, Pipeline};
+
+struct Written {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn write(yaml: &str) -> Written {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Written { _dir: dir, path }
+}
+
+/// Loads `yaml` from a file and returns its diagnostics (it must fail).
+fn errors(yaml: &str) -> Vec<Diagnostic> {
+    let file = write(yaml);
+    match Pipeline::from_file(&file.path) {
+        Ok(_) => panic!("expected the pipeline to be rejected:\n{yaml}"),
+        Err(err) => {
+            let diagnostics = err.diagnostics();
+            for d in &diagnostics {
+                let loc = d
+                    .location
+                    .as_ref()
+                    .expect("every diagnostic here has a location");
+                assert_eq!(loc.file.as_deref(), Some(file.path.as_path()), "{d}");
+            }
+            diagnostics
+        }
+    }
+}
+
+/// The one diagnostic that mentions all of `needles`, and its (line, column).
+fn find(diagnostics: &[Diagnostic], needles: &[&str]) -> (usize, usize) {
+    let d = diagnostics
+        .iter()
+        .find(|d| needles.iter().all(|n| d.message.contains(n)))
+        .unwrap_or_else(|| panic!("no diagnostic mentions {needles:?}; got:\n{diagnostics:#?}"));
+    let loc = d.location.as_ref().unwrap();
+    (loc.line, loc.column)
+}
+
+#[test]
+fn a_cycle_is_printed_with_the_reason_for_each_step() {
+    let diagnostics = errors(
+        "pipeline: loop\n\
+         agents:\n\
+         \x20 a: { kind: sleep, reads: [z], writes: [x] }\n\
+         \x20 b: { kind: sleep, reads: [x], writes: [y] }\n\
+         \x20 c: { kind: sleep, reads: [y], writes: [z] }\n",
+    );
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    let (line, col) = find(&diagnostics, &["dependency cycle: a -> b -> c -> a"]);
+    assert_eq!((line, col), (3, 3));
+    assert!(diagnostics[0].message.contains("b reads `x` written by a"));
+    assert!(diagnostics[0].message.contains("a reads `z` written by c"));
+}
+
+#[test]
+fn a_cycle_through_after_is_reported() {
+    let diagnostics = errors(
+        "pipeline: loop\n\
+         agents:\n\
+         \x20 a: { kind: sleep, writes: [x], after: [b] }\n\
+         \x20 b: { kind: sleep, reads: [x], writes: [y] }\n",
+    );
+    let (line, _) = find(
+        &diagnostics,
+        &["dependency cycle: a -> b -> a", "a runs after b"],
+    );
+    assert_eq!(line, 3);
+}
+
+#[test]
+fn concurrent_writers_without_a_merge_rule_are_a_race() {
+    let yaml = "pipeline: race\n\
+         agents:\n\
+         \x20 start: { kind: sleep, writes: [go] }\n\
+         \x20 left:  { kind: sleep, reads: [go], writes: [findings] }\n\
+         \x20 right: { kind: sleep, reads: [go], writes: [findings] }\n";
+    let diagnostics = errors(yaml);
+    let (line, col) = find(
+        &diagnostics,
+        &[
+            "write-write race on `findings`",
+            "`left` and `right`",
+            "merge",
+        ],
+    );
+    assert_eq!((line, col), (5, 47));
+
+    // Ordering them, or declaring a merge rule, makes it valid.
+    let ordered = yaml.replace(
+        "writes: [findings] }\n  right: { kind: sleep, reads: [go],",
+        "writes: [findings] }\n  right: { kind: sleep, reads: [go], after: [left],",
+    );
+    assert!(Pipeline::from_yaml_str(&ordered).is_ok(), "{ordered}");
+    let merged = format!("{yaml}fields:\n  findings: {{ merge: append }}\n");
+    assert!(Pipeline::from_yaml_str(&merged).is_ok());
+}
+
+#[test]
+fn a_read_nobody_writes_is_rejected_unless_optional() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         agents:\n\
+         \x20 a: { kind: sleep, writes: [triage_result] }\n\
+         \x20 b: { kind: sleep, reads: [triage_reslt, maybe?], writes: [y] }\n",
+    );
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    let (line, col) = find(
+        &diagnostics,
+        &[
+            "agent `b` reads `triage_reslt`",
+            "no agent writes",
+            "did you mean `triage_result`?",
+        ],
+    );
+    assert_eq!((line, col), (4, 29));
+}
+
+#[test]
+fn unknown_keys_name_the_agent_and_the_key() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         agents:\n\
+         \x20 a:\n\
+         \x20   kind: sleep\n\
+         \x20   writes: [x]\n\
+         \x20   retrys: 3\n\
+         colour: blue\n",
+    );
+    let (line, col) = find(
+        &diagnostics,
+        &["agent `a`", "unknown key `retrys`", "retries"],
+    );
+    assert_eq!((line, col), (6, 5));
+    let (line, col) = find(&diagnostics, &["unknown top-level key `colour`"]);
+    assert_eq!((line, col), (7, 1));
+}
+
+#[test]
+fn wrong_types_point_at_the_value() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         agents:\n\
+         \x20 a: { kind: sleep, ms: fifty, writes: [x] }\n\
+         \x20 c: { kind: sleep, retries: -1, writes: [z] }\n\
+         concurrency: lots\n",
+    );
+    let (line, col) = find(&diagnostics, &["agent `a`", "`ms`", "invalid digit"]);
+    assert_eq!((line, col), (3, 25));
+    let (line, _) = find(&diagnostics, &["agent `c`", "`retries`"]);
+    assert_eq!(line, 4);
+    let (line, col) = find(
+        &diagnostics,
+        &["`concurrency` must be a whole number", "lots"],
+    );
+    assert_eq!((line, col), (5, 14));
+}
+
+#[test]
+fn bad_durations_point_at_the_value() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         defaults: { backoff: 1 fortnight-ish }\n\
+         agents:\n\
+         \x20 b: { kind: sleep, timeout: 3 parsecs, writes: [y] }\n",
+    );
+    let (line, col) = find(
+        &diagnostics,
+        &["agent `b`", "bad duration `3 parsecs`", "200ms"],
+    );
+    assert_eq!((line, col), (4, 30));
+    let (line, _) = find(&diagnostics, &["defaults.backoff", "bad duration"]);
+    assert_eq!(line, 2);
+}
+
+#[test]
+fn unknown_after_targets_and_kinds_are_rejected() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         agents:\n\
+         \x20 report: { kind: sleep, writes: [r], after: [cots] }\n\
+         \x20 cost:   { kind: slep, writes: [c] }\n\
+         \x20 run:    { kind: command, writes: [d] }\n",
+    );
+    let (line, col) = find(
+        &diagnostics,
+        &[
+            "agent `report`",
+            "`after` names `cots`",
+            "did you mean `cost`?",
+        ],
+    );
+    assert_eq!((line, col), (3, 47));
+    let (line, col) = find(
+        &diagnostics,
+        &["agent `cost`", "unknown kind `slep`", "sleep, command"],
+    );
+    assert_eq!((line, col), (4, 19));
+    let (line, _) = find(&diagnostics, &["agent `run`", "needs `run: [PROGRAM"]);
+    assert_eq!(line, 5);
+}
+
+#[test]
+fn an_empty_pipeline_is_rejected() {
+    let diagnostics = errors("pipeline: nothing\nagents: {}\n");
+    let (line, col) = find(&diagnostics, &["no agents"]);
+    assert_eq!((line, col), (2, 1));
+}
+
+#[test]
+fn a_malformed_condition_is_rejected_with_its_text() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         agents:\n\
+         \x20 a: { kind: sleep, writes: [x] }\n\
+         \x20 b: { kind: sleep, writes: [y], when: 'x.route ==' }\n\
+         \x20 c: { kind: sleep, writes: [z], when: 'nothing > 1' }\n",
+    );
+    let (line, _) = find(
+        &diagnostics,
+        &["agent `b`", "malformed `when` expression `x.route ==`"],
+    );
+    assert_eq!(line, 4);
+    let (line, _) = find(&diagnostics, &["agent `c`", "`when` refers to `nothing`"]);
+    assert_eq!(line, 5);
+}
+
+#[test]
+fn malformed_yaml_names_the_line() {
+    let diagnostics = errors("pipeline: p\nagents:\n  a: { kind: sleep, writes: [x]\n");
+    assert_eq!(diagnostics.len(), 1);
+    assert!(
+        diagnostics[0].message.contains("malformed YAML"),
+        "{diagnostics:#?}"
+    );
+    assert_eq!(diagnostics[0].location.as_ref().unwrap().line, 4);
+}
+
+#[test]
+fn duplicate_agent_names_are_rejected() {
+    let diagnostics = errors(
+        "pipeline: p\nagents:\n  a: { kind: sleep, writes: [x] }\n  a: { kind: sleep, writes: [y] }\n",
+    );
+    let (line, _) = find(
+        &diagnostics,
+        &["duplicate key `a`", "first defined at line 3"],
+    );
+    assert_eq!(line, 4);
+}
+
+#[test]
+fn writing_an_input_and_unknown_merge_rules_are_rejected() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         inputs: { request: { type: string } }\n\
+         fields: { out: { merge: concat } }\n\
+         agents:\n\
+         \x20 a: { kind: sleep, reads: [request], writes: [request, out] }\n",
+    );
+    let (line, _) = find(&diagnostics, &["agent `a` writes `request`", "run input"]);
+    assert_eq!(line, 5);
+    let (line, _) = find(
+        &diagnostics,
+        &[
+            "`fields.out.merge`",
+            "unknown merge rule `concat`",
+            "append",
+        ],
+    );
+    assert_eq!(line, 3);
+}
+
+#[test]
+fn kind_specific_keys_must_match_the_kind() {
+    let diagnostics =
+        errors("pipeline: p\nagents:\n  a: { kind: command, run: [echo], ms: 5, writes: [x] }\n");
+    find(
+        &diagnostics,
+        &["agent `a`", "`ms` does not apply to a `command` agent"],
+    );
+}
+
+#[test]
+fn a_missing_file_says_which_file() {
+    let err = Pipeline::from_file("/nonexistent/braid/pipeline.yaml").unwrap_err();
+    assert!(matches!(err, LoadError::Read { .. }));
+    let message = err.to_string();
+    assert!(
+        message.contains("/nonexistent/braid/pipeline.yaml"),
+        "{message}"
+    );
+    assert!(message.contains("No such file"), "{message}");
+}
+
+#[test]
+fn several_problems_are_all_reported_at_once() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         agents:\n\
+         \x20 a: { kind: sleep, reads: [nope], writes: [x], timeout: soon }\n\
+         \x20 b: { kind: sleep, writes: [y], after: [ghost] }\n",
+    );
+    assert_eq!(diagnostics.len(), 3, "{diagnostics:#?}");
+}
+
+#[test]
+fn json_pipelines_load_too() {
+    let pipeline = Pipeline::from_yaml_str(
+        r#"{"pipeline": "json", "inputs": {"n": {"type": "integer"}},
+            "agents": {"a": {"kind": "sleep", "ms": 1, "reads": ["n"], "writes": ["x"]},
+                       "b": {"kind": "sleep", "reads": ["x"], "writes": ["y"], "value": {"k": [1, 2]}}}}"#,
+    )
+    .unwrap();
+    assert_eq!(pipeline.name(), "json");
+    assert_eq!(pipeline.graph().edges().collect::<Vec<_>>(), [(0, 1)]);
+}
+
+#[test]
+fn the_examples_are_valid() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for file in ["seed.yaml", "polyglot/pipeline.yaml"] {
+        Pipeline::from_file(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
+
+#[test]
+fn an_agent_that_needs_its_own_write_could_never_start() {
+    let diagnostics = errors(
+        "pipeline: p\n\
+         agents:\n\
+         \x20 a: { kind: sleep, reads: [x], writes: [x] }\n\
+         \x20 b: { kind: sleep, writes: [y], when: 'y > 1' }\n\
+         \x20 c: { kind: sleep, reads: [z?], writes: [z] }\n",
+    );
+    assert_eq!(diagnostics.len(), 2, "{diagnostics:#?}");
+    let (line, _) = find(
+        &diagnostics,
+        &["agent `a` reads `x`, which only it writes", "`x?`"],
+    );
+    assert_eq!(line, 3);
+    let (line, _) = find(
+        &diagnostics,
+        &[
+            "agent `b`",
+            "`when` refers to `y`, which only this agent writes",
+        ],
+    );
+    assert_eq!(line, 4);
+}
+
+#[test]
+fn a_zero_timeout_is_rejected() {
+    let diagnostics = errors(
+        "pipeline: p\ndefaults: { timeout: 0s }\nagents:\n  a: { kind: sleep, writes: [x], timeout: 0ms }\n",
+    );
+    let (line, _) = find(
+        &diagnostics,
+        &["`defaults.timeout` must be longer than zero"],
+    );
+    assert_eq!(line, 2);
+    let (line, _) = find(
+        &diagnostics,
+        &["agent `a`: `timeout` must be longer than zero"],
+    );
+    assert_eq!(line, 4);
+}
+
+#[test]
+fn pipeline_names_are_url_safe() {
+    let diagnostics = errors("pipeline: \"<img src=x>\"\nagents:\n  a: { kind: sleep }\n");
+    let (line, _) = find(&diagnostics, &["a pipeline's name must be letters, digits"]);
+    assert_eq!(line, 1);
+}

@@ -1,0 +1,276 @@
+//! The braid server: pipelines and runs over an HTTP API, live events over
+//! Server-Sent Events and WebSocket (only for runs that ask for them), a
+//! live web view, bearer-token auth and limits.
+//!
+//! [`app`] builds the whole router from an [`AppState`]; [`serve`] binds it
+//! and shuts down gracefully. Nothing here is on a run's hot path: a run
+//! with `events: "off"` has no sink, so the engine builds no events at all.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use braid_server::{AppState, ServerConfig, app};
+//! let state = AppState::new(ServerConfig::default(), None);
+//! let router = app(state);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7700").await?;
+//! axum::serve(listener, router).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod events;
+mod routes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use braid_core::{Pipeline, RunReport};
+use braid_store::Store;
+use indexmap::IndexMap;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::ApiError;
+pub use routes::app;
+
+/// Limits and switches of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The bearer token every `/v1` route and stream requires; `None`
+    /// leaves them open (only allowed on a loopback address).
+    pub token: Option<String>,
+    /// Whether pipelines registered over HTTP may contain `command` agents
+    /// (which run programs on this host).
+    pub allow_command_agents: bool,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Most agents in one pipeline.
+    pub max_agents: usize,
+    /// Most runs in flight at once (429 beyond it).
+    pub max_concurrent_runs: usize,
+    /// Most events kept per run (lifecycle events are always kept).
+    pub max_events_per_run: usize,
+    /// Finished runs kept in memory (older ones are still in the store).
+    pub max_finished_runs: usize,
+    /// How long runs in flight may take to finish on shutdown.
+    pub grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            allow_command_agents: false,
+            max_body_bytes: 1024 * 1024,
+            max_agents: 1000,
+            max_concurrent_runs: 1000,
+            max_events_per_run: 10_000,
+            max_finished_runs: 1000,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A pipeline the server knows.
+pub struct Registered {
+    /// The validated pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// Its text as registered.
+    pub source: String,
+}
+
+/// A run the server started (in flight, or finished recently).
+pub struct LiveRun {
+    /// The run's id.
+    pub id: String,
+    /// Its pipeline's name.
+    pub pipeline: String,
+    /// `off`, `summary` or `full`.
+    pub events_mode: &'static str,
+    /// Its events (empty for `off` until the final event).
+    pub events: Arc<events::EventLog>,
+    /// Cancels the run.
+    pub cancel: CancellationToken,
+    /// `None` while running; the report once finished.
+    pub report: watch::Receiver<Option<Arc<RunReport>>>,
+    /// Set when the server cancelled it because it was shutting down.
+    pub interrupted: std::sync::atomic::AtomicBool,
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) store: Option<Arc<Store>>,
+    pub(crate) pipelines: RwLock<IndexMap<String, Arc<Registered>>>,
+    pub(crate) runs: RwLock<IndexMap<String, Arc<LiveRun>>>,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) tracker: TaskTracker,
+    /// Held (shared) while a run is admitted and spawned, and (exclusively)
+    /// while the tracker closes, so no run slips in after shutdown began.
+    pub(crate) admission: RwLock<()>,
+    pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl AppState {
+    /// A server with `config`, saving runs to `store` if given.
+    pub fn new(config: ServerConfig, store: Option<Arc<Store>>) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_runs.max(1)));
+        Self {
+            inner: Arc::new(Shared {
+                config,
+                store,
+                pipelines: RwLock::new(IndexMap::new()),
+                runs: RwLock::new(IndexMap::new()),
+                slots,
+                tracker: TaskTracker::new(),
+                admission: RwLock::new(()),
+                metrics: metrics_handle(),
+            }),
+        }
+    }
+
+    /// Registers a pipeline loaded by the operator (e.g. `--pipelines DIR`):
+    /// it may contain `command` agents whatever `allow_command_agents` says.
+    pub fn preload(&self, pipeline: Pipeline, source: String) {
+        let name = pipeline.name().to_owned();
+        self.inner
+            .pipelines
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name,
+                Arc::new(Registered {
+                    pipeline: Arc::new(pipeline),
+                    source,
+                }),
+            );
+    }
+
+    /// Stops taking runs and waits up to the grace period for runs in
+    /// flight; then cancels the rest and marks them interrupted (in the
+    /// store, resumable). Finally flushes the store.
+    pub async fn shut_down(&self) {
+        let shared = &self.inner;
+        {
+            let _closing = shared.admission.write().unwrap_or_else(|e| e.into_inner());
+            shared.tracker.close();
+        }
+        if tokio::time::timeout(shared.config.grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            let live: Vec<Arc<LiveRun>> = shared
+                .runs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|r| r.report.borrow().is_none())
+                .cloned()
+                .collect();
+            for run in &live {
+                run.interrupted
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                run.cancel.cancel();
+            }
+            shared.tracker.wait().await;
+        }
+        if let Some(store) = &shared.store
+            && let Err(err) = store.flush().await
+        {
+            eprintln!("braid-server: some runs could not be saved: {err}");
+        }
+    }
+}
+
+/// Is `addr` a loopback address (127.0.0.0/8 or ::1)?
+pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// The process-wide Prometheus recorder (installed once).
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a library user's);
+            // then /metrics shows what this one sees, which is nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Binds `addr` and serves until `shutdown` resolves; then stops accepting,
+/// lets runs finish within the grace period and flushes the store.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = app(state.clone());
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.cancel();
+    });
+    let serving = axum::serve(listener, router)
+        .with_graceful_shutdown({
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        })
+        .into_future();
+    let server = tokio::spawn(serving);
+    stop.cancelled().await;
+    // Open event streams end when their runs end: finish the runs first.
+    state.shut_down().await;
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(format!(
+            "the server task failed: {join}"
+        ))),
+        Err(_) => {
+            eprintln!("braid-server: connections still open 5 s after the last run; closing");
+            Ok(())
+        }
+    }
+}
+
+/// Runs kept in memory: drops the oldest finished ones beyond the limit.
+pub(crate) fn prune(runs: &mut IndexMap<String, Arc<LiveRun>>, keep_finished: usize) {
+    let finished: Vec<String> = runs
+        .iter()
+        .filter(|(_, r)| r.report.borrow().is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
+    if finished.len() > keep_finished {
+        for id in &finished[..finished.len() - keep_finished] {
+            runs.shift_remove(id);
+        }
+    }
+}
+
+/// Counts of runs by status, for `/metrics` and tests.
+pub(crate) fn run_counts(runs: &IndexMap<String, Arc<LiveRun>>) -> HashMap<&'static str, usize> {
+    let mut counts = HashMap::new();
+    for run in runs.values() {
+        let status = match run.report.borrow().as_ref() {
+            None => "running",
+            Some(r) => match r.status {
+                braid_core::RunStatus::Completed => "completed",
+                braid_core::RunStatus::Failed => "failed",
+                braid_core::RunStatus::Cancelled => "cancelled",
+            },
+        };
+        *counts.entry(status).or_default() += 1;
+    }
+    counts
+}

@@ -1,0 +1,870 @@
+//! The router and its handlers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use braid_core::event::{EventKind, EventLevel, EventSink, RunEvent};
+use braid_core::{CheckpointPolicy, Pipeline, ResumePoint, RunOptions, RunStatus, ValidInput};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::events::{self, Delivery, EventLog};
+use crate::{AppState, LiveRun, Registered, prune, run_counts};
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// The whole API: `/v1/…` behind the bearer token, plus `/`, `/healthz`,
+/// `/readyz` and `/metrics`.
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/pipelines", get(list_pipelines).post(register_pipeline))
+        .route("/pipelines/{name}", get(get_pipeline))
+        .route("/runs", get(list_runs).post(start_run))
+        .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/cancel", post(cancel_run))
+        .route("/runs/{id}/resume", post(resume_run))
+        .route("/runs/{id}/events", get(sse_events))
+        .route("/runs/{id}/ws", get(ws_events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let max_body = state.inner.config.max_body_bytes;
+    Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Every `/v1` request needs `Authorization: Bearer TOKEN` (or, for
+/// browsers' EventSource and WebSocket, which cannot set headers,
+/// `?token=TOKEN`). Compared in constant time.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state
+        .inner
+        .config
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    else {
+        // No token: the server listens on loopback only. Refuse requests
+        // that name another host, so a web page elsewhere cannot reach the
+        // API through DNS rebinding.
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost");
+        let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        });
+        if !matches!(name, "localhost" | "127.0.0.1" | "[::1]") {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                "without a token this server answers only requests to localhost",
+            )
+            .into_response();
+        }
+        return next.run(request).await;
+    };
+    let from_header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let from_query = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    let presented = from_header.or(from_query).unwrap_or_default();
+    if !presented.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer TOKEN)",
+        )
+        .into_response()
+    }
+}
+
+/// Bodies a browser may send cross-site without asking first (forms, plain
+/// text) are refused: the API takes JSON or YAML.
+fn require_api_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let simple = [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "text/plain",
+    ];
+    if simple.iter().any(|s| kind.starts_with(s)) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send the pipeline as application/yaml or application/json, not {kind}"),
+        ));
+    }
+    Ok(())
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if let Some(store) = &state.inner.store {
+        sqlx_ping(store).await.map_err(|e| {
+            eprintln!(
+                "braid-server: readiness: the store at {} does not answer: {e}",
+                store.url()
+            );
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unreachable",
+                "the store does not answer",
+            )
+        })?;
+    }
+    Ok(Json(json!({"status": "ready"})))
+}
+
+async fn sqlx_ping(store: &braid_store::Store) -> Result<(), String> {
+    store.ping().await.map_err(|e| e.to_string())
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(store) = &state.inner.store {
+        store.record_pool_gauges();
+    }
+    let counts = run_counts(&state.inner.runs.read().unwrap_or_else(|e| e.into_inner()));
+    for status in ["running", "completed", "failed", "cancelled"] {
+        metrics::gauge!("braid_runs_in_memory", "status" => status)
+            .set(counts.get(status).copied().unwrap_or(0) as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.inner.metrics.render(),
+    )
+}
+
+// ---- pipelines ----
+
+async fn list_pipelines(State(state): State<AppState>) -> Json<Value> {
+    let pipelines = state
+        .inner
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    Json(json!(
+        pipelines
+            .values()
+            .map(|r| json!({
+                "name": r.pipeline.name(),
+                "description": r.pipeline.description(),
+                "agents": r.pipeline.agents().len(),
+                "content_hash": r.pipeline.content_hash(),
+            }))
+            .collect::<Vec<_>>()
+    ))
+}
+
+fn describe(registered: &Registered) -> Value {
+    json!({
+        "name": registered.pipeline.name(),
+        "content_hash": registered.pipeline.content_hash(),
+        "explain": registered.pipeline.explain(),
+        "source": registered.source,
+    })
+}
+
+async fn register_pipeline(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_api_content_type(&headers)?;
+    let body = body.map_err(body_error)?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the pipeline must be UTF-8 text",
+        )
+    })?;
+    let pipeline = Pipeline::from_yaml_str(text).map_err(|err| {
+        ApiError::invalid(
+            "invalid_pipeline",
+            "the pipeline is not valid",
+            err.diagnostics().iter().map(ToString::to_string).collect(),
+        )
+    })?;
+    let config = &state.inner.config;
+    if pipeline.agents().len() > config.max_agents {
+        return Err(ApiError::invalid(
+            "too_many_agents",
+            format!(
+                "the pipeline has {} agents; this server takes at most {}",
+                pipeline.agents().len(),
+                config.max_agents
+            ),
+            Vec::new(),
+        ));
+    }
+    if !config.allow_command_agents {
+        let commands: Vec<&str> = pipeline
+            .agents()
+            .iter()
+            .filter(|a| a.kind().name() == "command")
+            .map(|a| a.name())
+            .collect();
+        if !commands.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "command_agents_not_allowed",
+                format!(
+                    "agents {} are `command` agents, which run programs on this host; \
+                     this server was not started with --allow-command-agents",
+                    commands.join(", ")
+                ),
+            ));
+        }
+    }
+    let registered = Arc::new(Registered {
+        pipeline: Arc::new(pipeline),
+        source: text.to_owned(),
+    });
+    let name = registered.pipeline.name().to_owned();
+    let replaced = state
+        .inner
+        .pipelines
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name, registered.clone())
+        .is_some();
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(describe(&registered))))
+}
+
+async fn get_pipeline(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let pipelines = state
+        .inner
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    let registered = pipelines
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no pipeline named `{name}`")))?;
+    Ok(Json(describe(registered)))
+}
+
+fn registered(state: &AppState, name: &str) -> Result<Arc<Registered>, ApiError> {
+    state
+        .inner
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no pipeline named `{name}`; register it with POST /v1/pipelines"
+            ))
+        })
+}
+
+// ---- runs ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRun {
+    pipeline: String,
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    events: Option<String>,
+    #[serde(default)]
+    checkpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    wait: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+}
+
+fn json_error(rejection: JsonRejection) -> ApiError {
+    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+}
+
+fn level(mode: &str) -> Result<(Option<EventLevel>, &'static str), ApiError> {
+    match mode {
+        "off" => Ok((None, "off")),
+        "summary" => Ok((Some(EventLevel::Summary), "summary")),
+        "full" => Ok((Some(EventLevel::Full), "full")),
+        other => Err(ApiError::invalid(
+            "invalid_events",
+            format!("`events` must be `off`, `summary` or `full`, not `{other}`"),
+            Vec::new(),
+        )),
+    }
+}
+
+fn permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    if state.inner.tracker.is_closed() {
+        return Err(shutting_down());
+    }
+    state.inner.slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_runs",
+            format!(
+                "{} runs are in flight, the most this server takes; try again later",
+                state.inner.config.max_concurrent_runs
+            ),
+        )
+    })
+}
+
+async fn start_run(
+    State(state): State<AppState>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    body: Result<Json<StartRun>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let Json(request) = body.map_err(json_error)?;
+    let registered = registered(&state, &request.pipeline)?;
+    let input = registered
+        .pipeline
+        .check_input(&request.input)
+        .map_err(|err| {
+            ApiError::invalid(
+                "invalid_input",
+                "the run's input is not valid",
+                err.problems,
+            )
+        })?;
+    let (level, mode) = level(request.events.as_deref().unwrap_or("off"))?;
+    let checkpoint = request
+        .checkpoint
+        .as_deref()
+        .map(str::parse::<CheckpointPolicy>)
+        .transpose()
+        .map_err(|e| ApiError::invalid("invalid_checkpoint", e, Vec::new()))?;
+    let slot = permit(&state)?;
+    let how = Launch {
+        registered,
+        input,
+        level,
+        mode,
+        checkpoint,
+        run_id: None,
+        resume: None,
+        events_before: 0,
+    };
+    let run = launch(&state, how, slot)?;
+    respond(run, query.wait).await
+}
+
+async fn respond(run: Arc<LiveRun>, wait: bool) -> Result<Response, ApiError> {
+    if !wait {
+        return Ok((StatusCode::ACCEPTED, Json(json!({"run_id": run.id}))).into_response());
+    }
+    let mut report = run.report.clone();
+    let report = report
+        .wait_for(Option::is_some)
+        .await
+        .map_err(ApiError::internal)?
+        .clone()
+        .expect("waited for it");
+    Ok(Json(report_json(&run, &report)).into_response())
+}
+
+fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    value["events"] = json!(run.events_mode);
+    if run.interrupted.load(Ordering::SeqCst) {
+        value["status"] = json!("interrupted");
+    }
+    value
+}
+
+/// How a run is to be started.
+struct Launch {
+    registered: Arc<Registered>,
+    input: ValidInput,
+    level: Option<EventLevel>,
+    mode: &'static str,
+    checkpoint: Option<CheckpointPolicy>,
+    run_id: Option<String>,
+    resume: Option<ResumePoint>,
+    /// Events of an earlier attempt at this run: numbering goes on after them.
+    events_before: u64,
+}
+
+/// Starts a run in the server's task tracker and registers it; refuses
+/// once shutdown has begun.
+fn launch(
+    state: &AppState,
+    how: Launch,
+    slot: OwnedSemaphorePermit,
+) -> Result<Arc<LiveRun>, ApiError> {
+    let shared = &state.inner;
+    let _admitted = shared.admission.read().unwrap_or_else(|e| e.into_inner());
+    if shared.tracker.is_closed() {
+        return Err(shutting_down());
+    }
+    let Launch {
+        registered,
+        input,
+        level,
+        mode,
+        checkpoint,
+        run_id,
+        resume,
+        events_before,
+    } = how;
+    let id = run_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let log = EventLog::continuing(shared.config.max_events_per_run, events_before);
+    let (sink, from_engine) = match level {
+        Some(level) => {
+            let (sink, rx) = EventSink::channel(level);
+            (Some(sink), Some(rx))
+        }
+        None => (None, None),
+    };
+    let (report_tx, report_rx) = watch::channel(None);
+    let cancel = CancellationToken::new();
+    let run = Arc::new(LiveRun {
+        id: id.clone(),
+        pipeline: registered.pipeline.name().to_owned(),
+        events_mode: mode,
+        events: log.clone(),
+        cancel: cancel.clone(),
+        report: report_rx,
+        interrupted: Default::default(),
+    });
+    {
+        let mut runs = shared.runs.write().unwrap_or_else(|e| e.into_inner());
+        runs.insert(id.clone(), run.clone());
+        prune(&mut runs, shared.config.max_finished_runs);
+    }
+    metrics::counter!("braid_runs_started_total").increment(1);
+    let store = shared.store.clone();
+    let live = run.clone();
+    shared.tracker.spawn(async move {
+        let pump = from_engine.map(|rx| tokio::spawn(events::pump(rx, log.clone())));
+        let options = RunOptions {
+            run_id: Some(id.clone()),
+            cancel,
+            events: sink,
+            checkpoint,
+            checkpointer: store.as_ref().map(|s| s.checkpointer()),
+            resume,
+            ..RunOptions::default()
+        };
+        // In a task of its own, so that a panic in the engine still ends
+        // the run's record and its event streams.
+        let pipeline = registered.pipeline.clone();
+        let report = match tokio::spawn(async move { pipeline.run(input, options).await }).await {
+            Ok(report) => report,
+            Err(failure) => braid_core::RunReport {
+                run_id: id.clone(),
+                pipeline: registered.pipeline.name().to_owned(),
+                status: RunStatus::Failed,
+                error: Some(format!("the run failed inside the engine: {failure}")),
+                makespan_ms: 0.0,
+                state: Default::default(),
+                agents: Default::default(),
+                tokens: None,
+            },
+        };
+        match pump {
+            Some(pump) => {
+                if pump.await.is_err() || !log.is_finished() {
+                    log.finish();
+                }
+            }
+            None => {
+                // `off`: no events were built; the stream still ends with
+                // the run's final event.
+                log.push(RunEvent {
+                    seq: 1,
+                    at_ms: report.makespan_ms,
+                    kind: EventKind::RunFinished {
+                        status: report.status,
+                        makespan_ms: report.makespan_ms,
+                    },
+                });
+                log.finish();
+            }
+        }
+        // Only a run the shutdown actually stopped is interrupted; one that
+        // finished meanwhile keeps its status.
+        let interrupted =
+            live.interrupted.load(Ordering::SeqCst) && report.status == RunStatus::Cancelled;
+        live.interrupted.store(interrupted, Ordering::SeqCst);
+        if let Some(store) = &store {
+            let policy = checkpoint
+                .or(registered.pipeline.checkpoint())
+                .unwrap_or_default();
+            if mode != "off" && policy != CheckpointPolicy::None {
+                // The stream is kept with the run, so it can be replayed later.
+                let events: Vec<(u64, String)> =
+                    log.all().iter().map(|e| (e.seq, e.to_json())).collect();
+                if let Err(err) = store.save_events(&id, &events).await {
+                    eprintln!("braid-server: events of run {id} were not saved: {err}");
+                }
+            }
+            let saved = store.flush_run(&id).await;
+            if let Err(err) = &saved {
+                eprintln!("braid-server: run {id} was not saved: {err}");
+            }
+            if interrupted
+                && saved.is_ok()
+                && let Err(err) = store.set_status(&id, "interrupted").await
+            {
+                eprintln!("braid-server: cannot mark run {id} interrupted: {err}");
+            }
+        }
+        let status = if interrupted {
+            "interrupted"
+        } else {
+            match report.status {
+                RunStatus::Completed => "completed",
+                RunStatus::Failed => "failed",
+                RunStatus::Cancelled => "cancelled",
+            }
+        };
+        metrics::counter!("braid_runs_finished_total", "status" => status).increment(1);
+        // Free the slot before telling waiters, so a client that resubmits
+        // at once is not refused for its own finished run.
+        drop(slot);
+        let _ = report_tx.send(Some(Arc::new(report)));
+    });
+    Ok(run)
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the server is shutting down and takes no new runs",
+    )
+}
+
+fn live(state: &AppState, id: &str) -> Option<Arc<LiveRun>> {
+    state
+        .inner
+        .runs
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .cloned()
+}
+
+async fn list_runs(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut listed: Vec<Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    {
+        let runs = state.inner.runs.read().unwrap_or_else(|e| e.into_inner());
+        for run in runs.values().rev() {
+            seen.insert(run.id.clone());
+            let report = run.report.borrow().clone();
+            listed.push(json!({
+                "run_id": run.id,
+                "pipeline": run.pipeline,
+                "status": match &report {
+                    None => "running".to_owned(),
+                    Some(_) if run.interrupted.load(Ordering::SeqCst) => "interrupted".to_owned(),
+                    Some(r) => r.status.to_string(),
+                },
+                "makespan_ms": report.as_ref().map(|r| r.makespan_ms),
+                "events": run.events_mode,
+            }));
+        }
+    }
+    if let Some(store) = &state.inner.store {
+        for run in store.list_runs(&Default::default()).await? {
+            if seen.insert(run.run_id.clone()) {
+                listed.push(serde_json::to_value(&run).unwrap_or_default());
+            }
+        }
+    }
+    Ok(Json(json!(listed)))
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(run) = live(&state, &id) {
+        let report = run.report.borrow().clone();
+        return Ok(Json(match report {
+            Some(report) => report_json(&run, &report),
+            None => json!({
+                "run_id": run.id,
+                "pipeline": run.pipeline,
+                "status": "running",
+                "events": run.events_mode,
+            }),
+        }));
+    }
+    if let Some(store) = &state.inner.store
+        && let Some(stored) = store.get_run(&id).await?
+    {
+        let agents: indexmap::IndexMap<&str, &braid_core::AgentReport> = stored
+            .agents
+            .iter()
+            .map(|a| (&*a.agent, &a.report))
+            .collect();
+        let mut value = serde_json::to_value(&stored).unwrap_or_default();
+        value["agents"] = json!(agents);
+        return Ok(Json(value));
+    }
+    Err(ApiError::not_found(format!("no run {id}")))
+}
+
+async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let run =
+        live(&state, &id).ok_or_else(|| ApiError::not_found(format!("no run {id} in flight")))?;
+    if run.report.borrow().is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("run {id} has already finished"),
+        ));
+    }
+    run.cancel.cancel();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": id, "status": "cancelling"})),
+    ))
+}
+
+async fn resume_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let conflict = |message: String| ApiError::new(StatusCode::CONFLICT, "cannot_resume", message);
+    let store = state
+        .inner
+        .store
+        .clone()
+        .ok_or_else(|| conflict("this server has no store, so no run can be resumed".into()))?;
+    if live(&state, &id).is_some_and(|r| r.report.borrow().is_none()) {
+        return Err(conflict(format!("run {id} is still running here")));
+    }
+    let stored = store
+        .get_run(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    match stored.summary.status.as_str() {
+        "completed" => return Err(conflict(format!("run {id} already completed"))),
+        // Its process may still be alive elsewhere; this server cannot tell.
+        "running" if !query.force => {
+            return Err(conflict(format!(
+                "run {id} is recorded as running (owner {}); if that process is gone,                  resume with ?force=true",
+                stored.owner.as_deref().unwrap_or("unknown")
+            )));
+        }
+        _ => {}
+    }
+    let registered = registered(&state, &stored.summary.pipeline)?;
+    if registered.pipeline.content_hash() != stored.pipeline_hash && !query.force {
+        return Err(conflict(format!(
+            "pipeline `{}` changed since run {id} started; resume with ?force=true to use the current one",
+            stored.summary.pipeline
+        )));
+    }
+    let input = registered
+        .pipeline
+        .check_input(&Value::Object(stored.input.clone()))
+        .map_err(|e| conflict(format!("its input no longer fits the pipeline: {e}")))?;
+    let events_before = store.load_events(&id).await?.len() as u64;
+    let slot = permit(&state)?;
+    if !store.claim(&stored).await? {
+        return Err(conflict(format!(
+            "another process took run {id} over just now"
+        )));
+    }
+    let checkpoint = braid_store::parse_policy(&stored.summary.checkpoint);
+    let how = Launch {
+        registered,
+        input,
+        level: Some(EventLevel::Summary),
+        mode: "summary",
+        checkpoint,
+        run_id: Some(id),
+        resume: Some(ResumePoint {
+            agents: stored.agents,
+        }),
+        events_before,
+    };
+    let run = launch(&state, how, slot)?;
+    respond(run, query.wait).await
+}
+
+// ---- streams ----
+
+#[derive(Debug, Deserialize)]
+struct AfterQuery {
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+/// The run's event log: live, or replayed from the store for a run that
+/// finished earlier (when its events were kept).
+async fn stream_of(state: &AppState, id: &str) -> Result<Arc<EventLog>, ApiError> {
+    if let Some(run) = live(state, id) {
+        return Ok(run.events.clone());
+    }
+    if let Some(store) = &state.inner.store {
+        let stored = store.load_events(id).await?;
+        if !stored.is_empty() {
+            let log = EventLog::new(usize::MAX);
+            for text in stored {
+                let event: RunEvent = serde_json::from_str(&text).map_err(ApiError::internal)?;
+                log.push(event);
+            }
+            log.finish();
+            return Ok(log);
+        }
+    }
+    Err(ApiError::not_found(format!(
+        "no events of run {id}: unknown, run with events off, or not checkpointed"
+    )))
+}
+
+/// Server-Sent Events, resumable with `Last-Event-ID` (or `?after=SEQ`).
+async fn sse_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<AfterQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let log = stream_of(&state, &id).await?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .or(query.after)
+        .unwrap_or(0);
+    let deliveries = events::subscribe(log, after, 64);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(deliveries).map(|delivery| {
+        Ok(match delivery {
+            Delivery::Event(e) => Event::default()
+                .id(e.seq.to_string())
+                .event(event_type(&e.event))
+                .data(e.to_json()),
+            Delivery::Lagged(missed) => Event::default()
+                .event("lagged")
+                .data(json!({"type": "lagged", "missed": missed}).to_string()),
+        })
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+use tokio_stream::StreamExt as _;
+
+fn event_type(event: &RunEvent) -> String {
+    serde_json::to_value(&event.kind)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "event".to_owned())
+}
+
+/// WebSocket, resumable with `?after=SEQ`: one JSON text message per event.
+async fn ws_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<AfterQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let upgrade =
+        upgrade.map_err(|r| ApiError::new(r.status(), "websocket_required", r.body_text()))?;
+    let log = stream_of(&state, &id).await?;
+    let after = query.after.unwrap_or(0);
+    Ok(upgrade.on_upgrade(move |socket| stream_ws(socket, log, after)))
+}
+
+async fn stream_ws(mut socket: WebSocket, log: Arc<EventLog>, after: u64) {
+    let mut deliveries = events::subscribe(log, after, 64);
+    loop {
+        tokio::select! {
+            delivery = deliveries.recv() => {
+                let Some(delivery) = delivery else { break };
+                let text = match delivery {
+                    Delivery::Event(e) => e.to_json(),
+                    Delivery::Lagged(missed) => json!({"type": "lagged", "missed": missed}).to_string(),
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}

@@ -1,0 +1,557 @@
+//! The store's one writer: group commit of every run's checkpoints.
+//!
+//! Runs call the [`Checkpointer`] methods from their scheduler loops; each
+//! call turns the record into an operation on an unbounded queue and
+//! returns at once. The writer task takes everything queued (up to
+//! `max_batch`), writes it in one transaction and commits, so while one
+//! transaction is in flight the next batch builds up: with many runs in
+//! flight, many runs share a transaction. All statements are upserts, so a
+//! failed batch is simply tried again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use braid_core::checkpoint::{AgentRecord, Checkpointer, FieldValue, RunRecord};
+use braid_core::{AgentReport, RunReport};
+use indexmap::IndexMap;
+use serde::Serialize;
+use sqlx::{AnyPool, AssertSqlSafe};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Backend, StoreSettings};
+
+/// Runs whose checkpoints could not be written, with the last error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", describe_failures(.runs))]
+pub struct PersistError {
+    /// `(run id, last error)`.
+    pub runs: Vec<(String, String)>,
+}
+
+fn describe_failures(runs: &[(String, String)]) -> String {
+    const SHOWN: usize = 3;
+    let listed: Vec<String> = runs
+        .iter()
+        .take(SHOWN)
+        .map(|(id, e)| format!("{id}: {e}"))
+        .collect();
+    let more = match runs.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!("; and {n} more"),
+    };
+    format!(
+        "checkpoints of {} run(s) could not be written: {}{more}",
+        runs.len(),
+        listed.join("; ")
+    )
+}
+
+/// What the writer has done so far.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Operations (run starts, agent records, run ends) written.
+    pub operations: u64,
+    /// Batches that failed and were tried again.
+    pub retries: u64,
+}
+
+struct RunRow {
+    id: Arc<str>,
+    pipeline: Arc<str>,
+    pipeline_hash: Arc<str>,
+    pipeline_path: Option<String>,
+    checkpoint: String,
+    status: String,
+    input: Vec<FieldValue>,
+    error: Option<String>,
+    makespan_ms: Option<f64>,
+    created_at_ms: i64,
+}
+
+struct AgentRow {
+    agent: Arc<str>,
+    report: AgentReport,
+    writes: Vec<FieldValue>,
+}
+
+enum Op {
+    /// The run's record, inserted or brought back to `running`.
+    Run(RunRow),
+    /// One agent's record and writes.
+    Agent { run_id: Arc<str>, row: AgentRow },
+    /// The run's final record and every agent's.
+    Finished { run: RunRow, agents: Vec<AgentRow> },
+    /// Answer once everything before this is committed, with the failures
+    /// of one run (or of all runs, for `None`).
+    Flush(Option<Arc<str>>, oneshot::Sender<Vec<(String, String)>>),
+}
+
+impl Op {
+    fn run_id(&self) -> Option<&str> {
+        match self {
+            Op::Run(run) | Op::Finished { run, .. } => Some(&run.id),
+            Op::Agent { run_id, .. } => Some(run_id),
+            Op::Flush(..) => None,
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    queue: mpsc::UnboundedSender<Op>,
+    counters: Counters,
+    owner: String,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Writer {
+    pub(crate) fn start(pool: AnyPool, backend: Backend, settings: StoreSettings) -> Arc<Self> {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let writer = Arc::new(Self {
+            queue,
+            counters: Counters::default(),
+            owner: format!(
+                "{}:{}",
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "localhost".to_owned()),
+                std::process::id()
+            ),
+        });
+        let state = Loop {
+            pool,
+            backend,
+            settings,
+            owner: writer.owner.clone(),
+            counters: writer.counters.clone(),
+            failed: BTreeMap::new(),
+            lost: HashSet::new(),
+            degraded: false,
+        };
+        tokio::spawn(state.run(rx));
+        writer
+    }
+
+    pub(crate) async fn flush(&self, run_id: Option<&str>) -> Result<(), crate::PersistError> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .queue
+            .send(Op::Flush(run_id.map(Arc::from), tx))
+            .is_err()
+        {
+            return Err(PersistError {
+                runs: vec![("*".to_owned(), "the store's writer has stopped".to_owned())],
+            });
+        }
+        match rx.await {
+            Ok(failed) if failed.is_empty() => Ok(()),
+            Ok(failed) => Err(PersistError { runs: failed }),
+            Err(_) => Err(PersistError {
+                runs: vec![("*".to_owned(), "the store's writer has stopped".to_owned())],
+            }),
+        }
+    }
+
+    /// `host:pid` of this process, as stored in `owner`.
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub(crate) fn stats(&self) -> WriterStats {
+        WriterStats {
+            transactions: self.counters.transactions.load(Ordering::Relaxed),
+            operations: self.counters.operations.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    fn row(run: &RunRecord, status: &str) -> RunRow {
+        RunRow {
+            id: run.run_id.clone(),
+            pipeline: run.pipeline.clone(),
+            pipeline_hash: run.pipeline_hash.clone(),
+            pipeline_path: run.pipeline_path.as_ref().map(|p| p.display().to_string()),
+            checkpoint: run.policy.to_string(),
+            status: status.to_owned(),
+            input: run.input.clone(),
+            error: None,
+            makespan_ms: None,
+            created_at_ms: now_ms(),
+        }
+    }
+}
+
+impl Checkpointer for Writer {
+    fn run_started(&self, run: &RunRecord) {
+        let _ = self.queue.send(Op::Run(Self::row(run, "running")));
+    }
+
+    fn agent_finished(&self, run: &RunRecord, agent: &AgentRecord) {
+        let _ = self.queue.send(Op::Agent {
+            run_id: run.run_id.clone(),
+            row: AgentRow {
+                agent: agent.agent.clone(),
+                report: agent.report.clone(),
+                writes: agent.writes.clone(),
+            },
+        });
+    }
+
+    fn run_finished(&self, run: &RunRecord, report: &RunReport, agents: &[AgentRecord]) {
+        let mut row = Self::row(run, &report.status.to_string());
+        row.error = report.error.clone();
+        row.makespan_ms = Some(report.makespan_ms);
+        row.created_at_ms -= report.makespan_ms as i64;
+        let agents = agents
+            .iter()
+            .map(|a| AgentRow {
+                agent: a.agent.clone(),
+                report: a.report.clone(),
+                writes: a.writes.clone(),
+            })
+            .collect();
+        let _ = self.queue.send(Op::Finished { run: row, agents });
+    }
+}
+
+/// The writer's bookkeeping between batches.
+struct Loop {
+    pool: AnyPool,
+    backend: Backend,
+    settings: StoreSettings,
+    owner: String,
+    counters: Counters,
+    /// Runs whose writes failed for good, not yet reported by a flush.
+    failed: BTreeMap<String, String>,
+    /// Runs that lost an operation: their final record restores all deltas.
+    lost: HashSet<Arc<str>>,
+    /// Set after a batch failed for good, until a batch succeeds: batches
+    /// are then tried once, so a dead database does not stall every run's
+    /// flush for the whole retry schedule.
+    degraded: bool,
+}
+
+#[derive(Clone, Default)]
+struct Counters {
+    transactions: Arc<AtomicU64>,
+    operations: Arc<AtomicU64>,
+    retries: Arc<AtomicU64>,
+}
+
+impl Loop {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        let max_batch = self.settings.max_batch.max(1);
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let (flushes, ops): (Vec<Op>, Vec<Op>) = batch
+                .into_iter()
+                .partition(|op| matches!(op, Op::Flush(..)));
+            if !ops.is_empty() {
+                self.write(ops).await;
+            }
+            for flush in flushes {
+                if let Op::Flush(run_id, answer) = flush {
+                    let report = match run_id {
+                        None => std::mem::take(&mut self.failed).into_iter().collect(),
+                        Some(id) => self.failed.remove_entry(&*id).into_iter().collect(),
+                    };
+                    let _ = answer.send(report);
+                }
+            }
+        }
+    }
+
+    /// Writes `ops` in one transaction, with retries; if that fails for
+    /// good, each run's operations on their own, so one bad run does not
+    /// sink the others.
+    async fn write(&mut self, ops: Vec<Op>) {
+        let retries = if self.degraded {
+            0
+        } else {
+            self.settings.write_retries
+        };
+        let error = match self.attempt(&ops, retries).await {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if ops
+            .iter()
+            .filter_map(Op::run_id)
+            .collect::<HashSet<_>>()
+            .len()
+            <= 1
+        {
+            self.give_up(&ops, &error);
+            return;
+        }
+        let mut by_run: IndexMap<Option<Arc<str>>, Vec<Op>> = IndexMap::new();
+        for op in ops {
+            by_run
+                .entry(op.run_id().map(Arc::from))
+                .or_default()
+                .push(op);
+        }
+        for (_, group) in by_run {
+            if let Err(error) = self.attempt(&group, 0).await {
+                self.give_up(&group, &error);
+            }
+        }
+    }
+
+    async fn attempt(&mut self, ops: &[Op], retries: u32) -> Result<(), sqlx::Error> {
+        let mut delay = self.settings.retry_backoff;
+        let mut attempt = 0;
+        loop {
+            let started = std::time::Instant::now();
+            match write_batch(&self.pool, self.backend, ops, &self.owner, &self.lost).await {
+                Ok(()) => {
+                    metrics::histogram!("braid_checkpoint_batch_size").record(ops.len() as f64);
+                    metrics::histogram!("braid_checkpoint_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!("braid_checkpoint_transactions_total").increment(1);
+                    self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .operations
+                        .fetch_add(ops.len() as u64, Ordering::Relaxed);
+                    self.degraded = false;
+                    for op in ops {
+                        if let Op::Finished { run, .. } = op {
+                            self.lost.remove(&run.id);
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(_) if attempt < retries => {
+                    attempt += 1;
+                    metrics::counter!("braid_checkpoint_retries_total").increment(1);
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn give_up(&mut self, ops: &[Op], error: &sqlx::Error) {
+        self.degraded = true;
+        metrics::counter!("braid_checkpoint_failures_total").increment(ops.len() as u64);
+        for op in ops {
+            if let Some(id) = op.run_id() {
+                self.failed.insert(id.to_owned(), error.to_string());
+                self.lost.insert(Arc::from(id));
+            }
+        }
+    }
+}
+
+/// Text as PostgreSQL accepts it: no NUL characters.
+fn text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+fn input_json(input: &[FieldValue]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = input
+        .iter()
+        .map(|(k, v)| (k.to_string(), (**v).clone()))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Most rows in one multi-row statement (SQLite allows 32,766 bound
+/// parameters, PostgreSQL 65,535; agent rows bind 9 each).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Writes a batch in one transaction: every run, agent record and delta of
+/// the batch as a few multi-row upserts. Within a batch the last record of
+/// a run, agent or field wins, as it would one statement at a time.
+async fn write_batch(
+    pool: &AnyPool,
+    backend: Backend,
+    ops: &[Op],
+    owner: &str,
+    lost: &HashSet<Arc<str>>,
+) -> Result<(), sqlx::Error> {
+    let mut runs: IndexMap<&str, &RunRow> = IndexMap::new();
+    let mut agents: IndexMap<(&str, &str), &AgentRow> = IndexMap::new();
+    let mut deltas: IndexMap<(&str, &str, &str), &serde_json::Value> = IndexMap::new();
+    for op in ops {
+        match op {
+            Op::Run(run) => {
+                runs.insert(&run.id, run);
+            }
+            Op::Agent { run_id, row } => {
+                agents.insert((run_id, &row.agent), row);
+                for (field, value) in &row.writes {
+                    deltas.insert((run_id, &row.agent, field), value);
+                }
+            }
+            Op::Finished { run, agents: rows } => {
+                runs.insert(&run.id, run);
+                // With `agent`, the deltas went out as agents finished; write
+                // them again only if one of those writes was lost.
+                let restore = run.checkpoint != "agent" || lost.contains(&run.id);
+                for row in rows {
+                    agents.insert((&run.id, &row.agent), row);
+                    if restore {
+                        for (field, value) in &row.writes {
+                            deltas.insert((&run.id, &row.agent, field), value);
+                        }
+                    }
+                }
+            }
+            Op::Flush(..) => {}
+        }
+    }
+
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let runs: Vec<&RunRow> = runs.into_values().collect();
+    for chunk in runs.chunks(ROWS_PER_STATEMENT / 2) {
+        let sql = upsert_sql(
+            backend,
+            "braid_runs (id, pipeline, pipeline_hash, pipeline_path, checkpoint, status, \
+             input, error, makespan_ms, owner, created_at_ms, updated_at_ms)",
+            12,
+            chunk.len(),
+            "(id) DO UPDATE SET
+                 pipeline = excluded.pipeline, pipeline_hash = excluded.pipeline_hash,
+                 pipeline_path = excluded.pipeline_path,
+                 checkpoint = excluded.checkpoint, status = excluded.status, error = excluded.error,
+                 makespan_ms = excluded.makespan_ms, owner = excluded.owner,
+                 updated_at_ms = excluded.updated_at_ms",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for run in chunk {
+            q = q
+                .bind(run.id.to_string())
+                .bind(run.pipeline.to_string())
+                .bind(run.pipeline_hash.to_string())
+                .bind(run.pipeline_path.clone())
+                .bind(run.checkpoint.clone())
+                .bind(run.status.clone())
+                .bind(input_json(&run.input))
+                .bind(run.error.as_deref().map(text))
+                .bind(run.makespan_ms)
+                .bind(owner.to_owned())
+                .bind(run.created_at_ms)
+                .bind(now);
+        }
+        // Prepared once per execution: the text changes with the row count,
+        // and sqlx 0.9.0's Any driver declares a NULL `Option<f64>` as
+        // `real` (float4) on PostgreSQL, which a cached statement would keep.
+        q.persistent(false).execute(&mut *tx).await?;
+    }
+    let agents: Vec<((&str, &str), &AgentRow)> = agents.into_iter().collect();
+    for chunk in agents.chunks(ROWS_PER_STATEMENT) {
+        let sql = upsert_sql(
+            backend,
+            "braid_agent_runs (run_id, agent, status, attempts, start_ms, duration_ms, \
+             queue_ms, error, reason)",
+            9,
+            chunk.len(),
+            "(run_id, agent) DO UPDATE SET
+                 status = excluded.status, attempts = excluded.attempts,
+                 start_ms = excluded.start_ms, duration_ms = excluded.duration_ms,
+                 queue_ms = excluded.queue_ms, error = excluded.error, reason = excluded.reason",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for ((run_id, agent), row) in chunk {
+            let r = &row.report;
+            q = q
+                .bind(run_id.to_string())
+                .bind(agent.to_string())
+                .bind(r.status.to_string())
+                .bind(i64::from(r.attempts))
+                .bind(r.start_ms)
+                .bind(r.duration_ms)
+                .bind(r.queue_ms)
+                .bind(r.error.as_deref().map(text))
+                .bind(r.reason.as_deref().map(text));
+        }
+        q.persistent(false).execute(&mut *tx).await?;
+    }
+    let deltas: Vec<((&str, &str, &str), &serde_json::Value)> = deltas.into_iter().collect();
+    for chunk in deltas.chunks(ROWS_PER_STATEMENT * 2) {
+        let sql = upsert_sql(
+            backend,
+            "braid_deltas (run_id, agent, field, value)",
+            4,
+            chunk.len(),
+            "(run_id, agent, field) DO UPDATE SET value = excluded.value",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for ((run_id, agent, field), value) in chunk {
+            q = q
+                .bind(run_id.to_string())
+                .bind(agent.to_string())
+                .bind(field.to_string())
+                .bind(value.to_string());
+        }
+        q.persistent(false).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+/// `INSERT INTO {table} VALUES (…), (…) ON CONFLICT {on_conflict}` for
+/// `rows` rows of `columns` values, with each backend's positional
+/// placeholders: `$1, $2…` for PostgreSQL, `?` for SQLite (where `$N` are
+/// named parameters, which sqlx binds by looking each one up: quadratic in
+/// a statement with thousands of them). sqlx's `QueryBuilder` for `Any`
+/// writes `?` for both, which PostgreSQL rejects.
+pub(crate) fn upsert_sql(
+    backend: Backend,
+    table: &str,
+    columns: usize,
+    rows: usize,
+    on_conflict: &str,
+) -> String {
+    use std::fmt::Write;
+    let mut sql = format!("INSERT INTO {table} VALUES ");
+    let mut n = 0;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            n += 1;
+            let comma = if column == 0 { "" } else { ", " };
+            let _ = match backend {
+                Backend::Postgres => write!(sql, "{comma}${n}"),
+                Backend::Sqlite => write!(sql, "{comma}?"),
+            };
+        }
+        sql.push(')');
+    }
+    let _ = write!(sql, " ON CONFLICT {on_conflict}");
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upserts_number_their_placeholders() {
+        use crate::Backend::{Postgres, Sqlite};
+        assert_eq!(
+            super::upsert_sql(Postgres, "t (a, b)", 2, 2, "(a) DO NOTHING"),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) ON CONFLICT (a) DO NOTHING"
+        );
+        assert_eq!(
+            super::upsert_sql(Sqlite, "t (a, b)", 2, 2, "(a) DO NOTHING"),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) ON CONFLICT (a) DO NOTHING"
+        );
+    }
+}

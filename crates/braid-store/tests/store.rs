@@ -1,0 +1,429 @@
+//! The store against real databases: every test runs on SQLite (a fresh
+//! file) and on PostgreSQL (a fresh schema in the database named by
+//! `BRAID_TEST_POSTGRES_URL`). Without that variable the PostgreSQL half is
+//! skipped, and says so, except under CI, where it fails.
+
+use std::sync::Arc;
+
+use braid_core::{AgentStatus, CheckpointPolicy, Pipeline, ResumePoint, RunOptions, RunStatus};
+use braid_store::{RunFilter, Store, StoreSettings};
+use serde_json::json;
+
+/// A database for one test, removed afterwards.
+struct TestDb {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn sqlite_db() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("braid.db").display());
+    TestDb {
+        url,
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh schema in the test PostgreSQL database, or `None` (skipped).
+async fn postgres_db() -> Option<TestDb> {
+    let Ok(base) = std::env::var("BRAID_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL tests: set BRAID_TEST_POSTGRES_URL"
+        );
+        eprintln!("skipping the PostgreSQL half: BRAID_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {base}: {e}"));
+    let schema = format!("braid_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(TestDb {
+        url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+        _dir: None,
+    })
+}
+
+/// Declares `NAME` as a test on both backends, calling `NAME(Store, url)`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::sqlite_db();
+                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
+                    super::$name(store, &db.url).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::postgres_db().await else { return };
+                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
+                    super::$name(store, &db.url).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    end_policy_writes_the_run_in_one_transaction,
+    agent_policy_checkpoints_each_agent_and_resumes,
+    concurrent_runs_share_transactions,
+    listing_filters_by_status_and_pipeline,
+    only_one_resume_can_claim_a_run,
+    failed_writes_are_reported_not_dropped,
+    reopening_a_store_keeps_its_runs,
+);
+
+const SMALL: &str = "pipeline: small
+inputs:
+  request: { type: string }
+agents:
+  triage:  { kind: sleep, reads: [request], writes: [route], value: cost }
+  data:    { kind: sleep, reads: [route], writes: [data], value: { rows: 3 } }
+  metrics: { kind: sleep, reads: [route], writes: [metrics], value: [1, 2] }
+  report:  { kind: sleep, reads: [data, metrics], writes: [report], value: done }
+";
+
+async fn run(
+    pipeline: &Pipeline,
+    store: &Store,
+    policy: CheckpointPolicy,
+) -> braid_core::RunReport {
+    let input = pipeline.check_input(&json!({"request": "hi"})).unwrap();
+    pipeline
+        .run(
+            input,
+            RunOptions {
+                checkpointer: Some(store.checkpointer()),
+                checkpoint: Some(policy),
+                ..Default::default()
+            },
+        )
+        .await
+}
+
+async fn end_policy_writes_the_run_in_one_transaction(store: Store, _url: &str) {
+    let pipeline = Pipeline::from_yaml_str(SMALL).unwrap();
+    let report = run(&pipeline, &store, CheckpointPolicy::End).await;
+    store.flush().await.unwrap();
+    assert_eq!(store.stats().transactions, 1);
+
+    let stored = store.get_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(stored.summary.status, "completed");
+    assert_eq!(stored.summary.checkpoint, "end");
+    assert_eq!(stored.pipeline_hash, pipeline.content_hash());
+    assert_eq!(stored.input, *json!({"request": "hi"}).as_object().unwrap());
+    assert_eq!(stored.agents.len(), 4);
+    let data = stored.agents.iter().find(|a| &*a.agent == "data").unwrap();
+    assert_eq!(data.report.status, AgentStatus::Completed);
+    assert_eq!(
+        data.writes.len(),
+        1,
+        "only the agent's own writes are stored"
+    );
+    assert_eq!(*data.writes[0].1, json!({"rows": 3}));
+
+    // Input plus deltas is the final state.
+    let input = pipeline.check_input(&json!(stored.input)).unwrap();
+    assert_eq!(pipeline.replay(input, &stored.agents), report.state);
+}
+
+async fn agent_policy_checkpoints_each_agent_and_resumes(store: Store, _url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &path,
+        r#"pipeline: resumable
+agents:
+  first: { kind: command, run: [sh, -c, "echo first >> ran; echo '{\"a\": 1}'"], writes: [a] }
+  flaky: { kind: command, run: [sh, -c, "echo flaky >> ran; [ -f ok ] || { touch ok; exit 1; }; echo '{\"b\": 2}'"], reads: [a], writes: [b] }
+  last:  { kind: command, run: [sh, -c, "echo last >> ran; echo '{\"c\": 3}'"], reads: [b], writes: [c] }
+"#,
+    )
+    .unwrap();
+    let pipeline = Pipeline::from_file(&path).unwrap();
+    let input = pipeline.check_input(&json!({})).unwrap();
+    let options = |resume| RunOptions {
+        checkpointer: Some(store.checkpointer()),
+        checkpoint: Some(CheckpointPolicy::Agent),
+        resume,
+        ..Default::default()
+    };
+    let first = pipeline.run(input.clone(), options(None)).await;
+    assert_eq!(first.status, RunStatus::Failed);
+    store.flush().await.unwrap();
+    // Start, two agents, end: more than one transaction is fine, but every
+    // agent's record is there.
+    let stored = store.get_run(&first.run_id).await.unwrap().unwrap();
+    assert_eq!(stored.summary.status, "failed");
+    assert_eq!(
+        stored.pipeline_path.as_deref(),
+        Some(path.to_str().unwrap())
+    );
+
+    let mut resume = options(Some(ResumePoint {
+        agents: stored.agents,
+    }));
+    resume.run_id = Some(first.run_id.clone());
+    let second = pipeline.run(input, resume).await;
+    assert_eq!(second.status, RunStatus::Completed, "{second:#?}");
+    store.flush().await.unwrap();
+    let stored = store.get_run(&first.run_id).await.unwrap().unwrap();
+    assert_eq!(stored.summary.status, "completed");
+    assert!(
+        stored
+            .agents
+            .iter()
+            .all(|a| a.report.status == AgentStatus::Completed)
+    );
+    let ran = std::fs::read_to_string(dir.path().join("ran")).unwrap();
+    assert_eq!(ran.matches("first").count(), 1, "{ran}");
+    assert_eq!(ran.matches("flaky").count(), 2, "{ran}");
+}
+
+async fn concurrent_runs_share_transactions(store: Store, _url: &str) {
+    let pipeline = Arc::new(Pipeline::from_yaml_str(SMALL).unwrap());
+    let store = Arc::new(store);
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (pipeline, store) = (pipeline.clone(), store.clone());
+        runs.spawn(async move { run(&pipeline, &store, CheckpointPolicy::End).await });
+    }
+    let mut ids = Vec::new();
+    while let Some(report) = runs.join_next().await {
+        ids.push(report.unwrap().run_id);
+    }
+    store.flush().await.unwrap();
+    let stats = store.stats();
+    assert_eq!(stats.operations, 100);
+    assert!(
+        stats.transactions < 100,
+        "group commit should batch runs: {stats:?}"
+    );
+    let listed = store
+        .list_runs(&RunFilter {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 100);
+    for id in &ids {
+        assert!(store.get_run(id).await.unwrap().is_some());
+    }
+}
+
+async fn listing_filters_by_status_and_pipeline(store: Store, _url: &str) {
+    let ok = Pipeline::from_yaml_str(SMALL).unwrap();
+    let failing = Pipeline::from_yaml_str(
+        "pipeline: failing\nagents:\n  a: { kind: command, run: [sh, -c, 'exit 2'], writes: [x] }\n",
+    )
+    .unwrap();
+    run(&ok, &store, CheckpointPolicy::End).await;
+    run(&ok, &store, CheckpointPolicy::End).await;
+    let input = failing.check_input(&json!({})).unwrap();
+    let failed = failing
+        .run(
+            input,
+            RunOptions {
+                checkpointer: Some(store.checkpointer()),
+                ..Default::default()
+            },
+        )
+        .await;
+    store.flush().await.unwrap();
+    let list = |status: Option<&str>, pipeline: Option<&str>, limit| RunFilter {
+        status: status.map(str::to_owned),
+        pipeline: pipeline.map(str::to_owned),
+        limit,
+    };
+    assert_eq!(
+        store
+            .list_runs(&list(None, None, None))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let failures = store
+        .list_runs(&list(Some("failed"), None, None))
+        .await
+        .unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].run_id, failed.run_id);
+    assert!(
+        failures[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("exit code 2")
+    );
+    assert_eq!(
+        store
+            .list_runs(&list(None, Some("small"), None))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .list_runs(&list(None, None, Some(1)))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store.get_run("no-such-run").await.unwrap().is_none());
+}
+
+async fn failed_writes_are_reported_not_dropped(_store: Store, url: &str) {
+    let settings = StoreSettings {
+        write_retries: 2,
+        retry_backoff: std::time::Duration::from_millis(1),
+        ..Default::default()
+    };
+    let store = Store::connect(url, &settings).await.unwrap();
+    // The table the deltas go to disappears (a bad manual migration, say).
+    sqlx::query("DROP TABLE braid_deltas")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let pipeline = Pipeline::from_yaml_str(SMALL).unwrap();
+    let report = run(&pipeline, &store, CheckpointPolicy::End).await;
+    assert_eq!(
+        report.status,
+        RunStatus::Completed,
+        "the run itself is unaffected"
+    );
+    let err = store.flush_run(&report.run_id).await.unwrap_err();
+    assert_eq!(err.runs.len(), 1);
+    assert_eq!(err.runs[0].0, report.run_id);
+    assert!(err.to_string().contains("braid_deltas"), "{err}");
+    assert_eq!(store.stats().retries, 2);
+    // Reported once: the next flush has nothing new to say.
+    store.flush().await.unwrap();
+}
+
+async fn reopening_a_store_keeps_its_runs(store: Store, url: &str) {
+    let pipeline = Pipeline::from_yaml_str(SMALL).unwrap();
+    let report = run(&pipeline, &store, CheckpointPolicy::End).await;
+    store.close().await.unwrap();
+    let again = Store::connect(url, &StoreSettings::default())
+        .await
+        .unwrap();
+    let stored = again.get_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(stored.summary.status, "completed");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error_without_the_password() {
+    let settings = StoreSettings {
+        acquire_timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let err = Store::connect("postgres://braid:hunter2@127.0.0.1:1/braid", &settings)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cannot open the store at postgres://braid:***@127.0.0.1:1/braid"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let err = Store::connect("sqlite:///proc/no/such/dir/braid.db", &settings)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sqlite:///proc/no/such/dir/braid.db"), "{err}");
+
+    let err = Store::connect("mysql://localhost/x", &settings)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("unsupported store URL"), "{err}");
+}
+
+async fn only_one_resume_can_claim_a_run(store: Store, _url: &str) {
+    let pipeline = Pipeline::from_yaml_str(
+        "pipeline: failing\ninputs: { request: { type: string } }\nagents:\n  a: { kind: command, run: [sh, -c, 'exit 2'], reads: [request], writes: [x] }\n",
+    )
+    .unwrap();
+    let report = run(&pipeline, &store, CheckpointPolicy::Agent).await;
+    store.flush().await.unwrap();
+    let seen = store.get_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(seen.summary.status, "failed");
+    assert!(store.claim(&seen).await.unwrap(), "the first claim wins");
+    assert!(
+        !store.claim(&seen).await.unwrap(),
+        "a second one, from the same snapshot, loses"
+    );
+    let now = store.get_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(now.summary.status, "running");
+}
+
+#[tokio::test]
+async fn an_agent_checkpointed_run_whose_write_was_lost_is_restored_at_the_end() {
+    // The first agent's own checkpoint fails (its table is briefly gone);
+    // the run's final record carries its writes again.
+    let db = sqlite_db();
+    let settings = StoreSettings {
+        write_retries: 0,
+        ..Default::default()
+    };
+    let store = Store::connect(&db.url, &settings).await.unwrap();
+    let pipeline = Pipeline::from_yaml_str(
+        "pipeline: healing
+agents:
+  early: { kind: sleep, writes: [e], value: 1 }
+  late:  { kind: sleep, ms: 200, reads: [e], writes: [l], value: 2 }
+",
+    )
+    .unwrap();
+    sqlx::query("ALTER TABLE braid_deltas RENAME TO braid_deltas_away")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let input = pipeline.check_input(&json!({})).unwrap();
+    let options = RunOptions {
+        checkpointer: Some(store.checkpointer()),
+        checkpoint: Some(CheckpointPolicy::Agent),
+        ..Default::default()
+    };
+    let running = tokio::spawn({
+        let pipeline = Arc::new(pipeline);
+        async move { pipeline.run(input, options).await }
+    });
+    // While `late` sleeps, `early`'s checkpoint has failed; then the table is back.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    sqlx::query("ALTER TABLE braid_deltas_away RENAME TO braid_deltas")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let report = running.await.unwrap();
+    assert!(
+        store.flush_run(&report.run_id).await.is_err(),
+        "the lost write is reported"
+    );
+    let stored = store.get_run(&report.run_id).await.unwrap().unwrap();
+    let early = stored.agents.iter().find(|a| &*a.agent == "early").unwrap();
+    assert_eq!(early.writes.len(), 1, "restored from the final record");
+    assert_eq!(*early.writes[0].1, json!(1));
+}
