@@ -52,16 +52,19 @@ fn start_ms(report: &RunReport, agent: &str) -> f64 {
 
 #[tokio::test]
 async fn a_join_starts_when_both_branches_finish_not_after_per_level_maxima() {
-    // triage -> slow(100)            -> join
-    //        -> quick(10) -> slow2(90) -> join
-    // Eager: 10 + 100 + 10 = 120 ms. With a level barrier: 10 + 100 + 90 + 10 = 210 ms.
+    // triage -> slow(500)              -> join
+    //        -> quick(10) -> slow2(100) -> join
+    // Eager, slow2 starts when quick ends (about 20 ms in) and runs while
+    // slow is still sleeping (until 510 ms at the earliest). A level barrier
+    // would hold slow2 (level 2) until slow (level 1) ended. The gap is wide
+    // enough that no machine stall can close it; only the ordering is checked.
     let pipeline = load(
         "pipeline: skewed
 agents:
   triage: { kind: sleep, ms: 10, writes: [t] }
-  slow:   { kind: sleep, ms: 100, reads: [t], writes: [a] }
+  slow:   { kind: sleep, ms: 500, reads: [t], writes: [a] }
   quick:  { kind: sleep, ms: 10, reads: [t], writes: [q] }
-  slow2:  { kind: sleep, ms: 90, reads: [q], writes: [b] }
+  slow2:  { kind: sleep, ms: 100, reads: [q], writes: [b] }
   join:   { kind: sleep, ms: 10, reads: [a, b], writes: [done] }
 ",
     );
@@ -69,14 +72,15 @@ agents:
     assert_eq!(report.status, RunStatus::Completed);
     let join = start_ms(&report, "join");
     assert!(join >= end_ms(&report, "slow") && join >= end_ms(&report, "slow2"));
+    assert!(start_ms(&report, "slow2") >= end_ms(&report, "quick"));
     // slow2 starts when quick ends, not when slow ends.
-    assert!(start_ms(&report, "slow2") < end_ms(&report, "slow"));
-    assert!(report.makespan_ms >= 120.0);
     assert!(
-        report.makespan_ms < 170.0,
-        "makespan {} ms: a barrier would give 210 ms",
-        report.makespan_ms
+        start_ms(&report, "slow2") < end_ms(&report, "slow"),
+        "slow2 started at {} ms, after slow ended at {} ms: a level barrier",
+        start_ms(&report, "slow2"),
+        end_ms(&report, "slow")
     );
+    assert!(report.makespan_ms >= 520.0);
 }
 
 const SEED: &str = "pipeline: seed
@@ -128,15 +132,20 @@ async fn sequential_runs_one_agent_at_a_time_in_topological_order() {
     assert!(report.makespan_ms >= 60.0);
 }
 
-#[tokio::test]
-async fn the_concurrency_limit_caps_agents_in_flight() {
+/// Six independent `ms`-long agents, with a pipeline limit of 2.
+fn capped(ms: u64) -> String {
     let mut yaml = String::from("pipeline: capped\nconcurrency: 2\nagents:\n");
     for i in 0..6 {
         yaml.push_str(&format!(
-            "  w{i}: {{ kind: sleep, ms: 20, writes: [f{i}] }}\n"
+            "  w{i}: {{ kind: sleep, ms: {ms}, writes: [f{i}] }}\n"
         ));
     }
-    let report = run(&load(&yaml), RunOptions::default()).await;
+    yaml
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_caps_agents_in_flight() {
+    let report = run(&load(&capped(20)), RunOptions::default()).await;
     let intervals: Vec<(f64, f64)> = report
         .agents
         .keys()
@@ -155,16 +164,32 @@ async fn the_concurrency_limit_caps_agents_in_flight() {
     assert!(report.agents.values().any(|a| a.queue_ms.unwrap() >= 15.0));
     assert!(report.makespan_ms >= 60.0);
 
-    // The run's option overrides the pipeline's limit.
+    // The run's option overrides the pipeline's limit: all six run at once,
+    // every one starting before the first of them ends. (Under the
+    // pipeline's limit of 2, the third could only start after an end.) They
+    // all start within microseconds and sleep 200 ms, so a stall cannot
+    // make an end come before a start.
     let report = run(
-        &load(&yaml),
+        &load(&capped(200)),
         RunOptions {
             concurrency: Some(6),
             ..Default::default()
         },
     )
     .await;
-    assert!(report.makespan_ms < 55.0, "{}", report.makespan_ms);
+    assert_eq!(report.status, RunStatus::Completed);
+    let first_end = report
+        .agents
+        .keys()
+        .map(|n| end_ms(&report, n))
+        .fold(f64::INFINITY, f64::min);
+    for name in report.agents.keys() {
+        assert!(
+            start_ms(&report, name) < first_end,
+            "{name} started at {} ms, after an agent ended at {first_end} ms",
+            start_ms(&report, name)
+        );
+    }
 }
 
 #[tokio::test]
@@ -177,13 +202,15 @@ fields:
   cost:     { merge: sum }
   worst:    { merge: max }
 agents:
-  first:  { kind: sleep, ms: 30, writes: [findings, cost, worst], value: 1 }
+  first:  { kind: sleep, ms: 300, writes: [findings, cost, worst], value: 1 }
   second: { kind: sleep, ms: 1, writes: [findings, cost, worst], value: 7 }
   third:  { kind: command, run: [sh, -c, "echo '{\"findings\": [\"c\", \"d\"], \"totals\": {\"x\": 2}}'"], writes: [findings, totals] }
 "#,
     );
     let report = run(&pipeline, RunOptions::default()).await;
     assert_eq!(report.status, RunStatus::Completed, "{report:#?}");
+    // `second` finishes first (299 ms apart: no stall reorders them), yet
+    // its values come after `first`'s.
     assert!(end_ms(&report, "second") < end_ms(&report, "first"));
     assert_eq!(*report.state["findings"], json!([1, 7, "c", "d"]));
     assert_eq!(*report.state["cost"], json!(8));
@@ -372,24 +399,44 @@ agents:
   last:  { kind: sleep, reads: [s], writes: [l] }
 ",
     );
+    // Cancels as soon as `quick` has completed, when `slow` (which needs
+    // it) has just started: whatever the machine's delays, `quick` is done,
+    // `slow` is in flight and `last` has not started.
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
+    let (sink, mut events) = EventSink::channel(EventLevel::Summary);
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        trigger.cancel();
+        while let Some(event) = events.recv().await {
+            if matches!(&event.kind, EventKind::AgentCompleted { agent, .. } if &**agent == "quick")
+            {
+                trigger.cancel();
+                return;
+            }
+        }
     });
     let report = run(
         &pipeline,
         RunOptions {
             cancel,
+            events: Some(sink),
             ..Default::default()
         },
     )
     .await;
     assert_eq!(report.status, RunStatus::Cancelled);
     assert_eq!(report.agents["quick"].status, AgentStatus::Completed);
+    assert_eq!(*report.state["q"], json!(true));
     assert_eq!(report.agents["slow"].status, AgentStatus::Cancelled);
+    assert!(
+        report.agents["slow"]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("cancelled in flight")
+    );
     assert_eq!(report.agents["last"].status, AgentStatus::Cancelled);
+    assert!(report.agents["last"].start_ms.is_none());
+    // Not the 60 s `slow` would take.
     assert!(report.makespan_ms < 5000.0);
 }
 
