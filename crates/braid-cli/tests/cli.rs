@@ -657,6 +657,49 @@ agents:
 }
 
 #[test]
+fn runs_started_together_on_a_new_store_are_all_recorded() {
+    // Batch jobs launched side by side: each process finds the store file
+    // new and migrates it at the same moment.
+    let ws = Workspace::new(
+        "pipeline: together
+agents:
+  only: { kind: sleep, ms: 1, writes: [done] }
+",
+    );
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            braid_in(&ws)
+                .arg("run")
+                .arg(ws.pipeline())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = braid_in(&ws)
+        .args(["runs", "list", "--output", "json"])
+        .output()
+        .unwrap();
+    let list = json_of(&output);
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list:#}");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "completed")
+    );
+}
+
+#[test]
 fn an_unreachable_store_is_a_clear_error_before_anything_runs() {
     let ws = Workspace::new(
         "pipeline: p\nagents:\n  a: { kind: command, run: [sh, -c, 'touch ran; echo {}'] }\n",
@@ -764,8 +807,36 @@ agents:
         assert!(Instant::now() < deadline, "slow never started");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Let the agent-by-agent checkpoints of a, b and side reach the store.
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the agent-by-agent checkpoints of a, b and side are in
+    // the store, as another process sees them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = json_of(
+            &braid_in(&ws)
+                .args(["runs", "list", "--output", "json"])
+                .output()
+                .unwrap(),
+        );
+        if let Some(id) = list[0]["run_id"].as_str() {
+            let shown = json_of(
+                &braid_in(&ws)
+                    .args(["runs", "show", id, "--output", "json"])
+                    .output()
+                    .unwrap(),
+            );
+            if ["a", "b", "side"]
+                .iter()
+                .all(|agent| shown["agents"][agent]["status"] == "completed")
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     // The killed process could not kill its agent; do it for it.

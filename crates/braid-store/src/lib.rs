@@ -258,13 +258,27 @@ impl Store {
                 url: masked.clone(),
                 source,
             })?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                url: masked.clone(),
-                source,
-            })?;
+        // PostgreSQL serialises migrators with an advisory lock; SQLite has
+        // none, so two processes opening a new file at once can both try the
+        // first migration. The loser's transaction rolls back whole; trying
+        // again finds it applied.
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(err) if backend == Backend::Sqlite && tried < 5 => {
+                    tracing::debug!(error = %err, "migrating raced another process; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * tried)).await;
+                }
+                Err(source) => {
+                    return Err(StoreError::Migrate {
+                        url: masked.clone(),
+                        source,
+                    });
+                }
+            }
+        }
         let writer = writer::Writer::start(pool.clone(), backend, settings.clone());
         Ok(Self {
             pool,
