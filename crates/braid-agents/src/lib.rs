@@ -68,9 +68,7 @@ impl Default for ClientSettings {
 pub fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        // HTTPS through rustls with the ring provider; a provider another
-        // part of the program installed first is fine too.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let settings = ClientSettings::default();
         reqwest::Client::builder()
             .pool_max_idle_per_host(settings.max_idle_per_host)
@@ -81,6 +79,14 @@ pub fn client() -> &'static reqwest::Client {
             .build()
             .expect("the HTTP client's settings are valid")
     })
+}
+
+/// Makes rustls's `ring` provider the process default, for HTTPS clients
+/// built with reqwest's `rustls-no-provider` (ours, and the OTLP exporter's
+/// in `braid-cli`). A provider another part of the program installed first
+/// is kept.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The permit to send one request to `host` (see

@@ -8,6 +8,7 @@
 
 mod cmd;
 mod progress;
+mod traces;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,23 +32,40 @@ enum LogFormat {
     Json,
 }
 
+/// What must outlive the run for logs and traces to be complete: dropped
+/// at exit, it exports the spans still queued, then flushes the log writer.
+struct Logging {
+    _traces: Option<traces::Export>,
+    _log: tracing_appender::non_blocking::WorkerGuard,
+}
+
 /// Logs through a non-blocking writer: a slow stderr never stalls a run.
-/// The guard flushes what is buffered when it drops, at exit.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// With the `otlp` feature and an endpoint set, spans are exported too
+/// ([`traces`]).
+fn init_logging(format: LogFormat) -> Logging {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::prelude::*;
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     // A closing span logs its busy and idle time: per run and per agent
     // attempt, when RUST_LOG lets them through (e.g. braid_core=debug).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+    let log = tracing_subscriber::fmt::layer()
+        .with_span_events(FmtSpan::CLOSE)
         .with_writer(writer);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let log = match format {
+        LogFormat::Text => log.boxed(),
+        LogFormat::Json => log.json().boxed(),
     };
-    guard
+    let (trace_layer, export) = traces::layer();
+    let _ = tracing_subscriber::registry()
+        .with(trace_layer)
+        .with(log.with_filter(filter))
+        .try_init();
+    Logging {
+        _traces: export,
+        _log: guard,
+    }
 }
 
 #[derive(Debug, Subcommand)]

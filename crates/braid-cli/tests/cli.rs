@@ -1210,3 +1210,29 @@ agents:
     );
     assert!(!outlined("short"), "short is not on the critical path");
 }
+
+/// Built without the `otlp` feature (the default), an OTLP endpoint in the
+/// environment is not silently ignored.
+#[cfg(not(feature = "otlp"))]
+#[test]
+fn an_otlp_endpoint_without_the_feature_gets_a_warning_not_a_failure() {
+    let ws = Workspace::new(
+        "pipeline: plain
+agents:
+  only: { kind: sleep, ms: 1, writes: [done] }
+",
+    );
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT is set")
+            && stderr.contains("without the `otlp` feature"),
+        "{stderr}"
+    );
+}

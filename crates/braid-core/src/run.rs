@@ -277,8 +277,22 @@ impl Pipeline {
     pub async fn run(&self, input: ValidInput, options: RunOptions) -> RunReport {
         use tracing::Instrument;
         let scheduler = Scheduler::new(self, input, options);
-        let span = tracing::info_span!("run", pipeline = %self.name, run_id = %scheduler.run_id);
-        let report = scheduler.run().instrument(span).await;
+        // `status` and `otel.status_code` are filled in at the end (the
+        // latter is what OpenTelemetry exporters read, see braid-cli).
+        let span = tracing::info_span!(
+            "run",
+            pipeline = %self.name,
+            run_id = %scheduler.run_id,
+            status = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        );
+        let report = scheduler.run().instrument(span.clone()).await;
+        if !span.is_disabled() {
+            span.record("status", tracing::field::display(report.status));
+            if !report.status.is_success() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         crate::telemetry::run_finished(&report);
         report
     }
@@ -936,15 +950,28 @@ async fn attempt_loop(
     let mut attempt = 1;
     loop {
         input.attempt = attempt;
-        let span = tracing::debug_span!("agent", agent = %input.agent, attempt);
+        let span = tracing::debug_span!(
+            "agent",
+            agent = %input.agent,
+            attempt,
+            error = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        );
         let outcome = match policy.timeout {
             Some(limit) => tokio::time::timeout(limit, runner.call(&input))
-                .instrument(span)
+                .instrument(span.clone())
                 .await
                 .unwrap_or(Err(AgentError::Timeout(limit))),
-            None => runner.call(&input).instrument(span).await,
+            None => runner.call(&input).instrument(span.clone()).await,
         };
         let result = outcome.and_then(|out| check_writes(out, &writes));
+        if let Err(error) = &result
+            && !span.is_disabled()
+        {
+            span.record("error", tracing::field::display(error));
+            span.record("otel.status_code", "ERROR");
+        }
+        drop(span);
         match result {
             Err(error) if attempt <= policy.retries && error.is_retryable() => {
                 let delay = backoff(policy.backoff, attempt);
