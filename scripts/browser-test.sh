@@ -14,17 +14,31 @@ command -v node >/dev/null || { echo "error: node is required for the browser te
 ( cd crates/braid-server/tests/browser && npm ci --no-audit --no-fund --silent )
 
 cargo build --quiet --bin braid
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The pipeline the page watches. Its first agent waits for a file the test
+# creates once it has seen the agent running on screen, so the check does
+# not depend on how fast the machine loads the page.
+work=$(mktemp -d)
+cat >"$work/web-view.yaml" <<YAML
+pipeline: web-view
+agents:
+  triage:  { kind: command, run: [sh, -c, 'while [ ! -e "$work/go" ]; do sleep 0.05; done; echo "{\\"route\\": 1}"'], writes: [route] }
+  data:    { kind: sleep, ms: 300, reads: [route], writes: [data] }
+  metrics: { kind: sleep, ms: 300, reads: [route], writes: [metrics] }
+  report:  { kind: sleep, ms: 300, reads: [data, metrics], writes: [report] }
+YAML
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-log=$(mktemp)
-BRAID_TOKEN="$token" ./target/debug/braid serve --bind "127.0.0.1:$port" --no-store >"$log" 2>&1 &
+log="$work/serve.log"
+# Port 0: the server picks a free port and says which on stderr.
+BRAID_TOKEN="$token" ./target/debug/braid serve --bind 127.0.0.1:0 --no-store --pipelines "$work" >"$log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 50); do
-  curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+url=""
+for _ in $(seq 1 100); do
+  url=$(sed -n 's|^braid: serving on \(http://[0-9.:]*\).*|\1|p' "$log")
+  [ -n "$url" ] && break
   sleep 0.1
 done
-curl -fs "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$log" >&2; echo "error: braid serve did not start" >&2; exit 1; }
+[ -n "$url" ] && curl -fs "$url/healthz" >/dev/null || { cat "$log" >&2; echo "error: braid serve did not start" >&2; exit 1; }
 
-BRAID_URL="http://127.0.0.1:$port" BRAID_TOKEN="$token" BRAID_SCREENSHOT="${BRAID_SCREENSHOT:-target/web-view.png}" \
+BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_SCREENSHOT="${BRAID_SCREENSHOT:-target/web-view.png}" \
   node crates/braid-server/tests/browser/view.mjs
