@@ -187,14 +187,15 @@ async fn runs_start_wait_report_and_cancel() {
         &state,
         "POST",
         "/v1/runs",
-        Some(json!({"pipeline": "slow"}).to_string()),
+        Some(json!({"pipeline": "slow", "events": "summary"}).to_string()),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let id = started["run_id"].as_str().unwrap().to_owned();
     let (_, run) = call(&state, "GET", &format!("/v1/runs/{id}"), None).await;
     assert_eq!(run["status"], "running");
-    tokio::time::sleep(Duration::from_millis(100)).await; // `quick` is done by now
+    // Cancel once the run's stream says `quick` is done (`slow` takes a minute).
+    wait_for_event(&state, &id, "agent_completed", "quick").await;
     let (status, _) = call(&state, "POST", &format!("/v1/runs/{id}/cancel"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -314,23 +315,58 @@ async fn start_run(server: &Server, pipeline: &str, events: &str) -> String {
 /// Reads a whole SSE stream: (id, event type, data) per event.
 async fn read_sse(response: reqwest::Response) -> Vec<(u64, String, Value)> {
     let body = response.text().await.unwrap();
-    let mut events = Vec::new();
-    for block in body.split("\n\n") {
-        let (mut id, mut kind, mut data) = (0, String::new(), Value::Null);
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("id: ") {
-                id = v.parse().unwrap();
-            } else if let Some(v) = line.strip_prefix("event: ") {
-                kind = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data = serde_json::from_str(v).unwrap();
-            }
-        }
-        if !kind.is_empty() {
-            events.push((id, kind, data));
+    body.split("\n\n").filter_map(sse_event).collect()
+}
+
+/// One SSE event block as (id, event type, data); `None` for a comment.
+fn sse_event(block: &str) -> Option<(u64, String, Value)> {
+    let (mut id, mut kind, mut data) = (0, String::new(), Value::Null);
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            kind = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = serde_json::from_str(v).unwrap();
         }
     }
-    events
+    (!kind.is_empty()).then_some((id, kind, data))
+}
+
+/// Follows a run's SSE stream (in process) until an event of type `kind`
+/// about `agent` arrives; fails if the stream ends, or nothing comes for
+/// 30 s.
+async fn wait_for_event(state: &AppState, id: &str, kind: &str, agent: &str) {
+    let request = Request::builder()
+        .uri(format!("/v1/runs/{id}/events"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buffer = String::new();
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                if let Some((_, k, data)) = sse_event(&block) {
+                    if k == kind && data["agent"] == agent {
+                        return true;
+                    }
+                    seen.push(k);
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "no `{kind}` event for `{agent}` in run {id}; saw {seen:?}"
+    );
 }
 
 fn lifecycle(events: &[(u64, String, Value)]) -> Vec<String> {
@@ -602,18 +638,30 @@ async fn metrics_and_probes() {
 
 #[tokio::test]
 async fn shutdown_lets_runs_finish_then_interrupts_the_rest_resumably() {
-    let (_dir, _, store) = sqlite_store().await;
+    let (dir, _, store) = sqlite_store().await;
     let server = Server::start(
         ServerConfig {
-            grace: Duration::from_millis(300),
+            grace: Duration::from_secs(2),
+            allow_command_agents: true,
             ..Default::default()
         },
         Some(store.clone()),
     )
     .await;
-    register(&server.state, SEED).await;
+    // `gated` runs until the test creates `go`; `probe` finishes at once.
+    let go = dir.path().join("go");
+    let gated = format!(
+        "pipeline: gated\nagents:\n  wait: {{ kind: command, run: [sh, -c, 'while [ ! -e {} ]; do sleep 0.01; done'] }}\n  last: {{ kind: sleep, ms: 20, after: [wait], writes: [done] }}\n",
+        go.display()
+    );
+    assert_eq!(register(&server.state, &gated).await.0, StatusCode::CREATED);
     register(&server.state, SLOW).await;
-    let quick = start_run(&server, "seed", "off").await;
+    register(
+        &server.state,
+        "pipeline: probe\nagents:\n  a: { kind: sleep, ms: 0 }\n",
+    )
+    .await;
+    let finishing = start_run(&server, "gated", "off").await;
     let slow = client()
         .post(format!("{}/v1/runs", server.base))
         .json(&json!({"pipeline": "slow", "checkpoint": "agent"}))
@@ -626,14 +674,58 @@ async fn shutdown_lets_runs_finish_then_interrupts_the_rest_resumably() {
         .as_str()
         .unwrap()
         .to_owned();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let started = Instant::now();
-    server.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // `slow`'s first agent is done, and checkpointed, before shutdown begins.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = store.get_run(&slow).await.unwrap();
+        if stored.is_some_and(|run| {
+            run.agents.iter().any(|a| {
+                &*a.agent == "quick" && a.report.status == braid_core::AgentStatus::Completed
+            })
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "`quick` was never checkpointed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
-    let quick = store.get_run(&quick).await.unwrap().unwrap();
+    let state = server.state.clone();
+    let started = Instant::now();
+    let stopping = tokio::spawn(server.stop());
+    // Shutdown has begun once new runs are refused.
+    loop {
+        let (status, body) = call(
+            &state,
+            "POST",
+            "/v1/runs",
+            Some(json!({"pipeline": "probe", "checkpoint": "none"}).to_string()),
+        )
+        .await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body["error"]["code"], "shutting_down");
+            break;
+        }
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert!(Instant::now() < deadline, "shutdown never began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, run) = call(&state, "GET", &format!("/v1/runs/{finishing}"), None).await;
     assert_eq!(
-        quick.summary.status, "completed",
+        run["status"], "running",
+        "still in flight as shutdown began"
+    );
+    // Well within the grace period, `gated` may finish.
+    std::fs::write(&go, "").unwrap();
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited for `slow`: {:?}",
+        started.elapsed()
+    );
+
+    let finishing = store.get_run(&finishing).await.unwrap().unwrap();
+    assert_eq!(
+        finishing.summary.status, "completed",
         "finished within the grace period"
     );
     let slow = store.get_run(&slow).await.unwrap().unwrap();

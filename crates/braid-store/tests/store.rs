@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use braid_core::{AgentStatus, CheckpointPolicy, Pipeline, ResumePoint, RunOptions, RunStatus};
-use braid_store::{RunFilter, Store, StoreSettings};
+use braid_store::{Backend, RunFilter, Store, StoreSettings};
 use serde_json::json;
 
 /// A database for one test, removed afterwards.
@@ -197,6 +197,25 @@ agents:
 async fn concurrent_runs_share_transactions(store: Store, _url: &str) {
     let pipeline = Arc::new(Pipeline::from_yaml_str(SMALL).unwrap());
     let store = Arc::new(store);
+    // Another connection holds the write lock while the runs finish: the
+    // writer's first commit waits for it, and every other run's record
+    // queues up behind that commit however fast or slow the machine is.
+    let mut blocker = store.pool().acquire().await.unwrap();
+    match store.backend() {
+        Backend::Sqlite => {
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *blocker)
+                .await
+                .unwrap();
+        }
+        Backend::Postgres => {
+            sqlx::query("BEGIN").execute(&mut *blocker).await.unwrap();
+            sqlx::query("LOCK TABLE braid_runs IN EXCLUSIVE MODE")
+                .execute(&mut *blocker)
+                .await
+                .unwrap();
+        }
+    }
     let mut runs = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let (pipeline, store) = (pipeline.clone(), store.clone());
@@ -206,12 +225,21 @@ async fn concurrent_runs_share_transactions(store: Store, _url: &str) {
     while let Some(report) = runs.join_next().await {
         ids.push(report.unwrap().run_id);
     }
+    assert_eq!(
+        store.stats().transactions,
+        0,
+        "nothing commits while the lock is held"
+    );
+    sqlx::query("COMMIT").execute(&mut *blocker).await.unwrap();
+    drop(blocker);
     store.flush().await.unwrap();
     let stats = store.stats();
     assert_eq!(stats.operations, 100);
+    // At most the commit that was waiting for the lock, then one for all
+    // the records queued meanwhile.
     assert!(
-        stats.transactions < 100,
-        "group commit should batch runs: {stats:?}"
+        stats.transactions <= 2,
+        "group commit should batch the queued runs: {stats:?}"
     );
     let listed = store
         .list_runs(&RunFilter {
@@ -381,49 +409,90 @@ async fn only_one_resume_can_claim_a_run(store: Store, _url: &str) {
 
 #[tokio::test]
 async fn an_agent_checkpointed_run_whose_write_was_lost_is_restored_at_the_end() {
-    // The first agent's own checkpoint fails (its table is briefly gone);
-    // the run's final record carries its writes again.
+    // The first agent's own checkpoint fails (its table is gone); the run's
+    // final record, written once the table is back, carries its writes again.
     let db = sqlite_db();
     let settings = StoreSettings {
         write_retries: 0,
         ..Default::default()
     };
     let store = Store::connect(&db.url, &settings).await.unwrap();
-    let pipeline = Pipeline::from_yaml_str(
-        "pipeline: healing
-agents:
-  early: { kind: sleep, writes: [e], value: 1 }
-  late:  { kind: sleep, ms: 200, reads: [e], writes: [l], value: 2 }
-",
-    )
-    .unwrap();
+    // `late` finishes only when the test says so: the run is still in
+    // flight, however slow the machine, until the table is back.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut builder = Pipeline::builder("healing");
+    builder.agent_spec(
+        "early",
+        json!({"kind": "sleep", "writes": ["e"], "value": 1}),
+    );
+    builder
+        .agent_fn("late", {
+            let release = release.clone();
+            move |_reads| {
+                let release = release.clone();
+                async move {
+                    release.notified().await;
+                    let mut writes = braid_core::agent::Writes::new();
+                    writes.insert("l".into(), json!(2));
+                    Ok::<_, braid_core::agent::AgentError>(writes)
+                }
+            }
+        })
+        .reads(["e"])
+        .writes(["l"]);
+    let pipeline = builder.build().unwrap();
     sqlx::query("ALTER TABLE braid_deltas RENAME TO braid_deltas_away")
         .execute(store.pool())
         .await
         .unwrap();
+    let run_id = uuid::Uuid::now_v7().to_string();
     let input = pipeline.check_input(&json!({})).unwrap();
     let options = RunOptions {
+        run_id: Some(run_id.clone()),
         checkpointer: Some(store.checkpointer()),
         checkpoint: Some(CheckpointPolicy::Agent),
         ..Default::default()
     };
-    let running = tokio::spawn({
-        let pipeline = Arc::new(pipeline);
-        async move { pipeline.run(input, options).await }
-    });
-    // While `late` sleeps, `early`'s checkpoint has failed; then the table is back.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let running = tokio::spawn(async move { pipeline.run(input, options).await });
+
+    // `early`'s checkpoint fails, and the store says so for this run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let err = loop {
+        match store.flush_run(&run_id).await {
+            Err(err) => break err,
+            Ok(()) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lost write of `early` was never reported"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert_eq!(err.runs.len(), 1, "{err}");
+    assert_eq!(err.runs[0].0, run_id);
+    assert!(err.to_string().contains("braid_deltas"), "{err}");
+    assert!(!running.is_finished(), "`late` waits for the test");
+
+    // The table is back; `late` may finish, and with it the run.
     sqlx::query("ALTER TABLE braid_deltas_away RENAME TO braid_deltas")
         .execute(store.pool())
         .await
         .unwrap();
+    release.notify_one();
     let report = running.await.unwrap();
-    assert!(
-        store.flush_run(&report.run_id).await.is_err(),
-        "the lost write is reported"
-    );
-    let stored = store.get_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(report.status, RunStatus::Completed, "{report:#?}");
+    store
+        .flush_run(&run_id)
+        .await
+        .expect("the final record is written");
+    let stored = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(stored.summary.status, "completed");
     let early = stored.agents.iter().find(|a| &*a.agent == "early").unwrap();
+    assert_eq!(early.report.status, AgentStatus::Completed);
     assert_eq!(early.writes.len(), 1, "restored from the final record");
     assert_eq!(*early.writes[0].1, json!(1));
+    let late = stored.agents.iter().find(|a| &*a.agent == "late").unwrap();
+    assert_eq!(late.writes.len(), 1, "{:?}", late.writes);
+    assert_eq!(*late.writes[0].1, json!(2));
 }
