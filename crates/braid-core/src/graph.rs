@@ -28,6 +28,8 @@ pub struct DependencyGraph {
     deps: Vec<Vec<AgentId>>,
     dependents: Vec<Vec<AgentId>>,
     topo: Vec<AgentId>,
+    /// Each agent's position in `topo`.
+    rank: Vec<usize>,
 }
 
 /// A dependency cycle: `agents[0] -> agents[1] -> … -> agents[0]`, with the
@@ -68,10 +70,15 @@ impl DependencyGraph {
             }
         }
         if topo.len() == n {
+            let mut rank = vec![0; n];
+            for (i, &a) in topo.iter().enumerate() {
+                rank[a] = i;
+            }
             return Ok(Self {
                 deps,
                 dependents,
                 topo,
+                rank,
             });
         }
 
@@ -109,6 +116,11 @@ impl DependencyGraph {
     /// Every agent in a topological order (ties broken by declaration order).
     pub fn topological_order(&self) -> &[AgentId] {
         &self.topo
+    }
+
+    /// `agent`'s position in [`topological_order`](Self::topological_order).
+    pub fn rank(&self, agent: AgentId) -> usize {
+        self.rank[agent]
     }
 
     /// Every `(from, to)` edge, ordered by `to` then `from`.

@@ -274,7 +274,15 @@ impl Pipeline {
 
     /// Runs the pipeline once with a checked input. Never fails as a whole:
     /// agent failures, skips and cancellation are in the report.
-    pub async fn run(&self, input: ValidInput, options: RunOptions) -> RunReport {
+    ///
+    /// (A plain `fn` returning a future rather than an `async fn`: the
+    /// future then holds the scheduler once, not also room for the
+    /// arguments it was built from; 10,000 runs in flight hold 10,000.)
+    pub fn run(
+        &self,
+        input: ValidInput,
+        options: RunOptions,
+    ) -> impl Future<Output = RunReport> + Send + '_ {
         use tracing::Instrument;
         let scheduler = Scheduler::new(self, input, options);
         // `status` and `otel.status_code` are filled in at the end (the
@@ -286,15 +294,7 @@ impl Pipeline {
             status = tracing::field::Empty,
             "otel.status_code" = tracing::field::Empty,
         );
-        let report = scheduler.run().instrument(span.clone()).await;
-        if !span.is_disabled() {
-            span.record("status", tracing::field::display(report.status));
-            if !report.status.is_success() {
-                span.record("otel.status_code", "ERROR");
-            }
-        }
-        crate::telemetry::run_finished(&report);
-        report
+        scheduler.run().instrument(span)
     }
 }
 
@@ -309,8 +309,9 @@ struct Slot {
     attempts: u32,
     error: Option<String>,
     reason: Option<String>,
-    /// Its record from the run this one resumes.
-    resumed: Option<AgentReport>,
+    /// Its record from the run this one resumes (boxed: rare, and slots
+    /// are per agent per run in flight).
+    resumed: Option<Box<AgentReport>>,
     /// Waiting in the ready queue (never queued twice).
     queued: bool,
     /// Tokens its calls used.
@@ -333,7 +334,6 @@ struct Scheduler<'p> {
     slots: Vec<Slot>,
     /// Ready agents, earliest in topological order first.
     ready: BinaryHeap<Reverse<(usize, AgentId)>>,
-    rank: Vec<usize>,
     tasks: JoinSet<Finished>,
     task_agent: HashMap<tokio::task::Id, AgentId>,
     start: Instant,
@@ -353,10 +353,6 @@ impl<'p> Scheduler<'p> {
             None => Arc::from(uuid::Uuid::now_v7().to_string()),
         };
         let n = pipeline.agents.len();
-        let mut rank = vec![0; n];
-        for (i, &a) in pipeline.graph.topological_order().iter().enumerate() {
-            rank[a] = i;
-        }
         let slots = (0..n)
             .map(|a| Slot {
                 status: AgentStatus::Pending,
@@ -395,6 +391,12 @@ impl<'p> Scheduler<'p> {
                 };
                 (checkpointer, policy, record)
             });
+        // Only checkpointed runs keep writes for the end.
+        let kept_writes = if checkpoint.is_some() {
+            vec![Vec::new(); n]
+        } else {
+            Vec::new()
+        };
         Self {
             pipeline,
             run_id,
@@ -402,14 +404,13 @@ impl<'p> Scheduler<'p> {
             options,
             slots,
             ready: BinaryHeap::new(),
-            rank,
             tasks: JoinSet::new(),
             task_agent: HashMap::new(),
             start: Instant::now(),
             stop: None,
             any_failed: false,
+            kept_writes,
             checkpoint,
-            kept_writes: vec![Vec::new(); n],
         }
     }
 
@@ -423,7 +424,7 @@ impl<'p> Scheduler<'p> {
     fn agent_report(&self, agent: AgentId) -> AgentReport {
         let slot = &self.slots[agent];
         if let Some(earlier) = &slot.resumed {
-            return earlier.clone();
+            return (**earlier).clone();
         }
         let start = self.start;
         AgentReport {
@@ -482,7 +483,7 @@ impl<'p> Scheduler<'p> {
                 Some((id, r))
             })
             .collect();
-        records.sort_by_key(|(id, _)| self.rank[*id]);
+        records.sort_by_key(|(id, _)| self.pipeline.graph.rank(*id));
         for (id, record) in records {
             let writes: Vec<(FieldId, Arc<Value>)> = record
                 .writes
@@ -499,10 +500,10 @@ impl<'p> Scheduler<'p> {
             let slot = &mut self.slots[id];
             slot.status = record.report.status;
             slot.attempts = record.report.attempts;
-            slot.resumed = Some(AgentReport {
+            slot.resumed = Some(Box::new(AgentReport {
                 resumed: true,
                 ..record.report
-            });
+            }));
         }
         let now = self.start;
         for a in 0..self.slots.len() {
@@ -575,7 +576,17 @@ impl<'p> Scheduler<'p> {
             }
         }
         self.wind_down().await;
-        self.report()
+        let report = self.report();
+        // The run's span is current: `Pipeline::run` instruments this future.
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("status", tracing::field::display(report.status));
+            if !report.status.is_success() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        crate::telemetry::run_finished(&report);
+        report
     }
 
     fn make_ready(&mut self, agent: AgentId, now: Instant) {
@@ -585,7 +596,8 @@ impl<'p> Scheduler<'p> {
         }
         slot.queued = true;
         slot.ready_at = Some(now);
-        self.ready.push(Reverse((self.rank[agent], agent)));
+        self.ready
+            .push(Reverse((self.pipeline.graph.rank(agent), agent)));
     }
 
     /// Marks `agent` done (whatever its status) and readies dependents
