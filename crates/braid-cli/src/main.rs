@@ -15,6 +15,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc rather than the system allocator: runs allocate many small,
+/// short-lived objects across threads (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs multi-agent pipelines as fast as their data dependencies allow.
 #[derive(Debug, Parser)]
 #[command(name = "braid", version, about, long_about = None)]
