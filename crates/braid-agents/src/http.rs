@@ -231,7 +231,7 @@ async fn send(
     body: Vec<u8>,
     retries: u32,
     timeout: Option<Duration>,
-) -> Result<(reqwest::Response, tokio::sync::OwnedSemaphorePermit), AgentError> {
+) -> Result<(reqwest::Response, crate::HostSlot), AgentError> {
     let host = format!(
         "{}:{}",
         url.host_str().unwrap_or(""),

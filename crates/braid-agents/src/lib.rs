@@ -75,6 +75,12 @@ pub fn client() -> &'static reqwest::Client {
             .pool_idle_timeout(settings.idle_timeout)
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true)
+            // Counts the connections the pool opens: with requests and
+            // in-flight, it shows how well connections are reused.
+            .connector_layer(tower::util::MapResponseLayer::new(|connection| {
+                metrics::counter!("braid_http_connections_opened_total").increment(1);
+                connection
+            }))
             .user_agent(concat!("braid/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client's settings are valid")
@@ -89,9 +95,32 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The permit to send one request to `host` (see
-/// [`ClientSettings::max_connections_per_host`]).
-pub(crate) async fn host_slot(host: &str) -> tokio::sync::OwnedSemaphorePermit {
+/// A request's slot on its host (see
+/// [`ClientSettings::max_connections_per_host`]). Releasing it (dropping)
+/// updates `braid_http_in_flight`.
+pub(crate) struct HostSlot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    semaphore: Arc<tokio::sync::Semaphore>,
+    host: String,
+}
+
+impl HostSlot {
+    fn report_in_flight(&self) {
+        let limit = ClientSettings::default().max_connections_per_host;
+        metrics::gauge!("braid_http_in_flight", "host" => self.host.clone())
+            .set(limit.saturating_sub(self.semaphore.available_permits()) as f64);
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.report_in_flight();
+    }
+}
+
+/// Waits for a slot to send one request to `host`.
+pub(crate) async fn host_slot(host: &str) -> HostSlot {
     use std::collections::HashMap;
     use std::sync::Mutex;
     static HOSTS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>> = OnceLock::new();
@@ -115,8 +144,11 @@ pub(crate) async fn host_slot(host: &str) -> tokio::sync::OwnedSemaphorePermit {
         .await
         .expect("host semaphores are never closed");
     metrics::counter!("braid_http_requests_total").increment(1);
-    let limit = ClientSettings::default().max_connections_per_host;
-    metrics::gauge!("braid_http_in_flight", "host" => host.to_owned())
-        .set((limit - semaphore.available_permits()) as f64);
-    permit
+    let slot = HostSlot {
+        permit: Some(permit),
+        semaphore,
+        host: host.to_owned(),
+    };
+    slot.report_in_flight();
+    slot
 }
