@@ -1,5 +1,7 @@
 //! The `http` agent against local stub services (axum on 127.0.0.1:0).
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -212,62 +214,8 @@ agents:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_parallel_calls_reuse_a_bounded_set_of_connections() {
-    // A service that takes 5 ms per call and counts how many calls it is
-    // serving at once, and from how many connections (client ports).
-    #[derive(Default)]
-    struct Load {
-        now: usize,
-        peak: usize,
-        requests: usize,
-        peers: HashSet<SocketAddr>,
-    }
-    let load: Arc<Mutex<Load>> = Arc::default();
-    let handler = |State(load): State<Arc<Mutex<Load>>>,
-                   ConnectInfo(peer): ConnectInfo<SocketAddr>,
-                   Json(body): Json<Value>| async move {
-        {
-            let mut load = load.lock().unwrap();
-            load.now += 1;
-            load.peak = load.peak.max(load.now);
-            load.requests += 1;
-            load.peers.insert(peer);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        load.lock().unwrap().now -= 1;
-        // Each agent `aK` writes `fK`: answer with the field the caller declared.
-        let agent = body["agent"].as_str().unwrap_or("a0");
-        Json(json!({ format!("f{}", &agent[1..]): body["state"]["n"] }))
-    };
-    let app = axum::Router::new()
-        .route("/agent", post(handler))
-        .with_state(load.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/agent", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-
-    let mut yaml = String::from("pipeline: wide\ninputs: { n: { type: integer } }\nagents:\n");
-    for i in 0..20 {
-        yaml.push_str(&format!(
-            "  a{i}: {{ kind: http, url: '{url}', reads: [n], writes: [f{i}] }}\n"
-        ));
-    }
-    let p = Arc::new(pipeline(&yaml));
-    let mut runs = tokio::task::JoinSet::new();
-    for n in 0..10 {
-        let p = p.clone();
-        runs.spawn(async move { run(&p, json!({ "n": n })).await });
-    }
-    while let Some(report) = runs.join_next().await {
-        let report = report.unwrap();
-        assert!(report.status.is_success(), "{:?}", report.error);
-    }
+    let (host, load) = common::slow_service().await;
+    common::run_wide(&host, 20, 10).await;
     let load = load.lock().unwrap();
     assert_eq!(load.requests, 200);
     let limit = braid_agents::ClientSettings::default().max_connections_per_host;
