@@ -97,6 +97,20 @@ async fn makespan(pipeline: &Pipeline, sequential: bool) -> anyhow::Result<f64> 
     Ok(report.makespan_ms)
 }
 
+/// `c` seed runs started at once: ms until the last one finishes.
+async fn many_once(pipeline: &Arc<Pipeline>, c: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..c {
+        let pipeline = pipeline.clone();
+        runs.spawn(async move { makespan(&pipeline, false).await });
+    }
+    while let Some(result) = runs.join_next().await {
+        result??;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
 /// A warm-up, then `repeat` measurements: (median, min).
 async fn measure<F, Fut>(repeat: usize, mut once: F) -> anyhow::Result<(f64, f64)>
 where
@@ -254,19 +268,20 @@ async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
         "many" => {
             let pipeline = load(&seed_yaml(l))?;
             let c = a.concurrent.max(1);
-            let start = Instant::now();
-            let mut runs = tokio::task::JoinSet::new();
-            for _ in 0..c {
-                let pipeline = pipeline.clone();
-                runs.spawn(async move { makespan(&pipeline, false).await });
+            // Like the other scenarios: the median of `repeat` rounds after a
+            // warm-up; the warm-up (the process's first round) is reported
+            // too, as `cold_ratio`.
+            let cold = many_once(&pipeline, c).await?;
+            let mut samples = Vec::with_capacity(a.repeat.max(1));
+            for _ in 0..a.repeat.max(1) {
+                samples.push(many_once(&pipeline, c).await?);
             }
-            while let Some(result) = runs.join_next().await {
-                result??;
-            }
-            let ms = start.elapsed().as_secs_f64() * 1e3;
+            samples.sort_by(f64::total_cmp);
+            let ms = samples[samples.len() / 2];
             let ideal = 4.0 * l;
             json!({"scenario": name, "concurrent": c, "makespan_ms": ms, "ideal_ms": ideal,
-                   "ratio": ms / ideal, "runs_per_s": c as f64 / ms * 1e3, "peak_rss_mb": peak_rss_mb()})
+                   "ratio": ms / ideal, "cold_ratio": cold / ideal,
+                   "runs_per_s": c as f64 / ms * 1e3, "peak_rss_mb": peak_rss_mb()})
         }
         other => anyhow::bail!(
             "unknown scenario `{other}`; expected `all` or one of: {}",
