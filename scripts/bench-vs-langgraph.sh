@@ -80,6 +80,7 @@ spec = [
     ("many: 1,000 concurrent seed runs, makespan / ideal", "many", "ratio", "many", "ratio", ""),
     ("many: 1,000 concurrent runs, peak RSS", "many", "peak_rss_mb", "many", "peak_rss_mb", " MB"),
     ("many: 10,000 concurrent seed runs, makespan / ideal", "many-10000", "ratio", None, None, ""),
+    ("many: 10,000 concurrent seed runs, the process's first round (cold)", "many-10000", "cold_ratio", None, None, ""),
     ("many: 10,000 concurrent runs, peak RSS", "many-10000", "peak_rss_mb", None, None, " MB"),
     ("persist, SQLite, per run committed before the next: LangGraph exit / braid end", "persist-sqlite-end-1-wait", "per_run_us", "persist-exit", "per_run_us", " µs"),
     ("persist, SQLite, per run committed before the next: LangGraph sync / braid agent", "persist-sqlite-agent-1-wait", "per_run_us", "persist-sync", "per_run_us", " µs"),
