@@ -968,6 +968,7 @@ async fn metrics_expose_the_documented_families_after_a_run() {
         ("braid_checkpoint_commit_seconds", "summary"),
         ("braid_checkpoint_transactions_total", "counter"),
         ("braid_db_pool_connections", "gauge"),
+        ("braid_db_pool_acquire_seconds", "summary"),
         ("braid_runs_started_total", "counter"),
     ] {
         assert_eq!(families.get(family), Some(&kind), "{family} in:\n{text}");

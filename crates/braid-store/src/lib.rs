@@ -588,6 +588,24 @@ pub fn parse_policy(s: &str) -> Option<CheckpointPolicy> {
     s.parse().ok()
 }
 
+/// Takes a connection from `pool` (the store's, or a `sql` agent's: `which`),
+/// recording how long that took (`braid_db_pool_acquire_seconds`) and
+/// counting the acquires that found no idle connection and so had to open
+/// one or wait for one (`braid_db_pool_waits_total`).
+pub(crate) async fn acquire(
+    pool: &sqlx::AnyPool,
+    which: &'static str,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+    if pool.num_idle() == 0 {
+        metrics::counter!("braid_db_pool_waits_total", "pool" => which).increment(1);
+    }
+    let start = std::time::Instant::now();
+    let connection = pool.acquire().await;
+    metrics::histogram!("braid_db_pool_acquire_seconds", "pool" => which)
+        .record(start.elapsed().as_secs_f64());
+    connection
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,8 +165,14 @@ impl Agent for SqlAgent {
                 Some(other) => query.bind(other.to_string()),
             };
         }
+        let mut connection = crate::acquire(&pool, "sql").await.map_err(|e| {
+            AgentError::Other(format!(
+                "no connection to {}: {e}",
+                crate::mask_password(&self.url)
+            ))
+        })?;
         let rows = query
-            .fetch_all(&pool)
+            .fetch_all(&mut *connection)
             .await
             .map_err(|e| AgentError::Other(format!("the query failed: {e}")))?;
         let objects: Vec<Value> = rows

@@ -420,7 +420,8 @@ async fn write_batch(
     }
 
     let now = now_ms();
-    let mut tx = pool.begin().await?;
+    let mut connection = crate::acquire(pool, "store").await?;
+    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
     let runs: Vec<&RunRow> = runs.into_values().collect();
     for chunk in runs.chunks(ROWS_PER_STATEMENT / 2) {
         let sql = upsert_sql(
