@@ -248,6 +248,7 @@ async fn send(
         if let Some(limit) = timeout {
             request = request.timeout(limit);
         }
+        request = with_trace_context(request);
         let slot = crate::host_slot(&host).await;
         let (wait, failure) = match request.send().await {
             Ok(response) if response.status().is_success() => return Ok((response, slot)),
@@ -276,6 +277,35 @@ async fn send(
         }
         tokio::time::sleep(delay(tried, wait)).await;
     }
+}
+
+/// Adds the W3C trace context (`traceparent`, `tracestate`) of the current
+/// span (the agent attempt's), so the service joins the run's trace. Only
+/// with the `otlp` feature, and only once a propagator is installed (the
+/// `braid` binary does when it exports traces); otherwise nothing is added.
+#[cfg(feature = "otlp")]
+fn with_trace_context(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Headers(Vec<(String, String)>);
+    impl opentelemetry::propagation::Injector for Headers {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.push((key.to_owned(), value));
+        }
+    }
+    let context = tracing::Span::current().context();
+    let mut headers = Headers(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut headers);
+    });
+    headers
+        .0
+        .into_iter()
+        .fold(request, |request, (key, value)| request.header(key, value))
+}
+
+#[cfg(not(feature = "otlp"))]
+fn with_trace_context(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! apply (`OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf` or `http/json`,
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`,
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SDK_DISABLED`).
+//! `http` and `llm` agents send the W3C `traceparent` header of their
+//! attempt's span, so the services they call join the run's trace.
 //! Spans are queued to the SDK's batch processor, which exports from its own
 //! thread: a slow or dead collector never slows a run (spans past the
 //! queue's bound are dropped and counted), and export errors are logged.
@@ -102,6 +104,10 @@ mod export {
             .with_resource(resource.build())
             .build();
         let tracer = provider.tracer("braid");
+        // `http` and `llm` agents send the W3C `traceparent` of their span.
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
         // Runs and agent attempts (braid_core's `run` and `agent` spans, and
         // the events inside them), whatever RUST_LOG says about stderr.
         let spans = Targets::new()

@@ -211,3 +211,55 @@ async fn a_collector_that_is_down_does_not_fail_the_run() {
         "the export failure is reported on stderr: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_agents_carry_the_trace_to_the_services_they_call() {
+    let (endpoint, spans) = collector().await;
+    // A service that answers and keeps the `traceparent` it was sent.
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let service =
+        axum::Router::new()
+            .route(
+                "/score",
+                post(
+                    |State(seen): State<Arc<Mutex<Option<String>>>>,
+                     headers: axum::http::HeaderMap| async move {
+                        *seen.lock().unwrap() = headers
+                            .get("traceparent")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        axum::Json(serde_json::json!({ "score": 7 }))
+                    },
+                ),
+            )
+            .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/score", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
+
+    let (output, report) = run(
+        &format!(
+            "pipeline: traced-http\n\
+             inputs: {{ request: {{ type: string }} }}\n\
+             agents:\n  \
+               score: {{ kind: http, url: '{url}', reads: [request], writes: [score] }}\n"
+        ),
+        &endpoint,
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(report["state"]["score"], 7);
+
+    // W3C: version-traceid-parentid-flags, the parent being the agent's span.
+    let header = seen.lock().unwrap().clone().expect("a traceparent header");
+    let parts: Vec<&str> = header.split('-').collect();
+    assert_eq!(parts.len(), 4, "{header}");
+    let spans = spans.lock().unwrap().clone();
+    let agent = named(&spans, "agent")[0];
+    assert_eq!(parts[1], agent["traceId"].as_str().unwrap(), "{header}");
+    assert_eq!(parts[2], agent["spanId"].as_str().unwrap(), "{header}");
+}
