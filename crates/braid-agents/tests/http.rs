@@ -54,16 +54,7 @@ where
     let app = axum::Router::new()
         .route("/agent", post(handler))
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/agent", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let url = format!("http://{}/agent", common::serve(app).await);
     (url, seen)
 }
 

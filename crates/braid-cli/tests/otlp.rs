@@ -78,7 +78,8 @@ async fn run(pipeline: &str, endpoint: &str) -> (Output, Value) {
     (output, report)
 }
 
-/// A span attribute as text (OTLP JSON wraps values by type).
+/// An attribute of a span (or of a resource) as text (OTLP JSON wraps
+/// values by type).
 fn attribute(span: &Value, key: &str) -> Option<String> {
     let list = span["attributes"].as_array()?;
     let value = &list.iter().find(|a| a["key"] == key)?["value"];
@@ -130,13 +131,10 @@ async fn a_run_exports_one_trace_with_a_span_per_agent() {
     );
     assert_eq!(attribute(root, "status").as_deref(), Some("completed"));
     assert!(!is_error(root));
-    let service = root["resource"]["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["key"] == "service.name")
-        .map(|a| a["value"]["stringValue"].clone());
-    assert_eq!(service, Some(Value::from("braid")));
+    assert_eq!(
+        attribute(&root["resource"], "service.name").as_deref(),
+        Some("braid")
+    );
 
     let mut agents: Vec<String> = named(&spans, "agent")
         .into_iter()

@@ -1,6 +1,6 @@
-//! A load scenario shared by the HTTP tests: a service that takes 5 ms per
-//! call, and `runs` concurrent runs of a pipeline of `width` `http` agents
-//! calling it.
+//! What the HTTP tests share: serving a stub on a free loopback port, and a
+//! load scenario (a service that takes 5 ms per call, and `runs` concurrent
+//! runs of a pipeline of `width` `http` agents calling it).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -48,6 +48,12 @@ pub(crate) async fn slow_service() -> (String, Arc<Mutex<Load>>) {
     let app = axum::Router::new()
         .route("/agent", post(handler))
         .with_state(load.clone());
+    (serve(app).await, load)
+}
+
+/// Serves `app` on 127.0.0.1 (handlers may take `ConnectInfo<SocketAddr>`);
+/// returns its `host:port`.
+pub(crate) async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
@@ -58,7 +64,7 @@ pub(crate) async fn slow_service() -> (String, Arc<Mutex<Load>>) {
         .await
         .unwrap();
     });
-    (host, load)
+    host
 }
 
 /// Runs `runs` runs at once of a pipeline of `width` agents that each call

@@ -111,19 +111,31 @@ async fn many_once(pipeline: &Arc<Pipeline>, c: usize) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 
-/// A warm-up, then `repeat` measurements: (median, min).
-async fn measure<F, Fut>(repeat: usize, mut once: F) -> anyhow::Result<(f64, f64)>
+/// What [`measure`] found.
+struct Measured {
+    median: f64,
+    min: f64,
+    /// The warm-up round, left out of the others.
+    warm_up: f64,
+}
+
+/// A warm-up, then `repeat` measurements.
+async fn measure<F, Fut>(repeat: usize, mut once: F) -> anyhow::Result<Measured>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<f64>>,
 {
-    once().await?;
+    let warm_up = once().await?;
     let mut samples = Vec::with_capacity(repeat.max(1));
     for _ in 0..repeat.max(1) {
         samples.push(once().await?);
     }
     samples.sort_by(f64::total_cmp);
-    Ok((samples[samples.len() / 2], samples[0]))
+    Ok(Measured {
+        median: samples[samples.len() / 2],
+        min: samples[0],
+        warm_up,
+    })
 }
 
 /// Peak resident memory of this process, in MB (Linux `VmHWM`).
@@ -203,7 +215,7 @@ async fn persist(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
                 CheckpointPolicy::Agent,
             ] {
                 let before = store.stats().transactions;
-                let (median, _) = measure(a.repeat, || {
+                let Measured { median, .. } = measure(a.repeat, || {
                     persist_once(&pipeline, &store, policy, runs, in_flight, wait_each)
                 })
                 .await?;
@@ -231,20 +243,22 @@ async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
         "seed" | "sequential" => {
             let sequential = name == "sequential";
             let pipeline = load(&seed_yaml(l))?;
-            let (median, min) = measure(a.repeat, || makespan(&pipeline, sequential)).await?;
+            let Measured { median, min, .. } =
+                measure(a.repeat, || makespan(&pipeline, sequential)).await?;
             let ideal = if sequential { 6.0 * l } else { 4.0 * l };
             json!({"scenario": name, "makespan_ms": median, "min_ms": min, "ideal_ms": ideal, "ratio": median / ideal})
         }
         "skewed" => {
             let pipeline = load(&skewed_yaml(l))?;
-            let (median, min) = measure(a.repeat, || makespan(&pipeline, false)).await?;
+            let Measured { median, min, .. } =
+                measure(a.repeat, || makespan(&pipeline, false)).await?;
             let ideal = 12.0 * l;
             json!({"scenario": name, "makespan_ms": median, "min_ms": min, "ideal_ms": ideal, "ratio": median / ideal})
         }
         "overhead" => {
             let pipeline = load(&seed_yaml(0.0))?;
             let runs = a.runs.max(1);
-            let (median, _) = measure(a.repeat, || async {
+            let Measured { median, .. } = measure(a.repeat, || async {
                 let start = Instant::now();
                 for _ in 0..runs {
                     makespan(&pipeline, false).await?;
@@ -262,22 +276,20 @@ async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
             } else {
                 deep_yaml(n)
             })?;
-            let (median, min) = measure(a.repeat, || makespan(&pipeline, false)).await?;
+            let Measured { median, min, .. } =
+                measure(a.repeat, || makespan(&pipeline, false)).await?;
             json!({"scenario": name, "nodes": n, "makespan_ms": median, "min_ms": min, "per_agent_us": median * 1e3 / n as f64})
         }
         "many" => {
             let pipeline = load(&seed_yaml(l))?;
             let c = a.concurrent.max(1);
-            // Like the other scenarios: the median of `repeat` rounds after a
-            // warm-up; the warm-up (the process's first round) is reported
-            // too, as `cold_ratio`.
-            let cold = many_once(&pipeline, c).await?;
-            let mut samples = Vec::with_capacity(a.repeat.max(1));
-            for _ in 0..a.repeat.max(1) {
-                samples.push(many_once(&pipeline, c).await?);
-            }
-            samples.sort_by(f64::total_cmp);
-            let ms = samples[samples.len() / 2];
+            // Like the other scenarios; the warm-up (the process's first
+            // round) is reported too, as `cold_ratio`.
+            let Measured {
+                median: ms,
+                warm_up: cold,
+                ..
+            } = measure(a.repeat, || many_once(&pipeline, c)).await?;
             let ideal = 4.0 * l;
             json!({"scenario": name, "concurrent": c, "makespan_ms": ms, "ideal_ms": ideal,
                    "ratio": ms / ideal, "cold_ratio": cold / ideal,
