@@ -24,6 +24,7 @@ use crate::condition::Condition;
 use crate::diagnostic::{Diagnostic, LoadError, Location};
 use crate::graph::{AgentId, DependencyGraph};
 use crate::kinds::{AgentConfig, AgentKinds};
+use crate::limits::LoadLimits;
 use crate::merge::MergeRule;
 use crate::spec::CORE_KIND_KEYS;
 use crate::spec::{self, AgentSpec, Located, PipelineSpec, Source};
@@ -237,6 +238,16 @@ impl Pipeline {
     /// Loads a pipeline file whose agents may use `kinds`' builtin agents
     /// and extra kinds.
     pub fn from_file_with(path: impl AsRef<Path>, kinds: &AgentKinds) -> Result<Self, LoadError> {
+        Self::from_file_limited(path, kinds, &LoadLimits::default())
+    }
+
+    /// Loads a pipeline file under `limits` (size, nesting depth, agent
+    /// count, condition size, compile time).
+    pub fn from_file_limited(
+        path: impl AsRef<Path>,
+        kinds: &AgentKinds,
+        limits: &LoadLimits,
+    ) -> Result<Self, LoadError> {
         let path = path.as_ref();
         let read_error = |source| LoadError::Read {
             path: path.to_path_buf(),
@@ -248,7 +259,7 @@ impl Pipeline {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
-        let mut pipeline = Self::load(&text, Some(path), &dir, kinds)?;
+        let mut pipeline = Self::load(&text, Some(path), &dir, kinds, limits)?;
         // Absolute, so a stored run can find its file from anywhere.
         pipeline.source = Some(absolute);
         Ok(pipeline)
@@ -263,8 +274,19 @@ impl Pipeline {
     /// Loads a pipeline from text whose agents may use `kinds`' builtin
     /// agents and extra kinds.
     pub fn from_yaml_str_with(text: &str, kinds: &AgentKinds) -> Result<Self, LoadError> {
+        Self::from_yaml_str_limited(text, kinds, &LoadLimits::default())
+    }
+
+    /// Loads a pipeline from text under `limits` (size, nesting depth,
+    /// agent count, condition size, compile time): what a server uses for
+    /// pipelines its clients send.
+    pub fn from_yaml_str_limited(
+        text: &str,
+        kinds: &AgentKinds,
+        limits: &LoadLimits,
+    ) -> Result<Self, LoadError> {
         let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        Self::load(text, None, &dir, kinds)
+        Self::load(text, None, &dir, kinds, limits)
     }
 
     fn load(
@@ -272,7 +294,9 @@ impl Pipeline {
         file: Option<&Path>,
         dir: &Path,
         kinds: &AgentKinds,
+        limits: &LoadLimits,
     ) -> Result<Self, LoadError> {
+        // TODO(issue 9): enforce every limit; only the agent count is checked so far.
         let source = Source {
             file: file.map(Arc::from),
         };
@@ -282,6 +306,16 @@ impl Pipeline {
             LoadError::Invalid { diagnostics }
         };
         let spec = spec::parse(text, &source).map_err(invalid)?;
+        if spec.agents.len() > limits.max_agents {
+            return Err(invalid(vec![Diagnostic::new(
+                spec.agents_at.clone(),
+                format!(
+                    "the pipeline declares {} agents; the limit is {} (max_agents)",
+                    spec.agents.len(),
+                    limits.max_agents
+                ),
+            )]));
+        }
         let mut pipeline = compile(spec, dir, kinds).map_err(invalid)?;
         pipeline.content_hash = Arc::from(content_hash(text));
         Ok(pipeline)
