@@ -151,6 +151,22 @@ pub struct Registered {
     pub source: String,
     /// Who registered it.
     pub origin: Origin,
+    /// Its `explain` JSON, worked out once when it was registered (off the
+    /// async workers for a client's pipeline), not on every request.
+    pub explain: serde_json::Value,
+}
+
+impl Registered {
+    /// `pipeline` with its text, origin and explanation.
+    pub fn new(pipeline: Pipeline, source: String, origin: Origin) -> Self {
+        let explain = serde_json::to_value(pipeline.explain()).unwrap_or_default();
+        Self {
+            pipeline: Arc::new(pipeline),
+            source,
+            origin,
+            explain,
+        }
+    }
 }
 
 /// A run the server started (in flight, or finished recently).
@@ -224,11 +240,7 @@ impl AppState {
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 name,
-                Arc::new(Registered {
-                    pipeline: Arc::new(pipeline),
-                    source,
-                    origin: Origin::Operator,
-                }),
+                Arc::new(Registered::new(pipeline, source, Origin::Operator)),
             );
     }
 

@@ -211,7 +211,7 @@ fn describe(registered: &Registered) -> Value {
     json!({
         "name": registered.pipeline.name(),
         "content_hash": registered.pipeline.content_hash(),
-        "explain": registered.pipeline.explain(),
+        "explain": registered.explain,
         "source": registered.source,
         "origin": registered.origin.as_str(),
     })
@@ -237,7 +237,8 @@ async fn register_pipeline(
             "the pipeline must be UTF-8 text",
         )
     })?;
-    let (pipeline, text) = compile(&state, text).await?;
+    let registered = Arc::new(compile(&state, text).await?);
+    let pipeline = &registered.pipeline;
     let config = &state.inner.config;
     let name = pipeline.name().to_owned();
     check_name(&name)?;
@@ -260,11 +261,6 @@ async fn register_pipeline(
             ));
         }
     }
-    let registered = Arc::new(Registered {
-        pipeline: Arc::new(pipeline),
-        source: text,
-        origin: Origin::Api,
-    });
     let mut pipelines = state
         .inner
         .pipelines
@@ -299,7 +295,7 @@ async fn register_pipeline(
 /// Parses and compiles a pipeline a client sent, under the server's load
 /// limits, on a blocking thread (never an async worker) holding one of the
 /// compile slots, and gives up waiting after the compile budget.
-async fn compile(state: &AppState, text: String) -> Result<(Pipeline, String), ApiError> {
+async fn compile(state: &AppState, text: String) -> Result<Registered, ApiError> {
     let budget = state.inner.config.compile_budget;
     let slot = tokio::time::timeout(budget, state.inner.compiles.clone().acquire_owned())
         .await
@@ -321,8 +317,8 @@ async fn compile(state: &AppState, text: String) -> Result<(Pipeline, String), A
         // client stopped waiting for it.
         let _slot = slot;
         let config = &shared.inner.config;
-        let loaded = Pipeline::from_yaml_str_limited(&text, &config.kinds, &config.load_limits());
-        (loaded, text)
+        Pipeline::from_yaml_str_limited(&text, &config.kinds, &config.load_limits())
+            .map(|pipeline| Registered::new(pipeline, text, Origin::Api))
     });
     match tokio::time::timeout(budget, compiling).await {
         Err(_) => Err(ApiError::invalid(
@@ -336,8 +332,9 @@ async fn compile(state: &AppState, text: String) -> Result<(Pipeline, String), A
         Ok(Err(failure)) => Err(ApiError::internal(format!(
             "compiling a pipeline failed: {failure}"
         ))),
-        Ok(Ok((Ok(pipeline), text))) => Ok((pipeline, text)),
-        Ok(Ok((Err(err), _))) => Err(load_error(&err, state.inner.config.max_diagnostics)),
+        Ok(Ok(loaded)) => {
+            loaded.map_err(|err| load_error(&err, state.inner.config.max_diagnostics))
+        }
     }
 }
 
