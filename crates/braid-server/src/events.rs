@@ -448,6 +448,78 @@ mod tests {
         assert_eq!(seqs, [3, 4, 5]);
     }
 
+    fn event(kind: EventKind) -> RunEvent {
+        RunEvent {
+            seq: 0,
+            at_ms: 0.0,
+            kind,
+        }
+    }
+
+    fn retrying(agent: &str, attempt: u32) -> RunEvent {
+        event(EventKind::AgentRetrying {
+            agent: Arc::from(agent),
+            attempt,
+            error: "no".into(),
+            delay_ms: 0.0,
+        })
+    }
+
+    #[test]
+    fn past_the_cap_each_agents_latest_event_is_held_and_released_before_the_final_one() {
+        let log = EventLog::new(5);
+        for attempt in 1..=100 {
+            log.push(retrying("a", attempt));
+            log.push(retrying("b", attempt));
+            log.push(event(EventKind::AgentLog {
+                agent: Arc::from("a"),
+                line: "x".into(),
+            }));
+        }
+        assert_eq!(log.all().len(), 5, "nothing beyond the cap is appended yet");
+        log.push(event(EventKind::RunFinished {
+            status: braid_core::RunStatus::Failed,
+            makespan_ms: 1.0,
+        }));
+        let events = log.all();
+        assert_eq!(events.len(), 5 + 2 + 1);
+        let held: Vec<(String, u64)> = events[5..7]
+            .iter()
+            .map(|e| match &e.event.kind {
+                EventKind::AgentRetrying { agent, attempt, .. } => {
+                    (format!("{agent} {attempt}"), e.coalesced)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Kept: a 1, b 1, a line, a 2, b 2; attempts 3 to 100 fold into the latest.
+        assert_eq!(held, [("a 100".to_owned(), 98), ("b 100".to_owned(), 98)]);
+        assert!(events[6].to_json().contains(r#""coalesced":98"#));
+        assert!(matches!(
+            events[7].event.kind,
+            EventKind::RunFinished { .. }
+        ));
+        assert_eq!(log.coalesced(), 196);
+        assert_eq!(log.dropped(), 99);
+    }
+
+    #[test]
+    fn held_events_are_released_even_without_a_final_event() {
+        let log = EventLog::new(1);
+        log.push(retrying("a", 1));
+        log.push(retrying("a", 2));
+        log.finish();
+        let seqs: Vec<(u64, u64)> = log.all().iter().map(|e| (e.seq, e.coalesced)).collect();
+        assert_eq!(seqs, [(1, 0), (2, 1)]);
+        let replayed = EventLog::replay(log.all().iter().map(|e| e.to_json())).unwrap();
+        let again: Vec<(u64, u64)> = replayed
+            .all()
+            .iter()
+            .map(|e| (e.seq, e.coalesced))
+            .collect();
+        assert_eq!(again, seqs, "a replay keeps the counts");
+    }
+
     #[tokio::test]
     async fn bursts_of_log_lines_are_coalesced_but_lifecycle_events_all_arrive() {
         let (sink, rx) = EventSink::channel(EventLevel::Full);
