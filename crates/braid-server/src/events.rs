@@ -4,8 +4,16 @@
 //! pump task, which coalesces bursts of log lines per agent (`full` mode:
 //! at most one line per agent per [`LOG_INTERVAL`], latest wins, with a
 //! count of what was folded in), numbers the events, appends them to the
-//! run's [`EventLog`] and broadcasts them. Lifecycle events are never
-//! dropped or delayed.
+//! run's [`EventLog`] and broadcasts them.
+//!
+//! Every event counts against the log's cap, so a run that retries in a
+//! tight loop cannot fill the server's memory. Below the cap lifecycle
+//! events are never dropped or delayed. Once it is reached, log lines are
+//! dropped (and counted) and lifecycle events coalesce: only the latest one
+//! per agent is held, with a count of how many it stands for, and the held
+//! ones are appended just before the run's final event. So nothing about
+//! an agent's fate vanishes, the log holds at most `cap` events plus one
+//! per agent plus the final event, and the final event always arrives.
 //!
 //! A subscriber (SSE or WebSocket) first replays the log after the sequence
 //! number it already has, then follows the broadcast. The broadcast buffer
@@ -19,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use braid_core::event::{EventKind, RunEvent};
+use indexmap::IndexMap;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
@@ -39,22 +48,62 @@ pub struct LoggedEvent {
     /// The engine's event (its `seq` field is the engine's own numbering).
     #[serde(flatten)]
     pub event: RunEvent,
+    /// 0 for an event delivered as it happened; for one held back because
+    /// the log had reached its cap, how many events of its agent it stands
+    /// for (itself included: it is the latest of them).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub coalesced: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl LoggedEvent {
-    /// The event as one line of JSON, `seq` included.
+    /// The event as one line of JSON, `seq` (and `coalesced`, if not 0)
+    /// included.
     pub fn to_json(&self) -> String {
         let mut value = serde_json::to_value(&self.event).unwrap_or_default();
         value["seq"] = self.seq.into();
+        if self.coalesced > 0 {
+            value["coalesced"] = self.coalesced.into();
+        }
         value.to_string()
     }
 }
+
+/// Lifecycle events held back once the log is full: per agent (`None` for
+/// the run's own events), the latest and how many it stands for.
+type Held = IndexMap<Option<Arc<str>>, (RunEvent, u64)>;
 
 struct Inner {
     events: Vec<Arc<LoggedEvent>>,
     /// Log lines not kept because the log reached its cap.
     dropped: u64,
+    /// Lifecycle events folded into a later one because of the cap.
+    coalesced: u64,
+    held: Held,
     finished: bool,
+}
+
+impl Inner {
+    fn append(&mut self, offset: u64, event: RunEvent, coalesced: u64) -> Arc<LoggedEvent> {
+        let logged = Arc::new(LoggedEvent {
+            seq: offset + self.events.len() as u64 + 1,
+            event,
+            coalesced,
+        });
+        self.events.push(logged.clone());
+        logged
+    }
+
+    /// Appends every held event, in the order their agents were first held.
+    fn release_held(&mut self, offset: u64) -> Vec<Arc<LoggedEvent>> {
+        let held = std::mem::take(&mut self.held);
+        held.into_values()
+            .map(|(event, count)| self.append(offset, event, count))
+            .collect()
+    }
 }
 
 /// The events of one run, kept while the run lives in the server.
@@ -67,8 +116,9 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// An empty log keeping at most `cap` events (lifecycle events are kept
-    /// beyond it; log lines are not).
+    /// An empty log keeping at most `cap` events, plus the latest
+    /// lifecycle event of each agent held back once it was full, plus the
+    /// run's final event.
     pub fn new(cap: usize) -> Arc<Self> {
         Self::continuing(cap, 0)
     }
@@ -81,6 +131,8 @@ impl EventLog {
             inner: Mutex::new(Inner {
                 events: Vec::new(),
                 dropped: 0,
+                coalesced: 0,
+                held: IndexMap::new(),
                 finished: false,
             }),
             sender: Mutex::new(Some(sender)),
@@ -93,7 +145,10 @@ impl EventLog {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends and broadcasts one event.
+    /// Appends and broadcasts one event. Once the log holds `cap` events,
+    /// a log line is dropped and a lifecycle event is held (the latest per
+    /// agent) until the run's final event, which is always appended, after
+    /// the held ones.
     pub fn push(&self, mut event: RunEvent) {
         if let EventKind::AgentLog { line, .. } = &mut event.kind
             && line.len() > MAX_LINE_BYTES
@@ -105,35 +160,79 @@ impl EventLog {
             line.truncate(cut);
             line.push_str(" …");
         }
-        let logged = {
+        let released = {
             let mut inner = self.lock();
-            if matches!(event.kind, EventKind::AgentLog { .. }) && inner.events.len() >= self.cap {
-                inner.dropped += 1;
-                metrics::counter!("braid_events_dropped_total", "reason" => "cap").increment(1);
+            let is_final = matches!(event.kind, EventKind::RunFinished { .. });
+            if !is_final && inner.events.len() >= self.cap {
+                if matches!(event.kind, EventKind::AgentLog { .. }) {
+                    inner.dropped += 1;
+                    metrics::counter!("braid_events_dropped_total", "reason" => "cap").increment(1);
+                } else {
+                    inner.coalesced += 1;
+                    metrics::counter!("braid_events_coalesced_total").increment(1);
+                    let key = agent_of(&event.kind).cloned();
+                    match inner.held.entry(key) {
+                        indexmap::map::Entry::Occupied(mut held) => {
+                            let held = held.get_mut();
+                            held.0 = event;
+                            held.1 += 1;
+                        }
+                        indexmap::map::Entry::Vacant(slot) => {
+                            slot.insert((event, 1));
+                        }
+                    }
+                }
                 return;
             }
-            let logged = Arc::new(LoggedEvent {
-                seq: self.offset + inner.events.len() as u64 + 1,
-                event,
-            });
-            inner.events.push(logged.clone());
-            logged
+            let mut released = if is_final {
+                inner.release_held(self.offset)
+            } else {
+                Vec::new()
+            };
+            released.push(inner.append(self.offset, event, 0));
+            released
         };
-        // Sending under no lock; a send with no subscribers is not an error.
+        self.broadcast(released);
+    }
+
+    /// Sends under no lock; a send with no subscribers is not an error.
+    fn broadcast(&self, events: Vec<Arc<LoggedEvent>>) {
         if let Some(sender) = self
             .sender
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            let _ = sender.send(logged);
+            for event in events {
+                let _ = sender.send(event);
+            }
         }
     }
 
-    /// Marks the log complete: subscribers finish once they have it all.
+    /// Marks the log complete (appending any event still held back):
+    /// subscribers finish once they have it all.
     pub fn finish(&self) {
+        let released = self.lock().release_held(self.offset);
+        self.broadcast(released);
         self.lock().finished = true;
         self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// A complete log of events saved earlier (each as [`LoggedEvent::to_json`]
+    /// wrote it), numbered as they were.
+    pub fn replay(saved: impl IntoIterator<Item = String>) -> Result<Arc<Self>, serde_json::Error> {
+        let log = Self::new(usize::MAX);
+        {
+            let mut inner = log.lock();
+            for text in saved {
+                let value: serde_json::Value = serde_json::from_str(&text)?;
+                let coalesced = value["coalesced"].as_u64().unwrap_or(0);
+                let event: RunEvent = serde_json::from_value(value)?;
+                inner.append(0, event, coalesced);
+            }
+        }
+        log.finish();
+        Ok(log)
     }
 
     /// Events with `seq > after`, and whether the log is complete.
@@ -158,6 +257,12 @@ impl EventLog {
     /// How many log lines were not kept because of the cap.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
+    }
+
+    /// How many lifecycle events were folded into a later one of their
+    /// agent because of the cap.
+    pub fn coalesced(&self) -> u64 {
+        self.lock().coalesced
     }
 
     fn subscribe(&self) -> Option<broadcast::Receiver<Arc<LoggedEvent>>> {
@@ -341,6 +446,78 @@ mod tests {
             seqs.push(e.seq);
         }
         assert_eq!(seqs, [3, 4, 5]);
+    }
+
+    fn event(kind: EventKind) -> RunEvent {
+        RunEvent {
+            seq: 0,
+            at_ms: 0.0,
+            kind,
+        }
+    }
+
+    fn retrying(agent: &str, attempt: u32) -> RunEvent {
+        event(EventKind::AgentRetrying {
+            agent: Arc::from(agent),
+            attempt,
+            error: "no".into(),
+            delay_ms: 0.0,
+        })
+    }
+
+    #[test]
+    fn past_the_cap_each_agents_latest_event_is_held_and_released_before_the_final_one() {
+        let log = EventLog::new(5);
+        for attempt in 1..=100 {
+            log.push(retrying("a", attempt));
+            log.push(retrying("b", attempt));
+            log.push(event(EventKind::AgentLog {
+                agent: Arc::from("a"),
+                line: "x".into(),
+            }));
+        }
+        assert_eq!(log.all().len(), 5, "nothing beyond the cap is appended yet");
+        log.push(event(EventKind::RunFinished {
+            status: braid_core::RunStatus::Failed,
+            makespan_ms: 1.0,
+        }));
+        let events = log.all();
+        assert_eq!(events.len(), 5 + 2 + 1);
+        let held: Vec<(String, u64)> = events[5..7]
+            .iter()
+            .map(|e| match &e.event.kind {
+                EventKind::AgentRetrying { agent, attempt, .. } => {
+                    (format!("{agent} {attempt}"), e.coalesced)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Kept: a 1, b 1, a line, a 2, b 2; attempts 3 to 100 fold into the latest.
+        assert_eq!(held, [("a 100".to_owned(), 98), ("b 100".to_owned(), 98)]);
+        assert!(events[6].to_json().contains(r#""coalesced":98"#));
+        assert!(matches!(
+            events[7].event.kind,
+            EventKind::RunFinished { .. }
+        ));
+        assert_eq!(log.coalesced(), 196);
+        assert_eq!(log.dropped(), 99);
+    }
+
+    #[test]
+    fn held_events_are_released_even_without_a_final_event() {
+        let log = EventLog::new(1);
+        log.push(retrying("a", 1));
+        log.push(retrying("a", 2));
+        log.finish();
+        let seqs: Vec<(u64, u64)> = log.all().iter().map(|e| (e.seq, e.coalesced)).collect();
+        assert_eq!(seqs, [(1, 0), (2, 1)]);
+        let replayed = EventLog::replay(log.all().iter().map(|e| e.to_json())).unwrap();
+        let again: Vec<(u64, u64)> = replayed
+            .all()
+            .iter()
+            .map(|e| (e.seq, e.coalesced))
+            .collect();
+        assert_eq!(again, seqs, "a replay keeps the counts");
     }
 
     #[tokio::test]

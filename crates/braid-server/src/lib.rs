@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use braid_core::{Pipeline, RunReport};
+use braid_core::{AgentKinds, LoadLimits, Pipeline, RunReport};
 use braid_store::Store;
 use indexmap::IndexMap;
 use tokio::sync::{Semaphore, watch};
@@ -43,13 +43,41 @@ pub struct ServerConfig {
     /// Whether pipelines registered over HTTP may contain `command` agents
     /// (which run programs on this host).
     pub allow_command_agents: bool,
-    /// Largest request body.
+    /// Largest request body (and so the largest pipeline text).
     pub max_body_bytes: usize,
-    /// Most agents in one pipeline.
+    /// Most agents in one pipeline registered over HTTP, checked before
+    /// it is compiled.
     pub max_agents: usize,
+    /// Deepest nesting of mappings and sequences in a pipeline registered
+    /// over HTTP, checked while parsing.
+    pub max_depth: usize,
+    /// Longest `when:` condition, in bytes.
+    pub max_condition_bytes: usize,
+    /// Deepest nesting of a `when:` condition's expression.
+    pub max_condition_depth: usize,
+    /// Most problems listed in a 422 for an invalid pipeline; the rest are
+    /// summarised as "and K more".
+    pub max_diagnostics: usize,
+    /// How long compiling one pipeline may take; a client waiting longer
+    /// gets a 422 naming `compile_budget`.
+    pub compile_budget: Duration,
+    /// Most pipelines compiled at once, each on a blocking thread (never on
+    /// the async workers); a registration that finds no free slot within
+    /// the compile budget gets a 429.
+    pub max_concurrent_compiles: usize,
+    /// Most pipelines registered over HTTP (those loaded by the operator
+    /// do not count); beyond it a new name gets a 409.
+    pub max_pipelines: usize,
+    /// The agent kinds pipelines registered over HTTP may use: only
+    /// `sleep`, `command` (if allowed) and `builtin` unless a library user
+    /// adds more. Operator pipelines ([`AppState::preload`]) are compiled
+    /// by the caller with whatever kinds it likes.
+    pub kinds: AgentKinds,
     /// Most runs in flight at once (429 beyond it).
     pub max_concurrent_runs: usize,
-    /// Most events kept per run (lifecycle events are always kept).
+    /// Most events kept per run. Beyond it log lines are dropped and
+    /// lifecycle events coalesce (the latest per agent is kept, with a
+    /// count of those it stands for); the run's final event is always kept.
     pub max_events_per_run: usize,
     /// Finished runs kept in memory (older ones are still in the store).
     pub max_finished_runs: usize,
@@ -64,10 +92,53 @@ impl Default for ServerConfig {
             allow_command_agents: false,
             max_body_bytes: 1024 * 1024,
             max_agents: 1000,
+            max_depth: 64,
+            max_condition_bytes: 4 * 1024,
+            max_condition_depth: 32,
+            max_diagnostics: 100,
+            compile_budget: Duration::from_secs(5),
+            max_concurrent_compiles: 2,
+            max_pipelines: 1000,
+            kinds: AgentKinds::standard(),
             max_concurrent_runs: 1000,
             max_events_per_run: 10_000,
             max_finished_runs: 1000,
             grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The loader's limits for pipelines registered over HTTP.
+    pub fn load_limits(&self) -> LoadLimits {
+        LoadLimits {
+            max_bytes: self.max_body_bytes,
+            max_depth: self.max_depth,
+            max_agents: self.max_agents,
+            max_condition_bytes: self.max_condition_bytes,
+            max_condition_depth: self.max_condition_depth,
+            max_diagnostics: self.max_diagnostics,
+            compile_budget: self.compile_budget,
+        }
+    }
+}
+
+/// Where a pipeline the server knows came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded by the operator ([`AppState::preload`], `--pipelines DIR`):
+    /// clients can neither replace nor delete it.
+    Operator,
+    /// Registered by a client with `POST /v1/pipelines`.
+    Api,
+}
+
+impl Origin {
+    /// `operator` or `api`, as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Operator => "operator",
+            Origin::Api => "api",
         }
     }
 }
@@ -78,6 +149,24 @@ pub struct Registered {
     pub pipeline: Arc<Pipeline>,
     /// Its text as registered.
     pub source: String,
+    /// Who registered it.
+    pub origin: Origin,
+    /// Its `explain` JSON, worked out once when it was registered (off the
+    /// async workers for a client's pipeline), not on every request.
+    pub explain: serde_json::Value,
+}
+
+impl Registered {
+    /// `pipeline` with its text, origin and explanation.
+    pub fn new(pipeline: Pipeline, source: String, origin: Origin) -> Self {
+        let explain = serde_json::to_value(pipeline.explain()).unwrap_or_default();
+        Self {
+            pipeline: Arc::new(pipeline),
+            source,
+            origin,
+            explain,
+        }
+    }
 }
 
 /// A run the server started (in flight, or finished recently).
@@ -110,6 +199,8 @@ pub(crate) struct Shared {
     pub(crate) pipelines: RwLock<IndexMap<String, Arc<Registered>>>,
     pub(crate) runs: RwLock<IndexMap<String, Arc<LiveRun>>>,
     pub(crate) slots: Arc<Semaphore>,
+    /// Compiles in flight (each holds a permit on its blocking thread).
+    pub(crate) compiles: Arc<Semaphore>,
     pub(crate) tracker: TaskTracker,
     /// Held (shared) while a run is admitted and spawned, and (exclusively)
     /// while the tracker closes, so no run slips in after shutdown began.
@@ -121,6 +212,7 @@ impl AppState {
     /// A server with `config`, saving runs to `store` if given.
     pub fn new(config: ServerConfig, store: Option<Arc<Store>>) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_runs.max(1)));
+        let compiles = Arc::new(Semaphore::new(config.max_concurrent_compiles.max(1)));
         Self {
             inner: Arc::new(Shared {
                 config,
@@ -128,6 +220,7 @@ impl AppState {
                 pipelines: RwLock::new(IndexMap::new()),
                 runs: RwLock::new(IndexMap::new()),
                 slots,
+                compiles,
                 tracker: TaskTracker::new(),
                 admission: RwLock::new(()),
                 metrics: metrics_handle(),
@@ -136,7 +229,9 @@ impl AppState {
     }
 
     /// Registers a pipeline loaded by the operator (e.g. `--pipelines DIR`):
-    /// it may contain `command` agents whatever `allow_command_agents` says.
+    /// it may contain `command` agents whatever `allow_command_agents` says,
+    /// and clients cannot replace or delete it. It replaces a pipeline of
+    /// the same name that a client registered.
     pub fn preload(&self, pipeline: Pipeline, source: String) {
         let name = pipeline.name().to_owned();
         self.inner
@@ -145,10 +240,7 @@ impl AppState {
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 name,
-                Arc::new(Registered {
-                    pipeline: Arc::new(pipeline),
-                    source,
-                }),
+                Arc::new(Registered::new(pipeline, source, Origin::Operator)),
             );
     }
 

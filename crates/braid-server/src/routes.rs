@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::events::{self, Delivery, EventLog};
-use crate::{AppState, LiveRun, Registered, prune, run_counts};
+use crate::{AppState, LiveRun, Origin, Registered, prune, run_counts};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 
@@ -36,7 +36,10 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/pipelines", get(list_pipelines).post(register_pipeline))
-        .route("/pipelines/{name}", get(get_pipeline))
+        .route(
+            "/pipelines/{name}",
+            get(get_pipeline).delete(delete_pipeline),
+        )
         .route("/runs", get(list_runs).post(start_run))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/cancel", post(cancel_run))
@@ -198,6 +201,7 @@ async fn list_pipelines(State(state): State<AppState>) -> Json<Value> {
                 "description": r.pipeline.description(),
                 "agents": r.pipeline.agents().len(),
                 "content_hash": r.pipeline.content_hash(),
+                "origin": r.origin.as_str(),
             }))
             .collect::<Vec<_>>()
     ))
@@ -207,10 +211,17 @@ fn describe(registered: &Registered) -> Value {
     json!({
         "name": registered.pipeline.name(),
         "content_hash": registered.pipeline.content_hash(),
-        "explain": registered.pipeline.explain(),
+        "explain": registered.explain,
         "source": registered.source,
+        "origin": registered.origin.as_str(),
     })
 }
+
+/// The longest pipeline name the API takes.
+const MAX_NAME_CHARS: usize = 128;
+
+/// The longest problem listed in a 422, in bytes; longer ones are cut.
+const MAX_PROBLEM_BYTES: usize = 2048;
 
 async fn register_pipeline(
     State(state): State<AppState>,
@@ -219,32 +230,18 @@ async fn register_pipeline(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_api_content_type(&headers)?;
     let body = body.map_err(body_error)?;
-    let text = std::str::from_utf8(&body).map_err(|_| {
+    let text = String::from_utf8(body.into()).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the pipeline must be UTF-8 text",
         )
     })?;
-    let pipeline = Pipeline::from_yaml_str(text).map_err(|err| {
-        ApiError::invalid(
-            "invalid_pipeline",
-            "the pipeline is not valid",
-            err.diagnostics().iter().map(ToString::to_string).collect(),
-        )
-    })?;
+    let registered = Arc::new(compile(&state, text).await?);
+    let pipeline = &registered.pipeline;
     let config = &state.inner.config;
-    if pipeline.agents().len() > config.max_agents {
-        return Err(ApiError::invalid(
-            "too_many_agents",
-            format!(
-                "the pipeline has {} agents; this server takes at most {}",
-                pipeline.agents().len(),
-                config.max_agents
-            ),
-            Vec::new(),
-        ));
-    }
+    let name = pipeline.name().to_owned();
+    check_name(&name)?;
     if !config.allow_command_agents {
         let commands: Vec<&str> = pipeline
             .agents()
@@ -264,24 +261,191 @@ async fn register_pipeline(
             ));
         }
     }
-    let registered = Arc::new(Registered {
-        pipeline: Arc::new(pipeline),
-        source: text.to_owned(),
-    });
-    let name = registered.pipeline.name().to_owned();
-    let replaced = state
+    let mut pipelines = state
         .inner
         .pipelines
         .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(name, registered.clone())
-        .is_some();
-    let status = if replaced {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
+        .unwrap_or_else(|e| e.into_inner());
+    let status = match pipelines.get(&name).map(|r| r.origin) {
+        Some(Origin::Operator) => return Err(protected(&name, "replaced")),
+        Some(Origin::Api) => StatusCode::OK,
+        None => {
+            let registered_over_http = pipelines
+                .values()
+                .filter(|r| r.origin == Origin::Api)
+                .count();
+            if registered_over_http >= config.max_pipelines {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "too_many_pipelines",
+                    format!(
+                        "{registered_over_http} pipelines are registered over HTTP, the most this \
+                         server takes (--max-pipelines); delete one with DELETE /v1/pipelines/NAME first"
+                    ),
+                ));
+            }
+            StatusCode::CREATED
+        }
     };
+    pipelines.insert(name, registered.clone());
+    drop(pipelines);
     Ok((status, Json(describe(&registered))))
+}
+
+/// Parses and compiles a pipeline a client sent, under the server's load
+/// limits, on a blocking thread (never an async worker) holding one of the
+/// compile slots, and gives up waiting after the compile budget.
+async fn compile(state: &AppState, text: String) -> Result<Registered, ApiError> {
+    let budget = state.inner.config.compile_budget;
+    let slot = tokio::time::timeout(budget, state.inner.compiles.clone().acquire_owned())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_compiles",
+                format!(
+                    "{} pipelines are being compiled, the most this server compiles at once; \
+                     try again later",
+                    state.inner.config.max_concurrent_compiles
+                ),
+            )
+        })?
+        .map_err(ApiError::internal)?;
+    let shared = state.clone();
+    let compiling = tokio::task::spawn_blocking(move || {
+        // The slot is freed only when the work really ends, even if the
+        // client stopped waiting for it.
+        let _slot = slot;
+        let config = &shared.inner.config;
+        Pipeline::from_yaml_str_limited(&text, &config.kinds, &config.load_limits())
+            .map(|pipeline| Registered::new(pipeline, text, Origin::Api))
+    });
+    match tokio::time::timeout(budget, compiling).await {
+        Err(_) => Err(ApiError::invalid(
+            "invalid_pipeline",
+            "the pipeline is not valid",
+            vec![format!(
+                "compiling the pipeline took longer than {budget:?} (compile_budget), the most \
+                 this server allows"
+            )],
+        )),
+        Ok(Err(failure)) => Err(ApiError::internal(format!(
+            "compiling a pipeline failed: {failure}"
+        ))),
+        Ok(Ok(loaded)) => {
+            loaded.map_err(|err| load_error(&err, state.inner.config.max_diagnostics))
+        }
+    }
+}
+
+/// A 422 listing at most `max` of a pipeline's problems (each cut to
+/// [`MAX_PROBLEM_BYTES`]), then "and K more".
+fn load_error(err: &braid_core::LoadError, max: usize) -> ApiError {
+    let owned;
+    let diagnostics: &[braid_core::Diagnostic] = match err {
+        braid_core::LoadError::Invalid { diagnostics } => diagnostics,
+        other => {
+            owned = other.diagnostics();
+            &owned
+        }
+    };
+    let code = if diagnostics
+        .iter()
+        .any(|d| d.message.ends_with("(max_agents)"))
+    {
+        "too_many_agents"
+    } else {
+        "invalid_pipeline"
+    };
+    ApiError::invalid(
+        code,
+        "the pipeline is not valid",
+        capped(
+            diagnostics.iter().map(ToString::to_string),
+            diagnostics.len(),
+            max,
+        ),
+    )
+}
+
+/// At most `max` problems (all of them if there is just one more), each
+/// cut to [`MAX_PROBLEM_BYTES`], then "and K more".
+fn capped(problems: impl Iterator<Item = String>, total: usize, max: usize) -> Vec<String> {
+    let max = max.max(1);
+    let shown = if total > max + 1 { max } else { total };
+    let mut listed: Vec<String> = problems
+        .take(shown)
+        .map(|mut p| {
+            if p.len() > MAX_PROBLEM_BYTES {
+                let mut cut = MAX_PROBLEM_BYTES;
+                while !p.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                p.truncate(cut);
+                p.push_str(" …");
+            }
+            p
+        })
+        .collect();
+    if total > shown {
+        listed.push(format!("and {} more", total - shown));
+    }
+    listed
+}
+
+/// Names that could not be addressed in a URL, or are absurdly long, are
+/// refused (the core already limits them to letters, digits, `-`, `_`, `.`).
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let problem = if name == "." || name == ".." {
+        Some(format!("a pipeline may not be named `{name}`"))
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        Some(format!(
+            "the pipeline's name has {} characters; the most is {MAX_NAME_CHARS}",
+            name.chars().count()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ApiError::invalid(
+            "invalid_name",
+            "the pipeline's name is not allowed",
+            vec![problem],
+        )),
+        None => Ok(()),
+    }
+}
+
+fn protected(name: &str, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "pipeline_protected",
+        format!(
+            "pipeline `{name}` was loaded by the server's operator (--pipelines); \
+             it cannot be {what} over HTTP"
+        ),
+    )
+}
+
+/// Deletes a pipeline a client registered: 204; 404 for an unknown name,
+/// 409 for one the operator loaded. Runs already started go on.
+async fn delete_pipeline(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut pipelines = state
+        .inner
+        .pipelines
+        .write()
+        .unwrap_or_else(|e| e.into_inner());
+    match pipelines.get(&name).map(|r| r.origin) {
+        None => Err(ApiError::not_found(format!("no pipeline named `{name}`"))),
+        Some(Origin::Operator) => Err(protected(&name, "deleted")),
+        Some(Origin::Api) => {
+            pipelines.shift_remove(&name);
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
 }
 
 async fn get_pipeline(
@@ -778,13 +942,7 @@ async fn stream_of(state: &AppState, id: &str) -> Result<Arc<EventLog>, ApiError
     if let Some(store) = &state.inner.store {
         let stored = store.load_events(id).await?;
         if !stored.is_empty() {
-            let log = EventLog::new(usize::MAX);
-            for text in stored {
-                let event: RunEvent = serde_json::from_str(&text).map_err(ApiError::internal)?;
-                log.push(event);
-            }
-            log.finish();
-            return Ok(log);
+            return EventLog::replay(stored).map_err(ApiError::internal);
         }
     }
     Err(ApiError::not_found(format!(

@@ -21,6 +21,7 @@ pub(crate) struct ServeArgs {
     bind: SocketAddr,
     /// Load every *.yaml, *.yml and *.json pipeline in this folder at start
     /// (these may contain command agents: the operator put them there).
+    /// Clients can neither replace nor delete them (409).
     #[arg(long)]
     pipelines: Option<PathBuf>,
     /// A file holding the bearer token (else BRAID_TOKEN).
@@ -30,16 +31,46 @@ pub(crate) struct ServeArgs {
     /// run programs on this host.
     #[arg(long)]
     allow_command_agents: bool,
-    /// Largest request body, in bytes.
+    /// Largest request body, in bytes (and so the largest pipeline a
+    /// client can register).
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
-    /// Most agents in one pipeline.
+    /// Most agents in a pipeline registered over HTTP, checked before it
+    /// is compiled.
     #[arg(long, default_value_t = 1000)]
     max_agents: usize,
+    /// Deepest nesting of mappings and sequences in a pipeline registered
+    /// over HTTP, checked while parsing.
+    #[arg(long, default_value_t = 64)]
+    max_yaml_depth: usize,
+    /// Longest `when:` condition in a pipeline registered over HTTP, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    max_condition_bytes: usize,
+    /// Deepest nesting of a `when:` condition's expression.
+    #[arg(long, default_value_t = 32)]
+    max_condition_depth: usize,
+    /// Most problems listed when a pipeline is refused (then "and K more").
+    #[arg(long, default_value_t = 100)]
+    max_diagnostics: usize,
+    /// How long compiling one pipeline registered over HTTP may take
+    /// (then 422). Compiles run on blocking threads, never on the ones
+    /// that answer requests.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    compile_budget: Duration,
+    /// Most pipelines compiled at once (a registration that waits longer
+    /// than the compile budget for a turn gets 429).
+    #[arg(long, default_value_t = 2)]
+    max_compiles: usize,
+    /// Most pipelines registered over HTTP (those in --pipelines DIR do not
+    /// count); 409 beyond it until one is deleted.
+    #[arg(long, default_value_t = 1000)]
+    max_pipelines: usize,
     /// Most runs in flight (429 beyond it).
     #[arg(long, default_value_t = 1000)]
     max_runs: usize,
-    /// Most events kept per run (lifecycle events are always kept).
+    /// Most events kept per run. Beyond it log lines are dropped and each
+    /// agent's lifecycle events coalesce into its latest; the final event
+    /// always arrives.
     #[arg(long, default_value_t = 10_000)]
     max_events_per_run: usize,
     /// How long runs in flight may take to finish on shutdown before they
@@ -123,6 +154,13 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             allow_command_agents: args.allow_command_agents,
             max_body_bytes: args.max_body_bytes,
             max_agents: args.max_agents,
+            max_depth: args.max_yaml_depth,
+            max_condition_bytes: args.max_condition_bytes,
+            max_condition_depth: args.max_condition_depth,
+            max_diagnostics: args.max_diagnostics,
+            compile_budget: args.compile_budget,
+            max_concurrent_compiles: args.max_compiles,
+            max_pipelines: args.max_pipelines,
             max_concurrent_runs: args.max_runs,
             max_events_per_run: args.max_events_per_run,
             grace: args.grace,
