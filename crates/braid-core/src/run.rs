@@ -50,8 +50,9 @@ pub struct RunOptions {
     /// When to checkpoint; overrides the pipeline's `checkpoint:`, which
     /// defaults to `end`.
     pub checkpoint: Option<CheckpointPolicy>,
-    /// Continue an earlier run: its completed and skipped agents do not
-    /// run again. Use the earlier run's id in `run_id`.
+    /// Continue an earlier run: its completed agents whose definition hash
+    /// (and every upstream one) is unchanged do not run again; see
+    /// [`ResumePoint`]. Use the earlier run's id in `run_id`.
     pub resume: Option<ResumePoint>,
 }
 
@@ -308,7 +309,9 @@ impl Pipeline {
 
     /// The state an earlier run reached: `input` plus the writes of its
     /// completed agents, applied in topological order with the pipeline's
-    /// merge rules. Records of agents the pipeline no longer has are ignored.
+    /// merge rules. Records of agents the pipeline no longer has are ignored;
+    /// definition hashes are not compared (this shows what the run reached).
+    /// An input another pipeline checked contributes nothing.
     pub fn replay(
         &self,
         input: ValidInput,
