@@ -95,3 +95,63 @@ pub(crate) fn chain(own: &[Value], graph: &DependencyGraph) -> Vec<Arc<str>> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Pipeline;
+
+    const BASE: &str = r#"pipeline: p
+agents:
+  a: { kind: sleep, ms: 1, writes: [x], value: 1 }
+  b: { kind: command, run: [sh, -c, 'echo {}'], env: { K: v }, reads: [x], writes: [y], when: 'x == 1' }
+  c: { kind: sleep, writes: [z] }
+"#;
+
+    fn hashes(text: &str) -> Vec<String> {
+        let pipeline = Pipeline::from_yaml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        pipeline
+            .agents()
+            .iter()
+            .map(|a| a.definition_hash().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_same_text_gives_the_same_hashes() {
+        assert_eq!(hashes(BASE), hashes(BASE));
+        let all = hashes(BASE);
+        assert!(all.iter().all(|h| h.len() == 64));
+        assert_ne!(all[0], all[2]);
+    }
+
+    #[test]
+    fn what_decides_an_output_changes_the_agent_and_its_downstream_only() {
+        let base = hashes(BASE);
+        for (from, to) in [
+            ("value: 1", "value: 2"),
+            ("ms: 1,", "ms: 2,"),
+            ("a: { kind: sleep", "a: { kind: sleep, after: [c]"),
+        ] {
+            let changed = hashes(&BASE.replace(from, to));
+            assert_ne!(changed[0], base[0], "{from} -> {to}");
+            assert_ne!(changed[1], base[1], "{from} -> {to}: b is downstream of a");
+        }
+        for (from, to) in [
+            ("'echo {}'", "'echo {} '"),
+            ("K: v", "K: w"),
+            ("x == 1", "x == 2"),
+            ("writes: [y]", "writes: [y2]"),
+        ] {
+            let changed = hashes(&BASE.replace(from, to));
+            assert_eq!(changed[0], base[0], "{from} -> {to}: a is upstream");
+            assert_ne!(changed[1], base[1], "{from} -> {to}");
+            assert_eq!(changed[2], base[2], "{from} -> {to}: c is unrelated");
+        }
+        // Settings that cannot change a completed output do not count.
+        let described = hashes(&BASE.replace(
+            "c: { kind: sleep,",
+            "c: { kind: sleep, description: hi, timeout: 5s, retries: 2,",
+        ));
+        assert_eq!(described, base);
+    }
+}
