@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use braid_core::event::{EventKind, RunEvent};
+use braid_core::event::EventKind;
+use braid_core::event::EventReceiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Above this many agents, one overall bar replaces per-agent lines.
 const MAX_LINES: usize = 24;
 
 /// Renders events until the run finishes (or the sender goes away).
-pub(crate) async fn show(agents: Vec<String>, mut events: UnboundedReceiver<RunEvent>) {
+pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let width = agents.iter().map(String::len).max().unwrap_or(0);
     let style = ProgressStyle::with_template("{spinner} {prefix} {msg}")

@@ -727,6 +727,64 @@ fn an_unreachable_store_is_a_clear_error_before_anything_runs() {
 }
 
 #[test]
+fn a_forced_resume_never_feeds_an_agent_outputs_of_a_changed_definition() {
+    // `source` stands for an impostor's agent: after the run failed, the file
+    // is replaced by one whose `source` writes something else. A forced
+    // resume must run `source` again (and `sink`, downstream of it) instead
+    // of handing `sink` the stored "evil" value; `other` is unchanged and
+    // keeps its result.
+    let before = r#"pipeline: impostor
+agents:
+  source: { kind: command, run: [sh, -c, 'echo source >> ran; echo "{\"v\": \"evil\"}"'], writes: [v] }
+  other:  { kind: command, run: [sh, -c, 'echo other >> ran; echo "{\"o\": 1}"'], writes: [o] }
+  sink:   { kind: command, run: [sh, -c, 'echo sink >> ran; cat > stdin.json; test -f ok && echo "{\"s\": 1}"'], reads: [v, o], writes: [s] }
+"#;
+    let ws = Workspace::new(before);
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--checkpoint", "agent", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let run_id = json_of(&output)["run_id"].as_str().unwrap().to_owned();
+    assert!(
+        std::fs::read_to_string(ws.path("stdin.json"))
+            .unwrap()
+            .contains("evil")
+    );
+
+    std::fs::write(ws.pipeline(), before.replace(r#"\"evil\""#, r#"\"good\""#)).unwrap();
+    std::fs::write(ws.path("ok"), "").unwrap();
+    let output = braid_in(&ws)
+        .args(["runs", "resume", &run_id, "--force", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_of(&output);
+    assert_eq!(report["state"]["v"], "good", "{report}");
+    assert_eq!(report["agents"]["other"]["resumed"], true, "{report}");
+    assert!(
+        report["agents"]["source"].get("resumed").is_none(),
+        "{report}"
+    );
+    let stdin = std::fs::read_to_string(ws.path("stdin.json")).unwrap();
+    assert!(stdin.contains("good") && !stdin.contains("evil"), "{stdin}");
+    let mut ran: Vec<String> = std::fs::read_to_string(ws.path("ran"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort();
+    assert_eq!(ran, ["other", "sink", "sink", "source", "source"]);
+}
+
+#[test]
 fn resuming_against_a_changed_pipeline_is_refused_unless_forced() {
     let pipeline = "pipeline: changing
 agents:

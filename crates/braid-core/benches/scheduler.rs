@@ -60,3 +60,25 @@ fn wide_fan_out(bencher: divan::Bencher, n: usize) {
 fn load_and_validate_seed() -> Pipeline {
     seed()
 }
+
+/// `n` agents that all write one `merge: append` field, and one that reads
+/// it: merging must cost O(total items), not O(writers²).
+fn append_fan_in(n: usize) -> Pipeline {
+    let mut yaml = String::from(
+        "pipeline: append-fan-in\nfields: { items: { merge: append } }\nagents:\n  \
+         read: { kind: sleep, ms: 0, reads: [items], writes: [done] }\n",
+    );
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  w{i}: {{ kind: sleep, ms: 0, writes: [items], value: [{i}] }}\n"
+        ));
+    }
+    Pipeline::from_yaml_str(&yaml).unwrap()
+}
+
+#[divan::bench(args = [1000, 10000])]
+fn append_merge_fan_in(bencher: divan::Bencher, n: usize) {
+    let (rt, pipeline) = (runtime(), append_fan_in(n));
+    let input = pipeline.check_input(&serde_json::json!({})).unwrap();
+    bencher.bench_local(|| run_once(&rt, &pipeline, &input));
+}

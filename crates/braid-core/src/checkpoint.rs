@@ -90,6 +90,10 @@ pub struct AgentRecord {
     pub report: AgentReport,
     /// What it wrote (empty unless it completed).
     pub writes: Vec<FieldValue>,
+    /// Its [definition hash](crate::AgentDef::definition_hash) when it ran.
+    /// A resumed run reuses its writes only if the agent's hash is still the
+    /// same; `None` (a record from before hashes were kept) never matches.
+    pub definition: Option<Arc<str>>,
 }
 
 /// Receives a run's checkpoints. Implementations queue and return: they
@@ -107,8 +111,16 @@ pub trait Checkpointer: Send + Sync + 'static {
 }
 
 /// Where a resumed run starts: agents that already completed, with their
-/// writes. Everything else (failed, cancelled, skipped, never started) is
-/// decided and run again.
+/// writes.
+///
+/// A record is reused only if the agent completed, its
+/// [definition hash](crate::AgentDef::definition_hash) is the one stored
+/// with the record, and every agent it depends on is reused too. Everything
+/// else (changed agents and everything downstream of them, failed,
+/// cancelled, skipped or never started agents) is decided and run again.
+/// This holds whatever let the resume through (`--force` included): a
+/// stored output is never handed to an agent whose definition, or whose
+/// upstream's, differs from the one that produced it.
 #[derive(Debug, Clone, Default)]
 pub struct ResumePoint {
     /// Records of finished agents, in any order.

@@ -2,8 +2,11 @@
 //!
 //! A run takes an optional [`EventSink`]. Without one (batch runs), the
 //! scheduler never builds, queues or stores an event: every emission point is
-//! behind an `if let Some(sink)`. With one, lifecycle events are numbered in
-//! order and stamped with their monotonic offset from the run's start.
+//! behind an `if let Some(sink)`. With one, events are stamped with their
+//! monotonic offset from the run's start and numbered in order as the
+//! [`EventReceiver`] takes them. The queue between them is bounded without
+//! dropping lifecycle events or blocking the run: log lines beyond a backlog
+//! are coalesced per agent at the source (see [`EventSink`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,34 +112,132 @@ pub enum EventKind {
     },
 }
 
-/// Where a run sends its events. Cheap to clone; clones share the sequence.
-#[derive(Debug, Clone)]
+/// Log lines that may wait for the receiver, per run, before further lines
+/// are coalesced (see [`EventSink`]).
+pub const DEFAULT_LOG_BACKLOG: usize = 256;
+
+/// Longer log lines are cut to this many bytes (at a character boundary)
+/// when they are emitted.
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+/// Where a run sends its events. Cheap to clone; clones share one queue.
+///
+/// The queue is bounded without ever dropping a lifecycle event and without
+/// blocking the run: lifecycle events (a run's are bounded by its agents and
+/// their attempts) are always queued; log lines are queued while fewer than
+/// the log backlog ([`DEFAULT_LOG_BACKLOG`]) are waiting, and beyond that
+/// each agent's further lines are coalesced at the source into one waiting
+/// line (latest wins, marked `(latest of N lines)`) until the receiver
+/// takes it. An agent's waiting line is delivered before that agent's next
+/// lifecycle event. Lines are cut to [`MAX_LOG_LINE_BYTES`]. So a receiver
+/// that falls behind, or an agent that logs without end, costs at most the
+/// backlog plus one line per agent.
+#[derive(Clone)]
 pub struct EventSink {
-    tx: mpsc::UnboundedSender<RunEvent>,
+    sender: Arc<Sender>,
     level: EventLevel,
-    /// The last sequence number, held while sending so that numbers and
-    /// channel order agree even when agent tasks emit concurrently.
-    seq: Arc<Mutex<u64>>,
-    start: Arc<std::sync::OnceLock<Instant>>,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiving end of an [`EventSink`]: events in order, numbered 1, 2, 3…
+/// as they are taken. `recv` returns `None` once every clone of the sink is
+/// dropped (the run ended) and everything queued was taken.
+pub struct EventReceiver {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EventReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventReceiver").finish_non_exhaustive()
+    }
+}
+
+/// Dropped with the last clone of a sink: closes the queue.
+struct Sender {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    notify: tokio::sync::Notify,
+    start: std::sync::OnceLock<Instant>,
+    log_backlog: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    entries: std::collections::VecDeque<Entry>,
+    /// How many entries were taken: `entries[0]`'s absolute position.
+    taken: u64,
+    /// Plain log lines waiting in `entries`.
+    logs_waiting: usize,
+    /// Per agent, the absolute position of its coalesced line, if waiting.
+    held: std::collections::HashMap<Arc<str>, u64>,
+    /// The last sequence number handed out.
+    seq: u64,
+    closed: bool,
+    receiver_gone: bool,
+}
+
+enum Entry {
+    Event(f64, EventKind),
+    /// Coalesced log lines of one agent: the latest and how many.
+    Held {
+        at_ms: f64,
+        agent: Arc<str>,
+        line: String,
+        lines: u64,
+    },
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+    shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        lock(&self.shared).closed = true;
+        self.shared.notify.notify_one();
+    }
 }
 
 impl EventSink {
-    /// A sink and the receiver its events arrive on.
+    /// A sink and the receiver its events arrive on, with the default log
+    /// backlog ([`DEFAULT_LOG_BACKLOG`]).
     ///
     /// ```
     /// use braid_core::event::{EventLevel, EventSink};
     /// let (sink, mut events) = EventSink::channel(EventLevel::Summary);
     /// # drop((sink, events.try_recv()));
     /// ```
-    pub fn channel(level: EventLevel) -> (Self, mpsc::UnboundedReceiver<RunEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn channel(level: EventLevel) -> (Self, EventReceiver) {
+        Self::with_log_backlog(level, DEFAULT_LOG_BACKLOG)
+    }
+
+    /// A sink whose receiver may fall `log_backlog` log lines behind before
+    /// further lines are coalesced per agent (lifecycle events are never
+    /// coalesced or dropped).
+    pub fn with_log_backlog(level: EventLevel, log_backlog: usize) -> (Self, EventReceiver) {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            notify: tokio::sync::Notify::new(),
+            start: std::sync::OnceLock::new(),
+            log_backlog,
+        });
         let sink = Self {
-            tx,
+            sender: Arc::new(Sender {
+                shared: shared.clone(),
+            }),
             level,
-            seq: Arc::new(Mutex::new(0)),
-            start: Arc::new(std::sync::OnceLock::new()),
         };
-        (sink, rx)
+        (sink, EventReceiver { shared })
     }
 
     /// True when agents' log lines are wanted.
@@ -145,25 +246,164 @@ impl EventSink {
     }
 
     pub(crate) fn started_at(&self, start: Instant) {
-        let _ = self.start.set(start);
+        let _ = self.sender.shared.start.set(start);
     }
 
-    /// Numbers, stamps and sends one event. A receiver that went away is
-    /// not an error: the run goes on.
+    /// Stamps and queues one event (numbered when it is taken). A receiver
+    /// that went away is not an error: the run goes on.
     pub(crate) fn emit(&self, kind: EventKind) {
-        let at_ms = self
+        let shared = &self.sender.shared;
+        let at_ms = shared
             .start
             .get()
             .map(|s| s.elapsed().as_secs_f64() * 1e3)
             .unwrap_or(0.0);
         BUILT.fetch_add(1, Ordering::Relaxed);
         crate::telemetry::event_emitted();
-        let mut last = self.seq.lock().unwrap_or_else(|e| e.into_inner());
-        *last += 1;
-        let _ = self.tx.send(RunEvent {
-            seq: *last,
+        let mut queue = lock(shared);
+        if queue.receiver_gone {
+            return;
+        }
+        match kind {
+            EventKind::AgentLog { agent, mut line } => {
+                cut(&mut line, MAX_LOG_LINE_BYTES);
+                if let Some(&at) = queue.held.get(&agent) {
+                    let index = (at - queue.taken) as usize;
+                    if let Some(Entry::Held {
+                        at_ms: held_at,
+                        line: held,
+                        lines,
+                        ..
+                    }) = queue.entries.get_mut(index)
+                    {
+                        *held_at = at_ms;
+                        *held = line;
+                        *lines += 1;
+                    }
+                } else if queue.logs_waiting < shared.log_backlog {
+                    queue.logs_waiting += 1;
+                    queue
+                        .entries
+                        .push_back(Entry::Event(at_ms, EventKind::AgentLog { agent, line }));
+                } else {
+                    let at = queue.taken + queue.entries.len() as u64;
+                    queue.held.insert(agent.clone(), at);
+                    queue.entries.push_back(Entry::Held {
+                        at_ms,
+                        agent,
+                        line,
+                        lines: 1,
+                    });
+                }
+            }
+            kind => {
+                // The agent's later lines go after this event.
+                if let Some(agent) = agent_of(&kind) {
+                    queue.held.remove(agent);
+                }
+                queue.entries.push_back(Entry::Event(at_ms, kind));
+            }
+        }
+        drop(queue);
+        shared.notify.notify_one();
+    }
+}
+
+fn agent_of(kind: &EventKind) -> Option<&Arc<str>> {
+    match kind {
+        EventKind::AgentStarted { agent, .. }
+        | EventKind::AgentRetrying { agent, .. }
+        | EventKind::AgentCompleted { agent, .. }
+        | EventKind::AgentFailed { agent, .. }
+        | EventKind::AgentSkipped { agent, .. }
+        | EventKind::AgentLog { agent, .. } => Some(agent),
+        EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => None,
+    }
+}
+
+/// Cuts `line` to at most `max` bytes, at a character boundary.
+fn cut(line: &mut String, max: usize) {
+    if line.len() > max {
+        let mut end = max;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+}
+
+impl EventReceiver {
+    /// The next event, waiting for one if none is queued; `None` once the
+    /// run's sink is gone and every event was taken.
+    pub async fn recv(&mut self) -> Option<RunEvent> {
+        loop {
+            match self.try_recv() {
+                Ok(event) => return Some(event),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => self.shared.notify.notified().await,
+            }
+        }
+    }
+
+    /// The next event if one is queued: `Empty` if none is yet,
+    /// `Disconnected` if none will come.
+    pub fn try_recv(&mut self) -> Result<RunEvent, mpsc::error::TryRecvError> {
+        let mut queue = lock(&self.shared);
+        let Some(entry) = queue.entries.pop_front() else {
+            return Err(if queue.closed {
+                mpsc::error::TryRecvError::Disconnected
+            } else {
+                mpsc::error::TryRecvError::Empty
+            });
+        };
+        let position = queue.taken;
+        queue.taken += 1;
+        let (at_ms, kind) = match entry {
+            Entry::Event(at_ms, kind) => {
+                if matches!(kind, EventKind::AgentLog { .. }) {
+                    queue.logs_waiting -= 1;
+                }
+                (at_ms, kind)
+            }
+            Entry::Held {
+                at_ms,
+                agent,
+                mut line,
+                lines,
+            } => {
+                if queue.held.get(&agent) == Some(&position) {
+                    queue.held.remove(&agent);
+                }
+                if lines > 1 {
+                    line.push_str(&format!(" (latest of {lines} lines)"));
+                }
+                (at_ms, EventKind::AgentLog { agent, line })
+            }
+        };
+        queue.seq += 1;
+        Ok(RunEvent {
+            seq: queue.seq,
             at_ms,
             kind,
-        });
+        })
+    }
+
+    /// How many events are waiting (coalesced lines count once).
+    pub fn len(&self) -> usize {
+        lock(&self.shared).entries.len()
+    }
+
+    /// Whether no event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for EventReceiver {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.shared);
+        queue.receiver_gone = true;
+        queue.entries.clear();
+        queue.held.clear();
     }
 }

@@ -34,6 +34,8 @@ pub mod agent;
 pub mod builder;
 pub mod checkpoint;
 mod condition;
+pub mod definition;
+pub mod depth;
 pub mod diagnostic;
 pub mod event;
 pub mod explain;

@@ -4,6 +4,12 @@
 //! them only if the field declares a rule in the pipeline's `fields:`
 //! section. Contributions are combined in the writers' declaration order, so
 //! the result does not depend on which agent finished first.
+//!
+//! The run's state keeps each writer's contribution and combines them once,
+//! when the field is next read (or the run ends), so a field with N writers
+//! costs O(total size) to merge, not O(N²). `sum` is exact: integers add up
+//! without wrapping, and a total that does not fit a 64-bit integer (or a
+//! float sum that is not finite) is an error that fails the run.
 
 use std::fmt;
 use std::str::FromStr;
@@ -46,12 +52,22 @@ impl MergeRule {
         }
     }
 
-    /// Combines the contributions (already [`check`](Self::check)ed), in order.
-    pub(crate) fn combine<'a>(self, values: impl IntoIterator<Item = &'a Value>) -> Value {
+    /// Combines the contributions (already [`check`](Self::check)ed), in
+    /// order. Fails only for `sum`, when the total does not fit: an error
+    /// that says so (the caller names the field and its writers).
+    pub(crate) fn combine<'a>(
+        self,
+        values: impl IntoIterator<Item = &'a Value>,
+    ) -> Result<Value, String> {
         let mut values = values.into_iter();
-        match self {
+        Ok(match self {
             MergeRule::Append => {
-                let mut out = Vec::new();
+                let values: Vec<&Value> = values.collect();
+                let total = values
+                    .iter()
+                    .map(|v| v.as_array().map_or(1, Vec::len))
+                    .sum();
+                let mut out = Vec::with_capacity(total);
                 for v in values {
                     match v {
                         Value::Array(items) => out.extend(items.iter().cloned()),
@@ -71,15 +87,29 @@ impl MergeRule {
             }
             MergeRule::Sum => {
                 let nums: Vec<&Value> = values.collect();
-                if nums.iter().all(|v| v.is_i64()) {
-                    Value::from(nums.iter().filter_map(|v| v.as_i64()).sum::<i64>())
-                } else {
-                    Value::from(nums.iter().filter_map(|v| v.as_f64()).sum::<f64>())
+                let integers: Option<Vec<i64>> = nums.iter().map(|v| v.as_i64()).collect();
+                match integers {
+                    Some(integers) => {
+                        // Exact (i128 cannot overflow on fewer than 2^64
+                        // contributions), so the order of writers does not
+                        // decide whether it fails.
+                        let total: i128 = integers.into_iter().map(i128::from).sum();
+                        Value::from(i64::try_from(total).map_err(|_| {
+                            format!("the sum {total} does not fit in a 64-bit integer")
+                        })?)
+                    }
+                    None => {
+                        let total: f64 = nums.iter().filter_map(|v| v.as_f64()).sum();
+                        if !total.is_finite() {
+                            return Err(format!("the sum is not a finite number ({total})"));
+                        }
+                        Value::from(total)
+                    }
                 }
             }
             MergeRule::Max | MergeRule::Min => {
                 let Some(first) = values.next() else {
-                    return Value::Null;
+                    return Ok(Value::Null);
                 };
                 let better = |a: &Value, b: &Value| {
                     let (a, b) = (
@@ -92,7 +122,7 @@ impl MergeRule {
                     .fold(first, |best, v| if better(best, v) { v } else { best })
                     .clone()
             }
-        }
+        })
     }
 }
 
@@ -145,17 +175,39 @@ mod tests {
 
     #[test]
     fn rules_combine_in_the_given_order() {
+        let combine = |rule: MergeRule, values: &[Value]| rule.combine(values).unwrap();
         let a = [json!([1]), json!(2), json!([3, 4])];
-        assert_eq!(MergeRule::Append.combine(&a), json!([1, 2, 3, 4]));
+        assert_eq!(combine(MergeRule::Append, &a), json!([1, 2, 3, 4]));
         let o = [json!({"x": 1, "y": 1}), json!({"y": 2})];
-        assert_eq!(MergeRule::Merge.combine(&o), json!({"x": 1, "y": 2}));
-        assert_eq!(MergeRule::Sum.combine(&[json!(1), json!(2)]), json!(3));
-        assert_eq!(MergeRule::Sum.combine(&[json!(1), json!(0.5)]), json!(1.5));
+        assert_eq!(combine(MergeRule::Merge, &o), json!({"x": 1, "y": 2}));
+        assert_eq!(combine(MergeRule::Sum, &[json!(1), json!(2)]), json!(3));
+        assert_eq!(combine(MergeRule::Sum, &[json!(1), json!(0.5)]), json!(1.5));
         assert_eq!(
-            MergeRule::Max.combine(&[json!(1), json!(7), json!(3)]),
+            combine(MergeRule::Max, &[json!(1), json!(7), json!(3)]),
             json!(7)
         );
-        assert_eq!(MergeRule::Min.combine(&[json!(4), json!(-2)]), json!(-2));
+        assert_eq!(combine(MergeRule::Min, &[json!(4), json!(-2)]), json!(-2));
+    }
+
+    #[test]
+    fn sums_are_exact_and_refuse_to_overflow() {
+        let sum = |values: &[Value]| MergeRule::Sum.combine(values);
+        // Order does not matter: no intermediate total wraps or fails.
+        assert_eq!(
+            sum(&[json!(i64::MAX), json!(1), json!(-1)]),
+            Ok(json!(i64::MAX))
+        );
+        assert!(
+            sum(&[json!(i64::MAX), json!(1)])
+                .unwrap_err()
+                .contains("does not fit in a 64-bit integer")
+        );
+        assert!(sum(&[json!(i64::MIN), json!(-1)]).is_err());
+        assert!(
+            sum(&[json!(f64::MAX), json!(f64::MAX)])
+                .unwrap_err()
+                .contains("not a finite number")
+        );
     }
 
     #[test]

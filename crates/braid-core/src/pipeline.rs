@@ -130,6 +130,8 @@ pub struct AgentDef {
     pub(crate) policy: RetryPolicy,
     pub(crate) expected: Option<Duration>,
     pub(crate) location: Option<Location>,
+    /// See [`AgentDef::definition_hash`].
+    pub(crate) definition: Arc<str>,
 }
 
 impl AgentDef {
@@ -170,6 +172,14 @@ impl AgentDef {
     /// Where the agent is defined.
     pub fn location(&self) -> Option<&Location> {
         self.location.as_ref()
+    }
+
+    /// A hash (SHA-256, hex) of everything that decides this agent's output
+    /// (its own settings and, through theirs, every agent it depends on,
+    /// transitively). A resumed run reuses a stored output only when the
+    /// agent's hash is still the same; see the `definition` module's docs.
+    pub fn definition_hash(&self) -> &str {
+        &self.definition
     }
 }
 
@@ -226,6 +236,10 @@ pub struct Pipeline {
     pub(crate) checkpoint: Option<CheckpointPolicy>,
     pub(crate) content_hash: Arc<str>,
     pub(crate) output: Option<String>,
+    /// This instance's identity: a [`crate::ValidInput`] runs only here.
+    pub(crate) id: u64,
+    /// See [`Pipeline::max_value_depth`].
+    pub(crate) max_value_depth: usize,
 }
 
 impl Pipeline {
@@ -656,6 +670,7 @@ fn compile(
     let mut edge_reasons: HashMap<(AgentId, AgentId), String> = HashMap::new();
     let mut agents = Vec::with_capacity(drafts.len());
     let mut after_edges = Vec::new();
+    let mut own_definitions = Vec::with_capacity(drafts.len());
     for (id, draft) in drafts.iter().enumerate() {
         let agent = draft.spec;
         let who = format!("agent `{}`", draft.name);
@@ -961,6 +976,9 @@ fn compile(
                 }
             },
         };
+        own_definitions.push(crate::definition::own(draft.name, agent, dir, |f| {
+            field_ids.get(f).and_then(|&f| fields[f].merge)
+        }));
         if let Some((kind, runner)) = built {
             agents.push(AgentDef {
                 name: Arc::from(draft.name),
@@ -974,6 +992,7 @@ fn compile(
                 policy,
                 expected,
                 location: draft.at.clone(),
+                definition: Arc::from(""),
             });
         }
     }
@@ -1054,6 +1073,12 @@ fn compile(
     if !errors.is_empty() {
         return Err(errors);
     }
+    for (agent, hash) in agents
+        .iter_mut()
+        .zip(crate::definition::chain(&own_definitions, &graph))
+    {
+        agent.definition = hash;
+    }
 
     Ok(Pipeline {
         name: Arc::from(name.value.as_str()),
@@ -1067,6 +1092,8 @@ fn compile(
         checkpoint,
         content_hash: Arc::from(""),
         output: spec.output.map(|o| o.value),
+        id: crate::run::next_pipeline_id(),
+        max_value_depth: crate::depth::DEFAULT_MAX_VALUE_DEPTH,
     })
 }
 

@@ -50,8 +50,9 @@ pub struct RunOptions {
     /// When to checkpoint; overrides the pipeline's `checkpoint:`, which
     /// defaults to `end`.
     pub checkpoint: Option<CheckpointPolicy>,
-    /// Continue an earlier run: its completed and skipped agents do not
-    /// run again. Use the earlier run's id in `run_id`.
+    /// Continue an earlier run: its completed agents whose definition hash
+    /// (and every upstream one) is unchanged do not run again; see
+    /// [`ResumePoint`]. Use the earlier run's id in `run_id`.
     pub resume: Option<ResumePoint>,
 }
 
@@ -63,9 +64,24 @@ impl fmt::Debug for dyn Checkpointer {
 
 /// A run's input, checked against the pipeline's `inputs` schemas. Only
 /// [`Pipeline::check_input`] makes one, so a run never re-validates.
+///
+/// It belongs to the pipeline instance that checked it: another pipeline
+/// (even one loaded from the same file) refuses it, and its run ends
+/// `failed` at once, with an error that says so and nothing run.
 #[derive(Debug, Clone)]
 pub struct ValidInput {
     pub(crate) values: Vec<(FieldId, Arc<Value>)>,
+    /// The [`Pipeline`] instance that checked it.
+    pub(crate) pipeline: u64,
+    /// That pipeline's name, for the error when another one is given it.
+    pub(crate) pipeline_name: Arc<str>,
+}
+
+static PIPELINE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A new pipeline instance's identity.
+pub(crate) fn next_pipeline_id() -> u64 {
+    PIPELINE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Why a run's input was refused: every problem found.
@@ -241,6 +257,13 @@ impl Pipeline {
                     }
                 },
             };
+            if crate::depth::exceeds(value, self.max_value_depth) {
+                problems.push(format!(
+                    "input `{}` is nested more than {} levels deep, the limit (max_value_depth)",
+                    field.name, self.max_value_depth
+                ));
+                continue;
+            }
             let before = problems.len();
             for error in input.validator.iter_errors(value) {
                 let path = error.instance_path().to_string();
@@ -251,24 +274,57 @@ impl Pipeline {
             }
         }
         if problems.is_empty() {
-            Ok(ValidInput { values })
+            Ok(ValidInput {
+                values,
+                pipeline: self.id,
+                pipeline_name: self.name.clone(),
+            })
         } else {
             Err(InputError { problems })
         }
     }
 
+    /// The deepest nesting of arrays and objects a value in this
+    /// pipeline's runs may have: inputs deeper than this are refused by
+    /// [`check_input`](Self::check_input), and an agent whose output is
+    /// deeper fails. Defaults to [`crate::depth::DEFAULT_MAX_VALUE_DEPTH`]
+    /// (64); see [`crate::depth`].
+    pub fn max_value_depth(&self) -> usize {
+        self.max_value_depth
+    }
+
+    /// Sets [`max_value_depth`](Self::max_value_depth), at most
+    /// [`crate::depth::MAX_VALUE_DEPTH_CEILING`] (100), so that everything a
+    /// run stores can be read back.
+    pub fn set_max_value_depth(
+        &mut self,
+        depth: usize,
+    ) -> Result<(), crate::depth::DepthCeilingError> {
+        if depth > crate::depth::MAX_VALUE_DEPTH_CEILING {
+            return Err(crate::depth::DepthCeilingError { asked: depth });
+        }
+        self.max_value_depth = depth;
+        Ok(())
+    }
+
     /// The state an earlier run reached: `input` plus the writes of its
     /// completed agents, applied in topological order with the pipeline's
-    /// merge rules. Records of agents the pipeline no longer has are ignored.
+    /// merge rules. Records of agents the pipeline no longer has are ignored;
+    /// definition hashes are not compared (this shows what the run reached).
+    /// An input another pipeline checked contributes nothing.
     pub fn replay(
         &self,
         input: ValidInput,
         agents: &[AgentRecord],
     ) -> IndexMap<String, Arc<Value>> {
         let mut scheduler = Scheduler::new(self, input, RunOptions::default());
-        scheduler.resume(ResumePoint {
-            agents: agents.to_vec(),
-        });
+        // What the run reached, as recorded: no definition check here.
+        scheduler.resume(
+            ResumePoint {
+                agents: agents.to_vec(),
+            },
+            false,
+        );
         scheduler.state.into_map(self)
     }
 
@@ -348,6 +404,25 @@ struct Scheduler<'p> {
 
 impl<'p> Scheduler<'p> {
     fn new(pipeline: &'p Pipeline, input: ValidInput, options: RunOptions) -> Self {
+        // An input another pipeline checked names fields by that pipeline's
+        // table: it is not used, and the run fails before anything starts.
+        let foreign = (input.pipeline != pipeline.id).then(|| {
+            format!(
+                "the run's input was checked by another pipeline (`{}`, a different instance), \
+                 not by this `{}`; check it with this pipeline's check_input",
+                input.pipeline_name, pipeline.name
+            )
+        });
+        let input = if foreign.is_some() {
+            tracing::warn!(pipeline = %pipeline.name, "refusing an input checked by another pipeline");
+            ValidInput {
+                values: Vec::new(),
+                pipeline: pipeline.id,
+                pipeline_name: pipeline.name.clone(),
+            }
+        } else {
+            input
+        };
         let run_id: Arc<str> = match &options.run_id {
             Some(id) => Arc::from(id.as_str()),
             None => Arc::from(uuid::Uuid::now_v7().to_string()),
@@ -375,7 +450,7 @@ impl<'p> Scheduler<'p> {
         let checkpoint = options
             .checkpointer
             .clone()
-            .filter(|_| policy != CheckpointPolicy::None)
+            .filter(|_| policy != CheckpointPolicy::None && foreign.is_none())
             .map(|checkpointer| {
                 let record = RunRecord {
                     run_id: run_id.clone(),
@@ -407,7 +482,7 @@ impl<'p> Scheduler<'p> {
             tasks: JoinSet::new(),
             task_agent: HashMap::new(),
             start: Instant::now(),
-            stop: None,
+            stop: foreign.map(|why| (RunStatus::Failed, why)),
             any_failed: false,
             kept_writes,
             checkpoint,
@@ -448,6 +523,7 @@ impl<'p> Scheduler<'p> {
                 agent: self.pipeline.agents[agent].name.clone(),
                 report: self.agent_report(agent),
                 writes: writes.clone(),
+                definition: Some(self.pipeline.agents[agent].definition.clone()),
             };
             if let Some((checkpointer, _, run)) = &self.checkpoint {
                 checkpointer.agent_finished(run, &record);
@@ -469,22 +545,41 @@ impl<'p> Scheduler<'p> {
     }
 
     /// Marks the agents an earlier attempt finished as done, applying
-    /// their writes in topological order.
-    fn resume(&mut self, point: ResumePoint) {
+    /// their writes in topological order. With `check_definitions`, a
+    /// record is reused only if its agent's definition hash is unchanged
+    /// and every agent it depends on is reused too (see [`ResumePoint`]).
+    fn resume(&mut self, point: ResumePoint, check_definitions: bool) {
         let pipeline = self.pipeline;
-        let mut records: Vec<(AgentId, AgentRecord)> = point
-            .agents
-            .into_iter()
+        let mut by_agent: Vec<Option<AgentRecord>> = vec![None; pipeline.agents.len()];
+        for record in point.agents {
             // Only completed agents keep their results; skips are decided
             // again, since what they depended on may now turn out otherwise.
-            .filter(|r| r.report.status == AgentStatus::Completed)
-            .filter_map(|r| {
-                let id = pipeline.agents.iter().position(|a| a.name == r.agent)?;
-                Some((id, r))
-            })
-            .collect();
-        records.sort_by_key(|(id, _)| self.pipeline.graph.rank(*id));
-        for (id, record) in records {
+            if record.report.status != AgentStatus::Completed {
+                continue;
+            }
+            let Some(id) = pipeline.agents.iter().position(|a| a.name == record.agent) else {
+                continue;
+            };
+            by_agent[id] = Some(record);
+        }
+        let mut reused = vec![false; pipeline.agents.len()];
+        for &id in pipeline.graph.topological_order() {
+            let Some(record) = by_agent[id].take() else {
+                continue;
+            };
+            if check_definitions {
+                let same = record.definition.as_deref() == Some(&*pipeline.agents[id].definition);
+                let upstream = pipeline.graph.dependencies(id).iter().all(|&d| reused[d]);
+                if !same || !upstream {
+                    tracing::debug!(
+                        agent = %record.agent,
+                        changed = !same,
+                        "resume: stored output not reused; the agent runs again"
+                    );
+                    continue;
+                }
+            }
+            reused[id] = true;
             let writes: Vec<(FieldId, Arc<Value>)> = record
                 .writes
                 .iter()
@@ -543,8 +638,10 @@ impl<'p> Scheduler<'p> {
         if let Some((checkpointer, CheckpointPolicy::Agent, run)) = &self.checkpoint {
             checkpointer.run_started(run);
         }
-        if let Some(point) = self.options.resume.take() {
-            self.resume(point);
+        if let Some(point) = self.options.resume.take()
+            && self.stop.is_none()
+        {
+            self.resume(point, true);
         }
         for a in 0..self.slots.len() {
             if self.slots[a].missing == 0 && self.slots[a].status == AgentStatus::Pending {
@@ -685,6 +782,18 @@ impl<'p> Scheduler<'p> {
         let now = Instant::now();
         let pipeline = self.pipeline;
         let def = &pipeline.agents[agent];
+        // Merge fields it reads are combined now, once all their writers are done.
+        for field in def
+            .reads
+            .iter()
+            .map(|r| r.field)
+            .chain(def.condition_fields.iter().copied())
+        {
+            if let Err(why) = self.state.settle(pipeline, field) {
+                self.stop = Some((RunStatus::Failed, format!("merge failed: {why}")));
+                return;
+            }
+        }
         let required = def
             .condition_fields
             .iter()
@@ -736,6 +845,7 @@ impl<'p> Scheduler<'p> {
             input,
             def.policy,
             def.writes.clone(),
+            pipeline.max_value_depth,
         );
         // The agent's spans are children of the run's.
         let task = tracing::Instrument::instrument(task, tracing::Span::current());
@@ -872,6 +982,13 @@ impl<'p> Scheduler<'p> {
     }
 
     fn report(mut self) -> RunReport {
+        // Merge fields nobody read yet are combined now; one that cannot be
+        // (a `sum` that does not fit) fails the run.
+        if let Err(why) = self.state.settle_all(self.pipeline)
+            && self.stop.is_none()
+        {
+            self.stop = Some((RunStatus::Failed, format!("merge failed: {why}")));
+        }
         let end = self
             .slots
             .iter()
@@ -933,10 +1050,12 @@ impl<'p> Scheduler<'p> {
                 .kept_writes
                 .iter_mut()
                 .zip(&report.agents)
-                .map(|(writes, (name, agent))| AgentRecord {
+                .zip(&self.pipeline.agents)
+                .map(|((writes, (name, agent)), def)| AgentRecord {
                     agent: Arc::from(name.as_str()),
                     report: agent.clone(),
                     writes: std::mem::take(writes),
+                    definition: Some(def.definition.clone()),
                 })
                 .collect();
             checkpointer.run_finished(run, &report, &records);
@@ -957,6 +1076,7 @@ async fn attempt_loop(
     mut input: AgentInput,
     policy: RetryPolicy,
     writes: Arc<[WriteSlot]>,
+    max_depth: usize,
 ) -> Finished {
     use tracing::Instrument;
     let mut attempt = 1;
@@ -976,7 +1096,7 @@ async fn attempt_loop(
                 .unwrap_or(Err(AgentError::Timeout(limit))),
             None => runner.call(&input).instrument(span.clone()).await,
         };
-        let result = outcome.and_then(|out| check_writes(out, &writes));
+        let result = outcome.and_then(|out| check_writes(out, &writes, &input.agent, max_depth));
         if let Err(error) = &result
             && !span.is_disabled()
         {
@@ -1024,10 +1144,13 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 }
 
 /// Checks an agent's output against its declared writes: an object with
-/// exactly those fields, each acceptable to its field's merge rule.
+/// exactly those fields, each nested at most `max_depth` deep and
+/// acceptable to its field's merge rule.
 fn check_writes(
     mut out: Writes,
     writes: &[WriteSlot],
+    agent: &str,
+    max_depth: usize,
 ) -> Result<Vec<(FieldId, Arc<Value>)>, AgentError> {
     let undeclared: Vec<&String> = out
         .keys()
@@ -1050,6 +1173,13 @@ fn check_writes(
     for slot in writes {
         match out.remove(&*slot.name) {
             Some(value) => {
+                if crate::depth::exceeds(&value, max_depth) {
+                    return Err(AgentError::Output(format!(
+                        "agent `{agent}` wrote `{}` nested more than {max_depth} levels deep, \
+                         the limit (max_value_depth); deeper values could not be stored and read back",
+                        slot.name
+                    )));
+                }
                 if let Some(rule) = slot.merge {
                     rule.check(&value)
                         .map_err(|e| AgentError::Output(format!("field `{}`: {e}", slot.name)))?;

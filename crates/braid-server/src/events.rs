@@ -334,7 +334,7 @@ pub fn subscribe(log: Arc<EventLog>, after: u64, buffer: usize) -> mpsc::Receive
 
 /// Moves a run's events from the engine into `log`, coalescing log lines,
 /// until the engine's sender is dropped (the run ended). Then completes the log.
-pub async fn pump(mut from_engine: mpsc::UnboundedReceiver<RunEvent>, log: Arc<EventLog>) {
+pub async fn pump(mut from_engine: braid_core::event::EventReceiver, log: Arc<EventLog>) {
     // Per agent: the latest line held back, and how many lines it stands for.
     let mut pending: HashMap<Arc<str>, (RunEvent, u64)> = HashMap::new();
     let mut last_sent: HashMap<Arc<str>, tokio::time::Instant> = HashMap::new();

@@ -414,7 +414,8 @@ impl Store {
         }
         let mut agents = Vec::new();
         for a in sqlx::query(
-            "SELECT agent, status, attempts, start_ms, duration_ms, queue_ms, error, reason
+            "SELECT agent, status, attempts, start_ms, duration_ms, queue_ms, error, reason,
+                    definition_hash
              FROM braid_agent_runs WHERE run_id = $1
              ORDER BY COALESCE(start_ms, 1e18), agent",
         )
@@ -444,10 +445,12 @@ impl Store {
             } else {
                 Vec::new()
             };
+            let definition: Option<String> = a.try_get("definition_hash")?;
             agents.push(AgentRecord {
                 agent: Arc::from(agent.as_str()),
                 report,
                 writes,
+                definition: definition.map(|d| Arc::from(d.as_str())),
             });
         }
         Ok(Some(StoredRun {

@@ -76,6 +76,7 @@ struct AgentRow {
     agent: Arc<str>,
     report: AgentReport,
     writes: Vec<FieldValue>,
+    definition: Option<Arc<str>>,
 }
 
 enum Op {
@@ -202,6 +203,7 @@ impl Checkpointer for Writer {
                 agent: agent.agent.clone(),
                 report: agent.report.clone(),
                 writes: agent.writes.clone(),
+                definition: agent.definition.clone(),
             },
         });
     }
@@ -217,6 +219,7 @@ impl Checkpointer for Writer {
                 agent: a.agent.clone(),
                 report: a.report.clone(),
                 writes: a.writes.clone(),
+                definition: a.definition.clone(),
             })
             .collect();
         let _ = self.queue.send(Op::Finished { run: row, agents });
@@ -374,7 +377,7 @@ fn input_json(input: &[FieldValue]) -> String {
 }
 
 /// Most rows in one multi-row statement (SQLite allows 32,766 bound
-/// parameters, PostgreSQL 65,535; agent rows bind 9 each).
+/// parameters, PostgreSQL 65,535; agent rows bind 10 each).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Writes a batch in one transaction: every run, agent record and delta of
@@ -463,13 +466,14 @@ async fn write_batch(
         let sql = upsert_sql(
             backend,
             "braid_agent_runs (run_id, agent, status, attempts, start_ms, duration_ms, \
-             queue_ms, error, reason)",
-            9,
+             queue_ms, error, reason, definition_hash)",
+            10,
             chunk.len(),
             "(run_id, agent) DO UPDATE SET
                  status = excluded.status, attempts = excluded.attempts,
                  start_ms = excluded.start_ms, duration_ms = excluded.duration_ms,
-                 queue_ms = excluded.queue_ms, error = excluded.error, reason = excluded.reason",
+                 queue_ms = excluded.queue_ms, error = excluded.error, reason = excluded.reason,
+                 definition_hash = excluded.definition_hash",
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for ((run_id, agent), row) in chunk {
@@ -483,7 +487,8 @@ async fn write_batch(
                 .bind(r.duration_ms)
                 .bind(r.queue_ms)
                 .bind(r.error.as_deref().map(text))
-                .bind(r.reason.as_deref().map(text));
+                .bind(r.reason.as_deref().map(text))
+                .bind(row.definition.as_deref().map(str::to_owned));
         }
         q.persistent(false).execute(&mut *tx).await?;
     }

@@ -85,6 +85,8 @@ on_both_backends!(
     only_one_resume_can_claim_a_run,
     failed_writes_are_reported_not_dropped,
     reopening_a_store_keeps_its_runs,
+    a_resume_reruns_changed_agents_and_their_downstream_only,
+    everything_written_reads_back_and_over_deep_outputs_are_refused,
 );
 
 const SMALL: &str = "pipeline: small
@@ -495,4 +497,161 @@ async fn an_agent_checkpointed_run_whose_write_was_lost_is_restored_at_the_end()
     let late = stored.agents.iter().find(|a| &*a.agent == "late").unwrap();
     assert_eq!(late.writes.len(), 1, "{:?}", late.writes);
     assert_eq!(*late.writes[0].1, json!(2));
+}
+
+const DEFINITIONS: &str = r#"pipeline: definitions
+agents:
+  a:    { kind: sleep, writes: [x], value: 1 }
+  b:    { kind: sleep, reads: [x], writes: [y], value: 2 }
+  c:    { kind: sleep, reads: [y], writes: [z], value: 3 }
+  d:    { kind: sleep, writes: [w], value: 4 }
+  stop: { kind: command, run: [sh, -c, 'test -n "$NOT_SET_ANYWHERE" && echo "{\"done\": 1}"'], reads: [z, w], writes: [done] }
+"#;
+
+async fn resume(
+    store: &Store,
+    pipeline: &Pipeline,
+    run_id: &str,
+    agents: Vec<braid_core::checkpoint::AgentRecord>,
+) -> braid_core::RunReport {
+    let input = pipeline.check_input(&json!({})).unwrap();
+    pipeline
+        .run(
+            input,
+            RunOptions {
+                run_id: Some(run_id.to_owned()),
+                checkpointer: Some(store.checkpointer()),
+                checkpoint: Some(CheckpointPolicy::Agent),
+                resume: Some(ResumePoint { agents }),
+                ..Default::default()
+            },
+        )
+        .await
+}
+
+async fn a_resume_reruns_changed_agents_and_their_downstream_only(store: Store, _url: &str) {
+    let resumed = |report: &braid_core::RunReport| -> Vec<String> {
+        let mut names: Vec<String> = report
+            .agents
+            .iter()
+            .filter(|(_, a)| a.resumed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    let v1 = Pipeline::from_yaml_str(DEFINITIONS).unwrap();
+    let input = v1.check_input(&json!({})).unwrap();
+    let first = v1
+        .run(
+            input,
+            RunOptions {
+                checkpointer: Some(store.checkpointer()),
+                checkpoint: Some(CheckpointPolicy::Agent),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(first.status, RunStatus::Failed, "{first:#?}");
+    store.flush().await.unwrap();
+
+    // The same text, loaded again (as after a restart): every completed
+    // agent's definition hash matches, so all of them are reused.
+    let again = Pipeline::from_yaml_str(DEFINITIONS).unwrap();
+    let stored = store.get_run(&first.run_id).await.unwrap().unwrap();
+    assert!(stored.agents.iter().all(|a| a.definition.is_some()));
+    let second = resume(&store, &again, &first.run_id, stored.agents).await;
+    assert_eq!(resumed(&second), ["a", "b", "c", "d"]);
+    store.flush().await.unwrap();
+
+    // `b` changes: it and `c` (downstream) run again; `a` and `d` do not.
+    let v2 = Pipeline::from_yaml_str(
+        &DEFINITIONS
+            .replace("value: 2", "value: 20")
+            .replace("test -n \"$NOT_SET_ANYWHERE\" && ", ""),
+    )
+    .unwrap();
+    let stored = store.get_run(&first.run_id).await.unwrap().unwrap();
+    let third = resume(&store, &v2, &first.run_id, stored.agents).await;
+    assert_eq!(third.status, RunStatus::Completed, "{third:#?}");
+    assert_eq!(resumed(&third), ["a", "d"]);
+    assert_eq!(*third.state["y"], json!(20));
+    assert_eq!(*third.state["z"], json!(3));
+    store.flush().await.unwrap();
+    let stored = store.get_run(&first.run_id).await.unwrap().unwrap();
+    let b = stored.agents.iter().find(|a| &*a.agent == "b").unwrap();
+    assert_eq!(
+        b.definition.as_deref(),
+        Some(v2.agents()[1].definition_hash())
+    );
+}
+
+fn nested(levels: usize) -> serde_json::Value {
+    let mut v = json!(1);
+    for _ in 0..levels {
+        v = json!([v]);
+    }
+    v
+}
+
+async fn run_deep(store: &Store, pipeline: &Pipeline, levels: usize) -> braid_core::RunReport {
+    let input = pipeline
+        .check_input(&json!({"levels": levels, "doc": nested(levels.min(100))}))
+        .unwrap();
+    pipeline
+        .run(
+            input,
+            RunOptions {
+                checkpointer: Some(store.checkpointer()),
+                checkpoint: Some(CheckpointPolicy::Agent),
+                ..Default::default()
+            },
+        )
+        .await
+}
+
+async fn everything_written_reads_back_and_over_deep_outputs_are_refused(store: Store, url: &str) {
+    let mut kinds = braid_core::AgentKinds::standard();
+    kinds.builtin_fn("deep", |reads| async move {
+        let levels = reads.get("levels").and_then(|v| v.as_u64()).unwrap_or(0);
+        let mut out = braid_core::agent::Writes::new();
+        out.insert("out".into(), nested(levels as usize));
+        Ok::<_, braid_core::agent::AgentError>(out)
+    });
+    let mut pipeline = Pipeline::from_yaml_str_with(
+        "pipeline: deep
+inputs: { levels: { type: integer }, doc: {} }
+agents:
+  nest: { kind: builtin, function: deep, reads: [levels, doc], writes: [out] }
+",
+        &kinds,
+    )
+    .unwrap();
+    // The deepest the default allows, in the input and an output.
+    let deepest = run_deep(&store, &pipeline, 64).await;
+    assert_eq!(deepest.status, RunStatus::Completed, "{deepest:#?}");
+    // Deeper than serde_json reads back: the agent fails, nothing deep is stored.
+    pipeline.set_max_value_depth(100).unwrap();
+    let too_deep = run_deep(&store, &pipeline, 500).await;
+    assert_eq!(too_deep.status, RunStatus::Failed);
+    // The ceiling.
+    let ceiling = run_deep(&store, &pipeline, 100).await;
+    assert_eq!(ceiling.status, RunStatus::Completed, "{ceiling:#?}");
+    store.close().await.unwrap();
+
+    let store = Store::connect(url, &StoreSettings::default())
+        .await
+        .unwrap();
+    for (report, levels) in [(&deepest, 64), (&ceiling, 100)] {
+        let stored = store.get_run(&report.run_id).await.unwrap().unwrap();
+        assert_eq!(stored.input["doc"], nested(levels));
+        assert_eq!(*stored.agents[0].writes[0].1, nested(levels));
+    }
+    let stored = store.get_run(&too_deep.run_id).await.unwrap().unwrap();
+    assert_eq!(stored.summary.status, "failed");
+    let error = stored.agents[0].report.error.as_deref().unwrap();
+    assert!(
+        error.contains("agent `nest`") && error.contains("max_value_depth"),
+        "{error}"
+    );
 }

@@ -52,12 +52,15 @@ enum RunsCommand {
         timeline: Option<std::path::PathBuf>,
     },
     /// Continue a run that failed, was cancelled or whose process died:
-    /// agents that completed are not run again.
+    /// agents that completed are not run again, unless their definition
+    /// (or an upstream one) changed since.
     Resume {
         /// The run's id.
         id: String,
         /// Resume even though the pipeline file changed since the run
         /// started, or the run was last seen running on another host.
+        /// Stored results are still reused only for agents whose
+        /// definition, and every upstream one, is unchanged.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -353,7 +356,8 @@ async fn resume(
     if pipeline.content_hash() != run.pipeline_hash && !force {
         return refuse(format!(
             "{path} has changed since the run started; use --force to resume it with the \
-             current file (completed agents keep their results, the rest run as now written)"
+             current file (completed agents whose definition and upstream are unchanged keep \
+             their results; changed agents and everything downstream of them run again)"
         ));
     }
     let input = match pipeline.check_input(&Value::Object(run.input.clone())) {

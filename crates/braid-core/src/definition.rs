@@ -1,0 +1,157 @@
+//! Per-agent definition hashes: what a resumed run compares before it
+//! reuses an agent's stored output.
+//!
+//! An agent's *own* definition is everything in the pipeline that decides
+//! what it writes: its name (command agents see it on stdin), kind, reads
+//! (with their `?`), writes and the merge rules of those fields, `after`,
+//! `when`, the sleep kind's `ms` and `value`, the command kind's `run`,
+//! `env` and `pool`, every other kind's settings (`function`, `url`,
+//! `prompt`…), and the folder the pipeline runs from. Settings that cannot
+//! change a completed agent's output (`description`, `timeout`, `retries`,
+//! `backoff`, `expected`) are left out.
+//!
+//! Its *definition hash* (SHA-256, hex) covers its own definition and the
+//! definition hashes of every agent it depends on, so it covers all its
+//! transitive dependencies: changing one agent changes the hash of that agent
+//! and of everything downstream of it, and nothing else. The hash depends only
+//! on the pipeline text (and the folder), so reloading the same file gives
+//! the same hashes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::graph::{AgentId, DependencyGraph};
+use crate::merge::MergeRule;
+use crate::spec::AgentSpec;
+
+/// An agent's own definition, as a JSON document (hashed later, with its
+/// dependencies' hashes, by [`chain`]).
+pub(crate) fn own(
+    name: &str,
+    spec: &AgentSpec,
+    dir: &Path,
+    merge_of: impl Fn(&str) -> Option<MergeRule>,
+) -> Value {
+    let strings = |v: &[marked_yaml::Spanned<String>]| -> Vec<String> {
+        v.iter().map(|s| s.as_str().to_owned()).collect()
+    };
+    let merges: serde_json::Map<String, Value> = spec
+        .writes
+        .iter()
+        .filter_map(|w| merge_of(w.as_str()).map(|r| (w.as_str().to_owned(), r.to_string().into())))
+        .collect();
+    let settings: serde_json::Map<String, Value> = spec
+        .settings
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    json!({
+        "name": name,
+        "kind": spec.kind.as_str(),
+        "reads": strings(&spec.reads),
+        "writes": strings(&spec.writes),
+        "merge": merges,
+        "after": strings(&spec.after),
+        "when": spec.when.as_ref().map(|w| w.as_str()),
+        "ms": spec.ms.as_ref().map(|ms| **ms),
+        "value": spec.value.as_ref().map(|v| &v.value),
+        "run": spec.run.as_deref().map(strings),
+        "env": spec.env,
+        "pool": spec.pool.as_ref().map(|p| **p),
+        "settings": settings,
+        "dir": dir.to_string_lossy(),
+    })
+}
+
+/// Each agent's definition hash: its own definition and its dependencies'
+/// hashes, computed in topological order.
+pub(crate) fn chain(own: &[Value], graph: &DependencyGraph) -> Vec<Arc<str>> {
+    let mut hashes: Vec<Option<Arc<str>>> = vec![None; own.len()];
+    for &agent in graph.topological_order() {
+        let mut digest = Sha256::new();
+        digest.update(b"braid agent definition v1\n");
+        digest.update(own[agent].to_string().as_bytes());
+        let mut deps: Vec<AgentId> = graph.dependencies(agent).to_vec();
+        deps.sort_unstable();
+        deps.dedup();
+        for dep in deps {
+            digest.update(b"\n");
+            let hash = hashes[dep]
+                .as_deref()
+                .expect("dependencies come first in topological order");
+            digest.update(hash.as_bytes());
+        }
+        hashes[agent] = Some(Arc::from(hex(&digest.finalize())));
+    }
+    hashes
+        .into_iter()
+        .map(|h| h.expect("every agent is in the topological order"))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Pipeline;
+
+    const BASE: &str = r#"pipeline: p
+agents:
+  a: { kind: sleep, ms: 1, writes: [x], value: 1 }
+  b: { kind: command, run: [sh, -c, 'echo {}'], env: { K: v }, reads: [x], writes: [y], when: 'x == 1' }
+  c: { kind: sleep, writes: [z] }
+"#;
+
+    fn hashes(text: &str) -> Vec<String> {
+        let pipeline = Pipeline::from_yaml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        pipeline
+            .agents()
+            .iter()
+            .map(|a| a.definition_hash().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_same_text_gives_the_same_hashes() {
+        assert_eq!(hashes(BASE), hashes(BASE));
+        let all = hashes(BASE);
+        assert!(all.iter().all(|h| h.len() == 64));
+        assert_ne!(all[0], all[2]);
+    }
+
+    #[test]
+    fn what_decides_an_output_changes_the_agent_and_its_downstream_only() {
+        let base = hashes(BASE);
+        for (from, to) in [
+            ("value: 1", "value: 2"),
+            ("ms: 1,", "ms: 2,"),
+            ("a: { kind: sleep", "a: { kind: sleep, after: [c]"),
+        ] {
+            let changed = hashes(&BASE.replace(from, to));
+            assert_ne!(changed[0], base[0], "{from} -> {to}");
+            assert_ne!(changed[1], base[1], "{from} -> {to}: b is downstream of a");
+        }
+        for (from, to) in [
+            ("'echo {}'", "'echo {} '"),
+            ("K: v", "K: w"),
+            ("x == 1", "x == 2"),
+            ("writes: [y]", "writes: [y2]"),
+        ] {
+            let changed = hashes(&BASE.replace(from, to));
+            assert_eq!(changed[0], base[0], "{from} -> {to}: a is upstream");
+            assert_ne!(changed[1], base[1], "{from} -> {to}");
+            assert_eq!(changed[2], base[2], "{from} -> {to}: c is unrelated");
+        }
+        // Settings that cannot change a completed output do not count.
+        let described = hashes(&BASE.replace(
+            "c: { kind: sleep,",
+            "c: { kind: sleep, description: hi, timeout: 5s, retries: 2,",
+        ));
+        assert_eq!(described, base);
+    }
+}
