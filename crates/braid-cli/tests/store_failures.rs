@@ -42,6 +42,13 @@ impl Workspace {
             .env("BRAID_SPILL_DIR", self.path("spill"));
         command
     }
+
+    /// `braid` with the store at `url`.
+    fn braid_on(&self, url: &str) -> Command {
+        let mut command = self.braid();
+        command.env("BRAID_STORE", url);
+        command
+    }
 }
 
 fn json_of(output: &Output) -> Value {
@@ -268,33 +275,42 @@ agents:
   c: { kind: sleep, ms: 1, reads: [b], writes: [c], value: 3 }
 ";
 
+/// Fills the file system of the folder given, then prints `{"a": 1}`.
+const FILL: &str = r#"
+import json, os, sys
+fd = os.open(os.path.join(sys.argv[1], "filler"), os.O_WRONLY | os.O_CREAT)
+for size in (65536, 4096, 1):
+    try:
+        while os.write(fd, b"\0" * size) > 0:
+            pass
+    except OSError:
+        pass
+os.close(fd)
+print(json.dumps({"a": 1}))
+"#;
+
 #[test]
 fn a_full_disk_exits_3_and_the_run_is_whole_once_replayed() {
     let Some(disk) = Tmpfs::mount(1024) else {
         return;
     };
-    let ws = Workspace::new(THREE);
+    // The first agent fills the disk under the run's feet.
+    let ws = Workspace::new(&format!(
+        "pipeline: filled
+agents:
+  a: {{ kind: command, run: [python3, fill.py, '{}'], writes: [a] }}
+  b: {{ kind: sleep, ms: 1, reads: [a], writes: [b], value: 2 }}
+  c: {{ kind: sleep, ms: 1, reads: [b], writes: [c], value: 3 }}
+",
+        disk.path().display()
+    ));
+    std::fs::write(ws.path("fill.py"), FILL).unwrap();
     let store = format!("sqlite://{}", disk.path().join("braid.db").display());
-    let created = ws
-        .braid()
-        .args(["runs", "list", "--store", &store])
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
-    let filler = disk.fill();
-
     let output = ws
-        .braid()
+        .braid_on(&store)
         .arg("run")
         .arg(ws.pipeline())
-        .args([
-            "--store",
-            &store,
-            "--checkpoint",
-            "agent",
-            "--db-write-retries",
-            "0",
-        ])
+        .args(["--checkpoint", "agent", "--db-write-retries", "0"])
         .args(["--output", "json"])
         .output()
         .unwrap();
@@ -307,14 +323,13 @@ fn a_full_disk_exits_3_and_the_run_is_whole_once_replayed() {
     assert!(stderr.contains("full"), "{stderr}");
     assert!(stderr.contains("kept in"), "{stderr}");
     let report = json_of(&output);
+    assert_eq!(report["state"]["a"], 1);
 
-    std::fs::remove_file(filler).unwrap();
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
     let run_id = report["run_id"].as_str().unwrap();
     let shown = ws
-        .braid()
-        .args([
-            "runs", "show", run_id, "--store", &store, "--output", "json",
-        ])
+        .braid_on(&store)
+        .args(["runs", "show", run_id, "--output", "json"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&shown.stderr);
@@ -332,11 +347,7 @@ fn a_file_that_is_not_a_database_is_named_as_such() {
     let ws = Workspace::new(THREE);
     std::fs::write(ws.path("notes.db"), "my notes\n".repeat(200)).unwrap();
     let store = format!("sqlite://{}", ws.path("notes.db").display());
-    let output = ws
-        .braid()
-        .args(["runs", "list", "--store", &store])
-        .output()
-        .unwrap();
+    let output = ws.braid_on(&store).args(["runs", "list"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("file is not a database"), "{stderr}");
@@ -358,14 +369,14 @@ fn a_read_only_store_can_be_listed_and_shown() {
     let ro = format!("sqlite://{}?mode=ro", ws.path("store.db").display());
 
     let list = ws
-        .braid()
-        .args(["runs", "list", "--output", "json", "--store", &ro])
+        .braid_on(&ro)
+        .args(["runs", "list", "--output", "json"])
         .output()
         .unwrap();
     assert_eq!(json_of(&list)[0]["run_id"], run_id.as_str());
     let shown = ws
-        .braid()
-        .args(["runs", "show", &run_id, "--output", "json", "--store", &ro])
+        .braid_on(&ro)
+        .args(["runs", "show", &run_id, "--output", "json"])
         .output()
         .unwrap();
     assert_eq!(json_of(&shown)["status"], "completed");
@@ -412,15 +423,8 @@ fn a_store_on_read_only_media_says_so_and_can_still_be_read() {
     assert!(!stderr.contains("timed out"), "{stderr}");
 
     let list = ws
-        .braid()
-        .args([
-            "runs",
-            "list",
-            "--output",
-            "json",
-            "--store",
-            &format!("{store}?mode=ro"),
-        ])
+        .braid_on(&format!("{store}?mode=ro"))
+        .args(["runs", "list", "--output", "json"])
         .output()
         .unwrap();
     assert_eq!(json_of(&list)[0]["run_id"], run_id.as_str(), "{list:?}");
