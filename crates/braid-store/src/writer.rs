@@ -456,7 +456,11 @@ impl Loop {
                         && first.get_or_insert_with(Instant::now).elapsed() < budget =>
                 {
                     attempt += 1;
-                    tracing::warn!(%error, attempt, "a checkpoint write failed; trying again");
+                    if attempt == 1 {
+                        tracing::warn!(%error, "a checkpoint write failed; trying again");
+                    } else {
+                        tracing::debug!(%error, attempt, "a checkpoint write failed again");
+                    }
                     *self.status.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(error.to_string());
                     metrics::counter!("braid_checkpoint_retries_total").increment(1);
