@@ -237,18 +237,6 @@ impl Tmpfs {
         self.dir.path()
     }
 
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let filler = self.path().join("filler");
-        let mut file = std::fs::File::create(&filler).unwrap();
-        for size in [65536, 4096, 1] {
-            let chunk = vec![0u8; size];
-            while file.write_all(&chunk).is_ok() {}
-        }
-        let _ = file.sync_all();
-        filler
-    }
-
     fn read_only(&self) {
         let done = Command::new("mount")
             .args(["-o", "remount,ro"])
