@@ -412,14 +412,8 @@ async fn a_full_disk_is_reported_and_later_commits_are_real() {
     let lost = run(&pipeline, &store, CheckpointPolicy::Agent).await;
     let err = store.flush_run(&lost.run_id).await.unwrap_err();
     assert!(err.to_string().contains("full"), "{err}");
-    let events: Vec<(u64, String)> = (0..200)
-        .map(|i| {
-            (
-                i,
-                format!("{{\"n\": {i}, \"pad\": \"{}\"}}", "x".repeat(100)),
-            )
-        })
-        .collect();
+    // Small enough to fail at COMMIT, where SQLite leaves the transaction open.
+    let events: Vec<(u64, String)> = (0..3).map(|i| (i, format!("{{\"n\": {i}}}"))).collect();
     let err = store.save_events(&lost.run_id, &events).await.unwrap_err();
     assert!(chain(&err).contains("full"), "{}", chain(&err));
 
@@ -431,9 +425,34 @@ async fn a_full_disk_is_reported_and_later_commits_are_real() {
     store.save_events(&kept.run_id, &events).await.unwrap();
     let other = Store::connect(&url, &settings).await.unwrap();
     assert_whole(&other, &kept).await;
-    assert_eq!(other.load_events(&kept.run_id).await.unwrap().len(), 200);
+    assert_eq!(other.load_events(&kept.run_id).await.unwrap().len(), 3);
     // And what the full disk refused was kept, and is whole now.
     let replay = other.replayed().expect("the refused writes were spilled");
     assert_eq!(replay.error, None);
     assert_whole(&other, &lost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_read_only_database_fail_at_once_with_the_reason() {
+    let db = sqlite_db();
+    Store::connect(&db.url, &Default::default())
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let spill_dir = tempfile::tempdir().unwrap();
+    // The default schedule: 16 s of retries, were the error retried.
+    let settings = StoreSettings {
+        spill_dir: Some(spill_dir.path().to_owned()),
+        ..Default::default()
+    };
+    let store = Store::connect(&format!("{}?mode=ro", db.url), &settings)
+        .await
+        .unwrap();
+    let pipeline = Pipeline::from_yaml_str(SMALL).unwrap();
+    let report = run(&pipeline, &store, CheckpointPolicy::End).await;
+    let err = store.flush_run(&report.run_id).await.unwrap_err();
+    assert!(err.to_string().contains("readonly"), "{err}");
+    assert_eq!(store.stats().retries, 0, "not retried: {err}");
 }
