@@ -301,12 +301,24 @@ async fn setup_sqlite(conn: &mut sqlx::AnyConnection, read_only: bool) -> Result
 /// Why a SQLite file could not be opened for writing, as the system says
 /// it (a read-only file system, say), when SQLite's own words are vague.
 fn sqlite_write_problem(path: &Path) -> Option<String> {
-    let target = if path.exists() {
-        std::fs::OpenOptions::new().write(true).open(path).err()
-    } else {
-        None
-    };
-    target.map(|e| format!("{}: {e}", path.display()))
+    if path.exists() {
+        let err = std::fs::OpenOptions::new().write(true).open(path).err()?;
+        return Some(format!("{}: {err}", path.display()));
+    }
+    // A new store: can its folder take a file?
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let probe = dir.join(format!(".braid-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(err) => Some(format!("{}: {err}", dir.display())),
+    }
 }
 
 impl Store {
@@ -426,7 +438,16 @@ impl Store {
                     .map_or_else(|| PathBuf::from("."), Path::to_owned),
                 (None, None) => dirs_data_dir().join("braid"),
             };
-            spill::path_for(&dir, &masked)
+            // One file per store: a SQLite store by its file's real path,
+            // whatever URL named it; PostgreSQL by its URL.
+            let identity = match &sqlite_path {
+                Some(path) => std::fs::canonicalize(path)
+                    .unwrap_or_else(|_| path.clone())
+                    .display()
+                    .to_string(),
+                None => masked.clone(),
+            };
+            spill::path_for(&dir, &identity)
         });
         let target = writer::Target {
             url,

@@ -1,7 +1,8 @@
 //! The spill file: writes the database could not take, kept on local disk
 //! until a later `braid` opens the same store and replays them.
 //!
-//! One file per store (named after a hash of its URL, password left out),
+//! One file per store (named after a hash of its identity: a SQLite file's
+//! real path, a PostgreSQL URL without its password), readable by its owner only,
 //! JSON lines, appended under an exclusive file lock and fsynced before the
 //! writer reports the runs as not saved. Each line is one operation of the
 //! writer, stamped with the time it was spilled: replay skips the spilled
@@ -10,7 +11,7 @@
 //! is an upsert, so a replay that is cut short is simply done again.
 
 use std::io::{BufRead, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use braid_core::AgentReport;
@@ -149,11 +150,12 @@ impl SpilledOp {
 }
 
 /// Where a store's spill file is: `DIR/braid-spill-HASH.jsonl`, with HASH a
-/// stable hash of the URL without its password.
-pub(crate) fn path_for(dir: &Path, masked_url: &str) -> PathBuf {
+/// stable hash of the store's identity (a SQLite file's real path, or a
+/// PostgreSQL URL without its password).
+pub(crate) fn path_for(dir: &Path, identity: &str) -> PathBuf {
     // FNV-1a: stable across Rust releases and machines, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in masked_url.as_bytes() {
+    for byte in identity.as_bytes() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -164,10 +166,12 @@ pub(crate) fn path_for(dir: &Path, masked_url: &str) -> PathBuf {
 /// file that is still at `path` (a replay may have removed it meanwhile).
 fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
     loop {
+        // Runs' inputs and writes: readable by their owner only.
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
+            .mode(0o600)
             .open(path)?;
         file.lock()?;
         match std::fs::metadata(path) {

@@ -371,6 +371,8 @@ async fn save(
     let said = tokio::time::sleep(Duration::from_secs(1));
     tokio::pin!(said);
     let mut told = false;
+    // False when no signal can be listened for (then nothing counts them).
+    let mut listening = true;
     loop {
         tokio::select! {
             result = &mut flush => return result,
@@ -392,8 +394,9 @@ async fn save(
                     settings.acquire_timeout.max(settings.write_timeout).as_secs(),
                 );
             }
-            changed = signals.wait_for(|n| *n > allowed) => {
-                if changed.is_ok() {
+            changed = signals.wait_for(|n| *n > allowed), if listening => {
+                listening = changed.is_ok();
+                if listening {
                     eprintln!("braid: stopping: the run's records go to the spill file");
                     store.abandon();
                     // The writer spills at once; do not wait on a stuck disk.
