@@ -94,6 +94,8 @@ impl Drop for KillOnDrop {
 /// until killed, and prints `{"x": 1}` once it holds it.
 const LOCKER: &str = r#"
 import json, os, sqlite3, sys, time
+with open("ran", "a") as log:
+    log.write("lock\n")
 if os.fork() == 0:
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
@@ -117,7 +119,7 @@ fn a_second_signal_while_the_save_is_stuck_spills_the_run_and_exits_3() {
         "pipeline: stuck
 agents:
   lock: { kind: command, run: [python3, locker.py], writes: [x] }
-  slow: { kind: command, run: [sh, -c, 'echo $$ > slow.pid; sleep 30; echo {}'], reads: [x], writes: [s] }
+  slow: { kind: command, run: [sh, -c, 'echo $$ > slow.pid; [ -f fast ] || sleep 30; echo ''{\"s\": 1}'''], reads: [x], writes: [s] }
 ",
     );
     std::fs::write(ws.path("locker.py"), LOCKER).unwrap();
@@ -206,6 +208,21 @@ agents:
     assert_eq!(shown["agents"]["lock"]["status"], "completed");
     assert_eq!(shown["agents"]["slow"]["status"], "cancelled");
     assert_eq!(shown["state"]["x"], 1);
+
+    // Nothing was lost: resuming runs only what had not completed.
+    std::fs::write(ws.path("fast"), "").unwrap();
+    let resumed = ws
+        .braid()
+        .args(["runs", "resume", run_id, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{resumed:?}");
+    assert_eq!(json_of(&resumed)["status"], "completed");
+    let ran = std::fs::read_to_string(ws.path("ran")).unwrap();
+    assert_eq!(
+        ran, "lock\n",
+        "`lock` completed before the outage: not run again"
+    );
 }
 
 /// A small tmpfs, mounted for one test (root only).
