@@ -899,6 +899,7 @@ async fn replay_lines(
     let mut ops = Vec::new();
     for line in lines {
         let at_ms = line.at_ms;
+        let owner = line.owner;
         let op = line.op.op();
         let Some(id) = op.run_id().map(str::to_owned) else {
             continue;
@@ -915,20 +916,30 @@ async fn replay_lines(
         if newest[&id].is_some_and(|updated| updated > at_ms) {
             report.skipped += 1;
         } else {
-            ops.push(op);
+            ops.push((owner, op));
         }
     }
     report.runs = newest.len();
     // Every delta of a spilled run goes out again with its final record.
     let lost: std::collections::HashSet<Arc<str>> =
         newest.keys().map(|id| Arc::from(id.as_str())).collect();
-    let owner = writer::this_owner();
-    for chunk in ops.chunks(settings.max_batch.max(1)) {
-        if let Err(e) = writer::write_batch(&mut conn, target.backend, chunk, &owner, &lost).await {
+    // In order, in transactions of one process's consecutive operations
+    // (so each run keeps the owner that ran it), at most `max_batch` each.
+    let this = writer::this_owner();
+    let mut ops = ops.into_iter().peekable();
+    while let Some((owner, op)) = ops.next() {
+        let mut batch = vec![op];
+        while batch.len() < settings.max_batch.max(1)
+            && let Some((_, op)) = ops.next_if(|(next, _)| *next == owner)
+        {
+            batch.push(op);
+        }
+        let owner = if owner.is_empty() { &this } else { &owner };
+        if let Err(e) = writer::write_batch(&mut conn, target.backend, &batch, owner, &lost).await {
             let _ = sqlx::Connection::close(conn).await;
             return Err(e.to_string());
         }
-        report.written += chunk.len();
+        report.written += batch.len();
     }
     let _ = sqlx::Connection::close(conn).await;
     Ok(())

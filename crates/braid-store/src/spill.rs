@@ -31,6 +31,9 @@ pub(crate) struct Line {
     pub store: String,
     /// When it was spilled, in ms since the Unix epoch.
     pub at_ms: i64,
+    /// `host:pid` of the process that ran it, kept as the run's owner.
+    #[serde(default)]
+    pub owner: String,
     /// The operation.
     pub op: SpilledOp,
 }
@@ -184,7 +187,13 @@ fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Appends `ops` to the spill file at `path` and syncs it to disk.
 /// Blocking: call from a blocking thread.
-pub(crate) fn append(path: &Path, store: &str, at_ms: i64, ops: &[Op]) -> std::io::Result<()> {
+pub(crate) fn append(
+    path: &Path,
+    store: &str,
+    owner: &str,
+    at_ms: i64,
+    ops: &[Op],
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -194,6 +203,7 @@ pub(crate) fn append(path: &Path, store: &str, at_ms: i64, ops: &[Op]) -> std::i
             let line = Line {
                 store: store.to_owned(),
                 at_ms,
+                owner: owner.to_owned(),
                 op,
             };
             serde_json::to_writer(&mut text, &line)?;

@@ -545,9 +545,10 @@ impl Loop {
             Some(path) => {
                 let path = path.clone();
                 let store = self.target.masked.clone();
+                let owner = self.owner.clone();
                 let owned: Vec<Op> = ops.iter().filter_map(Op::copy).collect();
                 let spilled = tokio::task::spawn_blocking(move || {
-                    crate::spill::append(&path, &store, now_ms(), &owned).map(|()| path)
+                    crate::spill::append(&path, &store, &owner, now_ms(), &owned).map(|()| path)
                 })
                 .await;
                 match spilled {
