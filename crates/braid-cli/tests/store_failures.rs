@@ -330,15 +330,28 @@ agents:
     let report = json_of(&output);
     assert_eq!(report["state"]["a"], 1);
 
+    // Space again: the next braid to open the store writes what was kept,
+    // and says so.
     std::fs::remove_file(disk.path().join("filler")).unwrap();
     let run_id = report["run_id"].as_str().unwrap();
+    let listed = ws
+        .braid_on(&store)
+        .args(["runs", "list", "--output", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(stderr.contains("braid: replayed"), "{stderr}");
+    assert!(stderr.contains("of 1 run(s)"), "{stderr}");
+    assert_eq!(json_of(&listed)[0]["status"], "completed");
     let shown = ws
         .braid_on(&store)
         .args(["runs", "show", run_id, "--output", "json"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&shown.stderr);
-    assert!(stderr.contains("replayed"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&shown.stderr).contains("replayed"),
+        "replayed once"
+    );
     let shown = json_of(&shown);
     assert_eq!(shown["status"], "completed");
     for agent in ["a", "b", "c"] {
