@@ -5,9 +5,10 @@
 //! engine hands checkpoints to [`Store::checkpointer`], which only queues
 //! them; the writer commits whatever has queued up, from every run in
 //! flight, in one transaction (group commit), then takes the next batch.
-//! Failed batches are retried with backoff; a batch that finally fails is
-//! reported by [`Store::flush`] for the runs it held, never dropped
-//! silently. Only deltas are stored: an agent's own writes, never a copy of
+//! Failed batches are retried with backoff (errors retrying cannot cure
+//! fail at once); a batch that finally fails is kept in a local spill file,
+//! replayed by the next [`Store::connect`] to the same store, and reported
+//! by [`Store::flush`] for the runs it held, never dropped silently. Only deltas are stored: an agent's own writes, never a copy of
 //! the whole state.
 //!
 //! ```no_run
