@@ -248,7 +248,7 @@ pub(crate) async fn execute(
 ) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     let signals = listen_for_signals();
-    tokio::spawn({
+    let canceller = tokio::spawn({
         let cancel = cancel.clone();
         let mut signals = signals.clone();
         async move {
@@ -271,6 +271,8 @@ pub(crate) async fn execute(
     options.cancel = cancel;
     options.checkpointer = store.map(Store::checkpointer);
     let report = pipeline.run(input, options).await;
+    // A signal from now on stops the saving, not the (finished) run.
+    canceller.abort();
     if let Some(progress) = progress {
         let _ = progress.await;
     }
