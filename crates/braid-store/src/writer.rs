@@ -485,7 +485,14 @@ impl Loop {
         let mut conn = match self.conn.take() {
             Some((mut conn, used)) => {
                 if used.elapsed() > Duration::from_secs(1)
-                    && sqlx::Connection::ping(&mut conn).await.is_err()
+                    && !matches!(
+                        tokio::time::timeout(
+                            self.settings.acquire_timeout,
+                            sqlx::Connection::ping(&mut conn)
+                        )
+                        .await,
+                        Ok(Ok(()))
+                    )
                 {
                     drop(conn);
                     self.connect().await?
