@@ -5,9 +5,10 @@
 //! engine hands checkpoints to [`Store::checkpointer`], which only queues
 //! them; the writer commits whatever has queued up, from every run in
 //! flight, in one transaction (group commit), then takes the next batch.
-//! Failed batches are retried with backoff; a batch that finally fails is
-//! reported by [`Store::flush`] for the runs it held, never dropped
-//! silently. Only deltas are stored: an agent's own writes, never a copy of
+//! Failed batches are retried with backoff (errors retrying cannot cure
+//! fail at once); a batch that finally fails is kept in a local spill file,
+//! replayed by the next [`Store::connect`] to the same store, and reported
+//! by [`Store::flush`] for the runs it held, never dropped silently. Only deltas are stored: an agent's own writes, never a copy of
 //! the whole state.
 //!
 //! ```no_run
@@ -18,9 +19,11 @@
 //! # Ok(()) }
 //! ```
 
+mod spill;
 pub mod sql;
 mod writer;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,21 +42,35 @@ pub use writer::{PersistError, WriterStats};
 /// what each one means in production.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
-    /// Most open connections.
+    /// Most open connections of the pool (reads, claims, events). The
+    /// writer holds one more connection of its own.
     pub max_connections: u32,
     /// Connections kept open while idle.
     pub min_connections: u32,
-    /// Longest wait for a free connection before an operation fails.
+    /// Longest wait for a free connection, or for a new one to open,
+    /// before an operation (or one write attempt) fails.
     pub acquire_timeout: Duration,
     /// Idle connections above `min_connections` are closed after this long.
     pub idle_timeout: Option<Duration>,
     /// Most queued operations one transaction takes.
     pub max_batch: usize,
     /// How often a failed batch is tried again before its runs are
-    /// reported as not persisted.
+    /// reported as not persisted (and their records spilled).
     pub write_retries: u32,
-    /// The first retry's delay; it doubles each time, up to 5 s.
+    /// The first retry's delay; it doubles each time, up to
+    /// `retry_backoff_max`.
     pub retry_backoff: Duration,
+    /// The longest delay between two attempts.
+    pub retry_backoff_max: Duration,
+    /// The longest one write attempt (its transaction and commit) may take
+    /// on a database that accepts connections but does not answer.
+    pub write_timeout: Duration,
+    /// Where writes the database would not take are kept until the store
+    /// is next opened: `None` for the default (beside a SQLite file; in
+    /// the user's data directory for PostgreSQL).
+    pub spill_dir: Option<PathBuf>,
+    /// Whether to spill at all (on by default).
+    pub spill: bool,
 }
 
 impl Default for StoreSettings {
@@ -66,7 +83,29 @@ impl Default for StoreSettings {
             max_batch: 2048,
             write_retries: 8,
             retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+            spill_dir: None,
+            spill: true,
         }
+    }
+}
+
+impl StoreSettings {
+    /// The sum of the retry delays (16.3 s by default): how long the writer
+    /// keeps retrying a batch after its first failure when attempts fail
+    /// fast (connection refused). Attempts that hang cannot stretch that
+    /// past `give_up_after() + acquire_timeout` (21.3 s by default), plus
+    /// the attempt in progress then (bounded by `acquire_timeout` to
+    /// connect, `write_timeout` to write).
+    pub fn give_up_after(&self) -> Duration {
+        let mut delay = self.retry_backoff;
+        let mut total = Duration::ZERO;
+        for _ in 0..self.write_retries {
+            total += delay;
+            delay = (delay * 2).min(self.retry_backoff_max);
+        }
+        total
     }
 }
 
@@ -76,6 +115,24 @@ pub enum StoreError {
     /// The URL is not one braid understands.
     #[error("unsupported store URL `{0}`: expected sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
+    /// The folder of a SQLite store could not be created.
+    #[error("cannot create the folder {path} for the store")]
+    Directory {
+        /// The folder.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A store opened read-only (`?mode=ro`) that needs changes it cannot
+    /// make, or an operation that writes on a read-only store.
+    #[error("the store at {url} is read-only: {why}")]
+    ReadOnly {
+        /// The URL, with any password masked.
+        url: String,
+        /// What needed writing.
+        why: String,
+    },
     /// The database could not be reached or opened.
     #[error("cannot open the store at {url}")]
     Connect {
@@ -174,30 +231,127 @@ pub struct Store {
     url: String,
     backend: Backend,
     writer: Arc<writer::Writer>,
+    settings: StoreSettings,
+    read_only: bool,
+    spill: Option<PathBuf>,
+    replayed: Option<Replay>,
+}
+
+/// What opening a store did with the writes an earlier process could not
+/// deliver (its spill file).
+#[derive(Debug, Clone, Serialize)]
+pub struct Replay {
+    /// The spill file.
+    pub path: PathBuf,
+    /// Operations written to the store.
+    pub written: usize,
+    /// Operations left out because the store held newer records of
+    /// their runs.
+    pub skipped: usize,
+    /// The runs they belonged to.
+    pub runs: usize,
+    /// Why the replay failed, if it did (the file is then kept for the
+    /// next open).
+    pub error: Option<String>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Whether a SQLite URL asks for a read-only connection.
+fn sqlite_read_only(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|kv| matches!(kv, "mode=ro" | "immutable=1" | "immutable=true"))
+    })
+}
+
+/// One connection to the store, set up as the pool's are (SQLite: WAL,
+/// NORMAL sync, a busy timeout). Used for the probe and by the writer.
+pub(crate) async fn connect_one(
+    url: &str,
+    backend: Backend,
+) -> Result<sqlx::AnyConnection, sqlx::Error> {
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
+    if backend == Backend::Sqlite {
+        use sqlx::Executor;
+        setup_sqlite(&mut conn, sqlite_read_only(url)).await?;
+        // Reading the schema makes SQLite read the file's header: a file
+        // that is not a database fails here, with the driver's reason.
+        conn.execute("SELECT count(*) FROM sqlite_master").await?;
+    }
+    Ok(conn)
+}
+
+async fn setup_sqlite(conn: &mut sqlx::AnyConnection, read_only: bool) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    // WAL lets readers and the writer work at once; NORMAL syncs at
+    // checkpoints, durable across process crashes; wait for locks instead
+    // of failing. A read-only connection cannot change the journal mode.
+    if read_only {
+        conn.execute("PRAGMA busy_timeout = 5000;").await?;
+    } else {
+        conn.execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Why a SQLite file could not be opened for writing, as the system says
+/// it (a read-only file system, say), when SQLite's own words are vague.
+fn sqlite_write_problem(path: &Path) -> Option<String> {
+    if path.exists() {
+        let err = std::fs::OpenOptions::new().write(true).open(path).err()?;
+        return Some(format!("{}: {err}", path.display()));
+    }
+    // A new store: can its folder take a file?
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let probe = dir.join(format!(".braid-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(err) => Some(format!("{}: {err}", dir.display())),
+    }
+}
+
 impl Store {
     /// Opens the store at `url` (`sqlite://PATH`, created if missing, or
-    /// `postgres://…`), applies pending migrations and starts the writer.
-    /// Must be called inside a Tokio runtime.
+    /// `postgres://…`), applies pending migrations, replays the writes an
+    /// earlier process spilled, and starts the writer. `sqlite://PATH?mode=ro`
+    /// opens a SQLite store read-only, for reading history (no migration;
+    /// every write fails). Must be called inside a Tokio runtime.
     pub async fn connect(url: &str, settings: &StoreSettings) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let masked = mask_password(url);
-        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+        let mut read_only = false;
+        let mut sqlite_path = None;
+        let (backend, mut url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.trim_start_matches("//");
             let path = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = std::path::Path::new(path).parent()
-                && !dir.as_os_str().is_empty()
-            {
-                let _ = std::fs::create_dir_all(dir);
-            }
             if path.contains(":memory:") || path.is_empty() {
                 return Err(StoreError::UnsupportedUrl(format!(
                     "{masked} (an in-memory database would vanish with each pooled connection; give a file)"
                 )));
             }
+            read_only = sqlite_read_only(url);
+            if let Some(dir) = Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+                && !read_only
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+            sqlite_path = Some(PathBuf::from(path));
             let url = if url.contains('?') {
                 url.to_owned()
             } else {
@@ -209,20 +363,41 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(masked));
         };
-        // One direct connection first: a pool that cannot connect only says
-        // it timed out, while the driver says why (refused, unknown host,
-        // bad password, missing database).
-        let probe = tokio::time::timeout(
-            settings.acquire_timeout,
-            <sqlx::AnyConnection as sqlx::Connection>::connect(&url),
-        )
-        .await
-        .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        // One direct connection first, set up as the pool's will be: a pool
+        // that cannot connect only says it timed out, while the driver says
+        // why (refused, unknown host, bad password, missing database, not
+        // a database, read-only).
+        let mut probe = tokio::time::timeout(settings.acquire_timeout, connect_one(&url, backend))
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        if read_only && backend == Backend::Sqlite && probe.is_err() && !url.contains("immutable=")
+        {
+            // A WAL database on read-only media cannot be opened for
+            // reading unless SQLite is told nobody will change it.
+            let immutable = format!("{url}&immutable=true");
+            if let Ok(Ok(conn)) =
+                tokio::time::timeout(settings.acquire_timeout, connect_one(&immutable, backend))
+                    .await
+            {
+                url = immutable;
+                probe = Ok(conn);
+            }
+        }
         match probe {
             Ok(conn) => {
                 let _ = sqlx::Connection::close(conn).await;
             }
             Err(source) => {
+                if backend == Backend::Sqlite
+                    && !read_only
+                    && let Some(path) = &sqlite_path
+                    && let Some(why) = sqlite_write_problem(path)
+                {
+                    return Err(StoreError::ReadOnly {
+                        url: masked,
+                        why: format!("{why} ({source}); open it with ?mode=ro to read its runs"),
+                    });
+                }
                 return Err(StoreError::Connect {
                     url: masked,
                     source,
@@ -240,52 +415,96 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        use sqlx::Executor;
-                        // WAL lets readers and the writer work at once;
-                        // NORMAL syncs at checkpoints, durable across
-                        // process crashes; wait for locks instead of failing.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
-                        )
-                        .await?;
+                        setup_sqlite(conn, read_only).await?;
                     }
                     Ok(())
                 })
             })
-            .connect(&url)
-            .await
+            .connect_lazy(&url)
             .map_err(|source| StoreError::Connect {
                 url: masked.clone(),
                 source,
             })?;
-        // PostgreSQL serialises migrators with an advisory lock; SQLite has
-        // none, so two processes opening a new file at once can both try the
-        // first migration. The loser's transaction rolls back whole; trying
-        // again finds it applied.
-        let mut tried = 0;
-        loop {
-            tried += 1;
-            match MIGRATOR.run(&pool).await {
-                Ok(()) => break,
-                Err(err) if backend == Backend::Sqlite && tried < 5 => {
-                    tracing::debug!(error = %err, "migrating raced another process; trying again");
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * tried)).await;
-                }
-                Err(source) => {
-                    return Err(StoreError::Migrate {
-                        url: masked.clone(),
-                        source,
-                    });
-                }
-            }
+        if read_only {
+            check_schema(&pool, &masked).await?;
+        } else {
+            migrate(&pool, backend, &masked).await?;
         }
-        let writer = writer::Writer::start(pool.clone(), backend, settings.clone());
+        let spill = (settings.spill && !read_only).then(|| {
+            let dir = match (&settings.spill_dir, &sqlite_path) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(path)) => path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_owned),
+                (None, None) => dirs_data_dir().join("braid"),
+            };
+            // One file per store: a SQLite store by its file's real path,
+            // whatever URL named it; PostgreSQL by its URL.
+            let identity = match &sqlite_path {
+                Some(path) => std::fs::canonicalize(path)
+                    .unwrap_or_else(|_| path.clone())
+                    .display()
+                    .to_string(),
+                None => masked.clone(),
+            };
+            spill::path_for(&dir, &identity)
+        });
+        let target = writer::Target {
+            url,
+            masked: masked.clone(),
+            backend,
+            spill: spill.clone(),
+        };
+        let replayed = match &spill {
+            Some(path) => replay(&target, settings, path).await,
+            None => None,
+        };
+        let writer = writer::Writer::start(target, settings.clone());
         Ok(Self {
             pool,
             url: masked,
             backend,
             writer,
+            settings: settings.clone(),
+            read_only,
+            spill,
+            replayed,
         })
+    }
+
+    /// Whether the store was opened read-only (`?mode=ro`).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The file where writes the database would not take are kept.
+    pub fn spill_path(&self) -> Option<&Path> {
+        self.spill.as_deref()
+    }
+
+    /// What opening the store did with an earlier process's spill file,
+    /// if there was one.
+    pub fn replayed(&self) -> Option<&Replay> {
+        self.replayed.as_ref()
+    }
+
+    /// The settings the store was opened with.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// Stops trying the database: what the writer holds and everything
+    /// queued from now on goes to the spill file at once (then
+    /// [`Store::flush_run`] answers). For a process that must exit now.
+    pub fn abandon(&self) {
+        self.writer.abandon();
+    }
+
+    /// While the writer is retrying a failed batch: why its last attempt
+    /// failed.
+    pub fn retrying(&self) -> Option<String> {
+        self.writer.retrying()
     }
 
     /// The URL, with any password masked.
@@ -326,6 +545,10 @@ impl Store {
     /// process and its status to `running`, but only if it is still as
     /// `seen` (same status and owner), so two resumes cannot both win.
     pub async fn claim(&self, seen: &StoredRun) -> Result<bool, StoreError> {
+        if self.read_only {
+            return Err(self.read_only_error("a resume claims its run"));
+        }
+        let mut conn = acquire(&self.pool, "store").await?;
         let done = sqlx::query(
             "UPDATE braid_runs SET status = 'running', owner = $1
              WHERE id = $2 AND status = $3 AND COALESCE(owner, '') = $4",
@@ -334,9 +557,23 @@ impl Store {
         .bind(seen.summary.run_id.clone())
         .bind(seen.summary.status.clone())
         .bind(seen.owner.clone().unwrap_or_default())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(&mut *conn)
+        .await;
+        match done {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(error) => {
+                // Never handed out again after an error.
+                let _ = conn.close().await;
+                Err(error.into())
+            }
+        }
+    }
+
+    fn read_only_error(&self, why: &str) -> StoreError {
+        StoreError::ReadOnly {
+            url: self.url.clone(),
+            why: format!("{why}, and it was opened with ?mode=ro"),
+        }
     }
 
     /// Counters of the writer: transactions, operations, retries.
@@ -470,25 +707,39 @@ impl Store {
         run_id: &str,
         events: &[(u64, String)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in events.chunks(2000) {
-            let sql = writer::upsert_sql(
-                self.backend,
-                "braid_events (run_id, seq, event)",
-                3,
-                chunk.len(),
-                "(run_id, seq) DO UPDATE SET event = excluded.event",
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (seq, event) in chunk {
-                query = query
-                    .bind(run_id.to_owned())
-                    .bind(*seq as i64)
-                    .bind(event.replace('\0', "\u{FFFD}"));
-            }
-            query.persistent(false).execute(&mut *tx).await?;
+        if self.read_only {
+            return Err(self.read_only_error("saving events writes"));
         }
-        tx.commit().await?;
+        let mut conn = acquire(&self.pool, "store").await?;
+        let saved = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            for chunk in events.chunks(2000) {
+                let sql = writer::upsert_sql(
+                    self.backend,
+                    "braid_events (run_id, seq, event)",
+                    3,
+                    chunk.len(),
+                    "(run_id, seq) DO UPDATE SET event = excluded.event",
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (seq, event) in chunk {
+                    query = query
+                        .bind(run_id.to_owned())
+                        .bind(*seq as i64)
+                        .bind(event.replace('\0', "\u{FFFD}"));
+                }
+                query.persistent(false).execute(&mut *tx).await?;
+            }
+            // The commit's outcome is the transaction's.
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = saved {
+            // A failed COMMIT can leave the driver's transaction depth out
+            // of step: the connection is closed, never reused.
+            let _ = conn.close().await;
+            return Err(error.into());
+        }
         Ok(())
     }
 
@@ -526,6 +777,176 @@ impl Store {
         self.pool.close().await;
         flushed
     }
+}
+
+/// Brings the schema up to date.
+async fn migrate(pool: &AnyPool, backend: Backend, masked: &str) -> Result<(), StoreError> {
+    // PostgreSQL serialises migrators with an advisory lock; SQLite has
+    // none, so two processes opening a new file at once can both try the
+    // first migration. The loser's transaction rolls back whole; trying
+    // again finds it applied.
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(err) if backend == Backend::Sqlite && tried < 5 && !migrate_is_final(&err) => {
+                tracing::debug!(error = %err, "migrating raced another process; trying again");
+                tokio::time::sleep(Duration::from_millis(20 * tried)).await;
+            }
+            Err(source) => {
+                return Err(StoreError::Migrate {
+                    url: masked.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// A migration error that trying again cannot cure (read-only, corrupt).
+fn migrate_is_final(err: &sqlx::migrate::MigrateError) -> bool {
+    match err {
+        sqlx::migrate::MigrateError::Execute(e) => writer::permanent(Backend::Sqlite, e),
+        _ => false,
+    }
+}
+
+/// For a read-only store: every migration braid knows must be applied.
+async fn check_schema(pool: &AnyPool, masked: &str) -> Result<(), StoreError> {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(versions) => versions,
+            Err(e) => {
+                return Err(StoreError::ReadOnly {
+                    url: masked.to_owned(),
+                    why: format!("it holds no braid schema to read ({e})"),
+                });
+            }
+        };
+    if let Some(missing) = MIGRATOR.iter().find(|m| !applied.contains(&m.version)) {
+        return Err(StoreError::ReadOnly {
+            url: masked.to_owned(),
+            why: format!(
+                "its schema lacks migration {} ({}), which a read-only store cannot apply; \
+                 open it read-write once",
+                missing.version, missing.description
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Writes what an earlier process spilled for this store, in order, in
+/// transactions of at most `max_batch` operations; removes the file when
+/// all is written. A spilled operation is left out when the store holds a
+/// newer record of its run (written by another process since).
+async fn replay(target: &writer::Target, settings: &StoreSettings, path: &Path) -> Option<Replay> {
+    let file = path.to_owned();
+    let taken = tokio::task::spawn_blocking(move || spill::take(&file))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let mut report = Replay {
+        path: path.to_owned(),
+        written: 0,
+        skipped: 0,
+        runs: 0,
+        error: None,
+    };
+    let mut taken = match taken {
+        Ok(Some(taken)) => taken,
+        Ok(None) => return None,
+        Err(e) => {
+            report.error = Some(e);
+            return Some(report);
+        }
+    };
+    let lines = std::mem::take(&mut taken.lines);
+    match replay_lines(target, settings, lines, &mut report).await {
+        Ok(()) => {
+            let done = tokio::task::spawn_blocking(move || taken.done()).await;
+            if let Ok(Err(e)) = done {
+                report.error = Some(format!("replayed, but cannot remove the file: {e}"));
+            }
+            tracing::info!(
+                file = %report.path.display(),
+                written = report.written,
+                skipped = report.skipped,
+                "replayed spilled checkpoints"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(file = %report.path.display(), error = %e, "cannot replay spilled checkpoints yet");
+            report.error = Some(e);
+        }
+    }
+    Some(report)
+}
+
+async fn replay_lines(
+    target: &writer::Target,
+    settings: &StoreSettings,
+    lines: Vec<spill::Line>,
+    report: &mut Replay,
+) -> Result<(), String> {
+    let mut conn = tokio::time::timeout(
+        settings.acquire_timeout,
+        connect_one(&target.url, target.backend),
+    )
+    .await
+    .map_err(|_| "the store did not answer".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let mut newest: std::collections::HashMap<String, Option<i64>> = Default::default();
+    let mut ops = Vec::new();
+    for line in lines {
+        let at_ms = line.at_ms;
+        let owner = line.owner;
+        let op = line.op.op();
+        let Some(id) = op.run_id().map(str::to_owned) else {
+            continue;
+        };
+        if !newest.contains_key(&id) {
+            let updated: Option<i64> =
+                sqlx::query_scalar("SELECT updated_at_ms FROM braid_runs WHERE id = $1")
+                    .bind(id.clone())
+                    .fetch_optional(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            newest.insert(id.clone(), updated);
+        }
+        if newest[&id].is_some_and(|updated| updated > at_ms) {
+            report.skipped += 1;
+        } else {
+            ops.push((owner, op));
+        }
+    }
+    report.runs = newest.len();
+    // Every delta of a spilled run goes out again with its final record.
+    let lost: std::collections::HashSet<Arc<str>> =
+        newest.keys().map(|id| Arc::from(id.as_str())).collect();
+    // In order, in transactions of one process's consecutive operations
+    // (so each run keeps the owner that ran it), at most `max_batch` each.
+    let this = writer::this_owner();
+    let mut ops = ops.into_iter().peekable();
+    while let Some((owner, op)) = ops.next() {
+        let mut batch = vec![op];
+        while batch.len() < settings.max_batch.max(1)
+            && let Some((_, op)) = ops.next_if(|(next, _)| *next == owner)
+        {
+            batch.push(op);
+        }
+        let owner = if owner.is_empty() { &this } else { &owner };
+        if let Err(e) = writer::write_batch(&mut conn, target.backend, &batch, owner, &lost).await {
+            let _ = sqlx::Connection::close(conn).await;
+            return Err(e.to_string());
+        }
+        report.written += batch.len();
+    }
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(())
 }
 
 fn summary(row: &AnyRow) -> Result<RunSummary, StoreError> {

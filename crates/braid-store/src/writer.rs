@@ -7,18 +7,28 @@
 //! transaction is in flight the next batch builds up: with many runs in
 //! flight, many runs share a transaction. All statements are upserts, so a
 //! failed batch is simply tried again.
+//!
+//! The writer has a connection of its own, closed after any error and
+//! opened afresh for the next attempt (a failed COMMIT can leave sqlx's
+//! transaction depth out of step, after which "transactions" are savepoints
+//! that are thrown away). Retries follow `StoreSettings`' schedule and stop
+//! after [`StoreSettings::give_up_after`]; errors retrying cannot cure
+//! (read-only, corrupt, constraint) stop at once. A batch that fails for
+//! good is appended to the spill file (see `spill`) and its runs are
+//! reported by the next flush.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use braid_core::checkpoint::{AgentRecord, Checkpointer, FieldValue, RunRecord};
 use braid_core::{AgentReport, RunReport};
 use indexmap::IndexMap;
 use serde::Serialize;
-use sqlx::{AnyPool, AssertSqlSafe};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{AnyConnection, AssertSqlSafe};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{Backend, StoreSettings};
 
@@ -59,12 +69,14 @@ pub struct WriterStats {
     pub retries: u64,
 }
 
-struct RunRow {
-    id: Arc<str>,
+/// A run's row, as the writer upserts it.
+#[derive(Clone, Serialize, serde::Deserialize)]
+pub(crate) struct RunRow {
+    pub(crate) id: Arc<str>,
     pipeline: Arc<str>,
     pipeline_hash: Arc<str>,
     pipeline_path: Option<String>,
-    checkpoint: String,
+    pub(crate) checkpoint: String,
     status: String,
     input: Vec<FieldValue>,
     error: Option<String>,
@@ -72,14 +84,15 @@ struct RunRow {
     created_at_ms: i64,
 }
 
-struct AgentRow {
-    agent: Arc<str>,
-    report: AgentReport,
-    writes: Vec<FieldValue>,
-    definition: Option<Arc<str>>,
+/// An agent's row and its writes.
+pub(crate) struct AgentRow {
+    pub(crate) agent: Arc<str>,
+    pub(crate) report: AgentReport,
+    pub(crate) writes: Vec<FieldValue>,
+    pub(crate) definition: Option<Arc<str>>,
 }
 
-enum Op {
+pub(crate) enum Op {
     /// The run's record, inserted or brought back to `running`.
     Run(RunRow),
     /// One agent's record and writes.
@@ -92,7 +105,7 @@ enum Op {
 }
 
 impl Op {
-    fn run_id(&self) -> Option<&str> {
+    pub(crate) fn run_id(&self) -> Option<&str> {
         match self {
             Op::Run(run) | Op::Finished { run, .. } => Some(&run.id),
             Op::Agent { run_id, .. } => Some(run_id),
@@ -101,42 +114,67 @@ impl Op {
     }
 }
 
+/// Where the writer sends its batches: the database, opened afresh after
+/// any error, and the spill file for what the database would not take.
+#[derive(Clone)]
+pub(crate) struct Target {
+    /// The URL to connect to (with the password: never shown).
+    pub(crate) url: String,
+    /// The URL with its password masked, for messages and spill lines.
+    pub(crate) masked: String,
+    pub(crate) backend: Backend,
+    /// The spill file, unless spilling is off.
+    pub(crate) spill: Option<PathBuf>,
+}
+
 pub(crate) struct Writer {
     queue: mpsc::UnboundedSender<Op>,
     counters: Counters,
     owner: String,
+    abandon: watch::Sender<bool>,
+    status: Arc<Mutex<Option<String>>>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// `host:pid` of this process.
+pub(crate) fn this_owner() -> String {
+    format!(
+        "{}:{}",
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned()),
+        std::process::id()
+    )
+}
+
 impl Writer {
-    pub(crate) fn start(pool: AnyPool, backend: Backend, settings: StoreSettings) -> Arc<Self> {
+    pub(crate) fn start(target: Target, settings: StoreSettings) -> Arc<Self> {
         let (queue, rx) = mpsc::unbounded_channel();
+        let (abandon, abandoned) = watch::channel(false);
         let writer = Arc::new(Self {
             queue,
             counters: Counters::default(),
-            owner: format!(
-                "{}:{}",
-                nix::unistd::gethostname()
-                    .ok()
-                    .and_then(|h| h.into_string().ok())
-                    .unwrap_or_else(|| "localhost".to_owned()),
-                std::process::id()
-            ),
+            owner: this_owner(),
+            abandon,
+            status: Arc::default(),
         });
         let state = Loop {
-            pool,
-            backend,
+            target,
             settings,
             owner: writer.owner.clone(),
             counters: writer.counters.clone(),
             failed: BTreeMap::new(),
             lost: HashSet::new(),
             degraded: false,
+            conn: None,
+            abandoned,
+            status: writer.status.clone(),
         };
         tokio::spawn(state.run(rx));
         writer
@@ -160,6 +198,20 @@ impl Writer {
                 runs: vec![("*".to_owned(), "the store's writer has stopped".to_owned())],
             }),
         }
+    }
+
+    /// Stops trying the database: what is being written and everything
+    /// queued from now on goes to the spill file at once.
+    pub(crate) fn abandon(&self) {
+        let _ = self.abandon.send(true);
+    }
+
+    /// Why the last attempt failed, while the writer is retrying.
+    pub(crate) fn retrying(&self) -> Option<String> {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// `host:pid` of this process, as stored in `owner`.
@@ -226,10 +278,41 @@ impl Checkpointer for Writer {
     }
 }
 
+/// Why a batch was not written.
+enum Failure {
+    /// What the database (or the connection to it) said.
+    Db(sqlx::Error),
+    /// An attempt took longer than `write_timeout`.
+    TimedOut(Duration),
+    /// [`Writer::abandon`] was called.
+    Abandoned,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Db(e) => write!(f, "{e}"),
+            Failure::TimedOut(t) => write!(
+                f,
+                "the database did not finish a write within {}",
+                humanize(*t)
+            ),
+            Failure::Abandoned => f.write_str("saving was stopped (a second signal)"),
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
 /// The writer's bookkeeping between batches.
 struct Loop {
-    pool: AnyPool,
-    backend: Backend,
+    target: Target,
     settings: StoreSettings,
     owner: String,
     counters: Counters,
@@ -241,6 +324,14 @@ struct Loop {
     /// are then tried once, so a dead database does not stall every run's
     /// flush for the whole retry schedule.
     degraded: bool,
+    /// The writer's own connection, with when it was last used. Never
+    /// reused after an error: a failed COMMIT can leave the driver's
+    /// transaction depth out of step with the database, after which every
+    /// "transaction" is a savepoint that is thrown away.
+    conn: Option<(AnyConnection, Instant)>,
+    abandoned: watch::Receiver<bool>,
+    /// The last attempt's error while retrying, `None` otherwise.
+    status: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Clone, Default)]
@@ -277,12 +368,19 @@ impl Loop {
                 }
             }
         }
+        if let Some((conn, _)) = self.conn.take() {
+            close(conn).await;
+        }
     }
 
     /// Writes `ops` in one transaction, with retries; if that fails for
     /// good, each run's operations on their own, so one bad run does not
-    /// sink the others.
+    /// sink the others. What fails for good is spilled.
     async fn write(&mut self, ops: Vec<Op>) {
+        if *self.abandoned.borrow() {
+            self.give_up(&ops, &Failure::Abandoned).await;
+            return;
+        }
         let retries = if self.degraded {
             0
         } else {
@@ -292,14 +390,15 @@ impl Loop {
             Ok(()) => return,
             Err(error) => error,
         };
-        if ops
-            .iter()
-            .filter_map(Op::run_id)
-            .collect::<HashSet<_>>()
-            .len()
-            <= 1
+        if matches!(error, Failure::Abandoned)
+            || ops
+                .iter()
+                .filter_map(Op::run_id)
+                .collect::<HashSet<_>>()
+                .len()
+                <= 1
         {
-            self.give_up(&ops, &error);
+            self.give_up(&ops, &error).await;
             return;
         }
         let mut by_run: IndexMap<Option<Arc<str>>, Vec<Op>> = IndexMap::new();
@@ -311,18 +410,29 @@ impl Loop {
         }
         for (_, group) in by_run {
             if let Err(error) = self.attempt(&group, 0).await {
-                self.give_up(&group, &error);
+                self.give_up(&group, &error).await;
             }
         }
     }
 
-    async fn attempt(&mut self, ops: &[Op], retries: u32) -> Result<(), sqlx::Error> {
+    async fn attempt(&mut self, ops: &[Op], retries: u32) -> Result<(), Failure> {
         let mut delay = self.settings.retry_backoff;
         let mut attempt = 0;
+        // The retry budget runs from the first failure: the schedule's
+        // delays plus one wait for a connection, so attempts that hang
+        // (a host that does not answer) cannot stretch it further.
+        let mut first: Option<Instant> = None;
+        let budget = self.settings.give_up_after() + self.settings.acquire_timeout;
+        let mut abandoned = self.abandoned.clone();
         loop {
-            let started = std::time::Instant::now();
-            match write_batch(&self.pool, self.backend, ops, &self.owner, &self.lost).await {
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                outcome = self.try_once(ops) => outcome,
+                _ = abandoned.wait_for(|a| *a) => Err(Failure::Abandoned),
+            };
+            match outcome {
                 Ok(()) => {
+                    *self.status.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     metrics::histogram!("braid_checkpoint_batch_size").record(ops.len() as f64);
                     metrics::histogram!("braid_checkpoint_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -339,26 +449,191 @@ impl Loop {
                     }
                     return Ok(());
                 }
-                Err(_) if attempt < retries => {
+                Err(Failure::Db(error)) if permanent(self.target.backend, &error) => {
+                    // Retrying cannot cure it: say so at once.
+                    return Err(Failure::Db(error));
+                }
+                Err(error @ Failure::Abandoned) => return Err(error),
+                Err(error)
+                    if attempt < retries
+                        && first.get_or_insert_with(Instant::now).elapsed() < budget =>
+                {
                     attempt += 1;
+                    if attempt == 1 {
+                        tracing::warn!(%error, "a checkpoint write failed; trying again");
+                    } else {
+                        tracing::debug!(%error, attempt, "a checkpoint write failed again");
+                    }
+                    *self.status.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(error.to_string());
                     metrics::counter!("braid_checkpoint_retries_total").increment(1);
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    let spent = first.map_or(Duration::ZERO, |t| t.elapsed());
+                    let pause = delay.min(budget.saturating_sub(spent));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        _ = abandoned.wait_for(|a| *a) => return Err(Failure::Abandoned),
+                    }
+                    delay = (delay * 2).min(self.settings.retry_backoff_max);
                 }
                 Err(error) => return Err(error),
             }
         }
     }
 
-    fn give_up(&mut self, ops: &[Op], error: &sqlx::Error) {
+    /// One attempt: the writer's connection (opened if need be, checked if
+    /// it sat idle), one transaction, its commit checked. On any error the
+    /// connection is closed, never reused.
+    async fn try_once(&mut self, ops: &[Op]) -> Result<(), Failure> {
+        let mut conn = match self.conn.take() {
+            Some((mut conn, used)) => {
+                if used.elapsed() > Duration::from_secs(1)
+                    && !matches!(
+                        tokio::time::timeout(
+                            self.settings.acquire_timeout,
+                            sqlx::Connection::ping(&mut conn)
+                        )
+                        .await,
+                        Ok(Ok(()))
+                    )
+                {
+                    drop(conn);
+                    self.connect().await?
+                } else {
+                    conn
+                }
+            }
+            None => self.connect().await?,
+        };
+        let written = tokio::time::timeout(
+            self.settings.write_timeout,
+            write_batch(&mut conn, self.target.backend, ops, &self.owner, &self.lost),
+        )
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                self.conn = Some((conn, Instant::now()));
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                close(conn).await;
+                Err(Failure::Db(error))
+            }
+            Err(_) => {
+                // Mid-statement: dropping it closes the socket or the
+                // SQLite handle, which rolls the transaction back.
+                drop(conn);
+                Err(Failure::TimedOut(self.settings.write_timeout))
+            }
+        }
+    }
+
+    fn connect(&self) -> impl Future<Output = Result<AnyConnection, Failure>> + Send + 'static {
+        let timeout = self.settings.acquire_timeout;
+        let url = self.target.url.clone();
+        let backend = self.target.backend;
+        async move { connect(timeout, &url, backend).await }
+    }
+}
+
+/// A new connection for the writer, bounded by `timeout`.
+async fn connect(timeout: Duration, url: &str, backend: Backend) -> Result<AnyConnection, Failure> {
+    match tokio::time::timeout(timeout, crate::connect_one(url, backend)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(error)) => Err(Failure::Db(error)),
+        Err(_) => Err(Failure::TimedOut(timeout)),
+    }
+}
+
+impl Loop {
+    async fn give_up(&mut self, ops: &[Op], error: &Failure) {
         self.degraded = true;
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = None;
         metrics::counter!("braid_checkpoint_failures_total").increment(ops.len() as u64);
+        let kept = match &self.target.spill {
+            None => String::new(),
+            Some(path) => {
+                let path = path.clone();
+                let store = self.target.masked.clone();
+                let owner = self.owner.clone();
+                let owned: Vec<Op> = ops.iter().filter_map(Op::copy).collect();
+                let spilled = tokio::task::spawn_blocking(move || {
+                    crate::spill::append(&path, &store, &owner, now_ms(), &owned).map(|()| path)
+                })
+                .await;
+                match spilled {
+                    Ok(Ok(path)) => {
+                        metrics::counter!("braid_checkpoint_spilled_total")
+                            .increment(ops.len() as u64);
+                        format!(
+                            "; kept in {}, written to the store when braid next opens it",
+                            path.display()
+                        )
+                    }
+                    Ok(Err(e)) => format!("; could not keep them in the spill file either: {e}"),
+                    Err(e) => format!("; could not keep them in the spill file either: {e}"),
+                }
+            }
+        };
+        tracing::error!(%error, "checkpoints could not be written{kept}");
         for op in ops {
             if let Some(id) = op.run_id() {
-                self.failed.insert(id.to_owned(), error.to_string());
+                self.failed.insert(id.to_owned(), format!("{error}{kept}"));
                 self.lost.insert(Arc::from(id));
             }
+        }
+    }
+}
+
+impl Op {
+    /// A copy of a data operation (flushes are not copied).
+    fn copy(&self) -> Option<Op> {
+        let agent = |row: &AgentRow| AgentRow {
+            agent: row.agent.clone(),
+            report: row.report.clone(),
+            writes: row.writes.clone(),
+            definition: row.definition.clone(),
+        };
+        Some(match self {
+            Op::Run(run) => Op::Run(run.clone()),
+            Op::Agent { run_id, row } => Op::Agent {
+                run_id: run_id.clone(),
+                row: agent(row),
+            },
+            Op::Finished { run, agents } => Op::Finished {
+                run: run.clone(),
+                agents: agents.iter().map(agent).collect(),
+            },
+            Op::Flush(..) => return None,
+        })
+    }
+}
+
+/// Closes a connection that saw an error, without waiting long for a
+/// database that does not answer.
+async fn close(conn: AnyConnection) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), sqlx::Connection::close(conn)).await;
+}
+
+/// Errors that retrying cannot cure: a read-only or corrupt database, a
+/// file that is not one, a constraint the rows break, missing privileges.
+pub(crate) fn permanent(backend: Backend, error: &sqlx::Error) -> bool {
+    let Some(db) = error.as_database_error() else {
+        return false;
+    };
+    let Some(code) = db.code() else {
+        return false;
+    };
+    match backend {
+        Backend::Sqlite => matches!(
+            code.parse::<i32>().map(|c| c & 0xff),
+            // READONLY, CORRUPT, CONSTRAINT, NOTADB, PERM
+            Ok(8 | 11 | 19 | 26 | 3)
+        ),
+        // integrity constraints, read-only transaction, privileges,
+        // corrupted data or index
+        Backend::Postgres => {
+            code.starts_with("23") || matches!(&*code, "25006" | "42501" | "XX001" | "XX002")
         }
     }
 }
@@ -383,8 +658,8 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// Writes a batch in one transaction: every run, agent record and delta of
 /// the batch as a few multi-row upserts. Within a batch the last record of
 /// a run, agent or field wins, as it would one statement at a time.
-async fn write_batch(
-    pool: &AnyPool,
+pub(crate) async fn write_batch(
+    connection: &mut AnyConnection,
     backend: Backend,
     ops: &[Op],
     owner: &str,
@@ -423,7 +698,6 @@ async fn write_batch(
     }
 
     let now = now_ms();
-    let mut connection = crate::acquire(pool, "store").await?;
     let mut tx = sqlx::Connection::begin(&mut *connection).await?;
     let runs: Vec<&RunRow> = runs.into_values().collect();
     for chunk in runs.chunks(ROWS_PER_STATEMENT / 2) {

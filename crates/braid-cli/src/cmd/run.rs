@@ -78,9 +78,19 @@ pub(crate) struct StoreArgs {
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     db_idle_timeout: Duration,
     /// How often a failed write is tried again (backoff from 100 ms,
-    /// doubling up to 5 s) before the run is reported as not saved.
+    /// doubling up to 5 s: 16.3 s in all with the default 8) before the
+    /// run is reported as not saved and its records are spilled.
     #[arg(long, default_value_t = 8)]
     db_write_retries: u32,
+    /// The longest one write attempt may take on a database that accepts
+    /// connections but does not answer.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    db_write_timeout: Duration,
+    /// Where writes the store would not take are kept (JSON lines) until
+    /// braid next opens it [default: beside a SQLite store's file; the
+    /// data directory's `braid` folder for PostgreSQL].
+    #[arg(long, env = "BRAID_SPILL_DIR")]
+    spill_dir: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -93,9 +103,45 @@ impl StoreArgs {
             acquire_timeout: self.db_acquire_timeout,
             idle_timeout: Some(self.db_idle_timeout),
             write_retries: self.db_write_retries,
+            write_timeout: self.db_write_timeout,
+            spill_dir: self.spill_dir.clone(),
             ..StoreSettings::default()
         };
-        Ok(Store::connect(&url, &settings).await?)
+        let store = Store::connect(&url, &settings).await?;
+        // Writes an earlier braid could not deliver were replayed on open.
+        if let Some(replay) = store.replayed() {
+            match &replay.error {
+                None => eprintln!(
+                    "braid: replayed {} saved write(s) of {} run(s) from {} into {}{}",
+                    replay.written,
+                    replay.runs,
+                    replay.path.display(),
+                    store.url(),
+                    match replay.skipped {
+                        0 => String::new(),
+                        n => format!(" ({n} left out: the store had newer records of their runs)"),
+                    }
+                ),
+                Some(error) => eprintln!(
+                    "braid: writes kept in {} could not be replayed into {} yet: {error}",
+                    replay.path.display(),
+                    store.url()
+                ),
+            }
+        }
+        Ok(store)
+    }
+
+    /// Connects to a store `braid` will write to: a read-only one is refused.
+    pub(crate) async fn open_writable(&self) -> anyhow::Result<Store> {
+        let store = self.open().await?;
+        if store.read_only() {
+            anyhow::bail!(
+                "the store at {} is opened read-only (?mode=ro); runs cannot be saved to it",
+                store.url()
+            );
+        }
+        Ok(store)
     }
 }
 
@@ -166,7 +212,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let code = runtime.block_on(async {
         let store = match policy {
             CheckpointPolicy::None => None,
-            _ => Some(args.store.open().await?),
+            _ => Some(args.store.open_writable().await?),
         };
         let options = RunOptions {
             sequential: args.sequential,
@@ -201,7 +247,17 @@ pub(crate) async fn execute(
     store: Option<&Store>,
 ) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(cancel.clone()));
+    let signals = listen_for_signals();
+    let canceller = tokio::spawn({
+        let cancel = cancel.clone();
+        let mut signals = signals.clone();
+        async move {
+            if signals.wait_for(|n| *n >= 1).await.is_ok() {
+                eprintln!("braid: cancelling the run…");
+                cancel.cancel();
+            }
+        }
+    });
     let show_progress =
         display.output == Output::Text && !display.no_progress && std::io::stderr().is_terminal();
     let progress = if show_progress {
@@ -215,13 +271,15 @@ pub(crate) async fn execute(
     options.cancel = cancel;
     options.checkpointer = store.map(Store::checkpointer);
     let report = pipeline.run(input, options).await;
+    // A signal from now on stops the saving, not the (finished) run.
+    canceller.abort();
     if let Some(progress) = progress {
         let _ = progress.await;
     }
     // The report is printed whatever happens to the checkpoints: the run's
     // result is never lost because the database is.
     let persisted = match store {
-        Some(store) => store.flush_run(&report.run_id).await,
+        Some(store) => save(store, &report.run_id, signals).await,
         None => Ok(()),
     };
 
@@ -256,11 +314,14 @@ pub(crate) async fn execute(
     })
 }
 
-/// Cancels the run on Ctrl-C (SIGINT), SIGTERM, SIGHUP (the terminal
-/// closed) or SIGQUIT. Command agents run in their own process groups, so
-/// they do not see the terminal's signals; cancelling the run kills them.
-async fn cancel_on_signal(cancel: CancellationToken) {
+/// Counts the signals that stop `braid run`: Ctrl-C (SIGINT), SIGTERM,
+/// SIGHUP (the terminal closed) and SIGQUIT. The first cancels the run
+/// (command agents run in their own process groups, so they do not see the
+/// terminal's signals; cancelling the run kills them); one more while the
+/// run is being saved stops the saving (see [`save`]).
+fn listen_for_signals() -> tokio::sync::watch::Receiver<u32> {
     use tokio::signal::unix::{SignalKind, signal};
+    let (count, counted) = tokio::sync::watch::channel(0u32);
     let kinds = [
         SignalKind::interrupt(),
         SignalKind::terminate(),
@@ -274,21 +335,83 @@ async fn cancel_on_signal(cancel: CancellationToken) {
             Err(err) => eprintln!("braid: cannot listen for signal {kind:?}: {err}"),
         }
     }
-    if streams.is_empty() {
-        return;
+    if !streams.is_empty() {
+        tokio::spawn(async move {
+            loop {
+                // Whichever signal comes next.
+                std::future::poll_fn(|cx| {
+                    for stream in &mut streams {
+                        if stream.poll_recv(cx).is_ready() {
+                            return std::task::Poll::Ready(());
+                        }
+                    }
+                    std::task::Poll::Pending
+                })
+                .await;
+                count.send_modify(|n| *n += 1);
+            }
+        });
     }
-    // Whichever signal comes first.
-    std::future::poll_fn(|cx| {
-        for stream in &mut streams {
-            if stream.poll_recv(cx).is_ready() {
-                return std::task::Poll::Ready(());
+    counted
+}
+
+/// Waits for the run's records to be committed. If that takes a while
+/// (the database is down or stuck), says what it waits for and how long it
+/// will try; a signal meanwhile (beyond the one that cancelled the run)
+/// stops it: the records go to the spill file and the run counts as not
+/// saved.
+async fn save(
+    store: &Store,
+    run_id: &str,
+    mut signals: tokio::sync::watch::Receiver<u32>,
+) -> Result<(), braid_store::PersistError> {
+    let seen = *signals.borrow_and_update();
+    // The signal that cancelled the run does not count; any other does.
+    let allowed = seen.min(1);
+    let flush = store.flush_run(run_id);
+    tokio::pin!(flush);
+    let said = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(said);
+    let mut told = false;
+    // False when no signal can be listened for (then nothing counts them).
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            result = &mut flush => return result,
+            () = &mut said, if !told => {
+                told = true;
+                let settings = store.settings();
+                let why = store
+                    .retrying()
+                    .map_or_else(|| "it has not answered yet".to_owned(), |e| format!("last error: {e}"));
+                let spill = store.spill_path().map_or_else(
+                    String::new,
+                    |p| format!("; Ctrl-C again to stop now and keep the records in {}", p.display()),
+                );
+                eprintln!(
+                    "braid: saving run {run_id} to {}: waiting for the database ({why}); \
+                     trying for up to {:.1} s (each attempt at most {} s){spill}",
+                    store.url(),
+                    settings.give_up_after().as_secs_f64(),
+                    settings.acquire_timeout.max(settings.write_timeout).as_secs(),
+                );
+            }
+            changed = signals.wait_for(|n| *n > allowed), if listening => {
+                listening = changed.is_ok();
+                if listening {
+                    eprintln!("braid: stopping: the run's records go to the spill file");
+                    store.abandon();
+                    // The writer spills at once; do not wait on a stuck disk.
+                    return match tokio::time::timeout(Duration::from_secs(10), &mut flush).await {
+                        Ok(result) => result,
+                        Err(_) => Err(braid_store::PersistError {
+                            runs: vec![(run_id.to_owned(), "saving was stopped; the spill file did not answer".to_owned())],
+                        }),
+                    };
+                }
             }
         }
-        std::task::Poll::Pending
-    })
-    .await;
-    eprintln!("braid: cancelling the run…");
-    cancel.cancel();
+    }
 }
 
 pub(crate) fn fmt_ms(v: Option<f64>) -> String {

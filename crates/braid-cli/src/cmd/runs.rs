@@ -71,7 +71,10 @@ enum RunsCommand {
 pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let code = runtime.block_on(async {
-        let store = args.store.open().await?;
+        let store = match args.command {
+            RunsCommand::Resume { .. } => args.store.open_writable().await?,
+            _ => args.store.open().await?,
+        };
         match args.command {
             RunsCommand::List {
                 status,
