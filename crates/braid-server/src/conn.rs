@@ -3,6 +3,10 @@
 //! what a client can hold: a cap on open connections, a header-read
 //! timeout, and an idle timeout for connections with no request in flight.
 //!
+//! Nothing may stall forever either: a request body must keep arriving and
+//! a client must keep reading what it is sent, each with no gap longer than
+//! the idle timeout.
+//!
 //! A connection counts against the cap for as long as its socket lives,
 //! including after a WebSocket upgrade (the permit travels with the
 //! socket). Requests in flight (a `?wait=true`, an event stream) keep their
@@ -43,7 +47,9 @@ pub struct HttpConfig {
     /// this also closes a keep-alive connection that sends no next request.
     pub header_timeout: Duration,
     /// A connection with no request in flight and no bytes moving for this
-    /// long is closed; so is a WebSocket whose client answers no ping.
+    /// long is closed; so is one whose client reads nothing it is sent, or
+    /// stops sending a request body, for this long, and a WebSocket whose
+    /// client answers no ping.
     pub idle_timeout: Duration,
     /// Most connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
@@ -118,16 +124,26 @@ pub(crate) async fn serve_connections(
         let io = TokioIo::new(Tracked {
             inner: stream,
             activity: activity.clone(),
+            stall_limit: config.idle_timeout,
+            stalled: None,
             _permit: permit,
         });
         let service = {
             let activity = activity.clone();
             let router = router.clone();
+            let gap = config.idle_timeout;
             hyper::service::service_fn(move |request: Request<Incoming>| {
                 let busy = Busy::new(activity.clone());
                 let router = router.clone();
                 async move {
-                    let response = router.oneshot(request.map(Body::new)).await?;
+                    let request = request.map(|body| {
+                        Body::new(Arriving {
+                            body,
+                            gap,
+                            waiting: None,
+                        })
+                    });
+                    let response = router.oneshot(request).await?;
                     Ok::<_, Infallible>(
                         response.map(|body| Body::new(Guarded { body, _busy: busy })),
                     )
@@ -275,11 +291,93 @@ impl http_body::Body for Guarded {
     }
 }
 
-/// A socket that notes when bytes move and holds its connection permit.
+/// A request body that must keep arriving: a gap of more than `gap`
+/// between its pieces fails it (a client that announced a body and stopped
+/// sending would otherwise hold its handler forever).
+struct Arriving {
+    body: Incoming,
+    gap: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Arriving {
+    type Data = axum::body::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Pending => {
+                let gap = self.gap;
+                let waiting = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                if waiting.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the request body stopped arriving for {gap:?}"),
+                    ))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(frame) => {
+                self.waiting = None;
+                Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A socket that notes when bytes move, fails a write that has made no
+/// progress for `stall_limit` (a client that stopped reading, say an event
+/// stream's), and holds its connection permit.
 struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
+    stall_limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Tracked {
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Pending => {
+                let limit = self.stall_limit;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the client has read nothing for {limit:?}"),
+                    )));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(result) => {
+                self.stalled = None;
+                if matches!(result, Ok(n) if n > 0) {
+                    self.activity.touch();
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -304,10 +402,7 @@ impl AsyncWrite for Tracked {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
+        self.wrote(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -316,10 +411,7 @@ impl AsyncWrite for Tracked {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
+        self.wrote(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -725,3 +725,69 @@ async fn a_websocket_client_that_answers_no_ping_is_dropped() {
     assert!(ended.is_ok(), "a client that answers no ping is kept");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_given_up() {
+    let server = short(HttpConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..HttpConfig::default()
+    })
+    .await;
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    // 1000 bytes announced, 16 sent, and then nothing.
+    stalled
+        .write_all(
+            b"POST /v1/pipelines HTTP/1.1\r\nHost: localhost\r\n\
+              content-type: application/yaml\r\ncontent-length: 1000\r\n\r\n\
+              pipeline: stall\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stalled)
+        .await
+        .expect("the server gives up on a body that stopped arriving");
+    assert!(!answer.contains("201 Created"), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let server = short(HttpConfig {
+        idle_timeout: Duration::from_millis(200),
+        max_connections: 1,
+        ..HttpConfig::default()
+    })
+    .await;
+    // A pipeline whose source is big, asked for many times in one go by a
+    // client that then reads nothing: the server's writes stall.
+    let source = format!(
+        "pipeline: big\n# {}\nagents:\n  a: {{ kind: sleep }}\n",
+        "x".repeat(512 * 1024)
+    );
+    server.state.preload(
+        braid_core::Pipeline::from_yaml_str(&source).unwrap(),
+        source.clone(),
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stuck = socket.connect(server.addr).await.unwrap();
+    // 100 MiB of answers: far more than the sockets buffer.
+    let request = "GET /v1/pipelines/big HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(200);
+    stuck.write_all(request.as_bytes()).await.unwrap();
+    // It holds the only connection slot until the server gives up on it;
+    // then another client is served.
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(response) = client().get(server.url("/healthz")).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slot of a client that stopped reading is never freed");
+    drop(stuck);
+    server.stop().await;
+}

@@ -51,7 +51,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     header_timeout: Duration,
     /// Close a connection with no request in flight and no bytes moving for
-    /// this long; drop a WebSocket client that answers no ping for this long.
+    /// this long, or whose client reads nothing it is sent or stops sending
+    /// a request body for this long; drop a WebSocket client that answers no
+    /// ping for this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// Most connections open at once (WebSockets included); more are
