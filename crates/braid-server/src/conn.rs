@@ -62,10 +62,17 @@ impl Default for HttpConfig {
             public_metrics: false,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            max_connections: 512,
+            max_connections: 2048,
         }
     }
 }
+
+/// The most an HTTP/1 connection buffers (so also the largest request
+/// head): hyper's default is about 400 KiB, times every connection.
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
+/// The most requests one h2c connection carries at once.
+const MAX_H2_STREAMS: u32 = 100;
 
 /// At most this many refused connections are being answered at once;
 /// beyond it they are closed without a word.
@@ -83,12 +90,13 @@ fn refusal() -> String {
 
 /// Serves `router` on `listener` until `stop` is cancelled; then stops
 /// accepting, lets each connection finish its requests in flight and
-/// returns once all have closed.
+/// returns once all have closed, or at once when `force` is cancelled.
 pub(crate) async fn serve_connections(
     listener: TcpListener,
     router: Router,
     config: HttpConfig,
     stop: CancellationToken,
+    force: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
@@ -96,8 +104,12 @@ pub(crate) async fn serve_connections(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(MAX_CONNECTION_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS);
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
     loop {
@@ -152,6 +164,7 @@ pub(crate) async fn serve_connections(
         };
         let builder = builder.clone();
         let stop = stop.clone();
+        let force = force.clone();
         let idle = config.idle_timeout;
         connections.spawn(async move {
             let connection = builder.serve_connection_with_upgrades(io, service);
@@ -174,6 +187,7 @@ pub(crate) async fn serve_connections(
                         closing = true;
                         connection.as_mut().graceful_shutdown();
                     }
+                    () = force.cancelled() => break,
                     () = tokio::time::sleep(wait.max(Duration::from_millis(5))), if !closing => {
                         if activity.in_flight() == 0 && activity.idle_for() >= idle {
                             tracing::debug!(%peer, "closing an idle connection");

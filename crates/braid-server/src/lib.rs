@@ -229,26 +229,27 @@ pub async fn serve(
         shutdown.await;
         stopping.cancel();
     });
+    let force = CancellationToken::new();
     let serving = conn::serve_connections(
         listener,
         router,
         state.inner.config.http.clone(),
         stop.clone(),
+        force.clone(),
     );
-    let server = tokio::spawn(serving);
+    let mut server = tokio::spawn(serving);
     stop.cancelled().await;
     // Open event streams end when their runs end: finish the runs first.
     state.shut_down().await;
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(join)) => Err(std::io::Error::other(format!(
-            "the server task failed: {join}"
-        ))),
+    let finished = match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+        Ok(finished) => finished,
         Err(_) => {
-            eprintln!("braid-server: connections still open 5 s after the last run; closing");
-            Ok(())
+            tracing::warn!("connections still open 5 s after the last run; closing them");
+            force.cancel();
+            server.await
         }
-    }
+    };
+    finished.map_err(|join| std::io::Error::other(format!("the server task failed: {join}")))
 }
 
 /// Runs kept in memory: drops the oldest finished ones beyond the limit.

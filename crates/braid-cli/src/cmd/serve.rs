@@ -58,7 +58,7 @@ pub(crate) struct ServeArgs {
     idle_timeout: Duration,
     /// Most connections open at once (WebSockets included); more are
     /// answered 503 and closed.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 2048)]
     max_connections: usize,
     /// An origin (scheme://host[:port]) whose web pages may call the API and
     /// open its event streams, besides the server's own. Repeatable.
