@@ -127,7 +127,8 @@ pub(crate) async fn serve_connections(
             () = stop.cancelled() => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = config.max_connections, "connection refused: at the connection cap");
+            metrics::counter!("braid_server_connections_refused_total").increment(1);
+            tracing::debug!(%peer, max = config.max_connections, "connection refused: at the connection cap");
             refuse(stream, &refusing);
             continue;
         };
