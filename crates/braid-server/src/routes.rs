@@ -32,7 +32,7 @@ use crate::{AppState, LiveRun, Registered, prune, run_counts};
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 
 /// The whole API: `/v1/…` behind the bearer token, plus `/`, `/healthz`,
-/// `/readyz` and `/metrics`; every request passes [`guard::guard`] first.
+/// `/readyz` and `/metrics`; every request passes the [`guard`] checks first.
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/pipelines", get(list_pipelines).post(register_pipeline))
