@@ -816,3 +816,44 @@ async fn a_client_that_stops_reading_is_cut_off() {
     drop(stuck);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_websocket_closes_once_its_run_has_ended_and_been_delivered() {
+    let server = short(HttpConfig::default()).await;
+    let (status, body) = send(
+        &server.state,
+        post(
+            "/v1/runs",
+            Some("application/json"),
+            r#"{"pipeline": "seed", "events": "summary"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["run_id"].as_str().unwrap();
+    let mut socket = ws_connect(&server.ws(&format!("/v1/runs/{id}/ws")), &[])
+        .await
+        .unwrap();
+    let mut last = Value::Null;
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => last = serde_json::from_str(&text).unwrap(),
+                Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the server closes the socket itself");
+    assert_eq!(last["type"], "run_finished", "after the last event");
+    assert!(
+        matches!(
+            tokio::time::timeout(PATIENCE, socket.next()).await,
+            Ok(None | Some(Err(_)))
+        ),
+        "and the connection ends"
+    );
+    server.stop().await;
+}
