@@ -1294,3 +1294,113 @@ agents:
         "{stderr}"
     );
 }
+
+/// `braid serve` in the background; killed when dropped.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Served {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = braid()
+            .args(["serve", "--bind", "127.0.0.1:0", "--no-store"])
+            .args(args)
+            .env("BRAID_TOKEN", "s3cret")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("braid serve said where it listens")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("braid: serving on http://") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+
+    /// One HTTP/1.1 request; the whole answer (the server closes).
+    fn ask(&self, head: &str) -> String {
+        self.send(&format!(
+            "{head}Host: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        ))
+    }
+
+    /// Sends `bytes`; reads until the server closes (at most 30 s).
+    fn send(&self, bytes: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(bytes.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .expect("the server closes the connection");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_takes_its_connection_and_origin_flags() {
+    let output = braid()
+        .args(["serve", "--no-store", "--allow-origin", "dash.example.com"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is not an origin"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let closed = Served::start(&[]);
+    assert!(
+        closed
+            .ask("GET /metrics HTTP/1.1\r\n")
+            .starts_with("HTTP/1.1 401")
+    );
+    let from_dash = "GET /v1/runs HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\
+                     Origin: https://dash.example.com\r\n";
+    assert!(closed.ask(from_dash).starts_with("HTTP/1.1 403"));
+    drop(closed);
+
+    let open = Served::start(&[
+        "--public-metrics",
+        "--allow-origin",
+        "https://dash.example.com",
+        "--allow-origin",
+        "https://other.example.com",
+        "--header-timeout",
+        "200ms",
+        "--idle-timeout",
+        "5s",
+        "--max-connections",
+        "8",
+    ]);
+    assert!(
+        open.ask("GET /metrics HTTP/1.1\r\n")
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(open.ask(from_dash).starts_with("HTTP/1.1 200"));
+    // A request whose headers never end is dropped after --header-timeout.
+    let answer = open.send("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
+    assert!(!answer.contains("200 OK"), "{answer}");
+}

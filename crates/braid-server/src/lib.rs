@@ -2,22 +2,24 @@
 //! Server-Sent Events and WebSocket (only for runs that ask for them), a
 //! live web view, bearer-token auth and limits.
 //!
-//! [`app`] builds the whole router from an [`AppState`]; [`serve`] binds it
-//! and shuts down gracefully. Nothing here is on a run's hot path: a run
+//! [`app`] builds the whole router from an [`AppState`]; [`serve`] serves it
+//! on a listener, with the connection limits of [`HttpConfig`], and shuts
+//! down gracefully. Nothing here is on a run's hot path: a run
 //! with `events: "off"` has no sink, so the engine builds no events at all.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use braid_server::{AppState, ServerConfig, app};
+//! use braid_server::{AppState, ServerConfig, serve};
 //! let state = AppState::new(ServerConfig::default(), None);
-//! let router = app(state);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7700").await?;
-//! axum::serve(listener, router).await?;
+//! serve(state, listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
 
+mod conn;
 pub mod error;
 pub mod events;
+pub mod guard;
 mod routes;
 
 use std::collections::HashMap;
@@ -31,6 +33,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conn::{HttpConfig, WS_MAX_MESSAGE_BYTES};
 pub use error::ApiError;
 pub use routes::app;
 
@@ -83,6 +86,8 @@ pub struct ServerConfig {
     pub max_finished_runs: usize,
     /// How long runs in flight may take to finish on shutdown.
     pub grace: Duration,
+    /// Connection limits and which browsers' pages may call.
+    pub http: HttpConfig,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +109,7 @@ impl Default for ServerConfig {
             max_events_per_run: 10_000,
             max_finished_runs: 1000,
             grace: Duration::from_secs(30),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -300,8 +306,9 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
         .clone()
 }
 
-/// Binds `addr` and serves until `shutdown` resolves; then stops accepting,
-/// lets runs finish within the grace period and flushes the store.
+/// Serves on `listener` until `shutdown` resolves; then stops accepting,
+/// lets runs finish within the grace period and flushes the store. HTTP/1.1
+/// and h2c, within the limits of the config's [`HttpConfig`].
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
@@ -314,26 +321,27 @@ pub async fn serve(
         shutdown.await;
         stopping.cancel();
     });
-    let serving = axum::serve(listener, router)
-        .with_graceful_shutdown({
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        })
-        .into_future();
-    let server = tokio::spawn(serving);
+    let force = CancellationToken::new();
+    let serving = conn::serve_connections(
+        listener,
+        router,
+        state.inner.config.http.clone(),
+        stop.clone(),
+        force.clone(),
+    );
+    let mut server = tokio::spawn(serving);
     stop.cancelled().await;
     // Open event streams end when their runs end: finish the runs first.
     state.shut_down().await;
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(std::io::Error::other(format!(
-            "the server task failed: {join}"
-        ))),
+    let finished = match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+        Ok(finished) => finished,
         Err(_) => {
-            eprintln!("braid-server: connections still open 5 s after the last run; closing");
-            Ok(())
+            tracing::warn!("connections still open 5 s after the last run; closing them");
+            force.cancel();
+            server.await
         }
-    }
+    };
+    finished.map_err(|join| std::io::Error::other(format!("the server task failed: {join}")))
 }
 
 /// Runs kept in memory: drops the oldest finished ones beyond the limit.

@@ -9,9 +9,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,18 +21,18 @@ use braid_core::{CheckpointPolicy, Pipeline, ResumePoint, RunOptions, RunStatus,
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::events::{self, Delivery, EventLog};
+use crate::guard;
 use crate::{AppState, LiveRun, Origin, Registered, prune, run_counts};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 
 /// The whole API: `/v1/…` behind the bearer token, plus `/`, `/healthz`,
-/// `/readyz` and `/metrics`.
+/// `/readyz` and `/metrics`; every request passes the [`guard`] checks first.
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/pipelines", get(list_pipelines).post(register_pipeline))
@@ -45,8 +45,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/resume", post(resume_run))
         .route("/runs/{id}/events", get(sse_events))
-        .route("/runs/{id}/ws", get(ws_events))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/runs/{id}/ws", get(ws_events));
     let max_body = state.inner.config.max_body_bytes;
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
@@ -63,90 +62,8 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .with_state(state)
-}
-
-/// Every `/v1` request needs `Authorization: Bearer TOKEN` (or, for
-/// browsers' EventSource and WebSocket, which cannot set headers,
-/// `?token=TOKEN`). Compared in constant time.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = state
-        .inner
-        .config
-        .token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-    else {
-        // No token: the server listens on loopback only. Refuse requests
-        // that name another host, so a web page elsewhere cannot reach the
-        // API through DNS rebinding.
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost");
-        let name = host.rsplit_once(':').map_or(host, |(name, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                name
-            } else {
-                host
-            }
-        });
-        if !matches!(name, "localhost" | "127.0.0.1" | "[::1]") {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden_host",
-                "without a token this server answers only requests to localhost",
-            )
-            .into_response();
-        }
-        return next.run(request).await;
-    };
-    let from_header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let from_query = request.uri().query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned())
-    });
-    let presented = from_header.or(from_query).unwrap_or_default();
-    if !presented.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-        next.run(request).await
-    } else {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required (Authorization: Bearer TOKEN)",
-        )
-        .into_response()
-    }
-}
-
-/// Bodies a browser may send cross-site without asking first (forms, plain
-/// text) are refused: the API takes JSON or YAML.
-fn require_api_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let kind = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let simple = [
-        "application/x-www-form-urlencoded",
-        "multipart/form-data",
-        "text/plain",
-    ];
-    if simple.iter().any(|s| kind.starts_with(s)) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("send the pipeline as application/yaml or application/json, not {kind}"),
-        ));
-    }
-    Ok(())
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -225,10 +142,8 @@ const MAX_PROBLEM_BYTES: usize = 2048;
 
 async fn register_pipeline(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_api_content_type(&headers)?;
     let body = body.map_err(body_error)?;
     let text = String::from_utf8(body.into()).map_err(|_| {
         ApiError::new(
@@ -883,9 +798,12 @@ async fn resume_run(
         "completed" => return Err(conflict(format!("run {id} already completed"))),
         // Its process may still be alive elsewhere; this server cannot tell.
         "running" if !query.force => {
+            // The owner (`host:pid`) stays in the log: clients learn only
+            // that another process has it.
+            tracing::info!(run = %id, owner = ?stored.owner, "resume refused: recorded as running");
             return Err(conflict(format!(
-                "run {id} is recorded as running (owner {}); if that process is gone,                  resume with ?force=true",
-                stored.owner.as_deref().unwrap_or("unknown")
+                "run {id} is recorded as running in another process; if that process is gone, \
+                 resume with ?force=true"
             )));
         }
         _ => {}
@@ -1001,11 +919,20 @@ async fn ws_events(
         upgrade.map_err(|r| ApiError::new(r.status(), "websocket_required", r.body_text()))?;
     let log = stream_of(&state, &id).await?;
     let after = query.after.unwrap_or(0);
-    Ok(upgrade.on_upgrade(move |socket| stream_ws(socket, log, after)))
+    let idle = state.inner.config.http.idle_timeout;
+    Ok(crate::conn::limit_websocket(upgrade)
+        .on_upgrade(move |socket| stream_ws(socket, log, after, idle)))
 }
 
-async fn stream_ws(mut socket: WebSocket, log: Arc<EventLog>, after: u64) {
+/// Streams the run's events until the last is sent, then closes. Pings the
+/// client and drops it when it has answered nothing for `idle`, or when a
+/// send has been stuck that long (a client that stopped reading).
+async fn stream_ws(mut socket: WebSocket, log: Arc<EventLog>, after: u64, idle: Duration) {
     let mut deliveries = events::subscribe(log, after, 64);
+    let every = crate::conn::ws_ping_interval(idle);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             delivery = deliveries.recv() => {
@@ -1014,15 +941,27 @@ async fn stream_ws(mut socket: WebSocket, log: Arc<EventLog>, after: u64) {
                     Delivery::Event(e) => e.to_json(),
                     Delivery::Lagged(missed) => json!({"type": "lagged", "missed": missed}).to_string(),
                 };
-                if socket.send(Message::Text(text.into())).await.is_err() {
-                    return; // the client went away
+                let sent = tokio::time::timeout(idle, socket.send(Message::Text(text.into()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return; // the client went away, or stopped reading
                 }
             }
             incoming = socket.recv() => match incoming {
+                // An error includes a message over the size limit.
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => heard = tokio::time::Instant::now(),
             },
+            _ = ping.tick() => {
+                if heard.elapsed() >= idle {
+                    tracing::debug!("dropping a WebSocket client that answers no pings");
+                    return;
+                }
+                let sent = tokio::time::timeout(idle, socket.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+            }
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = tokio::time::timeout(idle, socket.send(Message::Close(None))).await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use braid_core::Pipeline;
-use braid_server::{AppState, ServerConfig};
+use braid_server::{AppState, HttpConfig, ServerConfig};
 use clap::Args;
 
 use super::run::StoreArgs;
@@ -77,11 +77,41 @@ pub(crate) struct ServeArgs {
     /// are cancelled and marked interrupted.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// How long a client may take to send a request's headers (HTTP/1);
+    /// also how long a keep-alive connection may wait for its next request.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Close a connection with no request in flight and no bytes moving for
+    /// this long, or whose client reads nothing it is sent or stops sending
+    /// a request body for this long; drop a WebSocket client that answers no
+    /// ping for this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Most connections open at once (WebSockets included); more are
+    /// answered 503 and closed.
+    #[arg(long, default_value_t = 2048)]
+    max_connections: usize,
+    /// An origin (scheme://host[:port]) whose web pages may call the API and
+    /// open its event streams, besides the server's own. Repeatable.
+    #[arg(long = "allow-origin", value_name = "ORIGIN", value_parser = parse_origin)]
+    allow_origins: Vec<String>,
+    /// Serve /metrics without the token (for a scraper that cannot send it).
+    #[arg(long)]
+    public_metrics: bool,
     /// Keep no run history (no database at all).
     #[arg(long)]
     no_store: bool,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+/// `--allow-origin`: an http(s) origin, kept in its normal form.
+fn parse_origin(text: &str) -> Result<String, String> {
+    braid_server::guard::normalize_origin(text).ok_or_else(|| {
+        format!(
+            "`{text}` is not an origin; write scheme://host[:port], e.g. https://dash.example.com"
+        )
+    })
 }
 
 fn load_dir(dir: &PathBuf, state: &AppState) -> anyhow::Result<Result<usize, ExitCode>> {
@@ -164,6 +194,13 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_concurrent_runs: args.max_runs,
             max_events_per_run: args.max_events_per_run,
             grace: args.grace,
+            http: HttpConfig {
+                allow_origins: args.allow_origins.clone(),
+                public_metrics: args.public_metrics,
+                header_timeout: args.header_timeout,
+                idle_timeout: args.idle_timeout,
+                max_connections: args.max_connections,
+            },
             ..ServerConfig::default()
         };
         let state = AppState::new(config, store.clone());
