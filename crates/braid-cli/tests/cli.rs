@@ -1338,3 +1338,44 @@ agents:
         "{ran}"
     );
 }
+
+#[test]
+fn a_run_whose_process_is_alive_is_not_resumed_whatever_the_program_is_called() {
+    // The owner's liveness is `kill(pid, 0)`: not a guess from its command
+    // line, which a renamed binary (here, a link called `runner`) defeats.
+    let ws = Workspace::new(
+        r#"pipeline: alive
+agents:
+  slow: { kind: command, run: [sh, -c, "cat > /dev/null; touch started; while [ ! -f done ]; do sleep 0.01; done; echo '{\"s\": 1}'"], writes: [s] }
+"#,
+    );
+    let runner = ws.path("runner");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_braid"), &runner).unwrap();
+    let template = braid_in(&ws);
+    let mut child = Command::new(&runner)
+        .envs(template.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--checkpoint", "agent", "--output", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("slow never started", || ws.path("started").exists());
+    let list = json_of(
+        &braid_in(&ws)
+            .args(["runs", "list", "--output", "json"])
+            .output()
+            .unwrap(),
+    );
+    let run_id = list[0]["run_id"].as_str().unwrap().to_owned();
+    let output = braid_in(&ws)
+        .args(["runs", "resume", &run_id])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    std::fs::write(ws.path("done"), "").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("it is still running (process"), "{stderr}");
+}
