@@ -4,8 +4,10 @@
 //! Settings: `url` (required), `headers` (values may use `${VAR}` from the
 //! environment; a missing variable is a load-time error, so secrets never
 //! live in pipeline files), `http_retries` (default 2: connect errors, 429
-//! and 5xx are tried again with backoff, honouring `Retry-After`), and
-//! `request_timeout` (default: none beyond the agent's own `timeout`).
+//! and 5xx are tried again with backoff, honouring `Retry-After` in
+//! seconds or as an HTTP date), `request_timeout` (default: none beyond the
+//! agent's own `timeout`) and `max_response_bytes` (default 16 MiB: a
+//! longer answer fails the attempt, naming the limit).
 
 use std::time::Duration;
 
@@ -19,6 +21,12 @@ use serde_json::Value;
 /// Longest wait a `Retry-After` may ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// Most bytes of an answer read unless the agent sets `max_response_bytes`.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most bytes of an error answer read, for the excerpt in the error.
+const MAX_ERROR_BODY_BYTES: u64 = 64 * 1024;
+
 /// See the [module docs](self).
 #[derive(Debug)]
 pub struct HttpAgent {
@@ -26,6 +34,7 @@ pub struct HttpAgent {
     headers: HeaderMap,
     retries: u32,
     request_timeout: Option<Duration>,
+    max_response_bytes: u64,
 }
 
 /// Replaces each `${NAME}` with the environment variable NAME.
@@ -50,7 +59,13 @@ pub fn expand_env(text: &str, what: &str) -> Result<String, String> {
 
 /// Builds an `http` agent from its settings (the kind's factory).
 pub fn build(config: &AgentConfig<'_>) -> Result<std::sync::Arc<dyn Agent>, String> {
-    const KEYS: &[&str] = &["url", "headers", "http_retries", "request_timeout"];
+    const KEYS: &[&str] = &[
+        "url",
+        "headers",
+        "http_retries",
+        "request_timeout",
+        "max_response_bytes",
+    ];
     if let Some(unknown) = config.settings.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(format!(
             "unknown key `{unknown}` for an `http` agent; expected one of: {}",
@@ -108,7 +123,19 @@ pub fn build(config: &AgentConfig<'_>) -> Result<std::sync::Arc<dyn Agent>, Stri
         headers,
         retries,
         request_timeout,
+        max_response_bytes: max_response_bytes(config.settings)?,
     }))
+}
+
+/// The `max_response_bytes` setting: a whole number of at least 1, or
+/// [`DEFAULT_MAX_RESPONSE_BYTES`].
+pub(crate) fn max_response_bytes(settings: &serde_json::Map<String, Value>) -> Result<u64, String> {
+    match settings.get("max_response_bytes") {
+        None => Ok(DEFAULT_MAX_RESPONSE_BYTES),
+        Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+            format!("`max_response_bytes` must be a whole number of bytes of at least 1, not {v}")
+        }),
+    }
 }
 
 #[derive(Serialize)]
@@ -134,9 +161,18 @@ fn delay(n: u32, retry_after: Option<Duration>) -> Duration {
     base / 2 + (base / 2).mul_f64(fastrand::f64())
 }
 
+/// A `Retry-After` header: seconds, or an HTTP date (a date already past
+/// means no wait).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn excerpt(text: &str) -> String {
@@ -164,6 +200,7 @@ impl Agent for HttpAgent {
             body,
             self.retries,
             self.request_timeout,
+            self.max_response_bytes,
         )
         .await?;
         match serde_json::from_str::<Value>(&text) {
@@ -179,42 +216,87 @@ impl Agent for HttpAgent {
 
 /// POSTs a JSON `body` through the shared client and returns the answer's
 /// text. Connect errors, timeouts, 429 and 5xx are tried again up to
-/// `retries` times, waiting as `Retry-After` asks or with backoff.
+/// `retries` times, waiting as `Retry-After` asks or with backoff. An
+/// answer longer than `max_bytes` fails the call.
 pub(crate) async fn post(
     url: &reqwest::Url,
     headers: &HeaderMap,
     body: Vec<u8>,
     retries: u32,
     timeout: Option<Duration>,
+    max_bytes: u64,
 ) -> Result<String, AgentError> {
-    let (response, _slot) = send(url, headers, body, retries, timeout).await?;
+    let (mut response, _slot) = send(url, headers, body, retries, timeout).await?;
+    too_long(url, response.content_length(), max_bytes)?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = next_chunk(url, &mut response).await? {
+        too_long(url, Some((bytes.len() + chunk.len()) as u64), max_bytes)?;
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Fails when `len` (what the answer has sent or announced) is over `max_bytes`.
+fn too_long(url: &reqwest::Url, len: Option<u64>, max_bytes: u64) -> Result<(), AgentError> {
+    match len {
+        Some(len) if len > max_bytes => Err(AgentError::Output(format!(
+            "the answer from {url} is longer than max_response_bytes ({max_bytes} bytes); \
+             raise `max_response_bytes` if that is expected"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn next_chunk(
+    url: &reqwest::Url,
+    response: &mut reqwest::Response,
+) -> Result<Option<impl std::ops::Deref<Target = [u8]> + use<>>, AgentError> {
     response
-        .text()
+        .chunk()
         .await
         .map_err(|e| AgentError::Other(format!("reading the answer from {url}: {e}")))
 }
 
+/// The first `MAX_ERROR_BODY_BYTES` of an error answer, as text (the rest
+/// is not read).
+async fn error_text(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while (bytes.len() as u64) < MAX_ERROR_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    bytes.truncate(MAX_ERROR_BODY_BYTES as usize);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Like [`post`], but hands each line of the answer to `on_line` as it
-/// arrives (for streamed answers); retries happen only before the first byte.
+/// arrives (for streamed answers); retries happen only before the first
+/// byte. More than `max_bytes` in all fails the call.
 pub(crate) async fn post_lines(
     url: &reqwest::Url,
     headers: &HeaderMap,
     body: Vec<u8>,
     retries: u32,
+    max_bytes: u64,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), AgentError> {
     let (mut response, _slot) = send(url, headers, body, retries, None).await?;
+    too_long(url, response.content_length(), max_bytes)?;
     let mut pending: Vec<u8> = Vec::new();
-    loop {
-        let chunk = response
-            .chunk()
-            .await
-            .map_err(|e| AgentError::Other(format!("reading the answer from {url}: {e}")))?;
-        let Some(chunk) = chunk else { break };
+    let mut received: u64 = 0;
+    while let Some(chunk) = next_chunk(url, &mut response).await? {
+        received += chunk.len() as u64;
+        too_long(url, Some(received), max_bytes)?;
+        // Only the new bytes are searched for line ends: a long line is
+        // not scanned again with every chunk.
+        let mut from = pending.len();
         pending.extend_from_slice(&chunk);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
+        while let Some(end) = pending[from..].iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=from + end).collect();
             on_line(String::from_utf8_lossy(&line).trim_end());
+            from = 0;
         }
     }
     if !pending.is_empty() {
@@ -255,7 +337,7 @@ async fn send(
             Ok(response) => {
                 let status = response.status();
                 let wait = retry_after(response.headers());
-                let text = response.text().await.unwrap_or_default();
+                let text = error_text(response).await;
                 let failure =
                     AgentError::Other(format!("HTTP {status} from {url}: {}", excerpt(&text)));
                 if !transient(status) {

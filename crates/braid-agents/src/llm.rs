@@ -14,6 +14,7 @@
 //!     temperature: 0.2
 //!     max_tokens: 400
 //!     requests_per_minute: 60               # shared by every agent calling this endpoint
+//!     max_response_bytes: 16777216          # the default (16 MiB); a longer answer fails the call
 //!     reads: [findings, audience]
 //!     writes: [summary]
 //! ```
@@ -24,7 +25,12 @@
 //! is checked, and on a mismatch the model is asked once more, shown what
 //! was wrong; a second miss fails the agent with the model's answer in the
 //! error. Token usage is recorded per agent and per run. When the run asked
-//! for `full` events the answer streams into the event stream as it comes.
+//! for `full` events the answer streams into the event stream as it comes,
+//! one log line per delta (the new text only, never the answer so far).
+//!
+//! `requests_per_minute` is one limit per endpoint, whatever the model or
+//! agent: when agents name different rates for the same endpoint, the
+//! lowest applies to all of them.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -57,7 +63,8 @@ pub struct LlmAgent {
     temperature: Option<f64>,
     max_tokens: Option<u64>,
     writes: Vec<String>,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    limiter: Option<Arc<EndpointLimiter>>,
+    max_response_bytes: u64,
 }
 
 impl std::fmt::Debug for LlmAgent {
@@ -80,19 +87,40 @@ const KEYS: &[&str] = &[
     "temperature",
     "max_tokens",
     "requests_per_minute",
+    "max_response_bytes",
 ];
 
-/// One rate limiter per endpoint, shared by every agent that calls it.
-fn limiter(endpoint: &str, per_minute: NonZeroU32) -> Arc<DefaultDirectRateLimiter> {
-    static LIMITERS: OnceLock<Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>> =
-        OnceLock::new();
-    LIMITERS
+/// The rate limit of one endpoint: the lowest `requests_per_minute` any
+/// agent calling it declared.
+struct EndpointLimiter(Mutex<(NonZeroU32, Arc<DefaultDirectRateLimiter>)>);
+
+impl EndpointLimiter {
+    /// Waits for the endpoint's next free request.
+    async fn until_ready(&self) {
+        let limiter = self.0.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
+        limiter.until_ready().await;
+    }
+}
+
+/// The one rate limiter of `endpoint`, shared by every agent that calls
+/// it, lowered to `per_minute` if that is lower than what it allowed.
+fn limiter(endpoint: &str, per_minute: NonZeroU32) -> Arc<EndpointLimiter> {
+    static LIMITERS: OnceLock<Mutex<HashMap<String, Arc<EndpointLimiter>>>> = OnceLock::new();
+    let direct = || Arc::new(RateLimiter::direct(Quota::per_minute(per_minute)));
+    let endpoint = LIMITERS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .entry(format!("{endpoint}#{per_minute}"))
-        .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_minute(per_minute))))
-        .clone()
+        .entry(endpoint.to_owned())
+        .or_insert_with(|| Arc::new(EndpointLimiter(Mutex::new((per_minute, direct())))))
+        .clone();
+    {
+        let mut current = endpoint.0.lock().unwrap_or_else(|e| e.into_inner());
+        if per_minute < current.0 {
+            *current = (per_minute, direct());
+        }
+    }
+    endpoint
 }
 
 /// Builds an `llm` agent from its settings (the kind's factory).
@@ -189,6 +217,7 @@ pub fn build(config: &AgentConfig<'_>) -> Result<Arc<dyn Agent>, String> {
         max_tokens: settings.get("max_tokens").and_then(Value::as_u64),
         writes,
         limiter,
+        max_response_bytes: http::max_response_bytes(settings)?,
     }))
 }
 
@@ -230,7 +259,15 @@ impl LlmAgent {
         if stream {
             return self.stream(input, body).await;
         }
-        let text = http::post(&self.url, &self.headers, body, 2, None).await?;
+        let text = http::post(
+            &self.url,
+            &self.headers,
+            body,
+            2,
+            None,
+            self.max_response_bytes,
+        )
+        .await?;
         let answer: Value = serde_json::from_str(&text).map_err(|e| {
             AgentError::Output(format!(
                 "{} answered with something that is not JSON ({e})",
@@ -256,11 +293,12 @@ impl LlmAgent {
     }
 
     /// Reads a streamed answer (server-sent `data:` lines) as it arrives,
-    /// reporting the answer so far as the agent's progress.
+    /// reporting each new piece of text as a line of the agent's log.
     async fn stream(&self, input: &AgentInput, body: Vec<u8>) -> Result<String, AgentError> {
         let mut answer = String::new();
         let mut done = false;
-        http::post_lines(&self.url, &self.headers, body, 2, |line| {
+        let max_bytes = self.max_response_bytes;
+        http::post_lines(&self.url, &self.headers, body, 2, max_bytes, |line| {
             let Some(data) = line.strip_prefix("data:").map(str::trim) else {
                 return;
             };
@@ -273,7 +311,7 @@ impl LlmAgent {
             };
             if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
                 answer.push_str(delta);
-                input.log(&answer);
+                input.log(delta);
             }
             if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
                 input.record_tokens(

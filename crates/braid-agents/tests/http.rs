@@ -181,6 +181,7 @@ agents:
   b: { kind: http, url: 'ftp://x', writes: [y] }
   c: { kind: http, url: 'http://x', headers: { Authorization: 'Bearer ${BRAID_NO_SUCH_SECRET}' }, writes: [z] }
   d: { kind: http, url: 'http://x', verb: GET, writes: [w] }
+  e: { kind: http, url: 'http://x', max_response_bytes: 0, writes: [v] }
 ",
         &braid_agents::kinds(),
     )
@@ -201,6 +202,12 @@ agents:
         "{err}"
     );
     assert!(err.contains("agent `d`: unknown key `verb`"), "{err}");
+    assert!(
+        err.contains(
+            "agent `e`: `max_response_bytes` must be a whole number of bytes of at least 1"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,4 +233,88 @@ async fn two_hundred_parallel_calls_reuse_a_bounded_set_of_connections() {
         load.peers.len(),
         load.requests
     );
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    // The date is in whole seconds: two seconds from now is at least one
+    // second away when the agent reads it.
+    let asked = Arc::new(Mutex::new(None::<Instant>));
+    let (url, seen) = stub({
+        let asked = asked.clone();
+        move |n, body| match n {
+            1 => {
+                *asked.lock().unwrap() = Some(Instant::now());
+                let when = std::time::SystemTime::now() + Duration::from_secs(2);
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", httpdate::fmt_http_date(when))],
+                    "busy",
+                )
+                    .into_response()
+            }
+            _ => doubled(n, body),
+        }
+    })
+    .await;
+    let p = pipeline(&format!(
+        "pipeline: p\ninputs: {{ n: {{ type: integer }} }}\nagents:\n  svc: {{ kind: http, url: '{url}', reads: [n], writes: [doubled] }}\n"
+    ));
+    let report = run(&p, json!({"n": 2})).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(seen.lock().unwrap().requests, 2);
+    let waited = asked.lock().unwrap().unwrap().elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "the retry came {waited:?} after a Retry-After date at least 1 s away"
+    );
+}
+
+/// `{field: "xxx…"}` of about `len` bytes, sent in 1 KiB chunks without a
+/// Content-Length (so only counting while reading can catch it).
+fn chunked_answer(field: &str, len: usize) -> axum::response::Response {
+    let body = json!({ field: "x".repeat(len) }).to_string();
+    let chunks: Vec<Result<String, std::convert::Infallible>> = body
+        .as_bytes()
+        .chunks(1024)
+        .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+        .collect();
+    axum::body::Body::from_stream(tokio_stream::iter(chunks)).into_response()
+}
+
+#[tokio::test]
+async fn answers_longer_than_max_response_bytes_fail_naming_the_limit() {
+    let (small, _) = stub(|_, _| chunked_answer("a", 500)).await;
+    let (large, _) = stub(|_, _| chunked_answer("b", 5000)).await;
+    // Over the 16 MiB default, announced by its Content-Length.
+    let (huge, _) =
+        stub(|_, _| Json(json!({"c": "x".repeat(16 * 1024 * 1024)})).into_response()).await;
+    let p = pipeline(&format!(
+        "pipeline: p
+on_failure: continue
+agents:
+  fits: {{ kind: http, url: '{small}', max_response_bytes: 4000, writes: [a] }}
+  capped: {{ kind: http, url: '{large}', max_response_bytes: 4000, writes: [b] }}
+  default: {{ kind: http, url: '{huge}', writes: [c] }}
+"
+    ));
+    let report = run(&p, json!({})).await;
+    assert_eq!(report.agents["fits"].status, AgentStatus::Completed);
+    let capped = report.agents["capped"].error.as_deref().unwrap_or_default();
+    assert!(
+        capped.contains(&format!(
+            "the answer from {large} is longer than max_response_bytes (4000 bytes)"
+        )),
+        "{capped}"
+    );
+    let default = report.agents["default"]
+        .error
+        .as_deref()
+        .unwrap_or_default();
+    assert!(
+        default.contains("longer than max_response_bytes (16777216 bytes)"),
+        "{default}"
+    );
+    // Too long is not worth another try: the same service would do it again.
+    assert_eq!(report.agents["capped"].attempts, 1);
 }

@@ -204,7 +204,8 @@ async fn with_full_events_the_answer_streams_into_the_event_stream() {
             partial.push(line);
         }
     }
-    assert_eq!(partial, ["spend ", "spend is ", "spend is down"]);
+    // Each event carries the new text only, not the answer so far.
+    assert_eq!(partial, ["spend ", "is ", "down"]);
 }
 
 #[test]
@@ -308,6 +309,86 @@ fn async_stream(
             Ok(rest)
         }
     }))
+}
+
+#[tokio::test]
+async fn answers_longer_than_max_response_bytes_fail_naming_the_limit() {
+    let long = "y".repeat(3000);
+    let (endpoint, _) = stub({
+        let long = long.clone();
+        move |_, body| {
+            if body["stream"] == true {
+                let mut sse = String::new();
+                for _ in 0..10 {
+                    sse.push_str(&format!(
+                        "data: {}\n\n",
+                        json!({"choices": [{"delta": {"content": "z".repeat(300)}}]})
+                    ));
+                }
+                sse.push_str("data: [DONE]\n\n");
+                ([("content-type", "text/event-stream")], sse).into_response()
+            } else {
+                completion(&long)
+            }
+        }
+    })
+    .await;
+    let p = pipeline(
+        &endpoint,
+        "prompt: hi, max_response_bytes: 2000, writes: [answer]",
+    );
+    let report = run(&p, RunOptions::default()).await;
+    let error = report.agents["ask"].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("is longer than max_response_bytes (2000 bytes)"),
+        "{error}"
+    );
+    // Streamed, the limit counts every byte received.
+    let (sink, _events) = EventSink::channel(EventLevel::Full);
+    let streamed = run(
+        &p,
+        RunOptions {
+            events: Some(sink),
+            ..Default::default()
+        },
+    )
+    .await;
+    let error = streamed.agents["ask"].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("is longer than max_response_bytes (2000 bytes)"),
+        "{error}"
+    );
+    // Within the limit, the same answer is taken.
+    let roomy = pipeline(&endpoint, "prompt: hi, writes: [answer]");
+    let report = run(&roomy, RunOptions::default()).await;
+    assert_eq!(*report.state["answer"], json!(long));
+}
+
+#[tokio::test]
+async fn one_rate_limit_per_endpoint_whatever_each_agent_declares() {
+    // Two agents on one endpoint, declaring 1 and 1000 requests a minute:
+    // the endpoint allows one request a minute, so the second agent, which
+    // runs after the first, waits longer than its timeout.
+    let (endpoint, requests) = stub(|_, _| completion("ok")).await;
+    let yaml = format!(
+        "pipeline: p
+agents:
+  first: {{ kind: llm, endpoint: '{endpoint}', model: a, prompt: hi, requests_per_minute: 1, writes: [x] }}
+  second: {{ kind: llm, endpoint: '{endpoint}', model: b, prompt: hi, requests_per_minute: 1000, timeout: 1s, after: [first], writes: [y] }}
+"
+    );
+    let p = Pipeline::from_yaml_str_with(&yaml, &braid_agents::kinds()).unwrap();
+    let report = run_empty(&p).await;
+    assert_eq!(report.agents["first"].status, AgentStatus::Completed);
+    assert_eq!(report.agents["second"].status, AgentStatus::Failed);
+    let error = report.agents["second"].error.as_deref().unwrap_or_default();
+    assert!(error.contains("timed out"), "{error}");
+    assert_eq!(requests.lock().unwrap().len(), 1);
+}
+
+async fn run_empty(pipeline: &Pipeline) -> braid_core::RunReport {
+    let input = pipeline.check_input(&json!({})).unwrap();
+    pipeline.run(input, RunOptions::default()).await
 }
 
 use tokio_stream::StreamExt as _;

@@ -1404,3 +1404,146 @@ fn serve_takes_its_connection_and_origin_flags() {
     let answer = open.send("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
     assert!(!answer.contains("200 OK"), "{answer}");
 }
+
+/// Whether `pid` is a running process (a zombie, dead but not yet reaped,
+/// is not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// Waits (generously) until `done`, or fails with `what`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn no_agent_outlives_braid_killed_with_sigkill_and_resume_kills_what_it_left() {
+    // `slow` reads its input, starts a helper in its group (out of reach of
+    // the parent-death signal, which only its direct child gets), notes
+    // whether the helper of an earlier execution is still running, and
+    // waits unless the file `fast` exists. Every execution is logged.
+    let ws = Workspace::new(
+        r#"pipeline: orphans
+agents:
+  first: { kind: command, run: [sh, -c, "echo first >> ran; echo '{\"a\": 1}'"], writes: [a] }
+  slow:
+    kind: command
+    reads: [a]
+    writes: [s]
+    run:
+      - sh
+      - -c
+      - |
+        cat > /dev/null
+        old=$(cat helper.pid 2>/dev/null) && grep -qv ') Z' /proc/$old/stat 2>/dev/null && echo leftover >> ran
+        sleep 300 &
+        echo $! > helper.tmp && mv helper.tmp helper.pid
+        echo slow >> ran
+        echo $$ > slow.tmp && mv slow.tmp slow.pid
+        [ -f fast ] || wait
+        echo '{"s": 2}'
+"#,
+    );
+    let mut child = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--checkpoint", "agent", "--output", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_in = |name: &str| -> Option<i32> {
+        std::fs::read_to_string(ws.path(name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    wait_until("slow never started", || pid_in("slow.pid").is_some());
+    let slow = pid_in("slow.pid").unwrap();
+    let helper = pid_in("helper.pid").unwrap();
+    assert!(running(slow));
+
+    child.kill().unwrap(); // SIGKILL: braid gets no chance to clean up
+    child.wait().unwrap();
+    wait_until("the agent's process outlived braid", || !running(slow));
+
+    let list = json_of(
+        &braid_in(&ws)
+            .args(["runs", "list", "--output", "json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(list[0]["status"], "running", "{list}");
+    let run_id = list[0]["run_id"].as_str().unwrap().to_owned();
+
+    std::fs::write(ws.path("fast"), "").unwrap();
+    let output = braid_in(&ws)
+        .args(["runs", "resume", &run_id, "--output", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let resumed = json_of(&output);
+    assert_eq!(resumed["agents"]["first"]["resumed"], true, "{resumed}");
+    assert_eq!(resumed["state"]["s"], 2, "{resumed}");
+    assert!(
+        stderr.contains("killed what the run's previous process left running: slow (group"),
+        "{stderr}"
+    );
+    // The helper the dead run left was killed before `slow` ran again.
+    assert!(!running(helper), "the dead run's helper is still running");
+    let ran = std::fs::read_to_string(ws.path("ran")).unwrap();
+    let count = |line: &str| ran.lines().filter(|l| *l == line).count();
+    assert_eq!(
+        (count("first"), count("slow"), count("leftover")),
+        (1, 2, 0),
+        "{ran}"
+    );
+}
+
+#[test]
+fn a_run_whose_process_is_alive_is_not_resumed_whatever_the_program_is_called() {
+    // The owner's liveness is `kill(pid, 0)`: not a guess from its command
+    // line, which a renamed binary (here, a link called `runner`) defeats.
+    let ws = Workspace::new(
+        r#"pipeline: alive
+agents:
+  slow: { kind: command, run: [sh, -c, "cat > /dev/null; touch started; while [ ! -f done ]; do sleep 0.01; done; echo '{\"s\": 1}'"], writes: [s] }
+"#,
+    );
+    let runner = ws.path("runner");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_braid"), &runner).unwrap();
+    let template = braid_in(&ws);
+    let mut child = Command::new(&runner)
+        .envs(template.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--checkpoint", "agent", "--output", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("slow never started", || ws.path("started").exists());
+    let list = json_of(
+        &braid_in(&ws)
+            .args(["runs", "list", "--output", "json"])
+            .output()
+            .unwrap(),
+    );
+    let run_id = list[0]["run_id"].as_str().unwrap().to_owned();
+    let output = braid_in(&ws)
+        .args(["runs", "resume", &run_id])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    std::fs::write(ws.path("done"), "").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("it is still running (process"), "{stderr}");
+}

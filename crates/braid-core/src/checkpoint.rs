@@ -108,7 +108,24 @@ pub trait Checkpointer: Send + Sync + 'static {
     /// completed agent's writes (with policy `agent`, again: a store that
     /// lost an earlier write of this run can restore it from here).
     fn run_finished(&self, run: &RunRecord, report: &RunReport, agents: &[AgentRecord]);
+    /// A command agent of the run started a process group (policy `agent`
+    /// only), so that whoever resumes the run after this process died can
+    /// kill what is left of it. The returned future resolves once the
+    /// record is durable, or could not be made so; the agent gets its input
+    /// only then. The default records nothing.
+    fn process_started(&self, run: &RunRecord, agent: &str, pgid: i32) -> Recorded {
+        let _ = (run, agent, pgid);
+        Box::pin(std::future::ready(()))
+    }
+    /// That process group is gone (killed with its agent). Queues and
+    /// returns; the default does nothing.
+    fn process_ended(&self, run: &RunRecord, pgid: i32) {
+        let _ = (run, pgid);
+    }
 }
+
+/// Resolves when a [`Checkpointer::process_started`] record is durable.
+pub type Recorded = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
 /// Where a resumed run starts: agents that already completed, with their
 /// writes.

@@ -400,6 +400,8 @@ struct Scheduler<'p> {
     checkpoint: Option<(Arc<dyn Checkpointer>, CheckpointPolicy, RunRecord)>,
     /// Each completed agent's writes, until the end (when checkpointed).
     kept_writes: Vec<Vec<FieldValue>>,
+    /// Where command agents put their process groups on record (policy `agent`).
+    processes: Option<Arc<crate::agent::ProcessRecorder>>,
 }
 
 impl<'p> Scheduler<'p> {
@@ -472,9 +474,19 @@ impl<'p> Scheduler<'p> {
         } else {
             Vec::new()
         };
+        let processes = checkpoint
+            .as_ref()
+            .filter(|(_, policy, _)| *policy == CheckpointPolicy::Agent)
+            .map(|(checkpointer, _, run)| {
+                Arc::new(crate::agent::ProcessRecorder {
+                    checkpointer: checkpointer.clone(),
+                    run: run.clone(),
+                })
+            });
         Self {
             pipeline,
             run_id,
+            processes,
             state: RunState::new(pipeline, input),
             options,
             slots,
@@ -838,6 +850,7 @@ impl<'p> Scheduler<'p> {
             reads,
             events: self.options.events.clone(),
             usage: self.slots[agent].usage.clone(),
+            processes: self.processes.clone(),
         };
         let task = attempt_loop(
             agent,

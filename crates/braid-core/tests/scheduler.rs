@@ -843,3 +843,82 @@ agents:
     assert_eq!(resumed.agents["user"].status, AgentStatus::Completed);
     assert_eq!(*resumed.state["w"], json!(true));
 }
+
+/// Starts its command agent's attempt on a thread of its own, which ends
+/// once the program is running; the attempt then goes on in the run's task.
+struct StartedOnAShortLivedThread {
+    inner: std::sync::Arc<braid_core::agent::command::CommandAgent>,
+    dir: std::path::PathBuf,
+}
+
+#[async_trait::async_trait]
+impl braid_core::agent::Agent for StartedOnAShortLivedThread {
+    async fn call(
+        &self,
+        input: &braid_core::agent::AgentInput,
+    ) -> Result<braid_core::agent::Writes, braid_core::agent::AgentError> {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let inner = self.inner.clone();
+        let input = input.clone();
+        let mut attempt = Box::pin(async move { inner.call(&input).await });
+        let runtime = tokio::runtime::Handle::current();
+        let started = self.dir.join("started");
+        let thread = std::thread::spawn(move || {
+            let _entered = runtime.enter();
+            let mut cx = Context::from_waker(Waker::noop());
+            while !started.exists() {
+                if let Poll::Ready(done) = attempt.as_mut().poll(&mut cx) {
+                    panic!("the attempt ended before its program started: {done:?}");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            attempt
+        });
+        while !thread.is_finished() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let attempt = thread.join().unwrap();
+        // The thread that started the program is gone; let it finish.
+        std::fs::write(self.dir.join("go"), "").unwrap();
+        attempt.await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_survives_the_thread_that_started_it() {
+    // The parent-death signal follows the thread that forked the child:
+    // braid forks from a thread that lives as long as the process, so a
+    // runtime thread that ends (tokio retires idle ones) kills no agent.
+    let dir = tempfile::tempdir().unwrap();
+    let argv: Vec<String> = [
+        "sh",
+        "-c",
+        "touch started; while [ ! -f go ]; do sleep 0.01; done; echo '{\"x\": 1}'",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let inner = braid_core::agent::command::CommandAgent::new(&argv, dir.path(), Vec::new());
+    let mut kinds = braid_core::AgentKinds::standard();
+    kinds.builtin(
+        "handed_over",
+        std::sync::Arc::new(StartedOnAShortLivedThread {
+            inner: std::sync::Arc::new(inner),
+            dir: dir.path().to_path_buf(),
+        }),
+    );
+    let pipeline = Pipeline::from_yaml_str_with(
+        "pipeline: p\nagents:\n  a: { kind: builtin, function: handed_over, writes: [x], timeout: 60s }\n",
+        &kinds,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let report = run(&pipeline, RunOptions::default()).await;
+    assert_eq!(
+        report.agents["a"].status,
+        AgentStatus::Completed,
+        "{:?}",
+        report.agents["a"].error
+    );
+    assert_eq!(*report.state["x"], json!(1));
+}

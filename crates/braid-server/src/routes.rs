@@ -826,6 +826,10 @@ async fn resume_run(
             "another process took run {id} over just now"
         )));
     }
+    // Processes its dead owner's agents left running on this host go
+    // before anything runs again (the run is not in flight here); the
+    // engine logs each group it kills.
+    store.kill_leftover_processes(&id).await?;
     let checkpoint = braid_store::parse_policy(&stored.summary.checkpoint);
     let how = Launch {
         registered,

@@ -1,6 +1,7 @@
 //! The HTTP API as a client sees it: in process with `oneshot`, and over
 //! real sockets for streams, auth and shutdown.
 
+use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -991,4 +992,75 @@ async fn sqlite_store() -> (tempfile::TempDir, String, Arc<braid_store::Store>) 
         .await
         .unwrap();
     (dir, url, Arc::new(store))
+}
+
+#[tokio::test]
+async fn resuming_a_run_kills_what_its_dead_owner_left_running() {
+    let (dir, _, store) = sqlite_store().await;
+    let server = Server::start(
+        ServerConfig {
+            allow_command_agents: true,
+            ..Default::default()
+        },
+        Some(store.clone()),
+    )
+    .await;
+    let flag = dir.path().join("ok");
+    let yaml = format!(
+        "pipeline: flaky\nagents:\n  first: {{ kind: sleep, writes: [a] }}\n  flaky: {{ kind: command, run: [sh, -c, 'test -f {}'], reads: [a] }}\n",
+        flag.display()
+    );
+    register(&server.state, &yaml).await;
+    let response = client()
+        .post(format!("{}/v1/runs?wait=true", server.base))
+        .json(&json!({"pipeline": "flaky", "checkpoint": "agent"}))
+        .send()
+        .await
+        .unwrap();
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["status"], "failed");
+    let id = report["run_id"].as_str().unwrap();
+
+    // What a braid process that died leaves: an agent's process group
+    // still running, on record with the run. (Recorded by this process,
+    // as a server restarted under the same pid would find it: the run is
+    // not in flight here, so its groups are leftovers all the same.)
+    let mut leftover = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let record = braid_core::checkpoint::RunRecord {
+        run_id: Arc::from(id),
+        pipeline: Arc::from("flaky"),
+        pipeline_hash: Arc::from(""),
+        pipeline_path: None,
+        input: Vec::new(),
+        policy: braid_core::CheckpointPolicy::Agent,
+    };
+    store
+        .checkpointer()
+        .process_started(&record, "flaky", leftover.id() as i32)
+        .await;
+
+    std::fs::write(&flag, "").unwrap();
+    let response = client()
+        .post(format!("{}/v1/runs/{id}/resume?wait=true", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let resumed: Value = response.json().await.unwrap();
+    assert_eq!(resumed["status"], "completed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = leftover.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the leftover process still runs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    server.stop().await;
 }

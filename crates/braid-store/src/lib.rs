@@ -38,6 +38,16 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 
 pub use writer::{PersistError, WriterStats};
 
+/// What [`Store::kill_leftover_processes`] found: agents' process groups,
+/// as `agent (group PGID)`.
+#[derive(Debug, Clone, Default)]
+pub struct Leftovers {
+    /// Groups of a dead owner that were still there, now killed.
+    pub killed: Vec<String>,
+    /// Groups of an owner alive or on another host, left alone.
+    pub elsewhere: Vec<String>,
+}
+
 /// Pool and writer settings. Every limit is explicit; see the README for
 /// what each one means in production.
 #[derive(Debug, Clone)]
@@ -574,6 +584,58 @@ impl Store {
             url: self.url.clone(),
             why: format!("{why}, and it was opened with ?mode=ro"),
         }
+    }
+
+    /// Kills the process groups that `run_id`'s agents left running when
+    /// their owner died on this host (see
+    /// [`braid_core::agent::process`]), and takes them off the record. Call
+    /// after [`Store::claim`], before the run continues. Groups of an owner
+    /// still alive or on another host are left alone and returned in
+    /// [`Leftovers::elsewhere`].
+    pub async fn kill_leftover_processes(&self, run_id: &str) -> Result<Leftovers, StoreError> {
+        use braid_core::agent::process::{Owner, kill_leftover_groups, owner_state};
+        let rows = sqlx::query(
+            "SELECT pgid, agent, owner FROM braid_agent_processes WHERE run_id = $1 ORDER BY pgid",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut dead = Vec::new();
+        let mut leftovers = Leftovers::default();
+        for row in &rows {
+            let pgid: i64 = row.try_get("pgid")?;
+            let agent: String = row.try_get("agent")?;
+            let owner: String = row.try_get("owner")?;
+            match (owner_state(&owner), i32::try_from(pgid)) {
+                (Owner::Gone, Ok(pgid)) => dead.push((pgid, agent)),
+                (Owner::Gone, Err(_)) => {}
+                _ => leftovers
+                    .elsewhere
+                    .push(format!("{agent} (group {pgid} of {owner})")),
+            }
+        }
+        let pgids: Vec<i32> = dead.iter().map(|(g, _)| *g).collect();
+        let killed = kill_leftover_groups(&pgids).await;
+        leftovers.killed = dead
+            .into_iter()
+            .filter(|(g, _)| killed.contains(g))
+            .map(|(g, agent)| format!("{agent} (group {g})"))
+            .collect();
+        if leftovers.elsewhere.is_empty() {
+            sqlx::query("DELETE FROM braid_agent_processes WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&self.pool)
+                .await?;
+        } else {
+            for pgid in pgids {
+                sqlx::query("DELETE FROM braid_agent_processes WHERE run_id = $1 AND pgid = $2")
+                    .bind(run_id)
+                    .bind(i64::from(pgid))
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(leftovers)
     }
 
     /// Counters of the writer: transactions, operations, retries.

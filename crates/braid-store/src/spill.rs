@@ -138,7 +138,9 @@ impl SpilledOp {
                 run: run.clone(),
                 agents: agents.iter().map(SpilledAgent::of).collect(),
             },
-            Op::Flush(..) => return None,
+            // Process groups are live state of this process, not history:
+            // a later braid finds none of them alive.
+            Op::Flush(..) | Op::Process { .. } => return None,
         })
     }
 

@@ -102,13 +102,21 @@ pub(crate) enum Op {
     /// Answer once everything before this is committed, with the failures
     /// of one run (or of all runs, for `None`).
     Flush(Option<Arc<str>>, oneshot::Sender<Vec<(String, String)>>),
+    /// A command agent's process group started (`Some(agent)`, answered
+    /// once written) or ended (`None`).
+    Process {
+        run_id: Arc<str>,
+        pgid: i32,
+        agent: Option<Arc<str>>,
+        written: Option<oneshot::Sender<()>>,
+    },
 }
 
 impl Op {
     pub(crate) fn run_id(&self) -> Option<&str> {
         match self {
             Op::Run(run) | Op::Finished { run, .. } => Some(&run.id),
-            Op::Agent { run_id, .. } => Some(run_id),
+            Op::Agent { run_id, .. } | Op::Process { run_id, .. } => Some(run_id),
             Op::Flush(..) => None,
         }
     }
@@ -276,6 +284,35 @@ impl Checkpointer for Writer {
             .collect();
         let _ = self.queue.send(Op::Finished { run: row, agents });
     }
+
+    fn process_started(
+        &self,
+        run: &RunRecord,
+        agent: &str,
+        pgid: i32,
+    ) -> braid_core::checkpoint::Recorded {
+        let (written, done) = oneshot::channel();
+        let _ = self.queue.send(Op::Process {
+            run_id: run.run_id.clone(),
+            pgid,
+            agent: Some(Arc::from(agent)),
+            written: Some(written),
+        });
+        // Answered after the batch's commit (or its final failure); a
+        // stopped writer drops the sender, which ends the wait too.
+        Box::pin(async move {
+            let _ = done.await;
+        })
+    }
+
+    fn process_ended(&self, run: &RunRecord, pgid: i32) {
+        let _ = self.queue.send(Op::Process {
+            run_id: run.run_id.clone(),
+            pgid,
+            agent: None,
+            written: None,
+        });
+    }
 }
 
 /// Why a batch was not written.
@@ -355,8 +392,19 @@ impl Loop {
             let (flushes, ops): (Vec<Op>, Vec<Op>) = batch
                 .into_iter()
                 .partition(|op| matches!(op, Op::Flush(..)));
+            let mut ops = ops;
+            let written: Vec<oneshot::Sender<()>> = ops
+                .iter_mut()
+                .filter_map(|op| match op {
+                    Op::Process { written, .. } => written.take(),
+                    _ => None,
+                })
+                .collect();
             if !ops.is_empty() {
                 self.write(ops).await;
+            }
+            for answer in written {
+                let _ = answer.send(());
             }
             for flush in flushes {
                 if let Op::Flush(run_id, answer) = flush {
@@ -604,7 +652,9 @@ impl Op {
                 run: run.clone(),
                 agents: agents.iter().map(agent).collect(),
             },
-            Op::Flush(..) => return None,
+            // Process groups are live state of this process, not history:
+            // a later braid finds none of them alive.
+            Op::Flush(..) | Op::Process { .. } => return None,
         })
     }
 }
@@ -693,7 +743,7 @@ pub(crate) async fn write_batch(
                     }
                 }
             }
-            Op::Flush(..) => {}
+            Op::Flush(..) | Op::Process { .. } => {}
         }
     }
 
@@ -785,7 +835,50 @@ pub(crate) async fn write_batch(
         }
         q.persistent(false).execute(&mut *tx).await?;
     }
+    write_processes(ops, owner, &mut tx).await?;
     tx.commit().await
+}
+
+/// Process groups on record, in the order they started and ended; a run's
+/// end takes back whatever of it is left.
+async fn write_processes(
+    ops: &[Op],
+    owner: &str,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+) -> Result<(), sqlx::Error> {
+    for op in ops {
+        let query = match op {
+            Op::Process {
+                run_id,
+                pgid,
+                agent: Some(agent),
+                ..
+            } => sqlx::query(
+                "INSERT INTO braid_agent_processes (run_id, pgid, agent, owner)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (run_id, pgid) DO UPDATE SET agent = excluded.agent, owner = excluded.owner",
+            )
+            .bind(run_id.to_string())
+            .bind(i64::from(*pgid))
+            .bind(agent.to_string())
+            .bind(owner.to_owned()),
+            Op::Process {
+                run_id,
+                pgid,
+                agent: None,
+                ..
+            } => sqlx::query("DELETE FROM braid_agent_processes WHERE run_id = $1 AND pgid = $2")
+                .bind(run_id.to_string())
+                .bind(i64::from(*pgid)),
+            Op::Finished { run, .. } if run.checkpoint == "agent" => {
+                sqlx::query("DELETE FROM braid_agent_processes WHERE run_id = $1")
+                    .bind(run.id.to_string())
+            }
+            _ => continue,
+        };
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// `INSERT INTO {table} VALUES (…), (…) ON CONFLICT {on_conflict}` for

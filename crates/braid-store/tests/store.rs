@@ -658,3 +658,100 @@ agents:
         "{error}"
     );
 }
+
+/// Process groups recorded through the checkpointer: those left on record
+/// are killed by `kill_leftover_processes`, those taken back are not, nor
+/// those of an owner on another host. (Recorded by this process: a run not
+/// in flight here, as a server restarted under the same pid would see it.)
+async fn leftover_process_groups_are_killed_once(store: Store, _url: &str) {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let sleeper = || {
+        std::process::Command::new("sleep")
+            .arg("300")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let (left, mut ended, mut remote) = (sleeper(), sleeper(), sleeper());
+    let record = braid_core::checkpoint::RunRecord {
+        run_id: Arc::from("run-with-processes"),
+        pipeline: Arc::from("p"),
+        pipeline_hash: Arc::from(""),
+        pipeline_path: None,
+        input: Vec::new(),
+        policy: CheckpointPolicy::Agent,
+    };
+    let checkpointer = store.checkpointer();
+    checkpointer
+        .process_started(&record, "a", left.id() as i32)
+        .await;
+    checkpointer
+        .process_started(&record, "b", ended.id() as i32)
+        .await;
+    checkpointer.process_ended(&record, ended.id() as i32);
+    store.flush().await.unwrap();
+    sqlx::query(
+        "INSERT INTO braid_agent_processes (run_id, pgid, agent, owner) VALUES ($1, $2, $3, $4)",
+    )
+    .bind("run-with-processes")
+    .bind(i64::from(remote.id()))
+    .bind("c")
+    .bind("some-other-host:1")
+    .execute(store.pool())
+    .await
+    .unwrap();
+
+    // Reaped as soon as it dies, as its parent would (else the zombie
+    // keeps the group, and the kill waits out its grace period).
+    let left_pid = left.id();
+    let reaper = std::thread::spawn(move || {
+        let mut left = left;
+        left.wait().unwrap()
+    });
+    let leftovers = store
+        .kill_leftover_processes("run-with-processes")
+        .await
+        .unwrap();
+    assert_eq!(leftovers.killed, [format!("a (group {left_pid})")]);
+    assert_eq!(
+        leftovers.elsewhere,
+        [format!("c (group {} of some-other-host:1)", remote.id())]
+    );
+    let status = reaper.join().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    assert!(
+        ended.try_wait().unwrap().is_none(),
+        "an ended record was killed"
+    );
+    assert!(
+        remote.try_wait().unwrap().is_none(),
+        "another host's group was killed"
+    );
+    for mut child in [ended, remote] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // What was killed is off the record; the other host's group stays.
+    let again = store
+        .kill_leftover_processes("run-with-processes")
+        .await
+        .unwrap();
+    assert!(again.killed.is_empty(), "{again:?}");
+    assert_eq!(again.elsewhere.len(), 1, "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_process_groups_are_killed_once_on_sqlite() {
+    let db = sqlite_db();
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    leftover_process_groups_are_killed_once(store, &db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_process_groups_are_killed_once_on_postgres() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+    leftover_process_groups_are_killed_once(store, &db.url).await;
+}

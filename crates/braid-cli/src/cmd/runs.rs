@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use braid_core::agent::process;
 use braid_core::{AgentReport, CheckpointPolicy, Pipeline, ResumePoint, RunOptions};
 use braid_store::{RunFilter, Store, StoredRun};
 use clap::{Args, Subcommand};
@@ -284,38 +285,6 @@ async fn show(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where the process recorded as `host:pid` is, as far as this machine
-/// can tell.
-enum Owner {
-    /// A live `braid` process on this host.
-    Alive,
-    /// Gone (or another program reuses its pid).
-    Gone,
-    /// On another host: cannot be checked from here.
-    Elsewhere(String),
-}
-
-fn owner_state(owner: &str) -> Owner {
-    let Some((host, pid)) = owner.rsplit_once(':') else {
-        return Owner::Gone;
-    };
-    let this_host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
-    if host != this_host {
-        return Owner::Elsewhere(host.to_owned());
-    }
-    let alive = pid.parse::<u32>().is_ok_and(|pid| {
-        pid != std::process::id()
-            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.contains(") Z "))
-            && std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("braid"))
-    });
-    if alive { Owner::Alive } else { Owner::Gone }
-}
-
 async fn resume(
     store: &Store,
     id: &str,
@@ -332,14 +301,14 @@ async fn resume(
     };
     match run.summary.status.as_str() {
         "completed" => return refuse("it already completed".to_owned()),
-        "running" => match run.owner.as_deref().map(owner_state) {
-            Some(Owner::Alive) => {
+        "running" => match run.owner.as_deref().map(process::owner_state) {
+            Some(process::Owner::Alive) => {
                 return refuse(format!(
                     "it is still running (process {})",
                     run.owner.as_deref().unwrap_or("?")
                 ));
             }
-            Some(Owner::Elsewhere(host)) if !force => {
+            Some(process::Owner::Elsewhere(host)) if !force => {
                 return refuse(format!(
                     "it was last running on {host}, which this machine cannot check; \
                      if that process is gone, resume with --force"
@@ -369,6 +338,21 @@ async fn resume(
     };
     if !store.claim(&run).await? {
         return refuse("another process took it over just now".to_owned());
+    }
+    // Its dead owner's agents may have left processes running: they go
+    // before anything runs again, or their side effects would happen twice.
+    let leftovers = store.kill_leftover_processes(id).await?;
+    if !leftovers.killed.is_empty() {
+        eprintln!(
+            "note: killed what the run's previous process left running: {}",
+            leftovers.killed.join(", ")
+        );
+    }
+    if !leftovers.elsewhere.is_empty() {
+        eprintln!(
+            "warning: processes of this run on another host or of a live process were not killed: {}",
+            leftovers.elsewhere.join(", ")
+        );
     }
     let policy =
         braid_store::parse_policy(&run.summary.checkpoint).unwrap_or(CheckpointPolicy::Agent);

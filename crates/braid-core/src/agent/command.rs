@@ -7,7 +7,12 @@
 //! group, started from the pipeline file's folder with no shell. When the
 //! program exits, anything it left running in its group is killed; when the
 //! attempt is dropped (timeout, cancellation, a failed run) the whole group
-//! is killed at once.
+//! is killed at once. The process dies with braid too, even a braid killed
+//! with `SIGKILL`, and its group is on record with runs checkpointed per
+//! agent (see [`super::process`]).
+//!
+//! The group is killed only while its leader is unreaped, so its id
+//! cannot belong to another process by then.
 
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -54,15 +59,16 @@ impl CommandAgent {
 
 /// Starts `program` the way every command agent runs: from `dir`, with
 /// `env` and `extra` set, all three pipes, in a process group of its own,
-/// killed if its handle is dropped.
-pub(crate) fn spawn(
+/// killed if its handle is dropped or braid dies.
+pub(crate) async fn spawn(
     program: &Path,
     args: &[String],
     dir: &Path,
     env: &[(String, String)],
     extra: &[(&str, &str)],
 ) -> Result<tokio::process::Child, AgentError> {
-    tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
         .current_dir(dir)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -71,8 +77,9 @@ pub(crate) fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    super::process::spawn(command)
+        .await
         .map_err(|e| AgentError::Spawn {
             program: program.display().to_string(),
             message: e.to_string(),
@@ -100,15 +107,31 @@ pub(crate) struct Request<'a> {
 }
 
 /// Kills the process group when dropped (a cancelled or timed-out attempt),
-/// unless the group was already dealt with.
-struct GroupGuard(Option<Pid>);
+/// unless the group was already dealt with; then takes it off the run's
+/// record.
+struct GroupGuard {
+    /// The group, while it may need killing: its leader is not reaped.
+    pid: Option<Pid>,
+    /// Its record with the run, taken back after the kill.
+    record: Option<super::RecordedGroup>,
+}
+
+impl GroupGuard {
+    /// Kills the group now (its leader must not be reaped yet).
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            // The leader is not reaped yet, so the group id cannot have been reused.
-            let _ = killpg(pid, Signal::SIGKILL);
-        }
+        // The leader is not reaped while `pid` is set (the handle reaps
+        // only when waited for, after `kill`), so the group id cannot
+        // have been reused.
+        self.kill();
+        drop(self.record.take());
     }
 }
 
@@ -133,8 +156,15 @@ impl Agent for CommandAgent {
                 ("BRAID_AGENT", &input.agent),
                 ("BRAID_ATTEMPT", &input.attempt.to_string()),
             ],
-        )?;
-        let mut guard = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+        )
+        .await?;
+        let pid = child.id().map(|id| Pid::from_raw(id as i32));
+        let mut guard = GroupGuard { pid, record: None };
+        // The program gets its input once its group is on record: one that
+        // reads its input before acting leaves nothing a resume cannot find.
+        if let Some(pid) = pid {
+            guard.record = input.record_process_group(pid.as_raw()).await;
+        }
 
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -174,18 +204,28 @@ impl Agent for CommandAgent {
 
         // Wait for the program to exit, then kill whatever it left running in
         // its group, so that background children neither outlive the agent
-        // nor hold its pipes open.
+        // nor hold its pipes open. The leader is reaped only after that.
         let mut finished_io = None;
-        let status = tokio::select! {
+        let exit = async {
+            match pid {
+                Some(pid) => super::process::exited(pid).await,
+                None => Ok(()),
+            }
+        };
+        tokio::pin!(exit);
+        let exited = tokio::select! {
             out = &mut io => {
                 finished_io = Some(out);
-                child.wait().await
+                (&mut exit).await
             }
-            status = child.wait() => status,
+            exited = &mut exit => exited,
         };
-        if let Some(pid) = guard.0.take() {
-            let _ = killpg(pid, Signal::SIGKILL);
+        match exited {
+            Ok(()) => guard.kill(),
+            // Not ours to wait for any more: its group id may be reused.
+            Err(_) => guard.pid = None,
         }
+        let status = child.wait().await;
         let status =
             status.map_err(|e| AgentError::Other(format!("cannot wait for the process: {e}")))?;
         let ((), stdout, tail) = match finished_io {

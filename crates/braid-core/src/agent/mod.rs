@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod pool;
+pub mod process;
 pub mod sleep;
 
 use std::fmt;
@@ -37,6 +38,37 @@ pub struct AgentInput {
     pub reads: Reads,
     pub(crate) events: Option<EventSink>,
     pub(crate) usage: Arc<TokenCounter>,
+    /// Where process groups go on record (runs checkpointed per agent).
+    pub(crate) processes: Option<Arc<ProcessRecorder>>,
+}
+
+/// Puts a run's process groups on record through its checkpointer.
+pub(crate) struct ProcessRecorder {
+    pub(crate) checkpointer: Arc<dyn crate::checkpoint::Checkpointer>,
+    pub(crate) run: crate::checkpoint::RunRecord,
+}
+
+impl fmt::Debug for ProcessRecorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessRecorder")
+            .field("run", &self.run.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A process group on record with its run; dropping it takes the record
+/// back (after the group was killed).
+pub(crate) struct RecordedGroup {
+    recorder: Arc<ProcessRecorder>,
+    pgid: i32,
+}
+
+impl Drop for RecordedGroup {
+    fn drop(&mut self) {
+        self.recorder
+            .checkpointer
+            .process_ended(&self.recorder.run, self.pgid);
+    }
 }
 
 /// Tokens an agent's model calls used, added up over its attempts.
@@ -73,6 +105,17 @@ impl AgentInput {
         use std::sync::atomic::Ordering::Relaxed;
         self.usage.prompt.fetch_add(prompt, Relaxed);
         self.usage.completion.fetch_add(completion, Relaxed);
+    }
+
+    /// Puts process group `pgid` on record with the run, when the run is
+    /// checkpointed per agent, and waits until the record is durable.
+    pub(crate) async fn record_process_group(&self, pgid: i32) -> Option<RecordedGroup> {
+        let recorder = self.processes.clone()?;
+        recorder
+            .checkpointer
+            .process_started(&recorder.run, &self.agent, pgid)
+            .await;
+        Some(RecordedGroup { recorder, pgid })
     }
 
     /// Whether anyone listens to this agent's log lines (the run asked for

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -97,14 +98,15 @@ impl PooledCommandAgent {
         self.spawned.load(Ordering::Relaxed)
     }
 
-    fn spawn(&self) -> Result<Worker, AgentError> {
+    async fn spawn(&self) -> Result<Worker, AgentError> {
         let mut child = super::command::spawn(
             &self.program,
             &self.args,
             &self.dir,
             &self.env,
             &[("BRAID_POOLED", "1")],
-        )?;
+        )
+        .await?;
         self.spawned.fetch_add(1, Ordering::Relaxed);
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(stderr) = child.stderr.take() {
@@ -129,8 +131,18 @@ impl PooledCommandAgent {
     }
 
     fn died(worker: &mut Worker, what: &str) -> AgentError {
-        let status = match worker.child.try_wait() {
-            Ok(Some(status)) => format!("{what} ({status})"),
+        // Looked at, not reaped: the worker's drop still kills its group,
+        // which is safe only while the leader is unreaped.
+        let peeked = worker.child.id().and_then(|id| {
+            super::process::peek(Pid::from_raw(id as i32))
+                .ok()
+                .flatten()
+        });
+        let status = match peeked {
+            Some(WaitStatus::Exited(_, code)) => format!("{what} (exit status: {code})"),
+            Some(WaitStatus::Signaled(_, signal, _)) => {
+                format!("{what} (signal: {} ({signal}))", signal as i32)
+            }
             _ => what.to_owned(),
         };
         let tail: Vec<String> = worker
@@ -167,7 +179,7 @@ impl Agent for PooledCommandAgent {
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut worker = match reused {
             Some(worker) => worker,
-            None => self.spawn()?,
+            None => self.spawn().await?,
         };
         // If this future is dropped from here on (timeout, cancellation),
         // `worker` is dropped too: the process is killed, never reused.
