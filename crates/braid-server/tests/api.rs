@@ -1046,6 +1046,7 @@ async fn resuming_a_run_kills_what_its_dead_owner_left_running() {
     std::fs::write(&flag, "").unwrap();
     let response = client()
         .post(format!("{}/v1/runs/{id}/resume?wait=true", server.base))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
