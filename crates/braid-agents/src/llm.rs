@@ -26,7 +26,8 @@
 //! was wrong; a second miss fails the agent with the model's answer in the
 //! error. Token usage is recorded per agent and per run. When the run asked
 //! for `full` events the answer streams into the event stream as it comes,
-//! one log line per delta (the new text only, never the answer so far).
+//! one `partial` log event per delta (the new text only, never the answer
+//! so far).
 //!
 //! `requests_per_minute` is one limit per endpoint, whatever the model or
 //! agent: when agents name different rates for the same endpoint, the
@@ -293,7 +294,7 @@ impl LlmAgent {
     }
 
     /// Reads a streamed answer (server-sent `data:` lines) as it arrives,
-    /// reporting each new piece of text as a line of the agent's log.
+    /// reporting each new piece of text as a partial line of the agent's log.
     async fn stream(&self, input: &AgentInput, body: Vec<u8>) -> Result<String, AgentError> {
         let mut answer = String::new();
         let mut done = false;
@@ -311,7 +312,9 @@ impl LlmAgent {
             };
             if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
                 answer.push_str(delta);
-                input.log(delta);
+                // A piece the next one continues: folded under load, the
+                // pieces join back into the answer exactly.
+                input.log_partial(delta);
             }
             if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
                 input.record_tokens(

@@ -171,7 +171,7 @@ async fn with_full_events_the_answer_streams_into_the_event_stream() {
     let (endpoint, _) = stub(|_, body| {
         assert_eq!(body["stream"], true);
         let mut sse = String::new();
-        for word in ["spend ", "is ", "down"] {
+        for word in ["spend ", "is\nd", "own\n", "and", " up"] {
             sse.push_str(&format!(
                 "data: {}\n\n",
                 json!({"choices": [{"delta": {"content": word}}]})
@@ -196,16 +196,17 @@ async fn with_full_events_the_answer_streams_into_the_event_stream() {
     )
     .await;
     assert!(report.status.is_success(), "{report:#?}");
-    assert_eq!(*report.state["answer"], json!("spend is down"));
+    assert_eq!(*report.state["answer"], json!("spend is\ndown\nand up"));
     assert_eq!(report.agents["ask"].tokens.unwrap().completion, 3);
-    let mut partial = Vec::new();
+    let mut pieces = Vec::new();
     while let Ok(event) = events.try_recv() {
-        if let EventKind::AgentLog { line, .. } = event.kind {
-            partial.push(line);
+        if let EventKind::AgentLog { line, partial, .. } = event.kind {
+            assert!(partial, "a streamed piece continues into the next");
+            pieces.push(line);
         }
     }
-    // Each event carries the new text only, not the answer so far.
-    assert_eq!(partial, ["spend ", "is ", "down"]);
+    // Each event carries the new text only, never the answer so far.
+    assert_eq!(pieces, ["spend ", "is\nd", "own\n", "and", " up"]);
 }
 
 #[test]

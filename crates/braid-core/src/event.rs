@@ -102,6 +102,13 @@ pub enum EventKind {
         agent: Arc<str>,
         /// The line, without its newline.
         line: String,
+        /// True when the text is a piece of a stream (an `llm` answer as
+        /// it arrives) that the agent's next log event continues with no
+        /// line break between them: concatenating an agent's log events,
+        /// with a newline after each one that is not partial, gives back
+        /// everything it logged.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
     },
     /// The run ended; no event follows.
     RunFinished {
@@ -120,15 +127,85 @@ pub const DEFAULT_LOG_BACKLOG: usize = 256;
 /// when they are emitted.
 pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 
+/// The most text one event of folded log lines carries; lines beyond it
+/// are counted, not kept.
+pub const MAX_FOLDED_BYTES: usize = 64 * 1024;
+
+/// Log lines of one agent folded into one event while their reader is
+/// behind: joined in order (with a newline after each line that is not
+/// partial) up to [`MAX_FOLDED_BYTES`], then counted. Nothing a reader is
+/// shown is rewritten: a streamed answer reads back whole.
+///
+/// ```
+/// use braid_core::event::FoldedLines;
+/// let mut folded = FoldedLines::new("first".to_owned(), false);
+/// folded.push("sec".to_owned(), true);
+/// folded.push("ond".to_owned(), false);
+/// assert_eq!(folded.lines(), 3);
+/// assert_eq!(folded.into_line(), ("first\nsecond".to_owned(), false));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct FoldedLines {
+    text: String,
+    partial: bool,
+    lines: u64,
+    dropped: u64,
+}
+
+impl FoldedLines {
+    /// Starts with one line (`partial`: the next continues it).
+    pub fn new(line: String, partial: bool) -> Self {
+        Self {
+            text: line,
+            partial,
+            lines: 1,
+            dropped: 0,
+        }
+    }
+
+    /// Adds the next line: joined while the text stays within
+    /// [`MAX_FOLDED_BYTES`], counted otherwise.
+    pub fn push(&mut self, line: String, partial: bool) {
+        self.lines += 1;
+        let separator = usize::from(!self.partial);
+        if self.dropped == 0 && self.text.len() + separator + line.len() <= MAX_FOLDED_BYTES {
+            if !self.partial {
+                self.text.push('\n');
+            }
+            self.text.push_str(&line);
+            self.partial = partial;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// How many lines were folded in, kept or not.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// The joined text, with a last line saying how many lines did not fit,
+    /// and whether the next event continues it.
+    pub fn into_line(mut self) -> (String, bool) {
+        if self.dropped > 0 {
+            self.text.push('\n');
+            self.text
+                .push_str(&format!("({} more lines not kept)", self.dropped));
+            return (self.text, false);
+        }
+        (self.text, self.partial)
+    }
+}
+
 /// Where a run sends its events. Cheap to clone; clones share one queue.
 ///
 /// The queue is bounded without ever dropping a lifecycle event and without
 /// blocking the run: lifecycle events (a run's are bounded by its agents and
 /// their attempts) are always queued; log lines are queued while fewer than
 /// the log backlog ([`DEFAULT_LOG_BACKLOG`]) are waiting, and beyond that
-/// each agent's further lines are coalesced at the source into one waiting
-/// line (latest wins, marked `(latest of N lines)`) until the receiver
-/// takes it. An agent's waiting line is delivered before that agent's next
+/// each agent's further lines are folded at the source into one waiting
+/// event ([`FoldedLines`]: joined with newlines up to [`MAX_FOLDED_BYTES`],
+/// then counted) until the receiver takes it. An agent's waiting line is delivered before that agent's next
 /// lifecycle event. Lines are cut to [`MAX_LOG_LINE_BYTES`]. So a receiver
 /// that falls behind, or an agent that logs without end, costs at most the
 /// backlog plus one line per agent.
@@ -188,12 +265,11 @@ struct Queue {
 
 enum Entry {
     Event(f64, EventKind),
-    /// Coalesced log lines of one agent: the latest and how many.
+    /// Coalesced log lines of one agent, folded into one.
     Held {
         at_ms: f64,
         agent: Arc<str>,
-        line: String,
-        lines: u64,
+        folded: FoldedLines,
     },
 }
 
@@ -265,34 +341,40 @@ impl EventSink {
             return;
         }
         match kind {
-            EventKind::AgentLog { agent, mut line } => {
+            EventKind::AgentLog {
+                agent,
+                mut line,
+                partial,
+            } => {
                 cut(&mut line, MAX_LOG_LINE_BYTES);
                 if let Some(&at) = queue.held.get(&agent) {
                     let index = (at - queue.taken) as usize;
                     if let Some(Entry::Held {
                         at_ms: held_at,
-                        line: held,
-                        lines,
+                        folded,
                         ..
                     }) = queue.entries.get_mut(index)
                     {
                         *held_at = at_ms;
-                        *held = line;
-                        *lines += 1;
+                        folded.push(line, partial);
                     }
                 } else if queue.logs_waiting < shared.log_backlog {
                     queue.logs_waiting += 1;
-                    queue
-                        .entries
-                        .push_back(Entry::Event(at_ms, EventKind::AgentLog { agent, line }));
+                    queue.entries.push_back(Entry::Event(
+                        at_ms,
+                        EventKind::AgentLog {
+                            agent,
+                            line,
+                            partial,
+                        },
+                    ));
                 } else {
                     let at = queue.taken + queue.entries.len() as u64;
                     queue.held.insert(agent.clone(), at);
                     queue.entries.push_back(Entry::Held {
                         at_ms,
                         agent,
-                        line,
-                        lines: 1,
+                        folded: FoldedLines::new(line, partial),
                     });
                 }
             }
@@ -368,16 +450,20 @@ impl EventReceiver {
             Entry::Held {
                 at_ms,
                 agent,
-                mut line,
-                lines,
+                folded,
             } => {
                 if queue.held.get(&agent) == Some(&position) {
                     queue.held.remove(&agent);
                 }
-                if lines > 1 {
-                    line.push_str(&format!(" (latest of {lines} lines)"));
-                }
-                (at_ms, EventKind::AgentLog { agent, line })
+                let (line, partial) = folded.into_line();
+                (
+                    at_ms,
+                    EventKind::AgentLog {
+                        agent,
+                        line,
+                        partial,
+                    },
+                )
             }
         };
         queue.seq += 1;

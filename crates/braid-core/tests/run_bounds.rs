@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use braid_core::agent::{Agent, AgentError, AgentInput, Writes};
-use braid_core::event::{DEFAULT_LOG_BACKLOG, EventKind, EventLevel, EventSink};
+use braid_core::event::{DEFAULT_LOG_BACKLOG, EventKind, EventLevel, EventSink, MAX_FOLDED_BYTES};
 use braid_core::{AgentKinds, AgentStatus, Pipeline, RunOptions, RunStatus};
 use serde_json::{Value, json};
 
@@ -276,17 +276,23 @@ agents:
             "run_finished"
         ]
     );
-    // The backlog in full, then the latest line standing for the rest.
+    // The backlog in full, then one event folding the rest in: the lines in
+    // order, as many as fit, and how many did not.
     assert_eq!(logs.len(), DEFAULT_LOG_BACKLOG + 1);
     assert_eq!(logs[0], "line 0");
-    assert_eq!(
-        logs.last().unwrap(),
-        &format!(
-            "line {} (latest of {} lines)",
-            lines - 1,
-            lines - DEFAULT_LOG_BACKLOG
-        )
-    );
+    let folded = logs.last().unwrap();
+    assert!(folded.len() <= MAX_FOLDED_BYTES + 64, "{}", folded.len());
+    let (kept, last) = folded.rsplit_once('\n').unwrap();
+    let kept: Vec<&str> = kept.split('\n').collect();
+    for (i, line) in kept.iter().enumerate() {
+        assert_eq!(*line, format!("line {}", DEFAULT_LOG_BACKLOG + i));
+    }
+    let not_kept: usize = last
+        .strip_prefix('(')
+        .and_then(|l| l.strip_suffix(" more lines not kept)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{last}"));
+    assert_eq!(kept.len() + not_kept, lines - DEFAULT_LOG_BACKLOG);
     // Numbered 1, 2, 3… as delivered.
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 }

@@ -2,8 +2,8 @@
 //!
 //! The engine sends a run's events (only when the run asked for them) to a
 //! pump task, which coalesces bursts of log lines per agent (`full` mode:
-//! at most one line per agent per [`LOG_INTERVAL`], latest wins, with a
-//! count of what was folded in), numbers the events, appends them to the
+//! at most one event per agent per [`LOG_INTERVAL`], the lines held back
+//! meanwhile folded into it, joined with newlines up to a size cap), numbers the events, appends them to the
 //! run's [`EventLog`] and broadcasts them.
 //!
 //! Every event counts against the log's cap, so a run that retries in a
@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use braid_core::event::{EventKind, RunEvent};
+use braid_core::event::{EventKind, FoldedLines, RunEvent};
 use indexmap::IndexMap;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
@@ -335,8 +335,8 @@ pub fn subscribe(log: Arc<EventLog>, after: u64, buffer: usize) -> mpsc::Receive
 /// Moves a run's events from the engine into `log`, coalescing log lines,
 /// until the engine's sender is dropped (the run ended). Then completes the log.
 pub async fn pump(mut from_engine: braid_core::event::EventReceiver, log: Arc<EventLog>) {
-    // Per agent: the latest line held back, and how many lines it stands for.
-    let mut pending: HashMap<Arc<str>, (RunEvent, u64)> = HashMap::new();
+    // Per agent: the latest line's event and every line held back, folded.
+    let mut pending: HashMap<Arc<str>, (RunEvent, FoldedLines)> = HashMap::new();
     let mut last_sent: HashMap<Arc<str>, tokio::time::Instant> = HashMap::new();
     let mut tick = tokio::time::interval(LOG_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -345,16 +345,24 @@ pub async fn pump(mut from_engine: braid_core::event::EventReceiver, log: Arc<Ev
             event = from_engine.recv() => {
                 let Some(event) = event else { break };
                 match &event.kind {
-                    EventKind::AgentLog { agent, .. } => {
+                    EventKind::AgentLog { agent, line, partial } => {
                         let now = tokio::time::Instant::now();
                         let due = last_sent.get(agent).is_none_or(|t| now - *t >= LOG_INTERVAL);
                         if due && !pending.contains_key(agent) {
                             last_sent.insert(agent.clone(), now);
                             log.push(event);
                         } else {
-                            let entry = pending.entry(agent.clone()).or_insert((event.clone(), 0));
-                            entry.0 = event;
-                            entry.1 += 1;
+                            match pending.entry(agent.clone()) {
+                                std::collections::hash_map::Entry::Occupied(mut held) => {
+                                    let held = held.get_mut();
+                                    held.1.push(line.clone(), *partial);
+                                    held.0 = event;
+                                }
+                                std::collections::hash_map::Entry::Vacant(slot) => {
+                                    let folded = FoldedLines::new(line.clone(), *partial);
+                                    slot.insert((event, folded));
+                                }
+                            }
                         }
                     }
                     kind => {
@@ -407,12 +415,10 @@ fn agent_of(kind: &EventKind) -> Option<&Arc<str>> {
     }
 }
 
-/// A held-back line, marked with how many lines it replaced.
-fn folded((mut event, extra): (RunEvent, u64)) -> RunEvent {
-    if extra > 1
-        && let EventKind::AgentLog { line, .. } = &mut event.kind
-    {
-        line.push_str(&format!(" (latest of {extra} lines)"));
+/// The event of held-back lines: the latest line's, carrying them all.
+fn folded((mut event, lines): (RunEvent, FoldedLines)) -> RunEvent {
+    if let EventKind::AgentLog { line, partial, .. } = &mut event.kind {
+        (*line, *partial) = lines.into_line();
     }
     event
 }
@@ -474,6 +480,7 @@ mod tests {
             log.push(event(EventKind::AgentLog {
                 agent: Arc::from("a"),
                 line: "x".into(),
+                partial: false,
             }));
         }
         assert_eq!(log.all().len(), 5, "nothing beyond the cap is appended yet");
@@ -521,7 +528,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bursts_of_log_lines_are_coalesced_but_lifecycle_events_all_arrive() {
+    async fn bursts_of_log_lines_are_folded_and_lifecycle_events_all_arrive() {
         let (sink, rx) = EventSink::channel(EventLevel::Full);
         let log = EventLog::new(10_000);
         let pumping = tokio::spawn(pump(rx, log.clone()));
@@ -559,16 +566,18 @@ mod tests {
                 "run_finished"
             ]
         );
-        // The last line is never lost: the latest wins.
-        let last_log = events
+        // No line is lost: the events carry all 500, in order, folded
+        // together with newlines.
+        let lines: Vec<String> = events
             .iter()
-            .rev()
-            .find_map(|e| match &e.event.kind {
+            .filter_map(|e| match &e.event.kind {
                 EventKind::AgentLog { line, .. } => Some(line.clone()),
                 _ => None,
             })
-            .unwrap();
-        assert!(last_log.starts_with("line 500"), "{last_log}");
+            .flat_map(|l| l.split('\n').map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        let expected: Vec<String> = (1..=500).map(|i| format!("line {i}")).collect();
+        assert_eq!(lines, expected);
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     }

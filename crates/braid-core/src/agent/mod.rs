@@ -133,6 +133,23 @@ impl AgentInput {
             events.emit(EventKind::AgentLog {
                 agent: self.agent.clone(),
                 line: line.to_owned(),
+                partial: false,
+            });
+        }
+    }
+
+    /// Reports a piece of streamed text (an answer as it arrives), which
+    /// the agent's next piece or line continues without a line break. Like
+    /// [`AgentInput::log`], it costs nothing unless the run asked for
+    /// `full` events.
+    pub fn log_partial(&self, text: &str) {
+        if let Some(events) = &self.events
+            && events.wants_logs()
+        {
+            events.emit(EventKind::AgentLog {
+                agent: self.agent.clone(),
+                line: text.to_owned(),
+                partial: true,
             });
         }
     }
