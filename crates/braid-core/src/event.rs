@@ -144,31 +144,40 @@ pub const MAX_FOLDED_BYTES: usize = 64 * 1024;
 /// assert_eq!(folded.lines(), 3);
 /// assert_eq!(folded.into_line(), ("first\nsecond".to_owned(), false));
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FoldedLines {
     text: String,
     partial: bool,
     lines: u64,
     dropped: u64,
+    max_bytes: usize,
 }
 
 impl FoldedLines {
-    /// Starts with one line (`partial`: the next continues it).
+    /// Starts with one line (`partial`: the next continues it), keeping
+    /// at most [`MAX_FOLDED_BYTES`].
     pub fn new(line: String, partial: bool) -> Self {
+        Self::with_limit(line, partial, MAX_FOLDED_BYTES)
+    }
+
+    /// Starts with one line, keeping at most `max_bytes` of text (the first
+    /// line is kept whole).
+    pub fn with_limit(line: String, partial: bool, max_bytes: usize) -> Self {
         Self {
             text: line,
             partial,
             lines: 1,
             dropped: 0,
+            max_bytes,
         }
     }
 
-    /// Adds the next line: joined while the text stays within
-    /// [`MAX_FOLDED_BYTES`], counted otherwise.
+    /// Adds the next line: joined while the text stays within the limit,
+    /// counted otherwise.
     pub fn push(&mut self, line: String, partial: bool) {
         self.lines += 1;
         let separator = usize::from(!self.partial);
-        if self.dropped == 0 && self.text.len() + separator + line.len() <= MAX_FOLDED_BYTES {
+        if self.dropped == 0 && self.text.len() + separator + line.len() <= self.max_bytes {
             if !self.partial {
                 self.text.push('\n');
             }

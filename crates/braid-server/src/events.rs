@@ -37,8 +37,9 @@ pub const LOG_INTERVAL: Duration = Duration::from_millis(100);
 /// How many events a subscriber may fall behind before it is told it lagged.
 const BROADCAST_CAPACITY: usize = 256;
 
-/// Longer log lines are cut to this many bytes.
-const MAX_LINE_BYTES: usize = 4096;
+/// Longer log events (a line, or lines folded together) are cut to this
+/// many bytes: with the per-run event cap, what bounds a run's log.
+const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// One event as clients see it.
 #[derive(Debug, Clone, Serialize)]
@@ -359,7 +360,11 @@ pub async fn pump(mut from_engine: braid_core::event::EventReceiver, log: Arc<Ev
                                     held.0 = event;
                                 }
                                 std::collections::hash_map::Entry::Vacant(slot) => {
-                                    let folded = FoldedLines::new(line.clone(), *partial);
+                                    let folded = FoldedLines::with_limit(
+                                        line.clone(),
+                                        *partial,
+                                        MAX_LINE_BYTES,
+                                    );
                                     slot.insert((event, folded));
                                 }
                             }
