@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use braid_server::{AppState, ServerConfig, app};
+use braid_server::{AppState, RunStore, ServerConfig, app};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -267,7 +267,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(config: ServerConfig, store: Option<Arc<braid_store::Store>>) -> Self {
+    async fn start(config: ServerConfig, store: Option<Arc<dyn RunStore>>) -> Self {
         let state = AppState::new(config, store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
