@@ -2,11 +2,13 @@
 //! subject (behind the `test-support` feature).
 //!
 //! It keeps what a real store keeps (runs with their agents' records and
-//! writes, event streams, statuses) in a mutex, writes checkpoints at once
-//! (so `flush` has nothing to wait for), and answers every ping. Processes
-//! left by a dead owner are not tracked: there are none to kill.
+//! writes, event streams, statuses) in a mutex, and writes checkpoints at
+//! once (so `flush` has nothing to wait for). [`MemoryStore::set_down`]
+//! makes it fail like an unreachable database. Processes left by a dead
+//! owner are not tracked: there are none to kill.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,6 +24,7 @@ use crate::store::RunStore;
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Runs>>,
+    down: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -50,12 +53,36 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// While `down`, every operation fails as if the database were
+    /// unreachable, and checkpoints are lost (reported by the flushes).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Corrupt(
+                "the in-memory store is down (MemoryStore::set_down)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_flush(&self, run_id: Option<&str>) -> Result<(), PersistError> {
+        self.check().map_err(|err| PersistError {
+            runs: vec![(run_id.unwrap_or("every run").to_owned(), err.to_string())],
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Runs> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The run's record, created from `run` if it is new.
     fn upsert(&self, run: &RunRecord, update: impl FnOnce(&mut Kept)) {
+        if self.check().is_err() {
+            return;
+        }
         let mut runs = self.lock();
         let kept = runs
             .runs
@@ -125,6 +152,7 @@ impl RunStore for MemoryStore {
     }
 
     async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        self.check()?;
         let runs = self.lock();
         Ok(runs
             .runs
@@ -135,10 +163,12 @@ impl RunStore for MemoryStore {
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+        self.check()?;
         Ok(self.lock().runs.get(run_id).map(Kept::stored))
     }
 
     async fn claim(&self, seen: &StoredRun) -> Result<bool, StoreError> {
+        self.check()?;
         let mut runs = self.lock();
         let Some(kept) = runs.runs.get_mut(&seen.summary.run_id) else {
             return Ok(false);
@@ -151,10 +181,12 @@ impl RunStore for MemoryStore {
     }
 
     async fn kill_leftover_processes(&self, _run_id: &str) -> Result<(), StoreError> {
+        self.check()?;
         Ok(())
     }
 
     async fn save_events(&self, run_id: &str, events: &[(u64, String)]) -> Result<(), StoreError> {
+        self.check()?;
         let mut runs = self.lock();
         let kept = runs.events.entry(run_id.to_owned()).or_default();
         for (seq, event) in events {
@@ -167,6 +199,7 @@ impl RunStore for MemoryStore {
     }
 
     async fn load_events(&self, run_id: &str) -> Result<Vec<String>, StoreError> {
+        self.check()?;
         Ok(self
             .lock()
             .events
@@ -176,6 +209,7 @@ impl RunStore for MemoryStore {
     }
 
     async fn set_status(&self, run_id: &str, status: &str) -> Result<(), StoreError> {
+        self.check()?;
         if let Some(kept) = self.lock().runs.get_mut(run_id) {
             kept.run.summary.status = status.to_owned();
         }
@@ -187,14 +221,15 @@ impl RunStore for MemoryStore {
     }
 
     async fn flush(&self) -> Result<(), PersistError> {
-        Ok(())
+        self.check_flush(None)
     }
 
-    async fn flush_run(&self, _run_id: &str) -> Result<(), PersistError> {
-        Ok(())
+    async fn flush_run(&self, run_id: &str) -> Result<(), PersistError> {
+        self.check_flush(Some(run_id))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.check()?;
         Ok(())
     }
 }

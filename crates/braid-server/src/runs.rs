@@ -379,3 +379,85 @@ async fn save(store: &dyn RunStore, run: &LiveRun, keep_events: bool, interrupte
         tracing::error!(run = %id, %err, "cannot mark the run interrupted");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The registry on its own, with no HTTP and the in-memory store.
+
+    use std::time::Instant;
+
+    use braid_core::{AgentStatus, Pipeline};
+
+    use super::*;
+    use crate::Origin;
+    use crate::memory::MemoryStore;
+
+    const SLOW: &str = "pipeline: slow
+agents:
+  quick: { kind: sleep, ms: 1, writes: [q] }
+  slow:  { kind: sleep, ms: 60000, reads: [q], writes: [s] }
+";
+
+    fn launch(registry: &RunRegistry, slot: Slot) -> Arc<LiveRun> {
+        let pipeline = Pipeline::from_yaml_str(SLOW).unwrap();
+        let registered = Arc::new(Registered::new(pipeline, SLOW.to_owned(), Origin::Api));
+        let input = registered
+            .pipeline
+            .check_input(&serde_json::json!({}))
+            .unwrap();
+        let how = Launch {
+            registered,
+            input,
+            level: Some(EventLevel::Summary),
+            mode: "summary",
+            checkpoint: Some(CheckpointPolicy::Agent),
+            run_id: None,
+            resume: None,
+            events_before: 0,
+        };
+        registry.launch(how, slot).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_run_the_shutdown_stops_is_saved_interrupted_with_its_events() {
+        let store = Arc::new(MemoryStore::new());
+        let config = ServerConfig {
+            max_concurrent_runs: 1,
+            ..ServerConfig::default()
+        };
+        let registry = RunRegistry::new(&config, Some(store.clone()));
+        let run = launch(&registry, registry.reserve().unwrap());
+        assert!(
+            matches!(registry.reserve(), Err(Refused::TooManyRuns { max: 1 })),
+            "its one slot is taken"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stored = store.get_run(&run.id).await.unwrap();
+            if stored.is_some_and(|s| {
+                s.agents
+                    .iter()
+                    .any(|a| &*a.agent == "quick" && a.report.status == AgentStatus::Completed)
+            }) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "`quick` was never checkpointed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        registry.shut_down(Duration::ZERO).await;
+        assert!(matches!(registry.reserve(), Err(Refused::ShuttingDown)));
+        let report = run.report.borrow().clone().expect("the run ended");
+        assert_eq!(report.status, RunStatus::Cancelled);
+        assert!(run.interrupted.load(Ordering::SeqCst));
+        let stored = store.get_run(&run.id).await.unwrap().unwrap();
+        assert_eq!(stored.summary.status, "interrupted");
+        let events = store.load_events(&run.id).await.unwrap();
+        assert!(
+            events.last().is_some_and(|e| e.contains("run_finished")),
+            "the stream is saved, ending with the run's final event: {events:?}"
+        );
+        assert_eq!(registry.counts().get("cancelled"), Some(&1));
+        assert_eq!(registry.newest_first().len(), 1);
+    }
+}
