@@ -14,6 +14,8 @@ command -v node >/dev/null || { echo "error: node is required for the browser te
 ( cd crates/braid-server/tests/browser && npm ci --no-audit --no-fund --silent )
 
 cargo build --quiet --bin braid
+# Where cargo put it: CARGO_TARGET_DIR when set, else ./target.
+braid="${CARGO_TARGET_DIR:-target}/debug/braid"
 # The pipeline the page watches. Its first agent waits for a file the test
 # creates once it has seen the agent running on screen, so the check does
 # not depend on how fast the machine loads the page.
@@ -29,7 +31,7 @@ YAML
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 log="$work/serve.log"
 # Port 0: the server picks a free port and says which on stderr.
-BRAID_TOKEN="$token" ./target/debug/braid serve --bind 127.0.0.1:0 --no-store --pipelines "$work" >"$log" 2>&1 &
+BRAID_TOKEN="$token" "$braid" serve --bind 127.0.0.1:0 --no-store --pipelines "$work" >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 url=""
