@@ -4,7 +4,10 @@
 //!
 //! [`app`] builds the whole router from an [`AppState`]; [`serve`] serves it
 //! on a listener, with the connection limits of [`HttpConfig`], and shuts
-//! down gracefully. Nothing here is on a run's hot path: a run
+//! down gracefully. The run lifecycle lives in a registry with no HTTP in
+//! it (`runs.rs`), the routes are split by resource (`routes/`), and the
+//! store is reached through the [`RunStore`] trait. Nothing here is on a
+//! run's hot path: a run
 //! with `events: "off"` has no sink, so the engine builds no events at all.
 //!
 //! ```no_run
