@@ -13,11 +13,12 @@ fi
 command -v node >/dev/null || { echo "error: node is required for the browser test" >&2; exit 1; }
 ( cd crates/braid-server/tests/browser && npm ci --no-audit --no-fund --silent )
 
-# CI passes the binary its tests built; otherwise build one.
+# CI passes the binary its tests built; otherwise build one (cargo puts
+# it in CARGO_TARGET_DIR when set, else ./target).
 bin="${BRAID_BIN:-}"
 if [ -z "$bin" ]; then
   cargo build --quiet --bin braid
-  bin=./target/debug/braid
+  bin="${CARGO_TARGET_DIR:-target}/debug/braid"
 fi
 # The pipeline the page watches. Its first agent waits for a file the test
 # creates once it has seen the agent running on screen, so the check does

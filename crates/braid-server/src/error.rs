@@ -1,6 +1,6 @@
 //! The API's one error type: every failure becomes
 //! `{"error": {"code", "message"}}` with the right status. Internal details
-//! are logged to stderr, not sent.
+//! are logged (through `tracing`), not sent.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -42,7 +42,7 @@ impl ApiError {
 
     /// 500: the cause is logged; the client sees only that it happened.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        eprintln!("braid-server: internal error: {cause}");
+        tracing::error!(%cause, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -4,7 +4,10 @@
 //!
 //! [`app`] builds the whole router from an [`AppState`]; [`serve`] serves it
 //! on a listener, with the connection limits of [`HttpConfig`], and shuts
-//! down gracefully. Nothing here is on a run's hot path: a run
+//! down gracefully. The run lifecycle lives in a registry with no HTTP in
+//! it (`runs.rs`), the routes are split by resource (`routes/`), and the
+//! store is reached through the [`RunStore`] trait. Nothing here is on a
+//! run's hot path: a run
 //! with `events: "off"` has no sink, so the engine builds no events at all.
 //!
 //! ```no_run
@@ -20,22 +23,27 @@ mod conn;
 pub mod error;
 pub mod events;
 pub mod guard;
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory;
 mod routes;
+mod runs;
+pub mod store;
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use braid_core::{AgentKinds, LoadLimits, Pipeline, RunReport};
-use braid_store::Store;
+use braid_core::{AgentKinds, LoadLimits, Pipeline};
 use indexmap::IndexMap;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use conn::{HttpConfig, WS_MAX_MESSAGE_BYTES};
 pub use error::ApiError;
 pub use routes::app;
+pub use runs::LiveRun;
+pub use store::RunStore;
+
+use runs::RunRegistry;
 
 /// Limits and switches of a server.
 #[derive(Debug, Clone)]
@@ -175,24 +183,6 @@ impl Registered {
     }
 }
 
-/// A run the server started (in flight, or finished recently).
-pub struct LiveRun {
-    /// The run's id.
-    pub id: String,
-    /// Its pipeline's name.
-    pub pipeline: String,
-    /// `off`, `summary` or `full`.
-    pub events_mode: &'static str,
-    /// Its events (empty for `off` until the final event).
-    pub events: Arc<events::EventLog>,
-    /// Cancels the run.
-    pub cancel: CancellationToken,
-    /// `None` while running; the report once finished.
-    pub report: watch::Receiver<Option<Arc<RunReport>>>,
-    /// Set when the server cancelled it because it was shutting down.
-    pub interrupted: std::sync::atomic::AtomicBool,
-}
-
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -201,34 +191,27 @@ pub struct AppState {
 
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
-    pub(crate) store: Option<Arc<Store>>,
+    pub(crate) store: Option<Arc<dyn RunStore>>,
     pub(crate) pipelines: RwLock<IndexMap<String, Arc<Registered>>>,
-    pub(crate) runs: RwLock<IndexMap<String, Arc<LiveRun>>>,
-    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) runs: RunRegistry,
     /// Compiles in flight (each holds a permit on its blocking thread).
     pub(crate) compiles: Arc<Semaphore>,
-    pub(crate) tracker: TaskTracker,
-    /// Held (shared) while a run is admitted and spawned, and (exclusively)
-    /// while the tracker closes, so no run slips in after shutdown began.
-    pub(crate) admission: RwLock<()>,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl AppState {
-    /// A server with `config`, saving runs to `store` if given.
-    pub fn new(config: ServerConfig, store: Option<Arc<Store>>) -> Self {
-        let slots = Arc::new(Semaphore::new(config.max_concurrent_runs.max(1)));
+    /// A server with `config`, saving runs to `store` if given (a
+    /// [`braid_store::Store`], or any other [`RunStore`]).
+    pub fn new(config: ServerConfig, store: Option<Arc<dyn RunStore>>) -> Self {
         let compiles = Arc::new(Semaphore::new(config.max_concurrent_compiles.max(1)));
+        let runs = RunRegistry::new(&config, store.clone());
         Self {
             inner: Arc::new(Shared {
                 config,
                 store,
                 pipelines: RwLock::new(IndexMap::new()),
-                runs: RwLock::new(IndexMap::new()),
-                slots,
+                runs,
                 compiles,
-                tracker: TaskTracker::new(),
-                admission: RwLock::new(()),
                 metrics: metrics_handle(),
             }),
         }
@@ -255,34 +238,7 @@ impl AppState {
     /// store, resumable). Finally flushes the store.
     pub async fn shut_down(&self) {
         let shared = &self.inner;
-        {
-            let _closing = shared.admission.write().unwrap_or_else(|e| e.into_inner());
-            shared.tracker.close();
-        }
-        if tokio::time::timeout(shared.config.grace, shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            let live: Vec<Arc<LiveRun>> = shared
-                .runs
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .filter(|r| r.report.borrow().is_none())
-                .cloned()
-                .collect();
-            for run in &live {
-                run.interrupted
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                run.cancel.cancel();
-            }
-            shared.tracker.wait().await;
-        }
-        if let Some(store) = &shared.store
-            && let Err(err) = store.flush().await
-        {
-            eprintln!("braid-server: some runs could not be saved: {err}");
-        }
+        shared.runs.shut_down(shared.config.grace).await;
     }
 }
 
@@ -342,35 +298,4 @@ pub async fn serve(
         }
     };
     finished.map_err(|join| std::io::Error::other(format!("the server task failed: {join}")))
-}
-
-/// Runs kept in memory: drops the oldest finished ones beyond the limit.
-pub(crate) fn prune(runs: &mut IndexMap<String, Arc<LiveRun>>, keep_finished: usize) {
-    let finished: Vec<String> = runs
-        .iter()
-        .filter(|(_, r)| r.report.borrow().is_some())
-        .map(|(id, _)| id.clone())
-        .collect();
-    if finished.len() > keep_finished {
-        for id in &finished[..finished.len() - keep_finished] {
-            runs.shift_remove(id);
-        }
-    }
-}
-
-/// Counts of runs by status, for `/metrics` and tests.
-pub(crate) fn run_counts(runs: &IndexMap<String, Arc<LiveRun>>) -> HashMap<&'static str, usize> {
-    let mut counts = HashMap::new();
-    for run in runs.values() {
-        let status = match run.report.borrow().as_ref() {
-            None => "running",
-            Some(r) => match r.status {
-                braid_core::RunStatus::Completed => "completed",
-                braid_core::RunStatus::Failed => "failed",
-                braid_core::RunStatus::Cancelled => "cancelled",
-            },
-        };
-        *counts.entry(status).or_default() += 1;
-    }
-    counts
 }

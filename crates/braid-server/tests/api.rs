@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use braid_server::{AppState, ServerConfig, app};
+use braid_server::memory::MemoryStore;
+use braid_server::{AppState, RunStore, ServerConfig, app};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -267,7 +268,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(config: ServerConfig, store: Option<Arc<braid_store::Store>>) -> Self {
+    async fn start(config: ServerConfig, store: Option<Arc<dyn RunStore>>) -> Self {
         let state = AppState::new(config, store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -742,13 +743,14 @@ async fn shutdown_lets_runs_finish_then_interrupts_the_rest_resumably() {
 
 #[tokio::test]
 async fn a_failed_run_is_resumed_over_http() {
-    let (dir, _, store) = sqlite_store().await;
+    // Resuming is the subject, not the database: the in-memory store.
+    let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         ServerConfig {
             allow_command_agents: true,
             ..Default::default()
         },
-        Some(store),
+        Some(Arc::new(MemoryStore::new())),
     )
     .await;
     let flag = dir.path().join("ok");
@@ -790,7 +792,8 @@ async fn a_failed_run_is_resumed_over_http() {
 
 #[tokio::test]
 async fn a_finished_runs_events_are_replayed_from_the_store() {
-    let (_dir, _, store) = sqlite_store().await;
+    // Replaying is the subject, not the database: the in-memory store.
+    let store = Arc::new(MemoryStore::new());
     let first = Server::start(ServerConfig::default(), Some(store.clone())).await;
     register(&first.state, SEED).await;
     let id = start_run(&first, "seed", "summary").await;
@@ -1064,4 +1067,86 @@ async fn resuming_a_run_kills_what_its_dead_owner_left_running() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "{status:?}");
     server.stop().await;
+}
+
+/// Log lines written through `tracing` as JSON (as `--log-format json`
+/// does), collected for a test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Each line's `fields.message`.
+    fn messages(&self) -> Vec<String> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| {
+                let line: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                line["fields"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_servers_own_logs_go_through_tracing() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This runtime has one thread: the server's tasks log to this subscriber.
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let store = Arc::new(MemoryStore::new());
+    let state = AppState::new(ServerConfig::default(), Some(store.clone()));
+    register(&state, SEED).await;
+    store.set_down(true);
+
+    let (status, body) = call(&state, "GET", "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "store_unreachable");
+    let (status, body) = call(&state, "GET", "/v1/runs", None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["error"]["code"], "internal");
+    let (status, _) = call(
+        &state,
+        "POST",
+        "/v1/runs?wait=true",
+        Some(json!({"pipeline": "seed", "events": "summary"}).to_string()),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the run itself does not need the store"
+    );
+    state.shut_down().await;
+
+    let messages = captured.messages();
+    for expected in [
+        "readiness: the store does not answer",
+        "internal error",
+        "the run's events were not saved",
+        "the run was not saved",
+        "some runs could not be saved",
+    ] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "`{expected}` was not logged through tracing: {messages:?}"
+        );
+    }
 }

@@ -203,7 +203,10 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
             ..ServerConfig::default()
         };
-        let state = AppState::new(config, store.clone());
+        let state = AppState::new(
+            config,
+            store.clone().map(|s| s as Arc<dyn braid_server::RunStore>),
+        );
         let loaded = match &args.pipelines {
             Some(dir) => match load_dir(dir, &state)? {
                 Ok(n) => n,

@@ -1,0 +1,71 @@
+//! The router: [`app`] puts the resources' routes together behind the
+//! [`guard`] checks. Each resource has its module: [`pipelines`],
+//! [`runs`], [`streams`] (SSE and WebSocket) and [`ops`] (health,
+//! readiness, metrics and the web view). Handlers translate HTTP to calls
+//! on the run registry ([`crate::runs`]) and the store, and back.
+
+mod ops;
+mod pipelines;
+mod runs;
+mod streams;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{get, post};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::guard;
+
+/// The whole API: `/v1/…` behind the bearer token, plus `/`, `/healthz`,
+/// `/readyz` and `/metrics`; every request passes the [`guard`] checks first.
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/pipelines",
+            get(pipelines::list_pipelines).post(pipelines::register_pipeline),
+        )
+        .route(
+            "/pipelines/{name}",
+            get(pipelines::get_pipeline).delete(pipelines::delete_pipeline),
+        )
+        .route("/runs", get(runs::list_runs).post(runs::start_run))
+        .route("/runs/{id}", get(runs::get_run))
+        .route("/runs/{id}/cancel", post(runs::cancel_run))
+        .route("/runs/{id}/resume", post(runs::resume_run))
+        .route("/runs/{id}/events", get(streams::sse_events))
+        .route("/runs/{id}/ws", get(streams::ws_events));
+    let max_body = state.inner.config.max_body_bytes;
+    Router::new()
+        .route("/", get(ops::index))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .with_state(state)
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+}
+
+fn json_error(rejection: JsonRejection) -> ApiError {
+    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+}

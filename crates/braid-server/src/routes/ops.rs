@@ -1,0 +1,58 @@
+//! Operations routes: the web view (`/`), liveness (`/healthz`),
+//! readiness (`/readyz`: the store answers) and Prometheus `/metrics`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+
+/// `GET /`: the live web view.
+pub(super) async fn index() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+/// `GET /healthz`: the process answers.
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 503 while the store does not answer.
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if let Some(store) = &state.inner.store {
+        store.ping().await.map_err(|err| {
+            tracing::warn!(
+                store = %store.describe(),
+                %err,
+                "readiness: the store does not answer"
+            );
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unreachable",
+                "the store does not answer",
+            )
+        })?;
+    }
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// `GET /metrics`: every metric, with the runs in memory by status.
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(store) = &state.inner.store {
+        store.record_gauges();
+    }
+    let counts = state.inner.runs.counts();
+    for status in ["running", "completed", "failed", "cancelled"] {
+        metrics::gauge!("braid_runs_in_memory", "status" => status)
+            .set(counts.get(status).copied().unwrap_or(0) as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.inner.metrics.render(),
+    )
+}

@@ -1,0 +1,309 @@
+//! Pipeline routes: list, register (compiled off the async workers, within
+//! the server's load limits), show and delete.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use braid_core::Pipeline;
+use serde_json::{Value, json};
+
+use super::body_error;
+use crate::error::ApiError;
+use crate::{AppState, Origin, Registered};
+
+/// `GET /v1/pipelines`: every pipeline the server knows, in short.
+pub(super) async fn list_pipelines(State(state): State<AppState>) -> Json<Value> {
+    let pipelines = state
+        .inner
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    Json(json!(
+        pipelines
+            .values()
+            .map(|r| json!({
+                "name": r.pipeline.name(),
+                "description": r.pipeline.description(),
+                "agents": r.pipeline.agents().len(),
+                "content_hash": r.pipeline.content_hash(),
+                "origin": r.origin.as_str(),
+            }))
+            .collect::<Vec<_>>()
+    ))
+}
+
+fn describe(registered: &Registered) -> Value {
+    json!({
+        "name": registered.pipeline.name(),
+        "content_hash": registered.pipeline.content_hash(),
+        "explain": registered.explain,
+        "source": registered.source,
+        "origin": registered.origin.as_str(),
+    })
+}
+
+/// The longest pipeline name the API takes.
+const MAX_NAME_CHARS: usize = 128;
+
+/// The longest problem listed in a 422, in bytes; longer ones are cut.
+const MAX_PROBLEM_BYTES: usize = 2048;
+
+/// `POST /v1/pipelines`: registers (or replaces) a client's pipeline.
+pub(super) async fn register_pipeline(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(body_error)?;
+    let text = String::from_utf8(body.into()).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the pipeline must be UTF-8 text",
+        )
+    })?;
+    let registered = Arc::new(compile(&state, text).await?);
+    let pipeline = &registered.pipeline;
+    let config = &state.inner.config;
+    let name = pipeline.name().to_owned();
+    check_name(&name)?;
+    if !config.allow_command_agents {
+        let commands: Vec<&str> = pipeline
+            .agents()
+            .iter()
+            .filter(|a| a.kind().name() == "command")
+            .map(|a| a.name())
+            .collect();
+        if !commands.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "command_agents_not_allowed",
+                format!(
+                    "agents {} are `command` agents, which run programs on this host; \
+                     this server was not started with --allow-command-agents",
+                    commands.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut pipelines = state
+        .inner
+        .pipelines
+        .write()
+        .unwrap_or_else(|e| e.into_inner());
+    let status = match pipelines.get(&name).map(|r| r.origin) {
+        Some(Origin::Operator) => return Err(protected(&name, "replaced")),
+        Some(Origin::Api) => StatusCode::OK,
+        None => {
+            let registered_over_http = pipelines
+                .values()
+                .filter(|r| r.origin == Origin::Api)
+                .count();
+            if registered_over_http >= config.max_pipelines {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "too_many_pipelines",
+                    format!(
+                        "{registered_over_http} pipelines are registered over HTTP, the most this \
+                         server takes (--max-pipelines); delete one with DELETE /v1/pipelines/NAME first"
+                    ),
+                ));
+            }
+            StatusCode::CREATED
+        }
+    };
+    pipelines.insert(name, registered.clone());
+    drop(pipelines);
+    Ok((status, Json(describe(&registered))))
+}
+
+/// Parses and compiles a pipeline a client sent, under the server's load
+/// limits, on a blocking thread (never an async worker) holding one of the
+/// compile slots, and gives up waiting after the compile budget.
+async fn compile(state: &AppState, text: String) -> Result<Registered, ApiError> {
+    let budget = state.inner.config.compile_budget;
+    let slot = tokio::time::timeout(budget, state.inner.compiles.clone().acquire_owned())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_compiles",
+                format!(
+                    "{} pipelines are being compiled, the most this server compiles at once; \
+                     try again later",
+                    state.inner.config.max_concurrent_compiles
+                ),
+            )
+        })?
+        .map_err(ApiError::internal)?;
+    let shared = state.clone();
+    let compiling = tokio::task::spawn_blocking(move || {
+        // The slot is freed only when the work really ends, even if the
+        // client stopped waiting for it.
+        let _slot = slot;
+        let config = &shared.inner.config;
+        Pipeline::from_yaml_str_limited(&text, &config.kinds, &config.load_limits())
+            .map(|pipeline| Registered::new(pipeline, text, Origin::Api))
+    });
+    match tokio::time::timeout(budget, compiling).await {
+        Err(_) => Err(ApiError::invalid(
+            "invalid_pipeline",
+            "the pipeline is not valid",
+            vec![format!(
+                "compiling the pipeline took longer than {budget:?} (compile_budget), the most \
+                 this server allows"
+            )],
+        )),
+        Ok(Err(failure)) => Err(ApiError::internal(format!(
+            "compiling a pipeline failed: {failure}"
+        ))),
+        Ok(Ok(loaded)) => {
+            loaded.map_err(|err| load_error(&err, state.inner.config.max_diagnostics))
+        }
+    }
+}
+
+/// A 422 listing at most `max` of a pipeline's problems (each cut to
+/// [`MAX_PROBLEM_BYTES`]), then "and K more".
+fn load_error(err: &braid_core::LoadError, max: usize) -> ApiError {
+    let owned;
+    let diagnostics: &[braid_core::Diagnostic] = match err {
+        braid_core::LoadError::Invalid { diagnostics } => diagnostics,
+        other => {
+            owned = other.diagnostics();
+            &owned
+        }
+    };
+    let code = if diagnostics
+        .iter()
+        .any(|d| d.message.ends_with("(max_agents)"))
+    {
+        "too_many_agents"
+    } else {
+        "invalid_pipeline"
+    };
+    ApiError::invalid(
+        code,
+        "the pipeline is not valid",
+        capped(
+            diagnostics.iter().map(ToString::to_string),
+            diagnostics.len(),
+            max,
+        ),
+    )
+}
+
+/// At most `max` problems (all of them if there is just one more), each
+/// cut to [`MAX_PROBLEM_BYTES`], then "and K more".
+fn capped(problems: impl Iterator<Item = String>, total: usize, max: usize) -> Vec<String> {
+    let max = max.max(1);
+    let shown = if total > max + 1 { max } else { total };
+    let mut listed: Vec<String> = problems
+        .take(shown)
+        .map(|mut p| {
+            if p.len() > MAX_PROBLEM_BYTES {
+                let mut cut = MAX_PROBLEM_BYTES;
+                while !p.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                p.truncate(cut);
+                p.push_str(" …");
+            }
+            p
+        })
+        .collect();
+    if total > shown {
+        listed.push(format!("and {} more", total - shown));
+    }
+    listed
+}
+
+/// Names that could not be addressed in a URL, or are absurdly long, are
+/// refused (the core already limits them to letters, digits, `-`, `_`, `.`).
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let problem = if name == "." || name == ".." {
+        Some(format!("a pipeline may not be named `{name}`"))
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        Some(format!(
+            "the pipeline's name has {} characters; the most is {MAX_NAME_CHARS}",
+            name.chars().count()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ApiError::invalid(
+            "invalid_name",
+            "the pipeline's name is not allowed",
+            vec![problem],
+        )),
+        None => Ok(()),
+    }
+}
+
+fn protected(name: &str, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "pipeline_protected",
+        format!(
+            "pipeline `{name}` was loaded by the server's operator (--pipelines); \
+             it cannot be {what} over HTTP"
+        ),
+    )
+}
+
+/// Deletes a pipeline a client registered: 204; 404 for an unknown name,
+/// 409 for one the operator loaded. Runs already started go on.
+pub(super) async fn delete_pipeline(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut pipelines = state
+        .inner
+        .pipelines
+        .write()
+        .unwrap_or_else(|e| e.into_inner());
+    match pipelines.get(&name).map(|r| r.origin) {
+        None => Err(ApiError::not_found(format!("no pipeline named `{name}`"))),
+        Some(Origin::Operator) => Err(protected(&name, "deleted")),
+        Some(Origin::Api) => {
+            pipelines.shift_remove(&name);
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}
+
+/// `GET /v1/pipelines/{name}`: one pipeline with its text and explanation.
+pub(super) async fn get_pipeline(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let pipelines = state
+        .inner
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
+    let registered = pipelines
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no pipeline named `{name}`")))?;
+    Ok(Json(describe(registered)))
+}
+
+/// The pipeline named `name`, or a 404 saying how to register it.
+pub(super) fn registered(state: &AppState, name: &str) -> Result<Arc<Registered>, ApiError> {
+    state
+        .inner
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no pipeline named `{name}`; register it with POST /v1/pipelines"
+            ))
+        })
+}

@@ -1,0 +1,298 @@
+//! Run routes: start, list, show, cancel and resume. The lifecycle of a
+//! run (spawning, events, saving, shutdown) is the run registry's
+//! ([`crate::runs`]); these handlers check requests and translate.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use braid_core::event::EventLevel;
+use braid_core::{CheckpointPolicy, ResumePoint};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::pipelines::registered;
+use super::{json_error, query_error};
+use crate::error::ApiError;
+use crate::runs::{Launch, Refused, Slot};
+use crate::{AppState, LiveRun};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StartRun {
+    pipeline: String,
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    events: Option<String>,
+    #[serde(default)]
+    checkpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct WaitQuery {
+    #[serde(default)]
+    wait: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+fn level(mode: &str) -> Result<(Option<EventLevel>, &'static str), ApiError> {
+    match mode {
+        "off" => Ok((None, "off")),
+        "summary" => Ok((Some(EventLevel::Summary), "summary")),
+        "full" => Ok((Some(EventLevel::Full), "full")),
+        other => Err(ApiError::invalid(
+            "invalid_events",
+            format!("`events` must be `off`, `summary` or `full`, not `{other}`"),
+            Vec::new(),
+        )),
+    }
+}
+
+/// The registry's refusals as HTTP: 503 while shutting down, 429 when full.
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        let (status, code) = match refused {
+            Refused::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Refused::TooManyRuns { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_runs"),
+        };
+        ApiError::new(status, code, refused.to_string())
+    }
+}
+
+fn reserve(state: &AppState) -> Result<Slot, ApiError> {
+    Ok(state.inner.runs.reserve()?)
+}
+
+/// `POST /v1/runs`: starts a run; with `?wait=true` answers with its report.
+pub(super) async fn start_run(
+    State(state): State<AppState>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    body: Result<Json<StartRun>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let Json(request) = body.map_err(json_error)?;
+    let registered = registered(&state, &request.pipeline)?;
+    let input = registered
+        .pipeline
+        .check_input(&request.input)
+        .map_err(|err| {
+            ApiError::invalid(
+                "invalid_input",
+                "the run's input is not valid",
+                err.problems,
+            )
+        })?;
+    let (level, mode) = level(request.events.as_deref().unwrap_or("off"))?;
+    let checkpoint = request
+        .checkpoint
+        .as_deref()
+        .map(str::parse::<CheckpointPolicy>)
+        .transpose()
+        .map_err(|e| ApiError::invalid("invalid_checkpoint", e, Vec::new()))?;
+    let slot = reserve(&state)?;
+    let how = Launch {
+        registered,
+        input,
+        level,
+        mode,
+        checkpoint,
+        run_id: None,
+        resume: None,
+        events_before: 0,
+    };
+    let run = state.inner.runs.launch(how, slot)?;
+    respond(run, query.wait).await
+}
+
+async fn respond(run: Arc<LiveRun>, wait: bool) -> Result<Response, ApiError> {
+    if !wait {
+        return Ok((StatusCode::ACCEPTED, Json(json!({"run_id": run.id}))).into_response());
+    }
+    let mut report = run.report.clone();
+    let report = report
+        .wait_for(Option::is_some)
+        .await
+        .map_err(ApiError::internal)?
+        .clone()
+        .expect("waited for it");
+    Ok(Json(report_json(&run, &report)).into_response())
+}
+
+fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    value["events"] = json!(run.events_mode);
+    if run.interrupted.load(Ordering::SeqCst) {
+        value["status"] = json!("interrupted");
+    }
+    value
+}
+
+/// `GET /v1/runs`: the runs in memory (newest first), then the store's.
+pub(super) async fn list_runs(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut listed: Vec<Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for run in state.inner.runs.newest_first() {
+        seen.insert(run.id.clone());
+        let report = run.report.borrow().clone();
+        listed.push(json!({
+            "run_id": run.id,
+            "pipeline": run.pipeline,
+            "status": match &report {
+                None => "running".to_owned(),
+                Some(_) if run.interrupted.load(Ordering::SeqCst) => "interrupted".to_owned(),
+                Some(r) => r.status.to_string(),
+            },
+            "makespan_ms": report.as_ref().map(|r| r.makespan_ms),
+            "events": run.events_mode,
+        }));
+    }
+    if let Some(store) = &state.inner.store {
+        for run in store.list_runs().await? {
+            if seen.insert(run.run_id.clone()) {
+                listed.push(serde_json::to_value(&run).unwrap_or_default());
+            }
+        }
+    }
+    Ok(Json(json!(listed)))
+}
+
+/// `GET /v1/runs/{id}`: a run in memory, or as the store has it.
+pub(super) async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(run) = state.inner.runs.get(&id) {
+        let report = run.report.borrow().clone();
+        return Ok(Json(match report {
+            Some(report) => report_json(&run, &report),
+            None => json!({
+                "run_id": run.id,
+                "pipeline": run.pipeline,
+                "status": "running",
+                "events": run.events_mode,
+            }),
+        }));
+    }
+    if let Some(store) = &state.inner.store
+        && let Some(stored) = store.get_run(&id).await?
+    {
+        let agents: indexmap::IndexMap<&str, &braid_core::AgentReport> = stored
+            .agents
+            .iter()
+            .map(|a| (&*a.agent, &a.report))
+            .collect();
+        let mut value = serde_json::to_value(&stored).unwrap_or_default();
+        value["agents"] = json!(agents);
+        return Ok(Json(value));
+    }
+    Err(ApiError::not_found(format!("no run {id}")))
+}
+
+/// `POST /v1/runs/{id}/cancel`: cancels a run in flight.
+pub(super) async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let run = state
+        .inner
+        .runs
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no run {id} in flight")))?;
+    if run.report.borrow().is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("run {id} has already finished"),
+        ));
+    }
+    run.cancel.cancel();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": id, "status": "cancelling"})),
+    ))
+}
+
+/// `POST /v1/runs/{id}/resume`: resumes a stored run that did not
+/// complete, after claiming it in the store.
+pub(super) async fn resume_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let conflict = |message: String| ApiError::new(StatusCode::CONFLICT, "cannot_resume", message);
+    let store = state
+        .inner
+        .store
+        .clone()
+        .ok_or_else(|| conflict("this server has no store, so no run can be resumed".into()))?;
+    if state
+        .inner
+        .runs
+        .get(&id)
+        .is_some_and(|r| r.report.borrow().is_none())
+    {
+        return Err(conflict(format!("run {id} is still running here")));
+    }
+    let stored = store
+        .get_run(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    match stored.summary.status.as_str() {
+        "completed" => return Err(conflict(format!("run {id} already completed"))),
+        // Its process may still be alive elsewhere; this server cannot tell.
+        "running" if !query.force => {
+            // The owner (`host:pid`) stays in the log: clients learn only
+            // that another process has it.
+            tracing::info!(run = %id, owner = ?stored.owner, "resume refused: recorded as running");
+            return Err(conflict(format!(
+                "run {id} is recorded as running in another process; if that process is gone, \
+                 resume with ?force=true"
+            )));
+        }
+        _ => {}
+    }
+    let registered = registered(&state, &stored.summary.pipeline)?;
+    if registered.pipeline.content_hash() != stored.pipeline_hash && !query.force {
+        return Err(conflict(format!(
+            "pipeline `{}` changed since run {id} started; resume with ?force=true to use the current one",
+            stored.summary.pipeline
+        )));
+    }
+    let input = registered
+        .pipeline
+        .check_input(&Value::Object(stored.input.clone()))
+        .map_err(|e| conflict(format!("its input no longer fits the pipeline: {e}")))?;
+    let events_before = store.load_events(&id).await?.len() as u64;
+    let slot = reserve(&state)?;
+    if !store.claim(&stored).await? {
+        return Err(conflict(format!(
+            "another process took run {id} over just now"
+        )));
+    }
+    // Processes its dead owner's agents left running on this host go
+    // before anything runs again (the run is not in flight here); the
+    // engine logs each group it kills.
+    store.kill_leftover_processes(&id).await?;
+    let checkpoint = braid_store::parse_policy(&stored.summary.checkpoint);
+    let how = Launch {
+        registered,
+        input,
+        level: Some(EventLevel::Summary),
+        mode: "summary",
+        checkpoint,
+        run_id: Some(id),
+        resume: Some(ResumePoint {
+            agents: stored.agents,
+        }),
+        events_before,
+    };
+    let run = state.inner.runs.launch(how, slot)?;
+    respond(run, query.wait).await
+}

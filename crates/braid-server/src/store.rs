@@ -1,0 +1,106 @@
+//! What the server needs from a store, as a trait: [`RunStore`].
+//!
+//! The server never names the concrete [`braid_store::Store`]; it holds an
+//! `Arc<dyn RunStore>`, so tests where the database is not the subject can
+//! use an in-memory store (`MemoryStore`, behind the `test-support`
+//! feature). The trait lives here, not in braid-store, because it is the
+//! server's view of a store (what its routes and run registry call), and
+//! braid-store has no reason to know about a server.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use braid_core::checkpoint::Checkpointer;
+use braid_store::{PersistError, RunSummary, StoreError, StoredRun};
+
+/// The store operations the server uses: run history, resume claims,
+/// event streams, checkpoints and health.
+#[async_trait]
+pub trait RunStore: Send + Sync + 'static {
+    /// Where the store is (for logs), with any password masked.
+    fn describe(&self) -> String;
+    /// Runs, newest first (the store's default page).
+    async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError>;
+    /// One run with its agents' records, or `None`.
+    async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError>;
+    /// Takes over a stored run before resuming it, only if it is still as
+    /// `seen`; `false` if another process took it first.
+    async fn claim(&self, seen: &StoredRun) -> Result<bool, StoreError>;
+    /// Kills process groups the run's dead owner left on this host.
+    async fn kill_leftover_processes(&self, run_id: &str) -> Result<(), StoreError>;
+    /// Stores a run's event stream, `(seq, event as JSON)` in order.
+    async fn save_events(&self, run_id: &str, events: &[(u64, String)]) -> Result<(), StoreError>;
+    /// A run's stored event stream, in order (empty if none was stored).
+    async fn load_events(&self, run_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Overwrites a run's status (e.g. `interrupted` on shutdown).
+    async fn set_status(&self, run_id: &str, status: &str) -> Result<(), StoreError>;
+    /// What runs hand their checkpoints to. Never blocks.
+    fn checkpointer(&self) -> Arc<dyn Checkpointer>;
+    /// Waits until everything queued is written; reports runs that were not.
+    async fn flush(&self) -> Result<(), PersistError>;
+    /// Waits until everything queued is written; reports whether `run_id`'s
+    /// checkpoints all were.
+    async fn flush_run(&self, run_id: &str) -> Result<(), PersistError>;
+    /// Whether the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Publishes the store's own gauges before `/metrics` renders; the
+    /// default publishes nothing.
+    fn record_gauges(&self) {}
+}
+
+#[async_trait]
+impl RunStore for braid_store::Store {
+    fn describe(&self) -> String {
+        self.url().to_owned()
+    }
+
+    async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        braid_store::Store::list_runs(self, &Default::default()).await
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
+        braid_store::Store::get_run(self, run_id).await
+    }
+
+    async fn claim(&self, seen: &StoredRun) -> Result<bool, StoreError> {
+        braid_store::Store::claim(self, seen).await
+    }
+
+    async fn kill_leftover_processes(&self, run_id: &str) -> Result<(), StoreError> {
+        braid_store::Store::kill_leftover_processes(self, run_id)
+            .await
+            .map(drop)
+    }
+
+    async fn save_events(&self, run_id: &str, events: &[(u64, String)]) -> Result<(), StoreError> {
+        braid_store::Store::save_events(self, run_id, events).await
+    }
+
+    async fn load_events(&self, run_id: &str) -> Result<Vec<String>, StoreError> {
+        braid_store::Store::load_events(self, run_id).await
+    }
+
+    async fn set_status(&self, run_id: &str, status: &str) -> Result<(), StoreError> {
+        braid_store::Store::set_status(self, run_id, status).await
+    }
+
+    fn checkpointer(&self) -> Arc<dyn Checkpointer> {
+        braid_store::Store::checkpointer(self)
+    }
+
+    async fn flush(&self) -> Result<(), PersistError> {
+        braid_store::Store::flush(self).await
+    }
+
+    async fn flush_run(&self, run_id: &str) -> Result<(), PersistError> {
+        braid_store::Store::flush_run(self, run_id).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        braid_store::Store::ping(self).await
+    }
+
+    fn record_gauges(&self) {
+        self.record_pool_gauges();
+    }
+}
