@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::run::{AgentReport, RunReport};
+use crate::report::{AgentReport, RunReport};
 
 /// When a run's state is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -142,4 +142,10 @@ pub type Recorded = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Sen
 pub struct ResumePoint {
     /// Records of finished agents, in any order.
     pub agents: Vec<AgentRecord>,
+}
+
+impl fmt::Debug for dyn Checkpointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<checkpointer>")
+    }
 }

@@ -113,7 +113,7 @@ pub enum EventKind {
     /// The run ended; no event follows.
     RunFinished {
         /// `completed`, `failed` or `cancelled`.
-        status: crate::run::RunStatus,
+        status: crate::report::RunStatus,
         /// The run's makespan.
         makespan_ms: f64,
     },

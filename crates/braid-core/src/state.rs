@@ -17,8 +17,8 @@ use indexmap::IndexMap;
 use serde_json::Value;
 
 use crate::graph::AgentId;
+use crate::input::ValidInput;
 use crate::pipeline::{FieldId, Pipeline};
-use crate::run::ValidInput;
 
 pub(crate) struct RunState {
     values: Vec<Option<Arc<Value>>>,
