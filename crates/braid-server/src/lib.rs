@@ -363,12 +363,8 @@ pub(crate) fn run_counts(runs: &IndexMap<String, Arc<LiveRun>>) -> HashMap<&'sta
     let mut counts = HashMap::new();
     for run in runs.values() {
         let status = match run.report.borrow().as_ref() {
-            None => "running",
-            Some(r) => match r.status {
-                braid_core::RunStatus::Completed => "completed",
-                braid_core::RunStatus::Failed => "failed",
-                braid_core::RunStatus::Cancelled => "cancelled",
-            },
+            None => braid_core::report::RUNNING,
+            Some(r) => r.status.as_str(),
         };
         *counts.entry(status).or_default() += 1;
     }

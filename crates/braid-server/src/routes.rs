@@ -92,7 +92,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         store.record_pool_gauges();
     }
     let counts = run_counts(&state.inner.runs.read().unwrap_or_else(|e| e.into_inner()));
-    for status in ["running", "completed", "failed", "cancelled"] {
+    let statuses = [
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+    for status in
+        std::iter::once(braid_core::report::RUNNING).chain(statuses.map(RunStatus::as_str))
+    {
         metrics::gauge!("braid_runs_in_memory", "status" => status)
             .set(counts.get(status).copied().unwrap_or(0) as f64);
     }
@@ -514,7 +521,7 @@ fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
     let mut value = serde_json::to_value(report).unwrap_or_default();
     value["events"] = json!(run.events_mode);
     if run.interrupted.load(Ordering::SeqCst) {
-        value["status"] = json!("interrupted");
+        value["status"] = json!(RunStatus::Interrupted);
     }
     value
 }
@@ -652,20 +659,17 @@ fn launch(
             }
             if interrupted
                 && saved.is_ok()
-                && let Err(err) = store.set_status(&id, "interrupted").await
+                && let Err(err) = store.set_status(&id, RunStatus::Interrupted).await
             {
                 eprintln!("braid-server: cannot mark run {id} interrupted: {err}");
             }
         }
         let status = if interrupted {
-            "interrupted"
+            RunStatus::Interrupted
         } else {
-            match report.status {
-                RunStatus::Completed => "completed",
-                RunStatus::Failed => "failed",
-                RunStatus::Cancelled => "cancelled",
-            }
-        };
+            report.status
+        }
+        .as_str();
         metrics::counter!("braid_runs_finished_total", "status" => status).increment(1);
         // Free the slot before telling waiters, so a client that resubmits
         // at once is not refused for its own finished run.
@@ -705,8 +709,8 @@ async fn list_runs(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
                 "run_id": run.id,
                 "pipeline": run.pipeline,
                 "status": match &report {
-                    None => "running".to_owned(),
-                    Some(_) if run.interrupted.load(Ordering::SeqCst) => "interrupted".to_owned(),
+                    None => braid_core::report::RUNNING.to_owned(),
+                    Some(_) if run.interrupted.load(Ordering::SeqCst) => RunStatus::Interrupted.to_string(),
                     Some(r) => r.status.to_string(),
                 },
                 "makespan_ms": report.as_ref().map(|r| r.makespan_ms),

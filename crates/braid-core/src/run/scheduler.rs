@@ -1,5 +1,6 @@
 //! The scheduler loop: which agents are ready, launching them within the
-//! concurrency limit, stopping, winding down, and the run's report.
+//! concurrency limit, resuming, stopping, and the run's report. How an
+//! agent's outcome is recorded, and winding down, are in `outcome.rs`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -43,6 +44,7 @@ pub(super) struct AgentProgress {
     pub(super) usage: Arc<crate::agent::TokenCounter>,
 }
 
+/// One run in progress: everything the loop owns.
 pub(super) struct Scheduler<'p> {
     pub(super) pipeline: &'p Pipeline,
     pub(super) run_id: Arc<str>,
