@@ -125,11 +125,11 @@ impl RunState {
                 None => self.values[field] = Some(value),
                 Some(_) => {
                     // Writers are in declaration (= id) order.
-                    let slot = def
+                    let writer_index = def
                         .writers
                         .binary_search(&writer)
                         .expect("only declared writers write a field");
-                    self.contributions[field][slot] = Some(value);
+                    self.contributions[field][writer_index] = Some(value);
                     self.stale[field] = true;
                 }
             }

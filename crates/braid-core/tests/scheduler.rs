@@ -757,6 +757,8 @@ agents:
 async fn a_resumed_run_does_not_rerun_finished_agents_and_ends_in_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     // `flaky` fails on its first run only; every agent logs each execution.
+    // It reads `s` only so that `side` has finished when it fails: on a busy
+    // machine `side` could otherwise still be in flight, and be cancelled.
     let pipeline = load_in(
         dir.path(),
         r#"pipeline: resumable
@@ -764,7 +766,7 @@ checkpoint: agent
 agents:
   first:  { kind: command, run: [sh, -c, "echo first >> ran; echo '{\"a\": 1}'"], writes: [a] }
   side:   { kind: command, run: [sh, -c, "echo side >> ran; echo '{\"s\": 2}'"], writes: [s] }
-  flaky:  { kind: command, run: [sh, -c, "echo flaky >> ran; [ -f ok ] || { touch ok; exit 1; }; echo '{\"b\": 3}'"], reads: [a], writes: [b] }
+  flaky:  { kind: command, run: [sh, -c, "echo flaky >> ran; [ -f ok ] || { touch ok; exit 1; }; echo '{\"b\": 3}'"], reads: [a, s], writes: [b] }
   last:   { kind: command, run: [sh, -c, "echo last >> ran; echo '{\"c\": 4}'"], reads: [b, s], writes: [c] }
 "#,
     );

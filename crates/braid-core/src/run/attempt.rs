@@ -118,23 +118,23 @@ fn check_writes(
     }
     let mut values = Vec::with_capacity(writes.len());
     let mut missing = Vec::new();
-    for slot in writes {
-        match out.remove(&*slot.name) {
+    for write in writes {
+        match out.remove(&*write.name) {
             Some(value) => {
                 if crate::depth::exceeds(&value, max_depth) {
                     return Err(AgentError::Output(format!(
                         "agent `{agent}` wrote `{}` nested more than {max_depth} levels deep, \
                          the limit (max_value_depth); deeper values could not be stored and read back",
-                        slot.name
+                        write.name
                     )));
                 }
-                if let Some(rule) = slot.merge {
+                if let Some(rule) = write.merge {
                     rule.check(&value)
-                        .map_err(|e| AgentError::Output(format!("field `{}`: {e}", slot.name)))?;
+                        .map_err(|e| AgentError::Output(format!("field `{}`: {e}", write.name)))?;
                 }
-                values.push((slot.field, Arc::new(value)));
+                values.push((write.field, Arc::new(value)));
             }
-            None => missing.push(format!("`{}`", slot.name)),
+            None => missing.push(format!("`{}`", write.name)),
         }
     }
     if !missing.is_empty() {
