@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use braid_core::AgentConfig;
 use braid_core::agent::{Agent, AgentError, AgentInput, Reads, Writes};
+use braid_core::backoff::Backoff;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
@@ -154,12 +155,16 @@ fn transient(status: StatusCode) -> bool {
 /// The delay before transport retry `n` (1-based): the server's
 /// `Retry-After` if it gave one, else 200 ms doubling, with jitter.
 fn delay(n: u32, retry_after: Option<Duration>) -> Duration {
-    if let Some(asked) = retry_after {
-        return asked.min(MAX_RETRY_AFTER);
+    match retry_after {
+        Some(asked) => asked.min(MAX_RETRY_AFTER),
+        None => TRANSPORT_BACKOFF.delay(n),
     }
-    let base = Duration::from_millis(200) * (1 << (n - 1).min(8));
-    base / 2 + (base / 2).mul_f64(fastrand::f64())
 }
+
+/// Transport retries without `Retry-After`: 200 ms doubling, at most
+/// 256 × 200 ms, with jitter.
+const TRANSPORT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_millis(200 * 256)).with_jitter();
 
 /// A `Retry-After` header: seconds, or an HTTP date (a date already past
 /// means no wait).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::run::{AgentReport, RunReport};
+use crate::report::{AgentReport, RunReport};
 
 /// When a run's state is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -34,28 +34,35 @@ pub enum CheckpointPolicy {
 impl CheckpointPolicy {
     /// Every policy, by name.
     pub const NAMES: &'static [&'static str] = &["none", "end", "agent"];
+
+    /// Its one string form: `none`, `end` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointPolicy::None => "none",
+            CheckpointPolicy::End => "end",
+            CheckpointPolicy::Agent => "agent",
+        }
+    }
 }
 
 impl fmt::Display for CheckpointPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CheckpointPolicy::None => "none",
-            CheckpointPolicy::End => "end",
-            CheckpointPolicy::Agent => "agent",
-        })
+        f.write_str(self.as_str())
     }
 }
 
 impl FromStr for CheckpointPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(CheckpointPolicy::None),
-            "end" => Ok(CheckpointPolicy::End),
-            "agent" => Ok(CheckpointPolicy::Agent),
-            other => Err(format!(
+        match [Self::None, Self::End, Self::Agent]
+            .into_iter()
+            .find(|policy| policy.as_str() == s)
+        {
+            Some(policy) => Ok(policy),
+            None => Err(format!(
                 "unknown checkpoint policy `{other}`; expected one of: {}",
-                CheckpointPolicy::NAMES.join(", ")
+                CheckpointPolicy::NAMES.join(", "),
+                other = s
             )),
         }
     }
@@ -142,4 +149,10 @@ pub type Recorded = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Sen
 pub struct ResumePoint {
     /// Records of finished agents, in any order.
     pub agents: Vec<AgentRecord>,
+}
+
+impl fmt::Debug for dyn Checkpointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<checkpointer>")
+    }
 }

@@ -20,6 +20,11 @@ static BUILT: AtomicU64 = AtomicU64::new(0);
 /// How many events this process has built, in every run so far. A run
 /// without an [`EventSink`] adds nothing to it: with events off, no event
 /// is built, queued or stored.
+///
+/// Not part of the API: a probe for the test that proves that claim
+/// (`tests/events_off.rs`, an integration test, so it cannot be
+/// `#[cfg(test)]`). It may go away without notice.
+#[doc(hidden)]
 pub fn events_built() -> u64 {
     BUILT.load(Ordering::Relaxed)
 }
@@ -113,7 +118,7 @@ pub enum EventKind {
     /// The run ended; no event follows.
     RunFinished {
         /// `completed`, `failed` or `cancelled`.
-        status: crate::run::RunStatus,
+        status: crate::report::RunStatus,
         /// The run's makespan.
         makespan_ms: f64,
     },

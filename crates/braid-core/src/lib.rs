@@ -31,6 +31,7 @@
 //! the CLI build on it.
 
 pub mod agent;
+pub mod backoff;
 pub mod builder;
 pub mod checkpoint;
 mod condition;
@@ -40,10 +41,12 @@ pub mod diagnostic;
 pub mod event;
 pub mod explain;
 pub mod graph;
+pub mod input;
 pub mod kinds;
 pub mod limits;
 pub mod merge;
 pub mod pipeline;
+pub mod report;
 pub mod run;
 pub mod scenarios;
 mod spec;
@@ -54,7 +57,9 @@ pub use builder::PipelineBuilder;
 pub use checkpoint::{CheckpointPolicy, Checkpointer, ResumePoint};
 pub use condition::Condition;
 pub use diagnostic::{Diagnostic, LoadError, Location};
+pub use input::{InputError, ValidInput};
 pub use kinds::{AgentConfig, AgentKinds};
 pub use limits::LoadLimits;
 pub use pipeline::{AgentDef, AgentKind, FailurePolicy, Pipeline, RetryPolicy};
-pub use run::{AgentReport, AgentStatus, InputError, RunOptions, RunReport, RunStatus, ValidInput};
+pub use report::{AgentReport, AgentStatus, RunReport, RunStatus, TokenUsage};
+pub use run::RunOptions;

@@ -242,6 +242,13 @@ pub struct Pipeline {
     pub(crate) max_value_depth: usize,
 }
 
+static PIPELINE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A new pipeline instance's identity (see [`crate::ValidInput`]).
+pub(crate) fn next_pipeline_id() -> u64 {
+    PIPELINE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Pipeline {
     /// Loads and validates a pipeline file (YAML or JSON). Command agents
     /// run from the file's folder.
@@ -1092,7 +1099,7 @@ fn compile(
         checkpoint,
         content_hash: Arc::from(""),
         output: spec.output.map(|o| o.value),
-        id: crate::run::next_pipeline_id(),
+        id: next_pipeline_id(),
         max_value_depth: crate::depth::DEFAULT_MAX_VALUE_DEPTH,
     })
 }

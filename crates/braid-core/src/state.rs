@@ -17,8 +17,8 @@ use indexmap::IndexMap;
 use serde_json::Value;
 
 use crate::graph::AgentId;
+use crate::input::ValidInput;
 use crate::pipeline::{FieldId, Pipeline};
-use crate::run::ValidInput;
 
 pub(crate) struct RunState {
     values: Vec<Option<Arc<Value>>>,
@@ -125,11 +125,11 @@ impl RunState {
                 None => self.values[field] = Some(value),
                 Some(_) => {
                     // Writers are in declaration (= id) order.
-                    let slot = def
+                    let writer_index = def
                         .writers
                         .binary_search(&writer)
                         .expect("only declared writers write a field");
-                    self.contributions[field][slot] = Some(value);
+                    self.contributions[field][writer_index] = Some(value);
                     self.stale[field] = true;
                 }
             }

@@ -29,7 +29,7 @@
 
 use std::time::Duration;
 
-use crate::run::RunReport;
+use crate::report::RunReport;
 
 pub(crate) fn run_finished(report: &RunReport) {
     let status = report.status.to_string();

@@ -757,6 +757,8 @@ agents:
 async fn a_resumed_run_does_not_rerun_finished_agents_and_ends_in_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     // `flaky` fails on its first run only; every agent logs each execution.
+    // It reads `s` only so that `side` has finished when it fails: on a busy
+    // machine `side` could otherwise still be in flight, and be cancelled.
     let pipeline = load_in(
         dir.path(),
         r#"pipeline: resumable
@@ -764,7 +766,7 @@ checkpoint: agent
 agents:
   first:  { kind: command, run: [sh, -c, "echo first >> ran; echo '{\"a\": 1}'"], writes: [a] }
   side:   { kind: command, run: [sh, -c, "echo side >> ran; echo '{\"s\": 2}'"], writes: [s] }
-  flaky:  { kind: command, run: [sh, -c, "echo flaky >> ran; [ -f ok ] || { touch ok; exit 1; }; echo '{\"b\": 3}'"], reads: [a], writes: [b] }
+  flaky:  { kind: command, run: [sh, -c, "echo flaky >> ran; [ -f ok ] || { touch ok; exit 1; }; echo '{\"b\": 3}'"], reads: [a, s], writes: [b] }
   last:   { kind: command, run: [sh, -c, "echo last >> ran; echo '{\"c\": 4}'"], reads: [b, s], writes: [c] }
 "#,
     );
@@ -921,4 +923,142 @@ async fn an_agent_survives_the_thread_that_started_it() {
         report.agents["a"].error
     );
     assert_eq!(*report.state["x"], json!(1));
+}
+
+/// Counts `braid_agents_total` by its `status` label, as a metrics
+/// exporter would.
+#[derive(Default)]
+struct AgentsCounted(
+    std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    >,
+);
+
+impl AgentsCounted {
+    fn get(&self, status: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .get(status)
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for AgentsCounted {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        if key.name() != "braid_agents_total" {
+            return metrics::Counter::noop();
+        }
+        let status = key
+            .labels()
+            .find(|l| l.key() == "status")
+            .map(|l| l.value().to_owned())
+            .unwrap_or_default();
+        metrics::Counter::from_arc(self.0.lock().unwrap().entry(status).or_default().clone())
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Runs a one-agent pipeline whose agent cancels the run as it ends, so
+/// that its outcome arrives while the run winds down; gives the report,
+/// the checkpoint calls and the metrics.
+fn run_ending_during_wind_down(fails: bool) -> (RunReport, Vec<String>, AgentsCounted) {
+    let cancel = CancellationToken::new();
+    let trip = cancel.clone();
+    let mut builder = Pipeline::builder("late");
+    builder
+        .agent_fn("late", move |_| {
+            let trip = trip.clone();
+            async move {
+                // The run stops before the scheduler hears of this outcome.
+                trip.cancel();
+                if fails {
+                    Err(braid_core::agent::AgentError::Other("gave up".into()))
+                } else {
+                    let mut out = braid_core::agent::Writes::new();
+                    out.insert("out".into(), json!(1));
+                    Ok(out)
+                }
+            }
+        })
+        .writes(["out"]);
+    let pipeline = builder.build().unwrap();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let counted = AgentsCounted::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = metrics::with_local_recorder(&counted, || {
+        runtime.block_on(run(
+            &pipeline,
+            RunOptions {
+                cancel,
+                checkpointer: Some(recorder.clone()),
+                checkpoint: Some(braid_core::CheckpointPolicy::Agent),
+                ..Default::default()
+            },
+        ))
+    });
+    let calls = recorder.calls.lock().unwrap().clone();
+    (report, calls, counted)
+}
+
+#[test]
+fn a_failure_during_wind_down_is_checkpointed_and_counted() {
+    let (report, calls, counted) = run_ending_during_wind_down(true);
+    assert_eq!(report.status, RunStatus::Cancelled, "{report:?}");
+    assert_eq!(report.agents["late"].status, AgentStatus::Failed);
+    assert!(
+        calls.contains(&"agent late failed []".to_owned()),
+        "the late failure is checkpointed per agent: {calls:?}"
+    );
+    assert_eq!(counted.get("failed"), 1, "the late failure is counted");
+}
+
+#[test]
+fn a_completion_during_wind_down_is_checkpointed_and_counted() {
+    let (report, calls, counted) = run_ending_during_wind_down(false);
+    assert_eq!(report.status, RunStatus::Cancelled, "{report:?}");
+    assert_eq!(report.agents["late"].status, AgentStatus::Completed);
+    assert_eq!(*report.state["out"], json!(1));
+    assert!(
+        calls.contains(&"agent late completed [out]".to_owned()),
+        "{calls:?}"
+    );
+    assert_eq!(
+        counted.get("completed"),
+        1,
+        "the late completion is counted"
+    );
 }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use braid_core::RunReport;
 use braid_core::checkpoint::{AgentRecord, Checkpointer, RunRecord};
+use braid_core::{RunReport, RunStatus};
 use braid_store::{PersistError, RunSummary, StoreError, StoredRun};
 use indexmap::IndexMap;
 
@@ -103,7 +103,7 @@ fn new_run(run: &RunRecord) -> StoredRun {
         summary: RunSummary {
             run_id: run.run_id.to_string(),
             pipeline: run.pipeline.to_string(),
-            status: "running".to_owned(),
+            status: braid_core::report::RUNNING.to_owned(),
             checkpoint: run.policy.to_string(),
             created_at_ms: now,
             makespan_ms: None,
@@ -123,7 +123,9 @@ fn new_run(run: &RunRecord) -> StoredRun {
 
 impl Checkpointer for MemoryStore {
     fn run_started(&self, run: &RunRecord) {
-        self.upsert(run, |kept| kept.run.summary.status = "running".to_owned());
+        self.upsert(run, |kept| {
+            kept.run.summary.status = braid_core::report::RUNNING.to_owned()
+        });
     }
 
     fn agent_finished(&self, run: &RunRecord, agent: &AgentRecord) {
@@ -176,7 +178,7 @@ impl RunStore for MemoryStore {
         if kept.run.summary.status != seen.summary.status || kept.run.owner != seen.owner {
             return Ok(false);
         }
-        kept.run.summary.status = "running".to_owned();
+        kept.run.summary.status = braid_core::report::RUNNING.to_owned();
         Ok(true)
     }
 
@@ -208,10 +210,10 @@ impl RunStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn set_status(&self, run_id: &str, status: &str) -> Result<(), StoreError> {
+    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<(), StoreError> {
         self.check()?;
         if let Some(kept) = self.lock().runs.get_mut(run_id) {
-            kept.run.summary.status = status.to_owned();
+            kept.run.summary.status = status.as_str().to_owned();
         }
         Ok(())
     }

@@ -139,12 +139,8 @@ impl RunRegistry {
         let mut counts = HashMap::new();
         for run in self.read().values() {
             let status = match run.report.borrow().as_ref() {
-                None => "running",
-                Some(r) => match r.status {
-                    RunStatus::Completed => "completed",
-                    RunStatus::Failed => "failed",
-                    RunStatus::Cancelled => "cancelled",
-                },
+                None => braid_core::report::RUNNING,
+                Some(r) => r.status.as_str(),
             };
             *counts.entry(status).or_default() += 1;
         }
@@ -289,14 +285,11 @@ impl Execution {
             save(store.as_ref(), &run, keep_events, interrupted).await;
         }
         let status = if interrupted {
-            "interrupted"
+            RunStatus::Interrupted
         } else {
-            match report.status {
-                RunStatus::Completed => "completed",
-                RunStatus::Failed => "failed",
-                RunStatus::Cancelled => "cancelled",
-            }
-        };
+            report.status
+        }
+        .as_str();
         metrics::counter!("braid_runs_finished_total", "status" => status).increment(1);
         report
     }
@@ -374,7 +367,7 @@ async fn save(store: &dyn RunStore, run: &LiveRun, keep_events: bool, interrupte
     }
     if interrupted
         && saved.is_ok()
-        && let Err(err) = store.set_status(id, "interrupted").await
+        && let Err(err) = store.set_status(id, RunStatus::Interrupted).await
     {
         tracing::error!(run = %id, %err, "cannot mark the run interrupted");
     }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use braid_core::RunStatus;
 use braid_core::checkpoint::Checkpointer;
 use braid_store::{PersistError, RunSummary, StoreError, StoredRun};
 
@@ -33,7 +34,7 @@ pub trait RunStore: Send + Sync + 'static {
     /// A run's stored event stream, in order (empty if none was stored).
     async fn load_events(&self, run_id: &str) -> Result<Vec<String>, StoreError>;
     /// Overwrites a run's status (e.g. `interrupted` on shutdown).
-    async fn set_status(&self, run_id: &str, status: &str) -> Result<(), StoreError>;
+    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<(), StoreError>;
     /// What runs hand their checkpoints to. Never blocks.
     fn checkpointer(&self) -> Arc<dyn Checkpointer>;
     /// Waits until everything queued is written; reports runs that were not.
@@ -80,7 +81,7 @@ impl RunStore for braid_store::Store {
         braid_store::Store::load_events(self, run_id).await
     }
 
-    async fn set_status(&self, run_id: &str, status: &str) -> Result<(), StoreError> {
+    async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<(), StoreError> {
         braid_store::Store::set_status(self, run_id, status).await
     }
 

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use braid_core::backoff::Backoff;
 use braid_core::checkpoint::{AgentRecord, Checkpointer, FieldValue};
 use braid_core::{AgentReport, AgentStatus, CheckpointPolicy, RunStatus};
 use indexmap::IndexMap;
@@ -109,13 +110,13 @@ impl StoreSettings {
     /// the attempt in progress then (bounded by `acquire_timeout` to
     /// connect, `write_timeout` to write).
     pub fn give_up_after(&self) -> Duration {
-        let mut delay = self.retry_backoff;
-        let mut total = Duration::ZERO;
-        for _ in 0..self.write_retries {
-            total += delay;
-            delay = (delay * 2).min(self.retry_backoff_max);
-        }
-        total
+        self.backoff().total(self.write_retries)
+    }
+
+    /// The writer's retry delays: `retry_backoff` doubling up to
+    /// `retry_backoff_max`.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.retry_backoff, self.retry_backoff_max)
     }
 }
 
@@ -218,7 +219,8 @@ pub struct StoredRun {
 }
 
 impl StoredRun {
-    /// The status as a [`RunStatus`], or `None` while it is `running`.
+    /// The status as a [`RunStatus`], or `None` while it is `running`
+    /// ([`braid_core::report::RUNNING`]).
     pub fn run_status(&self) -> Option<RunStatus> {
         self.summary.status.parse().ok()
     }
@@ -822,11 +824,11 @@ impl Store {
         Ok(())
     }
 
-    /// Overwrites a run's status, e.g. `interrupted` for a run a server
-    /// stopped on shutdown (it can be resumed).
-    pub async fn set_status(&self, run_id: &str, status: &str) -> Result<(), StoreError> {
+    /// Overwrites a run's status, e.g. [`RunStatus::Interrupted`] for a
+    /// run a server stopped on shutdown (it can be resumed).
+    pub async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<(), StoreError> {
         sqlx::query("UPDATE braid_runs SET status = $1 WHERE id = $2")
-            .bind(status.to_owned())
+            .bind(status.as_str())
             .bind(run_id.to_owned())
             .execute(&self.pool)
             .await?;
@@ -841,6 +843,10 @@ impl Store {
     }
 }
 
+/// The waits between tries when migrating races another process (SQLite).
+const MIGRATE_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(160));
+
 /// Brings the schema up to date.
 async fn migrate(pool: &AnyPool, backend: Backend, masked: &str) -> Result<(), StoreError> {
     // PostgreSQL serialises migrators with an advisory lock; SQLite has
@@ -854,7 +860,7 @@ async fn migrate(pool: &AnyPool, backend: Backend, masked: &str) -> Result<(), S
             Ok(()) => return Ok(()),
             Err(err) if backend == Backend::Sqlite && tried < 5 && !migrate_is_final(&err) => {
                 tracing::debug!(error = %err, "migrating raced another process; trying again");
-                tokio::time::sleep(Duration::from_millis(20 * tried)).await;
+                tokio::time::sleep(MIGRATE_BACKOFF.delay(tried)).await;
             }
             Err(source) => {
                 return Err(StoreError::Migrate {

@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use braid_core::checkpoint::{AgentRecord, Checkpointer, FieldValue, RunRecord};
+use braid_core::checkpoint::{AgentRecord, CheckpointPolicy, Checkpointer, FieldValue, RunRecord};
+use braid_core::report::RUNNING;
 use braid_core::{AgentReport, RunReport};
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -76,7 +77,7 @@ pub(crate) struct RunRow {
     pipeline: Arc<str>,
     pipeline_hash: Arc<str>,
     pipeline_path: Option<String>,
-    pub(crate) checkpoint: String,
+    pub(crate) checkpoint: CheckpointPolicy,
     status: String,
     input: Vec<FieldValue>,
     error: Option<String>,
@@ -241,7 +242,7 @@ impl Writer {
             pipeline: run.pipeline.clone(),
             pipeline_hash: run.pipeline_hash.clone(),
             pipeline_path: run.pipeline_path.as_ref().map(|p| p.display().to_string()),
-            checkpoint: run.policy.to_string(),
+            checkpoint: run.policy,
             status: status.to_owned(),
             input: run.input.clone(),
             error: None,
@@ -253,7 +254,7 @@ impl Writer {
 
 impl Checkpointer for Writer {
     fn run_started(&self, run: &RunRecord) {
-        let _ = self.queue.send(Op::Run(Self::row(run, "running")));
+        let _ = self.queue.send(Op::Run(Self::row(run, RUNNING)));
     }
 
     fn agent_finished(&self, run: &RunRecord, agent: &AgentRecord) {
@@ -269,7 +270,7 @@ impl Checkpointer for Writer {
     }
 
     fn run_finished(&self, run: &RunRecord, report: &RunReport, agents: &[AgentRecord]) {
-        let mut row = Self::row(run, &report.status.to_string());
+        let mut row = Self::row(run, report.status.as_str());
         row.error = report.error.clone();
         row.makespan_ms = Some(report.makespan_ms);
         row.created_at_ms -= report.makespan_ms as i64;
@@ -464,7 +465,7 @@ impl Loop {
     }
 
     async fn attempt(&mut self, ops: &[Op], retries: u32) -> Result<(), Failure> {
-        let mut delay = self.settings.retry_backoff;
+        let mut delays = self.settings.backoff().delays();
         let mut attempt = 0;
         // The retry budget runs from the first failure: the schedule's
         // delays plus one wait for a connection, so attempts that hang
@@ -517,12 +518,12 @@ impl Loop {
                     metrics::counter!("braid_checkpoint_retries_total").increment(1);
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     let spent = first.map_or(Duration::ZERO, |t| t.elapsed());
+                    let delay = delays.next().unwrap_or(self.settings.retry_backoff_max);
                     let pause = delay.min(budget.saturating_sub(spent));
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
                         _ = abandoned.wait_for(|a| *a) => return Err(Failure::Abandoned),
                     }
-                    delay = (delay * 2).min(self.settings.retry_backoff_max);
                 }
                 Err(error) => return Err(error),
             }
@@ -733,7 +734,7 @@ pub(crate) async fn write_batch(
                 runs.insert(&run.id, run);
                 // With `agent`, the deltas went out as agents finished; write
                 // them again only if one of those writes was lost.
-                let restore = run.checkpoint != "agent" || lost.contains(&run.id);
+                let restore = run.checkpoint != CheckpointPolicy::Agent || lost.contains(&run.id);
                 for row in rows {
                     agents.insert((&run.id, &row.agent), row);
                     if restore {
@@ -771,7 +772,7 @@ pub(crate) async fn write_batch(
                 .bind(run.pipeline.to_string())
                 .bind(run.pipeline_hash.to_string())
                 .bind(run.pipeline_path.clone())
-                .bind(run.checkpoint.clone())
+                .bind(run.checkpoint.as_str())
                 .bind(run.status.clone())
                 .bind(input_json(&run.input))
                 .bind(run.error.as_deref().map(text))
@@ -805,7 +806,7 @@ pub(crate) async fn write_batch(
             q = q
                 .bind(run_id.to_string())
                 .bind(agent.to_string())
-                .bind(r.status.to_string())
+                .bind(r.status.as_str())
                 .bind(i64::from(r.attempts))
                 .bind(r.start_ms)
                 .bind(r.duration_ms)
@@ -870,7 +871,7 @@ async fn write_processes(
             } => sqlx::query("DELETE FROM braid_agent_processes WHERE run_id = $1 AND pgid = $2")
                 .bind(run_id.to_string())
                 .bind(i64::from(*pgid)),
-            Op::Finished { run, .. } if run.checkpoint == "agent" => {
+            Op::Finished { run, .. } if run.checkpoint == CheckpointPolicy::Agent => {
                 sqlx::query("DELETE FROM braid_agent_processes WHERE run_id = $1")
                     .bind(run.id.to_string())
             }

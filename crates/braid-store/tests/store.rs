@@ -87,6 +87,7 @@ on_both_backends!(
     reopening_a_store_keeps_its_runs,
     a_resume_reruns_changed_agents_and_their_downstream_only,
     everything_written_reads_back_and_over_deep_outputs_are_refused,
+    statuses_are_the_cores_vocabulary,
 );
 
 const SMALL: &str = "pipeline: small
@@ -392,6 +393,24 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
         .unwrap()
         .to_string();
     assert!(err.contains("unsupported store URL"), "{err}");
+}
+
+/// The store writes and reads statuses in the core's one vocabulary,
+/// `interrupted` included (a server marks runs it stopped with it).
+async fn statuses_are_the_cores_vocabulary(store: Store, _url: &str) {
+    let pipeline = Pipeline::from_yaml_str(SMALL).unwrap();
+    let report = run(&pipeline, &store, CheckpointPolicy::Agent).await;
+    store.flush().await.unwrap();
+    let seen = store.get_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(seen.summary.status, RunStatus::Completed.as_str());
+    assert_eq!(seen.run_status(), Some(RunStatus::Completed));
+    store
+        .set_status(&report.run_id, RunStatus::Interrupted)
+        .await
+        .unwrap();
+    let seen = store.get_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(seen.summary.status, "interrupted");
+    assert_eq!(seen.run_status(), Some(RunStatus::Interrupted));
 }
 
 async fn only_one_resume_can_claim_a_run(store: Store, _url: &str) {

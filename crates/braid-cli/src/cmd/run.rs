@@ -310,7 +310,11 @@ pub(crate) async fn execute(
     Ok(match report.status {
         RunStatus::Completed => ExitCode::SUCCESS,
         RunStatus::Failed => ExitCode::from(exit::FAILED),
-        RunStatus::Cancelled => ExitCode::from(exit::CANCELLED),
+        // The engine reports neither `interrupted` (stores mark it) nor,
+        // yet, `waiting` (issue 12): both would mean "not finished".
+        RunStatus::Cancelled | RunStatus::Interrupted | RunStatus::Waiting => {
+            ExitCode::from(exit::CANCELLED)
+        }
     })
 }
 

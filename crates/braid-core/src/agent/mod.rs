@@ -18,6 +18,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::event::{EventKind, EventSink};
+pub use crate::report::TokenUsage;
 
 /// The fields an agent writes, by name.
 pub type Writes = Map<String, Value>;
@@ -76,15 +77,6 @@ impl Drop for RecordedGroup {
 pub struct TokenCounter {
     prompt: std::sync::atomic::AtomicU64,
     completion: std::sync::atomic::AtomicU64,
-}
-
-/// Token usage, per agent and per run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TokenUsage {
-    /// Tokens sent.
-    pub prompt: u64,
-    /// Tokens received.
-    pub completion: u64,
 }
 
 impl TokenCounter {

@@ -59,7 +59,8 @@ pub struct PooledCommandAgent {
     args: Vec<String>,
     dir: PathBuf,
     env: Vec<(String, String)>,
-    slots: Semaphore,
+    /// One permit per process the pool may have busy at once.
+    busy_limit: Semaphore,
     idle: Mutex<Vec<Worker>>,
     spawned: AtomicU64,
 }
@@ -68,7 +69,7 @@ impl std::fmt::Debug for PooledCommandAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledCommandAgent")
             .field("program", &self.program)
-            .field("size", &self.slots.available_permits())
+            .field("size", &self.busy_limit.available_permits())
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +88,7 @@ impl PooledCommandAgent {
             args,
             dir,
             env,
-            slots: Semaphore::new(size.max(1)),
+            busy_limit: Semaphore::new(size.max(1)),
             idle: Mutex::new(Vec::new()),
             spawned: AtomicU64::new(0),
         }
@@ -171,8 +172,8 @@ impl Agent for PooledCommandAgent {
         .map_err(|e| AgentError::Other(format!("cannot encode the agent's input: {e}")))?;
         request.push(b'\n');
 
-        let _slot = self
-            .slots
+        let _busy = self
+            .busy_limit
             .acquire()
             .await
             .map_err(|_| AgentError::Other("the process pool is closed".into()))?;

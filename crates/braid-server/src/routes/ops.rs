@@ -7,6 +7,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use serde_json::{Value, json};
 
+use braid_core::RunStatus;
+
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -47,7 +49,14 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         store.record_gauges();
     }
     let counts = state.inner.runs.counts();
-    for status in ["running", "completed", "failed", "cancelled"] {
+    let statuses = [
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+    for status in
+        std::iter::once(braid_core::report::RUNNING).chain(statuses.map(RunStatus::as_str))
+    {
         metrics::gauge!("braid_runs_in_memory", "status" => status)
             .set(counts.get(status).copied().unwrap_or(0) as f64);
     }

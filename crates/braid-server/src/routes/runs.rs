@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use braid_core::event::EventLevel;
-use braid_core::{CheckpointPolicy, ResumePoint};
+use braid_core::{CheckpointPolicy, ResumePoint, RunStatus};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -128,7 +128,7 @@ fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
     let mut value = serde_json::to_value(report).unwrap_or_default();
     value["events"] = json!(run.events_mode);
     if run.interrupted.load(Ordering::SeqCst) {
-        value["status"] = json!("interrupted");
+        value["status"] = json!(RunStatus::Interrupted);
     }
     value
 }
@@ -144,8 +144,10 @@ pub(super) async fn list_runs(State(state): State<AppState>) -> Result<Json<Valu
             "run_id": run.id,
             "pipeline": run.pipeline,
             "status": match &report {
-                None => "running".to_owned(),
-                Some(_) if run.interrupted.load(Ordering::SeqCst) => "interrupted".to_owned(),
+                None => braid_core::report::RUNNING.to_owned(),
+                Some(_) if run.interrupted.load(Ordering::SeqCst) => {
+                    RunStatus::Interrupted.to_string()
+                }
                 Some(r) => r.status.to_string(),
             },
             "makespan_ms": report.as_ref().map(|r| r.makespan_ms),

@@ -1,0 +1,227 @@
+//! The vocabulary every layer shares: how a run and each agent ended, and
+//! the reports a run hands back.
+//!
+//! A leaf module (it imports nothing else from the crate), so the scheduler,
+//! checkpointing, events, telemetry, the store and the server all name a
+//! status without depending on one another. Each status has one string form
+//! ([`RunStatus::as_str`], [`AgentStatus::as_str`]), the same in serde, in
+//! [`Display`](std::fmt::Display) and in [`FromStr`](std::str::FromStr):
+//! stores and servers use it rather than spelling the words themselves.
+
+use std::fmt;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How a run ended (or, for [`Waiting`](RunStatus::Waiting), where it
+/// stands). A run still in progress has no `RunStatus`; stores write it as
+/// [`RUNNING`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every agent completed or was skipped.
+    Completed,
+    /// An agent failed.
+    Failed,
+    /// The run was cancelled before it finished.
+    Cancelled,
+    /// The process running it stopped (a server shut down or crashed)
+    /// before it finished; it can be resumed from its checkpoints. The
+    /// engine never reports it: stores and servers mark runs with it.
+    Interrupted,
+    /// Reserved for runs paused for a person (issue 12): nothing produces
+    /// it yet.
+    Waiting,
+}
+
+/// What stores write as the status of a run still in progress.
+pub const RUNNING: &str = "running";
+
+impl RunStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Interrupted,
+        RunStatus::Waiting,
+    ];
+
+    /// True for [`RunStatus::Completed`].
+    pub fn is_success(self) -> bool {
+        self == RunStatus::Completed
+    }
+
+    /// Its one string form: `completed`, `failed`, `cancelled`,
+    /// `interrupted` or `waiting`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Waiting => "waiting",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown run status `{s}`"))
+    }
+}
+
+/// Where one agent got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    /// Not started (only seen while a run is in progress).
+    Pending,
+    /// In flight.
+    Running,
+    /// Finished; its writes are in the state.
+    Completed,
+    /// Failed for good (after its retries).
+    Failed,
+    /// Did not run: its condition was false, or a read it needs was never produced.
+    Skipped,
+    /// Stopped, or never started, because the run was cancelled or failed.
+    Cancelled,
+}
+
+impl AgentStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [AgentStatus; 6] = [
+        AgentStatus::Pending,
+        AgentStatus::Running,
+        AgentStatus::Completed,
+        AgentStatus::Failed,
+        AgentStatus::Skipped,
+        AgentStatus::Cancelled,
+    ];
+
+    /// Its one string form (the lowercase name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Pending => "pending",
+            AgentStatus::Running => "running",
+            AgentStatus::Completed => "completed",
+            AgentStatus::Failed => "failed",
+            AgentStatus::Skipped => "skipped",
+            AgentStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AgentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        AgentStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown agent status `{s}`"))
+    }
+}
+
+/// Token usage, per agent and per run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Tokens sent.
+    pub prompt: u64,
+    /// Tokens received.
+    pub completion: u64,
+}
+
+/// What happened to one agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentReport {
+    /// Where it got to.
+    pub status: AgentStatus,
+    /// When its first attempt started, in ms from the run's start.
+    pub start_ms: Option<f64>,
+    /// From its first attempt's start to its last attempt's end, in ms.
+    pub duration_ms: Option<f64>,
+    /// How long it waited between being ready and starting (concurrency limit), in ms.
+    pub queue_ms: Option<f64>,
+    /// How many attempts it made.
+    pub attempts: u32,
+    /// Why it failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// It finished in an earlier attempt at this run, which this one resumed;
+    /// its timings are from then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// Model tokens it used (LLM agents).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens: Option<TokenUsage>,
+}
+
+/// The outcome of a run: status, timings, and the final state.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The run's id.
+    pub run_id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// How it ended.
+    pub status: RunStatus,
+    /// Why it failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// From start to the last agent's end, in ms (monotonic clock).
+    pub makespan_ms: f64,
+    /// Every field that has a value: the inputs and what completed agents wrote.
+    pub state: IndexMap<String, Arc<Value>>,
+    /// Every agent, in declaration order.
+    pub agents: IndexMap<String, AgentReport>,
+    /// Model tokens all agents used, when any did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens: Option<TokenUsage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_string_form_in_serde_display_and_from_str() {
+        for status in RunStatus::ALL {
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, Value::String(status.as_str().to_owned()));
+            assert_eq!(status.to_string(), status.as_str());
+            assert_eq!(status.as_str().parse::<RunStatus>(), Ok(status));
+        }
+        for status in AgentStatus::ALL {
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, Value::String(status.as_str().to_owned()));
+            assert_eq!(status.as_str().parse::<AgentStatus>(), Ok(status));
+        }
+        assert!("running".parse::<RunStatus>().is_err());
+        assert_eq!(
+            "interrupted".parse::<RunStatus>(),
+            Ok(RunStatus::Interrupted)
+        );
+    }
+}

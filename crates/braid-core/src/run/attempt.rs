@@ -1,0 +1,147 @@
+//! One agent's attempts: a timeout per attempt, retries with
+//! [`Backoff`], and the output checked against its declared writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::ms;
+use crate::agent::{Agent, AgentError, AgentInput, Writes};
+use crate::backoff::Backoff;
+use crate::event::EventKind;
+use crate::graph::AgentId;
+use crate::pipeline::{FieldId, RetryPolicy, WriteSlot};
+
+/// What an agent's task hands back.
+pub(super) struct Finished {
+    pub(super) agent: AgentId,
+    pub(super) attempts: u32,
+    pub(super) finished: Instant,
+    pub(super) result: Result<Vec<(FieldId, Arc<Value>)>, AgentError>,
+}
+
+/// The longest wait between an agent's attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// Runs an agent's attempts: timeout per attempt, retries with exponential
+/// backoff and jitter, and the output checked against its declared writes.
+pub(super) async fn attempt_loop(
+    agent: AgentId,
+    runner: Arc<dyn Agent>,
+    mut input: AgentInput,
+    policy: RetryPolicy,
+    writes: Arc<[WriteSlot]>,
+    max_depth: usize,
+) -> Finished {
+    use tracing::Instrument;
+    let mut attempt = 1;
+    loop {
+        input.attempt = attempt;
+        let span = tracing::debug_span!(
+            "agent",
+            agent = %input.agent,
+            attempt,
+            error = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        );
+        let outcome = match policy.timeout {
+            Some(limit) => tokio::time::timeout(limit, runner.call(&input))
+                .instrument(span.clone())
+                .await
+                .unwrap_or(Err(AgentError::Timeout(limit))),
+            None => runner.call(&input).instrument(span.clone()).await,
+        };
+        let result = outcome.and_then(|out| check_writes(out, &writes, &input.agent, max_depth));
+        if let Err(error) = &result
+            && !span.is_disabled()
+        {
+            span.record("error", tracing::field::display(error));
+            span.record("otel.status_code", "ERROR");
+        }
+        drop(span);
+        match result {
+            Err(error) if attempt <= policy.retries && error.is_retryable() => {
+                let delay = Backoff::new(policy.backoff, MAX_RETRY_DELAY)
+                    .with_jitter()
+                    .delay(attempt);
+                crate::telemetry::retried();
+                tracing::debug!(agent = %input.agent, attempt, %error, "retrying");
+                if let Some(events) = &input.events {
+                    events.emit(EventKind::AgentRetrying {
+                        agent: input.agent.clone(),
+                        attempt,
+                        error: error.to_string(),
+                        delay_ms: ms(delay),
+                    });
+                }
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            result => {
+                return Finished {
+                    agent,
+                    attempts: attempt,
+                    finished: Instant::now(),
+                    result,
+                };
+            }
+        }
+    }
+}
+
+/// Checks an agent's output against its declared writes: an object with
+/// exactly those fields, each nested at most `max_depth` deep and
+/// acceptable to its field's merge rule.
+fn check_writes(
+    mut out: Writes,
+    writes: &[WriteSlot],
+    agent: &str,
+    max_depth: usize,
+) -> Result<Vec<(FieldId, Arc<Value>)>, AgentError> {
+    let undeclared: Vec<&String> = out
+        .keys()
+        .filter(|k| !writes.iter().any(|w| &*w.name == k.as_str()))
+        .collect();
+    if !undeclared.is_empty() {
+        let declared: Vec<&str> = writes.iter().map(|w| &*w.name).collect();
+        return Err(AgentError::Output(format!(
+            "wrote undeclared field(s) {}; it declares writes: [{}]",
+            undeclared
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            declared.join(", ")
+        )));
+    }
+    let mut values = Vec::with_capacity(writes.len());
+    let mut missing = Vec::new();
+    for write in writes {
+        match out.remove(&*write.name) {
+            Some(value) => {
+                if crate::depth::exceeds(&value, max_depth) {
+                    return Err(AgentError::Output(format!(
+                        "agent `{agent}` wrote `{}` nested more than {max_depth} levels deep, \
+                         the limit (max_value_depth); deeper values could not be stored and read back",
+                        write.name
+                    )));
+                }
+                if let Some(rule) = write.merge {
+                    rule.check(&value)
+                        .map_err(|e| AgentError::Output(format!("field `{}`: {e}", write.name)))?;
+                }
+                values.push((write.field, Arc::new(value)));
+            }
+            None => missing.push(format!("`{}`", write.name)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(AgentError::Output(format!(
+            "did not write declared field(s) {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(values)
+}

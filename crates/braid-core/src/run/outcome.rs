@@ -1,0 +1,235 @@
+//! Recording how an agent ended, in one place: the state merge, its
+//! report, telemetry, its event and its per-agent checkpoint. The scheduler
+//! loop and wind-down both go through [`Scheduler::record`], so an outcome
+//! that arrives while the run is stopping is recorded exactly like one that
+//! arrives while it runs.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::attempt::Finished;
+use super::ms;
+use super::scheduler::Scheduler;
+use crate::checkpoint::{AgentRecord, CheckpointPolicy, FieldValue};
+use crate::event::EventKind;
+use crate::graph::AgentId;
+use crate::pipeline::{FailurePolicy, FieldId};
+use crate::report::{AgentReport, AgentStatus, RunStatus};
+
+/// How an agent ended.
+pub(super) enum Outcome {
+    /// It completed with these writes.
+    Completed(Vec<(FieldId, Arc<Value>)>),
+    /// It failed for good, for this reason.
+    Failed(String),
+    /// It did not run, for this reason.
+    Skipped(String),
+}
+
+/// A task the [`JoinSet`](tokio::task::JoinSet) handed back.
+type Joined = Result<(tokio::task::Id, Finished), tokio::task::JoinError>;
+
+impl Scheduler<'_> {
+    /// Records how `agent` ended: merges a completed agent's writes into
+    /// the state, updates what its report will say, emits its event, counts
+    /// it in the metrics and hands it to the checkpointer. What the run does
+    /// next (ready dependents, stop) is the caller's.
+    pub(super) fn record(&mut self, agent: AgentId, outcome: Outcome, now: Instant) {
+        let name = self.pipeline.agents[agent].name.clone();
+        let attempts = self.progress[agent].attempts;
+        match outcome {
+            Outcome::Completed(writes) => {
+                let named = if self.checkpoint.is_some() {
+                    self.named(&writes)
+                } else {
+                    Vec::new()
+                };
+                self.state.apply(self.pipeline, agent, writes);
+                let progress = &mut self.progress[agent];
+                progress.status = AgentStatus::Completed;
+                progress.finished = Some(now);
+                let duration_ms = progress.started.map(|s| ms(now - s)).unwrap_or_default();
+                self.emit(|| EventKind::AgentCompleted {
+                    agent: name,
+                    duration_ms,
+                });
+                crate::telemetry::agent_finished("completed", Some(duration_ms), attempts);
+                self.checkpoint_agent(agent, named);
+            }
+            Outcome::Failed(error) => {
+                self.emit(|| EventKind::AgentFailed {
+                    agent: name,
+                    error: error.clone(),
+                });
+                self.any_failed = true;
+                crate::telemetry::agent_finished("failed", None, attempts);
+                let progress = &mut self.progress[agent];
+                progress.status = AgentStatus::Failed;
+                progress.finished.get_or_insert(now);
+                progress.error = Some(error);
+                self.checkpoint_agent(agent, Vec::new());
+            }
+            Outcome::Skipped(reason) => {
+                self.emit(|| EventKind::AgentSkipped {
+                    agent: name,
+                    reason: reason.clone(),
+                });
+                crate::telemetry::agent_finished("skipped", None, 0);
+                let progress = &mut self.progress[agent];
+                progress.status = AgentStatus::Skipped;
+                progress.reason = Some(reason);
+                self.checkpoint_agent(agent, Vec::new());
+            }
+        }
+    }
+
+    /// Records `agent`'s outcome while the run goes on: dependents of a
+    /// completed or skipped agent (or of a failed one under
+    /// `on_failure: continue`) are readied; a failure under
+    /// `on_failure: fail` stops the run.
+    fn conclude(&mut self, agent: AgentId, outcome: Outcome, now: Instant) {
+        let failed = match &outcome {
+            Outcome::Failed(error) => Some(error.clone()),
+            _ => None,
+        };
+        self.record(agent, outcome, now);
+        match failed {
+            Some(error) if matches!(self.pipeline.on_failure, FailurePolicy::Fail) => {
+                let name = &self.pipeline.agents[agent].name;
+                self.stop = Some((RunStatus::Failed, format!("agent `{name}` failed: {error}")));
+            }
+            _ => self.release(agent, now),
+        }
+    }
+
+    /// Skips `agent` (its condition is false, or a read it needs is missing).
+    pub(super) fn skip(&mut self, agent: AgentId, reason: String, now: Instant) {
+        self.conclude(agent, Outcome::Skipped(reason), now);
+    }
+
+    /// Fails `agent` before it ran (its condition could not be evaluated).
+    pub(super) fn fail(&mut self, agent: AgentId, error: String, now: Instant) {
+        self.conclude(agent, Outcome::Failed(error), now);
+    }
+
+    /// Takes a task the loop joined.
+    pub(super) fn finish(&mut self, joined: Joined) {
+        if let Some((agent, outcome, now)) = self.joined(joined) {
+            self.conclude(agent, outcome, now);
+        }
+    }
+
+    /// What a joined task says: its agent, outcome and end. A task aborted
+    /// in flight is marked cancelled here (and gives `None`), as is one the
+    /// scheduler does not know.
+    fn joined(&mut self, joined: Joined) -> Option<(AgentId, Outcome, Instant)> {
+        match joined {
+            Ok((id, done)) => {
+                self.task_agent.remove(&id);
+                self.progress[done.agent].attempts = done.attempts;
+                let outcome = match done.result {
+                    Ok(writes) => Outcome::Completed(writes),
+                    Err(error) => Outcome::Failed(error.to_string()),
+                };
+                Some((done.agent, outcome, done.finished))
+            }
+            Err(error) => {
+                let agent = self.task_agent.remove(&error.id())?;
+                let now = Instant::now();
+                if error.is_cancelled() {
+                    self.cancelled(agent, now);
+                    None
+                } else {
+                    let progress = &mut self.progress[agent];
+                    progress.attempts = progress.attempts.max(1);
+                    let why = format!("the agent panicked: {error}");
+                    Some((agent, Outcome::Failed(why), now))
+                }
+            }
+        }
+    }
+
+    fn cancelled(&mut self, agent: AgentId, now: Instant) {
+        let reason = self.stop.as_ref().map(|(_, why)| why.clone());
+        let progress = &mut self.progress[agent];
+        progress.status = AgentStatus::Cancelled;
+        progress.finished = Some(now);
+        progress.attempts = progress.attempts.max(1);
+        progress.error = Some(format!(
+            "cancelled in flight: {}",
+            reason.unwrap_or_else(|| "the run stopped".to_owned())
+        ));
+    }
+
+    /// Aborts what is still in flight and records what finished meanwhile
+    /// (completed or failed), starting nothing new; agents never started
+    /// are cancelled.
+    pub(super) async fn wind_down(&mut self) {
+        self.tasks.abort_all();
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            if let Some((agent, outcome, now)) = self.joined(joined) {
+                self.record(agent, outcome, now);
+            }
+        }
+        let why = self.stop.as_ref().map(|(_, why)| why.clone());
+        for progress in &mut self.progress {
+            if progress.status == AgentStatus::Pending {
+                progress.status = AgentStatus::Cancelled;
+                progress.error = Some(format!(
+                    "not started: {}",
+                    why.clone().unwrap_or_else(|| "the run stopped".to_owned())
+                ));
+            }
+        }
+    }
+
+    /// What the report will say of `agent`, as of now.
+    pub(super) fn agent_report(&self, agent: AgentId) -> AgentReport {
+        let progress = &self.progress[agent];
+        if let Some(earlier) = &progress.resumed {
+            return (**earlier).clone();
+        }
+        let start = self.start;
+        AgentReport {
+            status: progress.status,
+            start_ms: progress.started.map(|s| ms(s - start)),
+            duration_ms: progress
+                .started
+                .zip(progress.finished)
+                .map(|(s, f)| ms(f - s)),
+            queue_ms: progress
+                .ready_at
+                .zip(progress.started)
+                .map(|(r, s)| ms(s - r)),
+            attempts: progress.attempts,
+            error: progress.error.clone(),
+            reason: progress.reason.clone(),
+            resumed: false,
+            tokens: progress.usage.usage(),
+        }
+    }
+
+    /// Hands an agent's outcome to the checkpointer (policy `agent`), or
+    /// keeps its writes for the end (policy `end`).
+    fn checkpoint_agent(&mut self, agent: AgentId, writes: Vec<FieldValue>) {
+        if self.policy() == CheckpointPolicy::Agent {
+            let record = AgentRecord {
+                agent: self.pipeline.agents[agent].name.clone(),
+                report: self.agent_report(agent),
+                writes: writes.clone(),
+                definition: Some(self.pipeline.agents[agent].definition.clone()),
+            };
+            if let Some((checkpointer, _, run)) = &self.checkpoint {
+                checkpointer.agent_finished(run, &record);
+            }
+        }
+        // Kept for the end either way (shared values, not copies): with
+        // `agent`, the store needs them again only if an earlier write of
+        // this run was lost.
+        if self.policy() != CheckpointPolicy::None {
+            self.kept_writes[agent] = writes;
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! The scheduler loop: which agents are ready, launching them within the
+//! concurrency limit, resuming, stopping, and the run's report. How an
+//! agent's outcome is recorded, and winding down, are in `outcome.rs`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::attempt::{Finished, attempt_loop};
+use super::{RunOptions, ms};
+use crate::agent::{AgentInput, Reads};
+use crate::checkpoint::{
+    AgentRecord, CheckpointPolicy, Checkpointer, FieldValue, ResumePoint, RunRecord,
+};
+use crate::event::EventKind;
+use crate::graph::AgentId;
+use crate::input::ValidInput;
+use crate::pipeline::{FieldId, Pipeline};
+use crate::report::{AgentReport, AgentStatus, RunReport, RunStatus};
+use crate::state::RunState;
+
+/// One agent's bookkeeping during a run.
+#[derive(Debug, Clone)]
+pub(super) struct AgentProgress {
+    pub(super) status: AgentStatus,
+    pub(super) missing: usize,
+    pub(super) ready_at: Option<Instant>,
+    pub(super) started: Option<Instant>,
+    pub(super) finished: Option<Instant>,
+    pub(super) attempts: u32,
+    pub(super) error: Option<String>,
+    pub(super) reason: Option<String>,
+    /// Its record from the run this one resumes (boxed: rare, and these
+    /// are per agent per run in flight).
+    pub(super) resumed: Option<Box<AgentReport>>,
+    /// Waiting in the ready queue (never queued twice).
+    pub(super) queued: bool,
+    /// Tokens its calls used.
+    pub(super) usage: Arc<crate::agent::TokenCounter>,
+}
+
+/// One run in progress: everything the loop owns.
+pub(super) struct Scheduler<'p> {
+    pub(super) pipeline: &'p Pipeline,
+    pub(super) run_id: Arc<str>,
+    pub(super) options: RunOptions,
+    pub(super) state: RunState,
+    pub(super) progress: Vec<AgentProgress>,
+    /// Ready agents, earliest in topological order first.
+    pub(super) ready: BinaryHeap<Reverse<(usize, AgentId)>>,
+    pub(super) tasks: JoinSet<Finished>,
+    pub(super) task_agent: HashMap<tokio::task::Id, AgentId>,
+    pub(super) start: Instant,
+    /// Set when the run must stop: its status and why.
+    pub(super) stop: Option<(RunStatus, String)>,
+    pub(super) any_failed: bool,
+    /// Present when the run is checkpointed.
+    pub(super) checkpoint: Option<(Arc<dyn Checkpointer>, CheckpointPolicy, RunRecord)>,
+    /// Each completed agent's writes, until the end (when checkpointed).
+    pub(super) kept_writes: Vec<Vec<FieldValue>>,
+    /// Where command agents put their process groups on record (policy `agent`).
+    pub(super) processes: Option<Arc<crate::agent::ProcessRecorder>>,
+}
+
+impl<'p> Scheduler<'p> {
+    pub(super) fn new(pipeline: &'p Pipeline, input: ValidInput, options: RunOptions) -> Self {
+        // An input another pipeline checked names fields by that pipeline's
+        // table: it is not used, and the run fails before anything starts.
+        let foreign = (input.pipeline != pipeline.id).then(|| {
+            format!(
+                "the run's input was checked by another pipeline (`{}`, a different instance), \
+                 not by this `{}`; check it with this pipeline's check_input",
+                input.pipeline_name, pipeline.name
+            )
+        });
+        let input = if foreign.is_some() {
+            tracing::warn!(pipeline = %pipeline.name, "refusing an input checked by another pipeline");
+            ValidInput {
+                values: Vec::new(),
+                pipeline: pipeline.id,
+                pipeline_name: pipeline.name.clone(),
+            }
+        } else {
+            input
+        };
+        let run_id: Arc<str> = match &options.run_id {
+            Some(id) => Arc::from(id.as_str()),
+            None => Arc::from(uuid::Uuid::now_v7().to_string()),
+        };
+        let n = pipeline.agents.len();
+        let progress = (0..n)
+            .map(|a| AgentProgress {
+                status: AgentStatus::Pending,
+                missing: pipeline.graph.dependencies(a).len(),
+                ready_at: None,
+                started: None,
+                finished: None,
+                attempts: 0,
+                error: None,
+                reason: None,
+                resumed: None,
+                queued: false,
+                usage: Arc::default(),
+            })
+            .collect();
+        let policy = options
+            .checkpoint
+            .or(pipeline.checkpoint)
+            .unwrap_or_default();
+        let checkpoint = options
+            .checkpointer
+            .clone()
+            .filter(|_| policy != CheckpointPolicy::None && foreign.is_none())
+            .map(|checkpointer| {
+                let record = RunRecord {
+                    run_id: run_id.clone(),
+                    pipeline: pipeline.name.clone(),
+                    pipeline_hash: pipeline.content_hash.clone(),
+                    pipeline_path: pipeline.source.clone(),
+                    input: input
+                        .values
+                        .iter()
+                        .map(|(f, v)| (pipeline.fields[*f].name.clone(), v.clone()))
+                        .collect(),
+                    policy,
+                };
+                (checkpointer, policy, record)
+            });
+        // Only checkpointed runs keep writes for the end.
+        let kept_writes = if checkpoint.is_some() {
+            vec![Vec::new(); n]
+        } else {
+            Vec::new()
+        };
+        let processes = checkpoint
+            .as_ref()
+            .filter(|(_, policy, _)| *policy == CheckpointPolicy::Agent)
+            .map(|(checkpointer, _, run)| {
+                Arc::new(crate::agent::ProcessRecorder {
+                    checkpointer: checkpointer.clone(),
+                    run: run.clone(),
+                })
+            });
+        Self {
+            pipeline,
+            run_id,
+            processes,
+            state: RunState::new(pipeline, input),
+            options,
+            progress,
+            ready: BinaryHeap::new(),
+            tasks: JoinSet::new(),
+            task_agent: HashMap::new(),
+            start: Instant::now(),
+            stop: foreign.map(|why| (RunStatus::Failed, why)),
+            any_failed: false,
+            kept_writes,
+            checkpoint,
+        }
+    }
+
+    pub(super) fn policy(&self) -> CheckpointPolicy {
+        self.checkpoint
+            .as_ref()
+            .map_or(CheckpointPolicy::None, |(_, policy, _)| *policy)
+    }
+
+    pub(super) fn named(&self, writes: &[(FieldId, Arc<Value>)]) -> Vec<FieldValue> {
+        writes
+            .iter()
+            .map(|(f, v)| (self.pipeline.fields[*f].name.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Marks the agents an earlier attempt finished as done, applying
+    /// their writes in topological order. With `check_definitions`, a
+    /// record is reused only if its agent's definition hash is unchanged
+    /// and every agent it depends on is reused too (see [`ResumePoint`]).
+    pub(super) fn resume(&mut self, point: ResumePoint, check_definitions: bool) {
+        let pipeline = self.pipeline;
+        let mut by_agent: Vec<Option<AgentRecord>> = vec![None; pipeline.agents.len()];
+        for record in point.agents {
+            // Only completed agents keep their results; skips are decided
+            // again, since what they depended on may now turn out otherwise.
+            if record.report.status != AgentStatus::Completed {
+                continue;
+            }
+            let Some(id) = pipeline.agents.iter().position(|a| a.name == record.agent) else {
+                continue;
+            };
+            by_agent[id] = Some(record);
+        }
+        let mut reused = vec![false; pipeline.agents.len()];
+        for &id in pipeline.graph.topological_order() {
+            let Some(record) = by_agent[id].take() else {
+                continue;
+            };
+            if check_definitions {
+                let same = record.definition.as_deref() == Some(&*pipeline.agents[id].definition);
+                let upstream = pipeline.graph.dependencies(id).iter().all(|&d| reused[d]);
+                if !same || !upstream {
+                    tracing::debug!(
+                        agent = %record.agent,
+                        changed = !same,
+                        "resume: stored output not reused; the agent runs again"
+                    );
+                    continue;
+                }
+            }
+            reused[id] = true;
+            let writes: Vec<(FieldId, Arc<Value>)> = record
+                .writes
+                .iter()
+                .filter_map(|(name, value)| {
+                    let write = pipeline.agents[id]
+                        .writes
+                        .iter()
+                        .find(|w| w.name == *name)?;
+                    Some((write.field, value.clone()))
+                })
+                .collect();
+            self.state.apply(pipeline, id, writes);
+            let progress = &mut self.progress[id];
+            progress.status = record.report.status;
+            progress.attempts = record.report.attempts;
+            progress.resumed = Some(Box::new(AgentReport {
+                resumed: true,
+                ..record.report
+            }));
+        }
+        let now = self.start;
+        for a in 0..self.progress.len() {
+            if self.progress[a].resumed.is_some() {
+                self.release(a, now);
+            }
+        }
+    }
+
+    pub(super) fn emit(&self, kind: impl FnOnce() -> EventKind) {
+        if let Some(events) = &self.options.events {
+            events.emit(kind());
+        }
+    }
+
+    pub(super) fn limit(&self) -> usize {
+        if self.options.sequential {
+            1
+        } else {
+            self.options
+                .concurrency
+                .or(self.pipeline.concurrency)
+                .unwrap_or(usize::MAX)
+                .max(1)
+        }
+    }
+
+    pub(super) async fn run(mut self) -> RunReport {
+        self.start = Instant::now();
+        if let Some(events) = &self.options.events {
+            events.started_at(self.start);
+        }
+        self.emit(|| EventKind::RunStarted {
+            run_id: self.run_id.clone(),
+            pipeline: self.pipeline.name.clone(),
+        });
+        if let Some((checkpointer, CheckpointPolicy::Agent, run)) = &self.checkpoint {
+            checkpointer.run_started(run);
+        }
+        if let Some(point) = self.options.resume.take()
+            && self.stop.is_none()
+        {
+            self.resume(point, true);
+        }
+        for a in 0..self.progress.len() {
+            if self.progress[a].missing == 0 && self.progress[a].status == AgentStatus::Pending {
+                self.make_ready(a, self.start);
+            }
+        }
+        let limit = self.limit();
+        let cancel = self.options.cancel.clone();
+        while self.stop.is_none() {
+            if cancel.is_cancelled() {
+                self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
+                break;
+            }
+            while self.tasks.len() < limit && self.stop.is_none() {
+                let Some(Reverse((_, a))) = self.ready.pop() else {
+                    break;
+                };
+                self.launch(a);
+            }
+            if self.tasks.is_empty() || self.stop.is_some() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
+                }
+                Some(joined) = self.tasks.join_next_with_id() => self.finish(joined),
+            }
+        }
+        self.wind_down().await;
+        let report = self.report();
+        // The run's span is current: `Pipeline::run` instruments this future.
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("status", tracing::field::display(report.status));
+            if !report.status.is_success() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        crate::telemetry::run_finished(&report);
+        report
+    }
+
+    pub(super) fn make_ready(&mut self, agent: AgentId, now: Instant) {
+        let progress = &mut self.progress[agent];
+        if progress.queued || progress.status != AgentStatus::Pending {
+            return;
+        }
+        progress.queued = true;
+        progress.ready_at = Some(now);
+        self.ready
+            .push(Reverse((self.pipeline.graph.rank(agent), agent)));
+    }
+
+    /// Marks `agent` done (whatever its status) and readies dependents
+    /// whose last dependency it was.
+    pub(super) fn release(&mut self, agent: AgentId, now: Instant) {
+        for &d in self.pipeline.graph.dependents(agent) {
+            let progress = &mut self.progress[d];
+            progress.missing -= 1;
+            if progress.missing == 0 {
+                self.make_ready(d, now);
+            }
+        }
+    }
+
+    /// Whether a writer of `field` (other than `reader`) failed or was
+    /// cancelled: the field's value is then partial or stale, and is not
+    /// handed on (this only happens with `on_failure: continue`).
+    pub(super) fn writer_failed(&self, field: FieldId, reader: AgentId) -> bool {
+        self.pipeline.fields[field].writers.iter().any(|&w| {
+            w != reader
+                && matches!(
+                    self.progress[w].status,
+                    AgentStatus::Failed | AgentStatus::Cancelled
+                )
+        })
+    }
+
+    /// Why `field` has no usable value: which of its writers did not complete.
+    pub(super) fn unavailable(&self, field: FieldId) -> String {
+        let def = &self.pipeline.fields[field];
+        let writers: Vec<String> = def
+            .writers
+            .iter()
+            .map(|&w| {
+                format!(
+                    "`{}` {}",
+                    self.pipeline.agents[w].name, self.progress[w].status
+                )
+            })
+            .collect();
+        format!(
+            "needs `{}`, which was not fully produced ({})",
+            def.name,
+            writers.join(", ")
+        )
+    }
+
+    /// Starts `agent`, or skips it when its condition is false or a read it
+    /// needs was never produced.
+    pub(super) fn launch(&mut self, agent: AgentId) {
+        let now = Instant::now();
+        let pipeline = self.pipeline;
+        let def = &pipeline.agents[agent];
+        // Merge fields it reads are combined now, once all their writers are done.
+        for field in def
+            .reads
+            .iter()
+            .map(|r| r.field)
+            .chain(def.condition_fields.iter().copied())
+        {
+            if let Err(why) = self.state.settle(pipeline, field) {
+                self.stop = Some((RunStatus::Failed, format!("merge failed: {why}")));
+                return;
+            }
+        }
+        let required = def
+            .condition_fields
+            .iter()
+            .copied()
+            .chain(def.reads.iter().filter(|r| !r.optional).map(|r| r.field));
+        for field in required {
+            if self.state.get(field).is_none() || self.writer_failed(field, agent) {
+                let reason = self.unavailable(field);
+                return self.skip(agent, reason, now);
+            }
+        }
+        if let Some(condition) = &def.when {
+            let values = def
+                .condition_fields
+                .iter()
+                .filter_map(|&f| self.state.get(f).map(|v| (pipeline.field_name(f), &**v)));
+            match condition.evaluate(values) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let reason = format!("condition `{}` is false", condition.source());
+                    return self.skip(agent, reason, now);
+                }
+                Err(error) => return self.fail(agent, error, now),
+            }
+        }
+
+        let reads = Reads(
+            def.reads
+                .iter()
+                .filter(|r| !r.optional || !self.writer_failed(r.field, agent))
+                .filter_map(|r| {
+                    self.state
+                        .get(r.field)
+                        .map(|v| (pipeline.fields[r.field].name.clone(), v.clone()))
+                })
+                .collect(),
+        );
+        let input = AgentInput {
+            run_id: self.run_id.clone(),
+            agent: def.name.clone(),
+            attempt: 1,
+            reads,
+            events: self.options.events.clone(),
+            usage: self.progress[agent].usage.clone(),
+            processes: self.processes.clone(),
+        };
+        let task = attempt_loop(
+            agent,
+            def.runner.clone(),
+            input,
+            def.policy,
+            def.writes.clone(),
+            pipeline.max_value_depth,
+        );
+        // The agent's spans are children of the run's.
+        let task = tracing::Instrument::instrument(task, tracing::Span::current());
+        let handle = self.tasks.spawn(task);
+        self.task_agent.insert(handle.id(), agent);
+        let progress = &mut self.progress[agent];
+        progress.status = AgentStatus::Running;
+        progress.started = Some(now);
+        if let Some(ready) = progress.ready_at {
+            crate::telemetry::queue_wait(now - ready);
+        }
+        self.emit(|| EventKind::AgentStarted {
+            agent: def.name.clone(),
+            attempt: 1,
+        });
+    }
+
+    pub(super) fn report(mut self) -> RunReport {
+        // Merge fields nobody read yet are combined now; one that cannot be
+        // (a `sum` that does not fit) fails the run.
+        if let Err(why) = self.state.settle_all(self.pipeline)
+            && self.stop.is_none()
+        {
+            self.stop = Some((RunStatus::Failed, format!("merge failed: {why}")));
+        }
+        let end = self
+            .progress
+            .iter()
+            .filter_map(|s| s.finished)
+            .max()
+            .unwrap_or(self.start)
+            .max(if self.stop.is_some() {
+                Instant::now()
+            } else {
+                self.start
+            });
+        let makespan_ms = ms(end - self.start);
+        let (status, error) = match self.stop.clone() {
+            Some((status, why)) => (status, Some(why)),
+            None if self.any_failed => {
+                let failed: Vec<&str> = self
+                    .progress
+                    .iter()
+                    .zip(&self.pipeline.agents)
+                    .filter(|(s, _)| s.status == AgentStatus::Failed)
+                    .map(|(_, a)| &*a.name)
+                    .collect();
+                (
+                    RunStatus::Failed,
+                    Some(format!("failed agents: {}", failed.join(", "))),
+                )
+            }
+            None => (RunStatus::Completed, None),
+        };
+        self.emit(|| EventKind::RunFinished {
+            status,
+            makespan_ms,
+        });
+        let agents: IndexMap<String, AgentReport> = (0..self.progress.len())
+            .map(|a| {
+                (
+                    self.pipeline.agents[a].name.to_string(),
+                    self.agent_report(a),
+                )
+            })
+            .collect();
+        let report = RunReport {
+            run_id: self.run_id.to_string(),
+            pipeline: self.pipeline.name.to_string(),
+            status,
+            error,
+            makespan_ms,
+            state: self.state.into_map(self.pipeline),
+            tokens: agents.values().filter_map(|a| a.tokens).reduce(|a, b| {
+                crate::agent::TokenUsage {
+                    prompt: a.prompt + b.prompt,
+                    completion: a.completion + b.completion,
+                }
+            }),
+            agents,
+        };
+        if let Some((checkpointer, _, run)) = &self.checkpoint {
+            let records: Vec<AgentRecord> = self
+                .kept_writes
+                .iter_mut()
+                .zip(&report.agents)
+                .zip(&self.pipeline.agents)
+                .map(|((writes, (name, agent)), def)| AgentRecord {
+                    agent: Arc::from(name.as_str()),
+                    report: agent.clone(),
+                    writes: std::mem::take(writes),
+                    definition: Some(def.definition.clone()),
+                })
+                .collect();
+            checkpointer.run_finished(run, &report, &records);
+        }
+        report
+    }
+}
