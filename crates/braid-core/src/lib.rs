@@ -50,7 +50,7 @@ mod telemetry;
 
 pub use builder::PipelineBuilder;
 pub use checkpoint::{CheckpointPolicy, Checkpointer, ResumePoint};
-pub use condition::Condition;
+pub use condition::{Condition, ConditionError};
 pub use diagnostic::{Diagnostic, LoadError, Location};
 pub use kinds::{AgentConfig, AgentKinds};
 pub use limits::LoadLimits;
