@@ -182,14 +182,14 @@ pub(crate) fn parse(
         errors.push(d);
         return Err(errors);
     }
-    let root = match marked_yaml::parse_yaml_with_options(0, text, loader_options()) {
+    let mut root = match marked_yaml::parse_yaml_with_options(0, text, loader_options()) {
         Ok(root) => root,
         Err(err) => {
             errors.push(yaml_error(err, source));
             return Err(errors);
         }
     };
-    let Some(top) = root.as_mapping() else {
+    let Some(top) = root.as_mapping_mut() else {
         errors.push(Diagnostic::new(
             source.whole_file(),
             "expected a mapping with `pipeline` and `agents` at the top level",
@@ -198,8 +198,21 @@ pub(crate) fn parse(
     };
 
     let mut spec = PipelineSpec::default();
-    for (key, value) in top.iter() {
+    for (key, value) in top.iter_mut() {
         let key_at = source.at(key.span());
+        // Agents are taken out of the tree (no copy); the rest is read.
+        if key.as_str() == "agents" {
+            spec.agents_at = key_at.clone();
+            match value.as_mapping_mut() {
+                Some(map) => parse_agents(map, source, &mut spec, &mut errors),
+                None => errors.push(Diagnostic::new(
+                    source.at(value.span()),
+                    "`agents` must map agent names to agents, e.g. `triage: { kind: sleep, ms: 50, writes: [route] }`",
+                )),
+            }
+            continue;
+        }
+        let value = &*value;
         match key.as_str() {
             "pipeline" => match scalar(value) {
                 Some(name) => {
@@ -293,16 +306,6 @@ pub(crate) fn parse(
                     "`fields` must map field names to settings, e.g. `findings: { merge: append }`",
                 )),
             },
-            "agents" => {
-                spec.agents_at = key_at.clone();
-                match value.as_mapping() {
-                    Some(map) => parse_agents(map, source, &mut spec, &mut errors),
-                    None => errors.push(Diagnostic::new(
-                        source.at(value.span()),
-                        "`agents` must map agent names to agents, e.g. `triage: { kind: sleep, ms: 50, writes: [route] }`",
-                    )),
-                }
-            }
             other => errors.push(Diagnostic::new(
                 key_at,
                 format!(
@@ -326,21 +329,24 @@ pub(crate) fn parse(
 }
 
 fn parse_agents(
-    map: &MarkedMappingNode,
+    map: &mut MarkedMappingNode,
     source: &Source,
     spec: &mut PipelineSpec,
     errors: &mut Diagnostics,
 ) {
-    for (name, node) in map.iter() {
+    for (name, node) in map.iter_mut() {
+        let node = std::mem::replace(
+            node,
+            Node::from(MarkedMappingNode::new_empty(Span::new_blank())),
+        );
         let at = source.at(name.span());
         let context = format!("agent `{}`", name.as_str());
         // `value` is free-form JSON, which serde cannot take from marked-yaml's
         // untyped scalars; convert it by hand and deserialize the rest.
         let mut value = None;
         let mut settings = IndexMap::new();
-        let parsed = match node.as_mapping() {
-            Some(fields) => {
-                let mut fields = fields.clone();
+        let parsed = match node {
+            Node::Mapping(mut fields) => {
                 if let Some(v) = fields.remove("value") {
                     value = Some(Located {
                         value: to_json(&v),
@@ -389,11 +395,11 @@ fn parse_agents(
                 }
                 deserialize::<AgentSpec>(&Node::Mapping(fields), &context, source, at.clone())
             }
-            None => Err(Diagnostic::new(
-                source.at(node.span()),
+            other => Err(Diagnostic::new(
+                source.at(other.span()),
                 format!(
                     "{context} must be a mapping with at least `kind`, found `{}`",
-                    describe(node)
+                    describe(&other)
                 ),
             )),
         };

@@ -1,0 +1,57 @@
+//! What each fuzz target does with one input, shared by the targets and by
+//! braid-core's `fuzz_corpus` test (which replays the corpus with a plain
+//! `cargo test`, without cargo-fuzz).
+//!
+//! Every input must come back as `Ok` or a typed error: a panic, a stack
+//! overflow, an abort or a hang is a bug.
+
+// Each target uses one of the functions.
+#![allow(dead_code)]
+
+use braid_core::{AgentKinds, Condition, LoadLimits, Pipeline};
+
+/// The limits a server facing untrusted clients would use, and a budget
+/// long enough that only a real hang reaches it.
+fn limits() -> LoadLimits {
+    LoadLimits {
+        max_bytes: 256 * 1024,
+        max_agents: 1_000,
+        compile_budget: std::time::Duration::from_secs(20),
+        ..LoadLimits::default()
+    }
+}
+
+/// Loads the input as a pipeline (YAML, or JSON, which YAML reads too)
+/// through parsing and compiling; when it loads, looks at what a user would:
+/// the graph, each agent's reads, writes and condition.
+pub(crate) fn load(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(pipeline) = Pipeline::from_yaml_str_limited(text, &AgentKinds::standard(), &limits())
+    else {
+        return;
+    };
+    let graph = pipeline.graph();
+    assert_eq!(graph.topological_order().len(), pipeline.agents().len());
+    for (id, agent) in pipeline.agents().iter().enumerate() {
+        let _ = (pipeline.reads_of(id), pipeline.writes_of(id));
+        if let Some(condition) = agent.condition() {
+            assert!(!condition.source().is_empty());
+        }
+        for &dep in graph.dependencies(id) {
+            assert!(graph.rank(dep) < graph.rank(id), "edges follow the order");
+        }
+    }
+    let _ = graph.stages();
+}
+
+/// Checks and compiles the input as a `when:` condition.
+pub(crate) fn condition(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(condition) = Condition::parse(text, &limits()) {
+        let _ = condition.fields();
+    }
+}
