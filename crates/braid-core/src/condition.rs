@@ -83,7 +83,7 @@ impl Condition {
     /// assert_eq!(c.fields(), ["triage"]);
     /// let deep = format!("{}x{} > 0", "(".repeat(100), ")".repeat(100));
     /// let err = Condition::parse(&deep, &limits).unwrap_err();
-    /// assert!(err.contains("max_condition_depth"), "{err}");
+    /// assert!(err.to_string().contains("max_condition_depth"), "{err}");
     /// ```
     pub fn parse(source: &str, limits: &LoadLimits) -> Result<Self, ConditionError> {
         Self::parse_many(&[source], limits, &|| false)
@@ -280,10 +280,8 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<(), ConditionError> 
                 groups.push(0);
                 depth += 1;
             }
-            b')' | b']' | b'}' => {
-                if groups.len() > 1 {
-                    depth -= 1 + groups.pop().unwrap_or(0);
-                }
+            b')' | b']' | b'}' if groups.len() > 1 => {
+                depth -= 1 + groups.pop().unwrap_or(0);
             }
             b',' => {
                 let last = groups.last_mut().expect("the outermost group stays");

@@ -120,12 +120,13 @@ fn a_deep_value_is_refused_and_one_within_the_limit_loads() {
     let back: serde_json::Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(back["run"]["state"]["y"], *report.state["y"]);
 
+    // Block style, which no scanner limit stops: 3,000 levels loaded before.
     let deep = format!(
-        "{HEAD}  b:\n    kind: sleep\n    writes: [y]\n    value: {}\n",
-        value(3000)
+        "{HEAD}  b:\n    kind: sleep\n    writes: [y]\n    value:\n      {}1\n",
+        "- ".repeat(3000)
     );
-    let (line, _) = only(&refused(load(deep)), &["max_depth"]);
-    assert_eq!(line, 7);
+    let (line, column) = only(&refused(load(deep)), &["max_depth"]);
+    assert_eq!((line, column), (8, 7 + 2 * 61));
 
     // A server may ask for less.
     let limits = LoadLimits {
