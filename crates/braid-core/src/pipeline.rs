@@ -522,6 +522,10 @@ struct Draft<'a> {
 pub const MAX_RETRIES: u32 = 100;
 /// The shortest `backoff` allowed: with none, retries would spin.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
+/// The most dependency edges a pipeline may imply. Each reader of a field
+/// depends on every writer of it, so a few kilobytes (1,000 writers of a
+/// merged field, 100,000 readers) could otherwise ask for 10⁸ edges.
+pub const MAX_DEPENDENCIES: usize = 5_000_000;
 
 /// When compiling has to stop ([`LoadLimits::compile_budget`]).
 struct Deadline {
@@ -826,12 +830,17 @@ fn compile(
 
     // Reads, conditions, `after`, kinds; and the edges they imply.
     let mut edges: Vec<(AgentId, AgentId)> = Vec::new();
-    let mut edge_reasons: HashMap<(AgentId, AgentId), EdgeWhy> = HashMap::new();
+    // The fields behind each agent's incoming edges, to explain a cycle.
+    let mut edge_fields: Vec<Vec<(FieldId, &'static str)>> = vec![Vec::new(); drafts.len()];
     let mut agents = Vec::with_capacity(drafts.len());
     let mut after_edges = Vec::new();
     for (id, draft) in drafts.iter().enumerate() {
         let agent = draft.spec;
         budget!("resolving reads");
+        if edges.len() >= MAX_DEPENDENCIES {
+            errors.push(too_many_dependencies(draft));
+            return Err(errors);
+        }
         let who = format!("agent `{}`", draft.name);
         let mut reads = Vec::new();
         let mut read_names = HashSet::new();
@@ -860,7 +869,8 @@ fn compile(
                     ))
                 }
                 Some(&f) => {
-                    add_edges(&mut edges, &mut edge_reasons, &fields, id, f, "reads");
+                    add_edges(&mut edges, &fields, id, f);
+                    edge_fields[id].push((f, "reads"));
                     reads.push(Read { field: f, optional });
                 }
                 None if optional => {}
@@ -891,7 +901,8 @@ fn compile(
                                 ))
                             }
                             Some(&f) => {
-                                add_edges(&mut edges, &mut edge_reasons, &fields, id, f, "has a condition on");
+                                add_edges(&mut edges, &fields, id, f);
+                                edge_fields[id].push((f, "has a condition on"));
                                 condition_fields.push(f);
                             }
                             None => errors.push(Diagnostic::new(
@@ -934,7 +945,6 @@ fn compile(
                 )),
                 Some(&t) => {
                     after_edges.push((t, id));
-                    edge_reasons.entry((t, id)).or_insert(EdgeWhy::After);
                 }
                 None => errors.push(Diagnostic::new(
                     at,
@@ -1158,6 +1168,12 @@ fn compile(
             });
         }
     }
+    if edges.len() >= MAX_DEPENDENCIES {
+        errors.push(too_many_dependencies(
+            drafts.last().expect("agents were read"),
+        ));
+        return Err(errors);
+    }
     edges.extend(after_edges);
 
     // Cycles are reported alongside other problems: the edges that did
@@ -1187,14 +1203,20 @@ fn compile(
                 let reasons: Vec<String> = cycle.agents[..cycle.agents.len().min(SHOWN + 1)]
                     .windows(2)
                     .filter_map(|w| {
-                        let why = edge_reasons.get(&(w[0], w[1]))?;
                         let (from, to) = (drafts[w[0]].name, drafts[w[1]].name);
-                        Some(match why {
-                            EdgeWhy::After => format!("{to} runs after {from}"),
-                            EdgeWhy::Field { field, how } => {
-                                format!("{to} {how} `{}` written by {from}", fields[*field].name)
+                        let field = edge_fields[w[1]]
+                            .iter()
+                            .find(|(f, _)| fields[*f].writers.contains(&w[0]));
+                        match field {
+                            Some((f, how)) => Some(format!(
+                                "{to} {how} `{}` written by {from}",
+                                fields[*f].name
+                            )),
+                            None if drafts[w[1]].spec.after.iter().any(|a| a.as_str() == from) => {
+                                Some(format!("{to} runs after {from}"))
                             }
-                        })
+                            None => None,
+                        }
                     })
                     .collect();
                 Diagnostic::new(
@@ -1362,32 +1384,31 @@ fn function_at(agent: &AgentSpec, fallback: &Option<Location>) -> Option<Locatio
         .or_else(|| fallback.clone())
 }
 
-/// Adds an edge from every writer of `field` to `to` (except `to` itself).
-fn add_edges(
-    edges: &mut Vec<(AgentId, AgentId)>,
-    reasons: &mut HashMap<(AgentId, AgentId), EdgeWhy>,
-    fields: &[Field],
-    to: AgentId,
-    field: FieldId,
-    how: &'static str,
-) {
-    for &from in &fields[field].writers {
-        if from != to {
-            edges.push((from, to));
-            reasons
-                .entry((from, to))
-                .or_insert(EdgeWhy::Field { field, how });
-        }
-    }
+/// The error for a pipeline with [`MAX_DEPENDENCIES`] edges, at the agent
+/// that reached it.
+fn too_many_dependencies(draft: &Draft<'_>) -> Diagnostic {
+    Diagnostic::new(
+        draft.at.clone(),
+        format!(
+            "the pipeline implies {MAX_DEPENDENCIES} or more dependencies \
+             (every reader of a field depends on every writer of it), \
+             reached at agent `{}`; the limit is {MAX_DEPENDENCIES}: share fewer fields between many writers and many readers",
+            draft.name
+        ),
+    )
 }
 
-/// Why an edge exists, spelled out only if it is part of a cycle.
-#[derive(Debug, Clone, Copy)]
-enum EdgeWhy {
-    /// `to` reads (`how`) a field `from` writes.
-    Field { field: FieldId, how: &'static str },
-    /// `to` lists `from` in `after`.
-    After,
+/// Adds an edge from every writer of `field` to `to` (except `to` itself),
+/// up to [`MAX_DEPENDENCIES`] edges in all.
+fn add_edges(edges: &mut Vec<(AgentId, AgentId)>, fields: &[Field], to: AgentId, field: FieldId) {
+    for &from in &fields[field].writers {
+        if edges.len() >= MAX_DEPENDENCIES {
+            return;
+        }
+        if from != to {
+            edges.push((from, to));
+        }
+    }
 }
 
 /// `text` cut to its first 80 characters, for quoting in a message.
@@ -1417,6 +1438,7 @@ fn suggestion<'a>(
     }
     known
         .filter(|k| k.len().abs_diff(wanted.len()) <= 2)
+        .take(10_000)
         .map(|k| (edit_distance(wanted, k), k))
         .filter(|&(d, _)| d <= 2)
         .min()

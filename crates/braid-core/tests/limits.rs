@@ -262,6 +262,26 @@ fn writers_ordered_through_a_long_chain_are_no_race() {
 }
 
 #[test]
+fn many_readers_of_a_field_with_many_writers_cannot_ask_for_unbounded_edges() {
+    // 2,000 writers of a merged field and 2,501 readers of it: 5,002,000
+    // dependencies from 200 KB of text.
+    let mut text = String::from("pipeline: p\nfields: { out: { merge: append } }\nagents:\n");
+    for i in 0..2000 {
+        text.push_str(&format!("  w{i}: {{ kind: sleep, writes: [out] }}\n"));
+    }
+    for i in 0..2501 {
+        text.push_str(&format!(
+            "  r{i}: {{ kind: sleep, reads: [out], writes: [r{i}] }}\n"
+        ));
+    }
+    let (line, _) = only(
+        &refused(load(text)),
+        &["5000000 or more dependencies", "agent `r2500`"],
+    );
+    assert_eq!(line, 2000 + 2500 + 4);
+}
+
+#[test]
 fn at_most_max_diagnostics_are_reported_and_the_rest_counted() {
     let mut text = String::from("pipeline: p\nagents:\n");
     for i in 0..150 {
