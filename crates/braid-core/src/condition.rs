@@ -23,6 +23,12 @@ use crate::limits::LoadLimits;
 /// only committed as it is used).
 const PARSER_STACK: usize = 64 * 1024 * 1024;
 
+/// Conditions no deeper than this (by [`check_shape`]'s estimate) are parsed
+/// on the caller's thread, which saves a thread for the common case: a
+/// few levels fit any thread's stack (an unoptimised build needs ~1.5 MiB
+/// for 8 levels of parentheses, an optimised one ~20 KiB).
+const INLINE_DEPTH: usize = 8;
+
 /// Why a condition was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConditionError {
@@ -98,9 +104,14 @@ impl Condition {
         limits: &LoadLimits,
         give_up: &(dyn Fn() -> bool + Sync),
     ) -> Vec<Result<Self, ConditionError>> {
+        let mut deepest = 0;
         let checked: Vec<Result<&str, ConditionError>> = sources
             .iter()
-            .map(|s| check_shape(s, limits).map(|()| *s))
+            .map(|s| {
+                let depth = check_shape(s, limits)?;
+                deepest = deepest.max(depth);
+                Ok(*s)
+            })
             .collect();
         let compile_all = || {
             checked
@@ -115,6 +126,9 @@ impl Condition {
                 })
                 .collect::<Vec<_>>()
         };
+        if deepest <= INLINE_DEPTH {
+            return compile_all();
+        }
         std::thread::scope(|scope| {
             let parser = std::thread::Builder::new()
                 .name("braid-condition-parser".into())
@@ -254,7 +268,7 @@ fn free_variables(
 /// every operator, member access and call since the start of the innermost
 /// list element or argument, in every enclosing group). String literals
 /// are skipped.
-fn check_shape(source: &str, limits: &LoadLimits) -> Result<(), ConditionError> {
+fn check_shape(source: &str, limits: &LoadLimits) -> Result<usize, ConditionError> {
     if source.len() > limits.max_condition_bytes {
         return Err(ConditionError::TooLong {
             len: source.len(),
@@ -267,6 +281,7 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<(), ConditionError> 
     // Operators counted in each open group, outermost first.
     let mut groups: Vec<usize> = vec![0];
     let mut depth = 0usize;
+    let mut deepest = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
@@ -320,6 +335,7 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<(), ConditionError> 
             *groups.last_mut().expect("the outermost group stays") += 1;
             depth += 1;
         }
+        deepest = deepest.max(depth);
         if depth > max_depth {
             return Err(ConditionError::TooDeep {
                 column: column(i),
@@ -328,7 +344,7 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<(), ConditionError> 
         }
         i += 1;
     }
-    Ok(())
+    Ok(deepest)
 }
 
 /// The index just past the string literal whose quote is at `bytes[start]`

@@ -216,6 +216,11 @@ fn conditions_within_the_limits_load_whatever_the_caller_stack() {
     );
     let pipeline = load(text).unwrap();
     assert_eq!(pipeline.agents()[1].condition().unwrap().fields(), ["x"]);
+    // Shallow ones are parsed on the loading thread itself: 8 levels fit.
+    let shallow = format!("{}x{}", "(".repeat(8), ")".repeat(8));
+    let text =
+        format!("{HEAD}  b: {{ kind: sleep, reads: [x], writes: [y], when: '{shallow}' }}\n");
+    load(text).unwrap();
 }
 
 #[test]
