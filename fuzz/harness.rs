@@ -26,6 +26,18 @@ fn limits() -> LoadLimits {
 /// the graph, each agent's reads, writes and condition.
 pub(crate) fn load(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
+        // Not UTF-8: through a file, where the loader reports where the
+        // bad bytes are.
+        let path = std::env::temp_dir().join(format!("braid-fuzz-{}.yaml", std::process::id()));
+        std::fs::write(&path, data).expect("the temporary directory is writable");
+        let loaded = Pipeline::from_file_limited(&path, &AgentKinds::standard(), &limits());
+        let _ = std::fs::remove_file(&path);
+        let err = loaded.err().expect("a file that is not UTF-8 is refused");
+        let message = err.to_string();
+        assert!(
+            message.contains("UTF-8") || message.contains("max_bytes"),
+            "{message}"
+        );
         return;
     };
     let Ok(pipeline) = Pipeline::from_yaml_str_limited(text, &AgentKinds::standard(), &limits())
