@@ -288,8 +288,10 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<usize, ConditionErro
         let mut op = false;
         match c {
             b'"' | b'\'' => {
-                i = skip_string(bytes, i);
-                continue;
+                if let Some(end) = skip_string(bytes, i, false) {
+                    i = end;
+                    continue;
+                }
             }
             b'(' | b'[' | b'{' => {
                 groups.push(0);
@@ -321,9 +323,11 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<usize, ConditionErro
                 while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                     i += 1;
                 }
-                if matches!(bytes.get(i), Some(b'"' | b'\'')) {
-                    // A string prefix: r"…", b'…', br"…".
-                    i = skip_string(bytes, i);
+                if matches!(bytes.get(i), Some(b'"' | b'\''))
+                    && let Some(end) = skip_string(bytes, i, source[start..i].contains(['r', 'R']))
+                {
+                    // A string with a prefix: r"…", b'…', br"…".
+                    i = end;
                     continue;
                 }
                 op = &source[start..i] == "in";
@@ -347,30 +351,45 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<usize, ConditionErro
     Ok(deepest)
 }
 
-/// The index just past the string literal whose quote is at `bytes[start]`
-/// (or the end of the text if it is never closed). Backslashes escape the
-/// next character; over-counting an escape in a raw string at worst makes
-/// the depth estimate larger, never smaller.
-fn skip_string(bytes: &[u8], start: usize) -> usize {
+/// The index just past the string literal whose quote is at `bytes[start]`,
+/// if it is one CEL's lexer accepts (closed, valid escapes, no line break
+/// unless triple-quoted). Otherwise `None`: that lexer then skips the quote
+/// alone and reads what follows as code, and so must the depth estimate.
+fn skip_string(bytes: &[u8], start: usize, raw: bool) -> Option<usize> {
     let quote = bytes[start];
     let triple = bytes.get(start + 1) == Some(&quote) && bytes.get(start + 2) == Some(&quote);
     let mut i = start + if triple { 3 } else { 1 };
+    let digits = |from: usize, n: usize, ok: fn(&u8) -> bool| {
+        bytes.get(from..from + n).is_some_and(|d| d.iter().all(ok))
+    };
     while i < bytes.len() {
         match bytes[i] {
-            b'\\' => i += 2,
+            b'\\' if !raw => {
+                let len = match bytes.get(i + 1)? {
+                    b'a' | b'b' | b'f' | b'n' | b'r' | b't' | b'v' | b'\\' | b'\'' | b'"'
+                    | b'`' | b'?' => 0,
+                    b'x' | b'X' if digits(i + 2, 2, u8::is_ascii_hexdigit) => 2,
+                    b'u' if digits(i + 2, 4, u8::is_ascii_hexdigit) => 4,
+                    b'U' if digits(i + 2, 8, u8::is_ascii_hexdigit) => 8,
+                    b'0'..=b'3' if digits(i + 2, 2, |d| (b'0'..=b'7').contains(d)) => 2,
+                    _ => return None,
+                };
+                i += 2 + len;
+            }
+            b'\n' | b'\r' if !triple => return None,
             q if q == quote => {
                 if !triple {
-                    return i + 1;
+                    return Some(i + 1);
                 }
                 if bytes.get(i + 1) == Some(&quote) && bytes.get(i + 2) == Some(&quote) {
-                    return i + 3;
+                    return Some(i + 3);
                 }
                 i += 1;
             }
             _ => i += 1,
         }
     }
-    bytes.len()
+    None
 }
 
 /// Passes JSON to CEL with integers as CEL `int` (signed) whenever they
@@ -457,6 +476,25 @@ mod tests {
         let c = Condition::compile("count + 1").unwrap();
         let err = c.evaluate([("count", &json!(1))]).unwrap_err();
         assert!(err.contains("must evaluate to true or false"), "{err}");
+    }
+
+    /// Found by fuzzing: a string CEL's lexer rejects is read as code by
+    /// that lexer, so it must not hide the brackets after it.
+    #[test]
+    fn strings_the_lexer_rejects_do_not_hide_nesting() {
+        let limits = LoadLimits::default();
+        let nested = format!("{}x{}", "(".repeat(40), ")".repeat(40));
+        for prefix in ["\"unclosed ", "'\\q' ", "'line\nbreak' + ", "\"\\x1 "] {
+            let err = Condition::parse(&format!("{prefix}{nested}"), &limits).unwrap_err();
+            assert!(
+                matches!(err, ConditionError::TooDeep { .. }),
+                "{prefix}: {err}"
+            );
+        }
+        // Brackets inside well-formed strings do not count.
+        let strings = "a == \"((((((((((\" && b == '[[[[[[[[[[[[' && c == r'\\((((((((((' && d == '''(((((((((\n((('''";
+        let c = Condition::parse(strings, &limits).unwrap();
+        assert_eq!(c.fields(), ["a", "b", "c", "d"]);
     }
 
     #[test]

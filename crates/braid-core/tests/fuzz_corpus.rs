@@ -35,6 +35,9 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 /// (2 MiB), naming the input that fails.
 fn replay(target: &str, check: fn(&[u8])) {
     for (path, bytes) in corpus(target) {
+        // A stack overflow aborts the process without naming the input:
+        // `--nocapture` shows the last one started.
+        eprintln!("replaying {}", path.display());
         let outcome = std::thread::Builder::new()
             .stack_size(2 * 1024 * 1024)
             .spawn(move || check(&bytes))
