@@ -32,7 +32,7 @@ pub(crate) fn load(data: &[u8]) {
         std::fs::write(&path, data).expect("the temporary directory is writable");
         let loaded = Pipeline::from_file_limited(&path, &AgentKinds::standard(), &limits());
         let _ = std::fs::remove_file(&path);
-        let err = loaded.err().expect("a file that is not UTF-8 is refused");
+        let err = loaded.expect_err("a file that is not UTF-8 is refused");
         let message = err.to_string();
         assert!(
             message.contains("UTF-8") || message.contains("max_bytes"),
