@@ -21,10 +21,37 @@ fn limits() -> LoadLimits {
     }
 }
 
+/// The stack the fuzz targets give each input: an eighth of a server
+/// worker's 2 MiB, because the fuzzer runs optimised code, whose frames are
+/// far smaller than an unoptimised build's, and recursion that would
+/// overflow a worker in a debug build must overflow here too.
+pub(crate) const FUZZ_STACK: usize = 256 * 1024;
+
+/// What the replay test gives each input: a server worker's stack.
+pub(crate) const WORKER_STACK: usize = 2 * 1024 * 1024;
+
+/// Runs `check` on its own thread with `stack` bytes of stack, passing
+/// panics on.
+fn on_stack(stack: usize, data: &[u8], check: fn(&[u8])) {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn_scoped(scope, || check(data))
+            .expect("a thread can start");
+        if let Err(panic) = handle.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
 /// Loads the input as a pipeline (YAML, or JSON, which YAML reads too)
 /// through parsing and compiling; when it loads, looks at what a user would:
 /// the graph, each agent's reads, writes and condition.
-pub(crate) fn load(data: &[u8]) {
+pub(crate) fn load(data: &[u8], stack: usize) {
+    on_stack(stack, data, load_here);
+}
+
+fn load_here(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         // Not UTF-8: through a file, where the loader reports where the
         // bad bytes are.
@@ -59,7 +86,11 @@ pub(crate) fn load(data: &[u8]) {
 }
 
 /// Checks and compiles the input as a `when:` condition.
-pub(crate) fn condition(data: &[u8]) {
+pub(crate) fn condition(data: &[u8], stack: usize) {
+    on_stack(stack, data, condition_here);
+}
+
+fn condition_here(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

@@ -5,4 +5,4 @@
 #[path = "../harness.rs"]
 mod harness;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::load(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::load(data, harness::FUZZ_STACK));

@@ -31,18 +31,14 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// Runs `check` on each input on a thread with a server worker's stack
-/// (2 MiB), naming the input that fails.
-fn replay(target: &str, check: fn(&[u8])) {
+/// Runs `check` on each input (the harness gives each its own thread with
+/// a server worker's stack), naming the input that fails.
+fn replay(target: &str, check: fn(&[u8], usize)) {
     for (path, bytes) in corpus(target) {
         // A stack overflow aborts the process without naming the input:
         // `--nocapture` shows the last one started.
         eprintln!("replaying {}", path.display());
-        let outcome = std::thread::Builder::new()
-            .stack_size(2 * 1024 * 1024)
-            .spawn(move || check(&bytes))
-            .unwrap()
-            .join();
+        let outcome = std::panic::catch_unwind(|| check(&bytes, harness::WORKER_STACK));
         assert!(outcome.is_ok(), "{} panicked", path.display());
     }
 }
