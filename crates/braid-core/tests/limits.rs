@@ -414,3 +414,26 @@ fn text_over_max_bytes_is_refused_before_parsing() {
     std::fs::write(&path, &text).unwrap();
     only(&refused(load_file(&path, limits)), &["max_bytes"]);
 }
+
+#[test]
+fn an_input_schema_as_deep_as_the_limit_allows_loads_and_validates() {
+    // inputs (2) > x (3) > then `properties: { a: {…} }` two levels a time.
+    let mut schema = String::from("{ type: integer }");
+    let mut value = serde_json::json!(1);
+    for _ in 0..30 {
+        schema = format!("{{ type: object, properties: {{ a: {schema} }}, required: [a] }}");
+        value = serde_json::json!({ "a": value });
+    }
+    let text = format!(
+        "pipeline: p\ninputs:\n  x: {schema}\nagents:\n  a: {{ kind: sleep, reads: [x], writes: [y] }}\n"
+    );
+    let pipeline = load(text).unwrap();
+    let input = serde_json::json!({ "x": value });
+    let checked = std::thread::Builder::new()
+        .stack_size(WORKER_STACK)
+        .spawn(move || pipeline.check_input(&input).is_ok())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(checked);
+}
