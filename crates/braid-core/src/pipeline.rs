@@ -709,6 +709,7 @@ fn compile(
     let mut fields: Vec<Field> = Vec::new();
     let mut field_ids: HashMap<String, FieldId> = HashMap::new();
     for (input, schema) in &spec.inputs {
+        budget!("compiling input schemas");
         if !is_identifier(input) {
             errors.push(Diagnostic::new(
                 schema.at.clone(),
