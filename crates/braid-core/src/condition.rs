@@ -3,11 +3,62 @@
 //! A condition is compiled once when the pipeline loads. The state fields it
 //! names become dependencies of its agent (the agent waits for their
 //! writers) without being passed to the agent as reads.
+//!
+//! CEL's parser, its evaluator and the syntax tree's `Drop` all recurse once
+//! per level of the expression, so before CEL sees a condition it is
+//! measured by a lexical pass ([`LoadLimits::max_condition_bytes`],
+//! [`LoadLimits::max_condition_depth`]), and parsing runs on a thread with a
+//! stack sized for the deepest condition allowed.
 
 use std::fmt;
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, MapExpr, StructExpr};
 use serde_json::Value;
+
+use crate::limits::LoadLimits;
+
+/// The stack of the thread that parses conditions: CEL's generated parser
+/// takes up to ~200 KB per nesting level in unoptimised builds, and the
+/// depth is bounded by [`LoadLimits::max_condition_depth`] (stack memory is
+/// only committed as it is used).
+const PARSER_STACK: usize = 64 * 1024 * 1024;
+
+/// Conditions no deeper than this (by [`check_shape`]'s estimate) are parsed
+/// on the caller's thread, which saves a thread for the common case: a
+/// few levels fit any thread's stack (an unoptimised build needs ~1.5 MiB
+/// for 8 levels of parentheses, an optimised one ~20 KiB).
+const INLINE_DEPTH: usize = 8;
+
+/// Why a condition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConditionError {
+    /// Longer than [`LoadLimits::max_condition_bytes`].
+    #[error("the condition is {len} bytes long; the limit is {limit} bytes (max_condition_bytes)")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Nested deeper than [`LoadLimits::max_condition_depth`].
+    #[error(
+        "the condition nests deeper than {limit} levels at column {column} \
+         (counting brackets, operators and member accesses); the limit is {limit} (max_condition_depth)"
+    )]
+    TooDeep {
+        /// 1-based column (in characters) where the limit was passed.
+        column: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not valid CEL: the parser's message, with columns.
+    #[error("{0}")]
+    Malformed(String),
+    /// Not compiled: the load gave up first (compile budget) or the parser
+    /// thread could not start.
+    #[error("{0}")]
+    NotCompiled(String),
+}
 
 /// A compiled `when:` expression.
 pub struct Condition {
@@ -26,9 +77,82 @@ impl fmt::Debug for Condition {
 }
 
 impl Condition {
-    /// Compiles `source`. The error is the parser's message, with its
-    /// position inside the expression.
-    pub(crate) fn compile(source: &str) -> Result<Self, String> {
+    /// Checks `source` against `limits` (length, nesting depth) and compiles
+    /// it. The error says what is wrong and where inside the expression
+    /// (column), naming the limit when one was exceeded.
+    ///
+    /// ```
+    /// use braid_core::{Condition, LoadLimits};
+    ///
+    /// let limits = LoadLimits::default();
+    /// let c = Condition::parse("triage.route != 'skip'", &limits).unwrap();
+    /// assert_eq!(c.fields(), ["triage"]);
+    /// let deep = format!("{}x{} > 0", "(".repeat(100), ")".repeat(100));
+    /// let err = Condition::parse(&deep, &limits).unwrap_err();
+    /// assert!(err.to_string().contains("max_condition_depth"), "{err}");
+    /// ```
+    pub fn parse(source: &str, limits: &LoadLimits) -> Result<Self, ConditionError> {
+        Self::parse_many(&[source], limits, &|| false)
+            .pop()
+            .expect("one result per source")
+    }
+
+    /// [`Condition::parse`] for many conditions, on one parser thread;
+    /// once `give_up` says so, the rest are not compiled.
+    pub(crate) fn parse_many(
+        sources: &[&str],
+        limits: &LoadLimits,
+        give_up: &(dyn Fn() -> bool + Sync),
+    ) -> Vec<Result<Self, ConditionError>> {
+        let mut deepest = 0;
+        let checked: Vec<Result<&str, ConditionError>> = sources
+            .iter()
+            .map(|s| {
+                let depth = check_shape(s, limits)?;
+                deepest = deepest.max(depth);
+                Ok(*s)
+            })
+            .collect();
+        let compile_all = || {
+            checked
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let source = r.clone()?;
+                    if i % 64 == 0 && give_up() {
+                        return Err(ConditionError::NotCompiled("out of time".into()));
+                    }
+                    Self::compile(source).map_err(ConditionError::Malformed)
+                })
+                .collect::<Vec<_>>()
+        };
+        if deepest <= INLINE_DEPTH {
+            return compile_all();
+        }
+        std::thread::scope(|scope| {
+            let parser = std::thread::Builder::new()
+                .name("braid-condition-parser".into())
+                .stack_size(PARSER_STACK)
+                .spawn_scoped(scope, compile_all);
+            match parser {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(e) => sources
+                    .iter()
+                    .map(|_| {
+                        Err(ConditionError::NotCompiled(format!(
+                            "cannot start the condition parser thread: {e}"
+                        )))
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    /// Compiles `source` on the current thread, without limits. The error
+    /// is the parser's message, with its position inside the expression.
+    fn compile(source: &str) -> Result<Self, String> {
         let program = cel::Program::compile(source).map_err(|err| {
             let details: Vec<String> = err
                 .errors
@@ -139,6 +263,135 @@ fn free_variables(
     }
 }
 
+/// Measures `source` without parsing it: its length, and an upper bound
+/// on the depth of its syntax tree (each open bracket or parenthesis, plus
+/// every operator, member access and call since the start of the innermost
+/// list element or argument, in every enclosing group). String literals
+/// are skipped.
+fn check_shape(source: &str, limits: &LoadLimits) -> Result<usize, ConditionError> {
+    if source.len() > limits.max_condition_bytes {
+        return Err(ConditionError::TooLong {
+            len: source.len(),
+            limit: limits.max_condition_bytes,
+        });
+    }
+    let max_depth = limits.max_condition_depth;
+    let bytes = source.as_bytes();
+    let column = |i: usize| source[..i].chars().count() + 1;
+    // Operators counted in each open group, outermost first.
+    let mut groups: Vec<usize> = vec![0];
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let mut op = false;
+        match c {
+            b'"' | b'\'' => {
+                if let Some(end) = skip_string(bytes, i, false) {
+                    i = end;
+                    continue;
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                groups.push(0);
+                depth += 1;
+            }
+            b')' | b']' | b'}' if groups.len() > 1 => {
+                depth -= 1 + groups.pop().unwrap_or(0);
+            }
+            b',' => {
+                let last = groups.last_mut().expect("the outermost group stays");
+                depth -= *last;
+                *last = 0;
+            }
+            b'.' => {
+                let in_number = i > 0
+                    && bytes[i - 1].is_ascii_digit()
+                    && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+                op = !in_number;
+            }
+            b'&' | b'|' | b'=' | b'!' | b'<' | b'>' => {
+                op = true;
+                if matches!(bytes.get(i + 1), Some(b'&' | b'|' | b'=')) {
+                    i += 1;
+                }
+            }
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'?' => op = true,
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                if matches!(bytes.get(i), Some(b'"' | b'\''))
+                    && let Some(end) = skip_string(bytes, i, source[start..i].contains(['r', 'R']))
+                {
+                    // A string with a prefix: r"…", b'…', br"…".
+                    i = end;
+                    continue;
+                }
+                op = &source[start..i] == "in";
+                i -= 1;
+            }
+            _ => {}
+        }
+        if op {
+            *groups.last_mut().expect("the outermost group stays") += 1;
+            depth += 1;
+        }
+        deepest = deepest.max(depth);
+        if depth > max_depth {
+            return Err(ConditionError::TooDeep {
+                column: column(i),
+                limit: max_depth,
+            });
+        }
+        i += 1;
+    }
+    Ok(deepest)
+}
+
+/// The index just past the string literal whose quote is at `bytes[start]`,
+/// if it is one CEL's lexer accepts (closed, valid escapes, no line break
+/// unless triple-quoted). Otherwise `None`: that lexer then skips the quote
+/// alone and reads what follows as code, and so must the depth estimate.
+fn skip_string(bytes: &[u8], start: usize, raw: bool) -> Option<usize> {
+    let quote = bytes[start];
+    let triple = bytes.get(start + 1) == Some(&quote) && bytes.get(start + 2) == Some(&quote);
+    let mut i = start + if triple { 3 } else { 1 };
+    let digits = |from: usize, n: usize, ok: fn(&u8) -> bool| {
+        bytes.get(from..from + n).is_some_and(|d| d.iter().all(ok))
+    };
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if !raw => {
+                let len = match bytes.get(i + 1)? {
+                    b'a' | b'b' | b'f' | b'n' | b'r' | b't' | b'v' | b'\\' | b'\'' | b'"'
+                    | b'`' | b'?' => 0,
+                    b'x' | b'X' if digits(i + 2, 2, u8::is_ascii_hexdigit) => 2,
+                    b'u' if digits(i + 2, 4, u8::is_ascii_hexdigit) => 4,
+                    b'U' if digits(i + 2, 8, u8::is_ascii_hexdigit) => 8,
+                    b'0'..=b'3' if digits(i + 2, 2, |d| (b'0'..=b'7').contains(d)) => 2,
+                    _ => return None,
+                };
+                i += 2 + len;
+            }
+            b'\n' | b'\r' if !triple => return None,
+            q if q == quote => {
+                if !triple {
+                    return Some(i + 1);
+                }
+                if bytes.get(i + 1) == Some(&quote) && bytes.get(i + 2) == Some(&quote) {
+                    return Some(i + 3);
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// Passes JSON to CEL with integers as CEL `int` (signed) whenever they
 /// fit, as CEL literals are: `count + 1` must work when `count` is `3`.
 /// (serde_json reports non-negative integers as unsigned, and CEL does not
@@ -223,6 +476,25 @@ mod tests {
         let c = Condition::compile("count + 1").unwrap();
         let err = c.evaluate([("count", &json!(1))]).unwrap_err();
         assert!(err.contains("must evaluate to true or false"), "{err}");
+    }
+
+    /// Found by fuzzing: a string CEL's lexer rejects is read as code by
+    /// that lexer, so it must not hide the brackets after it.
+    #[test]
+    fn strings_the_lexer_rejects_do_not_hide_nesting() {
+        let limits = LoadLimits::default();
+        let nested = format!("{}x{}", "(".repeat(40), ")".repeat(40));
+        for prefix in ["\"unclosed ", "'\\q' ", "'line\nbreak' + ", "\"\\x1 "] {
+            let err = Condition::parse(&format!("{prefix}{nested}"), &limits).unwrap_err();
+            assert!(
+                matches!(err, ConditionError::TooDeep { .. }),
+                "{prefix}: {err}"
+            );
+        }
+        // Brackets inside well-formed strings do not count.
+        let strings = "a == \"((((((((((\" && b == '[[[[[[[[[[[[' && c == r'\\((((((((((' && d == '''(((((((((\n((('''";
+        let c = Condition::parse(strings, &limits).unwrap();
+        assert_eq!(c.fields(), ["a", "b", "c", "d"]);
     }
 
     #[test]

@@ -90,3 +90,69 @@ fn render(diagnostics: &[Diagnostic]) -> String {
     let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
     lines.join("\n")
 }
+
+/// Collects diagnostics while loading, keeping at most a fixed number
+/// ([`crate::LoadLimits::max_diagnostics`]) and counting the rest, so a file
+/// with a million mistakes costs memory for the first few only.
+#[derive(Debug)]
+pub(crate) struct Diagnostics {
+    kept: Vec<Diagnostic>,
+    limit: usize,
+    dropped: usize,
+}
+
+impl Diagnostics {
+    /// An empty collection that keeps at most `limit` diagnostics (at least one).
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            kept: Vec::new(),
+            limit: limit.max(1),
+            dropped: 0,
+        }
+    }
+
+    /// Records one diagnostic, or counts it when the limit is reached.
+    pub(crate) fn push(&mut self, diagnostic: Diagnostic) {
+        if self.kept.len() < self.limit {
+            self.kept.push(diagnostic);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Whether another diagnostic would still be kept: costly extras (such
+    /// as "did you mean" suggestions) are only worked out while it would.
+    pub(crate) fn has_room(&self) -> bool {
+        self.kept.len() < self.limit
+    }
+
+    /// No problem was found.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.dropped == 0
+    }
+
+    /// The kept diagnostics in file order, then a line saying how many more
+    /// there were.
+    pub(crate) fn finish(mut self) -> Vec<Diagnostic> {
+        self.kept
+            .sort_by_key(|d| d.location.as_ref().map(|l| (l.line, l.column)));
+        if self.dropped > 0 {
+            self.kept.push(Diagnostic::new(
+                None,
+                format!(
+                    "and {} more problems (only the first {} are reported: max_diagnostics)",
+                    self.dropped, self.limit
+                ),
+            ));
+        }
+        self.kept
+    }
+}
+
+impl Extend<Diagnostic> for Diagnostics {
+    fn extend<I: IntoIterator<Item = Diagnostic>>(&mut self, iter: I) {
+        for d in iter {
+            self.push(d);
+        }
+    }
+}

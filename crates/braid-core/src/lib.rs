@@ -55,7 +55,7 @@ mod telemetry;
 
 pub use builder::PipelineBuilder;
 pub use checkpoint::{CheckpointPolicy, Checkpointer, ResumePoint};
-pub use condition::Condition;
+pub use condition::{Condition, ConditionError};
 pub use diagnostic::{Diagnostic, LoadError, Location};
 pub use input::{InputError, ValidInput};
 pub use kinds::{AgentConfig, AgentKinds};

@@ -24,29 +24,35 @@ use std::time::Duration;
 /// clients may lower them (`braid serve --max-agents`, and so on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadLimits {
-    /// The largest pipeline text, in bytes.
+    /// The largest pipeline text, in bytes (default 8 MiB: a load peaks at
+    /// roughly 100 times the text's size in memory).
     pub max_bytes: usize,
     /// The deepest nesting of mappings and sequences in the file (and in
-    /// any value in it), checked while parsing, before any tree is built.
+    /// any value in it; the top-level mapping is level 1), checked while
+    /// parsing, before any tree is built. The default, 64, keeps values
+    /// well under serde_json's 128-level limit when stores read them back.
     pub max_depth: usize,
     /// The most agents a pipeline may declare, checked before compiling.
     pub max_agents: usize,
     /// The longest `when:` condition, in bytes.
     pub max_condition_bytes: usize,
-    /// The deepest nesting of a `when:` condition's expression (operators,
-    /// members, calls and parentheses), checked before CEL parses it.
+    /// The deepest nesting of a `when:` condition's expression, checked
+    /// before CEL parses it: an upper bound of its syntax tree's depth,
+    /// counting each bracket, operator and member access (see
+    /// [`crate::Condition::parse`]).
     pub max_condition_depth: usize,
     /// The most diagnostics reported; the rest are summarised as
     /// "and K more".
     pub max_diagnostics: usize,
-    /// How long compiling may take before it gives up with an error.
+    /// How long compiling may take before it gives up with an error
+    /// (checked between agents and between batches of the race check).
     pub compile_budget: Duration,
 }
 
 impl Default for LoadLimits {
     fn default() -> Self {
         Self {
-            max_bytes: 16 * 1024 * 1024,
+            max_bytes: 8 * 1024 * 1024,
             max_depth: 64,
             max_agents: 100_000,
             max_condition_bytes: 4 * 1024,

@@ -7,11 +7,11 @@
 //! a run's input (once, by [`Pipeline::check_input`]) and each agent's output
 //! against its own declared writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -20,8 +20,8 @@ use crate::agent::command::{CommandAgent, resolve_program};
 use crate::agent::pool::PooledCommandAgent;
 use crate::agent::sleep::SleepAgent;
 use crate::checkpoint::CheckpointPolicy;
-use crate::condition::Condition;
-use crate::diagnostic::{Diagnostic, LoadError, Location};
+use crate::condition::{Condition, ConditionError};
+use crate::diagnostic::{Diagnostic, Diagnostics, LoadError, Location};
 use crate::graph::{AgentId, DependencyGraph};
 use crate::kinds::{AgentConfig, AgentKinds};
 use crate::limits::LoadLimits;
@@ -274,7 +274,7 @@ impl Pipeline {
             path: path.to_path_buf(),
             source,
         };
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let text = read_text(path, limits)?;
         let absolute = std::path::absolute(path).map_err(read_error)?;
         let dir = absolute
             .parent()
@@ -317,27 +317,44 @@ impl Pipeline {
         kinds: &AgentKinds,
         limits: &LoadLimits,
     ) -> Result<Self, LoadError> {
-        // TODO(issue 9): enforce every limit; only the agent count is checked so far.
         let source = Source {
             file: file.map(Arc::from),
         };
-        let invalid = |mut diagnostics: Vec<Diagnostic>| {
-            // In file order, as a reader goes through the file.
-            diagnostics.sort_by_key(|d| d.location.as_ref().map(|l| (l.line, l.column)));
-            LoadError::Invalid { diagnostics }
+        // In file order, as a reader goes through the file, at most
+        // `max_diagnostics` of them.
+        let invalid = |diagnostics: Diagnostics| LoadError::Invalid {
+            diagnostics: diagnostics.finish(),
         };
-        let spec = spec::parse(text, &source).map_err(invalid)?;
+        if text.len() > limits.max_bytes {
+            let mut errors = Diagnostics::new(1);
+            errors.push(Diagnostic::new(
+                source.start(),
+                format!(
+                    "the pipeline is {} bytes long; the limit is {} bytes (max_bytes)",
+                    text.len(),
+                    limits.max_bytes
+                ),
+            ));
+            return Err(invalid(errors));
+        }
+        // A byte-order mark is not part of the document (editors on Windows
+        // write one); the hash still covers the text as given.
+        let body = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let deadline = Deadline::after(limits.compile_budget);
+        let spec = spec::parse(body, &source, limits).map_err(invalid)?;
         if spec.agents.len() > limits.max_agents {
-            return Err(invalid(vec![Diagnostic::new(
+            let mut errors = Diagnostics::new(1);
+            errors.push(Diagnostic::new(
                 spec.agents_at.clone(),
                 format!(
                     "the pipeline declares {} agents; the limit is {} (max_agents)",
                     spec.agents.len(),
                     limits.max_agents
                 ),
-            )]));
+            ));
+            return Err(invalid(errors));
         }
-        let mut pipeline = compile(spec, dir, kinds).map_err(invalid)?;
+        let mut pipeline = compile(spec, dir, kinds, limits, &deadline).map_err(invalid)?;
         pipeline.content_hash = Arc::from(content_hash(text));
         Ok(pipeline)
     }
@@ -453,7 +470,7 @@ fn duration(
     value: &Option<marked_yaml::Spanned<String>>,
     what: &str,
     source: &Source,
-    errors: &mut Vec<Diagnostic>,
+    errors: &mut Diagnostics,
 ) -> Option<Duration> {
     let value = value.as_ref()?;
     match humantime::parse_duration(value.trim()) {
@@ -471,6 +488,49 @@ fn duration(
     }
 }
 
+/// A `retries` count, refused (at its place) above [`MAX_RETRIES`].
+fn retries(
+    value: &Option<marked_yaml::Spanned<u32>>,
+    what: &str,
+    source: &Source,
+    errors: &mut Diagnostics,
+) -> Option<u32> {
+    let value = value.as_ref()?;
+    if **value > MAX_RETRIES {
+        errors.push(Diagnostic::new(
+            source.at(value.span()),
+            format!(
+                "{what}: {} is too many; at most {MAX_RETRIES} retries are allowed",
+                **value
+            ),
+        ));
+        return None;
+    }
+    Some(**value)
+}
+
+/// A `backoff` duration, refused (at its place) below [`MIN_BACKOFF`].
+fn backoff(
+    value: &Option<marked_yaml::Spanned<String>>,
+    what: &str,
+    source: &Source,
+    errors: &mut Diagnostics,
+) -> Option<Duration> {
+    let parsed = duration(value, what, source, errors)?;
+    if parsed < MIN_BACKOFF {
+        errors.push(Diagnostic::new(
+            value.as_ref().and_then(|v| source.at(v.span())),
+            format!(
+                "{what}: `{}` is too short; the shortest backoff is {}",
+                value.as_ref().map_or("", |v| v.as_str()),
+                humantime::format_duration(MIN_BACKOFF)
+            ),
+        ));
+        return None;
+    }
+    Some(parsed)
+}
+
 /// Everything known about one agent while compiling.
 struct Draft<'a> {
     name: &'a str,
@@ -478,11 +538,103 @@ struct Draft<'a> {
     at: Option<Location>,
 }
 
+/// The most retries an agent may ask for: each retry is an attempt with its
+/// own events, so the count bounds the events one agent can produce.
+pub const MAX_RETRIES: u32 = 100;
+/// The shortest `backoff` allowed: with none, retries would spin.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
+/// The most dependency edges a pipeline may imply. Each reader of a field
+/// depends on every writer of it, so a few kilobytes (1,000 writers of a
+/// merged field, 100,000 readers) could otherwise ask for 10⁸ edges.
+pub const MAX_DEPENDENCIES: usize = 5_000_000;
+
+/// When compiling has to stop ([`LoadLimits::compile_budget`]).
+struct Deadline {
+    at: Option<Instant>,
+    budget: Duration,
+}
+
+impl Deadline {
+    fn after(budget: Duration) -> Self {
+        Self {
+            at: Instant::now().checked_add(budget),
+            budget,
+        }
+    }
+
+    /// `Err` with the diagnostic to report once the budget is spent.
+    fn check(&self, doing: &str) -> Result<(), Diagnostic> {
+        match self.at {
+            Some(at) if Instant::now() >= at => Err(Diagnostic::new(
+                None,
+                format!(
+                    "compiling the pipeline took longer than its budget of {} (compile_budget) while {doing}; \
+                     split the pipeline or ask for a larger budget",
+                    humantime::format_duration(self.budget)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads a pipeline file of at most `limits.max_bytes` bytes as UTF-8,
+/// reporting invalid UTF-8 at its line and column.
+fn read_text(path: &Path, limits: &LoadLimits) -> Result<String, LoadError> {
+    use std::io::Read;
+    let read_error = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    let cap = u64::try_from(limits.max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    file.take(cap).read_to_end(&mut bytes).map_err(read_error)?;
+    let at = |line: usize, column: usize| {
+        Some(Location {
+            file: Some(Arc::from(path)),
+            line,
+            column,
+        })
+    };
+    if bytes.len() > limits.max_bytes {
+        return Err(LoadError::Invalid {
+            diagnostics: vec![Diagnostic::new(
+                at(1, 1),
+                format!(
+                    "the pipeline file is larger than the limit of {} bytes (max_bytes)",
+                    limits.max_bytes
+                ),
+            )],
+        });
+    }
+    String::from_utf8(bytes).map_err(|err| {
+        let bytes = err.as_bytes();
+        let good = err.utf8_error().valid_up_to();
+        let valid = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let line = valid.matches('\n').count() + 1;
+        let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        LoadError::Invalid {
+            diagnostics: vec![Diagnostic::new(
+                at(line, column),
+                format!(
+                    "invalid UTF-8 (byte 0x{:02x}); pipeline files must be UTF-8 text",
+                    bytes[good]
+                ),
+            )],
+        }
+    })
+}
+
 fn compile(
     spec: PipelineSpec,
     dir: &Path,
     kinds: &AgentKinds,
-) -> Result<Pipeline, Vec<Diagnostic>> {
+    limits: &LoadLimits,
+    deadline: &Deadline,
+) -> Result<Pipeline, Diagnostics> {
     let source = Source {
         file: spec
             .name
@@ -490,7 +642,16 @@ fn compile(
             .and_then(|n| n.at.as_ref())
             .and_then(|l| l.file.clone()),
     };
-    let mut errors = Vec::new();
+    let mut errors = Diagnostics::new(limits.max_diagnostics);
+    // Gives up with `$errors` plus the budget diagnostic once time is out.
+    macro_rules! budget {
+        ($doing:expr) => {
+            if let Err(d) = deadline.check($doing) {
+                errors.push(d);
+                return Err(errors);
+            }
+        };
+    }
     let name = spec.name.clone().expect("parse requires a name");
     let valid_name = !name.value.is_empty()
         && name
@@ -549,8 +710,14 @@ fn compile(
             &source,
             &mut errors,
         ),
-        retries: spec.defaults.retries.as_ref().map_or(0, |r| **r),
-        backoff: duration(
+        retries: retries(
+            &spec.defaults.retries,
+            "defaults.retries",
+            &source,
+            &mut errors,
+        )
+        .unwrap_or(0),
+        backoff: backoff(
             &spec.defaults.backoff,
             "defaults.backoff",
             &source,
@@ -563,6 +730,7 @@ fn compile(
     let mut fields: Vec<Field> = Vec::new();
     let mut field_ids: HashMap<String, FieldId> = HashMap::new();
     for (input, schema) in &spec.inputs {
+        budget!("compiling input schemas");
         if !is_identifier(input) {
             errors.push(Diagnostic::new(
                 schema.at.clone(),
@@ -614,7 +782,8 @@ fn compile(
                 format!("agent `{}`: names must be letters, digits, `_` and `-`, starting with a letter or `_`", draft.name),
             ));
         }
-        let mut seen = Vec::new();
+        budget!("resolving writes");
+        let mut seen = HashSet::new();
         for w in &draft.spec.writes {
             let field = w.as_str();
             let at = source.at(w.span());
@@ -622,14 +791,13 @@ fn compile(
                 errors.push(Diagnostic::new(at, format!("agent `{}` writes `{field}`: field names must be letters, digits and `_`, starting with a letter or `_`", draft.name)));
                 continue;
             }
-            if seen.contains(&field) {
+            if !seen.insert(field) {
                 errors.push(Diagnostic::new(
                     at,
                     format!("agent `{}` lists `{field}` twice in `writes`", draft.name),
                 ));
                 continue;
             }
-            seen.push(field);
             match field_ids.get(field) {
                 Some(&f) if fields[f].input.is_some() => errors.push(Diagnostic::new(
                     at,
@@ -672,16 +840,33 @@ fn compile(
         }
     }
 
+    // Conditions, all on one parser thread (see `condition`).
+    budget!("compiling conditions");
+    let when_sources: Vec<&str> = drafts
+        .iter()
+        .filter_map(|d| d.spec.when.as_ref().map(|w| w.as_str()))
+        .collect();
+    let mut compiled_conditions =
+        Condition::parse_many(&when_sources, limits, &|| deadline.check("").is_err()).into_iter();
+    budget!("compiling conditions");
+
     // Reads, conditions, `after`, kinds; and the edges they imply.
     let mut edges: Vec<(AgentId, AgentId)> = Vec::new();
-    let mut edge_reasons: HashMap<(AgentId, AgentId), String> = HashMap::new();
+    // The fields behind each agent's incoming edges, to explain a cycle.
+    let mut edge_fields: Vec<Vec<(FieldId, &'static str)>> = vec![Vec::new(); drafts.len()];
     let mut agents = Vec::with_capacity(drafts.len());
     let mut after_edges = Vec::new();
     let mut own_definitions = Vec::with_capacity(drafts.len());
     for (id, draft) in drafts.iter().enumerate() {
         let agent = draft.spec;
+        budget!("resolving reads");
+        if edges.len() >= MAX_DEPENDENCIES {
+            errors.push(too_many_dependencies(draft));
+            return Err(errors);
+        }
         let who = format!("agent `{}`", draft.name);
         let mut reads = Vec::new();
+        let mut read_names = HashSet::new();
         for r in &agent.reads {
             let at = source.at(r.span());
             let (field, optional) = match r.strip_suffix('?') {
@@ -692,7 +877,7 @@ fn compile(
                 errors.push(Diagnostic::new(at, format!("{who} reads `{field}`: field names must be letters, digits and `_` (mark an optional read with a trailing `?`)")));
                 continue;
             }
-            if reads.iter().any(|r: &Read| &*fields[r.field].name == field) {
+            if !read_names.insert(field) {
                 errors.push(Diagnostic::new(
                     at,
                     format!("{who} lists `{field}` twice in `reads`"),
@@ -707,15 +892,8 @@ fn compile(
                     ))
                 }
                 Some(&f) => {
-                    add_edges(
-                        &mut edges,
-                        &mut edge_reasons,
-                        &fields,
-                        &drafts,
-                        id,
-                        f,
-                        "reads",
-                    );
+                    add_edges(&mut edges, &fields, id, f);
+                    edge_fields[id].push((f, "reads"));
                     reads.push(Read { field: f, optional });
                 }
                 None if optional => {}
@@ -723,7 +901,7 @@ fn compile(
                     at,
                     format!(
                         "{who} reads `{field}`, which no agent writes and no input declares{}",
-                        suggestion(field, field_ids.keys().map(String::as_str))
+                        suggestion(field, field_ids.keys().map(String::as_str), &errors)
                     ),
                 )),
             }
@@ -732,7 +910,10 @@ fn compile(
         let mut condition_fields = Vec::new();
         let when = match &agent.when {
             None => None,
-            Some(expr) => match Condition::compile(expr.as_str()) {
+            Some(expr) => match compiled_conditions
+                .next()
+                .expect("one compiled condition per `when`")
+            {
                 Ok(condition) => {
                     for field in condition.fields() {
                         match field_ids.get(field.as_str()) {
@@ -743,27 +924,35 @@ fn compile(
                                 ))
                             }
                             Some(&f) => {
-                                add_edges(&mut edges, &mut edge_reasons, &fields, &drafts, id, f, "has a condition on");
+                                add_edges(&mut edges, &fields, id, f);
+                                edge_fields[id].push((f, "has a condition on"));
                                 condition_fields.push(f);
                             }
                             None => errors.push(Diagnostic::new(
                                 source.at(expr.span()),
                                 format!(
                                     "{who}: `when` refers to `{field}`, which no agent writes and no input declares{}",
-                                    suggestion(field, field_ids.keys().map(String::as_str))
+                                    suggestion(field, field_ids.keys().map(String::as_str), &errors)
                                 ),
                             )),
                         }
                     }
                     Some(condition)
                 }
-                Err(e) => {
+                Err(e @ ConditionError::Malformed(_)) => {
                     errors.push(Diagnostic::new(
                         source.at(expr.span()),
                         format!(
                             "{who}: malformed `when` expression `{}`: {e}",
-                            expr.as_str()
+                            abbreviate(expr.as_str())
                         ),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(Diagnostic::new(
+                        source.at(expr.span()),
+                        format!("{who}: `when`: {e}"),
                     ));
                     None
                 }
@@ -779,16 +968,13 @@ fn compile(
                 )),
                 Some(&t) => {
                     after_edges.push((t, id));
-                    edge_reasons.entry((t, id)).or_insert_with(|| {
-                        format!("{} runs after {}", draft.name, target.as_str())
-                    });
                 }
                 None => errors.push(Diagnostic::new(
                     at,
                     format!(
                         "{who}: `after` names `{}`, which is not an agent of this pipeline{}",
                         target.as_str(),
-                        suggestion(target.as_str(), drafts.iter().map(|d| d.name))
+                        suggestion(target.as_str(), drafts.iter().map(|d| d.name), &errors)
                     ),
                 )),
             }
@@ -810,8 +996,14 @@ fn compile(
         }
         let policy = RetryPolicy {
             timeout: timeout.or(defaults.timeout),
-            retries: agent.retries.as_ref().map_or(defaults.retries, |r| **r),
-            backoff: duration(
+            retries: retries(
+                &agent.retries,
+                &format!("{who}: `retries`"),
+                &source,
+                &mut errors,
+            )
+            .unwrap_or(defaults.retries),
+            backoff: backoff(
                 &agent.backoff,
                 &format!("{who}: `backoff`"),
                 &source,
@@ -839,7 +1031,7 @@ fn compile(
             .collect();
 
         let kind_at = source.at(agent.kind.span());
-        let misplaced = |key: &str, present: bool, kind: &str, errors: &mut Vec<Diagnostic>| {
+        let misplaced = |key: &str, present: bool, kind: &str, errors: &mut Diagnostics| {
             if present {
                 errors.push(Diagnostic::new(
                     draft.at.clone(),
@@ -1003,6 +1195,12 @@ fn compile(
             });
         }
     }
+    if edges.len() >= MAX_DEPENDENCIES {
+        errors.push(too_many_dependencies(
+            drafts.last().expect("agents were read"),
+        ));
+        return Err(errors);
+    }
     edges.extend(after_edges);
 
     // Cycles are reported alongside other problems: the edges that did
@@ -1011,16 +1209,47 @@ fn compile(
         Ok(graph) => graph,
         Err(cycles) => {
             errors.extend(cycles.into_iter().map(|cycle| {
-                let names: Vec<&str> = cycle.agents.iter().map(|&a| drafts[a].name).collect();
-                let reasons: Vec<&str> = cycle
+                // A long cycle is shown by its first steps and its length.
+                const SHOWN: usize = 10;
+                let steps = cycle.agents.len() - 1;
+                let mut names: Vec<&str> = cycle
                     .agents
+                    .iter()
+                    .take(SHOWN + 1)
+                    .map(|&a| drafts[a].name)
+                    .collect();
+                if steps > SHOWN {
+                    names.push("…");
+                    names.push(drafts[cycle.agents[0]].name);
+                }
+                let length = if steps > SHOWN {
+                    format!("; {steps} agents, the first {SHOWN} steps shown")
+                } else {
+                    String::new()
+                };
+                let reasons: Vec<String> = cycle.agents[..cycle.agents.len().min(SHOWN + 1)]
                     .windows(2)
-                    .filter_map(|w| edge_reasons.get(&(w[0], w[1])).map(String::as_str))
+                    .filter_map(|w| {
+                        let (from, to) = (drafts[w[0]].name, drafts[w[1]].name);
+                        let field = edge_fields[w[1]]
+                            .iter()
+                            .find(|(f, _)| fields[*f].writers.contains(&w[0]));
+                        match field {
+                            Some((f, how)) => Some(format!(
+                                "{to} {how} `{}` written by {from}",
+                                fields[*f].name
+                            )),
+                            None if drafts[w[1]].spec.after.iter().any(|a| a.as_str() == from) => {
+                                Some(format!("{to} runs after {from}"))
+                            }
+                            None => None,
+                        }
+                    })
                     .collect();
                 Diagnostic::new(
                     drafts[cycle.agents[0]].at.clone(),
                     format!(
-                        "dependency cycle: {} ({})",
+                        "dependency cycle: {} ({}{length})",
                         names.join(" -> "),
                         reasons.join("; ")
                     ),
@@ -1047,35 +1276,88 @@ fn compile(
     }
 
     // Write-write races: two writers of a field with no merge rule must be
-    // ordered by a dependency path, or the result depends on timing.
-    for field in &fields {
+    // ordered by a dependency path, or the result depends on timing. The
+    // writers of a field are all ordered exactly when each one reaches the
+    // next in topological order, so only those neighbouring pairs are asked
+    // about, all at once (see `DependencyGraph::reaches_all`).
+    budget!("looking for write-write races");
+    let mut racy_fields: Vec<(FieldId, Vec<AgentId>)> = Vec::new();
+    let mut queries: Vec<(AgentId, AgentId)> = Vec::new();
+    for (f, field) in fields.iter().enumerate() {
         if field.merge.is_some() || field.writers.len() < 2 {
             continue;
         }
-        for (i, &a) in field.writers.iter().enumerate() {
-            for &b in &field.writers[i + 1..] {
-                if !graph.reaches(a, b) && !graph.reaches(b, a) {
-                    let at = drafts[b]
-                        .spec
-                        .writes
-                        .iter()
-                        .find(|w| w.as_str() == &*field.name)
-                        .and_then(|w| source.at(w.span()));
-                    errors.push(Diagnostic::new(
-                        at,
-                        format!(
-                            "write-write race on `{f}`: agents `{a}` and `{b}` both write it and neither depends on the other; \
-                             order them with `after: [{a}]` on `{b}`, or declare how concurrent writes combine: \
-                             `fields: {{ {f}: {{ merge: append }} }}` (one of {rules})",
-                            f = field.name,
-                            a = drafts[a].name,
-                            b = drafts[b].name,
-                            rules = MergeRule::NAMES.join(", "),
-                        ),
-                    ));
-                }
+        let mut writers = field.writers.clone();
+        writers.sort_unstable_by_key(|&a| graph.rank(a));
+        queries.extend(writers.windows(2).map(|w| (w[0], w[1])));
+        racy_fields.push((f, writers));
+    }
+    let answers = match graph.reaches_all(&queries, &|| deadline.check("").is_err()) {
+        Some(answers) => answers,
+        None => {
+            budget!("looking for write-write races");
+            unreachable!("reaches_all gives up only when the budget is spent")
+        }
+    };
+    let mut answers = answers.into_iter();
+    for (f, writers) in racy_fields {
+        let field = &fields[f];
+        // Writers on either side of an unordered neighbouring pair.
+        let mut involved: Vec<AgentId> = Vec::new();
+        let mut first: Option<(AgentId, AgentId)> = None;
+        for w in writers.windows(2) {
+            if !answers.next().expect("one answer per pair") {
+                first.get_or_insert((w[0], w[1]));
+                involved.extend([w[0], w[1]]);
             }
         }
+        let Some((a, b)) = first else { continue };
+        let (a, b) = (a.min(b), a.max(b));
+        involved.sort_unstable();
+        involved.dedup();
+        let at = drafts[b]
+            .spec
+            .writes
+            .iter()
+            .find(|w| w.as_str() == &*field.name)
+            .and_then(|w| source.at(w.span()));
+        let who = if involved.len() == 2 {
+            format!(
+                "agents `{}` and `{}` both write it and neither depends on the other",
+                drafts[a].name, drafts[b].name
+            )
+        } else {
+            const SHOWN: usize = 5;
+            let names: Vec<String> = involved
+                .iter()
+                .take(SHOWN)
+                .map(|&x| format!("`{}`", drafts[x].name))
+                .collect();
+            let more = involved.len().saturating_sub(SHOWN);
+            format!(
+                "agents {}{} write it without an order between them (`{}` and `{}` do not depend on each other)",
+                names.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                },
+                drafts[a].name,
+                drafts[b].name,
+            )
+        };
+        errors.push(Diagnostic::new(
+            at,
+            format!(
+                "write-write race on `{f}`: {who}; \
+                 order them with `after: [{a}]` on `{b}`, or declare how concurrent writes combine: \
+                 `fields: {{ {f}: {{ merge: append }} }}` (one of {rules})",
+                f = field.name,
+                a = drafts[a].name,
+                b = drafts[b].name,
+                rules = MergeRule::NAMES.join(", "),
+            ),
+        ));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -1110,7 +1392,7 @@ fn misplaced_core_keys(
     who: &str,
     kind: &str,
     at: Option<Location>,
-    errors: &mut Vec<Diagnostic>,
+    errors: &mut Diagnostics,
 ) {
     let present = [
         ("ms", agent.ms.is_some()),
@@ -1137,26 +1419,38 @@ fn function_at(agent: &AgentSpec, fallback: &Option<Location>) -> Option<Locatio
         .or_else(|| fallback.clone())
 }
 
-/// Adds an edge from every writer of `field` to `to` (except `to` itself).
-fn add_edges(
-    edges: &mut Vec<(AgentId, AgentId)>,
-    reasons: &mut HashMap<(AgentId, AgentId), String>,
-    fields: &[Field],
-    drafts: &[Draft<'_>],
-    to: AgentId,
-    field: FieldId,
-    how: &str,
-) {
+/// The error for a pipeline with [`MAX_DEPENDENCIES`] edges, at the agent
+/// that reached it.
+fn too_many_dependencies(draft: &Draft<'_>) -> Diagnostic {
+    Diagnostic::new(
+        draft.at.clone(),
+        format!(
+            "the pipeline implies {MAX_DEPENDENCIES} or more dependencies \
+             (every reader of a field depends on every writer of it), \
+             reached at agent `{}`; the limit is {MAX_DEPENDENCIES}: share fewer fields between many writers and many readers",
+            draft.name
+        ),
+    )
+}
+
+/// Adds an edge from every writer of `field` to `to` (except `to` itself),
+/// up to [`MAX_DEPENDENCIES`] edges in all.
+fn add_edges(edges: &mut Vec<(AgentId, AgentId)>, fields: &[Field], to: AgentId, field: FieldId) {
     for &from in &fields[field].writers {
+        if edges.len() >= MAX_DEPENDENCIES {
+            return;
+        }
         if from != to {
             edges.push((from, to));
-            reasons.entry((from, to)).or_insert_with(|| {
-                format!(
-                    "{} {how} `{}` written by {}",
-                    drafts[to].name, fields[field].name, drafts[from].name
-                )
-            });
         }
+    }
+}
+
+/// `text` cut to its first 80 characters, for quoting in a message.
+fn abbreviate(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
     }
 }
 
@@ -1167,8 +1461,19 @@ fn content_hash(text: &str) -> String {
 }
 
 /// ` (did you mean `x`?)` when a known name is one or two edits away.
-fn suggestion<'a>(wanted: &str, known: impl Iterator<Item = &'a str>) -> String {
+/// Only worked out for short names and while the diagnostic will be kept
+/// (it compares against every known name).
+fn suggestion<'a>(
+    wanted: &str,
+    known: impl Iterator<Item = &'a str>,
+    errors: &Diagnostics,
+) -> String {
+    if wanted.len() > 64 || !errors.has_room() {
+        return String::new();
+    }
     known
+        .filter(|k| k.len().abs_diff(wanted.len()) <= 2)
+        .take(10_000)
         .map(|k| (edit_distance(wanted, k), k))
         .filter(|&(d, _)| d <= 2)
         .min()

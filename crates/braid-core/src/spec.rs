@@ -15,7 +15,8 @@ use marked_yaml::{LoaderOptions, Node, Span};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::diagnostic::{Diagnostic, Location};
+use crate::diagnostic::{Diagnostic, Diagnostics, Location};
+use crate::limits::LoadLimits;
 
 /// A value together with where it was written.
 #[derive(Debug, Clone)]
@@ -124,6 +125,16 @@ impl Source {
         })
     }
 
+    /// The start of the text (line 1, column 1), for problems with the
+    /// whole of it.
+    pub(crate) fn start(&self) -> Option<Location> {
+        Some(Location {
+            file: self.file.clone(),
+            line: 1,
+            column: 1,
+        })
+    }
+
     fn whole_file(&self) -> Option<Location> {
         self.file.as_ref().map(|f| Location {
             file: Some(f.clone()),
@@ -154,23 +165,54 @@ fn loader_options() -> LoaderOptions {
         .toplevel_mapping()
 }
 
-/// Parses the text of a pipeline file. Returns every shape error found.
-pub(crate) fn parse(text: &str, source: &Source) -> Result<PipelineSpec, Vec<Diagnostic>> {
-    let root = match marked_yaml::parse_yaml_with_options(0, text, loader_options()) {
+/// Parses the text of a pipeline file. Returns every shape error found (up
+/// to `limits.max_diagnostics`).
+///
+/// The text is first scanned as a stream of YAML events, without building
+/// anything, to refuse nesting deeper than `limits.max_depth` and anchors:
+/// the tree builder, serde and `Drop` all recurse once per level, so an
+/// unbounded depth would overflow the stack.
+pub(crate) fn parse(
+    text: &str,
+    source: &Source,
+    limits: &LoadLimits,
+) -> Result<PipelineSpec, Diagnostics> {
+    let mut errors = Diagnostics::new(limits.max_diagnostics);
+    if let Err(d) = check_depth(text, limits.max_depth, source) {
+        errors.push(d);
+        return Err(errors);
+    }
+    let mut root = match marked_yaml::parse_yaml_with_options(0, text, loader_options()) {
         Ok(root) => root,
-        Err(err) => return Err(vec![yaml_error(err, source)]),
+        Err(err) => {
+            errors.push(yaml_error(err, source));
+            return Err(errors);
+        }
     };
-    let Some(top) = root.as_mapping() else {
-        return Err(vec![Diagnostic::new(
+    let Some(top) = root.as_mapping_mut() else {
+        errors.push(Diagnostic::new(
             source.whole_file(),
             "expected a mapping with `pipeline` and `agents` at the top level",
-        )]);
+        ));
+        return Err(errors);
     };
 
     let mut spec = PipelineSpec::default();
-    let mut errors = Vec::new();
-    for (key, value) in top.iter() {
+    for (key, value) in top.iter_mut() {
         let key_at = source.at(key.span());
+        // Agents are taken out of the tree (no copy); the rest is read.
+        if key.as_str() == "agents" {
+            spec.agents_at = key_at.clone();
+            match value.as_mapping_mut() {
+                Some(map) => parse_agents(map, source, &mut spec, &mut errors),
+                None => errors.push(Diagnostic::new(
+                    source.at(value.span()),
+                    "`agents` must map agent names to agents, e.g. `triage: { kind: sleep, ms: 50, writes: [route] }`",
+                )),
+            }
+            continue;
+        }
+        let value = &*value;
         match key.as_str() {
             "pipeline" => match scalar(value) {
                 Some(name) => {
@@ -264,16 +306,6 @@ pub(crate) fn parse(text: &str, source: &Source) -> Result<PipelineSpec, Vec<Dia
                     "`fields` must map field names to settings, e.g. `findings: { merge: append }`",
                 )),
             },
-            "agents" => {
-                spec.agents_at = key_at.clone();
-                match value.as_mapping() {
-                    Some(map) => parse_agents(map, source, &mut spec, &mut errors),
-                    None => errors.push(Diagnostic::new(
-                        source.at(value.span()),
-                        "`agents` must map agent names to agents, e.g. `triage: { kind: sleep, ms: 50, writes: [route] }`",
-                    )),
-                }
-            }
             other => errors.push(Diagnostic::new(
                 key_at,
                 format!(
@@ -297,21 +329,24 @@ pub(crate) fn parse(text: &str, source: &Source) -> Result<PipelineSpec, Vec<Dia
 }
 
 fn parse_agents(
-    map: &MarkedMappingNode,
+    map: &mut MarkedMappingNode,
     source: &Source,
     spec: &mut PipelineSpec,
-    errors: &mut Vec<Diagnostic>,
+    errors: &mut Diagnostics,
 ) {
-    for (name, node) in map.iter() {
+    for (name, node) in map.iter_mut() {
+        let node = std::mem::replace(
+            node,
+            Node::from(MarkedMappingNode::new_empty(Span::new_blank())),
+        );
         let at = source.at(name.span());
         let context = format!("agent `{}`", name.as_str());
         // `value` is free-form JSON, which serde cannot take from marked-yaml's
         // untyped scalars; convert it by hand and deserialize the rest.
         let mut value = None;
         let mut settings = IndexMap::new();
-        let parsed = match node.as_mapping() {
-            Some(fields) => {
-                let mut fields = fields.clone();
+        let parsed = match node {
+            Node::Mapping(mut fields) => {
                 if let Some(v) = fields.remove("value") {
                     value = Some(Located {
                         value: to_json(&v),
@@ -319,19 +354,15 @@ fn parse_agents(
                     });
                 }
                 // Keys the core does not know go to the kind's own factory.
-                let other: Vec<String> = fields
+                let other: Vec<(String, Option<Location>)> = fields
                     .keys()
-                    .map(|k| k.as_str().to_owned())
                     .filter(|k| {
                         !COMMON_AGENT_KEYS.contains(&k.as_str())
                             && !CORE_KIND_KEYS.contains(&k.as_str())
                     })
+                    .map(|k| (k.as_str().to_owned(), source.at(k.span())))
                     .collect();
-                for key in other {
-                    let at = fields
-                        .keys()
-                        .find(|k| k.as_str() == key)
-                        .and_then(|k| source.at(k.span()));
+                for (key, at) in other {
                     if let Some(v) = fields.remove(key.as_str()) {
                         settings.insert(
                             key,
@@ -364,11 +395,11 @@ fn parse_agents(
                 }
                 deserialize::<AgentSpec>(&Node::Mapping(fields), &context, source, at.clone())
             }
-            None => Err(Diagnostic::new(
-                source.at(node.span()),
+            other => Err(Diagnostic::new(
+                source.at(other.span()),
                 format!(
                     "{context} must be a mapping with at least `kind`, found `{}`",
-                    describe(node)
+                    describe(&other)
                 ),
             )),
         };
@@ -413,6 +444,67 @@ fn deserialize<T: serde::de::DeserializeOwned>(
         };
         Diagnostic::new(at, message)
     })
+}
+
+/// Refuses nesting deeper than `max_depth` (mappings and sequences, block
+/// or flow, the top-level mapping counting as 1) and YAML anchors/aliases,
+/// in one pass over the parser's events: no tree is built, nothing recurses.
+/// Other malformations are left to the real parse, which reports them.
+fn check_depth(text: &str, max_depth: usize, source: &Source) -> Result<(), Diagnostic> {
+    use yaml_rust2::parser::{Event, Parser};
+    let at = |mark: yaml_rust2::scanner::Marker| {
+        Some(Location {
+            file: source.file.clone(),
+            line: mark.line(),
+            column: mark.col() + 1,
+        })
+    };
+    let too_deep = |mark, max_depth: usize| {
+        Diagnostic::new(
+            at(mark),
+            format!(
+                "mappings and lists nested deeper than {max_depth} levels; \
+                 the limit is {max_depth} (max_depth)"
+            ),
+        )
+    };
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        let (event, mark) = match parser.next_token() {
+            Ok(next) => next,
+            // The scanner looks ahead through flow collections (`[[[…`) and
+            // stops by itself past 255 levels of them.
+            Err(e) if e.info() == "recursion limit exceeded" => {
+                return Err(too_deep(*e.marker(), max_depth.min(255)));
+            }
+            // Anything else is reported, the same way, by the real parse.
+            Err(_) => return Ok(()),
+        };
+        match event {
+            Event::StreamEnd => return Ok(()),
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(too_deep(mark, max_depth));
+                }
+                if anchor > 0 {
+                    return Err(anchor_error(at(mark)));
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            Event::Alias(_) => return Err(anchor_error(at(mark))),
+            Event::Scalar(_, _, anchor, _) if anchor > 0 => return Err(anchor_error(at(mark))),
+            _ => {}
+        }
+    }
+}
+
+fn anchor_error(at: Option<Location>) -> Diagnostic {
+    Diagnostic::new(
+        at,
+        "YAML anchors and aliases are not supported in pipeline files",
+    )
 }
 
 fn yaml_error(err: marked_yaml::LoadError, source: &Source) -> Diagnostic {
@@ -465,7 +557,7 @@ fn located_scalar(
     value: &Node,
     source: &Source,
     problem: &str,
-    errors: &mut Vec<Diagnostic>,
+    errors: &mut Diagnostics,
 ) -> Option<Located<String>> {
     match scalar(value) {
         Some(s) => Some(Located {
