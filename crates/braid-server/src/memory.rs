@@ -59,6 +59,14 @@ impl MemoryStore {
         self.down.store(down, Ordering::SeqCst);
     }
 
+    /// Records `owner` (`host:pid`) as the process running `run_id`, as
+    /// another braid process sharing a real store would.
+    pub fn set_owner(&self, run_id: &str, owner: &str) {
+        if let Some(kept) = self.lock().runs.get_mut(run_id) {
+            kept.run.owner = Some(owner.to_owned());
+        }
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Corrupt(

@@ -527,6 +527,74 @@ async fn a_refused_resume_does_not_reveal_the_owner() {
     owner_state.shut_down().await;
 }
 
+#[tokio::test]
+async fn a_forced_resume_never_runs_beside_a_live_owner() {
+    let store = Arc::new(braid_server::memory::MemoryStore::new());
+    let first = AppState::new(ServerConfig::default(), Some(store.clone()));
+    first.preload(
+        braid_core::Pipeline::from_yaml_str(SLOW).unwrap(),
+        SLOW.to_owned(),
+    );
+    let (status, body) = send(
+        &first,
+        post(
+            "/v1/runs",
+            Some("application/json"),
+            r#"{"pipeline": "slow", "checkpoint": "agent"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["run_id"].as_str().unwrap().to_owned();
+    tokio::time::timeout(PATIENCE, async {
+        while store
+            .get_run(&id)
+            .await
+            .unwrap()
+            .is_none_or(|run| run.summary.status != "running")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the run is recorded as running");
+
+    // As another braid on this host would have recorded it: a live process.
+    let mut owner = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    store.set_owner(&id, &format!("{}:{}", host.trim(), owner.id()));
+
+    let other = AppState::new(ServerConfig::default(), Some(store.clone()));
+    other.preload(
+        braid_core::Pipeline::from_yaml_str(SLOW).unwrap(),
+        SLOW.to_owned(),
+    );
+    let resume = format!("/v1/runs/{id}/resume?force=true");
+    let (status, body) = send(&other, post(&resume, Some("application/json"), "")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("live process"),
+        "{body}"
+    );
+
+    // Once that process is gone, a forced resume takes the run over.
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let (status, body) = send(&other, post(&resume, Some("application/json"), "")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let cancel = format!("/v1/runs/{id}/cancel");
+    for state in [&other, &first] {
+        send(state, post(&cancel, Some("application/json"), "")).await;
+        state.shut_down().await;
+    }
+}
+
 // ---- item 5: what a connection may hold ----
 
 /// A server with short timeouts (only the one a test is about is short).

@@ -10,6 +10,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use braid_core::agent::process::{self, Owner};
 use braid_core::event::EventLevel;
 use braid_core::{CheckpointPolicy, ResumePoint, RunStatus};
 use serde::Deserialize;
@@ -246,8 +247,18 @@ pub(super) async fn resume_run(
         .get_run(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    let owner = stored.owner.as_deref().map(process::owner_state);
     match stored.summary.status.as_str() {
         "completed" => return Err(conflict(format!("run {id} already completed"))),
+        // A live process on this host still runs it: resuming beside it
+        // would run its agents twice, whatever `force` says.
+        "running" if owner == Some(Owner::Alive) => {
+            tracing::info!(run = %id, owner = ?stored.owner, "resume refused: its owner is alive");
+            return Err(conflict(format!(
+                "run {id} is still running in a live process on this host; \
+                 cancel or stop that process first"
+            )));
+        }
         // Its process may still be alive elsewhere; this server cannot tell.
         "running" if !query.force => {
             // The owner (`host:pid`) stays in the log: clients learn only
