@@ -1547,3 +1547,42 @@ agents:
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("it is still running (process"), "{stderr}");
 }
+
+#[test]
+fn an_agent_writing_stderr_without_line_breaks_costs_bounded_memory() {
+    // 256 MiB of stderr with no newline: only the first 16 KiB of a line
+    // is kept, the rest is read and dropped as it arrives.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("noisy.yaml");
+    std::fs::write(
+        &file,
+        "pipeline: noisy\nagents:\n  noisy:\n    kind: command\n    run: [python3, -c, \"import sys\\nfor _ in range(256): sys.stderr.write('x' * 1048576)\\nprint('{}')\"]\n",
+    )
+    .unwrap();
+    // The peak memory of braid (and its agent) as seen by a parent of its
+    // own, so nothing else this test binary runs is counted.
+    let probe = "import resource, subprocess, sys\n\
+                 code = subprocess.run(sys.argv[1:], capture_output=True).returncode\n\
+                 print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let output = Command::new("python3")
+        .args(["-c", probe, env!("CARGO_BIN_EXE_braid"), "run", "--store"])
+        .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut fields = stdout.split_whitespace();
+    let code: i32 = fields.next().unwrap().parse().unwrap();
+    let peak_kib: u64 = fields.next().unwrap().parse().unwrap();
+    assert_eq!(
+        code,
+        0,
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        peak_kib < 128 * 1024,
+        "braid peaked at {} MiB reading 256 MiB of stderr",
+        peak_kib / 1024
+    );
+}

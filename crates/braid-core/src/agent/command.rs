@@ -31,7 +31,7 @@ pub const MAX_STDOUT_BYTES: u64 = 16 * 1024 * 1024;
 /// How many trailing stderr lines an exit error quotes.
 const STDERR_TAIL_LINES: usize = 20;
 /// Longer stderr lines are cut to this many bytes.
-const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 /// How long stdout and stderr may stay open after the program exits.
 const PIPE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -183,13 +183,11 @@ impl Agent for CommandAgent {
             let mut buf = Vec::new();
             // Read until EOF, whatever the bytes: a reader that stopped
             // early would kill the program with SIGPIPE on its next write.
-            while let Ok(n) = reader.read_until(b'\n', &mut buf).await {
+            while let Ok(n) = read_line_capped(&mut reader, &mut buf, MAX_LOG_LINE_BYTES).await {
                 if n == 0 {
                     break;
                 }
-                let end = buf.len() - usize::from(buf.ends_with(b"\n"));
-                let line = String::from_utf8_lossy(&buf[..end.min(MAX_LOG_LINE_BYTES)])
-                    .replace('\0', "\u{FFFD}");
+                let line = String::from_utf8_lossy(&buf).replace('\0', "\u{FFFD}");
                 buf.clear();
                 input.log(&line);
                 if tail.len() == STDERR_TAIL_LINES {
@@ -271,6 +269,37 @@ struct Captured {
 
 /// Reads to EOF, keeping at most [`MAX_STDOUT_BYTES`] and discarding the
 /// rest (still reading, so the program is not killed by SIGPIPE).
+/// Reads one line (through its newline, or to EOF) into `line`, keeping
+/// its first `max` bytes without the newline and discarding the rest as it
+/// arrives, so a program that writes without line breaks costs at most
+/// `max` bytes. Returns the bytes read, 0 at EOF.
+pub(crate) async fn read_line_capped<R>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let mut read = 0;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(read);
+        }
+        let newline = available.iter().position(|&b| b == b'\n');
+        let text = &available[..newline.unwrap_or(available.len())];
+        let room = max.saturating_sub(line.len());
+        line.extend_from_slice(&text[..text.len().min(room)]);
+        let used = newline.map_or(available.len(), |at| at + 1);
+        reader.consume(used);
+        read += used;
+        if newline.is_some() {
+            return Ok(read);
+        }
+    }
+}
+
 async fn read_capped(mut pipe: impl tokio::io::AsyncRead + Unpin) -> std::io::Result<Captured> {
     let mut bytes = Vec::new();
     let mut overflowed = false;

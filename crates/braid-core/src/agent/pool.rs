@@ -31,6 +31,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Semaphore;
 
+use super::command::{MAX_LOG_LINE_BYTES, read_line_capped};
 use super::{Agent, AgentError, AgentInput, Writes};
 
 /// Longest answer line read from a pooled process.
@@ -113,8 +114,15 @@ impl PooledCommandAgent {
         if let Some(stderr) = child.stderr.take() {
             let tail = stderr_tail.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut reader = BufReader::new(stderr);
+                let mut buf = Vec::new();
+                while let Ok(n) = read_line_capped(&mut reader, &mut buf, MAX_LOG_LINE_BYTES).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    buf.clear();
                     let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
                     if tail.len() == 20 {
                         tail.pop_front();
