@@ -29,6 +29,12 @@ pub struct ExplainedAgent {
     pub expected_ms: Option<f64>,
 }
 
+/// The most edges an [`Explanation`] lists (and DOT or Mermaid draws): a
+/// field with many writers and many readers implies writers × readers
+/// edges, which no reader of a picture needs and no server should hold.
+/// `edges_total` still counts them all.
+pub const MAX_EXPLAINED_EDGES: usize = 5_000;
+
 /// The derived graph and the timing estimates it implies.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
@@ -36,8 +42,11 @@ pub struct Explanation {
     pub pipeline: String,
     /// Every agent, in declaration order.
     pub agents: Vec<ExplainedAgent>,
-    /// `[from, to]`: `to` waits for `from`.
+    /// `[from, to]`: `to` waits for `from`; the first
+    /// [`MAX_EXPLAINED_EDGES`] in agent order.
     pub edges: Vec<[String; 2]>,
+    /// How many edges the graph has, listed or not.
+    pub edges_total: usize,
     /// Agents grouped by depth (for reading; the scheduler has no stages).
     pub stages: Vec<Vec<String>>,
     /// The longest path by expected duration (by agent count when a
@@ -94,8 +103,10 @@ impl Pipeline {
             edges: self
                 .graph
                 .edges()
+                .take(MAX_EXPLAINED_EDGES)
                 .map(|(from, to)| [name(from), name(to)])
                 .collect(),
+            edges_total: self.graph.edges().count(),
             stages: self
                 .graph
                 .stages()
@@ -125,7 +136,7 @@ impl Explanation {
             "pipeline {}: {} agents, {} edges",
             self.pipeline,
             self.agents.len(),
-            self.edges.len()
+            self.edges_total
         );
         for (i, stage) in self.stages.iter().enumerate() {
             let _ = writeln!(out, "  stage {i}: {}", stage.join(", "));
@@ -178,6 +189,9 @@ impl Explanation {
             };
             let _ = writeln!(out, "  {from:?} -> {to:?}{bold};");
         }
+        if let Some(more) = self.edges_not_listed() {
+            let _ = writeln!(out, "  // and {more} more edges, not drawn");
+        }
         out.push_str("}\n");
         out
     }
@@ -197,6 +211,14 @@ impl Explanation {
             };
             let _ = writeln!(out, "  {} {arrow} {}", id(from), id(to));
         }
+        if let Some(more) = self.edges_not_listed() {
+            let _ = writeln!(out, "  %% and {more} more edges, not drawn");
+        }
         out
+    }
+
+    /// How many edges are beyond [`MAX_EXPLAINED_EDGES`], if any.
+    fn edges_not_listed(&self) -> Option<usize> {
+        Some(self.edges_total - self.edges.len()).filter(|&n| n > 0)
     }
 }

@@ -437,3 +437,31 @@ fn an_input_schema_as_deep_as_the_limit_allows_loads_and_validates() {
         .unwrap();
     assert!(checked);
 }
+
+#[test]
+fn an_explanation_lists_a_bounded_number_of_edges_and_counts_them_all() {
+    // 150 writers of a merged field and 150 readers: 22,500 edges.
+    let mut text = String::from("pipeline: wide\nfields: { x: { merge: append } }\nagents:\n");
+    for i in 0..150 {
+        text.push_str(&format!("  w{i}: {{ kind: sleep, writes: [x] }}\n"));
+        text.push_str(&format!(
+            "  r{i}: {{ kind: sleep, reads: [x], writes: [y{i}] }}\n"
+        ));
+    }
+    let explanation = load(text).unwrap().explain();
+    assert_eq!(explanation.edges_total, 150 * 150);
+    assert_eq!(
+        explanation.edges.len(),
+        braid_core::explain::MAX_EXPLAINED_EDGES
+    );
+    assert!(explanation.to_text().contains("22500 edges"));
+    assert!(
+        explanation
+            .to_dot()
+            .contains("and 17500 more edges, not drawn")
+    );
+    assert!(
+        serde_json::to_string(&explanation).unwrap().len() < 1024 * 1024,
+        "the JSON stays small"
+    );
+}
