@@ -51,6 +51,19 @@ pub enum ConditionError {
         /// The limit.
         limit: usize,
     },
+    /// A comprehension (`all`, `exists`, `exists_one`, `map`, `filter`)
+    /// inside another: its cost is the product of the lists' sizes, which
+    /// an agent's output decides.
+    #[error(
+        "the condition nests the comprehension `{name}` inside another at column {column}; \
+         nested comprehensions cost the product of their lists' sizes and are refused"
+    )]
+    NestedComprehension {
+        /// The inner macro's name.
+        name: String,
+        /// 1-based column (in characters) of the inner macro.
+        column: usize,
+    },
     /// Not valid CEL: the parser's message, with columns.
     #[error("{0}")]
     Malformed(String),
@@ -280,6 +293,10 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<usize, ConditionErro
     let column = |i: usize| source[..i].chars().count() + 1;
     // Operators counted in each open group, outermost first.
     let mut groups: Vec<usize> = vec![0];
+    // Per open group (parallel to `groups`): whether it holds a
+    // comprehension's arguments; and whether the next `(` opens one.
+    let mut comprehension: Vec<bool> = vec![false];
+    let mut opens_comprehension = false;
     let mut depth = 0usize;
     let mut deepest = 0usize;
     let mut i = 0;
@@ -295,10 +312,12 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<usize, ConditionErro
             }
             b'(' | b'[' | b'{' => {
                 groups.push(0);
+                comprehension.push(c == b'(' && opens_comprehension);
                 depth += 1;
             }
             b')' | b']' | b'}' if groups.len() > 1 => {
                 depth -= 1 + groups.pop().unwrap_or(0);
+                comprehension.pop();
             }
             b',' => {
                 let last = groups.last_mut().expect("the outermost group stays");
@@ -330,7 +349,23 @@ fn check_shape(source: &str, limits: &LoadLimits) -> Result<usize, ConditionErro
                     i = end;
                     continue;
                 }
-                op = &source[start..i] == "in";
+                let word = &source[start..i];
+                op = word == "in";
+                let is_macro = matches!(word, "all" | "exists" | "exists_one" | "map" | "filter")
+                    && start > 0
+                    && bytes[..start]
+                        .iter()
+                        .rev()
+                        .find(|b| !b.is_ascii_whitespace())
+                        == Some(&b'.')
+                    && bytes[i..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'(');
+                if is_macro && comprehension.iter().any(|&open| open) {
+                    return Err(ConditionError::NestedComprehension {
+                        name: word.to_owned(),
+                        column: column(start),
+                    });
+                }
+                opens_comprehension = is_macro;
                 i -= 1;
             }
             _ => {}

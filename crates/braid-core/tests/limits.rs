@@ -465,3 +465,22 @@ fn an_explanation_lists_a_bounded_number_of_edges_and_counts_them_all() {
         "the JSON stays small"
     );
 }
+
+#[test]
+fn nested_comprehensions_are_refused_and_sequential_ones_load() {
+    // x.all(a, x.all(b, ...)) over a list an agent wrote costs n^k steps
+    // on the run's task: refused where it is written.
+    let text = "pipeline: p\nagents:\n  make: { kind: sleep, writes: [x] }\n  \
+                check: { kind: sleep, reads: [x], writes: [y], when: 'x.all(a, x.exists(b, b == a))' }\n";
+    let diagnostics = refused(load(text.to_owned()));
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    let message = diagnostics[0].to_string();
+    assert!(
+        message.contains("nests the comprehension `exists` inside another at column 12"),
+        "{message}"
+    );
+    // One after the other, or on fields, they are fine.
+    let text = "pipeline: p\nagents:\n  make: { kind: sleep, writes: [x] }\n  \
+                check: { kind: sleep, reads: [x], writes: [y], when: 'x.all(a, a > 0) && x.map(b, b).size() > 0' }\n";
+    assert!(load(text.to_owned()).is_ok());
+}
