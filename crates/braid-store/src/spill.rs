@@ -218,8 +218,22 @@ pub(crate) fn append(
         }
     }
     let mut file = open_locked(path)?;
-    file.write_all(&text)?;
-    file.sync_data()?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        // A line an earlier append left cut short (a crash, a full disk)
+        // must not swallow this append's first line.
+        let mut last = [0u8];
+        std::os::unix::fs::FileExt::read_at(&file, &mut last, len - 1)?;
+        if last[0] != b'\n' {
+            text.insert(0, b'\n');
+        }
+    }
+    if let Err(error) = file.write_all(&text).and_then(|()| file.sync_data()) {
+        // Leave no fragment behind: what was kept before stays readable.
+        let _ = file.set_len(len);
+        let _ = file.unlock();
+        return Err(error);
+    }
     file.unlock()
 }
 
@@ -266,17 +280,15 @@ pub(crate) fn take(path: &Path) -> Result<Option<Taken>, String> {
         }
         match serde_json::from_str::<Line>(&line) {
             Ok(line) => lines.push(line),
-            // A line cut short by a crash mid-append is the file's last:
-            // what it held was never reported as kept.
-            Err(_) if n + 1 == count_lines(path) => {
-                tracing::warn!(file = %path.display(), line = n + 1, "ignoring a spilled line cut short");
-            }
-            Err(e) => {
-                return Err(format!(
-                    "{}:{}: not a spilled operation: {e}",
-                    path.display(),
-                    n + 1
-                ));
+            // A line cut short by a crash mid-append: what it held was
+            // never reported as kept. The lines around it still replay.
+            Err(error) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    line = n + 1,
+                    %error,
+                    "ignoring a spilled line that is not a whole operation"
+                );
             }
         }
     }
@@ -292,8 +304,48 @@ pub(crate) fn take(path: &Path) -> Result<Option<Taken>, String> {
     }))
 }
 
-fn count_lines(path: &Path) -> usize {
-    std::fs::File::open(path)
-        .map(|f| std::io::BufReader::new(f).lines().count())
-        .unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str) -> Op {
+        Op::Run(
+            serde_json::from_value(serde_json::json!({
+                "id": id, "pipeline": "p", "pipeline_hash": "h", "pipeline_path": null,
+                "checkpoint": "agent", "status": "running", "input": [], "error": null,
+                "makespan_ms": null, "created_at_ms": 0
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn ids(taken: &Taken) -> Vec<String> {
+        taken
+            .lines
+            .iter()
+            .map(|line| match &line.op {
+                SpilledOp::Run { run } => run.id.to_string(),
+                _ => panic!("only runs were spilled"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_line_cut_short_loses_nothing_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill.jsonl");
+        append(&path, "s", "h:1", 0, &[run("first")]).unwrap();
+        // What a crash or a full disk mid-append leaves: half a line.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(br#"{"store": "s", "at_ms": 0, "op": {"Ru"#)
+            .unwrap();
+        drop(file);
+        append(&path, "s", "h:1", 0, &[run("second"), run("third")]).unwrap();
+
+        let taken = take(&path).unwrap().expect("the file has lines");
+        assert_eq!(ids(&taken), ["first", "second", "third"]);
+    }
 }
