@@ -679,3 +679,25 @@ async fn retries_coalesce_beyond_the_event_cap_and_the_final_event_arrives() {
     assert_eq!(read_sse(again).await.len(), events.len());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_refused_with_its_line() {
+    let state = AppState::new(ServerConfig::default(), None);
+    let mut body = b"pipeline: p\nagents:\n  a: { kind: sleep, description: caf".to_vec();
+    body.extend_from_slice(&[0xE9, b' ', b'}', b'\n']);
+    let response = braid_server::app(state)
+        .oneshot(
+            Request::post("/v1/pipelines")
+                .header("content-type", "application/yaml")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("line 3, byte 37 is not"), "{text}");
+}

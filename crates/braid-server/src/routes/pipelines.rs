@@ -58,11 +58,14 @@ pub(super) async fn register_pipeline(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(body_error)?;
-    let text = String::from_utf8(body.into()).map_err(|_| {
+    let text = String::from_utf8(body.into()).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = valid.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "the pipeline must be UTF-8 text",
+            format!("the pipeline must be UTF-8 text; line {line}, byte {column} is not"),
         )
     })?;
     let registered = Arc::new(compile(&state, text).await?);
