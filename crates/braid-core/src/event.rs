@@ -394,7 +394,7 @@ impl EventSink {
             }
             kind => {
                 // The agent's later lines go after this event.
-                if let Some(agent) = agent_of(&kind) {
+                if let Some(agent) = kind.agent() {
                     queue.held.remove(agent);
                 }
                 queue.entries.push_back(Entry::Event(at_ms, kind));
@@ -405,15 +405,18 @@ impl EventSink {
     }
 }
 
-fn agent_of(kind: &EventKind) -> Option<&Arc<str>> {
-    match kind {
-        EventKind::AgentStarted { agent, .. }
-        | EventKind::AgentRetrying { agent, .. }
-        | EventKind::AgentCompleted { agent, .. }
-        | EventKind::AgentFailed { agent, .. }
-        | EventKind::AgentSkipped { agent, .. }
-        | EventKind::AgentLog { agent, .. } => Some(agent),
-        EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => None,
+impl EventKind {
+    /// The agent the event is about; `None` for the run's own events.
+    pub fn agent(&self) -> Option<&Arc<str>> {
+        match self {
+            EventKind::AgentStarted { agent, .. }
+            | EventKind::AgentRetrying { agent, .. }
+            | EventKind::AgentCompleted { agent, .. }
+            | EventKind::AgentFailed { agent, .. }
+            | EventKind::AgentSkipped { agent, .. }
+            | EventKind::AgentLog { agent, .. } => Some(agent),
+            EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => None,
+        }
     }
 }
 

@@ -171,7 +171,7 @@ impl EventLog {
                 } else {
                     inner.coalesced += 1;
                     metrics::counter!("braid_events_coalesced_total").increment(1);
-                    let key = agent_of(&event.kind).cloned();
+                    let key = event.kind.agent().cloned();
                     match inner.held.entry(key) {
                         indexmap::map::Entry::Occupied(mut held) => {
                             let held = held.get_mut();
@@ -372,7 +372,7 @@ pub async fn pump(mut from_engine: braid_core::event::EventReceiver, log: Arc<Ev
                     }
                     kind => {
                         // A lifecycle event of an agent first lets out its held-back line.
-                        if let Some(agent) = agent_of(kind)
+                        if let Some(agent) = kind.agent()
                             && let Some(held) = pending.remove(agent)
                         {
                             log.push(folded(held));
@@ -406,18 +406,6 @@ pub async fn pump(mut from_engine: braid_core::event::EventReceiver, log: Arc<Ev
         log.push(folded(held));
     }
     log.finish();
-}
-
-fn agent_of(kind: &EventKind) -> Option<&Arc<str>> {
-    match kind {
-        EventKind::AgentStarted { agent, .. }
-        | EventKind::AgentRetrying { agent, .. }
-        | EventKind::AgentCompleted { agent, .. }
-        | EventKind::AgentFailed { agent, .. }
-        | EventKind::AgentSkipped { agent, .. }
-        | EventKind::AgentLog { agent, .. } => Some(agent),
-        EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => None,
-    }
 }
 
 /// The event of held-back lines: the latest line's, carrying them all.
