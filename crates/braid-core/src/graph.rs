@@ -16,17 +16,6 @@ use petgraph::graph::{DiGraph, NodeIndex};
 /// An agent's position in its pipeline's declaration order.
 pub type AgentId = usize;
 
-/// Why one agent waits for another.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EdgeReason {
-    /// The later agent reads a field the earlier one writes.
-    Reads(String),
-    /// The later agent's `when` condition names a field the earlier one writes.
-    Condition(String),
-    /// The later agent lists the earlier one in `after`.
-    After,
-}
-
 /// An agent's dependencies and dependents, and a topological order.
 #[derive(Debug, Clone)]
 pub struct DependencyGraph {

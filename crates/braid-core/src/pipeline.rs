@@ -108,9 +108,10 @@ pub(crate) struct Read {
     pub(crate) optional: bool,
 }
 
-/// One write of an agent, with what the scheduler needs to apply it.
+/// A field an agent writes, resolved at load: its id, its name and its merge
+/// rule, which is what the scheduler needs to apply the write.
 #[derive(Debug, Clone)]
-pub(crate) struct WriteSlot {
+pub(crate) struct FieldWrite {
     pub(crate) field: FieldId,
     pub(crate) name: Arc<str>,
     pub(crate) merge: Option<MergeRule>,
@@ -124,7 +125,7 @@ pub struct AgentDef {
     pub(crate) kind: AgentKind,
     pub(crate) runner: Arc<dyn Agent>,
     pub(crate) reads: Vec<Read>,
-    pub(crate) writes: Arc<[WriteSlot]>,
+    pub(crate) writes: Arc<[FieldWrite]>,
     pub(crate) when: Option<Condition>,
     pub(crate) condition_fields: Vec<FieldId>,
     pub(crate) policy: RetryPolicy,
@@ -1018,12 +1019,12 @@ fn compile(
             &mut errors,
         );
 
-        let writes: Arc<[WriteSlot]> = agent
+        let writes: Arc<[FieldWrite]> = agent
             .writes
             .iter()
             .filter_map(|w| field_ids.get(w.as_str()).copied())
             .filter(|&f| fields[f].input.is_none())
-            .map(|f| WriteSlot {
+            .map(|f| FieldWrite {
                 field: f,
                 name: fields[f].name.clone(),
                 merge: fields[f].merge,

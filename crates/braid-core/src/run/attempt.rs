@@ -12,7 +12,7 @@ use crate::agent::{Agent, AgentError, AgentInput, Writes};
 use crate::backoff::Backoff;
 use crate::event::EventKind;
 use crate::graph::AgentId;
-use crate::pipeline::{FieldId, RetryPolicy, WriteSlot};
+use crate::pipeline::{FieldId, FieldWrite, RetryPolicy};
 
 /// What an agent's task hands back.
 pub(super) struct Finished {
@@ -32,7 +32,7 @@ pub(super) async fn attempt_loop(
     runner: Arc<dyn Agent>,
     mut input: AgentInput,
     policy: RetryPolicy,
-    writes: Arc<[WriteSlot]>,
+    writes: Arc<[FieldWrite]>,
     max_depth: usize,
 ) -> Finished {
     use tracing::Instrument;
@@ -96,7 +96,7 @@ pub(super) async fn attempt_loop(
 /// acceptable to its field's merge rule.
 fn check_writes(
     mut out: Writes,
-    writes: &[WriteSlot],
+    writes: &[FieldWrite],
     agent: &str,
     max_depth: usize,
 ) -> Result<Vec<(FieldId, Arc<Value>)>, AgentError> {
