@@ -41,6 +41,9 @@ pub struct LiveRun {
     pub report: watch::Receiver<Option<Arc<RunReport>>>,
     /// Set when the server cancelled it because it was shutting down.
     pub interrupted: AtomicBool,
+    /// Why the run (or its events) could not be saved, if so: its report
+    /// says so instead of passing for saved.
+    pub not_saved: std::sync::OnceLock<String>,
 }
 
 /// Why the registry takes no new run.
@@ -172,6 +175,7 @@ impl RunRegistry {
             cancel: CancellationToken::new(),
             report: report_rx,
             interrupted: Default::default(),
+            not_saved: Default::default(),
         });
         {
             let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
@@ -345,8 +349,9 @@ async fn end_events(log: &EventLog, pump: Option<JoinHandle<()>>, report: &RunRe
 }
 
 /// Saves the run's events (if kept) and waits for its checkpoints; marks
-/// it interrupted once it is saved. Failures are logged: the run is over
-/// either way.
+/// it interrupted once it is saved. Failures are logged and kept on the
+/// run (`not_saved`), whose report then says so: the run is over either
+/// way, but nobody is told it was saved when it was not.
 async fn save(store: &dyn RunStore, run: &LiveRun, keep_events: bool, interrupted: bool) {
     let id = &run.id;
     if keep_events {
@@ -359,11 +364,15 @@ async fn save(store: &dyn RunStore, run: &LiveRun, keep_events: bool, interrupte
             .collect();
         if let Err(err) = store.save_events(id, &events).await {
             tracing::error!(run = %id, %err, "the run's events were not saved");
+            let _ = run
+                .not_saved
+                .set(format!("its events were not saved: {err}"));
         }
     }
     let saved = store.flush_run(id).await;
     if let Err(err) = &saved {
         tracing::error!(run = %id, %err, "the run was not saved");
+        let _ = run.not_saved.set(format!("the run was not saved: {err}"));
     }
     if interrupted
         && saved.is_ok()

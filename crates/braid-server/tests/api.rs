@@ -1122,7 +1122,7 @@ async fn the_servers_own_logs_go_through_tracing() {
     let (status, body) = call(&state, "GET", "/v1/runs", None).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["error"]["code"], "internal");
-    let (status, _) = call(
+    let (status, report) = call(
         &state,
         "POST",
         "/v1/runs?wait=true",
@@ -1133,6 +1133,15 @@ async fn the_servers_own_logs_go_through_tracing() {
         status,
         StatusCode::OK,
         "the run itself does not need the store"
+    );
+    // The client is told what the store did not take.
+    assert_eq!(report["status"], "completed");
+    assert_eq!(report["saved"], false, "{report}");
+    assert!(
+        report["save_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not saved")),
+        "{report}"
     );
     state.shut_down().await;
 

@@ -131,6 +131,10 @@ fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
     if run.interrupted.load(Ordering::SeqCst) {
         value["status"] = json!(RunStatus::Interrupted);
     }
+    if let Some(why) = run.not_saved.get() {
+        value["saved"] = json!(false);
+        value["save_error"] = json!(why);
+    }
     value
 }
 
