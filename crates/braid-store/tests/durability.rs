@@ -7,38 +7,13 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use braid_core::{AgentStatus, CheckpointPolicy, Pipeline, RunOptions, RunStatus};
+use braid_core::{AgentStatus, CheckpointPolicy, Pipeline, RunStatus};
 use braid_store::{Backend, Store, StoreSettings};
 use serde_json::json;
 use sqlx::{Connection, Executor};
 
-const SMALL: &str = "pipeline: small
-inputs:
-  request: { type: string }
-agents:
-  triage:  { kind: sleep, reads: [request], writes: [route], value: cost }
-  data:    { kind: sleep, reads: [route], writes: [data], value: { rows: 3 } }
-  metrics: { kind: sleep, reads: [route], writes: [metrics], value: [1, 2] }
-  report:  { kind: sleep, reads: [data, metrics], writes: [report], value: done }
-";
-
-async fn run(
-    pipeline: &Pipeline,
-    store: &Store,
-    policy: CheckpointPolicy,
-) -> braid_core::RunReport {
-    let input = pipeline.check_input(&json!({"request": "hi"})).unwrap();
-    pipeline
-        .run(
-            input,
-            RunOptions {
-                checkpointer: Some(store.checkpointer()),
-                checkpoint: Some(policy),
-                ..Default::default()
-            },
-        )
-        .await
-}
+mod common;
+use common::{SMALL, TestDb, postgres_db, run, sqlite_db};
 
 /// The error and its causes, as a user reads them.
 fn chain(err: &dyn Error) -> String {
@@ -69,48 +44,6 @@ async fn assert_whole(store: &Store, report: &braid_core::RunReport) {
     }
     let input = pipeline.check_input(&json!(stored.input)).unwrap();
     assert_eq!(pipeline.replay(input, &stored.agents), report.state);
-}
-
-/// A database for one test: a SQLite file in a fresh folder, or a fresh
-/// schema in the test PostgreSQL database.
-struct TestDb {
-    url: String,
-    backend: Backend,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn sqlite_db() -> TestDb {
-    let dir = tempfile::tempdir().unwrap();
-    TestDb {
-        url: format!("sqlite://{}", dir.path().join("braid.db").display()),
-        backend: Backend::Sqlite,
-        _dir: Some(dir),
-    }
-}
-
-async fn postgres_db() -> Option<TestDb> {
-    let Ok(base) = std::env::var("BRAID_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the PostgreSQL tests: set BRAID_TEST_POSTGRES_URL"
-        );
-        eprintln!("skipping the PostgreSQL half: BRAID_TEST_POSTGRES_URL is not set");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap();
-    let schema = format!("braid_test_{}", uuid::Uuid::now_v7().simple());
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(TestDb {
-        url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-        backend: Backend::Postgres,
-        _dir: None,
-    })
 }
 
 /// Another connection that holds every table of the store locked: the

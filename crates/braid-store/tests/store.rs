@@ -9,47 +9,8 @@ use braid_core::{AgentStatus, CheckpointPolicy, Pipeline, ResumePoint, RunOption
 use braid_store::{Backend, RunFilter, Store, StoreSettings};
 use serde_json::json;
 
-/// A database for one test, removed afterwards.
-struct TestDb {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn sqlite_db() -> TestDb {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("braid.db").display());
-    TestDb {
-        url,
-        _dir: Some(dir),
-    }
-}
-
-/// A fresh schema in the test PostgreSQL database, or `None` (skipped).
-async fn postgres_db() -> Option<TestDb> {
-    let Ok(base) = std::env::var("BRAID_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the PostgreSQL tests: set BRAID_TEST_POSTGRES_URL"
-        );
-        eprintln!("skipping the PostgreSQL half: BRAID_TEST_POSTGRES_URL is not set");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {base}: {e}"));
-    let schema = format!("braid_test_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(TestDb {
-        url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-        _dir: None,
-    })
-}
+mod common;
+use common::{SMALL, postgres_db, run, sqlite_db};
 
 /// Declares `NAME` as a test on both backends, calling `NAME(Store, url)`.
 macro_rules! on_both_backends {
@@ -89,34 +50,6 @@ on_both_backends!(
     everything_written_reads_back_and_over_deep_outputs_are_refused,
     statuses_are_the_cores_vocabulary,
 );
-
-const SMALL: &str = "pipeline: small
-inputs:
-  request: { type: string }
-agents:
-  triage:  { kind: sleep, reads: [request], writes: [route], value: cost }
-  data:    { kind: sleep, reads: [route], writes: [data], value: { rows: 3 } }
-  metrics: { kind: sleep, reads: [route], writes: [metrics], value: [1, 2] }
-  report:  { kind: sleep, reads: [data, metrics], writes: [report], value: done }
-";
-
-async fn run(
-    pipeline: &Pipeline,
-    store: &Store,
-    policy: CheckpointPolicy,
-) -> braid_core::RunReport {
-    let input = pipeline.check_input(&json!({"request": "hi"})).unwrap();
-    pipeline
-        .run(
-            input,
-            RunOptions {
-                checkpointer: Some(store.checkpointer()),
-                checkpoint: Some(policy),
-                ..Default::default()
-            },
-        )
-        .await
-}
 
 async fn end_policy_writes_the_run_in_one_transaction(store: Store, _url: &str) {
     let pipeline = Pipeline::from_yaml_str(SMALL).unwrap();
