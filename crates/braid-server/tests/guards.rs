@@ -457,17 +457,24 @@ async fn metrics_need_the_token_unless_public() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "only /metrics is public");
 }
 
-#[tokio::test]
-async fn a_refused_resume_does_not_reveal_the_owner() {
-    // What the answer reveals is the subject, not the database.
-    let store = Arc::new(braid_server::memory::MemoryStore::new());
-    let owner_state = AppState::new(ServerConfig::default(), Some(store.clone()));
-    owner_state.preload(
+/// A server on `store` with the SLOW pipeline loaded.
+fn slow_server(store: &Arc<braid_server::memory::MemoryStore>) -> AppState {
+    let state = AppState::new(ServerConfig::default(), Some(store.clone()));
+    state.preload(
         braid_core::Pipeline::from_yaml_str(SLOW).unwrap(),
         SLOW.to_owned(),
     );
+    state
+}
+
+/// Starts a checkpointed SLOW run on `state` and waits until `store` has
+/// it as running; its id and recorded owner.
+async fn running_slow_run(
+    state: &AppState,
+    store: &braid_server::memory::MemoryStore,
+) -> (String, String) {
     let (status, body) = send(
-        &owner_state,
+        state,
         post(
             "/v1/runs",
             Some("application/json"),
@@ -490,13 +497,18 @@ async fn a_refused_resume_does_not_reveal_the_owner() {
     })
     .await
     .expect("the run is recorded as running");
+    (id, owner)
+}
+
+#[tokio::test]
+async fn a_refused_resume_does_not_reveal_the_owner() {
+    // What the answer reveals is the subject, not the database.
+    let store = Arc::new(braid_server::memory::MemoryStore::new());
+    let owner_state = slow_server(&store);
+    let (id, owner) = running_slow_run(&owner_state, &store).await;
 
     // Another server on the same store is asked to resume it.
-    let other = AppState::new(ServerConfig::default(), Some(store.clone()));
-    other.preload(
-        braid_core::Pipeline::from_yaml_str(SLOW).unwrap(),
-        SLOW.to_owned(),
-    );
+    let other = slow_server(&store);
     let (status, body) = send(
         &other,
         post(
@@ -530,34 +542,8 @@ async fn a_refused_resume_does_not_reveal_the_owner() {
 #[tokio::test]
 async fn a_forced_resume_never_runs_beside_a_live_owner() {
     let store = Arc::new(braid_server::memory::MemoryStore::new());
-    let first = AppState::new(ServerConfig::default(), Some(store.clone()));
-    first.preload(
-        braid_core::Pipeline::from_yaml_str(SLOW).unwrap(),
-        SLOW.to_owned(),
-    );
-    let (status, body) = send(
-        &first,
-        post(
-            "/v1/runs",
-            Some("application/json"),
-            r#"{"pipeline": "slow", "checkpoint": "agent"}"#,
-        ),
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let id = body["run_id"].as_str().unwrap().to_owned();
-    tokio::time::timeout(PATIENCE, async {
-        while store
-            .get_run(&id)
-            .await
-            .unwrap()
-            .is_none_or(|run| run.summary.status != "running")
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the run is recorded as running");
+    let first = slow_server(&store);
+    let (id, _) = running_slow_run(&first, &store).await;
 
     // As another braid on this host would have recorded it: a live process.
     let mut owner = std::process::Command::new("sleep")
@@ -567,11 +553,7 @@ async fn a_forced_resume_never_runs_beside_a_live_owner() {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     store.set_owner(&id, &format!("{}:{}", host.trim(), owner.id()));
 
-    let other = AppState::new(ServerConfig::default(), Some(store.clone()));
-    other.preload(
-        braid_core::Pipeline::from_yaml_str(SLOW).unwrap(),
-        SLOW.to_owned(),
-    );
+    let other = slow_server(&store);
     let resume = format!("/v1/runs/{id}/resume?force=true");
     let (status, body) = send(&other, post(&resume, Some("application/json"), "")).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
