@@ -61,5 +61,5 @@ pub use input::{InputError, ValidInput};
 pub use kinds::{AgentConfig, AgentKinds};
 pub use limits::LoadLimits;
 pub use pipeline::{AgentDef, AgentKind, FailurePolicy, Pipeline, RetryPolicy};
-pub use report::{AgentReport, AgentStatus, RunReport, RunStatus, TokenUsage};
+pub use report::{AgentReport, AgentStatus, ItemCounts, RunReport, RunStatus, TokenUsage};
 pub use run::RunOptions;

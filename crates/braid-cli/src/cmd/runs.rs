@@ -210,9 +210,11 @@ async fn show(
     if let Some(path) = timeline {
         let pipeline = same_pipeline(&run).ok();
         // In the pipeline's order when it is at hand, else by start.
+        // A `foreach` agent is one bar: its instances are not drawn apart.
         let mut agents: Vec<(String, AgentReport)> = run
             .agents
             .iter()
+            .filter(|a| braid_core::report::split_instance(&a.agent).is_none())
             .map(|a| (a.agent.to_string(), a.report.clone()))
             .collect();
         if let Some(p) = &pipeline {
@@ -224,8 +226,11 @@ async fn show(
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let (state, note) = state_of(&run);
-    let agents: IndexMap<&str, &AgentReport> =
-        run.agents.iter().map(|a| (&*a.agent, &a.report)).collect();
+    let agents: IndexMap<String, AgentReport> = braid_core::report::nest_instances(
+        run.agents
+            .iter()
+            .map(|a| (a.agent.to_string(), a.report.clone())),
+    );
     write_out(|out| match output {
         Output::Json => {
             let mut value = serde_json::to_value(&run)?;
