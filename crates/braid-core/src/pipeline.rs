@@ -503,11 +503,18 @@ impl Pipeline {
     }
 
     /// The names of the fields `agent` writes.
+    /// The names of the fields `agent` writes (optional ones end in `?`).
     pub fn writes_of(&self, agent: AgentId) -> Vec<String> {
         self.agents[agent]
             .writes
             .iter()
-            .map(|w| w.name.to_string())
+            .map(|w| {
+                if w.optional {
+                    format!("{}?", w.name)
+                } else {
+                    w.name.to_string()
+                }
+            })
             .collect()
     }
 
