@@ -1,7 +1,7 @@
 //! Pipelines that are not fixed DAGs, as a library user runs them: fan-out
 //! over a list (`foreach`) and optional writes (`name?`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -436,4 +436,117 @@ agents:
     assert_eq!(report.status, RunStatus::Failed);
     let error = report.agents["half"].error.as_deref().unwrap();
     assert!(error.contains("did not write declared field(s) `b`"), "{error}");
+}
+
+mod properties {
+    //! Fan-outs of random sizes, durations and limits: every instance runs
+    //! exactly once, only after the list exists; the list comes out in
+    //! element order whatever the completion order; the limits hold; the
+    //! reader of the result starts only after the last instance ended.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        delays: Vec<u64>,
+        concurrency: Option<usize>,
+        run_limit: Option<usize>,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            proptest::collection::vec(0u64..6, 0..24),
+            proptest::option::of(1usize..5),
+            proptest::option::of(1usize..6),
+        )
+            .prop_map(|(delays, concurrency, run_limit)| Case {
+                delays,
+                concurrency,
+                run_limit,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn instances_run_once_in_bounds_and_results_keep_element_order(case in case()) {
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let most = Arc::new(AtomicUsize::new(0));
+            let mut kinds = AgentKinds::standard();
+            {
+                let (in_flight, most) = (in_flight.clone(), most.clone());
+                kinds.builtin_fn("work", move |reads| {
+                    let (in_flight, most) = (in_flight.clone(), most.clone());
+                    async move {
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let delay = reads.get("item").unwrap().as_u64().unwrap();
+                        let index = reads.get("item_index").unwrap().as_u64().unwrap();
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        Ok(writes(&[("out", json!([index, delay]))]))
+                    }
+                });
+            }
+            let concurrency = case
+                .concurrency
+                .map(|c| format!(", concurrency: {c}"))
+                .unwrap_or_default();
+            let yaml = format!(
+                "pipeline: prop
+inputs: {{ delays: {{ type: array }} }}
+agents:
+  plan: {{ kind: builtin, function: copy, reads: [delays], writes: [items] }}
+  work: {{ kind: builtin, function: work, foreach: items{concurrency}, reads: [item, item_index], writes: [out] }}
+  join: {{ kind: sleep, reads: [out], writes: [done] }}
+"
+            );
+            kinds.builtin_fn("copy", |reads| async move {
+                Ok(writes(&[("items", reads.get("delays").unwrap().clone())]))
+            });
+            let pipeline = load(&yaml, &kinds);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (sink, mut events) = EventSink::channel(EventLevel::Summary);
+            let report = runtime.block_on(run(
+                &pipeline,
+                json!({ "delays": case.delays }),
+                RunOptions { events: Some(sink), concurrency: case.run_limit, ..Default::default() },
+            ));
+            prop_assert_eq!(report.status, RunStatus::Completed);
+            let n = case.delays.len();
+            let expected: Vec<Value> = case.delays.iter().enumerate().map(|(i, d)| json!([i, d])).collect();
+            prop_assert_eq!(&*report.state["out"], &json!(expected));
+
+            let bound = case.concurrency.unwrap_or(usize::MAX).min(case.run_limit.unwrap_or(usize::MAX));
+            prop_assert!(most.load(Ordering::SeqCst) <= bound);
+            if n > 0 {
+                prop_assert_eq!(most.load(Ordering::SeqCst) >= 1, true);
+            }
+
+            // Positions in the event stream (numbered in order).
+            let mut starts: HashMap<String, usize> = HashMap::new();
+            let mut ends: HashMap<String, usize> = HashMap::new();
+            let mut position = 0;
+            while let Ok(event) = events.try_recv() {
+                position += 1;
+                match &event.kind {
+                    EventKind::AgentStarted { agent, .. } => {
+                        prop_assert!(starts.insert(agent.to_string(), position).is_none(), "{} started twice", agent);
+                    }
+                    EventKind::AgentCompleted { agent, .. } => {
+                        prop_assert!(ends.insert(agent.to_string(), position).is_none(), "{} completed twice", agent);
+                    }
+                    _ => {}
+                }
+            }
+            for i in 0..n {
+                let name = format!("work[{i}]");
+                prop_assert!(starts[&name] > ends["plan"], "{} started before the list existed", name);
+                prop_assert!(ends[&name] < starts["join"], "join started before {} ended", name);
+            }
+            prop_assert_eq!(starts.keys().filter(|k| k.starts_with("work[")).count(), n);
+        }
+    }
 }
