@@ -34,6 +34,7 @@ pub mod agent;
 pub mod backoff;
 pub mod builder;
 pub mod checkpoint;
+mod compile;
 mod condition;
 pub mod definition;
 pub mod depth;
