@@ -124,7 +124,7 @@ agents:
     let report = run(&pipeline, json!({}), RunOptions::default()).await;
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
     assert_eq!(most.load(Ordering::SeqCst), 2, "at most 2 instances at once");
-    assert_eq!(*report.state["results"], json!([true; 8]));
+    assert_eq!(*report.state["results"], json!(vec![true; 8]));
     let work = &report.agents["work"];
     let slow = &report.agents["slow"];
     assert!(
@@ -165,7 +165,7 @@ agents:
         concurrency: Some(3),
         ..Default::default()
     };
-    let report = run(&pipeline, json!({"items": [0; 20]}), options).await;
+    let report = run(&pipeline, json!({"items": vec![0; 20]}), options).await;
     assert_eq!(report.status, RunStatus::Completed);
     assert_eq!(most.load(Ordering::SeqCst), 3);
 }

@@ -67,7 +67,8 @@ impl Compiler<'_> {
             (draft.name, draft.spec, draft.at.clone())
         };
         let who = format!("agent `{name}`");
-        let reads = self.reads(id, &who);
+        let mut foreach = self.foreach(id, &who);
+        let reads = self.reads(id, &who, foreach.as_deref_mut());
         let (when, condition_fields) = self.condition(id, &who, conditions);
         self.after(id, &who);
         let (policy, expected) = self.policy(agent, &who, defaults);
@@ -92,6 +93,7 @@ impl Compiler<'_> {
                 expected,
                 location: at,
                 definition: Arc::from(""),
+                foreach,
             });
         }
         Ok(())

@@ -10,11 +10,18 @@ use super::{Compiler, Draft, Stop, suggestion};
 use crate::condition::{Condition, ConditionError};
 use crate::diagnostic::Diagnostic;
 use crate::graph::{AgentId, DependencyGraph};
-use crate::pipeline::{FieldId, MAX_DEPENDENCIES, Read};
+use crate::pipeline::{FieldId, Foreach, MAX_DEPENDENCIES, Read};
 
 impl Compiler<'_> {
-    /// Agent `id`'s reads, resolved, with an edge from each writer.
-    pub(super) fn reads(&mut self, id: AgentId, who: &str) -> Vec<Read> {
+    /// Agent `id`'s reads, resolved, with an edge from each writer. A
+    /// `foreach` agent's element and index are local to each instance: no
+    /// field, no edge (`foreach` records that they are read).
+    pub(super) fn reads(
+        &mut self,
+        id: AgentId,
+        who: &str,
+        mut foreach: Option<&mut Foreach>,
+    ) -> Vec<Read> {
         let agent = self.drafts[id].spec;
         let mut reads = Vec::new();
         let mut read_names = HashSet::new();
@@ -31,6 +38,16 @@ impl Compiler<'_> {
             if !read_names.insert(field) {
                 self.error(at, format!("{who} lists `{field}` twice in `reads`"));
                 continue;
+            }
+            if let Some(foreach) = foreach.as_deref_mut() {
+                if field == &*foreach.item {
+                    foreach.reads_item = true;
+                    continue;
+                }
+                if field == &*foreach.index {
+                    foreach.reads_index = true;
+                    continue;
+                }
             }
             match self.field_ids.get(field) {
                 Some(&f)
@@ -229,7 +246,7 @@ impl Compiler<'_> {
 
     /// Adds an edge from every writer of `field` to `to` (except `to`
     /// itself), up to [`MAX_DEPENDENCIES`] edges in all.
-    fn add_edges(&mut self, to: AgentId, field: FieldId) {
+    pub(super) fn add_edges(&mut self, to: AgentId, field: FieldId) {
         for &from in &self.fields[field].writers {
             if self.edges.len() >= MAX_DEPENDENCIES {
                 return;
@@ -241,7 +258,7 @@ impl Compiler<'_> {
     }
 
     /// ` (did you mean …?)` for a field no one declares.
-    fn field_suggestion(&self, field: &str) -> String {
+    pub(super) fn field_suggestion(&self, field: &str) -> String {
         suggestion(
             field,
             self.field_ids.keys().map(String::as_str),
