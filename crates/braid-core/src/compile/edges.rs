@@ -23,6 +23,15 @@ impl Compiler<'_> {
         mut foreach: Option<&mut Foreach>,
     ) -> Vec<Read> {
         let agent = self.drafts[id].spec;
+        // The element's names, even when `foreach` itself did not resolve
+        // (that was reported; reads of them are not errors of their own).
+        let locals = agent.foreach.as_ref().map(|_| {
+            let item = agent
+                .item_as
+                .as_ref()
+                .map_or(super::foreach::DEFAULT_ITEM, |s| s.as_str());
+            (item, format!("{item}_index"))
+        });
         let mut reads = Vec::new();
         let mut read_names = HashSet::new();
         for r in &agent.reads {
@@ -39,15 +48,14 @@ impl Compiler<'_> {
                 self.error(at, format!("{who} lists `{field}` twice in `reads`"));
                 continue;
             }
-            if let Some(foreach) = foreach.as_deref_mut() {
-                if field == &*foreach.item {
-                    foreach.reads_item = true;
-                    continue;
+            if let Some((item, index)) = &locals
+                && (field == *item || field == index)
+            {
+                if let Some(foreach) = foreach.as_deref_mut() {
+                    foreach.reads_item |= field == *item;
+                    foreach.reads_index |= field == index;
                 }
-                if field == &*foreach.index {
-                    foreach.reads_index = true;
-                    continue;
-                }
+                continue;
             }
             match self.field_ids.get(field) {
                 Some(&f)

@@ -13,7 +13,7 @@ use crate::graph::AgentId;
 use crate::pipeline::{Foreach, ItemFailure};
 
 /// The element's name when `as` is not given.
-const DEFAULT_ITEM: &str = "item";
+pub(super) const DEFAULT_ITEM: &str = "item";
 
 impl Compiler<'_> {
     /// Agent `id`'s fan-out, if it has one, with an edge from each writer
