@@ -601,9 +601,17 @@ fn bench_prints_one_json_object_per_scenario_with_the_peers_fields() {
             ],
         ),
     ];
-    // Then `persist`: SQLite only (no --postgres), 3 ways × 3 policies.
-    let (lines, persist) = lines.split_at(expected.len());
+    // Then `persist`: SQLite only (no --postgres), 3 ways × 3 policies,
+    // and `fanout` last.
+    let (lines, rest) = lines.split_at(expected.len());
+    let (persist, fanout) = rest.split_at(rest.len() - 1);
     assert_eq!(persist.len(), 9, "{persist:?}");
+    let fanout = &fanout[0];
+    assert_eq!(fanout["scenario"], "fanout");
+    assert_eq!(fanout["items"], 20);
+    for field in ["makespan_ms", "ideal_ms", "ratio", "noop_ms", "per_item_us"] {
+        assert!(fanout[field].is_number(), "fanout: `{field}` missing in {fanout}");
+    }
     for line in persist {
         assert_eq!(line["scenario"], "persist");
         assert_eq!(line["backend"], "sqlite");
