@@ -107,8 +107,56 @@ pub(crate) const COMMON_AGENT_KEYS: &[&str] = &[
     "backoff",
     "expected",
 ];
-/// Keys of the `sleep` and `command` kinds, which the core checks itself.
+/// Keys of the `sleep` and `command` kinds: typed here whatever the
+/// agent's kind, and refused on agents of other kinds.
 pub(crate) const CORE_KIND_KEYS: &[&str] = &["ms", "value", "run", "env", "pool"];
+
+/// The [`CORE_KIND_KEYS`] a kind takes, by its name: `sleep`'s and
+/// `command`'s, whether the core's or a replacement.
+pub(crate) fn core_kind_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "sleep" => &["ms", "value"],
+        "command" => &["run", "env", "pool"],
+        _ => &[],
+    }
+}
+
+impl AgentSpec {
+    /// One of the [`CORE_KIND_KEYS`] as JSON, with where its value was
+    /// written (`env` has no place of its own).
+    pub(crate) fn core_setting(&self, key: &str, source: &Source) -> Option<Located<Value>> {
+        let (value, at) = match key {
+            "ms" => self
+                .ms
+                .as_ref()
+                .map(|ms| (Value::from(**ms), source.at(ms.span())))?,
+            "value" => self
+                .value
+                .as_ref()
+                .map(|v| (v.value.clone(), v.at.clone()))?,
+            "run" => self.run.as_ref().map(|run| {
+                let argv: Vec<Value> = run.iter().map(|a| Value::from(a.as_str())).collect();
+                (
+                    Value::Array(argv),
+                    run.first().and_then(|a| source.at(a.span())),
+                )
+            })?,
+            "env" if !self.env.is_empty() => {
+                let env = self
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.as_str())));
+                (Value::Object(env.collect()), None)
+            }
+            "pool" => self
+                .pool
+                .as_ref()
+                .map(|p| (Value::from(**p), source.at(p.span())))?,
+            _ => return None,
+        };
+        Some(Located { value, at })
+    }
+}
 
 /// Context for turning marked-yaml positions into [`Location`]s.
 #[derive(Clone)]
@@ -176,6 +224,7 @@ pub(crate) fn parse(
     text: &str,
     source: &Source,
     limits: &LoadLimits,
+    checks_keys: &dyn Fn(&str) -> bool,
 ) -> Result<PipelineSpec, Diagnostics> {
     let mut errors = Diagnostics::new(limits.max_diagnostics);
     if let Err(d) = check_depth(text, limits.max_depth, source) {
@@ -204,7 +253,7 @@ pub(crate) fn parse(
         if key.as_str() == "agents" {
             spec.agents_at = key_at.clone();
             match value.as_mapping_mut() {
-                Some(map) => parse_agents(map, source, &mut spec, &mut errors),
+                Some(map) => parse_agents(map, source, checks_keys, &mut spec, &mut errors),
                 None => errors.push(Diagnostic::new(
                     source.at(value.span()),
                     "`agents` must map agent names to agents, e.g. `triage: { kind: sleep, ms: 50, writes: [route] }`",
@@ -328,9 +377,12 @@ pub(crate) fn parse(
     }
 }
 
+/// The agents; `checks_keys` says which kinds refuse keys not theirs
+/// (the core's `sleep` and `command`).
 fn parse_agents(
     map: &mut MarkedMappingNode,
     source: &Source,
+    checks_keys: &dyn Fn(&str) -> bool,
     spec: &mut PipelineSpec,
     errors: &mut Diagnostics,
 ) {
@@ -373,11 +425,10 @@ fn parse_agents(
                         );
                     }
                 }
-                // `sleep` and `command` take no other keys: say so now, with the
-                // other shape errors.
+                // The core's `sleep` and `command` take no other keys: say so
+                // now, with the other shape errors.
                 let own: &[&str] = match fields.get_scalar("kind").map(|k| k.as_str()) {
-                    Some("sleep") => &["ms", "value"],
-                    Some("command") => &["run", "env", "pool"],
+                    Some(kind) if checks_keys(kind) => core_kind_keys(kind),
                     _ => &[],
                 };
                 if !own.is_empty() {
