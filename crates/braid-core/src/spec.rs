@@ -261,108 +261,7 @@ pub(crate) fn parse(
             }
             continue;
         }
-        let value = &*value;
-        match key.as_str() {
-            "pipeline" => match scalar(value) {
-                Some(name) => {
-                    spec.name = Some(Located {
-                        value: name.to_owned(),
-                        at: key_at,
-                    })
-                }
-                None => errors.push(Diagnostic::new(
-                    source.at(value.span()),
-                    "`pipeline` must be a name (a string)",
-                )),
-            },
-            "description" => spec.description = scalar(value).map(str::to_owned),
-            "inputs" => match value.as_mapping() {
-                Some(map) => {
-                    for (name, schema) in map.iter() {
-                        spec.inputs.insert(
-                            name.as_str().to_owned(),
-                            Located {
-                                value: to_json(schema),
-                                at: source.at(name.span()),
-                            },
-                        );
-                    }
-                }
-                None => errors.push(Diagnostic::new(
-                    source.at(value.span()),
-                    "`inputs` must map each input field to a JSON Schema, e.g. `request: { type: string }`",
-                )),
-            },
-            "defaults" => match deserialize::<DefaultsSpec>(value, "defaults", source, key_at) {
-                Ok(d) => spec.defaults = d,
-                Err(d) => errors.push(d),
-            },
-            "concurrency" => match scalar(value).map(str::parse::<usize>) {
-                Some(Ok(n)) if n > 0 => {
-                    spec.concurrency = Some(Located {
-                        value: n,
-                        at: key_at,
-                    })
-                }
-                _ => errors.push(Diagnostic::new(
-                    source.at(value.span()),
-                    format!(
-                        "`concurrency` must be a whole number of at least 1, found `{}`",
-                        describe(value)
-                    ),
-                )),
-            },
-            "on_failure" => {
-                spec.on_failure = located_scalar(
-                    value,
-                    source,
-                    "`on_failure` must be `fail` or `continue`",
-                    &mut errors,
-                )
-            }
-            "output" => {
-                spec.output = located_scalar(
-                    value,
-                    source,
-                    "`output` must name the field a person wants to see (e.g. `output: report`)",
-                    &mut errors,
-                )
-            }
-            "checkpoint" => {
-                spec.checkpoint = located_scalar(
-                    value,
-                    source,
-                    "`checkpoint` must be `none`, `end` or `agent`",
-                    &mut errors,
-                )
-            }
-            "fields" => match value.as_mapping() {
-                Some(map) => {
-                    for (name, field) in map.iter() {
-                        let at = source.at(name.span());
-                        let context = format!("field `{}`", name.as_str());
-                        match deserialize::<FieldSpec>(field, &context, source, at.clone()) {
-                            Ok(f) => {
-                                spec.fields
-                                    .insert(name.as_str().to_owned(), Located { value: f, at });
-                            }
-                            Err(d) => errors.push(d),
-                        }
-                    }
-                }
-                None => errors.push(Diagnostic::new(
-                    source.at(value.span()),
-                    "`fields` must map field names to settings, e.g. `findings: { merge: append }`",
-                )),
-            },
-            other => errors.push(Diagnostic::new(
-                key_at,
-                format!(
-                    "unknown top-level key `{other}`; expected one of: {}",
-                    TOP_LEVEL_KEYS.join(", ")
-                ),
-            )),
-        }
+        top_level_key(key.as_str(), key_at, value, source, &mut spec, &mut errors);
     }
     if spec.name.is_none() {
         errors.push(Diagnostic::new(
@@ -374,6 +273,118 @@ pub(crate) fn parse(
         Ok(spec)
     } else {
         Err(errors)
+    }
+}
+
+/// One top-level key other than `agents`, read into `spec`.
+fn top_level_key(
+    key: &str,
+    key_at: Option<Location>,
+    value: &Node,
+    source: &Source,
+    spec: &mut PipelineSpec,
+    errors: &mut Diagnostics,
+) {
+    match key {
+        "pipeline" => match scalar(value) {
+            Some(name) => {
+                spec.name = Some(Located {
+                    value: name.to_owned(),
+                    at: key_at,
+                })
+            }
+            None => errors.push(Diagnostic::new(
+                source.at(value.span()),
+                "`pipeline` must be a name (a string)",
+            )),
+        },
+        "description" => spec.description = scalar(value).map(str::to_owned),
+        "inputs" => match value.as_mapping() {
+            Some(map) => {
+                for (name, schema) in map.iter() {
+                    spec.inputs.insert(
+                        name.as_str().to_owned(),
+                        Located {
+                            value: to_json(schema),
+                            at: source.at(name.span()),
+                        },
+                    );
+                }
+            }
+            None => errors.push(Diagnostic::new(
+                source.at(value.span()),
+                "`inputs` must map each input field to a JSON Schema, e.g. `request: { type: string }`",
+            )),
+        },
+        "defaults" => match deserialize::<DefaultsSpec>(value, "defaults", source, key_at) {
+            Ok(d) => spec.defaults = d,
+            Err(d) => errors.push(d),
+        },
+        "concurrency" => match scalar(value).map(str::parse::<usize>) {
+            Some(Ok(n)) if n > 0 => {
+                spec.concurrency = Some(Located {
+                    value: n,
+                    at: key_at,
+                })
+            }
+            _ => errors.push(Diagnostic::new(
+                source.at(value.span()),
+                format!(
+                    "`concurrency` must be a whole number of at least 1, found `{}`",
+                    describe(value)
+                ),
+            )),
+        },
+        "on_failure" => {
+            spec.on_failure = located_scalar(
+                value,
+                source,
+                "`on_failure` must be `fail` or `continue`",
+                errors,
+            )
+        }
+        "output" => {
+            spec.output = located_scalar(
+                value,
+                source,
+                "`output` must name the field a person wants to see (e.g. `output: report`)",
+                errors,
+            )
+        }
+        "checkpoint" => {
+            spec.checkpoint = located_scalar(
+                value,
+                source,
+                "`checkpoint` must be `none`, `end` or `agent`",
+                errors,
+            )
+        }
+        "fields" => match value.as_mapping() {
+            Some(map) => {
+                for (name, field) in map.iter() {
+                    let at = source.at(name.span());
+                    let context = format!("field `{}`", name.as_str());
+                    match deserialize::<FieldSpec>(field, &context, source, at.clone()) {
+                        Ok(f) => {
+                            spec.fields
+                                .insert(name.as_str().to_owned(), Located { value: f, at });
+                        }
+                        Err(d) => errors.push(d),
+                    }
+                }
+            }
+            None => errors.push(Diagnostic::new(
+                source.at(value.span()),
+                "`fields` must map field names to settings, e.g. `findings: { merge: append }`",
+            )),
+        },
+        other => errors.push(Diagnostic::new(
+            key_at,
+            format!(
+                "unknown top-level key `{other}`; expected one of: {}",
+                TOP_LEVEL_KEYS.join(", ")
+            ),
+        )),
     }
 }
 
