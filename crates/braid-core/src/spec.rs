@@ -2,8 +2,8 @@
 //! that remember where each value came from.
 //!
 //! This module only checks shape (known keys, types, required keys). What the
-//! values mean (do the reads resolve, is there a cycle) is checked by
-//! [`crate::pipeline`], which turns a [`PipelineSpec`] into a runnable
+//! values mean (do the reads resolve, is there a cycle) is checked by the
+//! `compile` module, which turns a [`PipelineSpec`] into a runnable
 //! [`crate::Pipeline`].
 
 use std::path::Path;
