@@ -1,0 +1,270 @@
+//! Building each [`AgentDef`]: its reads, condition and `after` (through
+//! `edges.rs`), its timeout and retry policy, its writes, and its runner,
+//! built by its kind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::{Compiler, Stop};
+use crate::condition::{Condition, ConditionError};
+use crate::diagnostic::{Diagnostic, Diagnostics, Location};
+use crate::graph::AgentId;
+use crate::kinds::{AgentConfig, Built};
+use crate::pipeline::{AgentDef, MAX_RETRIES, MIN_BACKOFF, RetryPolicy};
+use crate::spec::{AgentSpec, CORE_KIND_KEYS, Source, core_kind_keys};
+
+impl Compiler<'_> {
+    /// `defaults:`, which every agent's policy starts from.
+    pub(super) fn default_policy(&mut self) -> RetryPolicy {
+        let defaults = &self.spec.defaults;
+        let (source, errors) = (&self.source, &mut self.errors);
+        RetryPolicy {
+            timeout: duration(&defaults.timeout, "defaults.timeout", source, errors),
+            retries: retries(&defaults.retries, "defaults.retries", source, errors).unwrap_or(0),
+            backoff: backoff(&defaults.backoff, "defaults.backoff", source, errors)
+                .unwrap_or(RetryPolicy::default().backoff),
+        }
+    }
+
+    /// Every agent's `when`, compiled together on one parser thread (see
+    /// `condition`), in agent order.
+    pub(super) fn conditions(
+        &mut self,
+    ) -> Result<impl Iterator<Item = Result<Condition, ConditionError>> + use<>, Stop> {
+        self.budget("compiling conditions")?;
+        let when_sources: Vec<&str> = self
+            .drafts
+            .iter()
+            .filter_map(|d| d.spec.when.as_ref().map(|w| w.as_str()))
+            .collect();
+        let deadline = self.deadline;
+        let compiled =
+            Condition::parse_many(&when_sources, self.limits, &|| deadline.check("").is_err());
+        self.budget("compiling conditions")?;
+        Ok(compiled.into_iter())
+    }
+
+    /// Agent `id`: its reads, condition and `after` (with the edges they
+    /// imply), policy, writes and runner. The agent is kept only when its
+    /// kind built it.
+    pub(super) fn agent(
+        &mut self,
+        id: AgentId,
+        defaults: &RetryPolicy,
+        conditions: &mut impl Iterator<Item = Result<Condition, ConditionError>>,
+    ) -> Result<(), Stop> {
+        self.budget("resolving reads")?;
+        self.check_dependencies(id)?;
+        let (name, agent, at) = {
+            let draft = &self.drafts[id];
+            (draft.name, draft.spec, draft.at.clone())
+        };
+        let who = format!("agent `{name}`");
+        let reads = self.reads(id, &who);
+        let (when, condition_fields) = self.condition(id, &who, conditions);
+        self.after(id, &who);
+        let (policy, expected) = self.policy(agent, &who, defaults);
+        let writes = self.resolved_writes(agent);
+        let built = self.build(name, agent, &who, at.clone());
+        let (fields, field_ids) = (&self.fields, &self.field_ids);
+        self.own_definitions
+            .push(crate::definition::own(name, agent, self.dir, |f| {
+                field_ids.get(f).and_then(|&f| fields[f].merge)
+            }));
+        if let Some((kind, runner)) = built {
+            self.agents.push(AgentDef {
+                name: Arc::from(name),
+                description: agent.description.clone(),
+                kind,
+                runner,
+                reads,
+                writes,
+                when,
+                condition_fields,
+                policy,
+                expected,
+                location: at,
+                definition: Arc::from(""),
+            });
+        }
+        Ok(())
+    }
+
+    /// An agent's timeout and retry policy (over `defaults`), and its
+    /// `expected` duration.
+    fn policy(
+        &mut self,
+        agent: &AgentSpec,
+        who: &str,
+        defaults: &RetryPolicy,
+    ) -> (RetryPolicy, Option<Duration>) {
+        let (source, errors) = (&self.source, &mut self.errors);
+        let timeout = duration(&agent.timeout, &format!("{who}: `timeout`"), source, errors);
+        if let (Some(t), Some(at)) = (timeout, &agent.timeout)
+            && t.is_zero()
+        {
+            errors.push(Diagnostic::new(
+                source.at(at.span()),
+                format!("{who}: `timeout` must be longer than zero (leave it out for no timeout)"),
+            ));
+        }
+        let policy = RetryPolicy {
+            timeout: timeout.or(defaults.timeout),
+            retries: retries(&agent.retries, &format!("{who}: `retries`"), source, errors)
+                .unwrap_or(defaults.retries),
+            backoff: backoff(&agent.backoff, &format!("{who}: `backoff`"), source, errors)
+                .unwrap_or(defaults.backoff),
+        };
+        let expected = duration(
+            &agent.expected,
+            &format!("{who}: `expected`"),
+            source,
+            errors,
+        );
+        (policy, expected)
+    }
+
+    /// The agent's kind and runner, built by its kind; `None` (reported)
+    /// when the kind is unknown or refuses the agent's settings.
+    fn build(
+        &mut self,
+        name: &str,
+        agent: &AgentSpec,
+        who: &str,
+        at: Option<Location>,
+    ) -> Option<Built> {
+        let kind_name = agent.kind.as_str();
+        let Some(kind) = self.kinds.get(kind_name) else {
+            let known = self.kinds.names().join(", ");
+            self.error(
+                self.source.at(agent.kind.span()),
+                format!("{who}: unknown kind `{kind_name}`; expected one of: {known}"),
+            );
+            return None;
+        };
+        self.misplaced_keys(agent, who, at.clone());
+        let mut settings: Map<String, Value> = agent
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        for key in core_kind_keys(kind_name) {
+            if let Some(setting) = agent.core_setting(key, &self.source) {
+                settings.insert((*key).to_owned(), setting.value);
+            }
+        }
+        let config = AgentConfig {
+            name,
+            kind: kind_name,
+            settings: &settings,
+            dir: self.dir,
+            reads: agent.reads.iter().map(|r| r.to_string()).collect(),
+            writes: agent.writes.iter().map(|w| w.to_string()).collect(),
+        };
+        match kind.build(&config, self.kinds) {
+            Ok(built) => Some(built),
+            Err(e) => {
+                let setting_at = e.setting.and_then(|key| match agent.settings.get(key) {
+                    Some(setting) => setting.at.clone(),
+                    None => agent.core_setting(key, &self.source)?.at,
+                });
+                self.error(setting_at.or(at), format!("{who}: {}", e.message));
+                None
+            }
+        }
+    }
+
+    /// The `sleep` and `command` keys an agent has but its kind does not
+    /// take, each reported at the agent.
+    fn misplaced_keys(&mut self, agent: &AgentSpec, who: &str, at: Option<Location>) {
+        let kind = agent.kind.as_str();
+        // In the order they have always been reported in.
+        let checked: &[&str] = match kind {
+            "sleep" => &["run", "pool", "env"],
+            _ => CORE_KIND_KEYS,
+        };
+        let own = core_kind_keys(kind);
+        for key in checked.iter().filter(|k| !own.contains(k)) {
+            let present = match *key {
+                "ms" => agent.ms.is_some(),
+                "value" => agent.value.is_some(),
+                "run" => agent.run.is_some(),
+                "env" => !agent.env.is_empty(),
+                _ => agent.pool.is_some(),
+            };
+            if present {
+                self.error(
+                    at.clone(),
+                    format!("{who}: `{key}` does not apply to a `{kind}` agent"),
+                );
+            }
+        }
+    }
+}
+
+fn duration(
+    value: &Option<marked_yaml::Spanned<String>>,
+    what: &str,
+    source: &Source,
+    errors: &mut Diagnostics,
+) -> Option<Duration> {
+    let value = value.as_ref()?;
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.push(Diagnostic::new(
+                source.at(value.span()),
+                format!(
+                    "{what}: bad duration `{}` ({e}); expected a number with a unit, like 200ms, 30s or 2m",
+                    value.as_str()
+                ),
+            ));
+            None
+        }
+    }
+}
+
+/// A `retries` count, refused (at its place) above [`MAX_RETRIES`].
+fn retries(
+    value: &Option<marked_yaml::Spanned<u32>>,
+    what: &str,
+    source: &Source,
+    errors: &mut Diagnostics,
+) -> Option<u32> {
+    let value = value.as_ref()?;
+    if **value > MAX_RETRIES {
+        errors.push(Diagnostic::new(
+            source.at(value.span()),
+            format!(
+                "{what}: {} is too many; at most {MAX_RETRIES} retries are allowed",
+                **value
+            ),
+        ));
+        return None;
+    }
+    Some(**value)
+}
+
+/// A `backoff` duration, refused (at its place) below [`MIN_BACKOFF`].
+fn backoff(
+    value: &Option<marked_yaml::Spanned<String>>,
+    what: &str,
+    source: &Source,
+    errors: &mut Diagnostics,
+) -> Option<Duration> {
+    let parsed = duration(value, what, source, errors)?;
+    if parsed < MIN_BACKOFF {
+        errors.push(Diagnostic::new(
+            value.as_ref().and_then(|v| source.at(v.span())),
+            format!(
+                "{what}: `{}` is too short; the shortest backoff is {}",
+                value.as_ref().map_or("", |v| v.as_str()),
+                humantime::format_duration(MIN_BACKOFF)
+            ),
+        ));
+        return None;
+    }
+    Some(parsed)
+}
