@@ -1,18 +1,102 @@
 //! Agent kinds that reach the network, kept out of the engine core.
 //!
-//! [`kinds`] returns the standard kinds plus `http` and `llm` (any
-//! OpenAI-compatible chat endpoint). Every HTTP agent of
-//! the process shares one client ([`client`]): connections are pooled per
-//! host and kept alive, never opened per call.
+//! [`kinds`] returns the standard kinds plus `http` (any JSON service) and
+//! `llm` (any OpenAI-compatible chat endpoint); [`register`] adds those two
+//! to an [`AgentKinds`] you already have. Every HTTP agent of the process
+//! shares one client ([`client`]): connections are pooled per host and
+//! kept alive, never opened per call, within the limits of
+//! [`ClientSettings`].
 //!
-//! ```yaml
+//! # A tour
+//!
+//! | Item | What it is |
+//! |---|---|
+//! | [`kinds`], [`register`] | The kinds to load pipelines with. |
+//! | [`http`] | `kind: http`: POSTs the agent's reads as JSON, takes a JSON object of writes back; retries, timeouts and a response size limit. |
+//! | [`llm`] | `kind: llm`: one chat completion, text or JSON (checked against a schema), with token usage and streamed output. |
+//! | [`client`], [`ClientSettings`] | The process-wide pooled client and its limits. |
+//!
+//! # Loading a pipeline with `http` agents
+//!
+//! Agents are built when the pipeline loads, so a bad setting (a missing
+//! `url`, an unknown key, a header naming an unset environment variable)
+//! is a load error with the agent's position; nothing is sent until it
+//! runs.
+//!
+//! ```
+//! use braid_agents::kinds;
+//! use braid_core::Pipeline;
+//!
+//! let pipeline = Pipeline::from_yaml_str_with(r#"
+//! pipeline: scoring
+//! inputs: { request: { type: string } }
 //! agents:
 //!   score:
 //!     kind: http
-//!     url: https://scoring.internal/v1/score      # POSTed {"agent", "run_id", "attempt", "state"}
-//!     headers: { Authorization: "Bearer ${SCORING_TOKEN}" }   # from the environment, at load
+//!     url: https://scoring.example/v1/score   # POSTed {"agent", "run_id", "attempt", "state"}
+//!     http_retries: 3                          # connect errors, 429 and 5xx
+//!     timeout: 10s
 //!     reads: [request]
-//!     writes: [score]                               # the JSON object it answers with
+//!     writes: [score]                          # from the JSON object it answers with
+//! "#, &kinds()).unwrap();
+//! assert_eq!(pipeline.agents()[0].kind().name(), "http");
+//!
+//! let err = Pipeline::from_yaml_str_with(
+//!     "pipeline: p\nagents:\n  score: { kind: http, writes: [score] }\n",
+//!     &kinds(),
+//! ).unwrap_err();
+//! assert!(err.to_string().contains("needs `url"), "{err}");
+//! ```
+//!
+//! Header values may take secrets from the environment at load time
+//! (`headers: { Authorization: "Bearer ${SCORING_TOKEN}" }`), so they never
+//! live in pipeline files.
+//!
+//! # Adding the kinds to your own
+//!
+//! [`register`] adds `http` and `llm` to kinds that already hold your
+//! builtin agents or kinds; here an `http` agent calls a service on the
+//! loopback address and a Rust agent uses what it answered.
+//!
+//! ```
+//! use axum::{Json, Router, routing::post};
+//! use braid_core::agent::{AgentError, Writes};
+//! use braid_core::{AgentKinds, Pipeline, RunOptions};
+//! use serde_json::{Value, json};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A scoring service: it gets the agent's reads under "state", and
+//! // answers with the fields the agent writes.
+//! let service = Router::new().route("/score", post(|Json(call): Json<Value>| async move {
+//!     let length = call["state"]["request"].as_str().unwrap_or("").len();
+//!     Json(json!({ "score": length }))
+//! }));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let url = format!("http://{}/score", listener.local_addr()?);
+//! tokio::spawn(async move { axum::serve(listener, service).await });
+//!
+//! let mut kinds = AgentKinds::standard();
+//! kinds.builtin_fn("verdict", |reads| async move {
+//!     let score = reads.get("score").and_then(Value::as_u64).unwrap_or(0);
+//!     let verdict = if score > 10 { "long" } else { "short" };
+//!     Ok::<_, AgentError>(Writes::from_iter([("verdict".to_owned(), json!(verdict))]))
+//! });
+//! braid_agents::register(&mut kinds);
+//!
+//! let pipeline = Pipeline::from_yaml_str_with(&format!(r#"
+//! pipeline: scoring
+//! inputs: {{ request: {{ type: string }} }}
+//! agents:
+//!   score:   {{ kind: http, url: "{url}", reads: [request], writes: [score] }}
+//!   verdict: {{ kind: builtin, function: verdict, reads: [score], writes: [verdict] }}
+//! "#), &kinds)?;
+//! let input = pipeline.check_input(&json!({"request": "cut our LLM spend"}))?;
+//! let report = pipeline.run(input, RunOptions::default()).await;
+//! assert!(report.status.is_success(), "{:?}", report.error);
+//! assert_eq!(*report.state["score"], json!(17));
+//! assert_eq!(*report.state["verdict"], json!("long"));
+//! # Ok(()) }
 //! ```
 
 pub mod http;

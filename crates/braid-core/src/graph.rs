@@ -7,7 +7,7 @@
 //! Nothing here recurses over the graph (a pipeline may have 100,000 agents
 //! in a chain): cycles are found with Kosaraju's iterative algorithm, and
 //! reachability questions are answered in batches of 64 by propagating bit
-//! masks along the topological order ([`DependencyGraph::reaches_all`]).
+//! masks along the topological order (`DependencyGraph::reaches_all`).
 
 use std::collections::VecDeque;
 

@@ -1,10 +1,19 @@
 //! The agent kinds a pipeline may use, and the Rust agents it may call.
 //!
-//! [`AgentKinds::standard`] knows `sleep` and `command`. Library users add
-//! their own Rust agents by name ([`AgentKinds::builtin`], used as
+//! Every kind is looked up here, by name. [`AgentKinds::standard`]
+//! registers the core's: `sleep`, `command` and `builtin`. Library users
+//! add their own Rust agents by name ([`AgentKinds::builtin`], used as
 //! `kind: builtin, function: NAME`), and crates outside the core add whole
 //! kinds ([`AgentKinds::kind`]; `braid-agents` adds `http` and `llm` this
-//! way), so the core stays free of HTTP and SQL.
+//! way), so the core stays free of HTTP and SQL. A kind registered under
+//! a core kind's name replaces it.
+//!
+//! The keys of `sleep` (`ms`, `value`) and `command` (`run`, `env`,
+//! `pool`) are part of the file's vocabulary: they are type-checked with
+//! the file's shape whatever the kind, and reported on agents of kinds
+//! that do not take them. The core's own `sleep` and `command` also refuse
+//! any other key with the file's shape; a kind replacing them gets every
+//! key in its settings, `ms` or `run` included.
 //!
 //! ```
 //! use braid_core::{AgentKinds, Pipeline, RunOptions};
@@ -33,10 +42,51 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::agent::command::{CommandAgent, resolve_program};
+use crate::agent::pool::PooledCommandAgent;
+use crate::agent::sleep::SleepAgent;
 use crate::agent::{Agent, AgentError, AgentInput, Reads, Writes};
+
+/// What kind of agent, with the settings that matter for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentKind {
+    /// Waits, then writes constants.
+    Sleep {
+        /// How long it waits.
+        duration: Duration,
+    },
+    /// Runs a program.
+    Command {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
+    /// A Rust function registered with [`AgentKinds::builtin`].
+    Builtin {
+        /// The name it was registered under.
+        function: String,
+    },
+    /// A kind added with [`AgentKinds::kind`] (`http`, `llm`, …).
+    Other {
+        /// The kind's name.
+        kind: String,
+    },
+}
+
+impl AgentKind {
+    /// The kind's name as written in pipeline files.
+    pub fn name(&self) -> &str {
+        match self {
+            AgentKind::Sleep { .. } => "sleep",
+            AgentKind::Command { .. } => "command",
+            AgentKind::Builtin { .. } => "builtin",
+            AgentKind::Other { kind } => kind,
+        }
+    }
+}
 
 /// What a kind's factory gets to build one agent.
 #[derive(Debug)]
@@ -45,7 +95,8 @@ pub struct AgentConfig<'a> {
     pub name: &'a str,
     /// The kind, as written.
     pub kind: &'a str,
-    /// The agent's own keys (all but the common ones: reads, writes, when…).
+    /// The agent's own keys (all but the common ones: reads, writes,
+    /// when…), with the `sleep` and `command` keys its kind takes.
     pub settings: &'a Map<String, Value>,
     /// The pipeline file's folder (or the current directory).
     pub dir: &'a Path,
@@ -61,10 +112,82 @@ pub type KindFactory =
     Arc<dyn Fn(&AgentConfig<'_>) -> Result<Arc<dyn Agent>, String> + Send + Sync>;
 
 /// The kinds and builtin agents a pipeline may use.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AgentKinds {
-    kinds: BTreeMap<String, KindFactory>,
+    kinds: BTreeMap<String, Kind>,
     builtins: BTreeMap<String, Arc<dyn Agent>>,
+}
+
+/// How a registered kind builds its agents.
+#[derive(Clone)]
+pub(crate) enum Kind {
+    /// `sleep` or `command`, the core's own: their keys are checked with
+    /// the file's shape, and a problem is reported at its setting.
+    Core(fn(&AgentConfig<'_>) -> Result<Built, KindError>),
+    /// `builtin`: the Rust agent registered under its `function:`.
+    Builtin,
+    /// A factory added with [`AgentKinds::kind`].
+    Factory(KindFactory),
+}
+
+/// An agent built by its kind: the kind as `explain` shows it, and the
+/// agent itself.
+pub(crate) type Built = (AgentKind, Arc<dyn Agent>);
+
+/// Why a kind could not build an agent.
+#[derive(Debug)]
+pub(crate) struct KindError {
+    /// The setting at fault (reported at its place), or `None` for the
+    /// agent as a whole.
+    pub(crate) setting: Option<&'static str>,
+    /// What is wrong, without the agent's name.
+    pub(crate) message: String,
+}
+
+impl KindError {
+    fn agent(message: impl Into<String>) -> Self {
+        Self {
+            setting: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl Kind {
+    /// Builds one agent from `config`.
+    pub(crate) fn build(
+        &self,
+        config: &AgentConfig<'_>,
+        kinds: &AgentKinds,
+    ) -> Result<Built, KindError> {
+        match self {
+            Kind::Core(build) => build(config),
+            Kind::Builtin => builtin(config, kinds),
+            Kind::Factory(factory) => match factory(config) {
+                Ok(runner) => Ok((
+                    AgentKind::Other {
+                        kind: config.kind.to_owned(),
+                    },
+                    runner,
+                )),
+                Err(message) => Err(KindError::agent(message)),
+            },
+        }
+    }
+
+    /// Whether the kind's keys are checked with the file's shape (the
+    /// core's `sleep` and `command`): then any key but theirs is refused
+    /// there.
+    pub(crate) fn checks_keys(&self) -> bool {
+        matches!(self, Kind::Core(_))
+    }
+}
+
+impl Default for AgentKinds {
+    /// The same as [`AgentKinds::standard`].
+    fn default() -> Self {
+        Self::standard()
+    }
 }
 
 impl std::fmt::Debug for AgentKinds {
@@ -76,18 +199,28 @@ impl std::fmt::Debug for AgentKinds {
     }
 }
 
-/// Kinds the core builds itself.
+/// The kinds the core registers, in the order [`AgentKinds::names`] lists
+/// them, before any other.
 const CORE_KINDS: &[&str] = &["sleep", "command", "builtin"];
 
 impl AgentKinds {
     /// `sleep`, `command` and `builtin` (with no builtin agents yet).
     pub fn standard() -> Self {
-        Self::default()
+        let kinds = BTreeMap::from([
+            ("sleep".to_owned(), Kind::Core(sleep)),
+            ("command".to_owned(), Kind::Core(command)),
+            ("builtin".to_owned(), Kind::Builtin),
+        ]);
+        Self {
+            kinds,
+            builtins: BTreeMap::new(),
+        }
     }
 
-    /// Adds (or replaces) a kind.
+    /// Adds (or replaces) a kind; a factory registered as `sleep`,
+    /// `command` or `builtin` replaces the core's.
     pub fn kind(&mut self, name: &str, factory: KindFactory) -> &mut Self {
-        self.kinds.insert(name.to_owned(), factory);
+        self.kinds.insert(name.to_owned(), Kind::Factory(factory));
         self
     }
 
@@ -108,23 +241,118 @@ impl AgentKinds {
 
     /// Every kind name, core kinds first.
     pub fn names(&self) -> Vec<String> {
-        CORE_KINDS
+        let core = CORE_KINDS
             .iter()
-            .map(|k| (*k).to_owned())
-            .chain(self.kinds.keys().cloned())
-            .collect()
+            .copied()
+            .filter(|k| self.kinds.contains_key(*k));
+        let others = self
+            .kinds
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !CORE_KINDS.contains(k));
+        core.chain(others).map(str::to_owned).collect()
     }
 
-    pub(crate) fn factory(&self, kind: &str) -> Option<&KindFactory> {
-        self.kinds.get(kind)
+    /// The kind registered as `name`: the one place kinds are looked up.
+    pub(crate) fn get(&self, name: &str) -> Option<&Kind> {
+        self.kinds.get(name)
     }
+}
 
-    pub(crate) fn builtin_named(&self, name: &str) -> Option<Arc<dyn Agent>> {
-        self.builtins.get(name).cloned()
+/// The core's `sleep`: waits `ms` milliseconds, then writes `value` (or
+/// `true`) to each of its writes.
+fn sleep(config: &AgentConfig<'_>) -> Result<Built, KindError> {
+    let ms = config.settings.get("ms").and_then(Value::as_u64);
+    let duration = Duration::from_millis(ms.unwrap_or(0));
+    let value = config
+        .settings
+        .get("value")
+        .cloned()
+        .unwrap_or(Value::Bool(true));
+    let writes: Arc<[Arc<str>]> = config
+        .writes
+        .iter()
+        .map(|w| Arc::from(w.as_str()))
+        .collect();
+    Ok((
+        AgentKind::Sleep { duration },
+        Arc::new(SleepAgent::new(duration, value, writes)),
+    ))
+}
+
+/// The core's `command`: `run` from the pipeline's folder with `env`, or
+/// a pool of `pool` warm processes.
+fn command(config: &AgentConfig<'_>) -> Result<Built, KindError> {
+    let argv: Vec<String> = config
+        .settings
+        .get("run")
+        .and_then(Value::as_array)
+        .map(|run| {
+            run.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if argv.first().is_none_or(|program| program.is_empty()) {
+        return Err(KindError::agent(
+            "a `command` agent needs `run: [PROGRAM, ARGS...]`",
+        ));
     }
+    let env: Vec<(String, String)> = config
+        .settings
+        .get("env")
+        .and_then(Value::as_object)
+        .map(|env| {
+            env.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let dir = config.dir;
+    let runner: Arc<dyn Agent> = match config.settings.get("pool").and_then(Value::as_u64) {
+        None => Arc::new(CommandAgent::new(&argv, dir, env)),
+        Some(0) => {
+            return Err(KindError {
+                setting: Some("pool"),
+                message: "`pool` must be at least 1".to_owned(),
+            });
+        }
+        Some(size) => Arc::new(PooledCommandAgent::new(
+            resolve_program(&argv[0], dir),
+            argv[1..].to_vec(),
+            dir.to_path_buf(),
+            env,
+            usize::try_from(size).unwrap_or(usize::MAX),
+        )),
+    };
+    Ok((AgentKind::Command { argv }, runner))
+}
 
-    pub(crate) fn builtin_names(&self) -> Vec<&str> {
-        self.builtins.keys().map(String::as_str).collect()
+/// `builtin`: the Rust agent registered under the agent's `function`.
+fn builtin(config: &AgentConfig<'_>, kinds: &AgentKinds) -> Result<Built, KindError> {
+    let Some(function) = config.settings.get("function").and_then(Value::as_str) else {
+        return Err(KindError::agent("a `builtin` agent needs `function: NAME`"));
+    };
+    match kinds.builtins.get(function) {
+        Some(runner) => Ok((
+            AgentKind::Builtin {
+                function: function.to_owned(),
+            },
+            runner.clone(),
+        )),
+        None => Err(KindError {
+            setting: Some("function"),
+            message: format!(
+                "no builtin agent `{function}` is registered{}",
+                if kinds.builtins.is_empty() {
+                    " (register Rust agents with AgentKinds::builtin)".to_owned()
+                } else {
+                    let known: Vec<&str> = kinds.builtins.keys().map(String::as_str).collect();
+                    format!("; registered: {}", known.join(", "))
+                }
+            ),
+        }),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::checkpoint::CheckpointPolicy;
 use crate::condition::Condition;
 use crate::diagnostic::Location;
 use crate::graph::{AgentId, DependencyGraph};
+pub use crate::kinds::AgentKind;
 use crate::merge::MergeRule;
 
 /// A field's position in its pipeline's field table.
@@ -52,43 +53,6 @@ impl Default for RetryPolicy {
             timeout: None,
             retries: 0,
             backoff: Duration::from_millis(200),
-        }
-    }
-}
-
-/// What kind of agent, with the settings that matter for `explain`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentKind {
-    /// Waits, then writes constants.
-    Sleep {
-        /// How long it waits.
-        duration: Duration,
-    },
-    /// Runs a program.
-    Command {
-        /// The program and its arguments.
-        argv: Vec<String>,
-    },
-    /// A Rust function registered with [`crate::AgentKinds::builtin`].
-    Builtin {
-        /// The name it was registered under.
-        function: String,
-    },
-    /// A kind added with [`crate::AgentKinds::kind`] (`http`, `llm`, …).
-    Other {
-        /// The kind's name.
-        kind: String,
-    },
-}
-
-impl AgentKind {
-    /// The kind's name as written in pipeline files.
-    pub fn name(&self) -> &str {
-        match self {
-            AgentKind::Sleep { .. } => "sleep",
-            AgentKind::Command { .. } => "command",
-            AgentKind::Builtin { .. } => "builtin",
-            AgentKind::Other { kind } => kind,
         }
     }
 }

@@ -2,8 +2,8 @@
 //! that remember where each value came from.
 //!
 //! This module only checks shape (known keys, types, required keys). What the
-//! values mean (do the reads resolve, is there a cycle) is checked by
-//! [`crate::pipeline`], which turns a [`PipelineSpec`] into a runnable
+//! values mean (do the reads resolve, is there a cycle) is checked by the
+//! `compile` module, which turns a [`PipelineSpec`] into a runnable
 //! [`crate::Pipeline`].
 
 use std::path::Path;
@@ -119,8 +119,56 @@ pub(crate) const COMMON_AGENT_KEYS: &[&str] = &[
     "on_item_failure",
     "expected_items",
 ];
-/// Keys of the `sleep` and `command` kinds, which the core checks itself.
+/// Keys of the `sleep` and `command` kinds: typed here whatever the
+/// agent's kind, and refused on agents of other kinds.
 pub(crate) const CORE_KIND_KEYS: &[&str] = &["ms", "value", "run", "env", "pool"];
+
+/// The [`CORE_KIND_KEYS`] a kind takes, by its name: `sleep`'s and
+/// `command`'s, whether the core's or a replacement.
+pub(crate) fn core_kind_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "sleep" => &["ms", "value"],
+        "command" => &["run", "env", "pool"],
+        _ => &[],
+    }
+}
+
+impl AgentSpec {
+    /// One of the [`CORE_KIND_KEYS`] as JSON, with where its value was
+    /// written (`env` has no place of its own).
+    pub(crate) fn core_setting(&self, key: &str, source: &Source) -> Option<Located<Value>> {
+        let (value, at) = match key {
+            "ms" => self
+                .ms
+                .as_ref()
+                .map(|ms| (Value::from(**ms), source.at(ms.span())))?,
+            "value" => self
+                .value
+                .as_ref()
+                .map(|v| (v.value.clone(), v.at.clone()))?,
+            "run" => self.run.as_ref().map(|run| {
+                let argv: Vec<Value> = run.iter().map(|a| Value::from(a.as_str())).collect();
+                (
+                    Value::Array(argv),
+                    run.first().and_then(|a| source.at(a.span())),
+                )
+            })?,
+            "env" if !self.env.is_empty() => {
+                let env = self
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.as_str())));
+                (Value::Object(env.collect()), None)
+            }
+            "pool" => self
+                .pool
+                .as_ref()
+                .map(|p| (Value::from(**p), source.at(p.span())))?,
+            _ => return None,
+        };
+        Some(Located { value, at })
+    }
+}
 
 /// Context for turning marked-yaml positions into [`Location`]s.
 #[derive(Clone)]
@@ -188,6 +236,7 @@ pub(crate) fn parse(
     text: &str,
     source: &Source,
     limits: &LoadLimits,
+    checks_keys: &dyn Fn(&str) -> bool,
 ) -> Result<PipelineSpec, Diagnostics> {
     let mut errors = Diagnostics::new(limits.max_diagnostics);
     if let Err(d) = check_depth(text, limits.max_depth, source) {
@@ -216,7 +265,7 @@ pub(crate) fn parse(
         if key.as_str() == "agents" {
             spec.agents_at = key_at.clone();
             match value.as_mapping_mut() {
-                Some(map) => parse_agents(map, source, &mut spec, &mut errors),
+                Some(map) => parse_agents(map, source, checks_keys, &mut spec, &mut errors),
                 None => errors.push(Diagnostic::new(
                     source.at(value.span()),
                     "`agents` must map agent names to agents, e.g. `triage: { kind: sleep, ms: 50, writes: [route] }`",
@@ -224,108 +273,7 @@ pub(crate) fn parse(
             }
             continue;
         }
-        let value = &*value;
-        match key.as_str() {
-            "pipeline" => match scalar(value) {
-                Some(name) => {
-                    spec.name = Some(Located {
-                        value: name.to_owned(),
-                        at: key_at,
-                    })
-                }
-                None => errors.push(Diagnostic::new(
-                    source.at(value.span()),
-                    "`pipeline` must be a name (a string)",
-                )),
-            },
-            "description" => spec.description = scalar(value).map(str::to_owned),
-            "inputs" => match value.as_mapping() {
-                Some(map) => {
-                    for (name, schema) in map.iter() {
-                        spec.inputs.insert(
-                            name.as_str().to_owned(),
-                            Located {
-                                value: to_json(schema),
-                                at: source.at(name.span()),
-                            },
-                        );
-                    }
-                }
-                None => errors.push(Diagnostic::new(
-                    source.at(value.span()),
-                    "`inputs` must map each input field to a JSON Schema, e.g. `request: { type: string }`",
-                )),
-            },
-            "defaults" => match deserialize::<DefaultsSpec>(value, "defaults", source, key_at) {
-                Ok(d) => spec.defaults = d,
-                Err(d) => errors.push(d),
-            },
-            "concurrency" => match scalar(value).map(str::parse::<usize>) {
-                Some(Ok(n)) if n > 0 => {
-                    spec.concurrency = Some(Located {
-                        value: n,
-                        at: key_at,
-                    })
-                }
-                _ => errors.push(Diagnostic::new(
-                    source.at(value.span()),
-                    format!(
-                        "`concurrency` must be a whole number of at least 1, found `{}`",
-                        describe(value)
-                    ),
-                )),
-            },
-            "on_failure" => {
-                spec.on_failure = located_scalar(
-                    value,
-                    source,
-                    "`on_failure` must be `fail` or `continue`",
-                    &mut errors,
-                )
-            }
-            "output" => {
-                spec.output = located_scalar(
-                    value,
-                    source,
-                    "`output` must name the field a person wants to see (e.g. `output: report`)",
-                    &mut errors,
-                )
-            }
-            "checkpoint" => {
-                spec.checkpoint = located_scalar(
-                    value,
-                    source,
-                    "`checkpoint` must be `none`, `end` or `agent`",
-                    &mut errors,
-                )
-            }
-            "fields" => match value.as_mapping() {
-                Some(map) => {
-                    for (name, field) in map.iter() {
-                        let at = source.at(name.span());
-                        let context = format!("field `{}`", name.as_str());
-                        match deserialize::<FieldSpec>(field, &context, source, at.clone()) {
-                            Ok(f) => {
-                                spec.fields
-                                    .insert(name.as_str().to_owned(), Located { value: f, at });
-                            }
-                            Err(d) => errors.push(d),
-                        }
-                    }
-                }
-                None => errors.push(Diagnostic::new(
-                    source.at(value.span()),
-                    "`fields` must map field names to settings, e.g. `findings: { merge: append }`",
-                )),
-            },
-            other => errors.push(Diagnostic::new(
-                key_at,
-                format!(
-                    "unknown top-level key `{other}`; expected one of: {}",
-                    TOP_LEVEL_KEYS.join(", ")
-                ),
-            )),
-        }
+        top_level_key(key.as_str(), key_at, value, source, &mut spec, &mut errors);
     }
     if spec.name.is_none() {
         errors.push(Diagnostic::new(
@@ -340,9 +288,124 @@ pub(crate) fn parse(
     }
 }
 
+/// One top-level key other than `agents`, read into `spec`.
+fn top_level_key(
+    key: &str,
+    key_at: Option<Location>,
+    value: &Node,
+    source: &Source,
+    spec: &mut PipelineSpec,
+    errors: &mut Diagnostics,
+) {
+    match key {
+        "pipeline" => match scalar(value) {
+            Some(name) => {
+                spec.name = Some(Located {
+                    value: name.to_owned(),
+                    at: key_at,
+                })
+            }
+            None => errors.push(Diagnostic::new(
+                source.at(value.span()),
+                "`pipeline` must be a name (a string)",
+            )),
+        },
+        "description" => spec.description = scalar(value).map(str::to_owned),
+        "inputs" => match value.as_mapping() {
+            Some(map) => {
+                for (name, schema) in map.iter() {
+                    spec.inputs.insert(
+                        name.as_str().to_owned(),
+                        Located {
+                            value: to_json(schema),
+                            at: source.at(name.span()),
+                        },
+                    );
+                }
+            }
+            None => errors.push(Diagnostic::new(
+                source.at(value.span()),
+                "`inputs` must map each input field to a JSON Schema, e.g. `request: { type: string }`",
+            )),
+        },
+        "defaults" => match deserialize::<DefaultsSpec>(value, "defaults", source, key_at) {
+            Ok(d) => spec.defaults = d,
+            Err(d) => errors.push(d),
+        },
+        "concurrency" => match scalar(value).map(str::parse::<usize>) {
+            Some(Ok(n)) if n > 0 => {
+                spec.concurrency = Some(Located {
+                    value: n,
+                    at: key_at,
+                })
+            }
+            _ => errors.push(Diagnostic::new(
+                source.at(value.span()),
+                format!(
+                    "`concurrency` must be a whole number of at least 1, found `{}`",
+                    describe(value)
+                ),
+            )),
+        },
+        "on_failure" => {
+            spec.on_failure = located_scalar(
+                value,
+                source,
+                "`on_failure` must be `fail` or `continue`",
+                errors,
+            )
+        }
+        "output" => {
+            spec.output = located_scalar(
+                value,
+                source,
+                "`output` must name the field a person wants to see (e.g. `output: report`)",
+                errors,
+            )
+        }
+        "checkpoint" => {
+            spec.checkpoint = located_scalar(
+                value,
+                source,
+                "`checkpoint` must be `none`, `end` or `agent`",
+                errors,
+            )
+        }
+        "fields" => match value.as_mapping() {
+            Some(map) => {
+                for (name, field) in map.iter() {
+                    let at = source.at(name.span());
+                    let context = format!("field `{}`", name.as_str());
+                    match deserialize::<FieldSpec>(field, &context, source, at.clone()) {
+                        Ok(f) => {
+                            spec.fields
+                                .insert(name.as_str().to_owned(), Located { value: f, at });
+                        }
+                        Err(d) => errors.push(d),
+                    }
+                }
+            }
+            None => errors.push(Diagnostic::new(
+                source.at(value.span()),
+                "`fields` must map field names to settings, e.g. `findings: { merge: append }`",
+            )),
+        },
+        other => errors.push(Diagnostic::new(
+            key_at,
+            format!(
+                "unknown top-level key `{other}`; expected one of: {}",
+                TOP_LEVEL_KEYS.join(", ")
+            ),
+        )),
+    }
+}
+
+/// The agents; `checks_keys` says which kinds refuse keys not theirs
+/// (the core's `sleep` and `command`).
 fn parse_agents(
     map: &mut MarkedMappingNode,
     source: &Source,
+    checks_keys: &dyn Fn(&str) -> bool,
     spec: &mut PipelineSpec,
     errors: &mut Diagnostics,
 ) {
@@ -385,11 +448,10 @@ fn parse_agents(
                         );
                     }
                 }
-                // `sleep` and `command` take no other keys: say so now, with the
-                // other shape errors.
+                // The core's `sleep` and `command` take no other keys: say so
+                // now, with the other shape errors.
                 let own: &[&str] = match fields.get_scalar("kind").map(|k| k.as_str()) {
-                    Some("sleep") => &["ms", "value"],
-                    Some("command") => &["run", "env", "pool"],
+                    Some(kind) if checks_keys(kind) => core_kind_keys(kind),
                     _ => &[],
                 };
                 if !own.is_empty() {

@@ -133,3 +133,83 @@ fn a_pipeline_built_in_code_is_validated_like_a_file() {
     let err = builder.build().unwrap_err().to_string();
     assert!(err.contains("dependency cycle: a -> b -> a"), "{err}");
 }
+
+/// A `sleep` of its own: writes `replaced` with its `ms` and `tone`.
+struct Quiet {
+    ms: u64,
+    tone: String,
+}
+
+#[async_trait::async_trait]
+impl Agent for Quiet {
+    async fn call(&self, _input: &AgentInput) -> Result<Writes, AgentError> {
+        let mut out = Writes::new();
+        out.insert("said".into(), json!({"ms": self.ms, "tone": self.tone}));
+        Ok(out)
+    }
+}
+
+#[tokio::test]
+async fn a_kind_registered_as_sleep_replaces_the_core_one() {
+    let yaml = "pipeline: p\nagents:\n  a: { kind: sleep, ms: 5000, tone: low, writes: [said] }\n";
+    // The core's sleep refuses a key that is not its own.
+    let err = Pipeline::from_yaml_str(yaml).unwrap_err().to_string();
+    assert!(err.contains("agent `a`: unknown key `tone`"), "{err}");
+
+    let mut kinds = AgentKinds::standard();
+    kinds.kind(
+        "sleep",
+        Arc::new(|config| {
+            let ms = config.settings["ms"].as_u64().ok_or("`ms` is missing")?;
+            let tone = config.settings["tone"]
+                .as_str()
+                .ok_or("`tone` is missing")?;
+            Ok(Arc::new(Quiet {
+                ms,
+                tone: tone.to_owned(),
+            }) as Arc<dyn Agent>)
+        }),
+    );
+    let pipeline = Pipeline::from_yaml_str_with(yaml, &kinds).unwrap();
+    assert_eq!(pipeline.agents()[0].kind().name(), "sleep");
+    // Nobody waits 5 s: the replacement does not sleep at all.
+    assert_eq!(pipeline.agents()[0].expected_duration(), None);
+    let input = pipeline.check_input(&json!({})).unwrap();
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        pipeline.run(input, RunOptions::default()),
+    )
+    .await
+    .expect("the core's 5 s sleep did not run");
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(*report.state["said"], json!({"ms": 5000, "tone": "low"}));
+}
+
+#[test]
+fn core_kind_errors_point_where_they_did() {
+    let diagnostics = Pipeline::from_yaml_str_with(
+        "pipeline: p
+agents:
+  a: { kind: command, run: [cat], pool: 0, writes: [x] }
+  b: { kind: sleep, run: [cat], env: { K: v }, pool: 2, writes: [y] }
+  c: { kind: builtin, function: triple, writes: [z] }
+  d: { kind: echo, text: hi, ms: 5, value: 1, writes: [w] }
+",
+        &kinds(),
+    )
+    .unwrap_err()
+    .diagnostics();
+    let shown: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "<pipeline>:3:41: agent `a`: `pool` must be at least 1",
+            "<pipeline>:4:3: agent `b`: `run` does not apply to a `sleep` agent",
+            "<pipeline>:4:3: agent `b`: `pool` does not apply to a `sleep` agent",
+            "<pipeline>:4:3: agent `b`: `env` does not apply to a `sleep` agent",
+            "<pipeline>:5:23: agent `c`: no builtin agent `triple` is registered; registered: double",
+            "<pipeline>:6:3: agent `d`: `ms` does not apply to a `echo` agent",
+            "<pipeline>:6:3: agent `d`: `value` does not apply to a `echo` agent",
+        ]
+    );
+}

@@ -7,15 +7,78 @@
 //! down gracefully. The run lifecycle lives in a registry with no HTTP in
 //! it (`runs.rs`), the routes are split by resource (`routes/`), and the
 //! store is reached through the [`RunStore`] trait. Nothing here is on a
-//! run's hot path: a run
-//! with `events: "off"` has no sink, so the engine builds no events at all.
+//! run's hot path: a run with `events: "off"` has no sink, so the engine
+//! builds no events at all.
+//!
+//! # A tour
+//!
+//! | Item | What it is |
+//! |---|---|
+//! | [`AppState`] | What every handler shares: the config, the pipelines, the runs in flight and the store. |
+//! | [`ServerConfig`], [`HttpConfig`] | The token, the agent kinds clients may use, and every limit (bodies, pipelines, compiles, runs, events, connections). |
+//! | [`app`] | The router: `/v1/pipelines`, `/v1/runs` (start, get, cancel, resume, SSE and WebSocket events), `/healthz`, `/readyz`, `/metrics` and the web view at `/`. |
+//! | [`serve`] | HTTP/1.1 and h2c on a listener, until a shutdown signal; then runs finish within the grace period. |
+//! | [`RunStore`] | What the server needs from a store; [`braid_store::Store`] implements it. |
+//! | [`ApiError`] | Every error response: a status and a JSON body with a code, a message and the problems found. |
+//!
+//! # Calling the API in process
+//!
+//! [`app`] is a tower service: a test (or an application embedding the
+//! API in a larger router) can call it without a socket. Here a pipeline
+//! the operator loaded is run with `POST /v1/runs?wait=true`, which answers
+//! with the run's report.
+//!
+//! ```
+//! use axum::body::Body;
+//! use axum::http::{Request, StatusCode};
+//! use braid_core::Pipeline;
+//! use braid_server::{AppState, ServerConfig, app};
+//! use tower::ServiceExt; // for `oneshot`
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ServerConfig { token: Some("s3cret".into()), ..ServerConfig::default() };
+//! let state = AppState::new(config, None); // no store: runs live in memory
+//! let yaml = "pipeline: hello\nagents:\n  a: { kind: sleep, ms: 1, writes: [x] }\n";
+//! state.preload(Pipeline::from_yaml_str(yaml)?, yaml.to_owned());
+//!
+//! let request = Request::post("/v1/runs?wait=true")
+//!     .header("authorization", "Bearer s3cret")
+//!     .header("content-type", "application/json")
+//!     .body(Body::from(r#"{"pipeline": "hello", "input": {}}"#))?;
+//! let response = app(state.clone()).oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! let body = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+//! let report: serde_json::Value = serde_json::from_slice(&body)?;
+//! assert_eq!(report["status"], "completed");
+//!
+//! // Without the token: 401.
+//! let response = app(state).oneshot(Request::get("/v1/runs").body(Body::empty())?).await?;
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # Ok(()) }
+//! ```
+//!
+//! To keep runs, pass a store: `AppState::new(config,
+//! Some(Arc::new(store)))` with a [`braid_store::Store`]: runs and their
+//! events are then kept there, listed and resumed from it, and runs in
+//! flight at shutdown are marked interrupted there.
+//!
+//! # Serving
+//!
+//! [`serve`] serves the same router on a TCP listener until its shutdown
+//! future resolves. (Not run as a test: it serves until Ctrl-C.)
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use braid_server::{AppState, ServerConfig, serve};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let state = AppState::new(ServerConfig::default(), None);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7700").await?;
-//! serve(state, listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! serve(state, listener, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
 //! # Ok(()) }
 //! ```
 

@@ -8,14 +8,163 @@
 //! Failed batches are retried with backoff (errors retrying cannot cure
 //! fail at once); a batch that finally fails is kept in a local spill file,
 //! replayed by the next [`Store::connect`] to the same store, and reported
-//! by [`Store::flush`] for the runs it held, never dropped silently. Only deltas are stored: an agent's own writes, never a copy of
-//! the whole state.
+//! by [`Store::flush`] for the runs it held, never dropped silently. Only
+//! deltas are stored: an agent's own writes, never a copy of the whole
+//! state.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # A tour
+//!
+//! | Item | What it is |
+//! |---|---|
+//! | [`Store`] | A connected, migrated store: [`connect`](Store::connect), [`checkpointer`](Store::checkpointer), [`flush`](Store::flush), [`list_runs`](Store::list_runs), [`get_run`](Store::get_run), [`claim`](Store::claim), [`close`](Store::close). |
+//! | [`StoreSettings`] | Pool and writer limits: connections, batch size, retries, timeouts, spilling. |
+//! | [`RunSummary`], [`StoredRun`], [`RunFilter`] | Run history as `braid runs list` and `braid runs show` read it. |
+//! | [`StoreError`], [`PersistError`] | Why the store could not be reached or read, and which runs' checkpoints could not be written. |
+//! | [`sql`] | The `sql` agent kind: one query, its rows written as JSON. |
+//!
+//! # Connecting, and running with the store
+//!
+//! [`Store::connect`] takes `sqlite://PATH` (created if missing; the
+//! folder too) or `postgres://…`, and applies pending migrations. An
+//! in-memory SQLite database (`sqlite::memory:`) is refused: it would
+//! vanish with each pooled connection, so give a file (a temporary one in
+//! tests). A run records itself through [`Store::checkpointer`];
+//! [`Store::flush`] waits until what was queued is committed.
+//!
+//! ```
+//! use braid_core::{Pipeline, RunOptions};
+//! use braid_store::{RunFilter, Store, StoreSettings};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let url = format!("sqlite://{}", dir.path().join("runs.db").display());
+//! let store = Store::connect(&url, &StoreSettings::default()).await?;
+//!
+//! let pipeline = Pipeline::from_yaml_str(r#"
+//! pipeline: hello
+//! agents:
+//!   a: { kind: sleep, ms: 1, writes: [x] }
+//!   b: { kind: sleep, ms: 1, reads: [x], writes: [y] }
+//! "#)?;
+//! let input = pipeline.check_input(&serde_json::json!({}))?;
+//! let options = RunOptions { checkpointer: Some(store.checkpointer()), ..RunOptions::default() };
+//! let report = pipeline.run(input, options).await;
+//! store.flush().await?; // the run's checkpoints are committed
+//!
+//! let runs = store.list_runs(&RunFilter::default()).await?;
+//! assert_eq!(runs.len(), 1);
+//! assert_eq!(runs[0].run_id, report.run_id);
+//! assert_eq!(runs[0].status, "completed");
+//!
+//! let run = store.get_run(&report.run_id).await?.expect("it was stored");
+//! assert_eq!(run.summary.pipeline, "hello");
+//! assert_eq!(run.agents.len(), 2); // each agent's record, with its writes
+//! store.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Resuming a run
+//!
+//! With [`CheckpointPolicy::Agent`] each agent's record is written as soon
+//! as it finishes, so a run that failed or whose process died can go on
+//! where it stopped: [`Store::get_run`] gives its input and records,
+//! [`Store::claim`] takes it over (only one resumer wins), and a
+//! [`ResumePoint`](braid_core::ResumePoint) of its records makes a run
+//! with the same id reuse what completed. `braid runs resume` does this,
+//! and also kills processes the run's dead owner left
+//! ([`Store::kill_leftover_processes`]).
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use std::sync::Arc;
+//!
+//! use braid_core::agent::{AgentError, Writes};
+//! use braid_core::{AgentKinds, CheckpointPolicy, Pipeline, ResumePoint, RunOptions, RunStatus};
 //! use braid_store::{Store, StoreSettings};
-//! let store = Store::connect("sqlite://runs.db", &StoreSettings::default()).await?;
-//! let runs = store.list_runs(&Default::default()).await?;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let url = format!("sqlite://{}", dir.path().join("runs.db").display());
+//! let store = Store::connect(&url, &StoreSettings::default()).await?;
+//! // `publish` fails the first time it is called, and works after that.
+//! let failed_once = Arc::new(AtomicBool::new(false));
+//! let mut kinds = AgentKinds::standard();
+//! kinds.builtin_fn("publish", move |_reads| {
+//!     let first = !failed_once.swap(true, Ordering::SeqCst);
+//!     async move {
+//!         if first {
+//!             return Err(AgentError::Other("the service is down".into()));
+//!         }
+//!         Ok(Writes::from_iter([("published".to_owned(), true.into())]))
+//!     }
+//! });
+//! let pipeline = Pipeline::from_yaml_str_with(r#"
+//! pipeline: publish
+//! agents:
+//!   draft:   { kind: sleep, ms: 1, writes: [text] }
+//!   publish: { kind: builtin, function: publish, reads: [text], writes: [published] }
+//! "#, &kinds)?;
+//! let options = RunOptions {
+//!     checkpointer: Some(store.checkpointer()),
+//!     checkpoint: Some(CheckpointPolicy::Agent),
+//!     ..RunOptions::default()
+//! };
+//! let first = pipeline.run(pipeline.check_input(&serde_json::json!({}))?, options).await;
+//! assert_eq!(first.status, RunStatus::Failed);
+//! store.flush().await?;
+//!
+//! // Later, perhaps in another process:
+//! let run = store.get_run(&first.run_id).await?.expect("it was stored");
+//! assert!(store.claim(&run).await?, "nobody else resumed it");
+//! let input = pipeline.check_input(&serde_json::Value::Object(run.input.clone()))?;
+//! let options = RunOptions {
+//!     run_id: Some(run.summary.run_id.clone()),
+//!     checkpointer: Some(store.checkpointer()),
+//!     checkpoint: Some(CheckpointPolicy::Agent),
+//!     resume: Some(ResumePoint { agents: run.agents }),
+//!     ..RunOptions::default()
+//! };
+//! let resumed = pipeline.run(input, options).await;
+//! assert_eq!(resumed.status, RunStatus::Completed);
+//! assert!(resumed.agents["draft"].resumed); // reused, not run again
+//! store.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # The `sql` agent kind
+//!
+//! [`sql::register`] adds `kind: sql` to an
+//! [`AgentKinds`](braid_core::AgentKinds): one query whose rows are
+//! written as JSON, over a pool shared by every `sql` agent naming the same
+//! database.
+//!
+//! ```
+//! use braid_core::{AgentKinds, Pipeline, RunOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let mut kinds = AgentKinds::standard();
+//! braid_store::sql::register(&mut kinds);
+//! let yaml = format!(r#"
+//! pipeline: sums
+//! inputs: {{ n: {{ type: integer }} }}
+//! agents:
+//!   double:
+//!     kind: sql
+//!     database: sqlite://{}?mode=rwc
+//!     query: SELECT ? * 2 AS doubled
+//!     params: [n]
+//!     one: true
+//!     reads: [n]
+//!     writes: [row]
+//! "#, dir.path().join("data.db").display());
+//! let pipeline = Pipeline::from_yaml_str_with(&yaml, &kinds)?;
+//! let input = pipeline.check_input(&serde_json::json!({"n": 21}))?;
+//! let report = pipeline.run(input, RunOptions::default()).await;
+//! assert_eq!(*report.state["row"], serde_json::json!({"doubled": 42}));
 //! # Ok(()) }
 //! ```
 

@@ -93,6 +93,8 @@ pub(crate) struct ServeArgs {
     max_connections: usize,
     /// An origin (scheme://host[:port]) whose web pages may call the API and
     /// open its event streams, besides the server's own. Repeatable.
+    // This comment is also `--help`'s text, where `[:port]` is no link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long = "allow-origin", value_name = "ORIGIN", value_parser = parse_origin)]
     allow_origins: Vec<String>,
     /// Serve /metrics without the token (for a scraper that cannot send it).

@@ -15,7 +15,7 @@
 //!
 //! A process group is killed only while its leader is unreaped (running or
 //! a zombie): until then the kernel cannot hand its id to another process.
-//! [`exited`] waits for the leader's exit without reaping it.
+//! `exited` waits for the leader's exit without reaping it.
 
 use std::sync::OnceLock;
 use std::sync::mpsc;

@@ -2,23 +2,18 @@
 //! `edges.rs`), its timeout and retry policy, its writes, and its runner,
 //! built by its kind.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{Compiler, Stop};
-use crate::agent::Agent;
-use crate::agent::command::{CommandAgent, resolve_program};
-use crate::agent::pool::PooledCommandAgent;
-use crate::agent::sleep::SleepAgent;
 use crate::condition::{Condition, ConditionError};
 use crate::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::graph::AgentId;
-use crate::kinds::AgentConfig;
-use crate::pipeline::{AgentDef, AgentKind, FieldWrite, MAX_RETRIES, MIN_BACKOFF, RetryPolicy};
-use crate::spec::{AgentSpec, CORE_KIND_KEYS, Located, Source};
+use crate::kinds::{AgentConfig, Built};
+use crate::pipeline::{AgentDef, MAX_RETRIES, MIN_BACKOFF, RetryPolicy};
+use crate::spec::{AgentSpec, CORE_KIND_KEYS, Source, core_kind_keys};
 
 impl Compiler<'_> {
     /// `defaults:`, which every agent's policy starts from.
@@ -73,7 +68,7 @@ impl Compiler<'_> {
         self.after(id, &who);
         let (policy, expected) = self.policy(agent, &who, defaults);
         let writes = self.resolved_writes(agent);
-        let built = self.build(name, agent, &who, at.clone(), &writes);
+        let built = self.build(name, agent, &who, at.clone());
         let (fields, field_ids) = (&self.fields, &self.field_ids);
         self.own_definitions
             .push(crate::definition::own(name, agent, self.dir, |f| {
@@ -141,197 +136,74 @@ impl Compiler<'_> {
         agent: &AgentSpec,
         who: &str,
         at: Option<Location>,
-        writes: &Arc<[FieldWrite]>,
-    ) -> Option<(AgentKind, Arc<dyn Agent>)> {
-        let (source, errors, kinds, dir) = (&self.source, &mut self.errors, self.kinds, self.dir);
-        let kind_at = source.at(agent.kind.span());
-        let misplaced = |key: &str, present: bool, kind: &str, errors: &mut Diagnostics| {
+    ) -> Option<Built> {
+        let kind_name = agent.kind.as_str();
+        let Some(kind) = self.kinds.get(kind_name) else {
+            let known = self.kinds.names().join(", ");
+            self.error(
+                self.source.at(agent.kind.span()),
+                format!("{who}: unknown kind `{kind_name}`; expected one of: {known}"),
+            );
+            return None;
+        };
+        self.misplaced_keys(agent, who, at.clone());
+        let mut settings: Map<String, Value> = agent
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        for key in core_kind_keys(kind_name) {
+            if let Some(setting) = agent.core_setting(key, &self.source) {
+                settings.insert((*key).to_owned(), setting.value);
+            }
+        }
+        let config = AgentConfig {
+            name,
+            kind: kind_name,
+            settings: &settings,
+            dir: self.dir,
+            reads: agent.reads.iter().map(|r| r.to_string()).collect(),
+            writes: agent.writes.iter().map(|w| w.to_string()).collect(),
+        };
+        match kind.build(&config, self.kinds) {
+            Ok(built) => Some(built),
+            Err(e) => {
+                let setting_at = e.setting.and_then(|key| match agent.settings.get(key) {
+                    Some(setting) => setting.at.clone(),
+                    None => agent.core_setting(key, &self.source)?.at,
+                });
+                self.error(setting_at.or(at), format!("{who}: {}", e.message));
+                None
+            }
+        }
+    }
+
+    /// The `sleep` and `command` keys an agent has but its kind does not
+    /// take, each reported at the agent.
+    fn misplaced_keys(&mut self, agent: &AgentSpec, who: &str, at: Option<Location>) {
+        let kind = agent.kind.as_str();
+        // In the order they have always been reported in.
+        let checked: &[&str] = match kind {
+            "sleep" => &["run", "pool", "env"],
+            _ => CORE_KIND_KEYS,
+        };
+        let own = core_kind_keys(kind);
+        for key in checked.iter().filter(|k| !own.contains(k)) {
+            let present = match *key {
+                "ms" => agent.ms.is_some(),
+                "value" => agent.value.is_some(),
+                "run" => agent.run.is_some(),
+                "env" => !agent.env.is_empty(),
+                _ => agent.pool.is_some(),
+            };
             if present {
-                errors.push(Diagnostic::new(
+                self.error(
                     at.clone(),
                     format!("{who}: `{key}` does not apply to a `{kind}` agent"),
-                ));
+                );
             }
-        };
-        match agent.kind.as_str() {
-            "sleep" => {
-                misplaced("run", agent.run.is_some(), "sleep", errors);
-                misplaced("pool", agent.pool.is_some(), "sleep", errors);
-                misplaced("env", !agent.env.is_empty(), "sleep", errors);
-                let duration = Duration::from_millis(agent.ms.as_ref().map_or(0, |ms| **ms));
-                let value = agent
-                    .value
-                    .as_ref()
-                    .map_or(Value::Bool(true), |v: &Located<Value>| v.value.clone());
-                let names: Arc<[Arc<str>]> = writes.iter().map(|w| w.name.clone()).collect();
-                Some((
-                    AgentKind::Sleep { duration },
-                    Arc::new(SleepAgent::new(duration, value, names)),
-                ))
-            }
-            "command" => {
-                misplaced("ms", agent.ms.is_some(), "command", errors);
-                misplaced("value", agent.value.is_some(), "command", errors);
-                command(agent, who, at.clone(), dir, source, errors)
-            }
-            "builtin" => {
-                misplaced_core_keys(agent, who, "builtin", at.clone(), errors);
-                let function = agent.settings.get("function");
-                match function.and_then(|f| f.value.as_str()) {
-                    Some(function) => match kinds.builtin_named(function) {
-                        Some(runner) => Some((
-                            AgentKind::Builtin {
-                                function: function.to_owned(),
-                            },
-                            runner,
-                        )),
-                        None => {
-                            let known = kinds.builtin_names();
-                            errors.push(Diagnostic::new(
-                                function_at(agent, &at),
-                                format!(
-                                    "{who}: no builtin agent `{function}` is registered{}",
-                                    if known.is_empty() {
-                                        " (register Rust agents with AgentKinds::builtin)"
-                                            .to_owned()
-                                    } else {
-                                        format!("; registered: {}", known.join(", "))
-                                    }
-                                ),
-                            ));
-                            None
-                        }
-                    },
-                    None => {
-                        errors.push(Diagnostic::new(
-                            at.clone(),
-                            format!("{who}: a `builtin` agent needs `function: NAME`"),
-                        ));
-                        None
-                    }
-                }
-            }
-            other => match kinds.factory(other) {
-                Some(factory) => {
-                    misplaced_core_keys(agent, who, other, at.clone(), errors);
-                    let settings: serde_json::Map<String, Value> = agent
-                        .settings
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.value.clone()))
-                        .collect();
-                    let config = AgentConfig {
-                        name,
-                        kind: other,
-                        settings: &settings,
-                        dir,
-                        reads: agent.reads.iter().map(|r| r.to_string()).collect(),
-                        writes: agent.writes.iter().map(|w| w.to_string()).collect(),
-                    };
-                    match factory(&config) {
-                        Ok(runner) => Some((
-                            AgentKind::Other {
-                                kind: other.to_owned(),
-                            },
-                            runner,
-                        )),
-                        Err(message) => {
-                            errors.push(Diagnostic::new(at.clone(), format!("{who}: {message}")));
-                            None
-                        }
-                    }
-                }
-                None => {
-                    errors.push(Diagnostic::new(
-                        kind_at,
-                        format!(
-                            "{who}: unknown kind `{other}`; expected one of: {}",
-                            kinds.names().join(", ")
-                        ),
-                    ));
-                    None
-                }
-            },
         }
     }
-}
-
-/// A `command` agent.
-fn command(
-    agent: &AgentSpec,
-    who: &str,
-    at: Option<Location>,
-    dir: &Path,
-    source: &Source,
-    errors: &mut Diagnostics,
-) -> Option<(AgentKind, Arc<dyn Agent>)> {
-    match &agent.run {
-        Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {
-            let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
-            let env = agent
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let runner: Arc<dyn Agent> = match agent.pool.as_ref().map(|p| **p) {
-                None => Arc::new(CommandAgent::new(&argv, dir, env)),
-                Some(0) => {
-                    errors.push(Diagnostic::new(
-                        agent.pool.as_ref().and_then(|p| source.at(p.span())),
-                        format!("{who}: `pool` must be at least 1"),
-                    ));
-                    Arc::new(CommandAgent::new(&argv, dir, env))
-                }
-                Some(size) => Arc::new(PooledCommandAgent::new(
-                    resolve_program(&argv[0], dir),
-                    argv[1..].to_vec(),
-                    dir.to_path_buf(),
-                    env,
-                    size as usize,
-                )),
-            };
-            Some((AgentKind::Command { argv }, runner))
-        }
-        _ => {
-            errors.push(Diagnostic::new(
-                at,
-                format!("{who}: a `command` agent needs `run: [PROGRAM, ARGS...]`"),
-            ));
-            None
-        }
-    }
-}
-
-/// `sleep` and `command` keys on an agent of another kind.
-fn misplaced_core_keys(
-    agent: &AgentSpec,
-    who: &str,
-    kind: &str,
-    at: Option<Location>,
-    errors: &mut Diagnostics,
-) {
-    let present = [
-        ("ms", agent.ms.is_some()),
-        ("value", agent.value.is_some()),
-        ("run", agent.run.is_some()),
-        ("env", !agent.env.is_empty()),
-        ("pool", agent.pool.is_some()),
-    ];
-    for (key, is_there) in present {
-        if is_there && CORE_KIND_KEYS.contains(&key) {
-            errors.push(Diagnostic::new(
-                at.clone(),
-                format!("{who}: `{key}` does not apply to a `{kind}` agent"),
-            ));
-        }
-    }
-}
-
-fn function_at(agent: &AgentSpec, fallback: &Option<Location>) -> Option<Location> {
-    agent
-        .settings
-        .get("function")
-        .and_then(|f| f.at.clone())
-        .or_else(|| fallback.clone())
 }
 
 fn duration(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Deadline, compile};
 use crate::diagnostic::{Diagnostic, Diagnostics, LoadError, Location};
-use crate::kinds::AgentKinds;
+use crate::kinds::{AgentKinds, Kind};
 use crate::limits::LoadLimits;
 use crate::pipeline::Pipeline;
 use crate::spec::{self, Source};
@@ -103,7 +103,8 @@ impl Pipeline {
         // write one); the hash still covers the text as given.
         let body = text.strip_prefix('\u{feff}').unwrap_or(text);
         let deadline = Deadline::after(limits.compile_budget);
-        let spec = spec::parse(body, &source, limits).map_err(invalid)?;
+        let checks_keys = |kind: &str| kinds.get(kind).is_some_and(Kind::checks_keys);
+        let spec = spec::parse(body, &source, limits, &checks_keys).map_err(invalid)?;
         if spec.agents.len() > limits.max_agents {
             let mut errors = Diagnostics::new(1);
             errors.push(Diagnostic::new(

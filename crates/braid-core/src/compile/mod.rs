@@ -217,7 +217,7 @@ impl<'a> Compiler<'a> {
         })
     }
 
-    /// Records `diagnostic`.
+    /// Records a diagnostic at `at`.
     fn error(&mut self, at: Option<Location>, message: impl Into<String>) {
         self.errors.push(Diagnostic::new(at, message));
     }
