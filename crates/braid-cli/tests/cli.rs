@@ -164,7 +164,12 @@ fn the_fanout_example_summarises_each_document_in_order() {
     );
     let empty = &summarize["instances"]["summarize[3]"];
     assert_eq!(empty["status"], "failed");
-    assert!(empty["error"].as_str().unwrap().contains("d-empty.txt is empty"));
+    assert!(
+        empty["error"]
+            .as_str()
+            .unwrap()
+            .contains("d-empty.txt is empty")
+    );
     let text = report["state"]["report"].as_str().unwrap();
     assert!(
         text.contains("1. **a-incident.txt** (24 words): The checkout service returned errors"),
@@ -187,7 +192,10 @@ fn the_fanout_example_summarises_each_document_in_order() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(table.contains("3 of 4 items completed, 1 failed"), "{table}");
+    assert!(
+        table.contains("3 of 4 items completed, 1 failed"),
+        "{table}"
+    );
     assert!(table.contains("summarize[3]"), "{table}");
 
     let output = braid().arg("explain").arg(&pipeline).output().unwrap();
@@ -205,7 +213,10 @@ fn the_fanout_example_summarises_each_document_in_order() {
 fn the_router_example_runs_exactly_one_desk() {
     let pipeline = examples().join("router/pipeline.yaml");
     let (output, report) = run_json(
-        &["--input", r#"{"request": "I was charged twice, please refund me"}"#],
+        &[
+            "--input",
+            r#"{"request": "I was charged twice, please refund me"}"#,
+        ],
         &pipeline,
     );
     assert_eq!(output.status.code(), Some(0), "{report}");
@@ -610,7 +621,10 @@ fn bench_prints_one_json_object_per_scenario_with_the_peers_fields() {
     assert_eq!(fanout["scenario"], "fanout");
     assert_eq!(fanout["items"], 20);
     for field in ["makespan_ms", "ideal_ms", "ratio", "noop_ms", "per_item_us"] {
-        assert!(fanout[field].is_number(), "fanout: `{field}` missing in {fanout}");
+        assert!(
+            fanout[field].is_number(),
+            "fanout: `{field}` missing in {fanout}"
+        );
     }
     for line in persist {
         assert_eq!(line["scenario"], "persist");
