@@ -315,7 +315,12 @@ agents:
     let mut completed = HashSet::new();
     while let Some(event) = rx.recv().await {
         match event.kind {
-            EventKind::AgentStarted { agent, .. } => started.insert(agent.to_string()),
+            EventKind::AgentStarted { agent, items, .. } => {
+                // The agent's own start says how many instances follow.
+                let expected = (&*agent == "each").then_some(2);
+                assert_eq!(items, expected, "{agent}");
+                started.insert(agent.to_string())
+            }
             EventKind::AgentCompleted { agent, .. } => completed.insert(agent.to_string()),
             EventKind::RunFinished { .. } => break,
             _ => false,

@@ -476,6 +476,7 @@ mod tests {
                 kind: EventKind::AgentStarted {
                     agent: Arc::from("a"),
                     attempt: 1,
+                    items: None,
                 },
             });
         }
@@ -551,11 +552,13 @@ mod tests {
         log.push(event(EventKind::AgentStarted {
             agent: named("work".into()),
             attempt: 1,
+            items: None,
         }));
         for i in 0..100_000 {
             log.push(event(EventKind::AgentStarted {
                 agent: named(format!("work[{i}]")),
                 attempt: 1,
+                items: None,
             }));
             log.push(event(EventKind::AgentCompleted {
                 agent: named(format!("work[{i}]")),

@@ -175,6 +175,7 @@ impl Scheduler<'_> {
         self.emit(|| EventKind::AgentStarted {
             agent: def.name.clone(),
             attempt: 1,
+            items: Some(len as u64),
         });
         self.advance(agent, now);
     }
@@ -324,6 +325,7 @@ impl Scheduler<'_> {
         self.emit(|| EventKind::AgentStarted {
             agent: name,
             attempt: 1,
+            items: None,
         });
     }
 

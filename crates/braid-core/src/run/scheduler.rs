@@ -512,6 +512,7 @@ impl<'p> Scheduler<'p> {
         self.emit(|| EventKind::AgentStarted {
             agent: def.name.clone(),
             attempt: 1,
+            items: None,
         });
     }
 
