@@ -603,3 +603,20 @@ agents:
         }
     }
 }
+
+/// A kind is handed its writes by name, `?` dropped: a `sleep` agent with
+/// an optional write writes the field itself.
+#[tokio::test]
+async fn kinds_see_optional_writes_by_their_names() {
+    let pipeline = load(
+        "pipeline: p
+agents:
+  a: { kind: sleep, writes: [maybe?] }
+  b: { kind: sleep, reads: [maybe], writes: [done] }
+",
+        &AgentKinds::standard(),
+    );
+    let report = run(&pipeline, json!({}), RunOptions::default()).await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(*report.state["maybe"], json!(true));
+}
