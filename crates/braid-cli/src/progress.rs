@@ -41,7 +41,28 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
         bar
     });
     let line = |agent: &str| lines.get(agent);
+    // Instances of `foreach` agents (`agent[i]`) count on their agent's line.
+    let mut items: HashMap<String, (u64, u64)> = HashMap::new();
     while let Some(event) = events.recv().await {
+        if let Some(agent) = event.kind.agent()
+            && let Some((parent, _)) = braid_core::report::split_instance(agent)
+        {
+            let (done, failed) = items.entry(parent.to_owned()).or_default();
+            match &event.kind {
+                EventKind::AgentCompleted { .. } => *done += 1,
+                EventKind::AgentFailed { .. } => *failed += 1,
+                _ => continue,
+            }
+            if let Some(bar) = line(parent) {
+                let failed = if *failed > 0 {
+                    format!(", {failed} failed")
+                } else {
+                    String::new()
+                };
+                bar.set_message(format!("running: {done} items done{failed}"));
+            }
+            continue;
+        }
         match &event.kind {
             EventKind::AgentStarted { agent, .. } => {
                 if let Some(bar) = line(agent) {

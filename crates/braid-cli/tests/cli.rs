@@ -144,6 +144,100 @@ fn the_polyglot_example_runs_python_and_shell_agents() {
 }
 
 #[test]
+fn the_fanout_example_summarises_each_document_in_order() {
+    let pipeline = examples().join("fanout/pipeline.yaml");
+    let (output, report) = run_json(&["--input", r#"{"folder": "docs"}"#], &pipeline);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    let summaries = report["state"]["summaries"].as_array().unwrap();
+    let names: Vec<&str> = summaries
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a-incident.txt", "b-capacity.txt", "c-costs.txt"]);
+    // The empty document failed its instance; `on_item_failure: skip` left null.
+    assert!(summaries[3].is_null());
+    let summarize = &report["agents"]["summarize"];
+    assert_eq!(summarize["status"], "completed");
+    assert_eq!(
+        summarize["items"],
+        serde_json::json!({"total": 4, "completed": 3, "failed": 1, "cancelled": 0, "pending": 0})
+    );
+    let empty = &summarize["instances"]["summarize[3]"];
+    assert_eq!(empty["status"], "failed");
+    assert!(
+        empty["error"]
+            .as_str()
+            .unwrap()
+            .contains("d-empty.txt is empty")
+    );
+    let text = report["state"]["report"].as_str().unwrap();
+    assert!(
+        text.contains("1. **a-incident.txt** (24 words): The checkout service returned errors"),
+        "{text}"
+    );
+
+    // --no-instances keeps the counts and drops the per-instance entries.
+    let (_, slim) = run_json(
+        &["--input", r#"{"folder": "docs"}"#, "--no-instances"],
+        &pipeline,
+    );
+    assert_eq!(slim["agents"]["summarize"]["items"]["total"], 4);
+    assert!(slim["agents"]["summarize"].get("instances").is_none());
+
+    // The table says how the instances went, and which one failed.
+    let output = braid()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--input", r#"{"folder": "docs"}"#])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("3 of 4 items completed, 1 failed"),
+        "{table}"
+    );
+    assert!(table.contains("summarize[3]"), "{table}");
+
+    let output = braid().arg("explain").arg(&pipeline).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(
+            "summarize: one instance per element of `docs` (as `doc`, 4 at a time, \
+             on_item_failure: skip, about 4 items)"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_router_example_runs_exactly_one_desk() {
+    let pipeline = examples().join("router/pipeline.yaml");
+    let (output, report) = run_json(
+        &[
+            "--input",
+            r#"{"request": "I was charged twice, please refund me"}"#,
+        ],
+        &pipeline,
+    );
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["agents"]["refund"]["status"], "completed");
+    assert_eq!(report["agents"]["tech"]["status"], "skipped");
+    assert_eq!(
+        report["state"]["answer"],
+        "Thanks for writing. A refund was opened (high priority)."
+    );
+    assert!(report["state"].get("tech_case").is_none());
+
+    let (_, report) = run_json(&["--input", r#"{"request": "the app crashes"}"#], &pipeline);
+    assert_eq!(report["agents"]["refund"]["status"], "skipped");
+    assert_eq!(report["agents"]["tech"]["status"], "completed");
+    assert_eq!(
+        report["state"]["answer"],
+        "Thanks for writing. A technician will look into it."
+    );
+}
+
+#[test]
 fn a_failing_command_agent_fails_the_run_with_its_exit_code_and_stderr() {
     let ws = Workspace::new(
         "pipeline: failing
@@ -518,9 +612,20 @@ fn bench_prints_one_json_object_per_scenario_with_the_peers_fields() {
             ],
         ),
     ];
-    // Then `persist`: SQLite only (no --postgres), 3 ways × 3 policies.
-    let (lines, persist) = lines.split_at(expected.len());
+    // Then `persist`: SQLite only (no --postgres), 3 ways × 3 policies,
+    // and `fanout` last.
+    let (lines, rest) = lines.split_at(expected.len());
+    let (persist, fanout) = rest.split_at(rest.len() - 1);
     assert_eq!(persist.len(), 9, "{persist:?}");
+    let fanout = &fanout[0];
+    assert_eq!(fanout["scenario"], "fanout");
+    assert_eq!(fanout["items"], 20);
+    for field in ["makespan_ms", "ideal_ms", "ratio", "noop_ms", "per_item_us"] {
+        assert!(
+            fanout[field].is_number(),
+            "fanout: `{field}` missing in {fanout}"
+        );
+    }
     for line in persist {
         assert_eq!(line["scenario"], "persist");
         assert_eq!(line["backend"], "sqlite");
@@ -1267,6 +1372,66 @@ agents:
         "{svg}"
     );
     assert!(!outlined("short"), "short is not on the critical path");
+}
+
+/// A `foreach` agent is one bar in the timeline, labelled with how many of
+/// its elements completed; its instances get no bars of their own.
+#[test]
+fn runs_show_draws_a_fanout_as_one_bar_with_its_progress() {
+    let ws = Workspace::new(
+        r#"pipeline: fanned
+agents:
+  plan: { kind: sleep, ms: 1, writes: [items], value: [10, 20, 30, 40] }
+  work:
+    kind: command
+    run: [sh, -c, 'if grep -q "\"item\":30"; then echo no thirty >&2; exit 1; fi; echo "{\"out\": 1}"']
+    foreach: items
+    on_item_failure: skip
+    reads: [item]
+    writes: [out]
+  join: { kind: sleep, ms: 1, reads: [out], writes: [done] }
+"#,
+    );
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    assert_eq!(report["agents"]["work"]["items"]["failed"], 1, "{report}");
+    let run_id = report["run_id"].as_str().unwrap().to_owned();
+    let svg_path = ws.path("timeline.svg");
+    let output = braid_in(&ws)
+        .args(["runs", "show", &run_id, "--timeline"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let bars: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains(r#"class="run""#))
+        .collect();
+    assert_eq!(bars.len(), 3, "plan, work and join only: {svg}");
+    assert!(
+        bars.iter()
+            .any(|l| l.contains(r#"data-agent="work" data-status="completed""#)),
+        "{svg}"
+    );
+    assert!(
+        svg.contains(r#"<tspan class="progress">3 of 4, 1 failed</tspan>"#),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("×4"),
+        "the fan-out's name carries its size: {svg}"
+    );
 }
 
 /// Built without the `otlp` feature (the default), an OTLP endpoint in the

@@ -56,6 +56,11 @@ pub(crate) fn own(
         "merge": merges,
         "after": strings(&spec.after),
         "when": spec.when.as_ref().map(|w| w.as_str()),
+        "foreach": spec.foreach.as_ref().map(|f| json!({
+            "field": f.as_str(),
+            "as": spec.item_as.as_ref().map(|a| a.as_str()),
+            "on_item_failure": spec.on_item_failure.as_ref().map(|o| o.as_str()),
+        })),
         "ms": spec.ms.as_ref().map(|ms| **ms),
         "value": spec.value.as_ref().map(|v| &v.value),
         "run": spec.run.as_deref().map(strings),

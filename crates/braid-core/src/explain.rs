@@ -25,8 +25,29 @@ pub struct ExplainedAgent {
     /// Its `when` condition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
-    /// Its expected duration in ms, when known.
+    /// Its expected duration in ms, when known (for a `foreach` agent: all
+    /// its instances, in waves of its `concurrency`; `None` without
+    /// `expected_items:`).
     pub expected_ms: Option<f64>,
+    /// How it fans out, for a `foreach` agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreach: Option<ExplainedForeach>,
+}
+
+/// A `foreach` agent's fan-out, as `explain` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedForeach {
+    /// The list field it fans out over.
+    pub field: String,
+    /// The element's name inside an instance.
+    #[serde(rename = "as")]
+    pub item: String,
+    /// Most instances in flight (`None`: the run's limit).
+    pub concurrency: Option<usize>,
+    /// `fail` or `skip`.
+    pub on_item_failure: &'static str,
+    /// The `expected_items:` hint.
+    pub expected_items: Option<u64>,
 }
 
 /// The most edges an [`Explanation`] lists (and DOT or Mermaid draws): a
@@ -65,11 +86,27 @@ impl Pipeline {
     /// The graph, stages, critical path and timing estimates.
     pub fn explain(&self) -> Explanation {
         let name = |a: AgentId| self.agents[a].name.to_string();
-        let durations: Vec<Option<f64>> = self
+        // (one at a time, as fast as allowed) per agent: a fan-out's
+        // instances one after another, or in waves of its concurrency.
+        let costs: Vec<Option<(f64, f64)>> = self
             .agents
             .iter()
-            .map(|a| a.expected_duration().map(|d| d.as_secs_f64() * 1e3))
+            .map(|a| {
+                let one = a.expected_duration()?.as_secs_f64() * 1e3;
+                match a.foreach.as_deref() {
+                    None => Some((one, one)),
+                    Some(f) => {
+                        let items = f.expected_items? as f64;
+                        let waves = match f.concurrency {
+                            Some(c) => (items / c as f64).ceil(),
+                            None => items.min(1.0),
+                        };
+                        Some((one * items, one * waves))
+                    }
+                }
+            })
             .collect();
+        let durations: Vec<Option<f64>> = costs.iter().map(|c| c.map(|(_, p)| p)).collect();
         let known = durations.iter().all(Option::is_some);
         let (path, total) = self.graph.critical_path(|a| {
             if known {
@@ -78,7 +115,7 @@ impl Pipeline {
                 1.0
             }
         });
-        let sequential_ms = known.then(|| durations.iter().flatten().sum::<f64>());
+        let sequential_ms = known.then(|| costs.iter().flatten().map(|(s, _)| s).sum::<f64>());
         let parallel_ms = known.then_some(total);
         let speedup = sequential_ms
             .zip(parallel_ms)
@@ -98,6 +135,13 @@ impl Pipeline {
                     writes: self.writes_of(i),
                     when: a.when.as_ref().map(|c| c.source().to_owned()),
                     expected_ms: durations[i],
+                    foreach: a.foreach.as_deref().map(|f| ExplainedForeach {
+                        field: self.field_name(f.field).to_owned(),
+                        item: f.item.to_string(),
+                        concurrency: f.concurrency,
+                        on_item_failure: f.on_item_failure.as_str(),
+                        expected_items: f.expected_items,
+                    }),
                 })
                 .collect(),
             edges: self
@@ -121,6 +165,25 @@ impl Pipeline {
     }
 }
 
+impl ExplainedForeach {
+    /// `one instance per element of docs (as doc, 16 at a time, on_item_failure: skip)`.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "one instance per element of `{}` (as `{}`",
+            self.field, self.item
+        );
+        if let Some(c) = self.concurrency {
+            let _ = write!(out, ", {c} at a time");
+        }
+        let _ = write!(out, ", on_item_failure: {}", self.on_item_failure);
+        if let Some(n) = self.expected_items {
+            let _ = write!(out, ", about {n} items");
+        }
+        out.push(')');
+        out
+    }
+}
+
 impl Explanation {
     fn on_critical_path(&self, from: &str, to: &str) -> bool {
         self.critical_path
@@ -141,6 +204,11 @@ impl Explanation {
         for (i, stage) in self.stages.iter().enumerate() {
             let _ = writeln!(out, "  stage {i}: {}", stage.join(", "));
         }
+        for a in &self.agents {
+            if let Some(f) = &a.foreach {
+                let _ = writeln!(out, "  {}: {}", a.name, f.describe());
+            }
+        }
         let _ = writeln!(out, "critical path: {}", self.critical_path.join(" -> "));
         match (self.sequential_ms, self.parallel_ms, self.speedup) {
             (Some(s), Some(p), speedup) => {
@@ -155,7 +223,8 @@ impl Explanation {
             _ => {
                 let _ = writeln!(
                     out,
-                    "estimated: unknown (give command agents an `expected:` duration)"
+                    "estimated: unknown (give command agents an `expected:` duration, \
+                     and foreach agents `expected_items:`)"
                 );
             }
         }
@@ -178,7 +247,10 @@ impl Explanation {
                 out,
                 "  {:?} [label={:?}{bold}];",
                 a.name,
-                format!("{}\n{}", a.name, a.kind)
+                match &a.foreach {
+                    Some(f) => format!("{}\n{}\nforeach {}", a.name, a.kind, f.field),
+                    None => format!("{}\n{}", a.name, a.kind),
+                }
             );
         }
         for [from, to] in &self.edges {
@@ -201,7 +273,22 @@ impl Explanation {
         let id = |name: &str| name.replace('-', "_");
         let mut out = String::from("flowchart LR\n");
         for a in &self.agents {
-            let _ = writeln!(out, "  {}[\"{} ({})\"]", id(&a.name), a.name, a.kind);
+            match &a.foreach {
+                // A double-edged box: one node standing for many instances.
+                Some(f) => {
+                    let _ = writeln!(
+                        out,
+                        "  {}[[\"{} ({}, foreach {})\"]]",
+                        id(&a.name),
+                        a.name,
+                        a.kind,
+                        f.field
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  {}[\"{} ({})\"]", id(&a.name), a.name, a.kind);
+                }
+            }
         }
         for [from, to] in &self.edges {
             let arrow = if self.on_critical_path(from, to) {

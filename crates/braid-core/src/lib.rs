@@ -413,6 +413,6 @@ pub use diagnostic::{Diagnostic, LoadError, Location};
 pub use input::{InputError, ValidInput};
 pub use kinds::{AgentConfig, AgentKind, AgentKinds};
 pub use limits::LoadLimits;
-pub use pipeline::{AgentDef, FailurePolicy, Pipeline, RetryPolicy};
-pub use report::{AgentReport, AgentStatus, RunReport, RunStatus, TokenUsage};
+pub use pipeline::{AgentDef, FailurePolicy, ItemFailure, Pipeline, RetryPolicy};
+pub use report::{AgentReport, AgentStatus, ItemCounts, RunReport, RunStatus, TokenUsage};
 pub use run::RunOptions;

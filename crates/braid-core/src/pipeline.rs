@@ -71,6 +71,49 @@ pub(crate) struct FieldWrite {
     pub(crate) field: FieldId,
     pub(crate) name: Arc<str>,
     pub(crate) merge: Option<MergeRule>,
+    /// Written as `name?`: the agent may leave it out.
+    pub(crate) optional: bool,
+}
+
+/// What a `foreach` agent's instances do when one of them fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ItemFailure {
+    /// The agent fails (instances still in flight are cancelled).
+    #[default]
+    Fail,
+    /// That element's result is `null`; the other instances go on and the
+    /// report lists the failures.
+    Skip,
+}
+
+impl ItemFailure {
+    /// The spelling in pipeline files (`on_item_failure:`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemFailure::Fail => "fail",
+            ItemFailure::Skip => "skip",
+        }
+    }
+}
+
+/// How a `foreach` agent fans out: one instance per element of a list
+/// field, each with the element (and its index) among its reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Foreach {
+    /// The list field.
+    pub(crate) field: FieldId,
+    /// The element's name inside an instance (`as:`, default `item`).
+    pub(crate) item: Arc<str>,
+    /// The element's index's name (`<as>_index`).
+    pub(crate) index: Arc<str>,
+    /// Whether the agent reads the element, and its index.
+    pub(crate) reads_item: bool,
+    pub(crate) reads_index: bool,
+    /// Most instances of this agent in flight (`concurrency:`).
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) on_item_failure: ItemFailure,
+    /// `expected_items:`, for `explain`'s estimate.
+    pub(crate) expected_items: Option<u64>,
 }
 
 /// An agent of a loaded pipeline.
@@ -89,6 +132,8 @@ pub struct AgentDef {
     pub(crate) location: Option<Location>,
     /// See [`AgentDef::definition_hash`].
     pub(crate) definition: Arc<str>,
+    /// Set for a `foreach` agent.
+    pub(crate) foreach: Option<Box<Foreach>>,
 }
 
 impl AgentDef {
@@ -137,6 +182,22 @@ impl AgentDef {
     /// agent's hash is still the same; see the `definition` module's docs.
     pub fn definition_hash(&self) -> &str {
         &self.definition
+    }
+
+    /// For a `foreach` agent: the list field it fans out over.
+    pub fn foreach_field<'p>(&self, pipeline: &'p Pipeline) -> Option<&'p str> {
+        self.foreach
+            .as_ref()
+            .map(|f| &*pipeline.fields[f.field].name)
+    }
+
+    /// For a `foreach` agent: the most instances in flight (`concurrency:`),
+    /// what a failed instance does (`on_item_failure:`) and the expected
+    /// number of elements (`expected_items:`).
+    pub fn foreach_settings(&self) -> Option<(Option<usize>, ItemFailure, Option<u64>)> {
+        self.foreach
+            .as_ref()
+            .map(|f| (f.concurrency, f.on_item_failure, f.expected_items))
     }
 }
 
@@ -289,11 +350,18 @@ impl Pipeline {
     }
 
     /// The names of the fields `agent` writes.
+    /// The names of the fields `agent` writes (optional ones end in `?`).
     pub fn writes_of(&self, agent: AgentId) -> Vec<String> {
         self.agents[agent]
             .writes
             .iter()
-            .map(|w| w.name.to_string())
+            .map(|w| {
+                if w.optional {
+                    format!("{}?", w.name)
+                } else {
+                    w.name.to_string()
+                }
+            })
             .collect()
     }
 

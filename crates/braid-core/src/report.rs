@@ -176,6 +176,48 @@ pub struct AgentReport {
     /// Model tokens it used (LLM agents).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tokens: Option<TokenUsage>,
+    /// For a `foreach` agent: how many instances it had, by status.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub items: Option<ItemCounts>,
+    /// For a `foreach` agent: each instance's report, keyed by its name
+    /// (`summarize[3]`), in element order. Left out by
+    /// [`RunReport::without_instances`].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub instances: Option<IndexMap<String, AgentReport>>,
+}
+
+impl AgentReport {
+    /// A report of an agent that has not run: `status`, nothing else.
+    pub fn new(status: AgentStatus) -> Self {
+        Self {
+            status,
+            start_ms: None,
+            duration_ms: None,
+            queue_ms: None,
+            attempts: 0,
+            error: None,
+            reason: None,
+            resumed: false,
+            tokens: None,
+            items: None,
+            instances: None,
+        }
+    }
+}
+
+/// How many instances of a `foreach` agent ended each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemCounts {
+    /// Elements of the list (instances in all).
+    pub total: u64,
+    /// Instances that completed.
+    pub completed: u64,
+    /// Instances that failed.
+    pub failed: u64,
+    /// Instances cancelled, in flight or before they started.
+    pub cancelled: u64,
+    /// Instances that had not ended when the report was made.
+    pub pending: u64,
 }
 
 /// The outcome of a run: status, timings, and the final state.
@@ -199,6 +241,78 @@ pub struct RunReport {
     /// Model tokens all agents used, when any did.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tokens: Option<TokenUsage>,
+}
+
+/// The agent and element index an instance's name stands for: `work[3]`
+/// is element 3 of the `foreach` agent `work`. `None` for other names.
+///
+/// ```
+/// assert_eq!(braid_core::report::split_instance("work[3]"), Some(("work", 3)));
+/// assert_eq!(braid_core::report::split_instance("work"), None);
+/// ```
+pub fn split_instance(name: &str) -> Option<(&str, usize)> {
+    let (agent, index) = name.strip_suffix(']')?.rsplit_once('[')?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((agent, index.parse().ok()?))
+}
+
+/// Nests the reports of `foreach` instances (`work[3]`) under their agent's
+/// `instances`, in element order, and counts them in its `items` (for
+/// reports rebuilt from stored records, which keep one record a member).
+pub fn nest_instances(
+    members: impl IntoIterator<Item = (String, AgentReport)>,
+) -> IndexMap<String, AgentReport> {
+    let mut agents: IndexMap<String, AgentReport> = IndexMap::new();
+    let mut instances: Vec<(String, usize, String, AgentReport)> = Vec::new();
+    for (name, report) in members {
+        match split_instance(&name) {
+            Some((agent, i)) => instances.push((agent.to_owned(), i, name, report)),
+            None => {
+                agents.insert(name, report);
+            }
+        }
+    }
+    instances.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for (agent, _, name, report) in instances {
+        let Some(parent) = agents.get_mut(&agent) else {
+            agents.insert(name, report);
+            continue;
+        };
+        let counts = parent.items.get_or_insert_with(ItemCounts::default);
+        if parent.instances.is_none() {
+            *counts = ItemCounts {
+                total: counts.total,
+                ..ItemCounts::default()
+            };
+        }
+        match report.status {
+            AgentStatus::Completed => counts.completed += 1,
+            AgentStatus::Failed => counts.failed += 1,
+            AgentStatus::Cancelled | AgentStatus::Skipped => counts.cancelled += 1,
+            AgentStatus::Pending | AgentStatus::Running => counts.pending += 1,
+        }
+        counts.total = counts
+            .total
+            .max(counts.completed + counts.failed + counts.cancelled + counts.pending);
+        parent
+            .instances
+            .get_or_insert_with(IndexMap::new)
+            .insert(name, report);
+    }
+    agents
+}
+
+impl RunReport {
+    /// Drops every `foreach` agent's per-instance entries, keeping their
+    /// counts: a fan-out over many elements then reports in a few lines.
+    pub fn without_instances(mut self) -> Self {
+        for agent in self.agents.values_mut() {
+            agent.instances = None;
+        }
+        self
+    }
 }
 
 #[cfg(test)]

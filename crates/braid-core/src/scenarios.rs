@@ -65,3 +65,19 @@ pub fn deep_yaml(n: usize) -> String {
     }
     out
 }
+
+/// plan → one `work` instance per element of a list of `n` → join: the
+/// `fanout` scenario. Each instance sleeps `l` ms; plan and join are no-ops.
+pub fn fanout_yaml(n: usize, l: f64) -> String {
+    let ms = l.round() as u64;
+    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!(
+        "pipeline: fanout
+agents:
+  plan: {{ kind: sleep, writes: [items], value: [{}] }}
+  work: {{ kind: sleep, ms: {ms}, foreach: items, as: item, reads: [item], writes: [results] }}
+  join: {{ kind: sleep, reads: [results], writes: [done] }}
+",
+        items.join(", ")
+    )
+}

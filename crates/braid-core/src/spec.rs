@@ -79,6 +79,13 @@ pub(crate) struct AgentSpec {
     pub(crate) retries: Option<marked_yaml::Spanned<u32>>,
     pub(crate) backoff: Option<marked_yaml::Spanned<String>>,
     pub(crate) expected: Option<marked_yaml::Spanned<String>>,
+    // fan-out
+    pub(crate) foreach: Option<marked_yaml::Spanned<String>>,
+    #[serde(rename = "as")]
+    pub(crate) item_as: Option<marked_yaml::Spanned<String>>,
+    pub(crate) concurrency: Option<marked_yaml::Spanned<u64>>,
+    pub(crate) on_item_failure: Option<marked_yaml::Spanned<String>>,
+    pub(crate) expected_items: Option<marked_yaml::Spanned<u64>>,
     // kind: sleep
     pub(crate) ms: Option<marked_yaml::Spanned<u64>>,
     /// Filled from the raw node (any JSON), not by serde.
@@ -106,6 +113,11 @@ pub(crate) const COMMON_AGENT_KEYS: &[&str] = &[
     "retries",
     "backoff",
     "expected",
+    "foreach",
+    "as",
+    "concurrency",
+    "on_item_failure",
+    "expected_items",
 ];
 /// Keys of the `sleep` and `command` kinds: typed here whatever the
 /// agent's kind, and refused on agents of other kinds.

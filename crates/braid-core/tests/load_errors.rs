@@ -380,3 +380,141 @@ fn pipeline_names_are_url_safe() {
     let (line, _) = find(&diagnostics, &["a pipeline's name must be letters, digits"]);
     assert_eq!(line, 1);
 }
+
+#[test]
+fn foreach_mistakes_name_the_agent_the_key_and_the_place() {
+    let diagnostics = errors(
+        "pipeline: fanout
+inputs: { docs: { type: array }, doc: { type: string } }
+fields: { merged: { merge: append } }
+agents:
+  plan:  { kind: sleep, writes: [merged] }
+  typo:  { kind: sleep, foreach: docss, reads: [item], writes: [a] }
+  clash: { kind: sleep, foreach: docs, as: doc, reads: [doc], writes: [b] }
+  merge: { kind: sleep, foreach: docs, reads: [item], writes: [merged] }
+  zero:  { kind: sleep, foreach: docs, concurrency: 0, on_item_failure: maybe, writes: [c] }
+  lone:  { kind: sleep, as: x, expected_items: 3, writes: [d] }
+  self:  { kind: sleep, foreach: e, writes: [e] }
+",
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `typo`",
+                "`foreach: docss`",
+                "no agent writes",
+                "did you mean `docs`"
+            ]
+        ),
+        (6, 34)
+    );
+    assert!(
+        !diagnostics
+            .iter()
+            .any(|d| d.message.contains("reads `item`")),
+        "the element of an unresolved foreach is still local: {diagnostics:#?}"
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `clash`",
+                "`doc` is the element",
+                "a run input",
+                "choose another `as`"
+            ]
+        ),
+        (7, 44)
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `merge` writes `merged`",
+                "merge rule (`append`)",
+                "foreach"
+            ]
+        ),
+        (8, 64)
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["agent `zero`", "`concurrency` must be at least 1"]
+        ),
+        (9, 53)
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `zero`",
+                "`on_item_failure` must be `fail` or `skip`, found `maybe`"
+            ]
+        ),
+        (9, 73)
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["agent `lone`", "`as` applies only to a `foreach` agent"]
+        ),
+        (10, 29)
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `lone`",
+                "`expected_items` applies only to a `foreach` agent"
+            ]
+        ),
+        (10, 48)
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `self`",
+                "`foreach: e` names a field only this agent writes"
+            ]
+        ),
+        (11, 34)
+    );
+}
+
+#[test]
+fn an_optional_write_is_still_a_field_name() {
+    let diagnostics = errors(
+        "pipeline: p
+agents:
+  a: { kind: sleep, writes: [ok?, not-a-field?] }
+",
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["agent `a` writes `not-a-field`", "optional write"]
+        ),
+        (3, 35)
+    );
+}
+
+#[test]
+fn a_foreach_cycle_says_which_step_fans_out() {
+    let diagnostics = errors(
+        "pipeline: p
+agents:
+  a: { kind: sleep, reads: [y], writes: [x] }
+  b: { kind: sleep, foreach: x, writes: [y] }
+",
+    );
+    find(
+        &diagnostics,
+        &[
+            "dependency cycle: a -> b -> a",
+            "b fans out over `x` written by a",
+        ],
+    );
+}

@@ -889,6 +889,8 @@ impl Store {
                 reason: a.try_get("reason")?,
                 resumed: false,
                 tokens: None,
+                items: None,
+                instances: None,
             };
             let writes = if status == AgentStatus::Completed {
                 deltas.shift_remove(&agent).unwrap_or_default()

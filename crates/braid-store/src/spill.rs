@@ -115,6 +115,8 @@ impl SpilledAgent {
                 reason: r.reason,
                 resumed: false,
                 tokens: None,
+                items: None,
+                instances: None,
             },
             writes: self
                 .writes

@@ -10,6 +10,10 @@
 //! - `wide`: 1 → N no-op agents → join.
 //! - `deep`: a chain of N no-op agents.
 //! - `many`: C concurrent seed runs with L-ms agents (throughput, peak memory).
+//! - `fanout`: plan → one `work` instance per element of a list of N → join;
+//!   per-item cost with no-op items, and makespan / L with L-ms items.
+//! - `fanout-large`: one run fanning out over 100,000 no-op items (makespan
+//!   and the process's peak RSS; run it alone for a meaningful peak).
 //! - `persist`: the `overhead` runs with checkpoints (`none`, `end`, `agent`)
 //!   to SQLite (a fresh file) and, with `--postgres URL`, PostgreSQL: one
 //!   run at a time waiting for its commit (`wait_each`, as `braid run`
@@ -34,6 +38,7 @@ pub(crate) struct BenchArgs {
     /// Which scenario to run.
     #[arg(long, default_value = "all", value_parser = [
         "all", "seed", "sequential", "skewed", "overhead", "wide", "deep", "many", "persist",
+        "fanout", "fanout-large",
     ])]
     scenario: String,
     /// L: how long each agent's simulated I/O takes, in ms.
@@ -42,7 +47,7 @@ pub(crate) struct BenchArgs {
     /// R: runs one after another in `overhead`.
     #[arg(long, default_value_t = 200)]
     runs: usize,
-    /// N: agents in `wide` and `deep`.
+    /// N: agents in `wide` and `deep`, items in `fanout`.
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
     /// C: concurrent runs in `many`.
@@ -65,9 +70,10 @@ const SCENARIOS: &[&str] = &[
     "deep",
     "many",
     "persist",
+    "fanout",
 ];
 
-use braid_core::scenarios::{deep_yaml, seed_yaml, skewed_yaml, wide_yaml};
+use braid_core::scenarios::{deep_yaml, fanout_yaml, seed_yaml, skewed_yaml, wide_yaml};
 
 fn load(yaml: &str) -> anyhow::Result<Arc<Pipeline>> {
     Ok(Arc::new(
@@ -76,6 +82,14 @@ fn load(yaml: &str) -> anyhow::Result<Arc<Pipeline>> {
 }
 
 /// Runs once and returns the makespan in ms (the run must complete).
+/// Wall-clock time of one whole run, report included (what the peer script
+/// times around `ainvoke`): for fan-outs, whose report lists every instance.
+async fn wall_ms(pipeline: &Pipeline) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    makespan(pipeline, false).await?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
 async fn makespan(pipeline: &Pipeline, sequential: bool) -> anyhow::Result<f64> {
     let input = pipeline.check_input(&Value::Null)?;
     let report = pipeline
@@ -294,6 +308,25 @@ async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
             json!({"scenario": name, "concurrent": c, "makespan_ms": ms, "ideal_ms": ideal,
                    "ratio": ms / ideal, "cold_ratio": cold / ideal,
                    "runs_per_s": c as f64 / ms * 1e3, "peak_rss_mb": peak_rss_mb()})
+        }
+        "fanout" => {
+            let n = a.nodes.max(1);
+            let noop = load(&fanout_yaml(n, 0.0))?;
+            let Measured {
+                median: noop_ms, ..
+            } = measure(a.repeat, || wall_ms(&noop)).await?;
+            let slow = load(&fanout_yaml(n, l))?;
+            let Measured { median, min, .. } = measure(a.repeat, || wall_ms(&slow)).await?;
+            json!({"scenario": name, "items": n, "makespan_ms": median, "min_ms": min, "ideal_ms": l,
+                   "ratio": median / l, "noop_ms": noop_ms, "per_item_us": noop_ms * 1e3 / n as f64})
+        }
+        "fanout-large" => {
+            let n = 100_000;
+            let pipeline = load(&fanout_yaml(n, 0.0))?;
+            let Measured { median, min, .. } =
+                measure(a.repeat.min(3), || wall_ms(&pipeline)).await?;
+            json!({"scenario": name, "items": n, "makespan_ms": median, "min_ms": min,
+                   "per_item_us": median * 1e3 / n as f64, "peak_rss_mb": peak_rss_mb()})
         }
         other => anyhow::bail!(
             "unknown scenario `{other}`; expected `all` or one of: {}",

@@ -56,6 +56,11 @@ pub(crate) struct DisplayArgs {
     /// a per-agent timeline, as Markdown, to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Leave each `foreach` agent's per-instance entries out of the report
+    /// (its counts by status stay): a fan-out over many elements then
+    /// reports in a few lines.
+    #[arg(long)]
+    pub(crate) no_instances: bool,
 }
 
 /// Where runs are stored, and the connection pool's limits.
@@ -270,7 +275,10 @@ pub(crate) async fn execute(
     };
     options.cancel = cancel;
     options.checkpointer = store.map(Store::checkpointer);
-    let report = pipeline.run(input, options).await;
+    let mut report = pipeline.run(input, options).await;
+    if display.no_instances {
+        report = report.without_instances();
+    }
     // A signal from now on stops the saving, not the (finished) run.
     canceller.abort();
     if let Some(progress) = progress {
@@ -454,6 +462,48 @@ fn markdown(report: &RunReport, output: Option<&str>) -> String {
     text
 }
 
+/// The first few failed instances of a `foreach` agent, under its row.
+fn print_failed_instances(
+    out: &mut impl Write,
+    agent: &braid_core::AgentReport,
+    width: usize,
+) -> std::io::Result<()> {
+    const SHOWN: usize = 5;
+    let Some(instances) = &agent.instances else {
+        return Ok(());
+    };
+    let failed: Vec<_> = instances
+        .iter()
+        .filter(|(_, r)| r.status == braid_core::AgentStatus::Failed)
+        .collect();
+    for (name, r) in failed.iter().take(SHOWN) {
+        let error = r
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("");
+        writeln!(
+            out,
+            "  {name:<w$}  {:<9}  {:>10}  {:>10}  {:>8}  {error}",
+            r.status.to_string(),
+            fmt_ms(r.start_ms),
+            fmt_ms(r.duration_ms),
+            r.attempts,
+            w = width.saturating_sub(2),
+        )?;
+    }
+    if failed.len() > SHOWN {
+        writeln!(
+            out,
+            "  … and {} more failed instances",
+            failed.len() - SHOWN
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn print_table(
     out: &mut impl Write,
     report: &RunReport,
@@ -489,6 +539,24 @@ pub(crate) fn print_table(
             .lines()
             .next()
             .unwrap_or("");
+        let items = agent.items.map(|c| {
+            let mut counts = format!("{} of {} items completed", c.completed, c.total);
+            for (n, what) in [
+                (c.failed, "failed"),
+                (c.cancelled, "cancelled"),
+                (c.pending, "pending"),
+            ] {
+                if n > 0 {
+                    counts.push_str(&format!(", {n} {what}"));
+                }
+            }
+            counts
+        });
+        let note = match (items, note) {
+            (Some(items), "") => items,
+            (Some(items), note) => format!("{items}; {note}"),
+            (None, note) => note.to_owned(),
+        };
         writeln!(
             out,
             "{name:<width$}  {:<9}  {:>10}  {:>10}  {:>8}  {note}",
@@ -497,6 +565,7 @@ pub(crate) fn print_table(
             fmt_ms(agent.duration_ms),
             agent.attempts,
         )?;
+        print_failed_instances(out, agent, width)?;
     }
     writeln!(out)?;
     // The field the pipeline names as its result, or the whole state.

@@ -210,11 +210,15 @@ async fn show(
     if let Some(path) = timeline {
         let pipeline = same_pipeline(&run).ok();
         // In the pipeline's order when it is at hand, else by start.
-        let mut agents: Vec<(String, AgentReport)> = run
-            .agents
-            .iter()
-            .map(|a| (a.agent.to_string(), a.report.clone()))
-            .collect();
+        // A `foreach` agent is one bar labelled with its progress: its
+        // instances are nested (and counted) under it, not drawn apart.
+        let mut agents: Vec<(String, AgentReport)> = braid_core::report::nest_instances(
+            run.agents
+                .iter()
+                .map(|a| (a.agent.to_string(), a.report.clone())),
+        )
+        .into_iter()
+        .collect();
         if let Some(p) = &pipeline {
             agents.sort_by_key(|(name, _)| p.agent_names().position(|n| n == name));
         }
@@ -224,8 +228,11 @@ async fn show(
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let (state, note) = state_of(&run);
-    let agents: IndexMap<&str, &AgentReport> =
-        run.agents.iter().map(|a| (&*a.agent, &a.report)).collect();
+    let agents: IndexMap<String, AgentReport> = braid_core::report::nest_instances(
+        run.agents
+            .iter()
+            .map(|a| (a.agent.to_string(), a.report.clone())),
+    );
     write_out(|out| match output {
         Output::Json => {
             let mut value = serde_json::to_value(&run)?;

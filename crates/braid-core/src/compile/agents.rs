@@ -62,7 +62,8 @@ impl Compiler<'_> {
             (draft.name, draft.spec, draft.at.clone())
         };
         let who = format!("agent `{name}`");
-        let reads = self.reads(id, &who);
+        let mut foreach = self.foreach(id, &who);
+        let reads = self.reads(id, &who, foreach.as_deref_mut());
         let (when, condition_fields) = self.condition(id, &who, conditions);
         self.after(id, &who);
         let (policy, expected) = self.policy(agent, &who, defaults);
@@ -87,6 +88,7 @@ impl Compiler<'_> {
                 expected,
                 location: at,
                 definition: Arc::from(""),
+                foreach,
             });
         }
         Ok(())
@@ -161,7 +163,13 @@ impl Compiler<'_> {
             settings: &settings,
             dir: self.dir,
             reads: agent.reads.iter().map(|r| r.to_string()).collect(),
-            writes: agent.writes.iter().map(|w| w.to_string()).collect(),
+            // Names only: whether a write is optional is the scheduler's
+            // business (an agent may leave `name?` out).
+            writes: agent
+                .writes
+                .iter()
+                .map(|w| w.strip_suffix('?').unwrap_or(w.as_str()).to_owned())
+                .collect(),
         };
         match kind.build(&config, self.kinds) {
             Ok(built) => Some(built),

@@ -10,12 +10,28 @@ use super::{Compiler, Draft, Stop, suggestion};
 use crate::condition::{Condition, ConditionError};
 use crate::diagnostic::Diagnostic;
 use crate::graph::{AgentId, DependencyGraph};
-use crate::pipeline::{FieldId, MAX_DEPENDENCIES, Read};
+use crate::pipeline::{FieldId, Foreach, MAX_DEPENDENCIES, Read};
 
 impl Compiler<'_> {
-    /// Agent `id`'s reads, resolved, with an edge from each writer.
-    pub(super) fn reads(&mut self, id: AgentId, who: &str) -> Vec<Read> {
+    /// Agent `id`'s reads, resolved, with an edge from each writer. A
+    /// `foreach` agent's element and index are local to each instance: no
+    /// field, no edge (`foreach` records that they are read).
+    pub(super) fn reads(
+        &mut self,
+        id: AgentId,
+        who: &str,
+        mut foreach: Option<&mut Foreach>,
+    ) -> Vec<Read> {
         let agent = self.drafts[id].spec;
+        // The element's names, even when `foreach` itself did not resolve
+        // (that was reported; reads of them are not errors of their own).
+        let locals = agent.foreach.as_ref().map(|_| {
+            let item = agent
+                .item_as
+                .as_ref()
+                .map_or(super::foreach::DEFAULT_ITEM, |s| s.as_str());
+            (item, format!("{item}_index"))
+        });
         let mut reads = Vec::new();
         let mut read_names = HashSet::new();
         for r in &agent.reads {
@@ -30,6 +46,15 @@ impl Compiler<'_> {
             }
             if !read_names.insert(field) {
                 self.error(at, format!("{who} lists `{field}` twice in `reads`"));
+                continue;
+            }
+            if let Some((item, index)) = &locals
+                && (field == *item || field == index)
+            {
+                if let Some(foreach) = foreach.as_deref_mut() {
+                    foreach.reads_item |= field == *item;
+                    foreach.reads_index |= field == index;
+                }
                 continue;
             }
             match self.field_ids.get(field) {
@@ -229,7 +254,7 @@ impl Compiler<'_> {
 
     /// Adds an edge from every writer of `field` to `to` (except `to`
     /// itself), up to [`MAX_DEPENDENCIES`] edges in all.
-    fn add_edges(&mut self, to: AgentId, field: FieldId) {
+    pub(super) fn add_edges(&mut self, to: AgentId, field: FieldId) {
         for &from in &self.fields[field].writers {
             if self.edges.len() >= MAX_DEPENDENCIES {
                 return;
@@ -241,7 +266,7 @@ impl Compiler<'_> {
     }
 
     /// ` (did you mean …?)` for a field no one declares.
-    fn field_suggestion(&self, field: &str) -> String {
+    pub(super) fn field_suggestion(&self, field: &str) -> String {
         suggestion(
             field,
             self.field_ids.keys().map(String::as_str),

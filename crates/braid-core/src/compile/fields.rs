@@ -62,10 +62,11 @@ impl Compiler<'_> {
             self.budget("resolving writes")?;
             let mut seen = HashSet::new();
             for w in &spec.writes {
-                let field = w.as_str();
+                // `name?`: an optional write, which the agent may leave out.
+                let field = w.strip_suffix('?').unwrap_or(w.as_str());
                 let at = self.source.at(w.span());
                 if !is_identifier(field) {
-                    self.error(at, format!("agent `{name}` writes `{field}`: field names must be letters, digits and `_`, starting with a letter or `_`"));
+                    self.error(at, format!("agent `{name}` writes `{field}`: field names must be letters, digits and `_`, starting with a letter or `_` (mark an optional write with a trailing `?`)"));
                     continue;
                 }
                 if !seen.insert(field) {
@@ -129,12 +130,19 @@ impl Compiler<'_> {
         agent
             .writes
             .iter()
-            .filter_map(|w| self.field_ids.get(w.as_str()).copied())
-            .filter(|&f| self.fields[f].input.is_none())
-            .map(|f| FieldWrite {
+            .filter_map(|w| {
+                let (name, optional) = match w.strip_suffix('?') {
+                    Some(name) => (name, true),
+                    None => (w.as_str(), false),
+                };
+                Some((self.field_ids.get(name).copied()?, optional))
+            })
+            .filter(|&(f, _)| self.fields[f].input.is_none())
+            .map(|(f, optional)| FieldWrite {
                 field: f,
                 name: self.fields[f].name.clone(),
                 merge: self.fields[f].merge,
+                optional,
             })
             .collect()
     }

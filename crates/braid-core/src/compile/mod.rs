@@ -22,6 +22,7 @@
 mod agents;
 mod edges;
 mod fields;
+mod foreach;
 mod load;
 mod races;
 

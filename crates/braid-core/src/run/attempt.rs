@@ -14,9 +14,17 @@ use crate::event::EventKind;
 use crate::graph::AgentId;
 use crate::pipeline::{FieldId, FieldWrite, RetryPolicy};
 
+/// Who a task runs for: an agent, or one instance of a `foreach` agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Member {
+    pub(super) agent: AgentId,
+    /// The element's index, for an instance of a `foreach` agent.
+    pub(super) item: Option<usize>,
+}
+
 /// What an agent's task hands back.
 pub(super) struct Finished {
-    pub(super) agent: AgentId,
+    pub(super) member: Member,
     pub(super) attempts: u32,
     pub(super) finished: Instant,
     pub(super) result: Result<Vec<(FieldId, Arc<Value>)>, AgentError>,
@@ -28,7 +36,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// Runs an agent's attempts: timeout per attempt, retries with exponential
 /// backoff and jitter, and the output checked against its declared writes.
 pub(super) async fn attempt_loop(
-    agent: AgentId,
+    member: Member,
     runner: Arc<dyn Agent>,
     mut input: AgentInput,
     policy: RetryPolicy,
@@ -81,7 +89,7 @@ pub(super) async fn attempt_loop(
             }
             result => {
                 return Finished {
-                    agent,
+                    member,
                     attempts: attempt,
                     finished: Instant::now(),
                     result,
@@ -92,7 +100,7 @@ pub(super) async fn attempt_loop(
 }
 
 /// Checks an agent's output against its declared writes: an object with
-/// exactly those fields, each nested at most `max_depth` deep and
+/// those fields (optional ones, `name?`, may be left out), each nested at most `max_depth` deep and
 /// acceptable to its field's merge rule.
 fn check_writes(
     mut out: Writes,
@@ -134,6 +142,7 @@ fn check_writes(
                 }
                 values.push((write.field, Arc::new(value)));
             }
+            None if write.optional => {}
             None => missing.push(format!("`{}`", write.name)),
         }
     }

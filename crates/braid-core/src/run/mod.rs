@@ -35,6 +35,7 @@ pub use crate::input::{InputError, ValidInput};
 pub use crate::report::{AgentReport, AgentStatus, RunReport, RunStatus};
 
 mod attempt;
+mod fanout;
 mod outcome;
 mod scheduler;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::attempt::Finished;
+use super::attempt::{Finished, Member};
 use super::ms;
 use super::scheduler::Scheduler;
 use crate::checkpoint::{AgentRecord, CheckpointPolicy, FieldValue};
@@ -89,7 +89,7 @@ impl Scheduler<'_> {
     /// completed or skipped agent (or of a failed one under
     /// `on_failure: continue`) are readied; a failure under
     /// `on_failure: fail` stops the run.
-    fn conclude(&mut self, agent: AgentId, outcome: Outcome, now: Instant) {
+    pub(super) fn conclude(&mut self, agent: AgentId, outcome: Outcome, now: Instant) {
         let failed = match &outcome {
             Outcome::Failed(error) => Some(error.clone()),
             _ => None,
@@ -116,51 +116,63 @@ impl Scheduler<'_> {
 
     /// Takes a task the loop joined.
     pub(super) fn finish(&mut self, joined: Joined) {
-        if let Some((agent, outcome, now)) = self.joined(joined) {
-            self.conclude(agent, outcome, now);
+        if let Some((member, outcome, attempts, now)) = self.joined(joined) {
+            match member.item {
+                None => self.conclude(member.agent, outcome, now),
+                Some(_) => self.item_finished(member, outcome, attempts, now, true),
+            }
         }
     }
 
-    /// What a joined task says: its agent, outcome and end. A task aborted
-    /// in flight is marked cancelled here (and gives `None`), as is one the
-    /// scheduler does not know.
-    fn joined(&mut self, joined: Joined) -> Option<(AgentId, Outcome, Instant)> {
+    /// What a joined task says: who it ran for, its outcome, attempts and
+    /// end. A task aborted in flight is marked cancelled here (and gives
+    /// `None`), as is one the scheduler does not know.
+    fn joined(&mut self, joined: Joined) -> Option<(Member, Outcome, u32, Instant)> {
         match joined {
             Ok((id, done)) => {
                 self.task_agent.remove(&id);
-                self.progress[done.agent].attempts = done.attempts;
+                if done.member.item.is_none() {
+                    self.progress[done.member.agent].attempts = done.attempts;
+                }
                 let outcome = match done.result {
                     Ok(writes) => Outcome::Completed(writes),
                     Err(error) => Outcome::Failed(error.to_string()),
                 };
-                Some((done.agent, outcome, done.finished))
+                Some((done.member, outcome, done.attempts, done.finished))
             }
             Err(error) => {
-                let agent = self.task_agent.remove(&error.id())?;
+                let member = self.task_agent.remove(&error.id())?;
                 let now = Instant::now();
                 if error.is_cancelled() {
-                    self.cancelled(agent, now);
+                    self.cancelled(member, now);
                     None
                 } else {
-                    let progress = &mut self.progress[agent];
-                    progress.attempts = progress.attempts.max(1);
                     let why = format!("the agent panicked: {error}");
-                    Some((agent, Outcome::Failed(why), now))
+                    if member.item.is_none() {
+                        let progress = &mut self.progress[member.agent];
+                        progress.attempts = progress.attempts.max(1);
+                    }
+                    Some((member, Outcome::Failed(why), 1, now))
                 }
             }
         }
     }
 
-    fn cancelled(&mut self, agent: AgentId, now: Instant) {
-        let reason = self.stop.as_ref().map(|(_, why)| why.clone());
-        let progress = &mut self.progress[agent];
+    fn cancelled(&mut self, member: Member, now: Instant) {
+        let reason = self
+            .stop
+            .as_ref()
+            .map(|(_, why)| why.clone())
+            .or_else(|| self.progress[member.agent].error.clone())
+            .unwrap_or_else(|| "the run stopped".to_owned());
+        if member.item.is_some() {
+            return self.item_cancelled(member, now, &reason);
+        }
+        let progress = &mut self.progress[member.agent];
         progress.status = AgentStatus::Cancelled;
         progress.finished = Some(now);
         progress.attempts = progress.attempts.max(1);
-        progress.error = Some(format!(
-            "cancelled in flight: {}",
-            reason.unwrap_or_else(|| "the run stopped".to_owned())
-        ));
+        progress.error = Some(format!("cancelled in flight: {reason}"));
     }
 
     /// Aborts what is still in flight and records what finished meanwhile
@@ -169,11 +181,15 @@ impl Scheduler<'_> {
     pub(super) async fn wind_down(&mut self) {
         self.tasks.abort_all();
         while let Some(joined) = self.tasks.join_next_with_id().await {
-            if let Some((agent, outcome, now)) = self.joined(joined) {
-                self.record(agent, outcome, now);
+            if let Some((member, outcome, attempts, now)) = self.joined(joined) {
+                match member.item {
+                    None => self.record(member.agent, outcome, now),
+                    Some(_) => self.item_finished(member, outcome, attempts, now, false),
+                }
             }
         }
         let why = self.stop.as_ref().map(|(_, why)| why.clone());
+        self.cancel_fanouts(why.as_deref().unwrap_or("the run stopped"), Instant::now());
         for progress in &mut self.progress {
             if progress.status == AgentStatus::Pending {
                 progress.status = AgentStatus::Cancelled;
@@ -192,7 +208,7 @@ impl Scheduler<'_> {
             return (**earlier).clone();
         }
         let start = self.start;
-        AgentReport {
+        let mut report = AgentReport {
             status: progress.status,
             start_ms: progress.started.map(|s| ms(s - start)),
             duration_ms: progress
@@ -208,7 +224,11 @@ impl Scheduler<'_> {
             reason: progress.reason.clone(),
             resumed: false,
             tokens: progress.usage.usage(),
-        }
+            items: None,
+            instances: None,
+        };
+        self.fanout_report(agent, &mut report);
+        report
     }
 
     /// Hands an agent's outcome to the checkpointer (policy `agent`), or

@@ -11,7 +11,8 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::attempt::{Finished, attempt_loop};
+use super::attempt::{Finished, Member, attempt_loop};
+use super::fanout::Fanout;
 use super::{RunOptions, ms};
 use crate::agent::{AgentInput, Reads};
 use crate::checkpoint::{
@@ -25,7 +26,7 @@ use crate::report::{AgentReport, AgentStatus, RunReport, RunStatus};
 use crate::state::RunState;
 
 /// One agent's bookkeeping during a run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct AgentProgress {
     pub(super) status: AgentStatus,
     pub(super) missing: usize,
@@ -42,6 +43,8 @@ pub(super) struct AgentProgress {
     pub(super) queued: bool,
     /// Tokens its calls used.
     pub(super) usage: Arc<crate::agent::TokenCounter>,
+    /// A `foreach` agent's instances, once its list is known.
+    pub(super) fanout: Option<Box<Fanout>>,
 }
 
 /// One run in progress: everything the loop owns.
@@ -54,7 +57,10 @@ pub(super) struct Scheduler<'p> {
     /// Ready agents, earliest in topological order first.
     pub(super) ready: BinaryHeap<Reverse<(usize, AgentId)>>,
     pub(super) tasks: JoinSet<Finished>,
-    pub(super) task_agent: HashMap<tokio::task::Id, AgentId>,
+    pub(super) task_agent: HashMap<tokio::task::Id, Member>,
+    /// Instances of `foreach` agents an earlier attempt completed, by
+    /// agent and element, until the fan-out starts (resume).
+    pub(super) resumed_items: HashMap<AgentId, HashMap<usize, AgentRecord>>,
     pub(super) start: Instant,
     /// Set when the run must stop: its status and why.
     pub(super) stop: Option<(RunStatus, String)>,
@@ -106,6 +112,7 @@ impl<'p> Scheduler<'p> {
                 resumed: None,
                 queued: false,
                 usage: Arc::default(),
+                fanout: None,
             })
             .collect();
         let policy = options
@@ -156,6 +163,7 @@ impl<'p> Scheduler<'p> {
             ready: BinaryHeap::new(),
             tasks: JoinSet::new(),
             task_agent: HashMap::new(),
+            resumed_items: HashMap::new(),
             start: Instant::now(),
             stop: foreign.map(|why| (RunStatus::Failed, why)),
             any_failed: false,
@@ -183,34 +191,52 @@ impl<'p> Scheduler<'p> {
     /// and every agent it depends on is reused too (see [`ResumePoint`]).
     pub(super) fn resume(&mut self, point: ResumePoint, check_definitions: bool) {
         let pipeline = self.pipeline;
+        let ids: HashMap<&str, AgentId> = pipeline
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(id, a)| (&*a.name, id))
+            .collect();
         let mut by_agent: Vec<Option<AgentRecord>> = vec![None; pipeline.agents.len()];
+        let mut items: HashMap<AgentId, HashMap<usize, AgentRecord>> = HashMap::new();
         for record in point.agents {
             // Only completed agents keep their results; skips are decided
             // again, since what they depended on may now turn out otherwise.
             if record.report.status != AgentStatus::Completed {
                 continue;
             }
-            let Some(id) = pipeline.agents.iter().position(|a| a.name == record.agent) else {
-                continue;
-            };
-            by_agent[id] = Some(record);
+            if let Some(&id) = ids.get(&*record.agent) {
+                by_agent[id] = Some(record);
+            } else if let Some((id, item)) = super::fanout::instance_of(&record.agent, &ids)
+                && pipeline.agents[id].foreach.is_some()
+            {
+                items.entry(id).or_default().insert(item, record);
+            }
         }
         let mut reused = vec![false; pipeline.agents.len()];
         for &id in pipeline.graph.topological_order() {
+            let upstream = pipeline.graph.dependencies(id).iter().all(|&d| reused[d]);
+            let same = |definition: Option<&str>| {
+                !check_definitions
+                    || (definition == Some(&*pipeline.agents[id].definition) && upstream)
+            };
             let Some(record) = by_agent[id].take() else {
+                // A fan-out that did not finish keeps its finished
+                // instances, if what it fans out over is unchanged.
+                if let Some(mut done) = items.remove(&id) {
+                    done.retain(|_, r| same(r.definition.as_deref()));
+                    if !done.is_empty() {
+                        self.resumed_items.insert(id, done);
+                    }
+                }
                 continue;
             };
-            if check_definitions {
-                let same = record.definition.as_deref() == Some(&*pipeline.agents[id].definition);
-                let upstream = pipeline.graph.dependencies(id).iter().all(|&d| reused[d]);
-                if !same || !upstream {
-                    tracing::debug!(
-                        agent = %record.agent,
-                        changed = !same,
-                        "resume: stored output not reused; the agent runs again"
-                    );
-                    continue;
-                }
+            if !same(record.definition.as_deref()) {
+                tracing::debug!(
+                    agent = %record.agent,
+                    "resume: stored output not reused; the agent runs again"
+                );
+                continue;
             }
             reused[id] = true;
             let writes: Vec<(FieldId, Arc<Value>)> = record
@@ -225,13 +251,17 @@ impl<'p> Scheduler<'p> {
                 })
                 .collect();
             self.state.apply(pipeline, id, writes);
-            let progress = &mut self.progress[id];
-            progress.status = record.report.status;
-            progress.attempts = record.report.attempts;
-            progress.resumed = Some(Box::new(AgentReport {
+            let mut report = AgentReport {
                 resumed: true,
                 ..record.report
-            }));
+            };
+            if let Some(done) = items.remove(&id) {
+                report.instances = Some(super::fanout::resumed_instances(done));
+            }
+            let progress = &mut self.progress[id];
+            progress.status = report.status;
+            progress.attempts = report.attempts;
+            progress.resumed = Some(Box::new(report));
         }
         let now = self.start;
         for a in 0..self.progress.len() {
@@ -292,7 +322,11 @@ impl<'p> Scheduler<'p> {
                 let Some(Reverse((_, a))) = self.ready.pop() else {
                     break;
                 };
-                self.launch(a);
+                if self.progress[a].fanout.is_some() {
+                    self.launch_item(a);
+                } else {
+                    self.launch(a);
+                }
             }
             if self.tasks.is_empty() || self.stop.is_some() {
                 break;
@@ -368,6 +402,19 @@ impl<'p> Scheduler<'p> {
                 )
             })
             .collect();
+        let all_completed = def
+            .writers
+            .iter()
+            .all(|&w| self.progress[w].status == AgentStatus::Completed);
+        if all_completed && !def.writers.is_empty() {
+            // Only optional writes (`name?`) can be left out by a writer
+            // that completed.
+            return format!(
+                "needs `{}`, which no writer wrote ({} without it)",
+                def.name,
+                writers.join(", ")
+            );
+        }
         format!(
             "needs `{}`, which was not fully produced ({})",
             def.name,
@@ -397,6 +444,7 @@ impl<'p> Scheduler<'p> {
             .condition_fields
             .iter()
             .copied()
+            .chain(def.foreach.as_ref().map(|f| f.field))
             .chain(def.reads.iter().filter(|r| !r.optional).map(|r| r.field));
         for field in required {
             if self.state.get(field).is_none() || self.writer_failed(field, agent) {
@@ -430,6 +478,9 @@ impl<'p> Scheduler<'p> {
                 })
                 .collect(),
         );
+        if def.foreach.is_some() {
+            return self.start_fanout(agent, reads.0, now);
+        }
         let input = AgentInput {
             run_id: self.run_id.clone(),
             agent: def.name.clone(),
@@ -440,7 +491,7 @@ impl<'p> Scheduler<'p> {
             processes: self.processes.clone(),
         };
         let task = attempt_loop(
-            agent,
+            Member { agent, item: None },
             def.runner.clone(),
             input,
             def.policy,
@@ -450,7 +501,8 @@ impl<'p> Scheduler<'p> {
         // The agent's spans are children of the run's.
         let task = tracing::Instrument::instrument(task, tracing::Span::current());
         let handle = self.tasks.spawn(task);
-        self.task_agent.insert(handle.id(), agent);
+        self.task_agent
+            .insert(handle.id(), Member { agent, item: None });
         let progress = &mut self.progress[agent];
         progress.status = AgentStatus::Running;
         progress.started = Some(now);
@@ -460,6 +512,7 @@ impl<'p> Scheduler<'p> {
         self.emit(|| EventKind::AgentStarted {
             agent: def.name.clone(),
             attempt: 1,
+            items: None,
         });
     }
 
@@ -512,6 +565,15 @@ impl<'p> Scheduler<'p> {
                 )
             })
             .collect();
+        // Checkpointed runs hand over every instance's record at the end.
+        let mut item_records = Vec::new();
+        if self.checkpoint.is_some() {
+            for (agent, (_, agent_report)) in agents.iter().enumerate() {
+                if self.pipeline.agents[agent].foreach.is_some() {
+                    item_records.extend(self.item_records(agent, agent_report));
+                }
+            }
+        }
         let report = RunReport {
             run_id: self.run_id.to_string(),
             pipeline: self.pipeline.name.to_string(),
@@ -527,20 +589,24 @@ impl<'p> Scheduler<'p> {
             }),
             agents,
         };
-        if let Some((checkpointer, _, run)) = &self.checkpoint {
-            let records: Vec<AgentRecord> = self
+        if let Some((checkpointer, _, run)) = self.checkpoint.take() {
+            let mut records: Vec<AgentRecord> = self
                 .kept_writes
                 .iter_mut()
                 .zip(&report.agents)
                 .zip(&self.pipeline.agents)
                 .map(|((writes, (name, agent)), def)| AgentRecord {
                     agent: Arc::from(name.as_str()),
-                    report: agent.clone(),
+                    report: AgentReport {
+                        instances: None,
+                        ..agent.clone()
+                    },
                     writes: std::mem::take(writes),
                     definition: Some(def.definition.clone()),
                 })
                 .collect();
-            checkpointer.run_finished(run, &report, &records);
+            records.extend(item_records);
+            checkpointer.run_finished(&run, &report, &records);
         }
         report
     }

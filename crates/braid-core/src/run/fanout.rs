@@ -1,0 +1,548 @@
+//! Fan-out: a `foreach` agent runs one instance per element of a list.
+//!
+//! The agent becomes ready like any other (when its dependencies, the list's
+//! writers among them, are done). Launching it reads the list and sets up a
+//! [`Fanout`]; from then on the agent stays in the ready queue, at its
+//! topological rank, while it has instances left to start, and each pop
+//! starts one instance. So the run's concurrency limit and the agent's own
+//! `concurrency:` bound its instances, and other ready agents interleave by
+//! rank. Instances are run members of their own: attempts, retries,
+//! timeouts, status, timings, events (named `agent[i]`) and per-agent
+//! checkpoint records. When the last instance ends, the agent completes
+//! with each declared write assembled into a list in element order
+//! (`null` where an instance failed under `on_item_failure: skip` or left
+//! an optional write out), and its dependents are released: no barrier
+//! other than the data dependency itself.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::Value;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::attempt::{Member, attempt_loop};
+use super::ms;
+use super::outcome::Outcome;
+use super::scheduler::Scheduler;
+use crate::agent::{AgentInput, Reads};
+use crate::checkpoint::{AgentRecord, CheckpointPolicy, FieldValue};
+use crate::event::EventKind;
+use crate::graph::AgentId;
+use crate::pipeline::ItemFailure;
+use crate::report::{AgentReport, AgentStatus, ItemCounts};
+
+/// A `foreach` agent's instances during a run.
+#[derive(Debug)]
+pub(super) struct Fanout {
+    /// The list (a JSON array), shared with the state.
+    list: Arc<Value>,
+    len: usize,
+    /// The next element to start.
+    next: usize,
+    running: usize,
+    done: usize,
+    /// In the ready queue (never twice).
+    queued: bool,
+    /// The agent has ended (an instance failed under `on_item_failure:
+    /// fail`, or the run wound down): nothing more starts.
+    stopped: bool,
+    /// The agent's reads from the state, taken when the list was read.
+    base: Vec<(Arc<str>, Arc<Value>)>,
+    /// Each declared write's value per element: `results[write][item]`.
+    results: Vec<Vec<Option<Arc<Value>>>>,
+    items: Vec<Item>,
+    /// Instances in flight, to cancel them when one fails.
+    handles: HashMap<usize, AbortHandle>,
+    /// Instances an earlier attempt at this run completed.
+    resumed: HashMap<usize, AgentRecord>,
+    /// Each instance's writes by name, kept for the end (checkpointed runs).
+    kept: Vec<Vec<FieldValue>>,
+}
+
+/// One instance's bookkeeping.
+#[derive(Debug, Default)]
+struct Item {
+    status: Option<AgentStatus>,
+    attempts: u32,
+    started: Option<Instant>,
+    finished: Option<Instant>,
+    error: Option<Box<str>>,
+    resumed: Option<Box<AgentReport>>,
+}
+
+/// `agent[i]`: an instance's name.
+pub(crate) fn instance_name(agent: &str, item: usize) -> Arc<str> {
+    Arc::from(format!("{agent}[{item}]"))
+}
+
+/// The agent and element an instance's name (`agent[i]`) stands for.
+pub(super) fn instance_of(name: &str, ids: &HashMap<&str, AgentId>) -> Option<(AgentId, usize)> {
+    let (agent, item) = crate::report::split_instance(name)?;
+    Some((*ids.get(agent)?, item))
+}
+
+/// The reports of a resumed fan-out's instances, in element order.
+pub(super) fn resumed_instances(
+    records: HashMap<usize, AgentRecord>,
+) -> IndexMap<String, AgentReport> {
+    let mut records: Vec<(usize, AgentRecord)> = records.into_iter().collect();
+    records.sort_unstable_by_key(|(i, _)| *i);
+    records
+        .into_iter()
+        .map(|(_, r)| {
+            (
+                r.agent.to_string(),
+                AgentReport {
+                    resumed: true,
+                    ..r.report
+                },
+            )
+        })
+        .collect()
+}
+
+/// How a JSON value is described in an error.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Scheduler<'_> {
+    /// Launching a `foreach` agent: reads its list and queues its
+    /// instances (or fails it, if the field is not a list).
+    pub(super) fn start_fanout(
+        &mut self,
+        agent: AgentId,
+        base: Vec<(Arc<str>, Arc<Value>)>,
+        now: Instant,
+    ) {
+        let pipeline = self.pipeline;
+        let def = &pipeline.agents[agent];
+        let Some(foreach) = def.foreach.as_deref() else {
+            return;
+        };
+        let field = pipeline.field_name(foreach.field);
+        // The list is a required read: `launch` skipped the agent if it
+        // was never produced.
+        let Some(list) = self.state.get(foreach.field).cloned() else {
+            return self.skip(agent, self.unavailable(foreach.field), now);
+        };
+        let len = match &*list {
+            Value::Array(items) => items.len(),
+            other => {
+                let why = format!(
+                    "`foreach: {field}` needs a list, but `{field}` is {}",
+                    kind_of(other)
+                );
+                return self.fail(agent, why, now);
+            }
+        };
+        let checkpointed = self.policy() != CheckpointPolicy::None;
+        let progress = &mut self.progress[agent];
+        progress.status = AgentStatus::Running;
+        progress.started = Some(now);
+        if let Some(ready) = progress.ready_at {
+            crate::telemetry::queue_wait(now - ready);
+        }
+        progress.fanout = Some(Box::new(Fanout {
+            list,
+            len,
+            next: 0,
+            running: 0,
+            done: 0,
+            queued: false,
+            stopped: false,
+            base,
+            results: vec![vec![None; len]; def.writes.len()],
+            items: (0..len).map(|_| Item::default()).collect(),
+            handles: HashMap::new(),
+            resumed: self.resumed_items.remove(&agent).unwrap_or_default(),
+            kept: if checkpointed {
+                vec![Vec::new(); len]
+            } else {
+                Vec::new()
+            },
+        }));
+        self.emit(|| EventKind::AgentStarted {
+            agent: def.name.clone(),
+            attempt: 1,
+            items: Some(len as u64),
+        });
+        self.advance(agent, now);
+    }
+
+    /// After any change to a fan-out: completes the agent once every
+    /// instance ended, or queues it while it has instances to start.
+    fn advance(&mut self, agent: AgentId, now: Instant) {
+        let limit = self.pipeline.agents[agent]
+            .foreach
+            .as_ref()
+            .and_then(|f| f.concurrency)
+            .unwrap_or(usize::MAX);
+        let rank = self.pipeline.graph.rank(agent);
+        let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
+            return;
+        };
+        if f.stopped {
+            return;
+        }
+        if f.done == f.len {
+            f.stopped = true;
+            let writes = self.assemble(agent);
+            return self.conclude_fanout(agent, Outcome::Completed(writes), now);
+        }
+        if !f.queued && f.next < f.len && f.running < limit {
+            f.queued = true;
+            self.ready.push(Reverse((rank, agent)));
+        }
+    }
+
+    /// Each declared write as a list in element order.
+    fn assemble(&mut self, agent: AgentId) -> Vec<(crate::pipeline::FieldId, Arc<Value>)> {
+        let def = &self.pipeline.agents[agent];
+        let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
+            return Vec::new();
+        };
+        def.writes
+            .iter()
+            .zip(&mut f.results)
+            .map(|(write, values)| {
+                let list: Vec<Value> = std::mem::take(values)
+                    .into_iter()
+                    .map(|v| v.map_or(Value::Null, Arc::unwrap_or_clone))
+                    .collect();
+                (write.field, Arc::new(Value::Array(list)))
+            })
+            .collect()
+    }
+
+    /// The agent's attempts are its instances' attempts, added up.
+    fn conclude_fanout(&mut self, agent: AgentId, outcome: Outcome, now: Instant) {
+        if let Some(f) = self.progress[agent].fanout.as_deref() {
+            let attempts = f.items.iter().map(|i| i.attempts).sum();
+            self.progress[agent].attempts = attempts;
+        }
+        self.conclude(agent, outcome, now);
+    }
+
+    /// Popped from the ready queue: starts the next instance (taking the
+    /// ones an earlier attempt completed as they are).
+    pub(super) fn launch_item(&mut self, agent: AgentId) {
+        let now = Instant::now();
+        let Some(mut f) = self.progress[agent].fanout.take() else {
+            return;
+        };
+        f.queued = false;
+        while !f.stopped && f.next < f.len {
+            let i = f.next;
+            f.next += 1;
+            if let Some(record) = f.resumed.remove(&i) {
+                self.take_resumed(agent, &mut f, i, record);
+                continue;
+            }
+            self.spawn_item(agent, &mut f, i, now);
+            break;
+        }
+        self.progress[agent].fanout = Some(f);
+        self.advance(agent, now);
+    }
+
+    fn take_resumed(&mut self, agent: AgentId, f: &mut Fanout, i: usize, record: AgentRecord) {
+        let def = &self.pipeline.agents[agent];
+        for (name, value) in &record.writes {
+            if let Some(w) = def.writes.iter().position(|w| w.name == *name) {
+                f.results[w][i] = Some(value.clone());
+            }
+        }
+        if !f.kept.is_empty() {
+            f.kept[i] = record.writes;
+        }
+        let item = &mut f.items[i];
+        item.status = Some(AgentStatus::Completed);
+        item.attempts = record.report.attempts;
+        item.resumed = Some(Box::new(AgentReport {
+            resumed: true,
+            ..record.report
+        }));
+        f.done += 1;
+    }
+
+    fn spawn_item(&mut self, agent: AgentId, f: &mut Fanout, i: usize, now: Instant) {
+        let pipeline = self.pipeline;
+        let def = &pipeline.agents[agent];
+        let Some(foreach) = def.foreach.as_deref() else {
+            return;
+        };
+        let name = instance_name(&def.name, i);
+        let mut reads = Vec::with_capacity(f.base.len() + 2);
+        reads.extend(f.base.iter().cloned());
+        if foreach.reads_item
+            && let Some(element) = f.list.as_array().and_then(|a| a.get(i))
+        {
+            reads.push((foreach.item.clone(), Arc::new(element.clone())));
+        }
+        if foreach.reads_index {
+            reads.push((foreach.index.clone(), Arc::new(Value::from(i))));
+        }
+        let member = Member {
+            agent,
+            item: Some(i),
+        };
+        let input = AgentInput {
+            run_id: self.run_id.clone(),
+            agent: name.clone(),
+            attempt: 1,
+            reads: Reads(reads),
+            events: self.options.events.clone(),
+            usage: self.progress[agent].usage.clone(),
+            processes: self.processes.clone(),
+        };
+        let task = attempt_loop(
+            member,
+            def.runner.clone(),
+            input,
+            def.policy,
+            def.writes.clone(),
+            pipeline.max_value_depth,
+        );
+        let task = tracing::Instrument::instrument(task, tracing::Span::current());
+        let handle = self.tasks.spawn(task);
+        self.task_agent.insert(handle.id(), member);
+        f.handles.insert(i, handle);
+        f.running += 1;
+        let item = &mut f.items[i];
+        item.status = Some(AgentStatus::Running);
+        item.started = Some(now);
+        self.emit(|| EventKind::AgentStarted {
+            agent: name,
+            attempt: 1,
+            items: None,
+        });
+    }
+
+    /// Records how instance `i` of `agent` ended. While the run goes on
+    /// (`go_on`), the fan-out then advances: a failure under
+    /// `on_item_failure: fail` fails the agent at once (cancelling its
+    /// other instances); the last instance completes it.
+    pub(super) fn item_finished(
+        &mut self,
+        member: Member,
+        outcome: Outcome,
+        attempts: u32,
+        now: Instant,
+        go_on: bool,
+    ) {
+        let (agent, Some(i)) = (member.agent, member.item) else {
+            return;
+        };
+        let pipeline = self.pipeline;
+        let def = &pipeline.agents[agent];
+        let Some(mut f) = self.progress[agent].fanout.take() else {
+            return;
+        };
+        f.running -= 1;
+        f.done += 1;
+        f.handles.remove(&i);
+        let name = instance_name(&def.name, i);
+        f.items[i].finished = Some(now);
+        f.items[i].attempts = attempts;
+        let mut failure = None;
+        let writes = match outcome {
+            Outcome::Completed(writes) => {
+                let named = if f.kept.is_empty() {
+                    Vec::new()
+                } else {
+                    self.named(&writes)
+                };
+                for (field, value) in writes {
+                    if let Some(w) = def.writes.iter().position(|w| w.field == field) {
+                        f.results[w][i] = Some(value);
+                    }
+                }
+                f.items[i].status = Some(AgentStatus::Completed);
+                let duration_ms = f.items[i].started.map(|s| ms(now - s)).unwrap_or_default();
+                self.emit(|| EventKind::AgentCompleted {
+                    agent: name.clone(),
+                    duration_ms,
+                });
+                crate::telemetry::agent_finished("completed", Some(duration_ms), attempts);
+                named
+            }
+            Outcome::Failed(error) | Outcome::Skipped(error) => {
+                self.emit(|| EventKind::AgentFailed {
+                    agent: name.clone(),
+                    error: error.clone(),
+                });
+                crate::telemetry::agent_finished("failed", None, attempts);
+                f.items[i].status = Some(AgentStatus::Failed);
+                failure = Some(format!("instance `{name}` failed: {error}"));
+                f.items[i].error = Some(error.into());
+                Vec::new()
+            }
+        };
+        if !f.kept.is_empty() {
+            f.kept[i] = writes.clone();
+        }
+        let record =
+            (self.policy() == CheckpointPolicy::Agent).then(|| self.item_report(agent, &f, i));
+        let fail_agent = failure.filter(|_| {
+            go_on
+                && !f.stopped
+                && def.foreach.as_ref().map(|f| f.on_item_failure) == Some(ItemFailure::Fail)
+        });
+        if fail_agent.is_some() {
+            f.stopped = true;
+            for (_, handle) in f.handles.drain() {
+                handle.abort();
+            }
+        }
+        self.progress[agent].fanout = Some(f);
+        if let Some(report) = record
+            && let Some((checkpointer, _, run)) = &self.checkpoint
+        {
+            checkpointer.agent_finished(
+                run,
+                &AgentRecord {
+                    agent: name,
+                    report,
+                    writes,
+                    definition: Some(def.definition.clone()),
+                },
+            );
+        }
+        if let Some(why) = fail_agent {
+            return self.conclude_fanout(agent, Outcome::Failed(why), now);
+        }
+        if go_on {
+            self.advance(agent, now);
+        }
+    }
+
+    /// An instance aborted in flight.
+    pub(super) fn item_cancelled(&mut self, member: Member, now: Instant, why: &str) {
+        let (agent, Some(i)) = (member.agent, member.item) else {
+            return;
+        };
+        let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
+            return;
+        };
+        f.running -= 1;
+        f.handles.remove(&i);
+        let item = &mut f.items[i];
+        item.status = Some(AgentStatus::Cancelled);
+        item.finished = Some(now);
+        item.attempts = item.attempts.max(1);
+        item.error = Some(format!("cancelled in flight: {why}").into());
+    }
+
+    /// A fan-out still running when the run stopped: nothing more starts,
+    /// and the agent is cancelled.
+    pub(super) fn cancel_fanouts(&mut self, why: &str, now: Instant) {
+        for progress in &mut self.progress {
+            if progress.status != AgentStatus::Running {
+                continue;
+            }
+            let Some(f) = progress.fanout.as_deref_mut() else {
+                continue;
+            };
+            f.stopped = true;
+            progress.status = AgentStatus::Cancelled;
+            progress.finished = Some(now);
+            progress.attempts = f.items.iter().map(|i| i.attempts).sum::<u32>().max(1);
+            progress.error = Some(format!("cancelled in flight: {why}"));
+        }
+    }
+
+    /// One instance's report, as of now.
+    fn item_report(&self, agent: AgentId, f: &Fanout, i: usize) -> AgentReport {
+        let item = &f.items[i];
+        if let Some(earlier) = &item.resumed {
+            return (**earlier).clone();
+        }
+        let progress = &self.progress[agent];
+        let mut status = item.status.unwrap_or(AgentStatus::Pending);
+        let mut error = item.error.as_deref().map(str::to_owned);
+        if progress.status != AgentStatus::Running
+            && matches!(status, AgentStatus::Pending | AgentStatus::Running)
+        {
+            status = AgentStatus::Cancelled;
+            let why = progress
+                .error
+                .clone()
+                .unwrap_or_else(|| "the run stopped".to_owned());
+            error = Some(format!("not started: {why}"));
+        }
+        AgentReport {
+            start_ms: item.started.map(|s| ms(s - self.start)),
+            duration_ms: item.started.zip(item.finished).map(|(s, f)| ms(f - s)),
+            queue_ms: progress
+                .started
+                .zip(item.started)
+                .map(|(ready, started)| ms(started - ready)),
+            attempts: item.attempts,
+            error,
+            ..AgentReport::new(status)
+        }
+    }
+
+    /// A fan-out's counts and instance reports, for its agent's report.
+    pub(super) fn fanout_report(&self, agent: AgentId, report: &mut AgentReport) {
+        let Some(f) = self.progress[agent].fanout.as_deref() else {
+            return;
+        };
+        let name = &self.pipeline.agents[agent].name;
+        let mut counts = ItemCounts {
+            total: f.len as u64,
+            ..ItemCounts::default()
+        };
+        let mut instances = IndexMap::with_capacity(f.len);
+        for i in 0..f.len {
+            let item = self.item_report(agent, f, i);
+            match item.status {
+                AgentStatus::Completed => counts.completed += 1,
+                AgentStatus::Failed => counts.failed += 1,
+                AgentStatus::Cancelled | AgentStatus::Skipped => counts.cancelled += 1,
+                AgentStatus::Pending | AgentStatus::Running => counts.pending += 1,
+            }
+            instances.insert(format!("{name}[{i}]"), item);
+        }
+        report.items = Some(counts);
+        report.instances = Some(instances);
+    }
+
+    /// Every instance's record with its writes, for the end of a
+    /// checkpointed run.
+    pub(super) fn item_records(
+        &mut self,
+        agent: AgentId,
+        report: &AgentReport,
+    ) -> Vec<AgentRecord> {
+        let definition = self.pipeline.agents[agent].definition.clone();
+        let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
+            return Vec::new();
+        };
+        let Some(instances) = &report.instances else {
+            return Vec::new();
+        };
+        instances
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, r))| !matches!(r.status, AgentStatus::Pending | AgentStatus::Running))
+            .map(|(i, (name, r))| AgentRecord {
+                agent: Arc::from(name.as_str()),
+                report: r.clone(),
+                writes: f.kept.get_mut(i).map(std::mem::take).unwrap_or_default(),
+                definition: Some(definition.clone()),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,622 @@
+//! Pipelines that are not fixed DAGs, as a library user runs them: fan-out
+//! over a list (`foreach`) and optional writes (`name?`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use braid_core::agent::{AgentError, Writes};
+use braid_core::checkpoint::{AgentRecord, Checkpointer, ResumePoint, RunRecord};
+use braid_core::event::{EventKind, EventLevel, EventSink};
+use braid_core::{AgentKinds, AgentStatus, Pipeline, RunOptions, RunReport, RunStatus};
+use serde_json::{Value, json};
+
+fn load(yaml: &str, kinds: &AgentKinds) -> Pipeline {
+    Pipeline::from_yaml_str_with(yaml, kinds).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn run(pipeline: &Pipeline, input: Value, options: RunOptions) -> RunReport {
+    let input = pipeline.check_input(&input).unwrap();
+    pipeline.run(input, options).await
+}
+
+fn writes(pairs: &[(&str, Value)]) -> Writes {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// Instances get their element and its index; the agent's list is in
+/// element order whatever order the instances finish in.
+#[tokio::test]
+async fn foreach_runs_one_instance_per_element_and_keeps_element_order() {
+    let mut kinds = AgentKinds::standard();
+    kinds.builtin_fn("summarize", |reads| async move {
+        let doc = reads.get("doc").unwrap().as_str().unwrap().to_owned();
+        let index = reads.get("doc_index").unwrap().as_u64().unwrap();
+        let audience = reads.get("audience").unwrap().as_str().unwrap().to_owned();
+        // Earlier elements finish later.
+        tokio::time::sleep(Duration::from_millis(40 - 10 * index)).await;
+        Ok(writes(&[(
+            "summaries",
+            json!(format!("{doc} for {audience} (#{index})")),
+        )]))
+    });
+    let pipeline = load(
+        "pipeline: docs
+inputs: { docs: { type: array }, audience: { type: string } }
+agents:
+  summarize:
+    kind: builtin
+    function: summarize
+    foreach: docs
+    as: doc
+    reads: [doc, doc_index, audience]
+    writes: [summaries]
+  report: { kind: sleep, reads: [summaries], writes: [done] }
+",
+        &kinds,
+    );
+    let report = run(
+        &pipeline,
+        json!({"docs": ["a", "b", "c", "d"], "audience": "ops"}),
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(
+        *report.state["summaries"],
+        json!([
+            "a for ops (#0)",
+            "b for ops (#1)",
+            "c for ops (#2)",
+            "d for ops (#3)"
+        ])
+    );
+    let summarize = &report.agents["summarize"];
+    assert_eq!(summarize.status, AgentStatus::Completed);
+    let items = summarize.items.unwrap();
+    assert_eq!((items.total, items.completed, items.failed), (4, 4, 0));
+    let instances = summarize.instances.as_ref().unwrap();
+    assert_eq!(
+        instances.keys().collect::<Vec<_>>(),
+        [
+            "summarize[0]",
+            "summarize[1]",
+            "summarize[2]",
+            "summarize[3]"
+        ]
+    );
+    // #3 was quickest, #0 slowest: they did run at once, not one by one.
+    let end = |i: usize| {
+        let r = &instances[i];
+        r.start_ms.unwrap() + r.duration_ms.unwrap()
+    };
+    assert!(end(3) < end(0));
+    // The agent after the fan-out starts once the last instance ended.
+    let last_end = (0..4).map(end).fold(0.0, f64::max);
+    assert!(report.agents["report"].start_ms.unwrap() >= last_end);
+    // Without instances, the counts stay.
+    let slim = report.without_instances();
+    assert!(slim.agents["summarize"].instances.is_none());
+    assert_eq!(slim.agents["summarize"].items.unwrap().total, 4);
+}
+
+/// The instances start the moment the list is written, while an
+/// unrelated slow agent is still running, and `concurrency:` bounds them.
+#[tokio::test]
+async fn foreach_starts_when_the_list_exists_and_respects_its_concurrency() {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut kinds = AgentKinds::standard();
+    {
+        let (in_flight, most) = (in_flight.clone(), most.clone());
+        kinds.builtin_fn("work", move |_| {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(writes(&[("results", json!(true))]))
+            }
+        });
+    }
+    let pipeline = load(
+        "pipeline: bounded
+agents:
+  plan:  { kind: sleep, ms: 1, writes: [items], value: [1, 2, 3, 4, 5, 6, 7, 8] }
+  slow:  { kind: sleep, ms: 600, writes: [other] }
+  work:  { kind: builtin, function: work, foreach: items, concurrency: 2, reads: [item], writes: [results] }
+  join:  { kind: sleep, reads: [results, other], writes: [done] }
+",
+        &kinds,
+    );
+    let report = run(&pipeline, json!({}), RunOptions::default()).await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "at most 2 instances at once"
+    );
+    assert_eq!(*report.state["results"], json!(vec![true; 8]));
+    let work = &report.agents["work"];
+    let slow = &report.agents["slow"];
+    assert!(
+        work.start_ms.unwrap() + work.duration_ms.unwrap()
+            < slow.start_ms.unwrap() + slow.duration_ms.unwrap(),
+        "the fan-out ran while the unrelated slow agent did"
+    );
+}
+
+/// The run's own limit bounds instances too.
+#[tokio::test]
+async fn the_runs_concurrency_limit_bounds_instances() {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut kinds = AgentKinds::standard();
+    {
+        let (in_flight, most) = (in_flight.clone(), most.clone());
+        kinds.builtin_fn("work", move |_| {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(writes(&[("results", json!(1))]))
+            }
+        });
+    }
+    let pipeline = load(
+        "pipeline: limited
+inputs: { items: { type: array } }
+agents:
+  work: { kind: builtin, function: work, foreach: items, reads: [item], writes: [results] }
+",
+        &kinds,
+    );
+    let options = RunOptions {
+        concurrency: Some(3),
+        ..Default::default()
+    };
+    let report = run(&pipeline, json!({"items": vec![0; 20]}), options).await;
+    assert_eq!(report.status, RunStatus::Completed);
+    assert_eq!(most.load(Ordering::SeqCst), 3);
+}
+
+fn flaky_kinds() -> AgentKinds {
+    let mut kinds = AgentKinds::standard();
+    kinds.builtin_fn("flaky", |reads| async move {
+        let item = reads.get("item").unwrap().as_i64().unwrap();
+        if item < 0 {
+            return Err(AgentError::Other(format!("cannot take {item}")));
+        }
+        Ok(writes(&[("out", json!(item * 10))]))
+    });
+    kinds
+}
+
+#[tokio::test]
+async fn on_item_failure_skip_leaves_null_and_lists_the_failure() {
+    let pipeline = load(
+        "pipeline: skip
+inputs: { items: { type: array } }
+agents:
+  each: { kind: builtin, function: flaky, foreach: items, on_item_failure: skip, reads: [item], writes: [out] }
+  after: { kind: sleep, reads: [out], writes: [done] }
+",
+        &flaky_kinds(),
+    );
+    let report = run(
+        &pipeline,
+        json!({"items": [1, -2, 3]}),
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(*report.state["out"], json!([10, null, 30]));
+    let each = &report.agents["each"];
+    assert_eq!(each.status, AgentStatus::Completed);
+    assert_eq!(each.items.unwrap().failed, 1);
+    let failed = &each.instances.as_ref().unwrap()["each[1]"];
+    assert_eq!(failed.status, AgentStatus::Failed);
+    assert!(failed.error.as_deref().unwrap().contains("cannot take -2"));
+    assert_eq!(report.agents["after"].status, AgentStatus::Completed);
+}
+
+#[tokio::test]
+async fn on_item_failure_fail_fails_the_agent_naming_the_instance() {
+    let pipeline = load(
+        "pipeline: fail
+inputs: { items: { type: array } }
+agents:
+  each: { kind: builtin, function: flaky, foreach: items, reads: [item], writes: [out] }
+  after: { kind: sleep, reads: [out], writes: [done] }
+",
+        &flaky_kinds(),
+    );
+    let report = run(
+        &pipeline,
+        json!({"items": [1, -2, 3]}),
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let each = &report.agents["each"];
+    assert_eq!(each.status, AgentStatus::Failed);
+    let error = each.error.as_deref().unwrap();
+    assert!(
+        error.contains("each[1]") && error.contains("cannot take -2"),
+        "{error}"
+    );
+    assert!(!report.state.contains_key("out"));
+    assert_eq!(report.agents["after"].status, AgentStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_foreach_field_that_is_not_a_list_fails_the_agent_clearly() {
+    let pipeline = load(
+        "pipeline: notalist
+inputs: { items: {} }
+agents:
+  each: { kind: builtin, function: flaky, foreach: items, reads: [item], writes: [out] }
+",
+        &flaky_kinds(),
+    );
+    let report = run(&pipeline, json!({"items": "abc"}), RunOptions::default()).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let error = report.agents["each"].error.as_deref().unwrap();
+    assert_eq!(
+        error,
+        "`foreach: items` needs a list, but `items` is a string"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_list_completes_with_empty_lists() {
+    let pipeline = load(
+        "pipeline: empty
+inputs: { items: { type: array } }
+agents:
+  each: { kind: builtin, function: flaky, foreach: items, reads: [item], writes: [out] }
+  after: { kind: sleep, reads: [out], writes: [done] }
+",
+        &flaky_kinds(),
+    );
+    let report = run(&pipeline, json!({"items": []}), RunOptions::default()).await;
+    assert_eq!(report.status, RunStatus::Completed);
+    assert_eq!(*report.state["out"], json!([]));
+    assert_eq!(report.agents["each"].items.unwrap().total, 0);
+    assert_eq!(report.agents["after"].status, AgentStatus::Completed);
+}
+
+/// Each instance is a run member in the event stream, named `agent[i]`.
+#[tokio::test]
+async fn instances_have_their_own_events() {
+    let pipeline = load(
+        "pipeline: events
+inputs: { items: { type: array } }
+agents:
+  each: { kind: builtin, function: flaky, foreach: items, reads: [item], writes: [out] }
+",
+        &flaky_kinds(),
+    );
+    let (sink, mut rx) = EventSink::channel(EventLevel::Summary);
+    let options = RunOptions {
+        events: Some(sink),
+        ..Default::default()
+    };
+    let report = run(&pipeline, json!({"items": [1, 2]}), options).await;
+    assert_eq!(report.status, RunStatus::Completed);
+    let mut started = HashSet::new();
+    let mut completed = HashSet::new();
+    while let Some(event) = rx.recv().await {
+        match event.kind {
+            EventKind::AgentStarted { agent, items, .. } => {
+                // The agent's own start says how many instances follow.
+                let expected = (&*agent == "each").then_some(2);
+                assert_eq!(items, expected, "{agent}");
+                started.insert(agent.to_string())
+            }
+            EventKind::AgentCompleted { agent, .. } => completed.insert(agent.to_string()),
+            EventKind::RunFinished { .. } => break,
+            _ => false,
+        };
+    }
+    let all: HashSet<String> = ["each", "each[0]", "each[1]"].map(String::from).into();
+    assert_eq!(started, all);
+    assert_eq!(completed, all);
+}
+
+/// A checkpointer that keeps what it is handed.
+#[derive(Default)]
+struct Kept(Mutex<Vec<AgentRecord>>);
+
+impl Checkpointer for Kept {
+    fn run_started(&self, _: &RunRecord) {}
+    fn agent_finished(&self, _: &RunRecord, agent: &AgentRecord) {
+        self.0.lock().unwrap().push(agent.clone());
+    }
+    fn run_finished(&self, _: &RunRecord, _: &RunReport, _: &[AgentRecord]) {}
+}
+
+/// Stopped mid-fan-out (cancelled while one instance hangs), the run
+/// resumes from its per-agent checkpoints without running the instances
+/// that completed again, and assembles the list in element order.
+#[tokio::test]
+async fn a_resumed_fan_out_runs_only_the_instances_that_did_not_complete() {
+    let calls = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut kinds = AgentKinds::standard();
+    {
+        let (calls, hang) = (calls.clone(), hang.clone());
+        kinds.builtin_fn("hangs_on_big", move |reads| {
+            let (calls, hang) = (calls.clone(), hang.clone());
+            async move {
+                let item = reads.get("item").unwrap().as_i64().unwrap();
+                calls.lock().unwrap().push(item);
+                if item >= 100 && hang.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                Ok(writes(&[("out", json!(item + 1))]))
+            }
+        });
+    }
+    let pipeline = Arc::new(load(
+        "pipeline: resume
+checkpoint: agent
+inputs: { items: { type: array } }
+agents:
+  each: { kind: builtin, function: hangs_on_big, foreach: items, reads: [item], writes: [out] }
+",
+        &kinds,
+    ));
+    let input = json!({"items": [1, 2, 100, 3]});
+    let kept = Arc::new(Kept::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let first = tokio::spawn({
+        let (pipeline, input) = (pipeline.clone(), input.clone());
+        let options = RunOptions {
+            run_id: Some("r1".into()),
+            checkpointer: Some(kept.clone()),
+            cancel: cancel.clone(),
+            ..Default::default()
+        };
+        async move { run(&pipeline, input, options).await }
+    });
+    // Once the three quick instances are on record, stop the run.
+    for _ in 0..1000 {
+        if kept.0.lock().unwrap().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cancel.cancel();
+    let report = first.await.unwrap();
+    assert_eq!(report.status, RunStatus::Cancelled);
+    let each = &report.agents["each"];
+    assert_eq!(each.status, AgentStatus::Cancelled);
+    assert_eq!(each.items.unwrap().completed, 3);
+    let records = kept.0.lock().unwrap().clone();
+    let names: HashSet<String> = records.iter().map(|r| r.agent.to_string()).collect();
+    assert_eq!(
+        names,
+        ["each[0]", "each[1]", "each[3]"].map(String::from).into()
+    );
+
+    calls.lock().unwrap().clear();
+    hang.store(false, Ordering::SeqCst);
+    let options = RunOptions {
+        run_id: Some("r1".into()),
+        resume: Some(ResumePoint { agents: records }),
+        ..Default::default()
+    };
+    let report = run(&pipeline, input, options).await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [100],
+        "only the unfinished instance ran again"
+    );
+    assert_eq!(*report.state["out"], json!([2, 3, 101, 4]));
+    let instances = report.agents["each"].instances.as_ref().unwrap();
+    assert!(instances["each[0]"].resumed && !instances["each[2]"].resumed);
+}
+
+/// A router writes one of two optional fields: readers of the other are
+/// skipped (a required read) or run without it (an optional read).
+#[tokio::test]
+async fn optional_writes_route_to_one_branch() {
+    let mut kinds = AgentKinds::standard();
+    kinds.builtin_fn("route", |reads| async move {
+        let request = reads.get("request").unwrap().as_str().unwrap().to_owned();
+        Ok(if request.contains("refund") {
+            writes(&[("refund_case", json!(request))])
+        } else {
+            writes(&[("tech_case", json!(request))])
+        })
+    });
+    let pipeline = load(
+        "pipeline: router
+inputs: { request: { type: string } }
+agents:
+  route:  { kind: builtin, function: route, reads: [request], writes: [refund_case?, tech_case?] }
+  refund: { kind: sleep, reads: [refund_case], writes: [refund_answer] }
+  tech:   { kind: sleep, reads: [tech_case], writes: [tech_answer] }
+  audit:  { kind: sleep, reads: [refund_case?, tech_case?], writes: [audited] }
+",
+        &kinds,
+    );
+    let report = run(
+        &pipeline,
+        json!({"request": "a refund please"}),
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(report.agents["refund"].status, AgentStatus::Completed);
+    assert_eq!(report.agents["audit"].status, AgentStatus::Completed);
+    let tech = &report.agents["tech"];
+    assert_eq!(tech.status, AgentStatus::Skipped);
+    assert_eq!(
+        tech.reason.as_deref(),
+        Some("needs `tech_case`, which no writer wrote (`route` completed without it)")
+    );
+    assert!(!report.state.contains_key("tech_case"));
+    let explained = pipeline.explain();
+    assert_eq!(explained.agents[0].writes, ["refund_case?", "tech_case?"]);
+}
+
+/// A write not marked optional must still be written.
+#[tokio::test]
+async fn a_required_write_left_out_still_fails_the_agent() {
+    let mut kinds = AgentKinds::standard();
+    kinds.builtin_fn("half", |_| async move { Ok(writes(&[("a", json!(1))])) });
+    let pipeline = load(
+        "pipeline: half
+agents:
+  half: { kind: builtin, function: half, writes: [a?, b] }
+",
+        &kinds,
+    );
+    let report = run(&pipeline, json!({}), RunOptions::default()).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let error = report.agents["half"].error.as_deref().unwrap();
+    assert!(
+        error.contains("did not write declared field(s) `b`"),
+        "{error}"
+    );
+}
+
+mod properties {
+    //! Fan-outs of random sizes, durations and limits: every instance runs
+    //! exactly once, only after the list exists; the list comes out in
+    //! element order whatever the completion order; the limits hold; the
+    //! reader of the result starts only after the last instance ended.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        delays: Vec<u64>,
+        concurrency: Option<usize>,
+        run_limit: Option<usize>,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            proptest::collection::vec(0u64..6, 0..24),
+            proptest::option::of(1usize..5),
+            proptest::option::of(1usize..6),
+        )
+            .prop_map(|(delays, concurrency, run_limit)| Case {
+                delays,
+                concurrency,
+                run_limit,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn instances_run_once_in_bounds_and_results_keep_element_order(case in case()) {
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let most = Arc::new(AtomicUsize::new(0));
+            let mut kinds = AgentKinds::standard();
+            {
+                let (in_flight, most) = (in_flight.clone(), most.clone());
+                kinds.builtin_fn("work", move |reads| {
+                    let (in_flight, most) = (in_flight.clone(), most.clone());
+                    async move {
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let delay = reads.get("item").unwrap().as_u64().unwrap();
+                        let index = reads.get("item_index").unwrap().as_u64().unwrap();
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        Ok(writes(&[("out", json!([index, delay]))]))
+                    }
+                });
+            }
+            let concurrency = case
+                .concurrency
+                .map(|c| format!(", concurrency: {c}"))
+                .unwrap_or_default();
+            let yaml = format!(
+                "pipeline: prop
+inputs: {{ delays: {{ type: array }} }}
+agents:
+  plan: {{ kind: builtin, function: copy, reads: [delays], writes: [items] }}
+  work: {{ kind: builtin, function: work, foreach: items{concurrency}, reads: [item, item_index], writes: [out] }}
+  join: {{ kind: sleep, reads: [out], writes: [done] }}
+"
+            );
+            kinds.builtin_fn("copy", |reads| async move {
+                Ok(writes(&[("items", reads.get("delays").unwrap().clone())]))
+            });
+            let pipeline = load(&yaml, &kinds);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (sink, mut events) = EventSink::channel(EventLevel::Summary);
+            let report = runtime.block_on(run(
+                &pipeline,
+                json!({ "delays": case.delays }),
+                RunOptions { events: Some(sink), concurrency: case.run_limit, ..Default::default() },
+            ));
+            prop_assert_eq!(report.status, RunStatus::Completed);
+            let n = case.delays.len();
+            let expected: Vec<Value> = case.delays.iter().enumerate().map(|(i, d)| json!([i, d])).collect();
+            prop_assert_eq!(&*report.state["out"], &json!(expected));
+
+            let bound = case.concurrency.unwrap_or(usize::MAX).min(case.run_limit.unwrap_or(usize::MAX));
+            prop_assert!(most.load(Ordering::SeqCst) <= bound);
+            if n > 0 {
+                prop_assert_eq!(most.load(Ordering::SeqCst) >= 1, true);
+            }
+
+            // Positions in the event stream (numbered in order).
+            let mut starts: HashMap<String, usize> = HashMap::new();
+            let mut ends: HashMap<String, usize> = HashMap::new();
+            let mut position = 0;
+            while let Ok(event) = events.try_recv() {
+                position += 1;
+                match &event.kind {
+                    EventKind::AgentStarted { agent, .. } => {
+                        prop_assert!(starts.insert(agent.to_string(), position).is_none(), "{} started twice", agent);
+                    }
+                    EventKind::AgentCompleted { agent, .. } => {
+                        prop_assert!(ends.insert(agent.to_string(), position).is_none(), "{} completed twice", agent);
+                    }
+                    _ => {}
+                }
+            }
+            for i in 0..n {
+                let name = format!("work[{i}]");
+                prop_assert!(starts[&name] > ends["plan"], "{} started before the list existed", name);
+                prop_assert!(ends[&name] < starts["join"], "join started before {} ended", name);
+            }
+            prop_assert_eq!(starts.keys().filter(|k| k.starts_with("work[")).count(), n);
+        }
+    }
+}
+
+/// A kind is handed its writes by name, `?` dropped: a `sleep` agent with
+/// an optional write writes the field itself.
+#[tokio::test]
+async fn kinds_see_optional_writes_by_their_names() {
+    let pipeline = load(
+        "pipeline: p
+agents:
+  a: { kind: sleep, writes: [maybe?] }
+  b: { kind: sleep, reads: [maybe], writes: [done] }
+",
+        &AgentKinds::standard(),
+    );
+    let report = run(&pipeline, json!({}), RunOptions::default()).await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(*report.state["maybe"], json!(true));
+}
