@@ -463,3 +463,50 @@ agents:
         &["dependency cycle: a -> b -> a", "b fans out over `x` written by a"],
     );
 }
+
+const BAD_GROUPS: &str = "pipeline: groups
+inputs: { topic: { type: string } }
+agents:
+  per_doc:
+    kind: pipeline
+    reads: [topic]
+    writes: [x]
+    agents:
+      a: { kind: sleep, reads: [topc], writes: [text] }
+    outputs: { texts: text }
+  outs:
+    kind: pipeline
+    agents:
+      c: { kind: sleep, writes: [text] }
+    outputs: { texts2: txt }
+  refine:
+    kind: pipeline
+    repeat: { until: 'score > 3 && rund < 2' }
+    carry: { feedback: critique }
+    agents:
+      draft:    { kind: sleep, reads: [feedback], writes: [draft] }
+      critique: { kind: sleep, reads: [draft], writes: [critique] }
+    outputs: { final: draft }
+  once:
+    kind: pipeline
+    carry: { feedback: out }
+    agents:
+      b: { kind: sleep, writes: [out] }
+    outputs: { result: out }
+";
+
+#[test]
+fn group_mistakes_name_the_group_the_key_and_the_place() {
+    let diagnostics = errors(BAD_GROUPS);
+    // Inside a group: like a pipeline, the group named, the place kept.
+    find(&diagnostics, &["group `per_doc`: agent `a` reads `topc`", "did you mean `topic`"]);
+    find(&diagnostics, &["agent `per_doc`: a group's writes are the keys of its `outputs`"]);
+    find(&diagnostics, &["agent `outs`: `outputs.texts2` names `txt`", "not a field of the group", "did you mean `text`"]);
+    find(&diagnostics, &["agent `refine`: `repeat` needs `max`"]);
+    find(&diagnostics, &["agent `refine`: `repeat.until` refers to `score`", "group's fields and `round`"]);
+    find(&diagnostics, &["agent `refine`: agent `draft` reads `feedback`", "absent in round 0", "`feedback?`"]);
+    find(&diagnostics, &["agent `once`: `carry.feedback` only means something with `repeat`"]);
+    for d in &diagnostics {
+        assert!(d.location.is_some(), "{d}");
+    }
+}
