@@ -32,8 +32,42 @@ agents:
   metrics: { kind: sleep, ms: 300, reads: [route], writes: [metrics] }
   report:  { kind: sleep, ms: 300, reads: [data, metrics], writes: [report] }
 YAML
+# A fan-out of 4: instance 4 fails (skipped over), instance 3 waits for
+# the file `go-fan` (command agents start in the pipeline's folder), so the
+# test sees its progress live before it ends.
+cat >"$work/fan-view.yaml" <<'YAML'
+pipeline: fan-view
+agents:
+  plan: { kind: sleep, ms: 1, writes: [items], value: [1, 2, 3, 4] }
+  work:
+    kind: command
+    run:
+      - sh
+      - -c
+      - |
+        x=$(cat)
+        case "$x" in
+          *'"item":3'*) while [ ! -e go-fan ]; do sleep 0.05; done ;;
+          *'"item":4'*) echo "no four" >&2; exit 1 ;;
+        esac
+        echo '{"results": 1}'
+    foreach: items
+    on_item_failure: skip
+    reads: [item]
+    writes: [results]
+  join: { kind: sleep, ms: 1, reads: [results], writes: [done] }
+YAML
+# A wider one, to check the expanded view stops at 200 rows.
+cat >"$work/wide-view.yaml" <<YAML
+pipeline: wide-view
+agents:
+  plan: { kind: sleep, writes: [items], value: [$(seq -s, 0 299)] }
+  work: { kind: sleep, foreach: items, reads: [item], writes: [results] }
+YAML
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 log="$work/serve.log"
+# Created now, so reading it cannot fail before the server writes to it.
+: >"$log"
 # Port 0: the server picks a free port and says which on stderr.
 BRAID_TOKEN="$token" "$bin" serve --bind 127.0.0.1:0 --no-store --pipelines "$work" >"$log" 2>&1 &
 server=$!
@@ -46,5 +80,5 @@ for _ in $(seq 1 100); do
 done
 [ -n "$url" ] && curl -fs "$url/healthz" >/dev/null || { cat "$log" >&2; echo "error: braid serve did not start" >&2; exit 1; }
 
-BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_SCREENSHOT="${BRAID_SCREENSHOT:-target/web-view.png}" \
+BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_FAN_GATE="$work/go-fan" BRAID_SCREENSHOT="${BRAID_SCREENSHOT:-target/web-view.png}" \
   node crates/braid-server/tests/browser/view.mjs

@@ -164,7 +164,12 @@ fn the_fanout_example_summarises_each_document_in_order() {
     );
     let empty = &summarize["instances"]["summarize[3]"];
     assert_eq!(empty["status"], "failed");
-    assert!(empty["error"].as_str().unwrap().contains("d-empty.txt is empty"));
+    assert!(
+        empty["error"]
+            .as_str()
+            .unwrap()
+            .contains("d-empty.txt is empty")
+    );
     let text = report["state"]["report"].as_str().unwrap();
     assert!(
         text.contains("1. **a-incident.txt** (24 words): The checkout service returned errors"),
@@ -187,7 +192,10 @@ fn the_fanout_example_summarises_each_document_in_order() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(table.contains("3 of 4 items completed, 1 failed"), "{table}");
+    assert!(
+        table.contains("3 of 4 items completed, 1 failed"),
+        "{table}"
+    );
     assert!(table.contains("summarize[3]"), "{table}");
 
     let output = braid().arg("explain").arg(&pipeline).output().unwrap();
@@ -205,7 +213,10 @@ fn the_fanout_example_summarises_each_document_in_order() {
 fn the_router_example_runs_exactly_one_desk() {
     let pipeline = examples().join("router/pipeline.yaml");
     let (output, report) = run_json(
-        &["--input", r#"{"request": "I was charged twice, please refund me"}"#],
+        &[
+            "--input",
+            r#"{"request": "I was charged twice, please refund me"}"#,
+        ],
         &pipeline,
     );
     assert_eq!(output.status.code(), Some(0), "{report}");
@@ -610,7 +621,10 @@ fn bench_prints_one_json_object_per_scenario_with_the_peers_fields() {
     assert_eq!(fanout["scenario"], "fanout");
     assert_eq!(fanout["items"], 20);
     for field in ["makespan_ms", "ideal_ms", "ratio", "noop_ms", "per_item_us"] {
-        assert!(fanout[field].is_number(), "fanout: `{field}` missing in {fanout}");
+        assert!(
+            fanout[field].is_number(),
+            "fanout: `{field}` missing in {fanout}"
+        );
     }
     for line in persist {
         assert_eq!(line["scenario"], "persist");
@@ -1358,6 +1372,66 @@ agents:
         "{svg}"
     );
     assert!(!outlined("short"), "short is not on the critical path");
+}
+
+/// A `foreach` agent is one bar in the timeline, labelled with how many of
+/// its elements completed; its instances get no bars of their own.
+#[test]
+fn runs_show_draws_a_fanout_as_one_bar_with_its_progress() {
+    let ws = Workspace::new(
+        r#"pipeline: fanned
+agents:
+  plan: { kind: sleep, ms: 1, writes: [items], value: [10, 20, 30, 40] }
+  work:
+    kind: command
+    run: [sh, -c, 'if grep -q "\"item\":30"; then echo no thirty >&2; exit 1; fi; echo "{\"out\": 1}"']
+    foreach: items
+    on_item_failure: skip
+    reads: [item]
+    writes: [out]
+  join: { kind: sleep, ms: 1, reads: [out], writes: [done] }
+"#,
+    );
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    assert_eq!(report["agents"]["work"]["items"]["failed"], 1, "{report}");
+    let run_id = report["run_id"].as_str().unwrap().to_owned();
+    let svg_path = ws.path("timeline.svg");
+    let output = braid_in(&ws)
+        .args(["runs", "show", &run_id, "--timeline"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let bars: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains(r#"class="run""#))
+        .collect();
+    assert_eq!(bars.len(), 3, "plan, work and join only: {svg}");
+    assert!(
+        bars.iter()
+            .any(|l| l.contains(r#"data-agent="work" data-status="completed""#)),
+        "{svg}"
+    );
+    assert!(
+        svg.contains(r#"<tspan class="progress">3 of 4, 1 failed</tspan>"#),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("×4"),
+        "the fan-out's name carries its size: {svg}"
+    );
 }
 
 /// Built without the `otlp` feature (the default), an OTLP endpoint in the

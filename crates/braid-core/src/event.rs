@@ -68,6 +68,10 @@ pub enum EventKind {
         agent: Arc<str>,
         /// Which attempt (1 for the first).
         attempt: u32,
+        /// For a `foreach` agent: how many instances it will run (the
+        /// length of its list).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        items: Option<u64>,
     },
     /// An attempt failed and the agent will try again after `delay_ms`.
     AgentRetrying {

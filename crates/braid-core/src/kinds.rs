@@ -102,7 +102,8 @@ pub struct AgentConfig<'a> {
     pub dir: &'a Path,
     /// The fields it reads (optional ones end in `?`).
     pub reads: Vec<String>,
-    /// The fields it writes.
+    /// The fields it writes (names only: an optional write's `?` is
+    /// dropped; the agent may leave such a field out of its output).
     pub writes: Vec<String>,
 }
 

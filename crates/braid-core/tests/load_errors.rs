@@ -398,39 +398,88 @@ agents:
 ",
     );
     assert_eq!(
-        find(&diagnostics, &["agent `typo`", "`foreach: docss`", "no agent writes", "did you mean `docs`"]),
+        find(
+            &diagnostics,
+            &[
+                "agent `typo`",
+                "`foreach: docss`",
+                "no agent writes",
+                "did you mean `docs`"
+            ]
+        ),
         (6, 34)
     );
     assert!(
-        !diagnostics.iter().any(|d| d.message.contains("reads `item`")),
+        !diagnostics
+            .iter()
+            .any(|d| d.message.contains("reads `item`")),
         "the element of an unresolved foreach is still local: {diagnostics:#?}"
     );
     assert_eq!(
-        find(&diagnostics, &["agent `clash`", "`doc` is the element", "a run input", "choose another `as`"]),
+        find(
+            &diagnostics,
+            &[
+                "agent `clash`",
+                "`doc` is the element",
+                "a run input",
+                "choose another `as`"
+            ]
+        ),
         (7, 44)
     );
     assert_eq!(
-        find(&diagnostics, &["agent `merge` writes `merged`", "merge rule (`append`)", "foreach"]),
+        find(
+            &diagnostics,
+            &[
+                "agent `merge` writes `merged`",
+                "merge rule (`append`)",
+                "foreach"
+            ]
+        ),
         (8, 64)
     );
     assert_eq!(
-        find(&diagnostics, &["agent `zero`", "`concurrency` must be at least 1"]),
+        find(
+            &diagnostics,
+            &["agent `zero`", "`concurrency` must be at least 1"]
+        ),
         (9, 53)
     );
     assert_eq!(
-        find(&diagnostics, &["agent `zero`", "`on_item_failure` must be `fail` or `skip`, found `maybe`"]),
+        find(
+            &diagnostics,
+            &[
+                "agent `zero`",
+                "`on_item_failure` must be `fail` or `skip`, found `maybe`"
+            ]
+        ),
         (9, 73)
     );
     assert_eq!(
-        find(&diagnostics, &["agent `lone`", "`as` applies only to a `foreach` agent"]),
+        find(
+            &diagnostics,
+            &["agent `lone`", "`as` applies only to a `foreach` agent"]
+        ),
         (10, 29)
     );
     assert_eq!(
-        find(&diagnostics, &["agent `lone`", "`expected_items` applies only to a `foreach` agent"]),
+        find(
+            &diagnostics,
+            &[
+                "agent `lone`",
+                "`expected_items` applies only to a `foreach` agent"
+            ]
+        ),
         (10, 48)
     );
     assert_eq!(
-        find(&diagnostics, &["agent `self`", "`foreach: e` names a field only this agent writes"]),
+        find(
+            &diagnostics,
+            &[
+                "agent `self`",
+                "`foreach: e` names a field only this agent writes"
+            ]
+        ),
         (11, 34)
     );
 }
@@ -444,7 +493,10 @@ agents:
 ",
     );
     assert_eq!(
-        find(&diagnostics, &["agent `a` writes `not-a-field`", "optional write"]),
+        find(
+            &diagnostics,
+            &["agent `a` writes `not-a-field`", "optional write"]
+        ),
         (3, 35)
     );
 }
@@ -460,7 +512,10 @@ agents:
     );
     find(
         &diagnostics,
-        &["dependency cycle: a -> b -> a", "b fans out over `x` written by a"],
+        &[
+            "dependency cycle: a -> b -> a",
+            "b fans out over `x` written by a",
+        ],
     );
 }
 

@@ -39,7 +39,10 @@ async fn foreach_runs_one_instance_per_element_and_keeps_element_order() {
         let audience = reads.get("audience").unwrap().as_str().unwrap().to_owned();
         // Earlier elements finish later.
         tokio::time::sleep(Duration::from_millis(40 - 10 * index)).await;
-        Ok(writes(&[("summaries", json!(format!("{doc} for {audience} (#{index})")))]))
+        Ok(writes(&[(
+            "summaries",
+            json!(format!("{doc} for {audience} (#{index})")),
+        )]))
     });
     let pipeline = load(
         "pipeline: docs
@@ -65,7 +68,12 @@ agents:
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
     assert_eq!(
         *report.state["summaries"],
-        json!(["a for ops (#0)", "b for ops (#1)", "c for ops (#2)", "d for ops (#3)"])
+        json!([
+            "a for ops (#0)",
+            "b for ops (#1)",
+            "c for ops (#2)",
+            "d for ops (#3)"
+        ])
     );
     let summarize = &report.agents["summarize"];
     assert_eq!(summarize.status, AgentStatus::Completed);
@@ -74,7 +82,12 @@ agents:
     let instances = summarize.instances.as_ref().unwrap();
     assert_eq!(
         instances.keys().collect::<Vec<_>>(),
-        ["summarize[0]", "summarize[1]", "summarize[2]", "summarize[3]"]
+        [
+            "summarize[0]",
+            "summarize[1]",
+            "summarize[2]",
+            "summarize[3]"
+        ]
     );
     // #3 was quickest, #0 slowest: they did run at once, not one by one.
     let end = |i: usize| {
@@ -123,7 +136,11 @@ agents:
     );
     let report = run(&pipeline, json!({}), RunOptions::default()).await;
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
-    assert_eq!(most.load(Ordering::SeqCst), 2, "at most 2 instances at once");
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "at most 2 instances at once"
+    );
     assert_eq!(*report.state["results"], json!(vec![true; 8]));
     let work = &report.agents["work"];
     let slow = &report.agents["slow"];
@@ -193,7 +210,12 @@ agents:
 ",
         &flaky_kinds(),
     );
-    let report = run(&pipeline, json!({"items": [1, -2, 3]}), RunOptions::default()).await;
+    let report = run(
+        &pipeline,
+        json!({"items": [1, -2, 3]}),
+        RunOptions::default(),
+    )
+    .await;
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
     assert_eq!(*report.state["out"], json!([10, null, 30]));
     let each = &report.agents["each"];
@@ -216,12 +238,20 @@ agents:
 ",
         &flaky_kinds(),
     );
-    let report = run(&pipeline, json!({"items": [1, -2, 3]}), RunOptions::default()).await;
+    let report = run(
+        &pipeline,
+        json!({"items": [1, -2, 3]}),
+        RunOptions::default(),
+    )
+    .await;
     assert_eq!(report.status, RunStatus::Failed);
     let each = &report.agents["each"];
     assert_eq!(each.status, AgentStatus::Failed);
     let error = each.error.as_deref().unwrap();
-    assert!(error.contains("each[1]") && error.contains("cannot take -2"), "{error}");
+    assert!(
+        error.contains("each[1]") && error.contains("cannot take -2"),
+        "{error}"
+    );
     assert!(!report.state.contains_key("out"));
     assert_eq!(report.agents["after"].status, AgentStatus::Cancelled);
 }
@@ -239,7 +269,10 @@ agents:
     let report = run(&pipeline, json!({"items": "abc"}), RunOptions::default()).await;
     assert_eq!(report.status, RunStatus::Failed);
     let error = report.agents["each"].error.as_deref().unwrap();
-    assert_eq!(error, "`foreach: items` needs a list, but `items` is a string");
+    assert_eq!(
+        error,
+        "`foreach: items` needs a list, but `items` is a string"
+    );
 }
 
 #[tokio::test]
@@ -282,7 +315,12 @@ agents:
     let mut completed = HashSet::new();
     while let Some(event) = rx.recv().await {
         match event.kind {
-            EventKind::AgentStarted { agent, .. } => started.insert(agent.to_string()),
+            EventKind::AgentStarted { agent, items, .. } => {
+                // The agent's own start says how many instances follow.
+                let expected = (&*agent == "each").then_some(2);
+                assert_eq!(items, expected, "{agent}");
+                started.insert(agent.to_string())
+            }
             EventKind::AgentCompleted { agent, .. } => completed.insert(agent.to_string()),
             EventKind::RunFinished { .. } => break,
             _ => false,
@@ -364,7 +402,10 @@ agents:
     assert_eq!(each.items.unwrap().completed, 3);
     let records = kept.0.lock().unwrap().clone();
     let names: HashSet<String> = records.iter().map(|r| r.agent.to_string()).collect();
-    assert_eq!(names, ["each[0]", "each[1]", "each[3]"].map(String::from).into());
+    assert_eq!(
+        names,
+        ["each[0]", "each[1]", "each[3]"].map(String::from).into()
+    );
 
     calls.lock().unwrap().clear();
     hang.store(false, Ordering::SeqCst);
@@ -375,7 +416,11 @@ agents:
     };
     let report = run(&pipeline, input, options).await;
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
-    assert_eq!(*calls.lock().unwrap(), [100], "only the unfinished instance ran again");
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [100],
+        "only the unfinished instance ran again"
+    );
     assert_eq!(*report.state["out"], json!([2, 3, 101, 4]));
     let instances = report.agents["each"].instances.as_ref().unwrap();
     assert!(instances["each[0]"].resumed && !instances["each[2]"].resumed);
@@ -405,7 +450,12 @@ agents:
 ",
         &kinds,
     );
-    let report = run(&pipeline, json!({"request": "a refund please"}), RunOptions::default()).await;
+    let report = run(
+        &pipeline,
+        json!({"request": "a refund please"}),
+        RunOptions::default(),
+    )
+    .await;
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
     assert_eq!(report.agents["refund"].status, AgentStatus::Completed);
     assert_eq!(report.agents["audit"].status, AgentStatus::Completed);
@@ -435,7 +485,10 @@ agents:
     let report = run(&pipeline, json!({}), RunOptions::default()).await;
     assert_eq!(report.status, RunStatus::Failed);
     let error = report.agents["half"].error.as_deref().unwrap();
-    assert!(error.contains("did not write declared field(s) `b`"), "{error}");
+    assert!(
+        error.contains("did not write declared field(s) `b`"),
+        "{error}"
+    );
 }
 
 mod properties {
@@ -806,4 +859,20 @@ agents:
         );
         assert_eq!(*report.state["final_critique"], json!({"score": 6}));
     }
+
+/// A kind is handed its writes by name, `?` dropped: a `sleep` agent with
+/// an optional write writes the field itself.
+#[tokio::test]
+async fn kinds_see_optional_writes_by_their_names() {
+    let pipeline = load(
+        "pipeline: p
+agents:
+  a: { kind: sleep, writes: [maybe?] }
+  b: { kind: sleep, reads: [maybe], writes: [done] }
+",
+        &AgentKinds::standard(),
+    );
+    let report = run(&pipeline, json!({}), RunOptions::default()).await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(*report.state["maybe"], json!(true));
 }

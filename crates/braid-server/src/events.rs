@@ -11,9 +11,17 @@
 //! events are never dropped or delayed. Once it is reached, log lines are
 //! dropped (and counted) and lifecycle events coalesce: only the latest one
 //! per agent is held, with a count of how many it stands for, and the held
-//! ones are appended just before the run's final event. So nothing about
-//! an agent's fate vanishes, the log holds at most `cap` events plus one
-//! per agent plus the final event, and the final event always arrives.
+//! ones are appended just before the run's final event. The instances of
+//! a `foreach` agent (`summarize[3]`) share one held slot, apart from the
+//! agent's own: a fan-out over 100,000 elements adds one held event, not
+//! 100,000 (each instance's fate is in the run's report, which already
+//! costs one entry per instance). So nothing about an agent's fate
+//! vanishes, the log holds at most `cap` events plus two per pipeline agent
+//! plus the final event, and the final event always arrives.
+//!
+//! The pump's own per-agent bookkeeping (when an agent's last line went
+//! out, its held-back lines) is dropped when the agent ends, so it is
+//! bounded by the members in flight, not by the instances a run ever had.
 //!
 //! A subscriber (SSE or WebSocket) first replays the log after the sequence
 //! number it already has, then follows the broadcast. The broadcast buffer
@@ -73,9 +81,33 @@ impl LoggedEvent {
     }
 }
 
-/// Lifecycle events held back once the log is full: per agent (`None` for
-/// the run's own events), the latest and how many it stands for.
-type Held = IndexMap<Option<Arc<str>>, (RunEvent, u64)>;
+/// Whose lifecycle events one held slot stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum HeldKey {
+    /// The run's own events.
+    Run,
+    /// A pipeline agent's own events (a `foreach` agent's aggregate ones
+    /// included).
+    Agent(Arc<str>),
+    /// Every instance of the `foreach` agent of this name, together.
+    Instances(Arc<str>),
+}
+
+impl HeldKey {
+    fn of(event: &RunEvent) -> Self {
+        match event.kind.agent() {
+            None => Self::Run,
+            Some(agent) => match braid_core::report::split_instance(agent) {
+                Some((parent, _)) => Self::Instances(Arc::from(parent)),
+                None => Self::Agent(agent.clone()),
+            },
+        }
+    }
+}
+
+/// Lifecycle events held back once the log is full: per [`HeldKey`], the
+/// latest and how many it stands for.
+type Held = IndexMap<HeldKey, (RunEvent, u64)>;
 
 struct Inner {
     events: Vec<Arc<LoggedEvent>>,
@@ -148,8 +180,9 @@ impl EventLog {
 
     /// Appends and broadcasts one event. Once the log holds `cap` events,
     /// a log line is dropped and a lifecycle event is held (the latest per
-    /// agent) until the run's final event, which is always appended, after
-    /// the held ones.
+    /// agent, and per `foreach` agent for all its instances together)
+    /// until the run's final event, which is always appended, after the
+    /// held ones.
     pub fn push(&self, mut event: RunEvent) {
         if let EventKind::AgentLog { line, .. } = &mut event.kind
             && line.len() > MAX_LINE_BYTES
@@ -171,8 +204,7 @@ impl EventLog {
                 } else {
                     inner.coalesced += 1;
                     metrics::counter!("braid_events_coalesced_total").increment(1);
-                    let key = event.kind.agent().cloned();
-                    match inner.held.entry(key) {
+                    match inner.held.entry(HeldKey::of(&event)) {
                         indexmap::map::Entry::Occupied(mut held) => {
                             let held = held.get_mut();
                             held.0 = event;
@@ -377,6 +409,15 @@ pub async fn pump(mut from_engine: braid_core::event::EventReceiver, log: Arc<Ev
                         {
                             log.push(folded(held));
                         }
+                        // An agent that ended logs no more: forget when it
+                        // last did, so the map holds the members in flight,
+                        // not every instance a fan-out ever had.
+                        if let EventKind::AgentCompleted { agent, .. }
+                        | EventKind::AgentFailed { agent, .. }
+                        | EventKind::AgentSkipped { agent, .. } = kind
+                        {
+                            last_sent.remove(agent);
+                        }
                         if matches!(kind, EventKind::RunFinished { .. }) {
                             for (_, held) in pending.drain() {
                                 log.push(folded(held));
@@ -435,6 +476,7 @@ mod tests {
                 kind: EventKind::AgentStarted {
                     agent: Arc::from("a"),
                     attempt: 1,
+                    items: None,
                 },
             });
         }
@@ -501,6 +543,61 @@ mod tests {
         ));
         assert_eq!(log.coalesced(), 196);
         assert_eq!(log.dropped(), 99);
+    }
+
+    #[test]
+    fn past_the_cap_a_fanouts_instances_share_one_held_slot() {
+        let log = EventLog::new(3);
+        let named = |agent: String| Arc::<str>::from(agent);
+        log.push(event(EventKind::AgentStarted {
+            agent: named("work".into()),
+            attempt: 1,
+            items: None,
+        }));
+        for i in 0..100_000 {
+            log.push(event(EventKind::AgentStarted {
+                agent: named(format!("work[{i}]")),
+                attempt: 1,
+                items: None,
+            }));
+            log.push(event(EventKind::AgentCompleted {
+                agent: named(format!("work[{i}]")),
+                duration_ms: 1.0,
+            }));
+        }
+        log.push(event(EventKind::AgentCompleted {
+            agent: named("work".into()),
+            duration_ms: 5.0,
+        }));
+        log.push(event(EventKind::RunFinished {
+            status: braid_core::RunStatus::Completed,
+            makespan_ms: 5.0,
+        }));
+        let events = log.all();
+        let names: Vec<(String, u64)> = events
+            .iter()
+            .map(|e| match e.event.kind.agent() {
+                Some(agent) => (agent.to_string(), e.coalesced),
+                None => ("run".to_owned(), e.coalesced),
+            })
+            .collect();
+        // Kept: work, work[0] twice; then one slot for every instance
+        // (their latest event), one for the agent's own, and the final one.
+        assert_eq!(
+            names,
+            [
+                ("work".to_owned(), 0),
+                ("work[0]".to_owned(), 0),
+                ("work[0]".to_owned(), 0),
+                ("work[99999]".to_owned(), 199_998),
+                ("work".to_owned(), 1),
+                ("run".to_owned(), 0),
+            ]
+        );
+        assert!(matches!(
+            events[3].event.kind,
+            EventKind::AgentCompleted { .. }
+        ));
     }
 
     #[test]

@@ -1159,3 +1159,133 @@ async fn the_servers_own_logs_go_through_tracing() {
         );
     }
 }
+
+const FANOUT: &str = "pipeline: fan
+agents:
+  plan: { kind: sleep, ms: 1, writes: [items], value: [1, 2, 3, 4] }
+  work: { kind: sleep, ms: 5, foreach: items, concurrency: 2, reads: [item], writes: [results] }
+  join: { kind: sleep, ms: 1, reads: [results], writes: [done] }
+";
+
+/// A fan-out's instances stream as events of their own (`work[2]`) beside
+/// the agent's, and its report counts and nests them, live and from the
+/// store after a restart.
+#[tokio::test]
+async fn a_fanouts_instances_come_through_the_stream_and_the_report() {
+    let store = Arc::new(MemoryStore::new());
+    let first = Server::start(ServerConfig::default(), Some(store.clone())).await;
+    register(&first.state, FANOUT).await;
+    let id = start_run(&first, "fan", "summary").await;
+    let events = read_sse(
+        client()
+            .get(format!("{}/v1/runs/{id}/events", first.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let seen = lifecycle(&events);
+    for i in 0..4 {
+        for kind in ["agent_started", "agent_completed"] {
+            let event = format!("{kind} work[{i}]");
+            assert_eq!(
+                seen.iter().filter(|e| **e == event).count(),
+                1,
+                "{event}: {seen:?}"
+            );
+        }
+    }
+    let position = |event: &str| seen.iter().position(|e| e == event).unwrap();
+    assert!(position("agent_started work") < position("agent_started work[0]"));
+    assert!(position("agent_completed work[3]") < position("agent_completed work"));
+    assert_eq!(seen.last().map(String::as_str), Some("run_finished"));
+
+    let check = |run: &Value, whence: &str| {
+        assert_eq!(run["status"], "completed", "{whence}: {run}");
+        let work = &run["agents"]["work"];
+        assert_eq!(work["status"], "completed", "{whence}");
+        assert_eq!(work["items"]["total"], 4, "{whence}: {work}");
+        assert_eq!(work["items"]["completed"], 4, "{whence}: {work}");
+        let instances: Vec<&String> = work["instances"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            instances,
+            ["work[0]", "work[1]", "work[2]", "work[3]"],
+            "{whence}"
+        );
+        assert_eq!(work["instances"]["work[2]"]["status"], "completed");
+        assert!(
+            run["agents"].get("work[0]").is_none(),
+            "{whence}: instances are not top-level agents"
+        );
+    };
+    let (status, live) = call(&first.state, "GET", &format!("/v1/runs/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    check(&live, "in memory");
+    first.stop().await;
+
+    let second = Server::start(ServerConfig::default(), Some(store)).await;
+    let (status, stored) = call(&second.state, "GET", &format!("/v1/runs/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    check(&stored, "from the store");
+    second.stop().await;
+}
+
+/// Past the event cap, a fan-out over many elements adds one held event
+/// for all its instances: the stream stays short and still ends.
+#[tokio::test]
+async fn a_wide_fanout_past_the_event_cap_keeps_the_stream_bounded() {
+    let server = Server::start(
+        ServerConfig {
+            max_events_per_run: 20,
+            ..ServerConfig::default()
+        },
+        None,
+    )
+    .await;
+    let items: Vec<u32> = (0..2000).collect();
+    let yaml = format!(
+        "pipeline: wide
+agents:
+  plan: {{ kind: sleep, writes: [items], value: {} }}
+  work: {{ kind: sleep, foreach: items, reads: [item], writes: [results] }}
+  join: {{ kind: sleep, reads: [results], writes: [done] }}
+",
+        json!(items)
+    );
+    let (status, body) = register(&server.state, &yaml).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = start_run(&server, "wide", "summary").await;
+    let events = read_sse(
+        client()
+            .get(format!("{}/v1/runs/{id}/events", server.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        events.len() <= 20 + 2 * 3 + 1,
+        "{} events: {:?}",
+        events.len(),
+        lifecycle(&events)
+    );
+    let seen = lifecycle(&events);
+    assert!(
+        seen.contains(&"agent_completed work".to_owned()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&"agent_completed join".to_owned()),
+        "{seen:?}"
+    );
+    let instances = events
+        .iter()
+        .find(|(_, _, data)| data["agent"] == "work[1999]")
+        .expect("the instances' latest event is held");
+    // It stands for every instance event the log had no room for.
+    let kept = seen[..20].iter().filter(|e| e.contains(" work[")).count();
+    assert_eq!(instances.2["coalesced"], 2 * 2000 - kept, "{seen:?}");
+    let (_, run) = call(&server.state, "GET", &format!("/v1/runs/{id}"), None).await;
+    assert_eq!(run["agents"]["work"]["items"]["completed"], 2000);
+    server.stop().await;
+}

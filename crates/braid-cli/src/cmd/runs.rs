@@ -210,13 +210,15 @@ async fn show(
     if let Some(path) = timeline {
         let pipeline = same_pipeline(&run).ok();
         // In the pipeline's order when it is at hand, else by start.
-        // A `foreach` agent is one bar: its instances are not drawn apart.
-        let mut agents: Vec<(String, AgentReport)> = run
-            .agents
-            .iter()
-            .filter(|a| braid_core::report::split_instance(&a.agent).is_none())
-            .map(|a| (a.agent.to_string(), a.report.clone()))
-            .collect();
+        // A `foreach` agent is one bar labelled with its progress: its
+        // instances are nested (and counted) under it, not drawn apart.
+        let mut agents: Vec<(String, AgentReport)> = braid_core::report::nest_instances(
+            run.agents
+                .iter()
+                .map(|a| (a.agent.to_string(), a.report.clone())),
+        )
+        .into_iter()
+        .collect();
         if let Some(p) = &pipeline {
             agents.sort_by_key(|(name, _)| p.agent_names().position(|n| n == name));
         }

@@ -1,6 +1,8 @@
 //! A run's timeline as SVG: per agent, its queue wait and its execution as
 //! bars on one time axis, coloured by status, with the critical path (the
-//! chain of dependencies that set the makespan) outlined.
+//! chain of dependencies that set the makespan) outlined. A `foreach`
+//! agent is one bar with its progress: `3 of 4` (instances completed of
+//! its elements), and how many failed or were cancelled, if any.
 
 use std::fmt::Write as _;
 
@@ -22,6 +24,20 @@ fn escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// A `foreach` agent's progress, from its instances' counts: `3 of 4`,
+/// then `, 1 failed` and `, 2 cancelled` when there are any. `None` for
+/// other agents.
+pub(crate) fn progress(agent: &AgentReport) -> Option<String> {
+    let items = agent.items?;
+    let mut label = format!("{} of {}", items.completed, items.total);
+    for (n, what) in [(items.failed, "failed"), (items.cancelled, "cancelled")] {
+        if n > 0 {
+            let _ = write!(label, ", {n} {what}");
+        }
+    }
+    Some(label)
 }
 
 /// The agents on the critical path of the run as it happened: the longest
@@ -60,11 +76,17 @@ pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[Str
         .fold(1.0f64, f64::max);
     let x = |ms: f64| LABEL + ms / end * WIDTH;
     let height = 70.0 + agents.len() as f64 * ROW;
+    // Room right of the bars for the duration, and a fan-out's progress.
+    let tail = if agents.iter().any(|(_, a)| a.items.is_some()) {
+        240.0
+    } else {
+        90.0
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">"#,
-        w = LABEL + WIDTH + 90.0
+        w = LABEL + WIDTH + tail
     );
     let _ = writeln!(
         out,
@@ -90,9 +112,14 @@ pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[Str
     for (i, (name, agent)) in agents.iter().enumerate() {
         let y = 52.0 + i as f64 * ROW;
         let on_path = critical.iter().any(|c| c == name);
+        // A fan-out's name says how many instances it stands for.
+        let times = agent
+            .items
+            .map(|i| format!(r##" <tspan fill="#555">×{}</tspan>"##, i.total))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            r#"<text x="8" y="{:.1}"{}>{}</text>"#,
+            r#"<text x="8" y="{:.1}"{}>{}{times}</text>"#,
             y + 15.0,
             if on_path {
                 r##" fill="#d93025" font-weight="bold""##
@@ -131,9 +158,12 @@ pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[Str
             y + 3.0,
             (x(start + duration) - x(start)).max(1.0)
         );
+        let progress = progress(agent)
+            .map(|p| format!(r#" · <tspan class="progress">{p}</tspan>"#))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            r##"<text x="{:.1}" y="{:.1}" fill="#555">{duration:.1} ms</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" fill="#555">{duration:.1} ms{progress}</text>"##,
             x(start + duration) + 4.0,
             y + 15.0
         );

@@ -182,7 +182,13 @@ impl Compiler<'_> {
             settings: &settings,
             dir: self.dir,
             reads: agent.reads.iter().map(|r| r.to_string()).collect(),
-            writes: agent.writes.iter().map(|w| w.to_string()).collect(),
+            // Names only: whether a write is optional is the scheduler's
+            // business (an agent may leave `name?` out).
+            writes: agent
+                .writes
+                .iter()
+                .map(|w| w.strip_suffix('?').unwrap_or(w.as_str()).to_owned())
+                .collect(),
         };
         match kind.build(&config, self.kinds) {
             Ok(built) => Some(built),

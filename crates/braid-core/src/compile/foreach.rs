@@ -24,8 +24,14 @@ impl Compiler<'_> {
             let tuning = [
                 ("as", agent.item_as.as_ref().map(|s| s.span())),
                 ("concurrency", agent.concurrency.as_ref().map(|s| s.span())),
-                ("on_item_failure", agent.on_item_failure.as_ref().map(|s| s.span())),
-                ("expected_items", agent.expected_items.as_ref().map(|s| s.span())),
+                (
+                    "on_item_failure",
+                    agent.on_item_failure.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "expected_items",
+                    agent.expected_items.as_ref().map(|s| s.span()),
+                ),
             ];
             for (key, span) in tuning {
                 if let Some(span) = span {
@@ -60,10 +66,7 @@ impl Compiler<'_> {
         self.add_edges(id, field);
         self.edge_fields[id].push((field, "fans out over"));
 
-        let item = agent
-            .item_as
-            .as_ref()
-            .map_or(DEFAULT_ITEM, |s| s.as_str());
+        let item = agent.item_as.as_ref().map_or(DEFAULT_ITEM, |s| s.as_str());
         let as_at = agent
             .item_as
             .as_ref()
@@ -110,7 +113,9 @@ impl Compiler<'_> {
             Some(c) if **c == 0 => {
                 self.error(
                     self.source.at(c.span()),
-                    format!("{who}: `concurrency` must be at least 1 (leave it out for the run's limit)"),
+                    format!(
+                        "{who}: `concurrency` must be at least 1 (leave it out for the run's limit)"
+                    ),
                 );
                 None
             }

@@ -176,6 +176,7 @@ impl Scheduler<'_> {
         self.emit(|| EventKind::AgentStarted {
             agent: name,
             attempt: 1,
+            items: Some(len as u64),
         });
         self.advance(agent, now);
     }
@@ -315,6 +316,7 @@ impl Scheduler<'_> {
         self.emit(|| EventKind::AgentStarted {
             agent: name,
             attempt: 1,
+            items: None,
         });
     }
 

@@ -601,6 +601,7 @@ impl<'p> Scheduler<'p> {
         self.emit(|| EventKind::AgentStarted {
             agent: name,
             attempt: 1,
+            items: None,
         });
     }
 

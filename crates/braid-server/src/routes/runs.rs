@@ -189,11 +189,14 @@ pub(super) async fn get_run(
     if let Some(store) = &state.inner.store
         && let Some(stored) = store.get_run(&id).await?
     {
-        let agents: indexmap::IndexMap<&str, &braid_core::AgentReport> = stored
-            .agents
-            .iter()
-            .map(|a| (&*a.agent, &a.report))
-            .collect();
+        // The store keeps one record a member: a `foreach` agent's
+        // instances are nested under it, as in a live run's report.
+        let agents = braid_core::report::nest_instances(
+            stored
+                .agents
+                .iter()
+                .map(|a| (a.agent.to_string(), a.report.clone())),
+        );
         let mut value = serde_json::to_value(&stored).unwrap_or_default();
         value["agents"] = json!(agents);
         return Ok(Json(value));
