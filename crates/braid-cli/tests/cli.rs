@@ -238,6 +238,86 @@ fn the_router_example_runs_exactly_one_desk() {
 }
 
 #[test]
+fn the_per_document_example_runs_a_sub_pipeline_per_document() {
+    let pipeline = examples().join("fanout/per-document.yaml");
+    let (output, report) = run_json(&["--input", r#"{"folder": "docs"}"#], &pipeline);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    let index = report["state"]["index"].as_str().unwrap();
+    assert_eq!(
+        index.lines().collect::<Vec<_>>(),
+        [
+            "1. a-incident.txt (24 words): The checkout service returned errors for twelve minutes after a configuration push.",
+            "2. b-capacity.txt (15 words): Database CPU stays under forty percent at peak.",
+            "3. c-costs.txt (18 words): Storage costs grew eight percent month over month.",
+            "- (a document could not be read)",
+        ]
+    );
+    let per_doc = &report["agents"]["per_doc"];
+    assert_eq!(per_doc["items"]["failed"], 1);
+    let instances = per_doc["instances"].as_object().unwrap();
+    assert_eq!(instances["per_doc[3].words"]["status"], "failed");
+    assert_eq!(instances["per_doc[3].card"]["status"], "cancelled");
+    assert_eq!(instances["per_doc[1].card"]["status"], "completed");
+}
+
+#[test]
+fn the_loop_example_redrafts_until_the_critique_is_good_enough() {
+    let pipeline = examples().join("loop/pipeline.yaml");
+    let (output, report) = run_json(&["--input", r#"{"topic": "eager scheduling"}"#], &pipeline);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    // 3 points by round 2: score 9 ends the loop there.
+    assert_eq!(report["state"]["final_critique"]["score"], 9);
+    assert_eq!(
+        report["state"]["post"],
+        "Eager scheduling: Independent agents run at the same time. A dependent agent starts \
+         the moment its inputs exist. Nothing waits for a level or a batch. (score 9/9)"
+    );
+    let rounds = report["agents"]["refine"]["instances"].as_object().unwrap();
+    for name in ["refine#0", "refine#1", "refine#2", "refine#2.draft", "refine#2.critique"] {
+        assert_eq!(rounds[name]["status"], "completed", "{name}");
+    }
+    assert!(!rounds.contains_key("refine#3"));
+}
+
+#[test]
+fn the_tools_example_calls_the_calculator_until_the_model_answers() {
+    // A local stand-in for an OpenAI-compatible model.
+    let mut stub = Command::new("python3")
+        .arg(examples().join("tools/stub_model.py"))
+        .arg("0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(stub.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let output = braid()
+        .arg("run")
+        .arg(examples().join("tools/pipeline.yaml"))
+        .args(["--output", "json", "--input", r#"{"question": "What is 19 + 23, plus 100?"}"#])
+        .env("BRAID_LLM_URL", format!("http://127.0.0.1:{}/v1", port.trim()))
+        .output()
+        .unwrap();
+    let _ = stub.kill();
+    let _ = stub.wait();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&output.stderr))
+    });
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["state"]["answer"], "The total is 142.");
+    let rounds = report["agents"]["solve"]["instances"].as_object().unwrap();
+    // Two tool calls (19 + 23, then + 100), then the answer in round 2,
+    // where the tool had nothing to do.
+    assert_eq!(rounds["solve#0.tool"]["status"], "completed");
+    assert_eq!(rounds["solve#1.tool"]["status"], "completed");
+    assert_eq!(rounds["solve#2.tool"]["status"], "skipped");
+    assert!(!rounds.contains_key("solve#3"));
+}
+
+#[test]
 fn a_failing_command_agent_fails_the_run_with_its_exit_code_and_stderr() {
     let ws = Workspace::new(
         "pipeline: failing
