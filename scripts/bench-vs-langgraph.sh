@@ -41,6 +41,8 @@ for round in $(seq 1 "$rounds"); do
       ./target/release/braid bench --scenario many --concurrent 10000 \
         | sed 's/"scenario":"many"/"scenario":"many-10000"/' >> "$out/braid.jsonl"
       ./target/release/braid bench >> "$out/braid.jsonl"
+      # Alone in its process, so its peak RSS is its own.
+      ./target/release/braid bench --scenario fanout-large >> "$out/braid.jsonl"
     else
       .venv-peer/bin/python "$peer" >> "$out/langgraph.jsonl"
     fi
@@ -82,6 +84,10 @@ spec = [
     ("many: 10,000 concurrent seed runs, makespan / ideal", "many-10000", "ratio", None, None, ""),
     ("many: 10,000 concurrent seed runs, the process's first round (cold)", "many-10000", "cold_ratio", None, None, ""),
     ("many: 10,000 concurrent runs, peak RSS", "many-10000", "peak_rss_mb", None, None, " MB"),
+    ("fanout: 1,000 no-op items, per item", "fanout", "per_item_us", "fanout", "per_item_us", " µs"),
+    ("fanout: 1,000 items of L = 50 ms, makespan / L", "fanout", "ratio", "fanout", "ratio", ""),
+    ("fanout: one run over 100,000 no-op items", "fanout-large", "makespan_ms", None, None, " ms"),
+    ("fanout: one run over 100,000 no-op items, peak RSS", "fanout-large", "peak_rss_mb", None, None, " MB"),
     ("persist, SQLite, per run committed before the next: LangGraph exit / braid end", "persist-sqlite-end-1-wait", "per_run_us", "persist-exit", "per_run_us", " µs"),
     ("persist, SQLite, per run committed before the next: LangGraph sync / braid agent", "persist-sqlite-agent-1-wait", "per_run_us", "persist-sync", "per_run_us", " µs"),
     ("persist, SQLite, amortised over 100 runs in flight: end (the peer runs one at a time)", "persist-sqlite-end-100-batch", "per_run_us", None, None, " µs"),
