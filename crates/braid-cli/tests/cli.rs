@@ -273,7 +273,13 @@ fn the_loop_example_redrafts_until_the_critique_is_good_enough() {
          the moment its inputs exist. Nothing waits for a level or a batch. (score 9/9)"
     );
     let rounds = report["agents"]["refine"]["instances"].as_object().unwrap();
-    for name in ["refine#0", "refine#1", "refine#2", "refine#2.draft", "refine#2.critique"] {
+    for name in [
+        "refine#0",
+        "refine#1",
+        "refine#2",
+        "refine#2.draft",
+        "refine#2.critique",
+    ] {
         assert_eq!(rounds[name]["status"], "completed", "{name}");
     }
     assert!(!rounds.contains_key("refine#3"));
@@ -297,15 +303,22 @@ fn the_tools_example_calls_the_calculator_until_the_model_answers() {
     let output = braid()
         .arg("run")
         .arg(examples().join("tools/pipeline.yaml"))
-        .args(["--output", "json", "--input", r#"{"question": "What is 19 + 23, plus 100?"}"#])
-        .env("BRAID_LLM_URL", format!("http://127.0.0.1:{}/v1", port.trim()))
+        .args([
+            "--output",
+            "json",
+            "--input",
+            r#"{"question": "What is 19 + 23, plus 100?"}"#,
+        ])
+        .env(
+            "BRAID_LLM_URL",
+            format!("http://127.0.0.1:{}/v1", port.trim()),
+        )
         .output()
         .unwrap();
     let _ = stub.kill();
     let _ = stub.wait();
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&output.stderr))
-    });
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
     assert_eq!(output.status.code(), Some(0), "{report}");
     assert_eq!(report["state"]["answer"], "The total is 142.");
     let rounds = report["agents"]["solve"]["instances"].as_object().unwrap();

@@ -525,7 +525,6 @@ agents:
   per_doc:
     kind: pipeline
     reads: [topic]
-    writes: [x]
     agents:
       a: { kind: sleep, reads: [topc], writes: [text] }
     outputs: { texts: text }
@@ -554,14 +553,64 @@ agents:
 fn group_mistakes_name_the_group_the_key_and_the_place() {
     let diagnostics = errors(BAD_GROUPS);
     // Inside a group: like a pipeline, the group named, the place kept.
-    find(&diagnostics, &["group `per_doc`: agent `a` reads `topc`", "did you mean `topic`"]);
-    find(&diagnostics, &["agent `per_doc`: a group's writes are the keys of its `outputs`"]);
-    find(&diagnostics, &["agent `outs`: `outputs.texts2` names `txt`", "not a field of the group", "did you mean `text`"]);
+    find(
+        &diagnostics,
+        &[
+            "group `per_doc`: agent `a` reads `topc`",
+            "did you mean `topic`",
+        ],
+    );
+    find(
+        &diagnostics,
+        &[
+            "agent `outs`: `outputs.texts2` names `txt`",
+            "not a field of the group",
+            "did you mean `text`",
+        ],
+    );
     find(&diagnostics, &["agent `refine`: `repeat` needs `max`"]);
-    find(&diagnostics, &["agent `refine`: `repeat.until` refers to `score`", "group's fields and `round`"]);
-    find(&diagnostics, &["agent `refine`: agent `draft` reads `feedback`", "absent in round 0", "`feedback?`"]);
-    find(&diagnostics, &["agent `once`: `carry.feedback` only means something with `repeat`"]);
+    find(
+        &diagnostics,
+        &[
+            "agent `refine`: `repeat.until` refers to `score`",
+            "group's fields and `round`",
+        ],
+    );
+    find(
+        &diagnostics,
+        &[
+            "agent `refine`: agent `draft` reads `feedback`",
+            "absent in round 0",
+            "`feedback?`",
+        ],
+    );
+    find(
+        &diagnostics,
+        &["agent `once`: `carry.feedback` only means something with `repeat`"],
+    );
     for d in &diagnostics {
         assert!(d.location.is_some(), "{d}");
     }
+}
+
+#[test]
+fn a_group_says_its_writes_are_its_outputs() {
+    let diagnostics = errors(
+        "pipeline: p
+agents:
+  g:
+    kind: pipeline
+    writes: [x]
+    agents:
+      a: { kind: sleep, writes: [y] }
+    outputs: { x: y }
+",
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["agent `g`: a group's writes are the keys of its `outputs`; remove `writes`"]
+        ),
+        (5, 13)
+    );
 }

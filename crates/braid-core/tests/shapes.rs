@@ -658,20 +658,34 @@ agents:
         .await;
         assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
         assert_eq!(*report.state["texts"], json!(["AB", "CDE", "F"]));
-        assert_eq!(*report.state["labels"], json!([[2, "ops"], [3, "ops"], [1, "ops"]]));
+        assert_eq!(
+            *report.state["labels"],
+            json!([[2, "ops"], [3, "ops"], [1, "ops"]])
+        );
         let (_, slow_extract_end) = ms_since_start(&report, "per_doc", "per_doc[0].extract");
         let (_, other_classify_end) = ms_since_start(&report, "per_doc", "per_doc[1].classify");
         assert!(
             other_classify_end < slow_extract_end,
             "element 1 finished classify at {other_classify_end} ms, after element 0's extract ended at {slow_extract_end} ms: a stage barrier"
         );
-        let names: Vec<&String> = report.agents["per_doc"].instances.as_ref().unwrap().keys().collect();
+        let names: Vec<&String> = report.agents["per_doc"]
+            .instances
+            .as_ref()
+            .unwrap()
+            .keys()
+            .collect();
         assert_eq!(
             names,
             [
-                "per_doc[0]", "per_doc[0].extract", "per_doc[0].classify",
-                "per_doc[1]", "per_doc[1].extract", "per_doc[1].classify",
-                "per_doc[2]", "per_doc[2].extract", "per_doc[2].classify",
+                "per_doc[0]",
+                "per_doc[0].extract",
+                "per_doc[0].classify",
+                "per_doc[1]",
+                "per_doc[1].extract",
+                "per_doc[1].classify",
+                "per_doc[2]",
+                "per_doc[2].extract",
+                "per_doc[2].classify",
             ]
         );
         assert!(report.agents["report"].start_ms.unwrap() >= slow_extract_end);
@@ -686,7 +700,10 @@ agents:
                 let feedback = reads.get("feedback").cloned();
                 let round = reads.get("round").unwrap().as_u64().unwrap();
                 draft_rounds.lock().unwrap().push(round);
-                Ok(writes(&[("draft", json!(format!("{topic} v{round} after {feedback:?}")))]))
+                Ok(writes(&[(
+                    "draft",
+                    json!(format!("{topic} v{round} after {feedback:?}")),
+                )]))
             }
         });
         kinds.builtin_fn("critique", |reads| async move {
@@ -712,7 +729,8 @@ agents:
 ";
 
     fn loop_yaml(max: u32, on_max: &str) -> String {
-        LOOP.replace("MAX", &max.to_string()).replace("ON_MAX", on_max)
+        LOOP.replace("ON_MAX", on_max)
+            .replace("MAX", &max.to_string())
     }
 
     #[tokio::test]
@@ -721,7 +739,11 @@ agents:
         let pipeline = load(&loop_yaml(5, "fail"), &loop_kinds(rounds.clone()));
         let report = run(&pipeline, json!({"topic": "t"}), RunOptions::default()).await;
         assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
-        assert_eq!(*rounds.lock().unwrap(), [0, 1, 2], "three rounds: score 0, 3, 6");
+        assert_eq!(
+            *rounds.lock().unwrap(),
+            [0, 1, 2],
+            "three rounds: score 0, 3, 6"
+        );
         assert_eq!(*report.state["final_critique"], json!({"score": 6}));
         assert_eq!(
             *report.state["final_draft"],
@@ -729,7 +751,13 @@ agents:
             "round 2 read round 1's critique as its feedback"
         );
         let instances = report.agents["refine"].instances.as_ref().unwrap();
-        for round in ["refine#0", "refine#1", "refine#2", "refine#2.draft", "refine#2.critique"] {
+        for round in [
+            "refine#0",
+            "refine#1",
+            "refine#2",
+            "refine#2.draft",
+            "refine#2.critique",
+        ] {
             assert_eq!(instances[round].status, AgentStatus::Completed, "{round}");
         }
         assert!(!instances.contains_key("refine#3"));
@@ -760,7 +788,9 @@ agents:
         let mut kinds = AgentKinds::standard();
         kinds.builtin_fn("model", |reads| async move {
             Ok(match reads.get("observation") {
-                Some(seen) if seen.as_i64() >= Some(2) => writes(&[("answer", json!(format!("it is {seen}")))]),
+                Some(seen) if seen.as_i64() >= Some(2) => {
+                    writes(&[("answer", json!(format!("it is {seen}")))])
+                }
                 seen => {
                     let next = seen.and_then(Value::as_i64).unwrap_or(0) + 1;
                     writes(&[("tool_call", json!({"add_one_to": next - 1}))])
@@ -768,7 +798,9 @@ agents:
             })
         });
         kinds.builtin_fn("tool", |reads| async move {
-            let n = reads.get("tool_call").unwrap()["add_one_to"].as_i64().unwrap();
+            let n = reads.get("tool_call").unwrap()["add_one_to"]
+                .as_i64()
+                .unwrap();
             Ok(writes(&[("tool_result", json!(n + 1))]))
         });
         let pipeline = load(
@@ -792,7 +824,10 @@ agents:
         assert_eq!(*report.state["answer"], json!("it is 2"));
         let instances = report.agents["agent_loop"].instances.as_ref().unwrap();
         assert_eq!(instances["agent_loop#2.tool"].status, AgentStatus::Skipped);
-        assert_eq!(instances["agent_loop#0.tool"].status, AgentStatus::Completed);
+        assert_eq!(
+            instances["agent_loop#0.tool"].status,
+            AgentStatus::Completed
+        );
     }
 
     /// Stopped in round 2, a resumed loop carries on from round 1's state:
@@ -816,7 +851,10 @@ agents:
             });
         }
         let pipeline = Arc::new(load(
-            &loop_yaml(5, "fail").replace("pipeline: refine\n", "pipeline: refine\ncheckpoint: agent\n"),
+            &loop_yaml(5, "fail").replace(
+                "pipeline: refine\n",
+                "pipeline: refine\ncheckpoint: agent\n",
+            ),
             &kinds,
         ));
         let kept = Arc::new(Kept::default());
@@ -841,7 +879,10 @@ agents:
         assert_eq!(first.await.unwrap().status, RunStatus::Cancelled);
         let records = kept.0.lock().unwrap().clone();
         let names: HashSet<String> = records.iter().map(|r| r.agent.to_string()).collect();
-        assert!(names.contains("refine#1") && names.contains("refine#2.draft"), "{names:?}");
+        assert!(
+            names.contains("refine#1") && names.contains("refine#2.draft"),
+            "{names:?}"
+        );
 
         rounds.lock().unwrap().clear();
         hang.store(false, Ordering::SeqCst);
@@ -859,6 +900,7 @@ agents:
         );
         assert_eq!(*report.state["final_critique"], json!({"score": 6}));
     }
+}
 
 /// A kind is handed its writes by name, `?` dropped: a `sleep` agent with
 /// an optional write writes the field itself.

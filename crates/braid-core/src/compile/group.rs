@@ -83,7 +83,11 @@ impl Compiler<'_> {
             return Ok(None);
         };
         // Whatever changes inside changes the group's definition hash.
-        let inner_hashes: Vec<&str> = pipeline.agents.iter().map(|a| a.definition_hash()).collect();
+        let inner_hashes: Vec<&str> = pipeline
+            .agents
+            .iter()
+            .map(|a| a.definition_hash())
+            .collect();
         if let Some(own) = self.own_definitions.get_mut(id) {
             own["group"] = json!({
                 "agents": inner_hashes,
@@ -109,7 +113,11 @@ impl Compiler<'_> {
     }
 
     /// The inputs of a group's pipeline, each with where it is said.
-    fn group_inputs(&self, agent: &AgentSpec, group: &GroupSpec) -> Vec<(String, Option<Location>)> {
+    fn group_inputs(
+        &self,
+        agent: &AgentSpec,
+        group: &GroupSpec,
+    ) -> Vec<(String, Option<Location>)> {
         let mut inputs: Vec<(String, Option<Location>)> = agent
             .reads
             .iter()
@@ -195,7 +203,10 @@ impl Compiler<'_> {
                 ok = false;
                 self.error(
                     self.source.at(m.span()),
-                    format!("{who}: `repeat.max` must be from 1 to {MAX_ROUNDS}, found {}", **m),
+                    format!(
+                        "{who}: `repeat.max` must be from 1 to {MAX_ROUNDS}, found {}",
+                        **m
+                    ),
                 );
                 0
             }
@@ -237,7 +248,10 @@ impl Compiler<'_> {
                 Some(condition)
             }
             Some(Err(e @ ConditionError::Malformed(_))) => {
-                self.error(until_at, format!("{who}: malformed `repeat.until` expression: {e}"));
+                self.error(
+                    until_at,
+                    format!("{who}: malformed `repeat.until` expression: {e}"),
+                );
                 None
             }
             Some(Err(e)) => {
@@ -252,7 +266,10 @@ impl Compiler<'_> {
                 ok = false;
                 self.error(
                     from.at.clone(),
-                    format!("{who}: `carry.{target}` names `{}`, which is not a field of the group", from.value),
+                    format!(
+                        "{who}: `carry.{target}` names `{}`, which is not a field of the group",
+                        from.value
+                    ),
                 );
                 continue;
             };
@@ -260,7 +277,10 @@ impl Compiler<'_> {
                 ok = false;
                 self.error(
                     from.at.clone(),
-                    format!("{who}: `carry.{target}` takes `{}`, which no agent of the group writes", from.value),
+                    format!(
+                        "{who}: `carry.{target}` takes `{}`, which no agent of the group writes",
+                        from.value
+                    ),
                 );
             }
             // Absent in round 0: every reader must read it optionally.

@@ -99,7 +99,10 @@ impl RunContext {
     pub(super) fn keep_for_resume(&self, record: AgentRecord) {
         if is_round(&record.agent) {
             let path = record.agent.to_string();
-            self.rounds.lock().expect("not poisoned").insert(path, record);
+            self.rounds
+                .lock()
+                .expect("not poisoned")
+                .insert(path, record);
         } else if let Some((parent, own)) = record.agent.rsplit_once('.') {
             let parent = parent.to_owned();
             let record = AgentRecord {
@@ -130,13 +133,16 @@ impl RunContext {
                 checkpointer.agent_finished(run, &record);
             }
             if *policy != CheckpointPolicy::None {
-                self.records.lock().expect("not poisoned").push(AgentRecord {
-                    report: AgentReport {
-                        instances: None,
-                        ..record.report.clone()
-                    },
-                    ..record.clone()
-                });
+                self.records
+                    .lock()
+                    .expect("not poisoned")
+                    .push(AgentRecord {
+                        report: AgentReport {
+                            instances: None,
+                            ..record.report.clone()
+                        },
+                        ..record.clone()
+                    });
             }
         }
         let path = record.agent.to_string();
@@ -321,7 +327,10 @@ fn until(
 }
 
 /// The next round's carried inputs, from this round's state.
-fn carry(repeat: &crate::pipeline::Repeat, state: &[Option<Arc<Value>>]) -> Vec<(FieldId, Arc<Value>)> {
+fn carry(
+    repeat: &crate::pipeline::Repeat,
+    state: &[Option<Arc<Value>>],
+) -> Vec<(FieldId, Arc<Value>)> {
     repeat
         .carry
         .iter()

@@ -161,25 +161,21 @@ impl<'p> Scheduler<'p> {
                     run: run.clone(),
                 })
             });
-        let ctx = pipeline
-            .agents
-            .iter()
-            .any(|a| a.group.is_some())
-            .then(|| {
-                Arc::new(super::group::RunContext {
-                    run_id: run_id.clone(),
-                    events: options.events.clone(),
-                    cancel: options.cancel.clone(),
-                    checkpoint: checkpoint.clone(),
-                    processes: processes.clone(),
-                    max_value_depth: pipeline.max_value_depth,
-                    start: Default::default(),
-                    resume: Default::default(),
-                    rounds: Default::default(),
-                    reports: Default::default(),
-                    records: Default::default(),
-                })
-            });
+        let ctx = pipeline.agents.iter().any(|a| a.group.is_some()).then(|| {
+            Arc::new(super::group::RunContext {
+                run_id: run_id.clone(),
+                events: options.events.clone(),
+                cancel: options.cancel.clone(),
+                checkpoint: checkpoint.clone(),
+                processes: processes.clone(),
+                max_value_depth: pipeline.max_value_depth,
+                start: Default::default(),
+                resume: Default::default(),
+                rounds: Default::default(),
+                reports: Default::default(),
+                records: Default::default(),
+            })
+        });
         Self {
             pipeline,
             run_id,
@@ -540,10 +536,13 @@ impl<'p> Scheduler<'p> {
                 return;
             }
         }
+        // Fields the condition only tests with `has(field)` may be absent.
+        let presence_only = def.when.as_ref().map_or(&[][..], |w| w.presence_only());
         let required = def
             .condition_fields
             .iter()
             .copied()
+            .filter(|&f| !presence_only.iter().any(|p| **p == *pipeline.field_name(f)))
             .chain(def.foreach.as_ref().map(|f| f.field))
             .chain(def.reads.iter().filter(|r| !r.optional).map(|r| r.field));
         for field in required {
@@ -624,7 +623,8 @@ impl<'p> Scheduler<'p> {
                     def.definition.clone(),
                     def.policy.timeout,
                 );
-                self.tasks.spawn(tracing::Instrument::instrument(task, span))
+                self.tasks
+                    .spawn(tracing::Instrument::instrument(task, span))
             }
             _ => {
                 let task = attempt_loop(
@@ -635,7 +635,8 @@ impl<'p> Scheduler<'p> {
                     def.writes.clone(),
                     self.max_depth,
                 );
-                self.tasks.spawn(tracing::Instrument::instrument(task, span))
+                self.tasks
+                    .spawn(tracing::Instrument::instrument(task, span))
             }
         };
         self.task_agent.insert(handle.id(), member);
@@ -719,7 +720,9 @@ impl<'p> Scheduler<'p> {
             for group in agents.values_mut() {
                 if let Some(instances) = &mut group.instances {
                     instances.sort_by_cached_key(|path, _| {
-                        super::group::natural(path.rsplit_once('.').map_or(path.as_str(), |(run, _)| run))
+                        super::group::natural(
+                            path.rsplit_once('.').map_or(path.as_str(), |(run, _)| run),
+                        )
                     });
                 }
             }
