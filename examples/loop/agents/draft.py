@@ -1,9 +1,10 @@
-"""Drafts a paragraph on `topic`, addressing the previous round's critique (`feedback`) if there is one."""
+"""Drafts a paragraph on `topic`: the previous round's draft (`previous`), plus what its critique (`feedback`) asked to add."""
 import json
 import sys
 
 state = json.load(sys.stdin)["state"]
-points = ["Independent agents run at the same time."]
+previous = state.get("previous")
+points = list(previous["points"]) if previous else ["Independent agents run at the same time."]
 feedback = state.get("feedback")
 if feedback:
     points += feedback["add"]
