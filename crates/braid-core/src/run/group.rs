@@ -58,34 +58,7 @@ impl std::fmt::Debug for RunContext {
     }
 }
 
-/// The top-level agent a member's path starts with (`per_doc` for
-/// `per_doc[3].classify`, `refine` for `refine#2.draft`).
-pub(crate) fn top_agent(path: &str) -> &str {
-    let end = path.find(['[', '.', '#']).unwrap_or(path.len());
-    &path[..end]
-}
-
-/// A sort key that orders paths by their numbers as numbers
-/// (`per_doc[2]` before `per_doc[10]`).
-pub(super) fn natural(path: &str) -> Vec<(String, u64)> {
-    let mut key = Vec::new();
-    let mut text = String::new();
-    let mut chars = path.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            let mut n = u64::from(c as u8 - b'0');
-            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-                n = n.saturating_mul(10).saturating_add(u64::from(d));
-                chars.next();
-            }
-            key.push((std::mem::take(&mut text), n));
-        } else {
-            text.push(c);
-        }
-    }
-    key.push((text, 0));
-    key
-}
+pub(crate) use crate::report::{natural_order as natural, top_agent};
 
 /// Whether a path names a round of a `repeat` group (`refine#2`,
 /// `outer[1].refine#0`) rather than a member of a nested run.
