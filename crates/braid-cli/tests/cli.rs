@@ -283,6 +283,40 @@ fn the_loop_example_redrafts_until_the_critique_is_good_enough() {
         assert_eq!(rounds[name]["status"], "completed", "{name}");
     }
     assert!(!rounds.contains_key("refine#3"));
+
+    // explain shows the loop and estimates it from `expected_rounds`.
+    let output = braid().arg("explain").arg(&pipeline).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(
+            "refine: a group of 2 agents (draft -> critique), repeated until \
+             `critique.score >= 8` (at most 5 rounds, on_max: continue, about 3)"
+        ),
+        "{text}"
+    );
+    let output = braid()
+        .args(["explain", "--format", "json"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let explained: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        explained["parallel_ms"], 280.0,
+        "3 rounds of 80 ms, then 40 ms"
+    );
+    assert_eq!(
+        explained["agents"][0]["group"]["critical_path"],
+        serde_json::json!(["draft", "critique"])
+    );
+    assert_eq!(explained["agents"][0]["repeat"]["expected_rounds"], 3);
+    let output = braid()
+        .args(["explain", "--format", "dot"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("\"refine.draft\" -> \"refine.critique\"")
+    );
 }
 
 #[test]

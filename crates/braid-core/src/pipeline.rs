@@ -155,6 +155,8 @@ pub(crate) struct Repeat {
     pub(crate) round: FieldId,
     /// Next round's input ← this round's field.
     pub(crate) carry: Vec<(FieldId, FieldId)>,
+    /// `expected_rounds:`, for `explain`'s estimate.
+    pub(crate) expected_rounds: Option<u32>,
 }
 
 /// An agent of a loaded pipeline.

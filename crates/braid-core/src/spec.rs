@@ -127,6 +127,8 @@ pub(crate) struct RepeatSpec {
     pub(crate) until: marked_yaml::Spanned<String>,
     pub(crate) max: Option<marked_yaml::Spanned<u64>>,
     pub(crate) on_max: Option<marked_yaml::Spanned<String>>,
+    /// How many rounds it usually takes, for `explain`'s estimate.
+    pub(crate) expected_rounds: Option<marked_yaml::Spanned<u32>>,
 }
 
 /// Keys every agent may have, whatever its kind.

@@ -304,6 +304,7 @@ impl Compiler<'_> {
                 on_max,
                 round,
                 carry,
+                expected_rounds: spec.expected_rounds.as_ref().map(|n| **n),
             })),
             _ => Err(()),
         }
