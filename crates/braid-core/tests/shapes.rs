@@ -691,6 +691,56 @@ agents:
         assert!(report.agents["report"].start_ms.unwrap() >= slow_extract_end);
     }
 
+    /// The run's limit bounds the agents of every nested run together;
+    /// the groups themselves take no slot, so they cannot starve their own
+    /// agents.
+    #[tokio::test]
+    async fn the_runs_limit_bounds_agents_inside_groups_too() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut kinds = AgentKinds::standard();
+        for field in ["out_a", "out_b"] {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            kinds.builtin_fn(field, move |_| {
+                let (in_flight, most) = (in_flight.clone(), most.clone());
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Ok(writes(&[(field, json!(1))]))
+                }
+            });
+        }
+        // Two agents side by side in each of 12 nested runs.
+        let pipeline = load(
+            "pipeline: bounded-groups
+inputs: { items: { type: array } }
+agents:
+  each:
+    kind: pipeline
+    foreach: items
+    agents:
+      a: { kind: builtin, function: out_a, reads: [item], writes: [out_a] }
+      b: { kind: builtin, function: out_b, reads: [item], writes: [out_b] }
+    outputs: { outs: out_a }
+",
+            &kinds,
+        );
+        let options = RunOptions {
+            concurrency: Some(3),
+            ..Default::default()
+        };
+        let report = run(&pipeline, json!({"items": vec![0; 12]}), options).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            3,
+            "3 agents at once, across 12 nested runs"
+        );
+        assert_eq!(*report.state["outs"], json!(vec![1; 12]));
+    }
+
     fn loop_kinds(draft_rounds: Arc<Mutex<Vec<u64>>>) -> AgentKinds {
         let mut kinds = AgentKinds::standard();
         kinds.builtin_fn("draft", move |reads| {

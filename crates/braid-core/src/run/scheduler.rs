@@ -79,6 +79,25 @@ pub(super) struct Scheduler<'p> {
     /// The deepest value an agent may write (the run's `max_value_depth`,
     /// which nested runs share).
     pub(super) max_depth: usize,
+    /// The run's concurrency slots, shared with nested runs (only a run
+    /// with groups and a limit has them; others count their tasks).
+    pub(super) slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The slot taken for the agent being launched, moved into its task.
+    pub(super) slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A slot that came free while the loop waited for one.
+    pub(super) spare: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Ready agents wait for a slot.
+    pub(super) wants_slot: bool,
+}
+
+/// A slot of `slots`, once one is free (never, without slots).
+async fn acquire(
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match slots {
+        Some(slots) => slots.acquire_owned().await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl<'p> Scheduler<'p> {
@@ -161,8 +180,20 @@ impl<'p> Scheduler<'p> {
                     run: run.clone(),
                 })
             });
-        let ctx = pipeline.agents.iter().any(|a| a.group.is_some()).then(|| {
+        let limit = if options.sequential {
+            Some(1)
+        } else {
+            options.concurrency.or(pipeline.concurrency)
+        };
+        let has_groups = pipeline.agents.iter().any(|a| a.group.is_some());
+        let slots = limit.filter(|_| has_groups).map(|n| {
+            Arc::new(tokio::sync::Semaphore::new(
+                n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            ))
+        });
+        let ctx = has_groups.then(|| {
             Arc::new(super::group::RunContext {
+                slots: slots.clone(),
                 run_id: run_id.clone(),
                 events: options.events.clone(),
                 cancel: options.cancel.clone(),
@@ -181,8 +212,12 @@ impl<'p> Scheduler<'p> {
             run_id,
             processes,
             prefix: None,
+            slots,
             ctx,
             max_depth: pipeline.max_value_depth,
+            slot: None,
+            spare: None,
+            wants_slot: false,
             state: RunState::new(pipeline, input),
             options,
             progress,
@@ -224,6 +259,7 @@ impl<'p> Scheduler<'p> {
         }
         scheduler.processes = ctx.processes.clone();
         scheduler.max_depth = ctx.max_value_depth;
+        scheduler.slots = ctx.slots.clone();
         if let Some(&start) = ctx.start.get() {
             scheduler.start = start;
         }
@@ -418,7 +454,14 @@ impl<'p> Scheduler<'p> {
                 self.make_ready(a, self.start);
             }
         }
-        let limit = self.limit();
+        // With groups and a limit, every nested run shares the run's slots
+        // (a semaphore): agents take one to start, groups do not (their
+        // agents do), so a group never holds a slot its agents wait for.
+        let limit = if self.slots.is_some() {
+            usize::MAX
+        } else {
+            self.limit()
+        };
         let cancel = self.options.cancel.clone();
         while self.stop.is_none() {
             if cancel.is_cancelled() {
@@ -426,16 +469,22 @@ impl<'p> Scheduler<'p> {
                 break;
             }
             while self.tasks.len() < limit && self.stop.is_none() {
-                let Some(Reverse((_, a))) = self.ready.pop() else {
+                let Some(&Reverse((_, a))) = self.ready.peek() else {
                     break;
                 };
+                if !self.take_slot(a) {
+                    break;
+                }
+                self.ready.pop();
                 if self.progress[a].fanout.is_some() {
                     self.launch_item(a);
                 } else {
                     self.launch(a);
                 }
+                // A slot the launch did not use (a skip) goes back.
+                self.slot = None;
             }
-            if self.tasks.is_empty() || self.stop.is_some() {
+            if (self.tasks.is_empty() && !self.wants_slot) || self.stop.is_some() {
                 break;
             }
             tokio::select! {
@@ -444,9 +493,39 @@ impl<'p> Scheduler<'p> {
                     self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
                 }
                 Some(joined) = self.tasks.join_next_with_id() => self.finish(joined),
+                permit = acquire(self.slots.clone()), if self.wants_slot => {
+                    self.wants_slot = false;
+                    self.spare = permit;
+                }
             }
         }
         self.wind_down().await;
+    }
+
+    /// Takes one of the run's shared slots for `agent` if it needs one
+    /// (agents do, groups do not); `false` when none is free, and the loop
+    /// then waits for one.
+    fn take_slot(&mut self, agent: AgentId) -> bool {
+        let Some(slots) = &self.slots else {
+            return true;
+        };
+        if self.pipeline.agents[agent].group.is_some() {
+            return true;
+        }
+        let permit = self
+            .spare
+            .take()
+            .or_else(|| slots.clone().try_acquire_owned().ok());
+        match permit {
+            Some(permit) => {
+                self.slot = Some(permit);
+                true
+            }
+            None => {
+                self.wants_slot = true;
+                false
+            }
+        }
     }
 
     pub(super) fn make_ready(&mut self, agent: AgentId, now: Instant) {
@@ -613,6 +692,27 @@ impl<'p> Scheduler<'p> {
         let def = &self.pipeline.agents[member.agent];
         // The agent's spans are children of the run's.
         let span = tracing::Span::current();
+        if let Some(slot) = self.slot.take() {
+            // Held until the task ends, however it ends (aborted too).
+            let task = attempt_loop(
+                member,
+                def.runner.clone(),
+                input,
+                def.policy,
+                def.writes.clone(),
+                self.max_depth,
+            );
+            let task = async move {
+                let finished = task.await;
+                drop(slot);
+                finished
+            };
+            let handle = self
+                .tasks
+                .spawn(tracing::Instrument::instrument(task, span));
+            self.task_agent.insert(handle.id(), member);
+            return handle;
+        }
         let handle = match (&def.group, &self.ctx) {
             (Some(group), Some(ctx)) => {
                 let task = super::group::run_group(
