@@ -968,3 +968,107 @@ agents:
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
     assert_eq!(*report.state["maybe"], json!(true));
 }
+
+mod group_properties {
+    //! Random `foreach` groups (elements, per-stage durations, limits):
+    //! every member of every nested run runs exactly once, after its own
+    //! stage before it; outputs keep element order; and a slow first
+    //! element holds no other element back.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        /// Per element, the ms each of the 3 stages takes.
+        delays: Vec<[u64; 3]>,
+        run_limit: Option<usize>,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            proptest::collection::vec(proptest::array::uniform3(0u64..4), 0..10),
+            proptest::option::of(2usize..6),
+        )
+            .prop_map(|(delays, run_limit)| Case { delays, run_limit })
+    }
+
+    fn kinds() -> AgentKinds {
+        let mut kinds = AgentKinds::standard();
+        for (stage, out) in ["s0", "s1", "s2"].into_iter().enumerate() {
+            kinds.builtin_fn(out, move |reads| async move {
+                let item = reads.get("item").unwrap().clone();
+                let ms = item["delays"][stage].as_u64().unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(writes(&[(out, json!([item["id"].clone(), stage]))]))
+            });
+        }
+        kinds
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn nested_members_run_once_in_order_and_outputs_keep_element_order(case in case()) {
+            let pipeline = load(
+                "pipeline: prop-groups
+inputs: { items: { type: array } }
+agents:
+  g:
+    kind: pipeline
+    foreach: items
+    agents:
+      s0: { kind: builtin, function: s0, reads: [item], writes: [s0] }
+      s1: { kind: builtin, function: s1, reads: [item, s0], writes: [s1] }
+      s2: { kind: builtin, function: s2, reads: [item, s1], writes: [s2] }
+    outputs: { out: s2 }
+  after: { kind: sleep, reads: [out], writes: [done] }
+",
+                &kinds(),
+            );
+            let items: Vec<Value> = case.delays.iter().enumerate()
+                .map(|(id, d)| json!({"id": id, "delays": d}))
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (sink, mut events) = EventSink::channel(EventLevel::Summary);
+            let report = runtime.block_on(run(
+                &pipeline,
+                json!({ "items": items }),
+                RunOptions { events: Some(sink), concurrency: case.run_limit, ..Default::default() },
+            ));
+            prop_assert_eq!(report.status, RunStatus::Completed);
+            let n = case.delays.len();
+            let expected: Vec<Value> = (0..n).map(|i| json!([i, 2])).collect();
+            prop_assert_eq!(&*report.state["out"], &json!(expected));
+
+            let mut starts: HashMap<String, usize> = HashMap::new();
+            let mut ends: HashMap<String, usize> = HashMap::new();
+            let mut position = 0;
+            while let Ok(event) = events.try_recv() {
+                position += 1;
+                match &event.kind {
+                    EventKind::AgentStarted { agent, .. } => {
+                        prop_assert!(starts.insert(agent.to_string(), position).is_none(), "{} started twice", agent);
+                    }
+                    EventKind::AgentCompleted { agent, .. } => {
+                        prop_assert!(ends.insert(agent.to_string(), position).is_none(), "{} completed twice", agent);
+                    }
+                    _ => {}
+                }
+            }
+            for i in 0..n {
+                for stage in 0..3 {
+                    let member = format!("g[{i}].s{stage}");
+                    prop_assert!(starts.contains_key(&member) && ends.contains_key(&member), "{} did not run", member);
+                    if stage > 0 {
+                        let before = format!("g[{i}].s{}", stage - 1);
+                        prop_assert!(starts[&member] > ends[&before], "{} started before {} ended", member, before);
+                    }
+                }
+                let last = format!("g[{i}].s2");
+                prop_assert!(ends[&last] < starts["after"], "after started before {} ended", last);
+            }
+        }
+    }
+}
