@@ -553,22 +553,31 @@ agents:
 fn group_mistakes_name_the_group_the_key_and_the_place() {
     let diagnostics = errors(BAD_GROUPS);
     // Inside a group: like a pipeline, the group named, the place kept.
-    find(
-        &diagnostics,
-        &[
-            "group `per_doc`: agent `a` reads `topc`",
-            "did you mean `topic`",
-        ],
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "group `per_doc`: agent `a` reads `topc`",
+                "did you mean `topic`",
+            ],
+        ),
+        (8, 33)
     );
-    find(
-        &diagnostics,
-        &[
-            "agent `outs`: `outputs.texts2` names `txt`",
-            "not a field of the group",
-            "did you mean `text`",
-        ],
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `outs`: `outputs.texts2` names `txt`",
+                "not a field of the group",
+                "did you mean `text`",
+            ],
+        ),
+        (14, 24)
     );
-    find(&diagnostics, &["agent `refine`: `repeat` needs `max`"]);
+    assert_eq!(
+        find(&diagnostics, &["agent `refine`: `repeat` needs `max`"]),
+        (17, 22)
+    );
     find(
         &diagnostics,
         &[
@@ -576,17 +585,23 @@ fn group_mistakes_name_the_group_the_key_and_the_place() {
             "group's fields and `round`",
         ],
     );
-    find(
-        &diagnostics,
-        &[
-            "agent `refine`: agent `draft` reads `feedback`",
-            "absent in round 0",
-            "`feedback?`",
-        ],
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `refine`: agent `draft` reads `feedback`",
+                "absent in round 0",
+                "`feedback?`",
+            ],
+        ),
+        (20, 7)
     );
-    find(
-        &diagnostics,
-        &["agent `once`: `carry.feedback` only means something with `repeat`"],
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["agent `once`: `carry.feedback` only means something with `repeat`"],
+        ),
+        (25, 24)
     );
     for d in &diagnostics {
         assert!(d.location.is_some(), "{d}");
