@@ -226,7 +226,7 @@ impl Condition {
         &self,
         values: impl IntoIterator<Item = (&'a str, &'a Value)>,
     ) -> Result<bool, String> {
-        let mut context = cel::Context::default();
+        let mut context = cel::Context::with_env(stdlib());
         let mut present = serde_json::Map::new();
         for (name, value) in values {
             if self.tests_presence {
@@ -251,6 +251,16 @@ impl Condition {
             Err(e) => Err(format!("`when: {}` failed: {e}", self.source)),
         }
     }
+}
+
+/// CEL's standard functions and macros, built once for the process: a
+/// `Context::default()` would build them again for every evaluation (a
+/// condition is evaluated each time its agent is ready, a loop's `until`
+/// after every round).
+fn stdlib() -> std::sync::Arc<cel::Env> {
+    static STDLIB: std::sync::LazyLock<std::sync::Arc<cel::Env>> =
+        std::sync::LazyLock::new(|| std::sync::Arc::new(cel::Env::stdlib()));
+    STDLIB.clone()
 }
 
 /// The variable `has(field)` is rewritten to look in: a map with a key for
