@@ -1561,6 +1561,75 @@ agents:
     );
 }
 
+/// A group is one bar in the timeline, whatever it nests: a `foreach`
+/// group labelled with its size and progress, a `repeat` group with how
+/// many rounds it ran; their members and rounds get no bars of their own.
+#[test]
+fn runs_show_draws_a_group_as_one_bar_and_a_loop_with_its_rounds() {
+    let ws = Workspace::new(
+        "pipeline: grouped
+agents:
+  plan: { kind: sleep, ms: 1, writes: [items], value: [1, 2, 3] }
+  per_item:
+    kind: pipeline
+    foreach: items
+    agents:
+      extract:  { kind: sleep, ms: 5, reads: [item], writes: [a] }
+      classify: { kind: sleep, ms: 5, reads: [a], writes: [b] }
+    outputs: { results: b }
+  refine:
+    kind: pipeline
+    repeat: { until: 'critique > 5', max: 3, on_max: continue }
+    agents:
+      draft:    { kind: sleep, ms: 5, reads: [round], writes: [draft] }
+      critique: { kind: sleep, ms: 5, reads: [draft], writes: [critique], value: 1 }
+    outputs: { final: critique }
+  join: { kind: sleep, ms: 1, reads: [results, final], writes: [done] }
+",
+    );
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    assert_eq!(report["status"], "completed", "{report}");
+    let run_id = report["run_id"].as_str().unwrap().to_owned();
+    let svg_path = ws.path("timeline.svg");
+    let output = braid_in(&ws)
+        .args(["runs", "show", &run_id, "--timeline"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let bars: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains(r#"class="run""#))
+        .filter_map(|l| l.split(r#"data-agent=""#).nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(bars, ["plan", "per_item", "refine", "join"], "{svg}");
+    assert!(
+        svg.contains(r##"refine <tspan class="rounds" fill="#555">3 rounds</tspan>"##),
+        "the loop's name says its rounds: {svg}"
+    );
+    assert!(svg.contains("×3"), "{svg}");
+    assert!(
+        svg.contains(r#"<tspan class="progress">3 of 3</tspan>"#),
+        "elements counted, not their members: {svg}"
+    );
+    assert!(
+        !svg.contains("refine#") && !svg.contains("per_item["),
+        "no row for a member or round: {svg}"
+    );
+}
+
 /// Built without the `otlp` feature (the default), an OTLP endpoint in the
 /// environment is not silently ignored.
 #[cfg(not(feature = "otlp"))]
