@@ -740,24 +740,46 @@ fn bench_prints_one_json_object_per_scenario_with_the_peers_fields() {
         ),
     ];
     // Then `persist`: SQLite only (no --postgres), 3 ways × 3 policies,
-    // and `fanout` last.
+    // then the dynamic shapes: fanout, mapchain, loop.
     let (lines, rest) = lines.split_at(expected.len());
-    let (persist, fanout) = rest.split_at(rest.len() - 1);
+    let (persist, shapes) = rest.split_at(rest.len() - 3);
     assert_eq!(persist.len(), 9, "{persist:?}");
-    let fanout = &fanout[0];
-    assert_eq!(fanout["scenario"], "fanout");
-    assert_eq!(fanout["items"], 20);
-    for field in ["makespan_ms", "ideal_ms", "ratio", "noop_ms", "per_item_us"] {
-        assert!(
-            fanout[field].is_number(),
-            "fanout: `{field}` missing in {fanout}"
-        );
+    let shape_fields: &[(&str, &[&str])] = &[
+        (
+            "fanout",
+            &[
+                "items",
+                "makespan_ms",
+                "ideal_ms",
+                "ratio",
+                "noop_ms",
+                "per_item_us",
+            ],
+        ),
+        ("mapchain", &["items", "makespan_ms", "ideal_ms", "ratio"]),
+        (
+            "loop",
+            &[
+                "rounds",
+                "makespan_ms",
+                "ideal_ms",
+                "ratio",
+                "noop_rounds",
+                "per_round_us",
+            ],
+        ),
+    ];
+    for (line, (scenario, fields)) in shapes.iter().zip(shape_fields) {
+        assert_eq!(line["scenario"], *scenario);
+        for field in *fields {
+            assert!(
+                line[field].is_number(),
+                "{scenario}: `{field}` missing in {line}"
+            );
+        }
     }
-    for line in persist {
-        assert_eq!(line["scenario"], "persist");
-        assert_eq!(line["backend"], "sqlite");
-        assert!(line["per_run_us"].is_number() && line["transactions_per_run"].is_number());
-    }
+    assert_eq!(shapes[0]["items"], 20);
+    assert_eq!(shapes[2]["ideal_ms"], 40.0, "20L with L = 2 ms");
     let none = persist.iter().find(|l| l["checkpoint"] == "none").unwrap();
     assert_eq!(none["transactions_per_run"], 0.0, "`none` writes nothing");
     let waiting_end = persist

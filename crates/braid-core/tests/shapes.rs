@@ -758,6 +758,7 @@ agents:
         });
         kinds.builtin_fn("critique", |reads| async move {
             let round = reads.get("round").unwrap().as_u64().unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
             Ok(writes(&[("critique", json!({"score": round * 3}))]))
         });
         kinds
@@ -812,6 +813,16 @@ agents:
         }
         assert!(!instances.contains_key("refine#3"));
         assert_eq!(report.agents["publish"].status, AgentStatus::Completed);
+        // Round 2's first agent became ready when round 1 ended, not when
+        // the run began.
+        let draft = &instances["refine#2.draft"];
+        let ready = draft.start_ms.unwrap() - draft.queue_ms.unwrap();
+        let critique = &instances["refine#1.critique"];
+        let round_1_end = critique.start_ms.unwrap() + critique.duration_ms.unwrap();
+        assert!(
+            ready >= round_1_end - 0.5,
+            "ready at {ready} ms, round 1 ended at {round_1_end} ms"
+        );
     }
 
     #[tokio::test]

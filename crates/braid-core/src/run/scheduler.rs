@@ -449,9 +449,16 @@ impl<'p> Scheduler<'p> {
     /// Readies the agents with no dependencies, then runs until every
     /// agent has ended or the run stops, and winds down.
     pub(super) async fn run_loop(&mut self) {
+        // A nested run's first agents became ready when it began, not when
+        // the run (whose clock it shares) did.
+        let ready_at = if self.prefix.is_some() {
+            Instant::now()
+        } else {
+            self.start
+        };
         for a in 0..self.progress.len() {
             if self.progress[a].missing == 0 && self.progress[a].status == AgentStatus::Pending {
-                self.make_ready(a, self.start);
+                self.make_ready(a, ready_at);
             }
         }
         // With groups and a limit, every nested run shares the run's slots
