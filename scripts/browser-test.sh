@@ -64,6 +64,49 @@ agents:
   plan: { kind: sleep, writes: [items], value: [$(seq -s, 0 299)] }
   work: { kind: sleep, foreach: items, reads: [item], writes: [results] }
 YAML
+# Groups: a foreach group over [1, 2, 3] and a repeat group of 3 rounds.
+# Element 3's `classify` and round 1's `draft` wait for the file
+# `go-group`, so the test sees the fan-out's progress and the round live.
+cat >"$work/group-view.yaml" <<'YAML'
+pipeline: group-view
+agents:
+  plan: { kind: sleep, ms: 1, writes: [items], value: [1, 2, 3] }
+  per_item:
+    kind: pipeline
+    foreach: items
+    agents:
+      extract: { kind: sleep, ms: 10, reads: [item], writes: [a] }
+      classify:
+        kind: command
+        run: [sh, -c, 'case "$(cat)" in *"\"item\":3"*) while [ ! -e go-group ]; do sleep 0.05; done ;; esac; echo "{\"b\": 1}"']
+        reads: [item, a]
+        writes: [b]
+    outputs: { results: b }
+  refine:
+    kind: pipeline
+    repeat: { until: 'critique > 5', max: 3, on_max: continue }
+    agents:
+      draft:
+        kind: command
+        run: [sh, -c, 'case "$(cat)" in *"\"round\":1"*) while [ ! -e go-group ]; do sleep 0.05; done ;; esac; echo "{\"draft\": 1}"']
+        reads: [round]
+        writes: [draft]
+      critique: { kind: sleep, ms: 10, reads: [draft], writes: [critique], value: 1 }
+    outputs: { final: critique }
+  join: { kind: sleep, ms: 1, reads: [results, final], writes: [done] }
+YAML
+# A wide foreach group: 150 elements and 150 members, 300 rows expanded.
+cat >"$work/wide-group.yaml" <<YAML
+pipeline: wide-group
+agents:
+  plan: { kind: sleep, writes: [items], value: [$(seq -s, 0 149)] }
+  work:
+    kind: pipeline
+    foreach: items
+    agents:
+      one: { kind: sleep, reads: [item], writes: [x] }
+    outputs: { results: x }
+YAML
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 log="$work/serve.log"
 # Created now, so reading it cannot fail before the server writes to it.
@@ -80,5 +123,5 @@ for _ in $(seq 1 100); do
 done
 [ -n "$url" ] && curl -fs "$url/healthz" >/dev/null || { cat "$log" >&2; echo "error: braid serve did not start" >&2; exit 1; }
 
-BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_FAN_GATE="$work/go-fan" BRAID_SCREENSHOT="${BRAID_SCREENSHOT:-target/web-view.png}" \
+BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_FAN_GATE="$work/go-fan" BRAID_GROUP_GATE="$work/go-group" BRAID_SCREENSHOT="${BRAID_SCREENSHOT:-target/web-view.png}" \
   node crates/braid-server/tests/browser/view.mjs

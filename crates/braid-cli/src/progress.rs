@@ -45,8 +45,11 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
     let mut items: HashMap<String, (u64, u64)> = HashMap::new();
     while let Some(event) = events.recv().await {
         if let Some(agent) = event.kind.agent()
-            && let Some((parent, _)) = braid_core::report::split_instance(agent)
+            && braid_core::report::top_agent(agent) != &**agent
         {
+            // An instance (`work[3]`) or a group's member (`per_doc[3].a`,
+            // `refine#2.draft`): counted on its top-level agent's line.
+            let parent = braid_core::report::top_agent(agent);
             let (done, failed) = items.entry(parent.to_owned()).or_default();
             match &event.kind {
                 EventKind::AgentCompleted { .. } => *done += 1,

@@ -238,6 +238,133 @@ fn the_router_example_runs_exactly_one_desk() {
 }
 
 #[test]
+fn the_per_document_example_runs_a_sub_pipeline_per_document() {
+    let pipeline = examples().join("fanout/per-document.yaml");
+    let (output, report) = run_json(&["--input", r#"{"folder": "docs"}"#], &pipeline);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    let index = report["state"]["index"].as_str().unwrap();
+    assert_eq!(
+        index.lines().collect::<Vec<_>>(),
+        [
+            "1. a-incident.txt (24 words): The checkout service returned errors for twelve minutes after a configuration push.",
+            "2. b-capacity.txt (15 words): Database CPU stays under forty percent at peak.",
+            "3. c-costs.txt (18 words): Storage costs grew eight percent month over month.",
+            "- (a document could not be read)",
+        ]
+    );
+    let per_doc = &report["agents"]["per_doc"];
+    assert_eq!(per_doc["items"]["failed"], 1);
+    let instances = per_doc["instances"].as_object().unwrap();
+    assert_eq!(instances["per_doc[3].words"]["status"], "failed");
+    assert_eq!(instances["per_doc[3].card"]["status"], "cancelled");
+    assert_eq!(instances["per_doc[1].card"]["status"], "completed");
+}
+
+#[test]
+fn the_loop_example_redrafts_until_the_critique_is_good_enough() {
+    let pipeline = examples().join("loop/pipeline.yaml");
+    let (output, report) = run_json(&["--input", r#"{"topic": "eager scheduling"}"#], &pipeline);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    // 3 points by round 2: score 9 ends the loop there.
+    assert_eq!(report["state"]["final_critique"]["score"], 9);
+    assert_eq!(
+        report["state"]["post"],
+        "Eager scheduling: Independent agents run at the same time. A dependent agent starts \
+         the moment its inputs exist. Nothing waits for a level or a batch. (score 9/9)"
+    );
+    let rounds = report["agents"]["refine"]["instances"].as_object().unwrap();
+    for name in [
+        "refine#0",
+        "refine#1",
+        "refine#2",
+        "refine#2.draft",
+        "refine#2.critique",
+    ] {
+        assert_eq!(rounds[name]["status"], "completed", "{name}");
+    }
+    assert!(!rounds.contains_key("refine#3"));
+
+    // explain shows the loop and estimates it from `expected_rounds`.
+    let output = braid().arg("explain").arg(&pipeline).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(
+            "refine: a group of 2 agents (draft -> critique), repeated until \
+             `critique.score >= 8` (at most 5 rounds, on_max: continue, about 3)"
+        ),
+        "{text}"
+    );
+    let output = braid()
+        .args(["explain", "--format", "json"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let explained: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        explained["parallel_ms"], 280.0,
+        "3 rounds of 80 ms, then 40 ms"
+    );
+    assert_eq!(
+        explained["agents"][0]["group"]["critical_path"],
+        serde_json::json!(["draft", "critique"])
+    );
+    assert_eq!(explained["agents"][0]["repeat"]["expected_rounds"], 3);
+    let output = braid()
+        .args(["explain", "--format", "dot"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("\"refine.draft\" -> \"refine.critique\"")
+    );
+}
+
+#[test]
+fn the_tools_example_calls_the_calculator_until_the_model_answers() {
+    // A local stand-in for an OpenAI-compatible model.
+    let mut stub = Command::new("python3")
+        .arg(examples().join("tools/stub_model.py"))
+        .arg("0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(stub.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let output = braid()
+        .arg("run")
+        .arg(examples().join("tools/pipeline.yaml"))
+        .args([
+            "--output",
+            "json",
+            "--input",
+            r#"{"question": "What is 19 + 23, plus 100?"}"#,
+        ])
+        .env(
+            "BRAID_LLM_URL",
+            format!("http://127.0.0.1:{}/v1", port.trim()),
+        )
+        .output()
+        .unwrap();
+    let _ = stub.kill();
+    let _ = stub.wait();
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["state"]["answer"], "The total is 142.");
+    let rounds = report["agents"]["solve"]["instances"].as_object().unwrap();
+    // Two tool calls (19 + 23, then + 100), then the answer in round 2,
+    // where the tool had nothing to do.
+    assert_eq!(rounds["solve#0.tool"]["status"], "completed");
+    assert_eq!(rounds["solve#1.tool"]["status"], "completed");
+    assert_eq!(rounds["solve#2.tool"]["status"], "skipped");
+    assert!(!rounds.contains_key("solve#3"));
+}
+
+#[test]
 fn a_failing_command_agent_fails_the_run_with_its_exit_code_and_stderr() {
     let ws = Workspace::new(
         "pipeline: failing
@@ -613,24 +740,46 @@ fn bench_prints_one_json_object_per_scenario_with_the_peers_fields() {
         ),
     ];
     // Then `persist`: SQLite only (no --postgres), 3 ways × 3 policies,
-    // and `fanout` last.
+    // then the dynamic shapes: fanout, mapchain, loop.
     let (lines, rest) = lines.split_at(expected.len());
-    let (persist, fanout) = rest.split_at(rest.len() - 1);
+    let (persist, shapes) = rest.split_at(rest.len() - 3);
     assert_eq!(persist.len(), 9, "{persist:?}");
-    let fanout = &fanout[0];
-    assert_eq!(fanout["scenario"], "fanout");
-    assert_eq!(fanout["items"], 20);
-    for field in ["makespan_ms", "ideal_ms", "ratio", "noop_ms", "per_item_us"] {
-        assert!(
-            fanout[field].is_number(),
-            "fanout: `{field}` missing in {fanout}"
-        );
+    let shape_fields: &[(&str, &[&str])] = &[
+        (
+            "fanout",
+            &[
+                "items",
+                "makespan_ms",
+                "ideal_ms",
+                "ratio",
+                "noop_ms",
+                "per_item_us",
+            ],
+        ),
+        ("mapchain", &["items", "makespan_ms", "ideal_ms", "ratio"]),
+        (
+            "loop",
+            &[
+                "rounds",
+                "makespan_ms",
+                "ideal_ms",
+                "ratio",
+                "noop_rounds",
+                "per_round_us",
+            ],
+        ),
+    ];
+    for (line, (scenario, fields)) in shapes.iter().zip(shape_fields) {
+        assert_eq!(line["scenario"], *scenario);
+        for field in *fields {
+            assert!(
+                line[field].is_number(),
+                "{scenario}: `{field}` missing in {line}"
+            );
+        }
     }
-    for line in persist {
-        assert_eq!(line["scenario"], "persist");
-        assert_eq!(line["backend"], "sqlite");
-        assert!(line["per_run_us"].is_number() && line["transactions_per_run"].is_number());
-    }
+    assert_eq!(shapes[0]["items"], 20);
+    assert_eq!(shapes[2]["ideal_ms"], 40.0, "20L with L = 2 ms");
     let none = persist.iter().find(|l| l["checkpoint"] == "none").unwrap();
     assert_eq!(none["transactions_per_run"], 0.0, "`none` writes nothing");
     let waiting_end = persist
@@ -1431,6 +1580,75 @@ agents:
     assert!(
         svg.contains("×4"),
         "the fan-out's name carries its size: {svg}"
+    );
+}
+
+/// A group is one bar in the timeline, whatever it nests: a `foreach`
+/// group labelled with its size and progress, a `repeat` group with how
+/// many rounds it ran; their members and rounds get no bars of their own.
+#[test]
+fn runs_show_draws_a_group_as_one_bar_and_a_loop_with_its_rounds() {
+    let ws = Workspace::new(
+        "pipeline: grouped
+agents:
+  plan: { kind: sleep, ms: 1, writes: [items], value: [1, 2, 3] }
+  per_item:
+    kind: pipeline
+    foreach: items
+    agents:
+      extract:  { kind: sleep, ms: 5, reads: [item], writes: [a] }
+      classify: { kind: sleep, ms: 5, reads: [a], writes: [b] }
+    outputs: { results: b }
+  refine:
+    kind: pipeline
+    repeat: { until: 'critique > 5', max: 3, on_max: continue }
+    agents:
+      draft:    { kind: sleep, ms: 5, reads: [round], writes: [draft] }
+      critique: { kind: sleep, ms: 5, reads: [draft], writes: [critique], value: 1 }
+    outputs: { final: critique }
+  join: { kind: sleep, ms: 1, reads: [results, final], writes: [done] }
+",
+    );
+    let output = braid_in(&ws)
+        .arg("run")
+        .arg(ws.pipeline())
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    assert_eq!(report["status"], "completed", "{report}");
+    let run_id = report["run_id"].as_str().unwrap().to_owned();
+    let svg_path = ws.path("timeline.svg");
+    let output = braid_in(&ws)
+        .args(["runs", "show", &run_id, "--timeline"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let bars: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains(r#"class="run""#))
+        .filter_map(|l| l.split(r#"data-agent=""#).nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(bars, ["plan", "per_item", "refine", "join"], "{svg}");
+    assert!(
+        svg.contains(r##"refine <tspan class="rounds" fill="#555">3 rounds</tspan>"##),
+        "the loop's name says its rounds: {svg}"
+    );
+    assert!(svg.contains("×3"), "{svg}");
+    assert!(
+        svg.contains(r#"<tspan class="progress">3 of 3</tspan>"#),
+        "elements counted, not their members: {svg}"
+    );
+    assert!(
+        !svg.contains("refine#") && !svg.contains("per_item["),
+        "no row for a member or round: {svg}"
     );
 }
 

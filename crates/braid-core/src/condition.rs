@@ -78,6 +78,11 @@ pub struct Condition {
     source: String,
     program: cel::Program,
     fields: Vec<String>,
+    /// Whether it uses `has(field)` on a bare field.
+    tests_presence: bool,
+    /// Fields it only tests the presence of (`has(field)` and nothing
+    /// else): they need not have a value for it to be evaluated.
+    presence_only: Vec<String>,
 }
 
 impl fmt::Debug for Condition {
@@ -166,7 +171,8 @@ impl Condition {
     /// Compiles `source` on the current thread, without limits. The error
     /// is the parser's message, with its position inside the expression.
     fn compile(source: &str) -> Result<Self, String> {
-        let program = cel::Program::compile(source).map_err(|err| {
+        let (rewritten, present) = rewrite_has(source);
+        let program = cel::Program::compile(&rewritten).map_err(|err| {
             let details: Vec<String> = err
                 .errors
                 .iter()
@@ -180,11 +186,22 @@ impl Condition {
         })?;
         let mut fields = std::collections::BTreeSet::new();
         free_variables(program.expression(), &mut Vec::new(), &mut fields);
+        fields.remove(PRESENT);
+        let mut presence_only: Vec<String> = present
+            .iter()
+            .filter(|name| !fields.contains(*name))
+            .cloned()
+            .collect();
+        presence_only.sort();
+        presence_only.dedup();
+        fields.extend(present.iter().cloned());
         let fields: Vec<String> = fields.into_iter().collect();
         Ok(Self {
             source: source.to_owned(),
             program,
             fields,
+            tests_presence: !present.is_empty(),
+            presence_only,
         })
     }
 
@@ -198,16 +215,32 @@ impl Condition {
         &self.fields
     }
 
+    /// Fields the expression only asks the presence of (`has(field)`):
+    /// it can be evaluated without them.
+    pub fn presence_only(&self) -> &[String] {
+        &self.presence_only
+    }
+
     /// Evaluates the condition with the given field values.
     pub(crate) fn evaluate<'a>(
         &self,
         values: impl IntoIterator<Item = (&'a str, &'a Value)>,
     ) -> Result<bool, String> {
-        let mut context = cel::Context::default();
+        let mut context = cel::Context::with_env(stdlib());
+        let mut present = serde_json::Map::new();
         for (name, value) in values {
+            if self.tests_presence {
+                present.insert(name.to_owned(), Value::Bool(true));
+            }
             context
                 .add_variable(name, CelJson(value))
                 .map_err(|e| format!("cannot pass field `{name}` to the condition: {e}"))?;
+        }
+        if self.tests_presence {
+            let present = Value::Object(present);
+            context
+                .add_variable(PRESENT, CelJson(&present))
+                .map_err(|e| format!("cannot pass the fields present to the condition: {e}"))?;
         }
         match self.program.execute(&context) {
             Ok(cel::Value::Bool(b)) => Ok(b),
@@ -218,6 +251,67 @@ impl Condition {
             Err(e) => Err(format!("`when: {}` failed: {e}", self.source)),
         }
     }
+}
+
+/// CEL's standard functions and macros, built once for the process: a
+/// `Context::default()` would build them again for every evaluation (a
+/// condition is evaluated each time its agent is ready, a loop's `until`
+/// after every round).
+fn stdlib() -> std::sync::Arc<cel::Env> {
+    static STDLIB: std::sync::LazyLock<std::sync::Arc<cel::Env>> =
+        std::sync::LazyLock::new(|| std::sync::Arc::new(cel::Env::stdlib()));
+    STDLIB.clone()
+}
+
+/// The variable `has(field)` is rewritten to look in: a map with a key for
+/// every field that has a value. (CEL's `has` takes `a.b` only, but whether
+/// a field was written at all, `has(answer)`, is what a loop over optional
+/// writes asks.)
+const PRESENT: &str = "__braid_present";
+
+/// Rewrites each `has(NAME)` of a bare name (outside string literals) to
+/// `has(__braid_present.NAME)`, and returns the names.
+fn rewrite_has(source: &str) -> (std::borrow::Cow<'_, str>, Vec<String>) {
+    let bytes = source.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut out = String::new();
+    let mut names = Vec::new();
+    let (mut i, mut copied) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' | b'\'' => {
+                let raw = i > 0 && matches!(bytes[i - 1], b'r' | b'R');
+                i = skip_string(bytes, i, raw).unwrap_or(i + 1);
+                continue;
+            }
+            b'h' if source[i..].starts_with("has(") && (i == 0 || !ident(bytes[i - 1])) => {
+                let open = i + 4;
+                let inner_start = open + source[open..].len() - source[open..].trim_start().len();
+                let mut end = inner_start;
+                while end < bytes.len() && ident(bytes[end]) {
+                    end += 1;
+                }
+                let after = end + source[end..].len() - source[end..].trim_start().len();
+                let name = &source[inner_start..end];
+                let starts_well = name.bytes().next().is_some_and(|b| !b.is_ascii_digit());
+                if starts_well && bytes.get(after) == Some(&b')') {
+                    out.push_str(&source[copied..inner_start]);
+                    out.push_str(PRESENT);
+                    out.push('.');
+                    out.push_str(name);
+                    copied = end;
+                    names.push(name.to_owned());
+                }
+                i = open;
+            }
+            _ => i += 1,
+        }
+    }
+    if names.is_empty() {
+        return (std::borrow::Cow::Borrowed(source), names);
+    }
+    out.push_str(&source[copied..]);
+    (std::borrow::Cow::Owned(out), names)
 }
 
 /// Collects the identifiers `expr` reads from its environment: every name
@@ -504,6 +598,23 @@ mod tests {
             c.evaluate([("findings", &findings), ("limit", &limit)]),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn has_asks_whether_a_bare_field_has_a_value() {
+        let c = Condition::parse("has(answer) || round > 3", &LoadLimits::default()).unwrap();
+        assert_eq!(c.fields(), ["answer", "round"]);
+        assert_eq!(c.presence_only(), ["answer"]);
+        assert_eq!(c.evaluate([("round", &json!(1))]), Ok(false));
+        assert_eq!(
+            c.evaluate([("answer", &json!("x")), ("round", &json!(1))]),
+            Ok(true)
+        );
+        // `has` on a member, and inside a string, are CEL's own.
+        let c = Condition::parse("has(a.b) && 'has(c)' != ''", &LoadLimits::default()).unwrap();
+        assert_eq!(c.fields(), ["a"]);
+        assert!(c.presence_only().is_empty());
+        assert_eq!(c.evaluate([("a", &json!({"b": 1}))]), Ok(true));
     }
 
     #[test]

@@ -149,6 +149,18 @@ impl Diagnostics {
     }
 }
 
+impl Diagnostics {
+    /// Takes in another collection's diagnostics (a group's), each message
+    /// prefixed with `prefix`, counting what it dropped.
+    pub(crate) fn absorb(&mut self, other: Diagnostics, prefix: &str) {
+        for mut d in other.kept {
+            d.message = format!("{prefix}{}", d.message);
+            self.push(d);
+        }
+        self.dropped += other.dropped;
+    }
+}
+
 impl Extend<Diagnostic> for Diagnostics {
     fn extend<I: IntoIterator<Item = Diagnostic>>(&mut self, iter: I) {
         for d in iter {

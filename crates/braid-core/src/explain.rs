@@ -32,6 +32,25 @@ pub struct ExplainedAgent {
     /// How it fans out, for a `foreach` agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub foreach: Option<ExplainedForeach>,
+    /// For a group (`kind: pipeline`): its own agents, explained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Box<Explanation>>,
+    /// For a group with `repeat`: its loop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<ExplainedRepeat>,
+}
+
+/// A group's `repeat`, as `explain` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedRepeat {
+    /// The condition that ends the loop.
+    pub until: String,
+    /// The most rounds.
+    pub max: u32,
+    /// `fail` or `continue`.
+    pub on_max: &'static str,
+    /// The `expected_rounds:` hint.
+    pub expected_rounds: Option<u32>,
 }
 
 /// A `foreach` agent's fan-out, as `explain` shows it.
@@ -92,7 +111,18 @@ impl Pipeline {
             .agents
             .iter()
             .map(|a| {
-                let one = a.expected_duration()?.as_secs_f64() * 1e3;
+                let one = match &a.group {
+                    // A group: its own estimate, once per expected round.
+                    Some(group) => {
+                        let inner = group.pipeline.explain().parallel_ms?;
+                        let rounds = match &group.repeat {
+                            Some(r) => f64::from(r.expected_rounds?),
+                            None => 1.0,
+                        };
+                        inner * rounds
+                    }
+                    None => a.expected_duration()?.as_secs_f64() * 1e3,
+                };
                 match a.foreach.as_deref() {
                     None => Some((one, one)),
                     Some(f) => {
@@ -141,6 +171,18 @@ impl Pipeline {
                         concurrency: f.concurrency,
                         on_item_failure: f.on_item_failure.as_str(),
                         expected_items: f.expected_items,
+                    }),
+                    group: a.group.as_ref().map(|g| Box::new(g.pipeline.explain())),
+                    repeat: a.group.as_ref().and_then(|g| g.repeat.as_ref()).map(|r| {
+                        ExplainedRepeat {
+                            until: r.until.source().to_owned(),
+                            max: r.max,
+                            on_max: match r.on_max {
+                                crate::pipeline::OnMax::Fail => "fail",
+                                crate::pipeline::OnMax::Continue => "continue",
+                            },
+                            expected_rounds: r.expected_rounds,
+                        }
                     }),
                 })
                 .collect(),
@@ -208,6 +250,27 @@ impl Explanation {
             if let Some(f) = &a.foreach {
                 let _ = writeln!(out, "  {}: {}", a.name, f.describe());
             }
+            if let Some(group) = &a.group {
+                let mut what = format!(
+                    "  {}: a group of {} agents ({})",
+                    a.name,
+                    group.agents.len(),
+                    group.critical_path.join(" -> ")
+                );
+                if let Some(r) = &a.repeat {
+                    let _ = write!(
+                        what,
+                        ", repeated until `{}` (at most {} rounds, on_max: {}{})",
+                        r.until,
+                        r.max,
+                        r.on_max,
+                        r.expected_rounds
+                            .map(|n| format!(", about {n}"))
+                            .unwrap_or_default()
+                    );
+                }
+                let _ = writeln!(out, "{what}");
+            }
         }
         let _ = writeln!(out, "critical path: {}", self.critical_path.join(" -> "));
         match (self.sequential_ms, self.parallel_ms, self.speedup) {
@@ -224,7 +287,7 @@ impl Explanation {
                 let _ = writeln!(
                     out,
                     "estimated: unknown (give command agents an `expected:` duration, \
-                     and foreach agents `expected_items:`)"
+                     foreach agents `expected_items:` and repeat groups `expected_rounds:`)"
                 );
             }
         }
@@ -253,6 +316,11 @@ impl Explanation {
                 }
             );
         }
+        for a in &self.agents {
+            if let Some(group) = &a.group {
+                group.dot_cluster(&mut out, &a.name, a.repeat.as_ref());
+            }
+        }
         for [from, to] in &self.edges {
             let bold = if self.on_critical_path(from, to) {
                 " [color=red, penwidth=2]"
@@ -266,6 +334,65 @@ impl Explanation {
         }
         out.push_str("}\n");
         out
+    }
+
+    /// A group's agents as a Mermaid subgraph beside the group's node.
+    fn mermaid_subgraph(
+        &self,
+        out: &mut String,
+        gid: &str,
+        group: &str,
+        repeat: Option<&ExplainedRepeat>,
+    ) {
+        let label = match repeat {
+            Some(r) => format!("{group}: repeat until {} (max {})", r.until, r.max),
+            None => format!("{group}: group"),
+        }
+        .replace('"', "#quot;");
+        let id = |name: &str| format!("{gid}__{}", name.replace('-', "_"));
+        let _ = writeln!(out, "  subgraph {gid}_agents [\"{label}\"]");
+        for a in &self.agents {
+            let _ = writeln!(out, "    {}[\"{} ({})\"]", id(&a.name), a.name, a.kind);
+        }
+        for [from, to] in &self.edges {
+            let _ = writeln!(out, "    {} --> {}", id(from), id(to));
+        }
+        out.push_str("  end\n");
+        let _ = writeln!(out, "  {gid} -.- {gid}_agents");
+    }
+
+    /// A group's agents as a DOT cluster beside the group's node, joined
+    /// to it by a dashed edge (their names prefixed with the group's).
+    fn dot_cluster(&self, out: &mut String, group: &str, repeat: Option<&ExplainedRepeat>) {
+        let label = match repeat {
+            Some(r) => format!("{group}: repeat until {} (max {})", r.until, r.max),
+            None => format!("{group}: group"),
+        };
+        let _ = writeln!(
+            out,
+            "  subgraph {:?} {{\n    label={label:?};\n    style=dashed;",
+            format!("cluster_{group}")
+        );
+        let id = |name: &str| format!("{group}.{name}");
+        for a in &self.agents {
+            let _ = writeln!(
+                out,
+                "    {:?} [label={:?}];",
+                id(&a.name),
+                format!("{}\n{}", a.name, a.kind)
+            );
+        }
+        for [from, to] in &self.edges {
+            let _ = writeln!(out, "    {:?} -> {:?};", id(from), id(to));
+        }
+        out.push_str("  }\n");
+        if let Some(first) = self.agents.first() {
+            let _ = writeln!(
+                out,
+                "  {group:?} -> {:?} [style=dashed, arrowhead=none];",
+                id(&first.name)
+            );
+        }
     }
 
     /// A Mermaid flowchart; the critical path's edges are thick.
@@ -288,6 +415,11 @@ impl Explanation {
                 None => {
                     let _ = writeln!(out, "  {}[\"{} ({})\"]", id(&a.name), a.name, a.kind);
                 }
+            }
+        }
+        for a in &self.agents {
+            if let Some(group) = &a.group {
+                group.mermaid_subgraph(&mut out, &id(&a.name), &a.name, a.repeat.as_ref());
             }
         }
         for [from, to] in &self.edges {

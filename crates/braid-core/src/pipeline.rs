@@ -116,6 +116,49 @@ pub(crate) struct Foreach {
     pub(crate) expected_items: Option<u64>,
 }
 
+/// What a group's loop does when `max` rounds pass and `until` still
+/// does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnMax {
+    /// The group fails, saying so.
+    #[default]
+    Fail,
+    /// The group completes with the last round's outputs.
+    Continue,
+}
+
+/// A group (`kind: pipeline`): agents of its own, with a derived graph of
+/// their own, run as one member of the pipeline around it (once, once per
+/// element under `foreach`, or round after round under `repeat`).
+#[derive(Debug)]
+pub(crate) struct Group {
+    /// The group's agents as a pipeline. Its inputs are the group's reads,
+    /// the element and its index (under `foreach`), `round` and the
+    /// `carry` targets (under `repeat`).
+    pub(crate) pipeline: Arc<Pipeline>,
+    /// Each parent field the group writes, with the group field it takes.
+    pub(crate) outputs: Vec<(Arc<str>, FieldId)>,
+    /// The parent's ids of the fields in `outputs`, in the same order.
+    pub(crate) writes: Vec<FieldId>,
+    pub(crate) repeat: Option<Repeat>,
+}
+
+/// A group's loop.
+#[derive(Debug)]
+pub(crate) struct Repeat {
+    /// Evaluated after each round over the group's fields and `round`.
+    pub(crate) until: Condition,
+    pub(crate) until_fields: Vec<FieldId>,
+    pub(crate) max: u32,
+    pub(crate) on_max: OnMax,
+    /// The `round` input of the group's pipeline.
+    pub(crate) round: FieldId,
+    /// Next round's input ← this round's field.
+    pub(crate) carry: Vec<(FieldId, FieldId)>,
+    /// `expected_rounds:`, for `explain`'s estimate.
+    pub(crate) expected_rounds: Option<u32>,
+}
+
 /// An agent of a loaded pipeline.
 #[derive(Debug)]
 pub struct AgentDef {
@@ -134,6 +177,8 @@ pub struct AgentDef {
     pub(crate) definition: Arc<str>,
     /// Set for a `foreach` agent.
     pub(crate) foreach: Option<Box<Foreach>>,
+    /// Set for a group (`kind: pipeline`): what runs instead of `runner`.
+    pub(crate) group: Option<Arc<Group>>,
 }
 
 impl AgentDef {
@@ -182,6 +227,18 @@ impl AgentDef {
     /// agent's hash is still the same; see the `definition` module's docs.
     pub fn definition_hash(&self) -> &str {
         &self.definition
+    }
+
+    /// For a group (`kind: pipeline`): its agents, as a pipeline.
+    pub fn group_pipeline(&self) -> Option<&Pipeline> {
+        self.group.as_ref().map(|g| &*g.pipeline)
+    }
+
+    /// For a group with `repeat`: its `until` condition, its most rounds
+    /// and what it does when they pass.
+    pub fn repeat(&self) -> Option<(&str, u32, OnMax)> {
+        let repeat = self.group.as_ref()?.repeat.as_ref()?;
+        Some((repeat.until.source(), repeat.max, repeat.on_max))
     }
 
     /// For a `foreach` agent: the list field it fans out over.
@@ -365,6 +422,12 @@ impl Pipeline {
             .collect()
     }
 
+    /// The field called `name`, if the pipeline has one (a linear search:
+    /// for the few fields of a group).
+    pub(crate) fn field_id(&self, name: &str) -> Option<FieldId> {
+        self.fields.iter().position(|f| *f.name == *name)
+    }
+
     pub(crate) fn field_name(&self, field: FieldId) -> &str {
         &self.fields[field].name
     }
@@ -379,3 +442,8 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
 /// depends on every writer of it, so a few kilobytes (1,000 writers of a
 /// merged field, 100,000 readers) could otherwise ask for 10⁸ edges.
 pub const MAX_DEPENDENCIES: usize = 5_000_000;
+/// How deep groups (`kind: pipeline`) may nest: a group of a group of a
+/// group … Each level is a nested run at run time.
+pub const MAX_GROUP_DEPTH: usize = 8;
+/// The most rounds a group's `repeat.max` may allow.
+pub const MAX_ROUNDS: u64 = 100_000;

@@ -258,44 +258,86 @@ pub fn split_instance(name: &str) -> Option<(&str, usize)> {
     Some((agent, index.parse().ok()?))
 }
 
-/// Nests the reports of `foreach` instances (`work[3]`) under their agent's
-/// `instances`, in element order, and counts them in its `items` (for
-/// reports rebuilt from stored records, which keep one record a member).
+/// The top-level agent a member's name starts with: `per_doc` for
+/// `per_doc[3].classify`, `refine` for `refine#2.draft`, `work` for
+/// `work[3]`, and the name itself for a top-level agent.
+///
+/// ```
+/// assert_eq!(braid_core::report::top_agent("per_doc[3].classify"), "per_doc");
+/// assert_eq!(braid_core::report::top_agent("refine#2"), "refine");
+/// assert_eq!(braid_core::report::top_agent("report"), "report");
+/// ```
+pub fn top_agent(name: &str) -> &str {
+    let end = name.find(['[', '.', '#']).unwrap_or(name.len());
+    &name[..end]
+}
+
+/// A sort key that orders member names by their numbers as numbers
+/// (`per_doc[2]` before `per_doc[10]`).
+pub fn natural_order(name: &str) -> Vec<(String, u64)> {
+    let mut key = Vec::new();
+    let mut text = String::new();
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(first) = c.to_digit(10) {
+            let mut n = u64::from(first);
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n.saturating_mul(10).saturating_add(u64::from(d));
+                chars.next();
+            }
+            key.push((std::mem::take(&mut text), n));
+        } else {
+            text.push(c);
+        }
+    }
+    key.push((text, 0));
+    key
+}
+
+/// Nests the reports of `foreach` instances (`work[3]`) and of groups'
+/// members and rounds (`per_doc[3].classify`, `refine#2`) under their
+/// top-level agent's `instances`, in element and round order, and counts a
+/// `foreach` agent's instances in its `items` (for reports rebuilt from
+/// stored records, which keep one record a member).
 pub fn nest_instances(
     members: impl IntoIterator<Item = (String, AgentReport)>,
 ) -> IndexMap<String, AgentReport> {
     let mut agents: IndexMap<String, AgentReport> = IndexMap::new();
-    let mut instances: Vec<(String, usize, String, AgentReport)> = Vec::new();
+    let mut nested: Vec<(String, AgentReport)> = Vec::new();
     for (name, report) in members {
-        match split_instance(&name) {
-            Some((agent, i)) => instances.push((agent.to_owned(), i, name, report)),
-            None => {
-                agents.insert(name, report);
-            }
+        if top_agent(&name) == name {
+            agents.insert(name, report);
+        } else {
+            nested.push((name, report));
         }
     }
-    instances.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-    for (agent, _, name, report) in instances {
-        let Some(parent) = agents.get_mut(&agent) else {
+    // By the nested run each belongs to; within one, as given.
+    nested.sort_by_cached_key(|(name, _)| {
+        natural_order(name.rsplit_once('.').map_or(name.as_str(), |(run, _)| run))
+    });
+    for (name, report) in nested {
+        let Some(parent) = agents.get_mut(top_agent(&name)) else {
             agents.insert(name, report);
             continue;
         };
-        let counts = parent.items.get_or_insert_with(ItemCounts::default);
-        if parent.instances.is_none() {
-            *counts = ItemCounts {
-                total: counts.total,
-                ..ItemCounts::default()
-            };
+        if split_instance(&name).is_some_and(|(agent, _)| agent == top_agent(&name)) {
+            let counts = parent.items.get_or_insert_with(ItemCounts::default);
+            if parent.instances.is_none() {
+                *counts = ItemCounts {
+                    total: counts.total,
+                    ..ItemCounts::default()
+                };
+            }
+            match report.status {
+                AgentStatus::Completed => counts.completed += 1,
+                AgentStatus::Failed => counts.failed += 1,
+                AgentStatus::Cancelled | AgentStatus::Skipped => counts.cancelled += 1,
+                AgentStatus::Pending | AgentStatus::Running => counts.pending += 1,
+            }
+            counts.total = counts
+                .total
+                .max(counts.completed + counts.failed + counts.cancelled + counts.pending);
         }
-        match report.status {
-            AgentStatus::Completed => counts.completed += 1,
-            AgentStatus::Failed => counts.failed += 1,
-            AgentStatus::Cancelled | AgentStatus::Skipped => counts.cancelled += 1,
-            AgentStatus::Pending | AgentStatus::Running => counts.pending += 1,
-        }
-        counts.total = counts
-            .total
-            .max(counts.completed + counts.failed + counts.cancelled + counts.pending);
         parent
             .instances
             .get_or_insert_with(IndexMap::new)
@@ -318,6 +360,54 @@ impl RunReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_members_nest_under_their_top_level_agent_in_order() {
+        let done = || AgentReport::new(AgentStatus::Completed);
+        let names = [
+            "per_doc",
+            "per_doc[10]",
+            "per_doc[2].b",
+            "per_doc[2]",
+            "per_doc[2].a",
+            "refine#1.draft",
+            "refine",
+            "refine#0",
+            "refine#1",
+            "orphan[1]",
+        ];
+        let nested = nest_instances(names.iter().map(|n| (n.to_string(), done())));
+        assert_eq!(
+            nested.keys().collect::<Vec<_>>(),
+            ["per_doc", "refine", "orphan[1]"]
+        );
+        let per_doc = &nested["per_doc"];
+        assert_eq!(
+            per_doc
+                .instances
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["per_doc[2].b", "per_doc[2]", "per_doc[2].a", "per_doc[10]"]
+        );
+        assert_eq!(
+            per_doc.items.unwrap().completed,
+            2,
+            "two elements, not their members"
+        );
+        let refine = &nested["refine"];
+        assert_eq!(
+            refine
+                .instances
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["refine#0", "refine#1.draft", "refine#1"]
+        );
+        assert!(refine.items.is_none(), "rounds are not elements");
+    }
 
     #[test]
     fn one_string_form_in_serde_display_and_from_str() {

@@ -81,3 +81,48 @@ agents:
         items.join(", ")
     )
 }
+
+/// The `mapchain` scenario: 100 items each through extract → classify →
+/// summarize (a `foreach` group), plan and join taking `l` ms. The stages
+/// are the builtins `stage0`, `stage1` and `stage2` (registered by the
+/// caller): stage `s` takes 10L on item `s`, L on the others; ideal 14L.
+pub fn mapchain_yaml(n: usize, l: f64) -> String {
+    let ms = l.round() as u64;
+    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!(
+        "pipeline: mapchain
+agents:
+  plan: {{ kind: sleep, ms: {ms}, writes: [items], value: [{}] }}
+  item:
+    kind: pipeline
+    foreach: items
+    agents:
+      extract:   {{ kind: builtin, function: stage0, reads: [item], writes: [a] }}
+      classify:  {{ kind: builtin, function: stage1, reads: [item, a], writes: [b] }}
+      summarize: {{ kind: builtin, function: stage2, reads: [item, b], writes: [c] }}
+    outputs: {{ results: c }}
+  join: {{ kind: sleep, ms: {ms}, reads: [results], writes: [done] }}
+",
+        items.join(", ")
+    )
+}
+
+/// The `loop` scenario: draft → critique, repeated until the critique
+/// accepts, `rounds` rounds of two `l`-ms agents (ideal 2 × rounds × L).
+/// `critique` is the builtin `critique` (registered by the caller), which
+/// writes `round + 1`.
+pub fn loop_yaml(rounds: u32, l: f64) -> String {
+    let ms = l.round() as u64;
+    format!(
+        "pipeline: loop
+agents:
+  refine:
+    kind: pipeline
+    repeat: {{ until: 'critique >= {rounds}', max: {rounds} }}
+    agents:
+      draft:    {{ kind: sleep, ms: {ms}, reads: [round], writes: [draft] }}
+      critique: {{ kind: builtin, function: critique, reads: [draft, round], writes: [critique] }}
+    outputs: {{ accepted: critique }}
+"
+    )
+}

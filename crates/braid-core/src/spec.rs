@@ -96,9 +96,39 @@ pub(crate) struct AgentSpec {
     #[serde(default)]
     pub(crate) env: IndexMap<String, String>,
     pub(crate) pool: Option<marked_yaml::Spanned<u32>>,
+    /// For `kind: pipeline`: the group's own agents and how it runs.
+    #[serde(skip)]
+    pub(crate) group: Option<Box<GroupSpec>>,
     /// Every other key, for kinds the core does not build itself.
     #[serde(skip)]
     pub(crate) settings: IndexMap<String, Located<Value>>,
+}
+
+/// A group (`kind: pipeline`), as written: its agents (a sub-pipeline of
+/// their own, `spec.agents`) and the keys that say how it runs.
+#[derive(Debug, Default)]
+pub(crate) struct GroupSpec {
+    /// The group's agents (only `agents` and `agents_at` are filled).
+    pub(crate) spec: PipelineSpec,
+    /// Parent field it writes → the group field it takes the value from.
+    pub(crate) outputs: IndexMap<String, Located<String>>,
+    /// Next round's field → this round's field it takes its value from.
+    pub(crate) carry: IndexMap<String, Located<String>>,
+    pub(crate) repeat: Option<RepeatSpec>,
+    /// The group's writes: its `outputs` keys, each optional (`name?`),
+    /// positioned at the key.
+    pub(crate) writes: Vec<marked_yaml::Spanned<String>>,
+}
+
+/// `repeat:` of a group: run it again until `until` holds, at most `max` rounds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RepeatSpec {
+    pub(crate) until: marked_yaml::Spanned<String>,
+    pub(crate) max: Option<marked_yaml::Spanned<u64>>,
+    pub(crate) on_max: Option<marked_yaml::Spanned<String>>,
+    /// How many rounds it usually takes, for `explain`'s estimate.
+    pub(crate) expected_rounds: Option<marked_yaml::Spanned<u32>>,
 }
 
 /// Keys every agent may have, whatever its kind.
@@ -420,8 +450,20 @@ fn parse_agents(
         // untyped scalars; convert it by hand and deserialize the rest.
         let mut value = None;
         let mut settings = IndexMap::new();
+        let mut group = None;
         let parsed = match node {
             Node::Mapping(mut fields) => {
+                group = match fields.get_scalar("kind").map(|k| k.as_str()) {
+                    Some("pipeline") => Some(Box::new(parse_group(
+                        &mut fields,
+                        at.clone(),
+                        source,
+                        checks_keys,
+                        &context,
+                        errors,
+                    ))),
+                    _ => None,
+                };
                 if let Some(v) = fields.remove("value") {
                     value = Some(Located {
                         value: to_json(&v),
@@ -481,12 +523,105 @@ fn parse_agents(
             Ok(mut agent) => {
                 agent.value = value;
                 agent.settings = settings;
+                if let Some(mut group) = group {
+                    group.spec.name = Some(Located {
+                        value: name.as_str().to_owned(),
+                        at: at.clone(),
+                    });
+                    // A group writes its outputs (each one may be left
+                    // out: the field it names may not be written inside).
+                    agent.writes.extend(group.writes.iter().cloned());
+                    agent.group = Some(group);
+                }
                 spec.agents
                     .insert(name.as_str().to_owned(), Located { value: agent, at });
             }
             Err(d) => errors.push(d),
         }
     }
+}
+
+/// Takes a group's own keys (`agents`, `outputs`, `carry`, `repeat`) out
+/// of its mapping; its agents are parsed like a pipeline's.
+fn parse_group(
+    fields: &mut MarkedMappingNode,
+    at: Option<Location>,
+    source: &Source,
+    checks_keys: &dyn Fn(&str) -> bool,
+    context: &str,
+    errors: &mut Diagnostics,
+) -> GroupSpec {
+    let mut group = GroupSpec::default();
+    if let Some(writes) = fields.get_node("writes") {
+        errors.push(Diagnostic::new(
+            source.at(writes.span()),
+            format!("{context}: a group's writes are the keys of its `outputs`; remove `writes`"),
+        ));
+    }
+    match fields.remove("agents") {
+        Some(Node::Mapping(mut map)) => {
+            group.spec.agents_at = source.at(map.span());
+            parse_agents(&mut map, source, checks_keys, &mut group.spec, errors);
+        }
+        Some(other) => errors.push(Diagnostic::new(
+            source.at(other.span()),
+            format!("{context}: `agents` must map agent names to agents"),
+        )),
+        None => errors.push(Diagnostic::new(
+            at.clone(),
+            format!("{context}: a group (`kind: pipeline`) needs `agents:`, its own agents"),
+        )),
+    }
+    let mut writes = Vec::new();
+    for (key, into) in [("outputs", &mut group.outputs), ("carry", &mut group.carry)] {
+        match fields.remove(key) {
+            None => {}
+            Some(Node::Mapping(map)) => {
+                for (name, value) in map.iter() {
+                    if key == "outputs" {
+                        writes.push(marked_yaml::Spanned::new(
+                            *name.span(),
+                            format!("{}?", name.as_str()),
+                        ));
+                    }
+                    match scalar(value) {
+                        Some(inner) => {
+                            into.insert(
+                                name.as_str().to_owned(),
+                                Located {
+                                    value: inner.to_owned(),
+                                    at: source.at(value.span()),
+                                },
+                            );
+                        }
+                        None => errors.push(Diagnostic::new(
+                            source.at(value.span()),
+                            format!("{context}: `{key}.{}` must name a field of the group", name.as_str()),
+                        )),
+                    }
+                }
+            }
+            Some(other) => errors.push(Diagnostic::new(
+                source.at(other.span()),
+                format!("{context}: `{key}` must map fields to fields, e.g. `{key}: {{ summaries: summary }}`"),
+            )),
+        }
+    }
+    group.writes = writes;
+    if group.outputs.is_empty() {
+        errors.push(Diagnostic::new(
+            at.clone(),
+            format!("{context}: a group needs `outputs:` (parent field: group field), or nothing it does is seen"),
+        ));
+    }
+    if let Some(repeat) = fields.remove("repeat") {
+        let what = format!("{context}: `repeat`");
+        match deserialize::<RepeatSpec>(&repeat, &what, source, source.at(repeat.span())) {
+            Ok(r) => group.repeat = Some(r),
+            Err(d) => errors.push(d),
+        }
+    }
+    group
 }
 
 fn deserialize<T: serde::de::DeserializeOwned>(

@@ -49,6 +49,11 @@ impl RunState {
         }
     }
 
+    /// Every field's value, by field id (merge fields must be settled).
+    pub(crate) fn into_values(self) -> Vec<Option<Arc<Value>>> {
+        self.values
+    }
+
     /// The field's value. A merge field must be [`settle`](Self::settle)d
     /// first (until then it holds its last combined value, if any).
     pub(crate) fn get(&self, field: FieldId) -> Option<&Arc<Value>> {

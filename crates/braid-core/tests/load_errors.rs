@@ -518,3 +518,114 @@ agents:
         ],
     );
 }
+
+const BAD_GROUPS: &str = "pipeline: groups
+inputs: { topic: { type: string } }
+agents:
+  per_doc:
+    kind: pipeline
+    reads: [topic]
+    agents:
+      a: { kind: sleep, reads: [topc], writes: [text] }
+    outputs: { texts: text }
+  outs:
+    kind: pipeline
+    agents:
+      c: { kind: sleep, writes: [text] }
+    outputs: { texts2: txt }
+  refine:
+    kind: pipeline
+    repeat: { until: 'score > 3 && rund < 2' }
+    carry: { feedback: critique }
+    agents:
+      draft:    { kind: sleep, reads: [feedback], writes: [draft] }
+      critique: { kind: sleep, reads: [draft], writes: [critique] }
+    outputs: { final: draft }
+  once:
+    kind: pipeline
+    carry: { feedback: out }
+    agents:
+      b: { kind: sleep, writes: [out] }
+    outputs: { result: out }
+";
+
+#[test]
+fn group_mistakes_name_the_group_the_key_and_the_place() {
+    let diagnostics = errors(BAD_GROUPS);
+    // Inside a group: like a pipeline, the group named, the place kept.
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "group `per_doc`: agent `a` reads `topc`",
+                "did you mean `topic`",
+            ],
+        ),
+        (8, 33)
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `outs`: `outputs.texts2` names `txt`",
+                "not a field of the group",
+                "did you mean `text`",
+            ],
+        ),
+        (14, 24)
+    );
+    assert_eq!(
+        find(&diagnostics, &["agent `refine`: `repeat` needs `max`"]),
+        (17, 22)
+    );
+    find(
+        &diagnostics,
+        &[
+            "agent `refine`: `repeat.until` refers to `score`",
+            "group's fields and `round`",
+        ],
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &[
+                "agent `refine`: agent `draft` reads `feedback`",
+                "absent in round 0",
+                "`feedback?`",
+            ],
+        ),
+        (20, 7)
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["agent `once`: `carry.feedback` only means something with `repeat`"],
+        ),
+        (25, 24)
+    );
+    for d in &diagnostics {
+        assert!(d.location.is_some(), "{d}");
+    }
+}
+
+#[test]
+fn a_group_says_its_writes_are_its_outputs() {
+    let diagnostics = errors(
+        "pipeline: p
+agents:
+  g:
+    kind: pipeline
+    writes: [x]
+    agents:
+      a: { kind: sleep, writes: [y] }
+    outputs: { x: y }
+",
+    );
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["agent `g`: a group's writes are the keys of its `outputs`; remove `writes`"]
+        ),
+        (5, 13)
+    );
+}

@@ -604,6 +604,365 @@ agents:
     }
 }
 
+mod groups {
+    //! Groups (`kind: pipeline`): a sub-pipeline per element (`foreach`),
+    //! and bounded loops (`repeat`) carrying fields from round to round.
+
+    use super::*;
+
+    fn ms_since_start(report: &RunReport, group: &str, member: &str) -> (f64, f64) {
+        let r = &report.agents[group].instances.as_ref().unwrap()[member];
+        let start = r.start_ms.unwrap();
+        (start, start + r.duration_ms.unwrap())
+    }
+
+    /// Element 0 is slow in `extract`; element 1's `classify` does not wait
+    /// for it (no stage barrier), and the outputs keep element order.
+    #[tokio::test]
+    async fn a_foreach_group_moves_each_element_through_its_stages_on_its_own() {
+        let mut kinds = AgentKinds::standard();
+        kinds.builtin_fn("extract", |reads| async move {
+            let doc = reads.get("doc").unwrap().as_str().unwrap().to_owned();
+            if reads.get("doc_index").unwrap() == 0 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            Ok(writes(&[("text", json!(doc.to_uppercase()))]))
+        });
+        kinds.builtin_fn("classify", |reads| async move {
+            let text = reads.get("text").unwrap().as_str().unwrap().len();
+            let audience = reads.get("audience").unwrap().clone();
+            Ok(writes(&[("label", json!([text, audience]))]))
+        });
+        let pipeline = load(
+            "pipeline: per-doc
+inputs: { docs: { type: array }, audience: { type: string } }
+agents:
+  per_doc:
+    kind: pipeline
+    foreach: docs
+    as: doc
+    reads: [audience]
+    agents:
+      extract:  { kind: builtin, function: extract, reads: [doc, doc_index], writes: [text] }
+      classify: { kind: builtin, function: classify, reads: [text, audience], writes: [label] }
+    outputs: { texts: text, labels: label }
+  report: { kind: sleep, reads: [labels], writes: [done] }
+",
+            &kinds,
+        );
+        let report = run(
+            &pipeline,
+            json!({"docs": ["ab", "cde", "f"], "audience": "ops"}),
+            RunOptions::default(),
+        )
+        .await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(*report.state["texts"], json!(["AB", "CDE", "F"]));
+        assert_eq!(
+            *report.state["labels"],
+            json!([[2, "ops"], [3, "ops"], [1, "ops"]])
+        );
+        let (_, slow_extract_end) = ms_since_start(&report, "per_doc", "per_doc[0].extract");
+        let (_, other_classify_end) = ms_since_start(&report, "per_doc", "per_doc[1].classify");
+        assert!(
+            other_classify_end < slow_extract_end,
+            "element 1 finished classify at {other_classify_end} ms, after element 0's extract ended at {slow_extract_end} ms: a stage barrier"
+        );
+        let names: Vec<&String> = report.agents["per_doc"]
+            .instances
+            .as_ref()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "per_doc[0]",
+                "per_doc[0].extract",
+                "per_doc[0].classify",
+                "per_doc[1]",
+                "per_doc[1].extract",
+                "per_doc[1].classify",
+                "per_doc[2]",
+                "per_doc[2].extract",
+                "per_doc[2].classify",
+            ]
+        );
+        assert!(report.agents["report"].start_ms.unwrap() >= slow_extract_end);
+    }
+
+    /// The run's limit bounds the agents of every nested run together;
+    /// the groups themselves take no slot, so they cannot starve their own
+    /// agents.
+    #[tokio::test]
+    async fn the_runs_limit_bounds_agents_inside_groups_too() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut kinds = AgentKinds::standard();
+        for field in ["out_a", "out_b"] {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            kinds.builtin_fn(field, move |_| {
+                let (in_flight, most) = (in_flight.clone(), most.clone());
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Ok(writes(&[(field, json!(1))]))
+                }
+            });
+        }
+        // Two agents side by side in each of 12 nested runs.
+        let pipeline = load(
+            "pipeline: bounded-groups
+inputs: { items: { type: array } }
+agents:
+  each:
+    kind: pipeline
+    foreach: items
+    agents:
+      a: { kind: builtin, function: out_a, reads: [item], writes: [out_a] }
+      b: { kind: builtin, function: out_b, reads: [item], writes: [out_b] }
+    outputs: { outs: out_a }
+",
+            &kinds,
+        );
+        let options = RunOptions {
+            concurrency: Some(3),
+            ..Default::default()
+        };
+        let report = run(&pipeline, json!({"items": vec![0; 12]}), options).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            3,
+            "3 agents at once, across 12 nested runs"
+        );
+        assert_eq!(*report.state["outs"], json!(vec![1; 12]));
+    }
+
+    fn loop_kinds(draft_rounds: Arc<Mutex<Vec<u64>>>) -> AgentKinds {
+        let mut kinds = AgentKinds::standard();
+        kinds.builtin_fn("draft", move |reads| {
+            let draft_rounds = draft_rounds.clone();
+            async move {
+                let topic = reads.get("topic").unwrap().as_str().unwrap().to_owned();
+                let feedback = reads.get("feedback").cloned();
+                let round = reads.get("round").unwrap().as_u64().unwrap();
+                draft_rounds.lock().unwrap().push(round);
+                Ok(writes(&[(
+                    "draft",
+                    json!(format!("{topic} v{round} after {feedback:?}")),
+                )]))
+            }
+        });
+        kinds.builtin_fn("critique", |reads| async move {
+            let round = reads.get("round").unwrap().as_u64().unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(writes(&[("critique", json!({"score": round * 3}))]))
+        });
+        kinds
+    }
+
+    const LOOP: &str = "pipeline: refine
+inputs: { topic: { type: string } }
+agents:
+  refine:
+    kind: pipeline
+    reads: [topic]
+    repeat: { until: 'critique.score >= 6', max: MAX, on_max: ON_MAX }
+    carry: { feedback: critique }
+    agents:
+      draft:    { kind: builtin, function: draft, reads: [topic, feedback?, round], writes: [draft] }
+      critique: { kind: builtin, function: critique, reads: [draft, round], writes: [critique] }
+    outputs: { final_draft: draft, final_critique: critique }
+  publish: { kind: sleep, reads: [final_draft], writes: [done] }
+";
+
+    fn loop_yaml(max: u32, on_max: &str) -> String {
+        LOOP.replace("ON_MAX", on_max)
+            .replace("MAX", &max.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_repeat_group_runs_rounds_until_its_condition_holds_carrying_fields() {
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let pipeline = load(&loop_yaml(5, "fail"), &loop_kinds(rounds.clone()));
+        let report = run(&pipeline, json!({"topic": "t"}), RunOptions::default()).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(
+            *rounds.lock().unwrap(),
+            [0, 1, 2],
+            "three rounds: score 0, 3, 6"
+        );
+        assert_eq!(*report.state["final_critique"], json!({"score": 6}));
+        assert_eq!(
+            *report.state["final_draft"],
+            json!("t v2 after Some(Object {\"score\": Number(3)})"),
+            "round 2 read round 1's critique as its feedback"
+        );
+        let instances = report.agents["refine"].instances.as_ref().unwrap();
+        for round in [
+            "refine#0",
+            "refine#1",
+            "refine#2",
+            "refine#2.draft",
+            "refine#2.critique",
+        ] {
+            assert_eq!(instances[round].status, AgentStatus::Completed, "{round}");
+        }
+        assert!(!instances.contains_key("refine#3"));
+        assert_eq!(report.agents["publish"].status, AgentStatus::Completed);
+        // Round 2's first agent became ready when round 1 ended, not when
+        // the run began.
+        let draft = &instances["refine#2.draft"];
+        let ready = draft.start_ms.unwrap() - draft.queue_ms.unwrap();
+        let critique = &instances["refine#1.critique"];
+        let round_1_end = critique.start_ms.unwrap() + critique.duration_ms.unwrap();
+        assert!(
+            ready >= round_1_end - 0.5,
+            "ready at {ready} ms, round 1 ended at {round_1_end} ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_hits_max_fails_or_keeps_its_last_round() {
+        let pipeline = load(&loop_yaml(2, "fail"), &loop_kinds(Arc::default()));
+        let report = run(&pipeline, json!({"topic": "t"}), RunOptions::default()).await;
+        assert_eq!(report.status, RunStatus::Failed);
+        let error = report.agents["refine"].error.as_deref().unwrap();
+        assert!(
+            error.contains("`until: critique.score >= 6` still did not hold after 2 rounds"),
+            "{error}"
+        );
+
+        let pipeline = load(&loop_yaml(2, "continue"), &loop_kinds(Arc::default()));
+        let report = run(&pipeline, json!({"topic": "t"}), RunOptions::default()).await;
+        assert_eq!(report.status, RunStatus::Completed);
+        assert_eq!(*report.state["final_critique"], json!({"score": 3}));
+    }
+
+    /// A model that calls a tool until it can answer: optional writes pick
+    /// the branch, `carry` hands the tool's result to the next round.
+    #[tokio::test]
+    async fn a_tool_calling_loop_ends_when_the_model_answers() {
+        let mut kinds = AgentKinds::standard();
+        kinds.builtin_fn("model", |reads| async move {
+            Ok(match reads.get("observation") {
+                Some(seen) if seen.as_i64() >= Some(2) => {
+                    writes(&[("answer", json!(format!("it is {seen}")))])
+                }
+                seen => {
+                    let next = seen.and_then(Value::as_i64).unwrap_or(0) + 1;
+                    writes(&[("tool_call", json!({"add_one_to": next - 1}))])
+                }
+            })
+        });
+        kinds.builtin_fn("tool", |reads| async move {
+            let n = reads.get("tool_call").unwrap()["add_one_to"]
+                .as_i64()
+                .unwrap();
+            Ok(writes(&[("tool_result", json!(n + 1))]))
+        });
+        let pipeline = load(
+            "pipeline: tools
+inputs: { question: { type: string } }
+agents:
+  agent_loop:
+    kind: pipeline
+    reads: [question]
+    repeat: { until: 'has(answer)', max: 10 }
+    carry: { observation: tool_result }
+    agents:
+      model: { kind: builtin, function: model, reads: [question, observation?], writes: [tool_call?, answer?] }
+      tool:  { kind: builtin, function: tool, reads: [tool_call], writes: [tool_result] }
+    outputs: { answer: answer }
+",
+            &kinds,
+        );
+        let report = run(&pipeline, json!({"question": "?"}), RunOptions::default()).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(*report.state["answer"], json!("it is 2"));
+        let instances = report.agents["agent_loop"].instances.as_ref().unwrap();
+        assert_eq!(instances["agent_loop#2.tool"].status, AgentStatus::Skipped);
+        assert_eq!(
+            instances["agent_loop#0.tool"].status,
+            AgentStatus::Completed
+        );
+    }
+
+    /// Stopped in round 2, a resumed loop carries on from round 1's state:
+    /// rounds 0 and 1 do not run again.
+    #[tokio::test]
+    async fn a_resumed_loop_carries_on_after_the_last_completed_round() {
+        let rounds = Arc::new(Mutex::new(Vec::new()));
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut kinds = loop_kinds(rounds.clone());
+        {
+            let hang = hang.clone();
+            kinds.builtin_fn("critique", move |reads| {
+                let hang = hang.clone();
+                async move {
+                    let round = reads.get("round").unwrap().as_u64().unwrap();
+                    if round == 2 && hang.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(writes(&[("critique", json!({"score": round * 3}))]))
+                }
+            });
+        }
+        let pipeline = Arc::new(load(
+            &loop_yaml(5, "fail").replace(
+                "pipeline: refine\n",
+                "pipeline: refine\ncheckpoint: agent\n",
+            ),
+            &kinds,
+        ));
+        let kept = Arc::new(Kept::default());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let first = tokio::spawn({
+            let pipeline = pipeline.clone();
+            let options = RunOptions {
+                run_id: Some("loop".into()),
+                checkpointer: Some(kept.clone()),
+                cancel: cancel.clone(),
+                ..Default::default()
+            };
+            async move { run(&pipeline, json!({"topic": "t"}), options).await }
+        });
+        for _ in 0..1000 {
+            if rounds.lock().unwrap().contains(&2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.cancel();
+        assert_eq!(first.await.unwrap().status, RunStatus::Cancelled);
+        let records = kept.0.lock().unwrap().clone();
+        let names: HashSet<String> = records.iter().map(|r| r.agent.to_string()).collect();
+        assert!(
+            names.contains("refine#1") && names.contains("refine#2.draft"),
+            "{names:?}"
+        );
+
+        rounds.lock().unwrap().clear();
+        hang.store(false, Ordering::SeqCst);
+        let options = RunOptions {
+            run_id: Some("loop".into()),
+            resume: Some(ResumePoint { agents: records }),
+            ..Default::default()
+        };
+        let report = run(&pipeline, json!({"topic": "t"}), options).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert!(
+            rounds.lock().unwrap().is_empty(),
+            "round 2's draft was on record and rounds 0 and 1 were done: no draft ran again, ran {:?}",
+            rounds.lock().unwrap()
+        );
+        assert_eq!(*report.state["final_critique"], json!({"score": 6}));
+    }
+}
+
 /// A kind is handed its writes by name, `?` dropped: a `sleep` agent with
 /// an optional write writes the field itself.
 #[tokio::test]
@@ -619,4 +978,108 @@ agents:
     let report = run(&pipeline, json!({}), RunOptions::default()).await;
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
     assert_eq!(*report.state["maybe"], json!(true));
+}
+
+mod group_properties {
+    //! Random `foreach` groups (elements, per-stage durations, limits):
+    //! every member of every nested run runs exactly once, after its own
+    //! stage before it; outputs keep element order; and a slow first
+    //! element holds no other element back.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        /// Per element, the ms each of the 3 stages takes.
+        delays: Vec<[u64; 3]>,
+        run_limit: Option<usize>,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            proptest::collection::vec(proptest::array::uniform3(0u64..4), 0..10),
+            proptest::option::of(2usize..6),
+        )
+            .prop_map(|(delays, run_limit)| Case { delays, run_limit })
+    }
+
+    fn kinds() -> AgentKinds {
+        let mut kinds = AgentKinds::standard();
+        for (stage, out) in ["s0", "s1", "s2"].into_iter().enumerate() {
+            kinds.builtin_fn(out, move |reads| async move {
+                let item = reads.get("item").unwrap().clone();
+                let ms = item["delays"][stage].as_u64().unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(writes(&[(out, json!([item["id"].clone(), stage]))]))
+            });
+        }
+        kinds
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn nested_members_run_once_in_order_and_outputs_keep_element_order(case in case()) {
+            let pipeline = load(
+                "pipeline: prop-groups
+inputs: { items: { type: array } }
+agents:
+  g:
+    kind: pipeline
+    foreach: items
+    agents:
+      s0: { kind: builtin, function: s0, reads: [item], writes: [s0] }
+      s1: { kind: builtin, function: s1, reads: [item, s0], writes: [s1] }
+      s2: { kind: builtin, function: s2, reads: [item, s1], writes: [s2] }
+    outputs: { out: s2 }
+  after: { kind: sleep, reads: [out], writes: [done] }
+",
+                &kinds(),
+            );
+            let items: Vec<Value> = case.delays.iter().enumerate()
+                .map(|(id, d)| json!({"id": id, "delays": d}))
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (sink, mut events) = EventSink::channel(EventLevel::Summary);
+            let report = runtime.block_on(run(
+                &pipeline,
+                json!({ "items": items }),
+                RunOptions { events: Some(sink), concurrency: case.run_limit, ..Default::default() },
+            ));
+            prop_assert_eq!(report.status, RunStatus::Completed);
+            let n = case.delays.len();
+            let expected: Vec<Value> = (0..n).map(|i| json!([i, 2])).collect();
+            prop_assert_eq!(&*report.state["out"], &json!(expected));
+
+            let mut starts: HashMap<String, usize> = HashMap::new();
+            let mut ends: HashMap<String, usize> = HashMap::new();
+            let mut position = 0;
+            while let Ok(event) = events.try_recv() {
+                position += 1;
+                match &event.kind {
+                    EventKind::AgentStarted { agent, .. } => {
+                        prop_assert!(starts.insert(agent.to_string(), position).is_none(), "{} started twice", agent);
+                    }
+                    EventKind::AgentCompleted { agent, .. } => {
+                        prop_assert!(ends.insert(agent.to_string(), position).is_none(), "{} completed twice", agent);
+                    }
+                    _ => {}
+                }
+            }
+            for i in 0..n {
+                for stage in 0..3 {
+                    let member = format!("g[{i}].s{stage}");
+                    prop_assert!(starts.contains_key(&member) && ends.contains_key(&member), "{} did not run", member);
+                    if stage > 0 {
+                        let before = format!("g[{i}].s{}", stage - 1);
+                        prop_assert!(starts[&member] > ends[&before], "{} started before {} ended", member, before);
+                    }
+                }
+                let last = format!("g[{i}].s2");
+                prop_assert!(ends[&last] < starts["after"], "after started before {} ended", last);
+            }
+        }
+    }
 }

@@ -11,11 +11,13 @@
 //! events are never dropped or delayed. Once it is reached, log lines are
 //! dropped (and counted) and lifecycle events coalesce: only the latest one
 //! per agent is held, with a count of how many it stands for, and the held
-//! ones are appended just before the run's final event. The instances of
-//! a `foreach` agent (`summarize[3]`) share one held slot, apart from the
-//! agent's own: a fan-out over 100,000 elements adds one held event, not
-//! 100,000 (each instance's fate is in the run's report, which already
-//! costs one entry per instance). So nothing about an agent's fate
+//! ones are appended just before the run's final event. Everything nested
+//! under one top-level agent shares one held slot, apart from the agent's
+//! own: the instances of a `foreach` agent (`summarize[3]`), and a group's
+//! members and rounds (`per_doc[3].extract`, `refine#2.draft`). A fan-out
+//! over 100,000 elements adds one held event, not 100,000 (each instance's
+//! fate is in the run's report, which already costs one entry per
+//! instance). So nothing about an agent's fate
 //! vanishes, the log holds at most `cap` events plus two per pipeline agent
 //! plus the final event, and the final event always arrives.
 //!
@@ -89,7 +91,8 @@ enum HeldKey {
     /// A pipeline agent's own events (a `foreach` agent's aggregate ones
     /// included).
     Agent(Arc<str>),
-    /// Every instance of the `foreach` agent of this name, together.
+    /// Everything nested under the top-level agent of this name, together:
+    /// a `foreach` agent's instances, a group's members and rounds.
     Instances(Arc<str>),
 }
 
@@ -97,9 +100,9 @@ impl HeldKey {
     fn of(event: &RunEvent) -> Self {
         match event.kind.agent() {
             None => Self::Run,
-            Some(agent) => match braid_core::report::split_instance(agent) {
-                Some((parent, _)) => Self::Instances(Arc::from(parent)),
-                None => Self::Agent(agent.clone()),
+            Some(agent) => match braid_core::report::top_agent(agent) {
+                top if top.len() == agent.len() => Self::Agent(agent.clone()),
+                top => Self::Instances(Arc::from(top)),
             },
         }
     }
@@ -180,7 +183,8 @@ impl EventLog {
 
     /// Appends and broadcasts one event. Once the log holds `cap` events,
     /// a log line is dropped and a lifecycle event is held (the latest per
-    /// agent, and per `foreach` agent for all its instances together)
+    /// agent, and per top-level agent for everything nested under it: a
+    /// `foreach` agent's instances, a group's members and rounds)
     /// until the run's final event, which is always appended, after the
     /// held ones.
     pub fn push(&self, mut event: RunEvent) {
@@ -598,6 +602,50 @@ mod tests {
             events[3].event.kind,
             EventKind::AgentCompleted { .. }
         ));
+    }
+
+    #[test]
+    fn past_the_cap_a_groups_members_and_rounds_share_its_held_slot() {
+        let log = EventLog::new(1);
+        let named = |agent: String| Arc::<str>::from(agent);
+        log.push(event(EventKind::AgentStarted {
+            agent: named("per_doc".into()),
+            attempt: 1,
+            items: Some(100_000),
+        }));
+        for i in 0..100_000 {
+            for agent in [
+                format!("per_doc[{i}]"),
+                format!("per_doc[{i}].extract"),
+                format!("refine#{i}.draft"),
+            ] {
+                log.push(event(EventKind::AgentCompleted {
+                    agent: named(agent),
+                    duration_ms: 1.0,
+                }));
+            }
+        }
+        log.push(event(EventKind::AgentCompleted {
+            agent: named("refine".into()),
+            duration_ms: 5.0,
+        }));
+        log.finish();
+        let names: Vec<(String, u64)> = log
+            .all()
+            .iter()
+            .map(|e| (e.event.kind.agent().unwrap().to_string(), e.coalesced))
+            .collect();
+        // One slot per top-level group for all its nested members, in the
+        // order first held, plus the group's own event.
+        assert_eq!(
+            names,
+            [
+                ("per_doc".to_owned(), 0),
+                ("per_doc[99999].extract".to_owned(), 200_000),
+                ("refine#99999.draft".to_owned(), 100_000),
+                ("refine".to_owned(), 1),
+            ]
+        );
     }
 
     #[test]

@@ -835,6 +835,134 @@ async fn a_finished_runs_events_are_replayed_from_the_store() {
     second.stop().await;
 }
 
+/// A `foreach` group over 3 elements and a `repeat` group of 3 rounds.
+const GROUPS: &str = "pipeline: groups
+agents:
+  plan: { kind: sleep, ms: 1, writes: [items], value: [1, 2, 3] }
+  per_item:
+    kind: pipeline
+    foreach: items
+    agents:
+      extract:  { kind: sleep, ms: 5, reads: [item], writes: [a] }
+      classify: { kind: sleep, ms: 5, reads: [a], writes: [b] }
+    outputs: { results: b }
+  refine:
+    kind: pipeline
+    repeat: { until: 'critique > 5', max: 3, on_max: continue }
+    agents:
+      draft:    { kind: sleep, ms: 5, reads: [round], writes: [draft] }
+      critique: { kind: sleep, ms: 5, reads: [draft], writes: [critique], value: 1 }
+    outputs: { final: critique }
+  join: { kind: sleep, ms: 1, reads: [results, final], writes: [done] }
+";
+
+/// The names under `agents` and, per agent, under its `instances`.
+fn nesting(report: &Value) -> Vec<(String, Vec<String>)> {
+    report["agents"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, agent)| {
+            let nested = agent["instances"]
+                .as_object()
+                .map(|i| i.keys().cloned().collect())
+                .unwrap_or_default();
+            (name.clone(), nested)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_group_runs_events_name_members_by_path_and_its_report_nests_them() {
+    let store = Arc::new(MemoryStore::new());
+    let first = Server::start(ServerConfig::default(), Some(store.clone())).await;
+    let (status, body) = register(&first.state, GROUPS).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = start_run(&first, "groups", "summary").await;
+    let events = read_sse(
+        client()
+            .get(format!("{}/v1/runs/{id}/events", first.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let seen = lifecycle(&events);
+    for expected in [
+        "agent_started per_item",
+        "agent_completed per_item[2]",
+        "agent_completed per_item[0].extract",
+        "agent_completed per_item[1].classify",
+        "agent_completed refine#0.draft",
+        "agent_completed refine#2.critique",
+        "agent_completed refine",
+    ] {
+        assert!(
+            seen.iter().any(|e| e == expected),
+            "no `{expected}` in {seen:?}"
+        );
+    }
+    let (_, _, aggregate) = events
+        .iter()
+        .find(|(_, kind, data)| kind == "agent_started" && data["agent"] == "per_item")
+        .unwrap();
+    assert_eq!(aggregate["items"], 3, "{aggregate}");
+    assert_eq!(seen.last().map(String::as_str), Some("run_finished"));
+
+    let per_item: Vec<String> = (0..3)
+        .flat_map(|i| {
+            [
+                format!("per_item[{i}]"),
+                format!("per_item[{i}].extract"),
+                format!("per_item[{i}].classify"),
+            ]
+        })
+        .collect();
+    let refine: Vec<String> = (0..3)
+        .flat_map(|r| {
+            [
+                format!("refine#{r}.draft"),
+                format!("refine#{r}.critique"),
+                format!("refine#{r}"),
+            ]
+        })
+        .collect();
+    let sorted = |mut names: Vec<String>| {
+        names.sort();
+        names
+    };
+    // The same nesting from memory and, after a restart, from the store
+    // (which keeps one flat record a member): every nested member under
+    // its top-level group, none beside it.
+    let (_, live) = call(&first.state, "GET", &format!("/v1/runs/{id}"), None).await;
+    first.stop().await;
+    let second = Server::start(ServerConfig::default(), Some(store)).await;
+    let (status, stored) = call(&second.state, "GET", &format!("/v1/runs/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    for (from, report) in [("memory", &live), ("the store", &stored)] {
+        assert_eq!(report["status"], "completed", "from {from}");
+        let nested: Vec<(String, Vec<String>)> = nesting(report)
+            .into_iter()
+            .map(|(name, members)| (name, sorted(members)))
+            .collect();
+        assert_eq!(
+            nested,
+            [
+                ("plan".to_owned(), vec![]),
+                ("per_item".to_owned(), sorted(per_item.clone())),
+                ("refine".to_owned(), sorted(refine.clone())),
+                ("join".to_owned(), vec![]),
+            ],
+            "from {from}"
+        );
+        assert_eq!(
+            report["agents"]["per_item"]["items"]["completed"], 3,
+            "elements counted, not their members (from {from})"
+        );
+    }
+    second.stop().await;
+}
+
 #[tokio::test]
 async fn requests_a_browser_could_forge_are_refused() {
     let state = state(ServerConfig::default());

@@ -446,16 +446,17 @@ pub(crate) async fn connect_one(
 
 async fn setup_sqlite(conn: &mut sqlx::AnyConnection, read_only: bool) -> Result<(), sqlx::Error> {
     use sqlx::Executor;
-    // WAL lets readers and the writer work at once; NORMAL syncs at
-    // checkpoints, durable across process crashes; wait for locks instead
-    // of failing. A read-only connection cannot change the journal mode.
-    if read_only {
-        conn.execute("PRAGMA busy_timeout = 5000;").await?;
-    } else {
-        conn.execute(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
-        )
-        .await?;
+    // Wait for locks instead of failing, first: switching a new file to
+    // WAL takes a lock that another process opening the same new store
+    // may hold at that moment (batch jobs started side by side), and
+    // without the timeout set the switch fails at once with "database is
+    // locked". WAL lets readers and the writer work at once; NORMAL syncs
+    // at checkpoints, durable across process crashes. A read-only
+    // connection cannot change the journal mode.
+    conn.execute("PRAGMA busy_timeout = 5000;").await?;
+    if !read_only {
+        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .await?;
     }
     Ok(())
 }

@@ -12,6 +12,11 @@
 //! - `many`: C concurrent seed runs with L-ms agents (throughput, peak memory).
 //! - `fanout`: plan → one `work` instance per element of a list of N → join;
 //!   per-item cost with no-op items, and makespan / L with L-ms items.
+//! - `mapchain`: 100 items each through a 3-stage group (`foreach`); item
+//!   0 is slow (10L) in stage 1, item 1 in stage 2, item 2 in stage 3;
+//!   ideal 14L (no stage barrier between items).
+//! - `loop`: draft → critique repeated for 10 rounds of L each (ideal
+//!   20L), and 1,000 rounds of no-ops (per-round cost).
 //! - `fanout-large`: one run fanning out over 100,000 no-op items (makespan
 //!   and the process's peak RSS; run it alone for a meaningful peak).
 //! - `persist`: the `overhead` runs with checkpoints (`none`, `end`, `agent`)
@@ -38,7 +43,7 @@ pub(crate) struct BenchArgs {
     /// Which scenario to run.
     #[arg(long, default_value = "all", value_parser = [
         "all", "seed", "sequential", "skewed", "overhead", "wide", "deep", "many", "persist",
-        "fanout", "fanout-large",
+        "fanout", "fanout-large", "mapchain", "loop",
     ])]
     scenario: String,
     /// L: how long each agent's simulated I/O takes, in ms.
@@ -71,9 +76,53 @@ const SCENARIOS: &[&str] = &[
     "many",
     "persist",
     "fanout",
+    "mapchain",
+    "loop",
 ];
 
-use braid_core::scenarios::{deep_yaml, fanout_yaml, seed_yaml, skewed_yaml, wide_yaml};
+use braid_core::scenarios::{
+    deep_yaml, fanout_yaml, loop_yaml, mapchain_yaml, seed_yaml, skewed_yaml, wide_yaml,
+};
+
+/// The builtins of `mapchain` and `loop`: `stage0`..`stage2` take 10L on
+/// the item whose number is theirs and L on the others (on the same
+/// precise timer as `sleep` agents); `critique` takes L and writes
+/// `round + 1`.
+fn stage_kinds(l: f64) -> braid_core::AgentKinds {
+    let mut kinds = braid_core::AgentKinds::standard();
+    for stage in 0..3u64 {
+        let out = ["a", "b", "c"][stage as usize];
+        kinds.builtin_fn(&format!("stage{stage}"), move |reads| async move {
+            let item = reads.get("item").and_then(serde_json::Value::as_u64);
+            let ms = if item == Some(stage) { 10.0 * l } else { l };
+            braid_core::agent::sleep::precise_sleep(std::time::Duration::from_secs_f64(ms / 1e3))
+                .await;
+            let mut writes = braid_core::agent::Writes::new();
+            writes.insert(out.to_owned(), json!(item));
+            Ok(writes)
+        });
+    }
+    kinds.builtin_fn("critique", move |reads| async move {
+        if l > 0.0 {
+            braid_core::agent::sleep::precise_sleep(std::time::Duration::from_secs_f64(l / 1e3))
+                .await;
+        }
+        let round = reads
+            .get("round")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let mut writes = braid_core::agent::Writes::new();
+        writes.insert("critique".to_owned(), json!(round + 1));
+        Ok(writes)
+    });
+    kinds
+}
+
+fn load_with(yaml: &str, kinds: &braid_core::AgentKinds) -> anyhow::Result<Arc<Pipeline>> {
+    Ok(Arc::new(
+        Pipeline::from_yaml_str_with(yaml, kinds).map_err(|e| anyhow::anyhow!("{e}"))?,
+    ))
+}
 
 fn load(yaml: &str) -> anyhow::Result<Arc<Pipeline>> {
     Ok(Arc::new(
@@ -319,6 +368,25 @@ async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
             let Measured { median, min, .. } = measure(a.repeat, || wall_ms(&slow)).await?;
             json!({"scenario": name, "items": n, "makespan_ms": median, "min_ms": min, "ideal_ms": l,
                    "ratio": median / l, "noop_ms": noop_ms, "per_item_us": noop_ms * 1e3 / n as f64})
+        }
+        "mapchain" => {
+            let pipeline = load_with(&mapchain_yaml(100, l), &stage_kinds(l))?;
+            let Measured { median, min, .. } = measure(a.repeat, || wall_ms(&pipeline)).await?;
+            let ideal = 14.0 * l;
+            json!({"scenario": name, "items": 100, "makespan_ms": median, "min_ms": min,
+                   "ideal_ms": ideal, "ratio": median / ideal})
+        }
+        "loop" => {
+            let pipeline = load_with(&loop_yaml(10, l), &stage_kinds(l))?;
+            let Measured { median, min, .. } = measure(a.repeat, || wall_ms(&pipeline)).await?;
+            let noop = load_with(&loop_yaml(1000, 0.0), &stage_kinds(0.0))?;
+            let Measured {
+                median: noop_ms, ..
+            } = measure(a.repeat, || wall_ms(&noop)).await?;
+            let ideal = 20.0 * l;
+            json!({"scenario": name, "rounds": 10, "makespan_ms": median, "min_ms": min,
+                   "ideal_ms": ideal, "ratio": median / ideal, "noop_rounds": 1000,
+                   "per_round_us": noop_ms * 1e3 / 1000.0})
         }
         "fanout-large" => {
             let n = 100_000;

@@ -211,7 +211,8 @@ async fn show(
         let pipeline = same_pipeline(&run).ok();
         // In the pipeline's order when it is at hand, else by start.
         // A `foreach` agent is one bar labelled with its progress: its
-        // instances are nested (and counted) under it, not drawn apart.
+        // instances are nested (and counted) under it, not drawn apart; so
+        // are a group's members and rounds.
         let mut agents: Vec<(String, AgentReport)> = braid_core::report::nest_instances(
             run.agents
                 .iter()

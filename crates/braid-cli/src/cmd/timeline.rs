@@ -2,7 +2,9 @@
 //! bars on one time axis, coloured by status, with the critical path (the
 //! chain of dependencies that set the makespan) outlined. A `foreach`
 //! agent is one bar with its progress: `3 of 4` (instances completed of
-//! its elements), and how many failed or were cancelled, if any.
+//! its elements), and how many failed or were cancelled, if any. A group
+//! (`kind: pipeline`) is one bar too, its members and rounds nested in its
+//! report; a `repeat` group's name says how many rounds it ran.
 
 use std::fmt::Write as _;
 
@@ -38,6 +40,25 @@ pub(crate) fn progress(agent: &AgentReport) -> Option<String> {
         }
     }
     Some(label)
+}
+
+/// How many rounds a `repeat` group ran, from the names of its nested
+/// members and rounds (`refine#2.draft`, `refine#2`): the latest round's
+/// number plus one. `None` for other agents.
+pub(crate) fn rounds(name: &str, agent: &AgentReport) -> Option<u64> {
+    agent
+        .instances
+        .as_ref()?
+        .keys()
+        .filter_map(|path| {
+            let round = path.strip_prefix(name)?.strip_prefix('#')?;
+            let digits = round
+                .find(['.', '[', '#'])
+                .map_or(round, |end| &round[..end]);
+            digits.parse::<u64>().ok()
+        })
+        .max()
+        .map(|last| last + 1)
 }
 
 /// The agents on the critical path of the run as it happened: the longest
@@ -112,11 +133,19 @@ pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[Str
     for (i, (name, agent)) in agents.iter().enumerate() {
         let y = 52.0 + i as f64 * ROW;
         let on_path = critical.iter().any(|c| c == name);
-        // A fan-out's name says how many instances it stands for.
-        let times = agent
+        // A fan-out's name says how many instances it stands for, a
+        // repeat group's how many rounds it ran.
+        let mut times = agent
             .items
             .map(|i| format!(r##" <tspan fill="#555">×{}</tspan>"##, i.total))
             .unwrap_or_default();
+        if let Some(n) = rounds(name, agent) {
+            let s = if n == 1 { "" } else { "s" };
+            let _ = write!(
+                times,
+                r##" <tspan class="rounds" fill="#555">{n} round{s}</tspan>"##
+            );
+        }
         let _ = writeln!(
             out,
             r#"<text x="8" y="{:.1}"{}>{}{times}</text>"#,

@@ -18,6 +18,9 @@ use crate::spec::{AgentSpec, CORE_KIND_KEYS, Source, core_kind_keys};
 impl Compiler<'_> {
     /// `defaults:`, which every agent's policy starts from.
     pub(super) fn default_policy(&mut self) -> RetryPolicy {
+        if let Some(nested) = &self.nested {
+            return nested.defaults;
+        }
         let defaults = &self.spec.defaults;
         let (source, errors) = (&self.source, &mut self.errors);
         RetryPolicy {
@@ -68,12 +71,27 @@ impl Compiler<'_> {
         self.after(id, &who);
         let (policy, expected) = self.policy(agent, &who, defaults);
         let writes = self.resolved_writes(agent);
-        let built = self.build(name, agent, &who, at.clone());
+        let mut built = if agent.group.is_some() {
+            Some(super::group::group_kind())
+        } else {
+            self.build(name, agent, &who, at.clone())
+        };
         let (fields, field_ids) = (&self.fields, &self.field_ids);
         self.own_definitions
             .push(crate::definition::own(name, agent, self.dir, |f| {
                 field_ids.get(f).and_then(|&f| fields[f].merge)
             }));
+        let group = self.group(id, &who, defaults)?;
+        if agent.group.is_some() && group.is_none() {
+            built = None;
+        }
+        if group.is_some()
+            && let Some(foreach) = foreach.as_deref_mut()
+        {
+            // The group's agents read the element and its index.
+            foreach.reads_item = true;
+            foreach.reads_index = true;
+        }
         if let Some((kind, runner)) = built {
             self.agents.push(AgentDef {
                 name: Arc::from(name),
@@ -89,6 +107,7 @@ impl Compiler<'_> {
                 location: at,
                 definition: Arc::from(""),
                 foreach,
+                group,
             });
         }
         Ok(())

@@ -23,6 +23,7 @@ mod agents;
 mod edges;
 mod fields;
 mod foreach;
+mod group;
 mod load;
 mod races;
 
@@ -110,6 +111,19 @@ struct Compiler<'a> {
     agents: Vec<AgentDef>,
     /// Each agent's own definition (see `definition.rs`).
     own_definitions: Vec<Value>,
+    /// For a group's agents: the group's settings (see `group.rs`).
+    nested: Option<Nested>,
+}
+
+/// What a group's compile inherits from the pipeline around it.
+struct Nested {
+    /// The parent's `defaults`, as the group's agents start from them.
+    defaults: crate::pipeline::RetryPolicy,
+    /// Inputs of the group's pipeline: the group's reads, the element and
+    /// its index, `round`, the `carry` targets (each with where it is said).
+    inputs: Vec<(String, Option<Location>)>,
+    /// How many groups enclose this one (1 for a group of the pipeline).
+    depth: usize,
 }
 
 /// Compiles `spec` (its agents run from `dir`): the field table, the
@@ -121,7 +135,7 @@ pub(crate) fn compile(
     limits: &LoadLimits,
     deadline: &Deadline,
 ) -> Result<Pipeline, Diagnostics> {
-    let mut compiler = Compiler::new(spec, dir, kinds, limits, deadline);
+    let mut compiler = Compiler::new(spec, dir, kinds, limits, deadline, None);
     match compiler.run() {
         Ok(pipeline) => Ok(pipeline),
         Err(Stop) => Err(compiler.errors),
@@ -135,14 +149,15 @@ impl<'a> Compiler<'a> {
         kinds: &'a AgentKinds,
         limits: &'a LoadLimits,
         deadline: &'a Deadline,
+        source: Option<Source>,
     ) -> Self {
-        let source = Source {
+        let source = source.unwrap_or_else(|| Source {
             file: spec
                 .name
                 .as_ref()
                 .and_then(|n| n.at.as_ref())
                 .and_then(|l| l.file.clone()),
-        };
+        });
         let drafts: Vec<Draft<'a>> = spec
             .agents
             .iter()
@@ -174,6 +189,7 @@ impl<'a> Compiler<'a> {
             agent_ids,
             edges: Vec::new(),
             after_edges: Vec::new(),
+            nested: None,
         }
     }
 

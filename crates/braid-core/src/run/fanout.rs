@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::attempt::{Member, attempt_loop};
+use super::attempt::Member;
 use super::ms;
 use super::outcome::Outcome;
 use super::scheduler::Scheduler;
@@ -172,8 +172,9 @@ impl Scheduler<'_> {
                 Vec::new()
             },
         }));
+        let name = self.name_of(agent);
         self.emit(|| EventKind::AgentStarted {
-            agent: def.name.clone(),
+            agent: name,
             attempt: 1,
             items: Some(len as u64),
         });
@@ -282,7 +283,7 @@ impl Scheduler<'_> {
         let Some(foreach) = def.foreach.as_deref() else {
             return;
         };
-        let name = instance_name(&def.name, i);
+        let name = instance_name(&self.name_of(agent), i);
         let mut reads = Vec::with_capacity(f.base.len() + 2);
         reads.extend(f.base.iter().cloned());
         if foreach.reads_item
@@ -306,17 +307,7 @@ impl Scheduler<'_> {
             usage: self.progress[agent].usage.clone(),
             processes: self.processes.clone(),
         };
-        let task = attempt_loop(
-            member,
-            def.runner.clone(),
-            input,
-            def.policy,
-            def.writes.clone(),
-            pipeline.max_value_depth,
-        );
-        let task = tracing::Instrument::instrument(task, tracing::Span::current());
-        let handle = self.tasks.spawn(task);
-        self.task_agent.insert(handle.id(), member);
+        let handle = self.spawn_member(member, input);
         f.handles.insert(i, handle);
         f.running += 1;
         let item = &mut f.items[i];
@@ -352,7 +343,7 @@ impl Scheduler<'_> {
         f.running -= 1;
         f.done += 1;
         f.handles.remove(&i);
-        let name = instance_name(&def.name, i);
+        let name = instance_name(&self.name_of(agent), i);
         f.items[i].finished = Some(now);
         f.items[i].attempts = attempts;
         let mut failure = None;
@@ -499,7 +490,7 @@ impl Scheduler<'_> {
         let Some(f) = self.progress[agent].fanout.as_deref() else {
             return;
         };
-        let name = &self.pipeline.agents[agent].name;
+        let name = self.name_of(agent);
         let mut counts = ItemCounts {
             total: f.len as u64,
             ..ItemCounts::default()

@@ -36,6 +36,7 @@ pub use crate::report::{AgentReport, AgentStatus, RunReport, RunStatus};
 
 mod attempt;
 mod fanout;
+mod group;
 mod outcome;
 mod scheduler;
 

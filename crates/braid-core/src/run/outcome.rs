@@ -37,7 +37,7 @@ impl Scheduler<'_> {
     /// it in the metrics and hands it to the checkpointer. What the run does
     /// next (ready dependents, stop) is the caller's.
     pub(super) fn record(&mut self, agent: AgentId, outcome: Outcome, now: Instant) {
-        let name = self.pipeline.agents[agent].name.clone();
+        let name = self.name_of(agent);
         let attempts = self.progress[agent].attempts;
         match outcome {
             Outcome::Completed(writes) => {
@@ -97,7 +97,7 @@ impl Scheduler<'_> {
         self.record(agent, outcome, now);
         match failed {
             Some(error) if matches!(self.pipeline.on_failure, FailurePolicy::Fail) => {
-                let name = &self.pipeline.agents[agent].name;
+                let name = self.name_of(agent);
                 self.stop = Some((RunStatus::Failed, format!("agent `{name}` failed: {error}")));
             }
             _ => self.release(agent, now),
@@ -236,7 +236,7 @@ impl Scheduler<'_> {
     fn checkpoint_agent(&mut self, agent: AgentId, writes: Vec<FieldValue>) {
         if self.policy() == CheckpointPolicy::Agent {
             let record = AgentRecord {
-                agent: self.pipeline.agents[agent].name.clone(),
+                agent: self.name_of(agent),
                 report: self.agent_report(agent),
                 writes: writes.clone(),
                 definition: Some(self.pipeline.agents[agent].definition.clone()),

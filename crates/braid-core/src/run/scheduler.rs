@@ -71,6 +71,33 @@ pub(super) struct Scheduler<'p> {
     pub(super) kept_writes: Vec<Vec<FieldValue>>,
     /// Where command agents put their process groups on record (policy `agent`).
     pub(super) processes: Option<Arc<crate::agent::ProcessRecorder>>,
+    /// A nested run's path (`per_doc[3]`, `refine#2`): its members are
+    /// named `path.agent`. `None` for the run itself.
+    pub(super) prefix: Option<Arc<str>>,
+    /// What nested runs share; present when the pipeline has groups.
+    pub(super) ctx: Option<Arc<super::group::RunContext>>,
+    /// The deepest value an agent may write (the run's `max_value_depth`,
+    /// which nested runs share).
+    pub(super) max_depth: usize,
+    /// The run's concurrency slots, shared with nested runs (only a run
+    /// with groups and a limit has them; others count their tasks).
+    pub(super) slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The slot taken for the agent being launched, moved into its task.
+    pub(super) slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A slot that came free while the loop waited for one.
+    pub(super) spare: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Ready agents wait for a slot.
+    pub(super) wants_slot: bool,
+}
+
+/// A slot of `slots`, once one is free (never, without slots).
+async fn acquire(
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match slots {
+        Some(slots) => slots.acquire_owned().await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl<'p> Scheduler<'p> {
@@ -153,10 +180,44 @@ impl<'p> Scheduler<'p> {
                     run: run.clone(),
                 })
             });
+        let limit = if options.sequential {
+            Some(1)
+        } else {
+            options.concurrency.or(pipeline.concurrency)
+        };
+        let has_groups = pipeline.agents.iter().any(|a| a.group.is_some());
+        let slots = limit.filter(|_| has_groups).map(|n| {
+            Arc::new(tokio::sync::Semaphore::new(
+                n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            ))
+        });
+        let ctx = has_groups.then(|| {
+            Arc::new(super::group::RunContext {
+                slots: slots.clone(),
+                run_id: run_id.clone(),
+                events: options.events.clone(),
+                cancel: options.cancel.clone(),
+                checkpoint: checkpoint.clone(),
+                processes: processes.clone(),
+                max_value_depth: pipeline.max_value_depth,
+                start: Default::default(),
+                resume: Default::default(),
+                rounds: Default::default(),
+                reports: Default::default(),
+                records: Default::default(),
+            })
+        });
         Self {
             pipeline,
             run_id,
             processes,
+            prefix: None,
+            slots,
+            ctx,
+            max_depth: pipeline.max_value_depth,
+            slot: None,
+            spare: None,
+            wants_slot: false,
             state: RunState::new(pipeline, input),
             options,
             progress,
@@ -169,6 +230,50 @@ impl<'p> Scheduler<'p> {
             any_failed: false,
             kept_writes,
             checkpoint,
+        }
+    }
+
+    /// A nested run of a group's pipeline at `path`, sharing `ctx`.
+    pub(super) fn nested(
+        pipeline: &'p Pipeline,
+        values: Vec<(FieldId, Arc<Value>)>,
+        path: Arc<str>,
+        ctx: Arc<super::group::RunContext>,
+    ) -> Self {
+        let input = ValidInput {
+            values,
+            pipeline: pipeline.id,
+            pipeline_name: pipeline.name.clone(),
+        };
+        let options = RunOptions {
+            run_id: Some(ctx.run_id.to_string()),
+            events: ctx.events.clone(),
+            cancel: ctx.cancel.clone(),
+            ..RunOptions::default()
+        };
+        let mut scheduler = Self::new(pipeline, input, options);
+        scheduler.prefix = Some(path);
+        scheduler.checkpoint = ctx.checkpoint.clone();
+        if scheduler.checkpoint.is_some() {
+            scheduler.kept_writes = vec![Vec::new(); pipeline.agents.len()];
+        }
+        scheduler.processes = ctx.processes.clone();
+        scheduler.max_depth = ctx.max_value_depth;
+        scheduler.slots = ctx.slots.clone();
+        if let Some(&start) = ctx.start.get() {
+            scheduler.start = start;
+        }
+        scheduler.ctx = Some(ctx);
+        scheduler
+    }
+
+    /// The name `agent` goes by in events, reports and records: its own,
+    /// or its path in a nested run (`per_doc[3].classify`).
+    pub(super) fn name_of(&self, agent: AgentId) -> Arc<str> {
+        let name = &self.pipeline.agents[agent].name;
+        match &self.prefix {
+            None => name.clone(),
+            Some(prefix) => Arc::from(format!("{prefix}.{name}")),
         }
     }
 
@@ -199,6 +304,8 @@ impl<'p> Scheduler<'p> {
             .collect();
         let mut by_agent: Vec<Option<AgentRecord>> = vec![None; pipeline.agents.len()];
         let mut items: HashMap<AgentId, HashMap<usize, AgentRecord>> = HashMap::new();
+        // Members and rounds of groups' nested runs, by group.
+        let mut nested: HashMap<AgentId, Vec<AgentRecord>> = HashMap::new();
         for record in point.agents {
             // Only completed agents keep their results; skips are decided
             // again, since what they depended on may now turn out otherwise.
@@ -211,6 +318,10 @@ impl<'p> Scheduler<'p> {
                 && pipeline.agents[id].foreach.is_some()
             {
                 items.entry(id).or_default().insert(item, record);
+            } else if let Some(&id) = ids.get(super::group::top_agent(&record.agent))
+                && pipeline.agents[id].group.is_some()
+            {
+                nested.entry(id).or_default().push(record);
             }
         }
         let mut reused = vec![false; pipeline.agents.len()];
@@ -220,6 +331,18 @@ impl<'p> Scheduler<'p> {
                 !check_definitions
                     || (definition == Some(&*pipeline.agents[id].definition) && upstream)
             };
+            // A group that did not finish keeps what its nested runs
+            // finished, if everything upstream of it is unchanged (each
+            // member's own definition is checked by its nested run).
+            if let Some(records) = nested.remove(&id)
+                && by_agent[id].is_none()
+                && (upstream || !check_definitions)
+                && let Some(ctx) = &self.ctx
+            {
+                for record in records {
+                    ctx.keep_for_resume(record);
+                }
+            }
             let Some(record) = by_agent[id].take() else {
                 // A fan-out that did not finish keeps its finished
                 // instances, if what it fans out over is unchanged.
@@ -291,6 +414,9 @@ impl<'p> Scheduler<'p> {
 
     pub(super) async fn run(mut self) -> RunReport {
         self.start = Instant::now();
+        if let Some(ctx) = &self.ctx {
+            let _ = ctx.start.set(self.start);
+        }
         if let Some(events) = &self.options.events {
             events.started_at(self.start);
         }
@@ -306,40 +432,7 @@ impl<'p> Scheduler<'p> {
         {
             self.resume(point, true);
         }
-        for a in 0..self.progress.len() {
-            if self.progress[a].missing == 0 && self.progress[a].status == AgentStatus::Pending {
-                self.make_ready(a, self.start);
-            }
-        }
-        let limit = self.limit();
-        let cancel = self.options.cancel.clone();
-        while self.stop.is_none() {
-            if cancel.is_cancelled() {
-                self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
-                break;
-            }
-            while self.tasks.len() < limit && self.stop.is_none() {
-                let Some(Reverse((_, a))) = self.ready.pop() else {
-                    break;
-                };
-                if self.progress[a].fanout.is_some() {
-                    self.launch_item(a);
-                } else {
-                    self.launch(a);
-                }
-            }
-            if self.tasks.is_empty() || self.stop.is_some() {
-                break;
-            }
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => {
-                    self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
-                }
-                Some(joined) = self.tasks.join_next_with_id() => self.finish(joined),
-            }
-        }
-        self.wind_down().await;
+        self.run_loop().await;
         let report = self.report();
         // The run's span is current: `Pipeline::run` instruments this future.
         let span = tracing::Span::current();
@@ -351,6 +444,95 @@ impl<'p> Scheduler<'p> {
         }
         crate::telemetry::run_finished(&report);
         report
+    }
+
+    /// Readies the agents with no dependencies, then runs until every
+    /// agent has ended or the run stops, and winds down.
+    pub(super) async fn run_loop(&mut self) {
+        // A nested run's first agents became ready when it began, not when
+        // the run (whose clock it shares) did.
+        let ready_at = if self.prefix.is_some() {
+            Instant::now()
+        } else {
+            self.start
+        };
+        for a in 0..self.progress.len() {
+            if self.progress[a].missing == 0 && self.progress[a].status == AgentStatus::Pending {
+                self.make_ready(a, ready_at);
+            }
+        }
+        // With groups and a limit, every nested run shares the run's slots
+        // (a semaphore): agents take one to start, groups do not (their
+        // agents do), so a group never holds a slot its agents wait for.
+        let limit = if self.slots.is_some() {
+            usize::MAX
+        } else {
+            self.limit()
+        };
+        let cancel = self.options.cancel.clone();
+        while self.stop.is_none() {
+            if cancel.is_cancelled() {
+                self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
+                break;
+            }
+            while self.tasks.len() < limit && self.stop.is_none() {
+                let Some(&Reverse((_, a))) = self.ready.peek() else {
+                    break;
+                };
+                if !self.take_slot(a) {
+                    break;
+                }
+                self.ready.pop();
+                if self.progress[a].fanout.is_some() {
+                    self.launch_item(a);
+                } else {
+                    self.launch(a);
+                }
+                // A slot the launch did not use (a skip) goes back.
+                self.slot = None;
+            }
+            if (self.tasks.is_empty() && !self.wants_slot) || self.stop.is_some() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
+                }
+                Some(joined) = self.tasks.join_next_with_id() => self.finish(joined),
+                permit = acquire(self.slots.clone()), if self.wants_slot => {
+                    self.wants_slot = false;
+                    self.spare = permit;
+                }
+            }
+        }
+        self.wind_down().await;
+    }
+
+    /// Takes one of the run's shared slots for `agent` if it needs one
+    /// (agents do, groups do not); `false` when none is free, and the loop
+    /// then waits for one.
+    fn take_slot(&mut self, agent: AgentId) -> bool {
+        let Some(slots) = &self.slots else {
+            return true;
+        };
+        if self.pipeline.agents[agent].group.is_some() {
+            return true;
+        }
+        let permit = self
+            .spare
+            .take()
+            .or_else(|| slots.clone().try_acquire_owned().ok());
+        match permit {
+            Some(permit) => {
+                self.slot = Some(permit);
+                true
+            }
+            None => {
+                self.wants_slot = true;
+                false
+            }
+        }
     }
 
     pub(super) fn make_ready(&mut self, agent: AgentId, now: Instant) {
@@ -440,10 +622,13 @@ impl<'p> Scheduler<'p> {
                 return;
             }
         }
+        // Fields the condition only tests with `has(field)` may be absent.
+        let presence_only = def.when.as_ref().map_or(&[][..], |w| w.presence_only());
         let required = def
             .condition_fields
             .iter()
             .copied()
+            .filter(|&f| !presence_only.iter().any(|p| **p == *pipeline.field_name(f)))
             .chain(def.foreach.as_ref().map(|f| f.field))
             .chain(def.reads.iter().filter(|r| !r.optional).map(|r| r.field));
         for field in required {
@@ -483,37 +668,86 @@ impl<'p> Scheduler<'p> {
         }
         let input = AgentInput {
             run_id: self.run_id.clone(),
-            agent: def.name.clone(),
+            agent: self.name_of(agent),
             attempt: 1,
             reads,
             events: self.options.events.clone(),
             usage: self.progress[agent].usage.clone(),
             processes: self.processes.clone(),
         };
-        let task = attempt_loop(
-            Member { agent, item: None },
-            def.runner.clone(),
-            input,
-            def.policy,
-            def.writes.clone(),
-            pipeline.max_value_depth,
-        );
-        // The agent's spans are children of the run's.
-        let task = tracing::Instrument::instrument(task, tracing::Span::current());
-        let handle = self.tasks.spawn(task);
-        self.task_agent
-            .insert(handle.id(), Member { agent, item: None });
+        self.spawn_member(Member { agent, item: None }, input);
         let progress = &mut self.progress[agent];
         progress.status = AgentStatus::Running;
         progress.started = Some(now);
         if let Some(ready) = progress.ready_at {
             crate::telemetry::queue_wait(now - ready);
         }
+        let name = self.name_of(agent);
         self.emit(|| EventKind::AgentStarted {
-            agent: def.name.clone(),
+            agent: name,
             attempt: 1,
             items: None,
         });
+    }
+
+    /// Starts a member's task: its attempts, or a group's nested run(s).
+    pub(super) fn spawn_member(
+        &mut self,
+        member: Member,
+        input: AgentInput,
+    ) -> tokio::task::AbortHandle {
+        let def = &self.pipeline.agents[member.agent];
+        // The agent's spans are children of the run's.
+        let span = tracing::Span::current();
+        if let Some(slot) = self.slot.take() {
+            // Held until the task ends, however it ends (aborted too).
+            let task = attempt_loop(
+                member,
+                def.runner.clone(),
+                input,
+                def.policy,
+                def.writes.clone(),
+                self.max_depth,
+            );
+            let task = async move {
+                let finished = task.await;
+                drop(slot);
+                finished
+            };
+            let handle = self
+                .tasks
+                .spawn(tracing::Instrument::instrument(task, span));
+            self.task_agent.insert(handle.id(), member);
+            return handle;
+        }
+        let handle = match (&def.group, &self.ctx) {
+            (Some(group), Some(ctx)) => {
+                let task = super::group::run_group(
+                    member,
+                    group.clone(),
+                    input,
+                    ctx.clone(),
+                    def.definition.clone(),
+                    def.policy.timeout,
+                );
+                self.tasks
+                    .spawn(tracing::Instrument::instrument(task, span))
+            }
+            _ => {
+                let task = attempt_loop(
+                    member,
+                    def.runner.clone(),
+                    input,
+                    def.policy,
+                    def.writes.clone(),
+                    self.max_depth,
+                );
+                self.tasks
+                    .spawn(tracing::Instrument::instrument(task, span))
+            }
+        };
+        self.task_agent.insert(handle.id(), member);
+        handle
     }
 
     pub(super) fn report(mut self) -> RunReport {
@@ -557,7 +791,7 @@ impl<'p> Scheduler<'p> {
             status,
             makespan_ms,
         });
-        let agents: IndexMap<String, AgentReport> = (0..self.progress.len())
+        let mut agents: IndexMap<String, AgentReport> = (0..self.progress.len())
             .map(|a| {
                 (
                     self.pipeline.agents[a].name.to_string(),
@@ -572,6 +806,35 @@ impl<'p> Scheduler<'p> {
                 if self.pipeline.agents[agent].foreach.is_some() {
                     item_records.extend(self.item_records(agent, agent_report));
                 }
+            }
+        }
+        // Groups' nested members and rounds join their group's instances.
+        if let Some(ctx) = &self.ctx {
+            let mut nested = std::mem::take(&mut *ctx.reports.lock().expect("not poisoned"));
+            // By the nested run they belong to, in element and round order;
+            // members of one nested run stay in declaration order.
+            nested.sort_by_cached_key(|(path, _)| {
+                super::group::natural(path.rsplit_once('.').map_or(path.as_str(), |(run, _)| run))
+            });
+            for (path, report) in nested {
+                if let Some(group) = agents.get_mut(super::group::top_agent(&path)) {
+                    group
+                        .instances
+                        .get_or_insert_with(IndexMap::new)
+                        .insert(path, report);
+                }
+            }
+            for group in agents.values_mut() {
+                if let Some(instances) = &mut group.instances {
+                    instances.sort_by_cached_key(|path, _| {
+                        super::group::natural(
+                            path.rsplit_once('.').map_or(path.as_str(), |(run, _)| run),
+                        )
+                    });
+                }
+            }
+            if self.checkpoint.is_some() {
+                item_records.append(&mut ctx.records.lock().expect("not poisoned"));
             }
         }
         let report = RunReport {

@@ -190,7 +190,8 @@ pub(super) async fn get_run(
         && let Some(stored) = store.get_run(&id).await?
     {
         // The store keeps one record a member: a `foreach` agent's
-        // instances are nested under it, as in a live run's report.
+        // instances, and a group's members and rounds, are nested under
+        // their top-level agent, as in a live run's report.
         let agents = braid_core::report::nest_instances(
             stored
                 .agents

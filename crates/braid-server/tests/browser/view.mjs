@@ -2,10 +2,12 @@
 // the page must show a run's agents going from running to completed, live,
 // over the WebSocket, and draw the graph and the timeline; a fan-out must
 // be one node and one bar with its progress (n of N), live and at the end,
-// that expands to its instances (200 rows at most).
+// that expands to its instances (200 rows at most); a group (`kind:
+// pipeline`) one dashed node and one bar, with its round or progress, that
+// expands to its members and rounds.
 //
 //   BRAID_URL=http://127.0.0.1:7790 BRAID_TOKEN=… BRAID_GATE=/tmp/…/go \
-//   BRAID_FAN_GATE=/tmp/…/go-fan node view.mjs
+//   BRAID_FAN_GATE=/tmp/…/go-fan BRAID_GROUP_GATE=/tmp/…/go-group node view.mjs
 import { writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
@@ -90,7 +92,8 @@ try {
     (t) => (document.querySelector('[data-progress="work"]')?.textContent || '').includes(t), text, { timeout: 20000 });
   await check('a running fan-out shows how many instances are done', async () => {
     await fan.waitForSelector('[data-agent="work"][data-status="running"]', { timeout: 20000 });
-    await showing(fan, '2 done, 1 failed').catch(async () => { throw new Error(`shows ${await progress(fan)}`); });
+    // The server says how many elements there are when the fan-out starts.
+    await showing(fan, '2 of 4, 1 failed').catch(async () => { throw new Error(`shows ${await progress(fan)}`); });
   });
   writeFileSync(process.env.BRAID_FAN_GATE, '');
   await check('a finished fan-out shows n of N', async () => {
@@ -129,6 +132,77 @@ try {
     if (more !== 'and 100 more') throw new Error(more);
   });
   await check('the fan-out pages raised no errors', async () => {
+    if (errors.length) throw new Error(errors.join('; '));
+  });
+
+  // Groups (`group-view`): `per_item` runs a sub-pipeline per element of
+  // [1, 2, 3], `refine` runs rounds of one. Element 3 and round 1 wait for
+  // BRAID_GROUP_GATE.
+  const groups = await browser.newPage();
+  groups.on('pageerror', (e) => errors.push(e.message));
+  const groupRun = await start('group-view');
+  await groups.goto(`${base}/#run=${groupRun}&token=${encodeURIComponent(token)}`);
+  const text = (p, selector) => p.evaluate((s) => document.querySelector(s)?.textContent, selector);
+  const reading = (p, selector, t) => p.waitForFunction(
+    ([s, t]) => (document.querySelector(s)?.textContent || '').includes(t), [selector, t], { timeout: 20000 })
+    .catch(async () => { throw new Error(`${selector} reads ${await text(p, selector)}`); });
+  await check('a running repeat group shows its round, a foreach group its progress', async () => {
+    await reading(groups, '[data-agent="refine"]', 'running · round 2');
+    await reading(groups, '[data-agent="per_item"]', '2 of 3');
+  });
+  await check('groups are one dashed node each, labelled as groups; members make no nodes or bars', async () => {
+    const nodes = await groups.$$eval('[data-agent]', (n) => n.map((e) => `${e.dataset.agent}:${e.dataset.group || ''}`));
+    if (nodes.sort().join() !== 'join:,per_item:foreach,plan:,refine:repeat') throw new Error(`nodes ${nodes}`);
+    for (const name of ['per_item', 'refine']) {
+      const label = await text(groups, `[data-agent="${name}"] text`);
+      if (!label.startsWith(`${name} (group)`)) throw new Error(`${name} is labelled ${label}`);
+      const dash = await groups.$eval(`[data-agent="${name}"] rect:last-of-type`, (r) => getComputedStyle(r).strokeDasharray);
+      if (!dash || dash === 'none') throw new Error(`${name}'s box is not dashed`);
+    }
+    const bars = await groups.$$eval('[data-bar]', (n) => n.map((e) => e.dataset.bar));
+    if (!['plan,per_item,refine', 'plan,per_item,refine,join'].includes(bars.join())) throw new Error(`bars ${bars}`);
+  });
+  writeFileSync(process.env.BRAID_GROUP_GATE, '');
+  await check('a finished repeat group says how many rounds it ran, a foreach group n of N', async () => {
+    await groups.waitForSelector('#run-status[data-status="completed"]', { timeout: 30000 });
+    await reading(groups, '[data-rounds="refine"]', '3 rounds');
+    await reading(groups, '[data-agent="refine"]', 'completed · 3 rounds');
+    await reading(groups, '[data-progress="per_item"]', '3 of 3');
+    const node = await text(groups, '[data-agent="per_item"]');
+    if (!node.includes('×3')) throw new Error(`the node reads ${node}`);
+    const bars = await groups.$$eval('[data-bar]', (n) => n.map((e) => e.dataset.bar));
+    if (bars.join() !== 'plan,per_item,refine,join') throw new Error(`bars ${bars}`);
+  });
+  const instances = (p) => p.$$eval('[data-instance]', (n) => n.map((e) => `${e.dataset.instance} ${e.dataset.status}`));
+  await check('a group expands to its members and rounds as sub-rows', async () => {
+    if ((await groups.$$('[data-instance]')).length) throw new Error('members shown before expanding');
+    await groups.click('[data-bar="per_item"]');
+    const members = (await instances(groups)).sort();
+    const expected = [0, 1, 2].flatMap((i) => [`per_item[${i}]`, `per_item[${i}].extract`, `per_item[${i}].classify`])
+      .map((n) => `${n} completed`).sort();
+    if (members.join() !== expected.join()) throw new Error(`rows ${members}`);
+    await groups.click('[data-bar="per_item"]');
+    await groups.click('[data-toggle="refine"]');
+    const rounds = await instances(groups);
+    const want = [0, 1, 2].flatMap((r) => [`refine#${r}.draft`, `refine#${r}.critique`, `refine#${r}`]).map((n) => `${n} completed`);
+    if (rounds.join() !== want.join()) throw new Error(`rows ${rounds}`);
+    if (shot) await groups.screenshot({ path: shot.replace(/\.png$/, '-groups.png'), fullPage: true });
+  });
+
+  // 150 elements of one member each: 300 sub-rows, 200 shown.
+  const wideGroupRun = await start('wide-group', true);
+  const wideGroup = await browser.newPage();
+  wideGroup.on('pageerror', (e) => errors.push(e.message));
+  await wideGroup.goto(`${base}/#run=${wideGroupRun}&token=${encodeURIComponent(token)}`);
+  await check('a wide group expands to 200 rows and says how many more', async () => {
+    await reading(wideGroup, '[data-progress="work"]', '150 of 150');
+    await wideGroup.click('[data-toggle="work"]');
+    const rows = await wideGroup.$$('[data-instance]');
+    if (rows.length !== 200) throw new Error(`${rows.length} rows`);
+    const more = await text(wideGroup, '[data-more="work"]');
+    if (more !== 'and 100 more') throw new Error(more);
+  });
+  await check('the group pages raised no errors', async () => {
     if (errors.length) throw new Error(errors.join('; '));
   });
 } finally {
