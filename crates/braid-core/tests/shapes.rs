@@ -741,6 +741,68 @@ agents:
         assert_eq!(*report.state["outs"], json!(vec![1; 12]));
     }
 
+    /// A group can be a pipeline file of its own: its `inputs` are mapped
+    /// from the group's reads and element (defaults fill in the rest,
+    /// schemas are checked), and its agents run from its folder.
+    #[tokio::test]
+    async fn a_group_can_be_a_pipeline_file_whose_inputs_come_from_its_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(
+            dir.path().join("groups/per_doc.yaml"),
+            "pipeline: per-doc
+inputs:
+  doc: { type: string }
+  audience: { type: string, default: everyone }
+agents:
+  shout: { kind: command, run: [sh, shout.sh], reads: [doc, audience], writes: [loud] }
+",
+        )
+        .unwrap();
+        // Run from the group file's folder, like any pipeline's agents.
+        std::fs::write(
+            dir.path().join("groups/shout.sh"),
+            r#"python3 -c 'import json,sys; s=json.load(sys.stdin)["state"]; print(json.dumps({"loud": s["doc"].upper() + " for " + s["audience"]}))'"#,
+        )
+        .unwrap();
+        let main = dir.path().join("pipeline.yaml");
+        std::fs::write(
+            &main,
+            "pipeline: files
+inputs: { docs: { type: array } }
+agents:
+  per_doc:
+    kind: pipeline
+    foreach: docs
+    as: doc
+    path: groups/per_doc.yaml
+    outputs: { louder: loud }
+",
+        )
+        .unwrap();
+        let pipeline = Pipeline::from_file(&main).unwrap_or_else(|e| panic!("{e}"));
+        let report = run(
+            &pipeline,
+            json!({"docs": ["a", "b"]}),
+            RunOptions::default(),
+        )
+        .await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(
+            *report.state["louder"],
+            json!(["A for everyone", "B for everyone"])
+        );
+
+        // An element the file's schema refuses fails its instance, saying so.
+        let report = run(&pipeline, json!({"docs": ["a", 7]}), RunOptions::default()).await;
+        assert_eq!(report.status, RunStatus::Failed);
+        let error = report.agents["per_doc"].error.as_deref().unwrap();
+        assert!(
+            error.contains("per_doc[1]") && error.contains("input `doc` of `groups/per_doc.yaml`"),
+            "{error}"
+        );
+    }
+
     fn loop_kinds(draft_rounds: Arc<Mutex<Vec<u64>>>) -> AgentKinds {
         let mut kinds = AgentKinds::standard();
         kinds.builtin_fn("draft", move |reads| {

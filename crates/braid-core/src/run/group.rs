@@ -172,18 +172,48 @@ async fn run_group_once(
     definition: &Arc<str>,
 ) -> Result<Vec<(usize, Arc<Value>)>, String> {
     let path = input.agent.clone();
-    let base: Vec<(FieldId, Arc<Value>)> = input
+    let mut base: Vec<(FieldId, Arc<Value>)> = input
         .reads
         .0
         .iter()
         .filter_map(|(name, value)| Some((group.pipeline.field_id(name)?, value.clone())))
         .collect();
+    if let Some(file) = &group.file {
+        file_inputs(&group.pipeline, file, &mut base)?;
+    }
     match &group.repeat {
         None => nested(&group.pipeline, base, path.clone(), ctx)
             .await
             .map(|state| outputs(group, &state)),
         Some(_) => repeat(group, base, &path, ctx, definition).await,
     }
+}
+
+/// A group file's inputs: what the group gives is checked against the
+/// file's schemas, and defaults fill in the rest.
+fn file_inputs(
+    pipeline: &Pipeline,
+    file: &str,
+    values: &mut Vec<(FieldId, Arc<Value>)>,
+) -> Result<(), String> {
+    for (field, value) in values.iter() {
+        if let Some(input) = &pipeline.fields[*field].input
+            && let Some(error) = input.validator.iter_errors(value).next()
+        {
+            return Err(format!(
+                "input `{}` of `{file}`: {error}",
+                pipeline.field_name(*field)
+            ));
+        }
+    }
+    for (field, def) in pipeline.fields.iter().enumerate() {
+        if let Some(default) = def.input.as_ref().and_then(|i| i.default.as_ref())
+            && !values.iter().any(|(f, _)| *f == field)
+        {
+            values.push((field, Arc::new(default.clone())));
+        }
+    }
+    Ok(())
 }
 
 /// The group's outputs, by their index in `outputs`, taken from a nested
