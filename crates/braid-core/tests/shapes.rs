@@ -1022,6 +1022,79 @@ agents:
             rounds.lock().unwrap()
         );
         assert_eq!(*report.state["final_critique"], json!({"score": 6}));
+
+        // Against a changed group (here its `max`), nothing of the earlier
+        // rounds is reused: its agents' records are tied to the group's
+        // definition.
+        rounds.lock().unwrap().clear();
+        let changed = Arc::new(load(
+            &loop_yaml(6, "fail").replace(
+                "pipeline: refine\n",
+                "pipeline: refine\ncheckpoint: agent\n",
+            ),
+            &kinds,
+        ));
+        let options = RunOptions {
+            run_id: Some("loop".into()),
+            resume: Some(ResumePoint {
+                agents: kept.0.lock().unwrap().clone(),
+            }),
+            ..Default::default()
+        };
+        let report = run(&changed, json!({"topic": "t"}), options).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(*rounds.lock().unwrap(), [0, 1, 2], "every round ran again");
+    }
+
+    /// A group stopped by a failing sibling element still reports what
+    /// its members did: finished ones as they ended, the rest cancelled.
+    #[tokio::test]
+    async fn an_aborted_group_still_reports_its_members() {
+        let mut kinds = AgentKinds::standard();
+        kinds.builtin_fn("step", |reads| async move {
+            let item = reads.get("item").unwrap().as_i64().unwrap();
+            if item < 0 {
+                return Err(AgentError::Other("negative".into()));
+            }
+            if item > 100 {
+                std::future::pending::<()>().await;
+            }
+            Ok(writes(&[("a", json!(item))]))
+        });
+        let pipeline = load(
+            "pipeline: aborted
+inputs: { items: { type: array } }
+agents:
+  each:
+    kind: pipeline
+    foreach: items
+    agents:
+      first:  { kind: builtin, function: step, reads: [item], writes: [a] }
+      second: { kind: sleep, reads: [a], writes: [b] }
+    outputs: { bs: b }
+",
+            &kinds,
+        );
+        let report = run(
+            &pipeline,
+            json!({"items": [1, 1000, -1]}),
+            RunOptions::default(),
+        )
+        .await;
+        assert_eq!(report.status, RunStatus::Failed);
+        let instances = report.agents["each"].instances.as_ref().unwrap();
+        assert_eq!(instances["each[0].second"].status, AgentStatus::Completed);
+        assert_eq!(instances["each[2].first"].status, AgentStatus::Failed);
+        let hung = &instances["each[1].first"];
+        assert_eq!(hung.status, AgentStatus::Cancelled);
+        assert!(
+            hung.error
+                .as_deref()
+                .unwrap()
+                .contains("cancelled in flight"),
+            "{hung:?}"
+        );
+        assert_eq!(instances["each[1].second"].status, AgentStatus::Cancelled);
     }
 }
 

@@ -412,7 +412,7 @@ impl Scheduler<'_> {
                     agent: name,
                     report,
                     writes,
-                    definition: Some(def.definition.clone()),
+                    definition: Some(self.definition_of(agent)),
                 },
             );
         }
@@ -523,7 +523,7 @@ impl Scheduler<'_> {
         agent: AgentId,
         report: &AgentReport,
     ) -> Vec<AgentRecord> {
-        let definition = self.pipeline.agents[agent].definition.clone();
+        let definition = self.definition_of(agent);
         let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
             return Vec::new();
         };
