@@ -722,3 +722,59 @@ agents:
         "{err}"
     );
 }
+
+#[test]
+fn group_files_cannot_leave_the_folder_or_multiply_past_max_agents() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("pipelines");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        root.path().join("secret.yaml"),
+        "pipeline: secret\nagents:\n  a: { kind: sleep, writes: [out] }\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(root.path().join("secret.yaml"), dir.join("link.yaml")).unwrap();
+    // A file whose two groups are itself: 2, 4, 8, … copies.
+    std::fs::write(
+        dir.join("self.yaml"),
+        "pipeline: self
+agents:
+  a: { kind: sleep, writes: [out] }
+  g1: { kind: pipeline, path: self.yaml, outputs: { o1: out } }
+  g2: { kind: pipeline, path: self.yaml, outputs: { o2: out } }
+",
+    )
+    .unwrap();
+    let main = dir.join("pipeline.yaml");
+    std::fs::write(
+        &main,
+        "pipeline: p\nagents:\n  g: { kind: pipeline, path: link.yaml, outputs: { o: out } }\n",
+    )
+    .unwrap();
+    let err = Pipeline::from_file(&main).unwrap_err().to_string();
+    assert!(
+        err.contains("`path: link.yaml` leads outside the pipeline's folder"),
+        "{err}"
+    );
+
+    let limits = braid_core::LoadLimits {
+        max_agents: 50,
+        ..braid_core::LoadLimits::default()
+    };
+    let err = Pipeline::from_file_limited(
+        dir.join("self.yaml"),
+        &braid_core::AgentKinds::standard(),
+        &limits,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("with its groups the pipeline would have more than 50 agents (max_agents)"),
+        "{err}"
+    );
+    // Under the default limits, nesting stops it first.
+    let err = Pipeline::from_file(dir.join("self.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("groups nest at most 8 deep"), "{err}");
+}

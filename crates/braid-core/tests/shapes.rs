@@ -793,6 +793,31 @@ agents:
             json!(["A for everyone", "B for everyone"])
         );
 
+        // A group file's own `defaults:` apply to its agents (here: a
+        // retry that the pipeline around it does not give).
+        std::fs::write(
+            dir.path().join("groups/flaky.yaml"),
+            "pipeline: flaky
+defaults: { retries: 1, backoff: 1ms }
+agents:
+  once: { kind: command, run: [sh, -c, 'if [ -e seen ]; then echo \"{\\\"ok\\\": 1}\"; else touch seen; exit 3; fi'], writes: [ok] }
+",
+        )
+        .unwrap();
+        let flaky = dir.path().join("flaky-main.yaml");
+        std::fs::write(
+            &flaky,
+            "pipeline: uses-flaky\nagents:\n  g: { kind: pipeline, path: groups/flaky.yaml, outputs: { ok: ok } }\n",
+        )
+        .unwrap();
+        let flaky = Pipeline::from_file(&flaky).unwrap_or_else(|e| panic!("{e}"));
+        let report = run(&flaky, json!({}), RunOptions::default()).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(
+            report.agents["g"].instances.as_ref().unwrap()["g.once"].attempts,
+            2
+        );
+
         // An element the file's schema refuses fails its instance, saying so.
         let report = run(&pipeline, json!({"docs": ["a", 7]}), RunOptions::default()).await;
         assert_eq!(report.status, RunStatus::Failed);

@@ -53,6 +53,14 @@ impl Compiler<'_> {
             );
         }
         let inputs = self.group_inputs(agent, group);
+        // Under `foreach`, the element's index (`<as>_index`).
+        let index = agent.foreach.as_ref().map(|_| {
+            let item = agent
+                .item_as
+                .as_ref()
+                .map_or(super::foreach::DEFAULT_ITEM, |s| s.as_str());
+            format!("{item}_index")
+        });
         let nested = Nested {
             defaults: *defaults,
             inputs: inputs.clone(),
@@ -70,6 +78,18 @@ impl Compiler<'_> {
             Some((spec, source, dir)) => (spec, source.clone(), dir.as_path()),
             None => (&group.spec, self.source.clone(), self.dir),
         };
+        let total = self.compiled_agents.get().saturating_add(spec.agents.len());
+        if total > self.limits.max_agents {
+            self.error(
+                at,
+                format!(
+                    "{who}: with its groups the pipeline would have more than {} agents (max_agents)",
+                    self.limits.max_agents
+                ),
+            );
+            return Err(Stop);
+        }
+        self.compiled_agents.set(total);
         let mut inner = Compiler::new(
             spec,
             dir,
@@ -79,6 +99,7 @@ impl Compiler<'_> {
             Some(source),
         );
         inner.nested = Some(nested);
+        inner.compiled_agents = self.compiled_agents.clone();
         let compiled = inner.run();
         let prefix = match &group.path {
             Some(path) => format!("group `{name}` ({}): ", path.value),
@@ -94,7 +115,7 @@ impl Compiler<'_> {
             }
         };
         if let (Some(path), Some((spec, _, _))) = (&group.path, &file)
-            && !self.file_inputs(who, path, spec, &inputs, group)
+            && !self.file_inputs(who, path, spec, &inputs, group, index.as_deref())
         {
             return Ok(None);
         }
@@ -165,6 +186,20 @@ impl Compiler<'_> {
             return None;
         }
         let full = self.dir.join(relative);
+        // Spelled inside is not enough: a link inside may point anywhere.
+        if let (Ok(real), Ok(folder)) = (full.canonicalize(), self.dir.canonicalize())
+            && !real.starts_with(&folder)
+        {
+            self.error(
+                path.at.clone(),
+                format!(
+                    "{who}: `path: {}` leads outside the pipeline's folder (to {})",
+                    path.value,
+                    real.display()
+                ),
+            );
+            return None;
+        }
         let text = match super::load::read_text(&full, self.limits) {
             Ok(text) => text,
             Err(crate::diagnostic::LoadError::Read { source, .. }) => {
@@ -212,12 +247,13 @@ impl Compiler<'_> {
         spec: &PipelineSpec,
         given: &[(String, Option<Location>)],
         group: &GroupSpec,
+        index: Option<&str>,
     ) -> bool {
         let mut ok = true;
-        // Given by the group in every round: its reads and the element.
-        let implicit = |name: &str| {
-            name == ROUND || name.ends_with("_index") || group.carry.contains_key(name)
-        };
+        // Given by braid, not read from the parent: `round`, the element's
+        // index, and what a loop carries.
+        let implicit =
+            |name: &str| name == ROUND || Some(name) == index || group.carry.contains_key(name);
         for (name, at) in given {
             if !spec.inputs.contains_key(name) && !implicit(name) {
                 ok = false;
