@@ -140,6 +140,10 @@ pub(crate) struct Group {
     pub(crate) outputs: Vec<(Arc<str>, FieldId)>,
     /// The parent's ids of the fields in `outputs`, in the same order.
     pub(crate) writes: Vec<FieldId>,
+    /// `path:`, for a group whose agents are a pipeline file's: what it is
+    /// given is then checked against the file's `inputs` (and their
+    /// defaults fill in what it is not given).
+    pub(crate) file: Option<String>,
     pub(crate) repeat: Option<Repeat>,
 }
 

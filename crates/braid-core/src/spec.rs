@@ -115,6 +115,9 @@ pub(crate) struct GroupSpec {
     /// Next round's field → this round's field it takes its value from.
     pub(crate) carry: IndexMap<String, Located<String>>,
     pub(crate) repeat: Option<RepeatSpec>,
+    /// `path:`: the group's agents are a pipeline file's (relative to the
+    /// pipeline's folder), instead of `agents:`.
+    pub(crate) path: Option<Located<String>>,
     /// The group's writes: its `outputs` keys, each optional (`name?`),
     /// positioned at the key.
     pub(crate) writes: Vec<marked_yaml::Spanned<String>>,
@@ -558,18 +561,37 @@ fn parse_group(
             format!("{context}: a group's writes are the keys of its `outputs`; remove `writes`"),
         ));
     }
-    match fields.remove("agents") {
-        Some(Node::Mapping(mut map)) => {
+    if let Some(path) = fields.remove("path") {
+        match scalar(&path) {
+            Some(file) => {
+                group.path = Some(Located {
+                    value: file.to_owned(),
+                    at: source.at(path.span()),
+                })
+            }
+            None => errors.push(Diagnostic::new(
+                source.at(path.span()),
+                format!("{context}: `path` must name a pipeline file, e.g. `path: per_doc.yaml`"),
+            )),
+        }
+    }
+    match (fields.remove("agents"), &group.path) {
+        (Some(Node::Mapping(mut map)), None) => {
             group.spec.agents_at = source.at(map.span());
             parse_agents(&mut map, source, checks_keys, &mut group.spec, errors);
         }
-        Some(other) => errors.push(Diagnostic::new(
+        (Some(other), Some(_)) => errors.push(Diagnostic::new(
+            source.at(other.span()),
+            format!("{context}: a group has either `agents:` or `path:`, not both"),
+        )),
+        (Some(other), None) => errors.push(Diagnostic::new(
             source.at(other.span()),
             format!("{context}: `agents` must map agent names to agents"),
         )),
-        None => errors.push(Diagnostic::new(
+        (None, Some(_)) => {}
+        (None, None) => errors.push(Diagnostic::new(
             at.clone(),
-            format!("{context}: a group (`kind: pipeline`) needs `agents:`, its own agents"),
+            format!("{context}: a group (`kind: pipeline`) needs `agents:` (its own agents) or `path:` (a pipeline file)"),
         )),
     }
     let mut writes = Vec::new();

@@ -49,9 +49,10 @@ impl RunState {
         }
     }
 
-    /// Every field's value, by field id (merge fields must be settled).
-    pub(crate) fn into_values(self) -> Vec<Option<Arc<Value>>> {
-        self.values
+    /// Every field's value, by field id (merge fields must be settled),
+    /// taken out of the state.
+    pub(crate) fn take_values(&mut self) -> Vec<Option<Arc<Value>>> {
+        std::mem::take(&mut self.values)
     }
 
     /// The field's value. A merge field must be [`settle`](Self::settle)d
@@ -143,9 +144,9 @@ impl RunState {
 
     /// Every field that has a value, in the pipeline's field order (merge
     /// fields settled; one whose merge failed is left out).
-    pub(crate) fn into_map(mut self, pipeline: &Pipeline) -> IndexMap<String, Arc<Value>> {
+    pub(crate) fn take_map(&mut self, pipeline: &Pipeline) -> IndexMap<String, Arc<Value>> {
         let _ = self.settle_all(pipeline);
-        self.values
+        std::mem::take(&mut self.values)
             .into_iter()
             .enumerate()
             .filter_map(|(f, v)| v.map(|v| (pipeline.field_name(f).to_owned(), v)))

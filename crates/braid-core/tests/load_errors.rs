@@ -629,3 +629,152 @@ agents:
         (5, 13)
     );
 }
+
+#[test]
+fn a_group_file_is_checked_where_it_is_named_and_in_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("needs.yaml"),
+        "pipeline: needs\ninputs: { doc: { type: string } }\nagents:\n  a: { kind: sleep, reads: [doc], writes: [out] }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "pipeline: broken\nagents:\n  a: { kind: sleep, reads: [nothing], writes: [out] }\n",
+    )
+    .unwrap();
+    let main = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &main,
+        "pipeline: p
+inputs: { other: { type: string } }
+agents:
+  missing_input: { kind: pipeline, path: needs.yaml, outputs: { o1: out } }
+  extra_read:    { kind: pipeline, path: needs.yaml, reads: [other], outputs: { o2: out } }
+  outside:       { kind: pipeline, path: ../elsewhere.yaml, outputs: { o3: out } }
+  absent:        { kind: pipeline, path: nope.yaml, outputs: { o4: out } }
+  broken:        { kind: pipeline, path: broken.yaml, outputs: { o5: out } }
+",
+    )
+    .unwrap();
+    let diagnostics = match Pipeline::from_file(&main) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.diagnostics(),
+    };
+    let at = |needles: &[&str]| {
+        let d = diagnostics
+            .iter()
+            .find(|d| needles.iter().all(|n| d.message.contains(n)))
+            .unwrap_or_else(|| panic!("no diagnostic mentions {needles:?}: {diagnostics:#?}"));
+        let l = d.location.as_ref().unwrap();
+        (
+            l.file
+                .as_deref()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned(),
+            l.line,
+            l.column,
+        )
+    };
+    assert_eq!(
+        at(&[
+            "agent `missing_input`",
+            "`path: needs.yaml` needs input `doc`"
+        ]),
+        ("pipeline.yaml".into(), 4, 42)
+    );
+    assert_eq!(
+        at(&[
+            "agent `extra_read`",
+            "`other` is given to `path: needs.yaml`, which declares no input `other`"
+        ]),
+        ("pipeline.yaml".into(), 5, 62)
+    );
+    assert_eq!(
+        at(&[
+            "agent `outside`",
+            "must name a file in the pipeline's folder or below"
+        ]),
+        ("pipeline.yaml".into(), 6, 42)
+    );
+    assert_eq!(
+        at(&["agent `absent`", "cannot read `path: nope.yaml`"]),
+        ("pipeline.yaml".into(), 7, 42)
+    );
+    // An error inside the group file is placed in that file.
+    assert_eq!(
+        at(&["group `broken` (broken.yaml): agent `a` reads `nothing`"]),
+        ("broken.yaml".into(), 3, 29)
+    );
+
+    // A pipeline sent as text names no files.
+    let err = Pipeline::from_yaml_str(
+        "pipeline: p\nagents:\n  g: { kind: pipeline, path: needs.yaml, outputs: { o: out } }\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a group file can only be named by a pipeline loaded from a file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn group_files_cannot_leave_the_folder_or_multiply_past_max_agents() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("pipelines");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        root.path().join("secret.yaml"),
+        "pipeline: secret\nagents:\n  a: { kind: sleep, writes: [out] }\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(root.path().join("secret.yaml"), dir.join("link.yaml")).unwrap();
+    // A file whose two groups are itself: 2, 4, 8, … copies.
+    std::fs::write(
+        dir.join("self.yaml"),
+        "pipeline: self
+agents:
+  a: { kind: sleep, writes: [out] }
+  g1: { kind: pipeline, path: self.yaml, outputs: { o1: out } }
+  g2: { kind: pipeline, path: self.yaml, outputs: { o2: out } }
+",
+    )
+    .unwrap();
+    let main = dir.join("pipeline.yaml");
+    std::fs::write(
+        &main,
+        "pipeline: p\nagents:\n  g: { kind: pipeline, path: link.yaml, outputs: { o: out } }\n",
+    )
+    .unwrap();
+    let err = Pipeline::from_file(&main).unwrap_err().to_string();
+    assert!(
+        err.contains("`path: link.yaml` leads outside the pipeline's folder"),
+        "{err}"
+    );
+
+    let limits = braid_core::LoadLimits {
+        max_agents: 50,
+        ..braid_core::LoadLimits::default()
+    };
+    let err = Pipeline::from_file_limited(
+        dir.join("self.yaml"),
+        &braid_core::AgentKinds::standard(),
+        &limits,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("with its groups the pipeline would have more than 50 agents (max_agents)"),
+        "{err}"
+    );
+    // Under the default limits, nesting stops it first.
+    let err = Pipeline::from_file(dir.join("self.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("groups nest at most 8 deep"), "{err}");
+}

@@ -741,6 +741,93 @@ agents:
         assert_eq!(*report.state["outs"], json!(vec![1; 12]));
     }
 
+    /// A group can be a pipeline file of its own: its `inputs` are mapped
+    /// from the group's reads and element (defaults fill in the rest,
+    /// schemas are checked), and its agents run from its folder.
+    #[tokio::test]
+    async fn a_group_can_be_a_pipeline_file_whose_inputs_come_from_its_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(
+            dir.path().join("groups/per_doc.yaml"),
+            "pipeline: per-doc
+inputs:
+  doc: { type: string }
+  audience: { type: string, default: everyone }
+agents:
+  shout: { kind: command, run: [sh, shout.sh], reads: [doc, audience], writes: [loud] }
+",
+        )
+        .unwrap();
+        // Run from the group file's folder, like any pipeline's agents.
+        std::fs::write(
+            dir.path().join("groups/shout.sh"),
+            r#"python3 -c 'import json,sys; s=json.load(sys.stdin)["state"]; print(json.dumps({"loud": s["doc"].upper() + " for " + s["audience"]}))'"#,
+        )
+        .unwrap();
+        let main = dir.path().join("pipeline.yaml");
+        std::fs::write(
+            &main,
+            "pipeline: files
+inputs: { docs: { type: array } }
+agents:
+  per_doc:
+    kind: pipeline
+    foreach: docs
+    as: doc
+    path: groups/per_doc.yaml
+    outputs: { louder: loud }
+",
+        )
+        .unwrap();
+        let pipeline = Pipeline::from_file(&main).unwrap_or_else(|e| panic!("{e}"));
+        let report = run(
+            &pipeline,
+            json!({"docs": ["a", "b"]}),
+            RunOptions::default(),
+        )
+        .await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(
+            *report.state["louder"],
+            json!(["A for everyone", "B for everyone"])
+        );
+
+        // A group file's own `defaults:` apply to its agents (here: a
+        // retry that the pipeline around it does not give).
+        std::fs::write(
+            dir.path().join("groups/flaky.yaml"),
+            "pipeline: flaky
+defaults: { retries: 1, backoff: 1ms }
+agents:
+  once: { kind: command, run: [sh, -c, 'if [ -e seen ]; then echo \"{\\\"ok\\\": 1}\"; else touch seen; exit 3; fi'], writes: [ok] }
+",
+        )
+        .unwrap();
+        let flaky = dir.path().join("flaky-main.yaml");
+        std::fs::write(
+            &flaky,
+            "pipeline: uses-flaky\nagents:\n  g: { kind: pipeline, path: groups/flaky.yaml, outputs: { ok: ok } }\n",
+        )
+        .unwrap();
+        let flaky = Pipeline::from_file(&flaky).unwrap_or_else(|e| panic!("{e}"));
+        let report = run(&flaky, json!({}), RunOptions::default()).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(
+            report.agents["g"].instances.as_ref().unwrap()["g.once"].attempts,
+            2
+        );
+
+        // An element the file's schema refuses fails its instance, saying so.
+        let report = run(&pipeline, json!({"docs": ["a", 7]}), RunOptions::default()).await;
+        assert_eq!(report.status, RunStatus::Failed);
+        let error = report.agents["per_doc"].error.as_deref().unwrap();
+        assert!(
+            error.contains("per_doc[1]") && error.contains("input `doc` of `groups/per_doc.yaml`"),
+            "{error}"
+        );
+    }
+
     fn loop_kinds(draft_rounds: Arc<Mutex<Vec<u64>>>) -> AgentKinds {
         let mut kinds = AgentKinds::standard();
         kinds.builtin_fn("draft", move |reads| {
@@ -960,6 +1047,79 @@ agents:
             rounds.lock().unwrap()
         );
         assert_eq!(*report.state["final_critique"], json!({"score": 6}));
+
+        // Against a changed group (here its `max`), nothing of the earlier
+        // rounds is reused: its agents' records are tied to the group's
+        // definition.
+        rounds.lock().unwrap().clear();
+        let changed = Arc::new(load(
+            &loop_yaml(6, "fail").replace(
+                "pipeline: refine\n",
+                "pipeline: refine\ncheckpoint: agent\n",
+            ),
+            &kinds,
+        ));
+        let options = RunOptions {
+            run_id: Some("loop".into()),
+            resume: Some(ResumePoint {
+                agents: kept.0.lock().unwrap().clone(),
+            }),
+            ..Default::default()
+        };
+        let report = run(&changed, json!({"topic": "t"}), options).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(*rounds.lock().unwrap(), [0, 1, 2], "every round ran again");
+    }
+
+    /// A group stopped by a failing sibling element still reports what
+    /// its members did: finished ones as they ended, the rest cancelled.
+    #[tokio::test]
+    async fn an_aborted_group_still_reports_its_members() {
+        let mut kinds = AgentKinds::standard();
+        kinds.builtin_fn("step", |reads| async move {
+            let item = reads.get("item").unwrap().as_i64().unwrap();
+            if item < 0 {
+                return Err(AgentError::Other("negative".into()));
+            }
+            if item > 100 {
+                std::future::pending::<()>().await;
+            }
+            Ok(writes(&[("a", json!(item))]))
+        });
+        let pipeline = load(
+            "pipeline: aborted
+inputs: { items: { type: array } }
+agents:
+  each:
+    kind: pipeline
+    foreach: items
+    agents:
+      first:  { kind: builtin, function: step, reads: [item], writes: [a] }
+      second: { kind: sleep, reads: [a], writes: [b] }
+    outputs: { bs: b }
+",
+            &kinds,
+        );
+        let report = run(
+            &pipeline,
+            json!({"items": [1, 1000, -1]}),
+            RunOptions::default(),
+        )
+        .await;
+        assert_eq!(report.status, RunStatus::Failed);
+        let instances = report.agents["each"].instances.as_ref().unwrap();
+        assert_eq!(instances["each[0].second"].status, AgentStatus::Completed);
+        assert_eq!(instances["each[2].first"].status, AgentStatus::Failed);
+        let hung = &instances["each[1].first"];
+        assert_eq!(hung.status, AgentStatus::Cancelled);
+        assert!(
+            hung.error
+                .as_deref()
+                .unwrap()
+                .contains("cancelled in flight"),
+            "{hung:?}"
+        );
+        assert_eq!(instances["each[1].second"].status, AgentStatus::Cancelled);
     }
 }
 

@@ -17,16 +17,20 @@ use crate::spec::{AgentSpec, CORE_KIND_KEYS, Source, core_kind_keys};
 
 impl Compiler<'_> {
     /// `defaults:`, which every agent's policy starts from.
+    /// A group's agents start from the pipeline's around it, and a group
+    /// file's own `defaults:` override those.
     pub(super) fn default_policy(&mut self) -> RetryPolicy {
-        if let Some(nested) = &self.nested {
-            return nested.defaults;
-        }
+        let inherited = self.nested.as_ref().map(|n| n.defaults);
         let defaults = &self.spec.defaults;
         let (source, errors) = (&self.source, &mut self.errors);
+        let timeout = duration(&defaults.timeout, "defaults.timeout", source, errors);
         RetryPolicy {
-            timeout: duration(&defaults.timeout, "defaults.timeout", source, errors),
-            retries: retries(&defaults.retries, "defaults.retries", source, errors).unwrap_or(0),
+            timeout: timeout.or(inherited.and_then(|d| d.timeout)),
+            retries: retries(&defaults.retries, "defaults.retries", source, errors)
+                .or(inherited.map(|d| d.retries))
+                .unwrap_or(0),
             backoff: backoff(&defaults.backoff, "defaults.backoff", source, errors)
+                .or(inherited.map(|d| d.backoff))
                 .unwrap_or(RetryPolicy::default().backoff),
         }
     }

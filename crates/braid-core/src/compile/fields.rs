@@ -12,27 +12,6 @@ use crate::spec::AgentSpec;
 impl Compiler<'_> {
     /// The declared inputs, with their compiled JSON Schemas.
     pub(super) fn inputs(&mut self) -> Result<(), Stop> {
-        // A group's inputs come from the pipeline around it, checked there.
-        if let Some(nested) = &self.nested {
-            let any = Arc::new(
-                jsonschema::validator_for(&serde_json::json!({})).expect("`{}` is a valid schema"),
-            );
-            for (input, _) in &nested.inputs {
-                if self.field_ids.contains_key(input) {
-                    continue;
-                }
-                self.field_ids.insert(input.clone(), self.fields.len());
-                self.fields.push(Field {
-                    name: Arc::from(input.as_str()),
-                    merge: None,
-                    writers: Vec::new(),
-                    input: Some(InputField {
-                        default: None,
-                        validator: any.clone(),
-                    }),
-                });
-            }
-        }
         let spec = self.spec;
         for (input, schema) in &spec.inputs {
             self.budget("compiling input schemas")?;
@@ -62,6 +41,27 @@ impl Compiler<'_> {
                     validator,
                 }),
             });
+        }
+        // A group's inputs come from the pipeline around it, checked there.
+        if let Some(nested) = &self.nested {
+            let any = Arc::new(
+                jsonschema::validator_for(&serde_json::json!({})).expect("`{}` is a valid schema"),
+            );
+            for (input, _) in &nested.inputs {
+                if self.field_ids.contains_key(input) {
+                    continue;
+                }
+                self.field_ids.insert(input.clone(), self.fields.len());
+                self.fields.push(Field {
+                    name: Arc::from(input.as_str()),
+                    merge: None,
+                    writers: Vec::new(),
+                    input: Some(InputField {
+                        default: None,
+                        validator: any.clone(),
+                    }),
+                });
+            }
         }
         Ok(())
     }

@@ -18,7 +18,8 @@ use crate::condition::{Condition, ConditionError};
 use crate::diagnostic::Location;
 use crate::graph::AgentId;
 use crate::pipeline::{Group, MAX_GROUP_DEPTH, MAX_ROUNDS, OnMax, Pipeline, Repeat, RetryPolicy};
-use crate::spec::{AgentSpec, GroupSpec};
+use crate::spec::{AgentSpec, GroupSpec, Located, PipelineSpec, Source};
+use std::path::{Path, PathBuf};
 
 /// The input every round of a `repeat` group can read: 0, 1, 2, …
 pub(crate) const ROUND: &str = "round";
@@ -52,22 +53,58 @@ impl Compiler<'_> {
             );
         }
         let inputs = self.group_inputs(agent, group);
+        // Under `foreach`, the element's index (`<as>_index`).
+        let index = agent.foreach.as_ref().map(|_| {
+            let item = agent
+                .item_as
+                .as_ref()
+                .map_or(super::foreach::DEFAULT_ITEM, |s| s.as_str());
+            format!("{item}_index")
+        });
         let nested = Nested {
             defaults: *defaults,
-            inputs,
+            inputs: inputs.clone(),
             depth,
         };
+        // The group's agents: inline, or a pipeline file's.
+        let file = match &group.path {
+            Some(path) => match self.group_file(who, path) {
+                Some(file) => Some(file),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let (spec, source, dir) = match &file {
+            Some((spec, source, dir)) => (spec, source.clone(), dir.as_path()),
+            None => (&group.spec, self.source.clone(), self.dir),
+        };
+        let total = self.compiled_agents.get().saturating_add(spec.agents.len());
+        if total > self.limits.max_agents {
+            self.error(
+                at,
+                format!(
+                    "{who}: with its groups the pipeline would have more than {} agents (max_agents)",
+                    self.limits.max_agents
+                ),
+            );
+            return Err(Stop);
+        }
+        self.compiled_agents.set(total);
         let mut inner = Compiler::new(
-            &group.spec,
-            self.dir,
+            spec,
+            dir,
             self.kinds,
             self.limits,
             self.deadline,
-            Some(self.source.clone()),
+            Some(source),
         );
         inner.nested = Some(nested);
+        inner.compiled_agents = self.compiled_agents.clone();
         let compiled = inner.run();
-        let prefix = format!("group `{name}`: ");
+        let prefix = match &group.path {
+            Some(path) => format!("group `{name}` ({}): ", path.value),
+            None => format!("group `{name}`: "),
+        };
         let pipeline = match compiled {
             Ok(pipeline) => pipeline,
             Err(Stop) => {
@@ -77,6 +114,11 @@ impl Compiler<'_> {
                 return Ok(None);
             }
         };
+        if let (Some(path), Some((spec, _, _))) = (&group.path, &file)
+            && !self.file_inputs(who, path, spec, &inputs, group, index.as_deref())
+        {
+            return Ok(None);
+        }
         let outputs = self.group_outputs(who, group, &pipeline);
         let repeat = self.group_repeat(who, group, &pipeline, at);
         let (Some(outputs), Ok(repeat)) = (outputs, repeat) else {
@@ -108,8 +150,132 @@ impl Compiler<'_> {
             pipeline: Arc::new(pipeline),
             outputs,
             writes,
+            file: group.path.as_ref().map(|p| p.value.clone()),
             repeat,
         })))
+    }
+
+    /// A group's `path:`: the pipeline file, parsed, with where its
+    /// agents run from. Only a pipeline loaded from a file may name one
+    /// (a pipeline sent as text, to a server, names no files), and only a
+    /// file in its folder or below.
+    fn group_file(
+        &mut self,
+        who: &str,
+        path: &Located<String>,
+    ) -> Option<(PipelineSpec, Source, PathBuf)> {
+        if self.source.file.is_none() {
+            self.error(
+                path.at.clone(),
+                format!("{who}: `path: {}`: a group file can only be named by a pipeline loaded from a file", path.value),
+            );
+            return None;
+        }
+        let relative = Path::new(&path.value);
+        let inside = relative.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if !inside || path.value.is_empty() {
+            self.error(
+                path.at.clone(),
+                format!("{who}: `path: {}` must name a file in the pipeline's folder or below (no `..`, not absolute)", path.value),
+            );
+            return None;
+        }
+        let full = self.dir.join(relative);
+        // Spelled inside is not enough: a link inside may point anywhere.
+        if let (Ok(real), Ok(folder)) = (full.canonicalize(), self.dir.canonicalize())
+            && !real.starts_with(&folder)
+        {
+            self.error(
+                path.at.clone(),
+                format!(
+                    "{who}: `path: {}` leads outside the pipeline's folder (to {})",
+                    path.value,
+                    real.display()
+                ),
+            );
+            return None;
+        }
+        let text = match super::load::read_text(&full, self.limits) {
+            Ok(text) => text,
+            Err(crate::diagnostic::LoadError::Read { source, .. }) => {
+                self.error(
+                    path.at.clone(),
+                    format!(
+                        "{who}: cannot read `path: {}` ({}): {source}",
+                        path.value,
+                        full.display()
+                    ),
+                );
+                return None;
+            }
+            Err(crate::diagnostic::LoadError::Invalid { diagnostics }) => {
+                self.errors.extend(diagnostics);
+                return None;
+            }
+        };
+        let source = Source {
+            file: Some(Arc::from(full.as_path())),
+        };
+        let kinds = self.kinds;
+        let checks_keys = |kind: &str| kinds.get(kind).is_some_and(crate::kinds::Kind::checks_keys);
+        let body = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        match crate::spec::parse(body, &source, self.limits, &checks_keys) {
+            Ok(spec) => {
+                let dir = full.parent().map(Path::to_path_buf).unwrap_or_default();
+                Some((spec, source, dir))
+            }
+            Err(errors) => {
+                self.errors
+                    .absorb(errors, &format!("{who} (`path: {}`): ", path.value));
+                None
+            }
+        }
+    }
+
+    /// A group file's `inputs` are mapped from the group's reads (and the
+    /// element, under `foreach`): each one without a default must be given,
+    /// and nothing may be given that the file does not declare.
+    fn file_inputs(
+        &mut self,
+        who: &str,
+        path: &Located<String>,
+        spec: &PipelineSpec,
+        given: &[(String, Option<Location>)],
+        group: &GroupSpec,
+        index: Option<&str>,
+    ) -> bool {
+        let mut ok = true;
+        // Given by braid, not read from the parent: `round`, the element's
+        // index, and what a loop carries.
+        let implicit =
+            |name: &str| name == ROUND || Some(name) == index || group.carry.contains_key(name);
+        for (name, at) in given {
+            if !spec.inputs.contains_key(name) && !implicit(name) {
+                ok = false;
+                self.error(
+                    at.clone(),
+                    format!("{who}: `{name}` is given to `path: {}`, which declares no input `{name}` (its inputs: {})", path.value, spec.inputs.keys().map(String::as_str).collect::<Vec<_>>().join(", ")),
+                );
+            }
+        }
+        for (name, schema) in &spec.inputs {
+            let has_default = schema.value.get("default").is_some();
+            let always_given =
+                given.iter().any(|(g, _)| g == name) && !group.carry.contains_key(name);
+            if !has_default && !always_given {
+                ok = false;
+                self.error(
+                    path.at.clone(),
+                    format!("{who}: `path: {}` needs input `{name}`, which the group does not read (add it to `reads`, or give it a default in the file)", path.value),
+                );
+            }
+        }
+        ok
     }
 
     /// The inputs of a group's pipeline, each with where it is said.

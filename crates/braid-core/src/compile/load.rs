@@ -125,7 +125,7 @@ impl Pipeline {
 
 /// Reads a pipeline file of at most `limits.max_bytes` bytes as UTF-8,
 /// reporting invalid UTF-8 at its line and column.
-fn read_text(path: &Path, limits: &LoadLimits) -> Result<String, LoadError> {
+pub(super) fn read_text(path: &Path, limits: &LoadLimits) -> Result<String, LoadError> {
     use std::io::Read;
     let read_error = |source| LoadError::Read {
         path: path.to_path_buf(),

@@ -113,6 +113,10 @@ struct Compiler<'a> {
     own_definitions: Vec<Value>,
     /// For a group's agents: the group's settings (see `group.rs`).
     nested: Option<Nested>,
+    /// Agents compiled so far, groups' included, shared by the nested
+    /// compilers: groups (group files naming themselves, say) may not
+    /// expand a pipeline past `max_agents`.
+    compiled_agents: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 /// What a group's compile inherits from the pipeline around it.
@@ -190,6 +194,7 @@ impl<'a> Compiler<'a> {
             edges: Vec::new(),
             after_edges: Vec::new(),
             nested: None,
+            compiled_agents: std::rc::Rc::new(std::cell::Cell::new(spec.agents.len())),
         }
     }
 

@@ -54,8 +54,8 @@ pub(super) struct Fanout {
     /// Each declared write's value per element: `results[write][item]`.
     results: Vec<Vec<Option<Arc<Value>>>>,
     items: Vec<Item>,
-    /// Instances in flight, to cancel them when one fails.
-    handles: HashMap<usize, AbortHandle>,
+    /// Instances in flight, by element, to cancel them when one fails.
+    handles: Vec<Option<AbortHandle>>,
     /// Instances an earlier attempt at this run completed.
     resumed: HashMap<usize, AgentRecord>,
     /// Each instance's writes by name, kept for the end (checkpointed runs).
@@ -164,7 +164,7 @@ impl Scheduler<'_> {
             base,
             results: vec![vec![None; len]; def.writes.len()],
             items: (0..len).map(|_| Item::default()).collect(),
-            handles: HashMap::new(),
+            handles: (0..len).map(|_| None).collect(),
             resumed: self.resumed_items.remove(&agent).unwrap_or_default(),
             kept: if checkpointed {
                 vec![Vec::new(); len]
@@ -308,7 +308,7 @@ impl Scheduler<'_> {
             processes: self.processes.clone(),
         };
         let handle = self.spawn_member(member, input);
-        f.handles.insert(i, handle);
+        f.handles[i] = Some(handle);
         f.running += 1;
         let item = &mut f.items[i];
         item.status = Some(AgentStatus::Running);
@@ -342,8 +342,13 @@ impl Scheduler<'_> {
         };
         f.running -= 1;
         f.done += 1;
-        f.handles.remove(&i);
-        let name = instance_name(&self.name_of(agent), i);
+        f.handles[i] = None;
+        // Named only for what is told about it: events, records, errors.
+        let name = if self.options.events.is_some() || self.checkpoint.is_some() {
+            instance_name(&self.name_of(agent), i)
+        } else {
+            Arc::from("")
+        };
         f.items[i].finished = Some(now);
         f.items[i].attempts = attempts;
         let mut failure = None;
@@ -375,6 +380,7 @@ impl Scheduler<'_> {
                 });
                 crate::telemetry::agent_finished("failed", None, attempts);
                 f.items[i].status = Some(AgentStatus::Failed);
+                let name = instance_name(&self.name_of(agent), i);
                 failure = Some(format!("instance `{name}` failed: {error}"));
                 f.items[i].error = Some(error.into());
                 Vec::new()
@@ -392,7 +398,7 @@ impl Scheduler<'_> {
         });
         if fail_agent.is_some() {
             f.stopped = true;
-            for (_, handle) in f.handles.drain() {
+            for handle in f.handles.iter_mut().filter_map(Option::take) {
                 handle.abort();
             }
         }
@@ -406,7 +412,7 @@ impl Scheduler<'_> {
                     agent: name,
                     report,
                     writes,
-                    definition: Some(def.definition.clone()),
+                    definition: Some(self.definition_of(agent)),
                 },
             );
         }
@@ -427,7 +433,7 @@ impl Scheduler<'_> {
             return;
         };
         f.running -= 1;
-        f.handles.remove(&i);
+        f.handles[i] = None;
         let item = &mut f.items[i];
         item.status = Some(AgentStatus::Cancelled);
         item.finished = Some(now);
@@ -517,7 +523,7 @@ impl Scheduler<'_> {
         agent: AgentId,
         report: &AgentReport,
     ) -> Vec<AgentRecord> {
-        let definition = self.pipeline.agents[agent].definition.clone();
+        let definition = self.definition_of(agent);
         let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
             return Vec::new();
         };

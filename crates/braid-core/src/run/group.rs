@@ -172,18 +172,48 @@ async fn run_group_once(
     definition: &Arc<str>,
 ) -> Result<Vec<(usize, Arc<Value>)>, String> {
     let path = input.agent.clone();
-    let base: Vec<(FieldId, Arc<Value>)> = input
+    let mut base: Vec<(FieldId, Arc<Value>)> = input
         .reads
         .0
         .iter()
         .filter_map(|(name, value)| Some((group.pipeline.field_id(name)?, value.clone())))
         .collect();
+    if let Some(file) = &group.file {
+        file_inputs(&group.pipeline, file, &mut base)?;
+    }
     match &group.repeat {
-        None => nested(&group.pipeline, base, path.clone(), ctx)
+        None => nested(&group.pipeline, base, path.clone(), ctx, definition)
             .await
             .map(|state| outputs(group, &state)),
         Some(_) => repeat(group, base, &path, ctx, definition).await,
     }
+}
+
+/// A group file's inputs: what the group gives is checked against the
+/// file's schemas, and defaults fill in the rest.
+fn file_inputs(
+    pipeline: &Pipeline,
+    file: &str,
+    values: &mut Vec<(FieldId, Arc<Value>)>,
+) -> Result<(), String> {
+    for (field, value) in values.iter() {
+        if let Some(input) = &pipeline.fields[*field].input
+            && let Some(error) = input.validator.iter_errors(value).next()
+        {
+            return Err(format!(
+                "input `{}` of `{file}`: {error}",
+                pipeline.field_name(*field)
+            ));
+        }
+    }
+    for (field, def) in pipeline.fields.iter().enumerate() {
+        if let Some(default) = def.input.as_ref().and_then(|i| i.default.as_ref())
+            && !values.iter().any(|(f, _)| *f == field)
+        {
+            values.push((field, Arc::new(default.clone())));
+        }
+    }
+    Ok(())
 }
 
 /// The group's outputs, by their index in `outputs`, taken from a nested
@@ -204,8 +234,15 @@ async fn nested(
     values: Vec<(FieldId, Arc<Value>)>,
     path: Arc<str>,
     ctx: &Arc<RunContext>,
+    definition: &Arc<str>,
 ) -> NestedResult {
-    let mut scheduler = Scheduler::nested(pipeline, values, path.clone(), ctx.clone());
+    let mut scheduler = Scheduler::nested(
+        pipeline,
+        values,
+        path.clone(),
+        ctx.clone(),
+        definition.clone(),
+    );
     if let Some(records) = ctx.take_resume(&path) {
         scheduler.resume(ResumePoint { agents: records }, true);
     }
@@ -250,7 +287,7 @@ async fn repeat(
         let mut values = base.clone();
         values.push((repeat.round, Arc::new(Value::from(round))));
         values.extend(carried.iter().cloned());
-        let state = nested(pipeline, values, round_path.clone(), ctx)
+        let state = nested(pipeline, values, round_path.clone(), ctx, definition)
             .await
             .map_err(|why| format!("round {round} ({round_path}): {why}"))?;
         let written: Vec<(Arc<str>, Arc<Value>)> = state
@@ -318,15 +355,49 @@ impl Scheduler<'_> {
     /// runs, their records) go to the run's context; its state, or why it
     /// did not complete, to the group.
     pub(super) fn finish_nested(mut self) -> NestedResult {
-        let ctx = self.ctx.clone().expect("a nested run has a context");
         if let Err(why) = self.state.settle_all(self.pipeline)
             && self.stop.is_none()
         {
             self.stop = Some((RunStatus::Failed, format!("merge failed: {why}")));
         }
-        let reports: Vec<(Arc<str>, AgentReport)> = (0..self.progress.len())
+        let reports = self.hand_over_members();
+        let failed: Vec<&str> = reports
+            .iter()
+            .filter(|(_, status)| *status == AgentStatus::Failed)
+            .map(|(name, _)| &**name)
+            .collect();
+        let outcome = match &self.stop {
+            Some((_, why)) => Err(why.clone()),
+            None if !failed.is_empty() => Err(format!("failed: {}", failed.join(", "))),
+            None => Ok(()),
+        };
+        outcome.map(|()| self.state.take_values())
+    }
+
+    /// Hands the members' reports (and, for checkpointed runs, their
+    /// records) to the run's context, once; returns each member's name and
+    /// status. A member still pending or in flight (the nested run was
+    /// dropped: its group was cancelled, timed out or failed) is reported
+    /// cancelled.
+    pub(super) fn hand_over_members(&mut self) -> Vec<(Arc<str>, AgentStatus)> {
+        let Some(ctx) = self.ctx.clone().filter(|_| !self.handed_over) else {
+            return Vec::new();
+        };
+        self.handed_over = true;
+        let mut reports: Vec<(Arc<str>, AgentReport)> = (0..self.progress.len())
             .map(|a| (self.name_of(a), self.agent_report(a)))
             .collect();
+        for (_, report) in &mut reports {
+            if matches!(report.status, AgentStatus::Pending | AgentStatus::Running) {
+                let what = if report.status == AgentStatus::Running {
+                    "cancelled in flight"
+                } else {
+                    "not started"
+                };
+                report.status = AgentStatus::Cancelled;
+                report.error = Some(format!("{what}: its group was stopped"));
+            }
+        }
         if self.checkpoint.is_some() {
             let mut records = Vec::new();
             for (a, (name, report)) in reports.iter().enumerate() {
@@ -337,7 +408,7 @@ impl Scheduler<'_> {
                         ..report.clone()
                     },
                     writes: std::mem::take(&mut self.kept_writes[a]),
-                    definition: Some(self.pipeline.agents[a].definition.clone()),
+                    definition: Some(self.definition_of(a)),
                 });
                 if self.pipeline.agents[a].foreach.is_some() {
                     records.extend(self.item_records(a, report));
@@ -345,21 +416,25 @@ impl Scheduler<'_> {
             }
             ctx.records.lock().expect("not poisoned").extend(records);
         }
-        let failed: Vec<&str> = reports
+        let statuses = reports
             .iter()
-            .filter(|(_, r)| r.status == AgentStatus::Failed)
-            .map(|(name, _)| &**name)
+            .map(|(name, report)| (name.clone(), report.status))
             .collect();
-        let outcome = match &self.stop {
-            Some((_, why)) => Err(why.clone()),
-            None if !failed.is_empty() => Err(format!("failed: {}", failed.join(", "))),
-            None => Ok(()),
-        };
         ctx.reports.lock().expect("not poisoned").extend(
             reports
                 .into_iter()
                 .map(|(name, report)| (name.to_string(), report)),
         );
-        outcome.map(|()| self.state.into_values())
+        statuses
+    }
+}
+
+/// A nested run dropped before it ended (its group's task was aborted)
+/// still tells the run what its members did.
+impl Drop for Scheduler<'_> {
+    fn drop(&mut self) {
+        if self.prefix.is_some() && !self.handed_over {
+            self.hand_over_members();
+        }
     }
 }

@@ -87,7 +87,7 @@ impl Pipeline {
             },
             false,
         );
-        scheduler.state.into_map(self)
+        scheduler.state.take_map(self)
     }
 
     /// Runs the pipeline once with a checked input. Never fails as a whole:

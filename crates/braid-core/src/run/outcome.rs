@@ -239,7 +239,7 @@ impl Scheduler<'_> {
                 agent: self.name_of(agent),
                 report: self.agent_report(agent),
                 writes: writes.clone(),
-                definition: Some(self.pipeline.agents[agent].definition.clone()),
+                definition: Some(self.definition_of(agent)),
             };
             if let Some((checkpointer, _, run)) = &self.checkpoint {
                 checkpointer.agent_finished(run, &record);

@@ -74,6 +74,11 @@ pub(super) struct Scheduler<'p> {
     /// A nested run's path (`per_doc[3]`, `refine#2`): its members are
     /// named `path.agent`. `None` for the run itself.
     pub(super) prefix: Option<Arc<str>>,
+    /// A nested run's members went to the run's context (see
+    /// `hand_over_members`).
+    pub(super) handed_over: bool,
+    /// In a nested run: the group's definition hash (see `definition_of`).
+    pub(super) group_definition: Option<Arc<str>>,
     /// What nested runs share; present when the pipeline has groups.
     pub(super) ctx: Option<Arc<super::group::RunContext>>,
     /// The deepest value an agent may write (the run's `max_value_depth`,
@@ -212,6 +217,8 @@ impl<'p> Scheduler<'p> {
             run_id,
             processes,
             prefix: None,
+            handed_over: false,
+            group_definition: None,
             slots,
             ctx,
             max_depth: pipeline.max_value_depth,
@@ -239,6 +246,7 @@ impl<'p> Scheduler<'p> {
         values: Vec<(FieldId, Arc<Value>)>,
         path: Arc<str>,
         ctx: Arc<super::group::RunContext>,
+        group_definition: Arc<str>,
     ) -> Self {
         let input = ValidInput {
             values,
@@ -253,6 +261,7 @@ impl<'p> Scheduler<'p> {
         };
         let mut scheduler = Self::new(pipeline, input, options);
         scheduler.prefix = Some(path);
+        scheduler.group_definition = Some(group_definition);
         scheduler.checkpoint = ctx.checkpoint.clone();
         if scheduler.checkpoint.is_some() {
             scheduler.kept_writes = vec![Vec::new(); pipeline.agents.len()];
@@ -265,6 +274,18 @@ impl<'p> Scheduler<'p> {
         }
         scheduler.ctx = Some(ctx);
         scheduler
+    }
+
+    /// `agent`'s definition hash as records carry it: its own, or, in a
+    /// nested run, joined to its group's (whose hash covers what the group
+    /// feeds its agents: its list, carry, file, and everything upstream),
+    /// so a changed group never reuses its agents' earlier outputs.
+    pub(super) fn definition_of(&self, agent: AgentId) -> Arc<str> {
+        let own = &self.pipeline.agents[agent].definition;
+        match &self.group_definition {
+            None => own.clone(),
+            Some(group) => Arc::from(format!("{group}/{own}")),
+        }
     }
 
     /// The name `agent` goes by in events, reports and records: its own,
@@ -327,9 +348,9 @@ impl<'p> Scheduler<'p> {
         let mut reused = vec![false; pipeline.agents.len()];
         for &id in pipeline.graph.topological_order() {
             let upstream = pipeline.graph.dependencies(id).iter().all(|&d| reused[d]);
+            let current = self.definition_of(id);
             let same = |definition: Option<&str>| {
-                !check_definitions
-                    || (definition == Some(&*pipeline.agents[id].definition) && upstream)
+                !check_definitions || (definition == Some(&*current) && upstream)
             };
             // A group that did not finish keeps what its nested runs
             // finished, if everything upstream of it is unchanged (each
@@ -727,7 +748,7 @@ impl<'p> Scheduler<'p> {
                     group.clone(),
                     input,
                     ctx.clone(),
-                    def.definition.clone(),
+                    self.definition_of(member.agent),
                     def.policy.timeout,
                 );
                 self.tasks
@@ -843,7 +864,7 @@ impl<'p> Scheduler<'p> {
             status,
             error,
             makespan_ms,
-            state: self.state.into_map(self.pipeline),
+            state: self.state.take_map(self.pipeline),
             tokens: agents.values().filter_map(|a| a.tokens).reduce(|a, b| {
                 crate::agent::TokenUsage {
                     prompt: a.prompt + b.prompt,
