@@ -828,6 +828,53 @@ agents:
         );
     }
 
+    /// Under a run limit, a `foreach` group keeps at most four times the
+    /// limit of its nested runs set up at once (a group takes no slot, so
+    /// without this 10,000 elements would be 10,000 nested runs at once).
+    #[tokio::test]
+    async fn a_foreach_group_under_a_limit_sets_up_few_nested_runs_at_once() {
+        let mut kinds = AgentKinds::standard();
+        kinds.builtin_fn("nap", |_| async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            Ok(writes(&[("out", json!(1))]))
+        });
+        let pipeline = load(
+            "pipeline: capped
+inputs: { items: { type: array } }
+agents:
+  each:
+    kind: pipeline
+    foreach: items
+    agents:
+      a: { kind: builtin, function: nap, reads: [item], writes: [out] }
+    outputs: { outs: out }
+",
+            &kinds,
+        );
+        let options = RunOptions {
+            concurrency: Some(1),
+            ..Default::default()
+        };
+        let report = run(&pipeline, json!({"items": vec![0; 24]}), options).await;
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        let instances = report.agents["each"].instances.as_ref().unwrap();
+        let spans: Vec<(f64, f64)> = (0..24)
+            .map(|i| {
+                let r = &instances[&format!("each[{i}]")];
+                (
+                    r.start_ms.unwrap(),
+                    r.start_ms.unwrap() + r.duration_ms.unwrap(),
+                )
+            })
+            .collect();
+        let most = spans
+            .iter()
+            .map(|&(t, _)| spans.iter().filter(|&&(s, e)| s <= t && t < e).count())
+            .max()
+            .unwrap();
+        assert!(most <= 4, "{most} nested runs at once with a limit of 1");
+    }
+
     fn loop_kinds(draft_rounds: Arc<Mutex<Vec<u64>>>) -> AgentKinds {
         let mut kinds = AgentKinds::standard();
         kinds.builtin_fn("draft", move |reads| {

@@ -9,13 +9,15 @@
 //! reactor's own millisecond rounding, about +1.2 ms on every 50 ms sleep,
 //! while the real I/O a sleep stands for completes when the socket becomes
 //! readable, with no such rounding. So sleeps are handed to one process-wide
-//! timer thread that waits on a futex with nanosecond deadlines. (It follows
-//! the real monotonic clock, not Tokio's paused test clock.)
+//! timer thread that waits on a futex with nanosecond deadlines. A new sleep
+//! wakes that thread only when it is due before every queued one, so a
+//! thousand sleeps started together cost one wake-up, not a thousand system
+//! calls. (It follows the real monotonic clock, not Tokio's paused test
+//! clock.)
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -81,34 +83,74 @@ impl Ord for Wake {
     }
 }
 
-fn timer() -> &'static mpsc::Sender<Wake> {
-    static TIMER: OnceLock<mpsc::Sender<Wake>> = OnceLock::new();
+/// The timer thread's queue: wakes by deadline, and a condition variable
+/// the thread waits on until the earliest one. A new wake only wakes the
+/// thread when it is due before every queued one: 1,000 sleeps started
+/// together cost one wake-up of the thread, not 1,000 system calls.
+struct Timer {
+    due: Mutex<BinaryHeap<Reverse<Wake>>>,
+    changed: Condvar,
+}
+
+impl Timer {
+    fn register(&self, wake: Wake) {
+        let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        let earliest = due.peek().is_none_or(|w| wake.deadline < w.0.deadline);
+        due.push(Reverse(wake));
+        drop(due);
+        if earliest {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The thread: fires what is due (outside the lock), then waits until
+    /// the earliest deadline or a new earlier one.
+    fn run(&self) {
+        let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let now = Instant::now();
+            let mut fired = Vec::new();
+            while due.peek().is_some_and(|w| w.0.deadline <= now) {
+                let Reverse(wake) = due.pop().expect("peeked");
+                fired.push(wake);
+            }
+            if !fired.is_empty() {
+                drop(due);
+                for wake in fired {
+                    // The sleeper may have been cancelled; that is fine.
+                    let _ = wake.done.send(());
+                }
+                due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            due = match due.peek().map(|w| w.0.deadline) {
+                Some(deadline) => {
+                    self.changed
+                        .wait_timeout(due, deadline.saturating_duration_since(now))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .changed
+                    .wait(due)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+    }
+}
+
+fn timer() -> &'static Timer {
+    static TIMER: OnceLock<&'static Timer> = OnceLock::new();
     TIMER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Wake>();
+        let timer: &'static Timer = Box::leak(Box::new(Timer {
+            due: Mutex::new(BinaryHeap::new()),
+            changed: Condvar::new(),
+        }));
         std::thread::Builder::new()
             .name("braid-timer".into())
-            .spawn(move || {
-                let mut due: BinaryHeap<Reverse<Wake>> = BinaryHeap::new();
-                loop {
-                    let now = Instant::now();
-                    while due.peek().is_some_and(|w| w.0.deadline <= now) {
-                        let Reverse(wake) = due.pop().expect("peeked");
-                        // The sleeper may have been cancelled; that is fine.
-                        let _ = wake.done.send(());
-                    }
-                    let next = match due.peek() {
-                        Some(w) => rx.recv_timeout(w.0.deadline.saturating_duration_since(now)),
-                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                    };
-                    match next {
-                        Ok(wake) => due.push(Reverse(wake)),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            })
+            .spawn(move || timer.run())
             .expect("cannot start the braid-timer thread");
-        tx
+        timer
     })
 }
 
@@ -122,17 +164,11 @@ pub async fn precise_sleep(duration: Duration) {
         return;
     };
     let (done, wait) = oneshot::channel();
-    let wake = Wake {
+    timer().register(Wake {
         deadline,
         seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         done,
-    };
-    if timer().send(wake).is_err() {
-        // The timer thread is gone (it never exits while the process runs);
-        // fall back to Tokio's timer rather than not waiting at all.
-        tokio::time::sleep(duration).await;
-        return;
-    }
+    });
     let _ = wait.await;
 }
 
@@ -140,6 +176,7 @@ pub async fn precise_sleep(duration: Duration) {
 mod tests {
     use std::future::Future;
     use std::pin::Pin;
+    use std::sync::mpsc;
     use std::task::{Context, Waker};
 
     use super::*;
@@ -197,7 +234,7 @@ mod tests {
                 seq: seq as u64,
                 done,
             };
-            timer().send(wake).unwrap();
+            timer().register(wake);
             waits.push((name, deadline, wait));
         }
         let order: Vec<(&str, Instant)> = (0..2)

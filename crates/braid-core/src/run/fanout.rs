@@ -184,11 +184,7 @@ impl Scheduler<'_> {
     /// After any change to a fan-out: completes the agent once every
     /// instance ended, or queues it while it has instances to start.
     fn advance(&mut self, agent: AgentId, now: Instant) {
-        let limit = self.pipeline.agents[agent]
-            .foreach
-            .as_ref()
-            .and_then(|f| f.concurrency)
-            .unwrap_or(usize::MAX);
+        let limit = self.item_limit(agent);
         let rank = self.pipeline.graph.rank(agent);
         let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
             return;
@@ -243,7 +239,16 @@ impl Scheduler<'_> {
             return;
         };
         f.queued = false;
-        while !f.stopped && f.next < f.len {
+        // As many as the limits let start now (one at a time when each
+        // needs one of the run's shared slots, taken by the loop).
+        let room = if self.slots.is_some() {
+            1
+        } else {
+            self.limit().saturating_sub(self.tasks.len()).max(1)
+        };
+        let room = room.min(self.item_limit(agent).saturating_sub(f.running).max(1));
+        let mut started = 0;
+        while !f.stopped && f.next < f.len && started < room {
             let i = f.next;
             f.next += 1;
             if let Some(record) = f.resumed.remove(&i) {
@@ -251,10 +256,27 @@ impl Scheduler<'_> {
                 continue;
             }
             self.spawn_item(agent, &mut f, i, now);
-            break;
+            started += 1;
         }
         self.progress[agent].fanout = Some(f);
         self.advance(agent, now);
+    }
+
+    /// Most instances of `agent` in flight: its `concurrency:`, and for a
+    /// group under a run limit at most four times that limit (a group
+    /// takes no slot, so its nested runs would otherwise all be set up at
+    /// once, each holding its state, however few of their agents run).
+    fn item_limit(&self, agent: AgentId) -> usize {
+        let def = &self.pipeline.agents[agent];
+        let own = def
+            .foreach
+            .as_ref()
+            .and_then(|f| f.concurrency)
+            .unwrap_or(usize::MAX);
+        match (&def.group, &self.slots) {
+            (Some(_), Some(_)) => own.min(self.run_limit.saturating_mul(4).max(1)),
+            _ => own,
+        }
     }
 
     fn take_resumed(&mut self, agent: AgentId, f: &mut Fanout, i: usize, record: AgentRecord) {

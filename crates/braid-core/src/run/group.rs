@@ -36,6 +36,8 @@ pub(super) struct RunContext {
     pub(super) checkpoint: Option<(Arc<dyn Checkpointer>, CheckpointPolicy, RunRecord)>,
     pub(super) processes: Option<Arc<crate::agent::ProcessRecorder>>,
     pub(super) max_value_depth: usize,
+    /// The run's concurrency limit (`usize::MAX` for none).
+    pub(super) run_limit: usize,
     /// The run's concurrency slots, when it has a limit.
     pub(super) slots: Option<Arc<tokio::sync::Semaphore>>,
     /// When the run started: nested runs time their members from it.

@@ -93,6 +93,9 @@ pub(super) struct Scheduler<'p> {
     pub(super) spare: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Ready agents wait for a slot.
     pub(super) wants_slot: bool,
+    /// The run's concurrency limit (`usize::MAX` for none), nested runs
+    /// included.
+    pub(super) run_limit: usize,
 }
 
 /// A slot of `slots`, once one is free (never, without slots).
@@ -198,6 +201,7 @@ impl<'p> Scheduler<'p> {
         });
         let ctx = has_groups.then(|| {
             Arc::new(super::group::RunContext {
+                run_limit: limit.unwrap_or(usize::MAX),
                 slots: slots.clone(),
                 run_id: run_id.clone(),
                 events: options.events.clone(),
@@ -225,6 +229,7 @@ impl<'p> Scheduler<'p> {
             slot: None,
             spare: None,
             wants_slot: false,
+            run_limit: limit.unwrap_or(usize::MAX),
             state: RunState::new(pipeline, input),
             options,
             progress,
@@ -269,6 +274,7 @@ impl<'p> Scheduler<'p> {
         scheduler.processes = ctx.processes.clone();
         scheduler.max_depth = ctx.max_value_depth;
         scheduler.slots = ctx.slots.clone();
+        scheduler.run_limit = ctx.run_limit;
         if let Some(&start) = ctx.start.get() {
             scheduler.start = start;
         }
