@@ -548,6 +548,19 @@ impl Store {
         match probe {
             Ok(conn) => {
                 let _ = sqlx::Connection::close(conn).await;
+                // Reading can succeed where writing cannot: a database on
+                // media remounted read-only opens and reads while its WAL
+                // files are still there. Say so now, not after the run.
+                if backend == Backend::Sqlite
+                    && !read_only
+                    && let Some(path) = &sqlite_path
+                    && let Some(why) = sqlite_write_problem(path)
+                {
+                    return Err(StoreError::ReadOnly {
+                        url: masked,
+                        why: format!("{why}; open it with ?mode=ro to read its runs"),
+                    });
+                }
             }
             Err(source) => {
                 if backend == Backend::Sqlite
