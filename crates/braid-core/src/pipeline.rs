@@ -449,5 +449,9 @@ pub const MAX_DEPENDENCIES: usize = 5_000_000;
 /// How deep groups (`kind: pipeline`) may nest: a group of a group of a
 /// group … Each level is a nested run at run time.
 pub const MAX_GROUP_DEPTH: usize = 8;
+/// The most elements a `foreach` list may have: the list comes from an
+/// agent's output, and each element costs bookkeeping and a report entry
+/// (about 300 bytes), so 1,000,000 bound a fan-out to a few hundred MB.
+pub const MAX_ITEMS: usize = 1_000_000;
 /// The most rounds a group's `repeat.max` may allow.
 pub const MAX_ROUNDS: u64 = 100_000;

@@ -275,6 +275,29 @@ agents:
     );
 }
 
+/// A list from an agent's output is outside input: too many elements fail
+/// the agent, saying the bound, before any instance is set up.
+#[tokio::test]
+async fn a_list_past_max_items_fails_the_agent_before_fanning_out() {
+    let pipeline = load(
+        "pipeline: huge
+inputs: { items: { type: array } }
+agents:
+  each: { kind: builtin, function: flaky, foreach: items, reads: [item], writes: [out] }
+",
+        &flaky_kinds(),
+    );
+    let items = vec![1; braid_core::pipeline::MAX_ITEMS + 1];
+    let report = run(&pipeline, json!({ "items": items }), RunOptions::default()).await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let error = report.agents["each"].error.as_deref().unwrap();
+    assert!(
+        error.contains("holds 1000001 elements") && error.contains("MAX_ITEMS"),
+        "{error}"
+    );
+    assert!(report.agents["each"].instances.is_none());
+}
+
 #[tokio::test]
 async fn an_empty_list_completes_with_empty_lists() {
     let pipeline = load(

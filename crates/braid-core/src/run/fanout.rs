@@ -31,7 +31,7 @@ use crate::agent::{AgentInput, Reads};
 use crate::checkpoint::{AgentRecord, CheckpointPolicy, FieldValue};
 use crate::event::EventKind;
 use crate::graph::AgentId;
-use crate::pipeline::ItemFailure;
+use crate::pipeline::{ItemFailure, MAX_ITEMS};
 use crate::report::{AgentReport, AgentStatus, ItemCounts};
 
 /// A `foreach` agent's instances during a run.
@@ -146,6 +146,13 @@ impl Scheduler<'_> {
                 return self.fail(agent, why, now);
             }
         };
+        if len > MAX_ITEMS {
+            let why = format!(
+                "`foreach: {field}` holds {len} elements; at most {MAX_ITEMS} instances may fan out \
+                 from one agent (MAX_ITEMS): each costs bookkeeping and a report entry"
+            );
+            return self.fail(agent, why, now);
+        }
         let checkpointed = self.policy() != CheckpointPolicy::None;
         let progress = &mut self.progress[agent];
         progress.status = AgentStatus::Running;
