@@ -28,6 +28,62 @@ fn writes(pairs: &[(&str, Value)]) -> Writes {
         .collect()
 }
 
+/// How many calls are in flight at once, and the most there were.
+#[derive(Clone, Default)]
+struct InFlight {
+    now: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+}
+
+impl InFlight {
+    /// Counts one call in flight for `ms` milliseconds.
+    async fn hold(&self, ms: u64) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
+/// Where each member's start and completion fall in a run's event stream
+/// (events arrive in the order they were numbered); a member that starts
+/// or completes twice fails the property.
+fn event_positions(
+    events: &mut braid_core::event::EventReceiver,
+) -> Result<(HashMap<String, usize>, HashMap<String, usize>), proptest::test_runner::TestCaseError>
+{
+    let mut starts = HashMap::new();
+    let mut ends = HashMap::new();
+    let mut position = 0;
+    while let Ok(event) = events.try_recv() {
+        position += 1;
+        let (seen, what) = match &event.kind {
+            EventKind::AgentStarted { agent, .. } => {
+                (starts.insert(agent.to_string(), position), "started")
+            }
+            EventKind::AgentCompleted { agent, .. } => {
+                (ends.insert(agent.to_string(), position), "completed")
+            }
+            _ => continue,
+        };
+        if seen.is_some() {
+            let agent = event
+                .kind
+                .agent()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            return Err(proptest::test_runner::TestCaseError::fail(format!(
+                "{agent} {what} twice"
+            )));
+        }
+    }
+    Ok((starts, ends))
+}
+
 /// Instances get their element and its index; the agent's list is in
 /// element order whatever order the instances finish in.
 #[tokio::test]
@@ -108,18 +164,14 @@ agents:
 /// unrelated slow agent is still running, and `concurrency:` bounds them.
 #[tokio::test]
 async fn foreach_starts_when_the_list_exists_and_respects_its_concurrency() {
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
+    let in_flight = InFlight::default();
     let mut kinds = AgentKinds::standard();
     {
-        let (in_flight, most) = (in_flight.clone(), most.clone());
+        let in_flight = in_flight.clone();
         kinds.builtin_fn("work", move |_| {
-            let (in_flight, most) = (in_flight.clone(), most.clone());
+            let in_flight = in_flight.clone();
             async move {
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
+                in_flight.hold(20).await;
                 Ok(writes(&[("results", json!(true))]))
             }
         });
@@ -136,11 +188,7 @@ agents:
     );
     let report = run(&pipeline, json!({}), RunOptions::default()).await;
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
-    assert_eq!(
-        most.load(Ordering::SeqCst),
-        2,
-        "at most 2 instances at once"
-    );
+    assert_eq!(in_flight.most(), 2, "at most 2 instances at once");
     assert_eq!(*report.state["results"], json!(vec![true; 8]));
     let work = &report.agents["work"];
     let slow = &report.agents["slow"];
@@ -154,18 +202,14 @@ agents:
 /// The run's own limit bounds instances too.
 #[tokio::test]
 async fn the_runs_concurrency_limit_bounds_instances() {
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
+    let in_flight = InFlight::default();
     let mut kinds = AgentKinds::standard();
     {
-        let (in_flight, most) = (in_flight.clone(), most.clone());
+        let in_flight = in_flight.clone();
         kinds.builtin_fn("work", move |_| {
-            let (in_flight, most) = (in_flight.clone(), most.clone());
+            let in_flight = in_flight.clone();
             async move {
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
+                in_flight.hold(5).await;
                 Ok(writes(&[("results", json!(1))]))
             }
         });
@@ -184,7 +228,7 @@ agents:
     };
     let report = run(&pipeline, json!({"items": vec![0; 20]}), options).await;
     assert_eq!(report.status, RunStatus::Completed);
-    assert_eq!(most.load(Ordering::SeqCst), 3);
+    assert_eq!(in_flight.most(), 3);
 }
 
 fn flaky_kinds() -> AgentKinds {
@@ -548,20 +592,16 @@ mod properties {
 
         #[test]
         fn instances_run_once_in_bounds_and_results_keep_element_order(case in case()) {
-            let in_flight = Arc::new(AtomicUsize::new(0));
-            let most = Arc::new(AtomicUsize::new(0));
+            let in_flight = InFlight::default();
             let mut kinds = AgentKinds::standard();
             {
-                let (in_flight, most) = (in_flight.clone(), most.clone());
+                let in_flight = in_flight.clone();
                 kinds.builtin_fn("work", move |reads| {
-                    let (in_flight, most) = (in_flight.clone(), most.clone());
+                    let in_flight = in_flight.clone();
                     async move {
-                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
                         let delay = reads.get("item").unwrap().as_u64().unwrap();
                         let index = reads.get("item_index").unwrap().as_u64().unwrap();
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        in_flight.hold(delay).await;
                         Ok(writes(&[("out", json!([index, delay]))]))
                     }
                 });
@@ -596,27 +636,13 @@ agents:
             prop_assert_eq!(&*report.state["out"], &json!(expected));
 
             let bound = case.concurrency.unwrap_or(usize::MAX).min(case.run_limit.unwrap_or(usize::MAX));
-            prop_assert!(most.load(Ordering::SeqCst) <= bound);
+            prop_assert!(in_flight.most() <= bound);
             if n > 0 {
-                prop_assert_eq!(most.load(Ordering::SeqCst) >= 1, true);
+                prop_assert_eq!(in_flight.most() >= 1, true);
             }
 
             // Positions in the event stream (numbered in order).
-            let mut starts: HashMap<String, usize> = HashMap::new();
-            let mut ends: HashMap<String, usize> = HashMap::new();
-            let mut position = 0;
-            while let Ok(event) = events.try_recv() {
-                position += 1;
-                match &event.kind {
-                    EventKind::AgentStarted { agent, .. } => {
-                        prop_assert!(starts.insert(agent.to_string(), position).is_none(), "{} started twice", agent);
-                    }
-                    EventKind::AgentCompleted { agent, .. } => {
-                        prop_assert!(ends.insert(agent.to_string(), position).is_none(), "{} completed twice", agent);
-                    }
-                    _ => {}
-                }
-            }
+            let (starts, ends) = event_positions(&mut events)?;
             for i in 0..n {
                 let name = format!("work[{i}]");
                 prop_assert!(starts[&name] > ends["plan"], "{} started before the list existed", name);
@@ -719,18 +745,14 @@ agents:
     /// agents.
     #[tokio::test]
     async fn the_runs_limit_bounds_agents_inside_groups_too() {
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
+        let in_flight = InFlight::default();
         let mut kinds = AgentKinds::standard();
         for field in ["out_a", "out_b"] {
-            let (in_flight, most) = (in_flight.clone(), most.clone());
+            let in_flight = in_flight.clone();
             kinds.builtin_fn(field, move |_| {
-                let (in_flight, most) = (in_flight.clone(), most.clone());
+                let in_flight = in_flight.clone();
                 async move {
-                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    most.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    in_flight.hold(5).await;
                     Ok(writes(&[(field, json!(1))]))
                 }
             });
@@ -757,7 +779,7 @@ agents:
         let report = run(&pipeline, json!({"items": vec![0; 12]}), options).await;
         assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
         assert_eq!(
-            most.load(Ordering::SeqCst),
+            in_flight.most(),
             3,
             "3 agents at once, across 12 nested runs"
         );
@@ -1283,21 +1305,7 @@ agents:
             let expected: Vec<Value> = (0..n).map(|i| json!([i, 2])).collect();
             prop_assert_eq!(&*report.state["out"], &json!(expected));
 
-            let mut starts: HashMap<String, usize> = HashMap::new();
-            let mut ends: HashMap<String, usize> = HashMap::new();
-            let mut position = 0;
-            while let Ok(event) = events.try_recv() {
-                position += 1;
-                match &event.kind {
-                    EventKind::AgentStarted { agent, .. } => {
-                        prop_assert!(starts.insert(agent.to_string(), position).is_none(), "{} started twice", agent);
-                    }
-                    EventKind::AgentCompleted { agent, .. } => {
-                        prop_assert!(ends.insert(agent.to_string(), position).is_none(), "{} completed twice", agent);
-                    }
-                    _ => {}
-                }
-            }
+            let (starts, ends) = event_positions(&mut events)?;
             for i in 0..n {
                 for stage in 0..3 {
                     let member = format!("g[{i}].s{stage}");
