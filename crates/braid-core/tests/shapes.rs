@@ -52,10 +52,12 @@ impl InFlight {
 /// Where each member's start and completion fall in a run's event stream
 /// (events arrive in the order they were numbered); a member that starts
 /// or completes twice fails the property.
+/// A member's name → its position in the event stream.
+type Positions = HashMap<String, usize>;
+
 fn event_positions(
     events: &mut braid_core::event::EventReceiver,
-) -> Result<(HashMap<String, usize>, HashMap<String, usize>), proptest::test_runner::TestCaseError>
-{
+) -> Result<(Positions, Positions), proptest::test_runner::TestCaseError> {
     let mut starts = HashMap::new();
     let mut ends = HashMap::new();
     let mut position = 0;
