@@ -49,12 +49,12 @@ impl InFlight {
     }
 }
 
-/// Where each member's start and completion fall in a run's event stream
-/// (events arrive in the order they were numbered); a member that starts
-/// or completes twice fails the property.
 /// A member's name → its position in the event stream.
 type Positions = HashMap<String, usize>;
 
+/// Where each member's start and completion fall in a run's event stream
+/// (events arrive in the order they were numbered); a member that starts
+/// or completes twice fails the property.
 fn event_positions(
     events: &mut braid_core::event::EventReceiver,
 ) -> Result<(Positions, Positions), proptest::test_runner::TestCaseError> {
