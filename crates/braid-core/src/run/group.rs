@@ -62,8 +62,6 @@ impl std::fmt::Debug for RunContext {
     }
 }
 
-pub(crate) use crate::report::{natural_order as natural, top_agent};
-
 /// Whether a path names a round of a `repeat` group (`refine#2`,
 /// `outer[1].refine#0`) rather than a member of a nested run.
 fn is_round(path: &str) -> bool {

@@ -345,7 +345,7 @@ impl<'p> Scheduler<'p> {
                 && pipeline.agents[id].foreach.is_some()
             {
                 items.entry(id).or_default().insert(item, record);
-            } else if let Some(&id) = ids.get(super::group::top_agent(&record.agent))
+            } else if let Some(&id) = ids.get(crate::report::top_agent(&record.agent))
                 && pipeline.agents[id].group.is_some()
             {
                 nested.entry(id).or_default().push(record);
@@ -837,24 +837,24 @@ impl<'p> Scheduler<'p> {
         }
         // Groups' nested members and rounds join their group's instances.
         if let Some(ctx) = &self.ctx {
-            let mut nested = std::mem::take(&mut *ctx.reports.lock().expect("not poisoned"));
-            // By the nested run they belong to, in element and round order;
-            // members of one nested run stay in declaration order.
-            nested.sort_by_cached_key(|(path, _)| {
-                super::group::natural(path.rsplit_once('.').map_or(path.as_str(), |(run, _)| run))
-            });
+            let nested = std::mem::take(&mut *ctx.reports.lock().expect("not poisoned"));
             for (path, report) in nested {
-                if let Some(group) = agents.get_mut(super::group::top_agent(&path)) {
+                if let Some(group) = agents.get_mut(crate::report::top_agent(&path)) {
                     group
                         .instances
                         .get_or_insert_with(IndexMap::new)
                         .insert(path, report);
                 }
             }
-            for group in agents.values_mut() {
-                if let Some(instances) = &mut group.instances {
+            // A group's instances by the nested run they belong to, in
+            // element and round order (a stable sort: members of one
+            // nested run stay in declaration order).
+            for (a, group) in agents.values_mut().enumerate() {
+                if let Some(instances) = &mut group.instances
+                    && self.pipeline.agents[a].group.is_some()
+                {
                     instances.sort_by_cached_key(|path, _| {
-                        super::group::natural(
+                        crate::report::natural_order(
                             path.rsplit_once('.').map_or(path.as_str(), |(run, _)| run),
                         )
                     });
