@@ -319,6 +319,8 @@ pub struct Pipeline {
     pub(crate) id: u64,
     /// See [`Pipeline::max_value_depth`].
     pub(crate) max_value_depth: usize,
+    /// Whether any agent is a group (runs then share a `RunContext`).
+    pub(crate) has_groups: bool,
 }
 
 static PIPELINE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

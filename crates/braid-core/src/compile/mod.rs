@@ -217,6 +217,7 @@ impl<'a> Compiler<'a> {
         self.stop_if_failed()?;
         let hashes = crate::definition::chain(&self.own_definitions, &graph);
         let mut agents = std::mem::take(&mut self.agents);
+        let has_groups = agents.iter().any(|a| a.group.is_some());
         for (agent, hash) in agents.iter_mut().zip(hashes) {
             agent.definition = hash;
         }
@@ -235,6 +236,7 @@ impl<'a> Compiler<'a> {
             output: spec.output.as_ref().map(|o| o.value.clone()),
             id: next_pipeline_id(),
             max_value_depth: crate::depth::DEFAULT_MAX_VALUE_DEPTH,
+            has_groups,
         })
     }
 

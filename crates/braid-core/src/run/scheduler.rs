@@ -193,7 +193,7 @@ impl<'p> Scheduler<'p> {
         } else {
             options.concurrency.or(pipeline.concurrency)
         };
-        let has_groups = pipeline.agents.iter().any(|a| a.group.is_some());
+        let has_groups = pipeline.has_groups;
         let slots = limit.filter(|_| has_groups).map(|n| {
             Arc::new(tokio::sync::Semaphore::new(
                 n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
