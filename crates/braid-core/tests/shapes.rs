@@ -539,6 +539,54 @@ agents:
     assert_eq!(explained.agents[0].writes, ["refund_case?", "tech_case?"]);
 }
 
+/// `when: has(field)` is evaluated even when the field was never written
+/// (a field only tested by `has` is not a required input of the condition).
+#[tokio::test]
+async fn when_has_runs_on_whether_a_field_was_written() {
+    let mut kinds = AgentKinds::standard();
+    kinds.builtin_fn("route", |reads| async move {
+        let request = reads.get("request").unwrap().as_str().unwrap().to_owned();
+        Ok(if request.contains("refund") {
+            writes(&[("refund_case", json!(request))])
+        } else {
+            writes(&[("other_case", json!(request))])
+        })
+    });
+    let pipeline = load(
+        "pipeline: has
+inputs: { request: { type: string } }
+agents:
+  route:    { kind: builtin, function: route, reads: [request], writes: [refund_case?, other_case?] }
+  fallback: { kind: sleep, when: '!has(refund_case)', writes: [fallback] }
+",
+        &kinds,
+    );
+    let report = run(
+        &pipeline,
+        json!({"request": "the app crashes"}),
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(
+        report.agents["fallback"].status,
+        AgentStatus::Completed,
+        "{:?}",
+        report.agents["fallback"]
+    );
+    let report = run(
+        &pipeline,
+        json!({"request": "refund please"}),
+        RunOptions::default(),
+    )
+    .await;
+    let fallback = &report.agents["fallback"];
+    assert_eq!(fallback.status, AgentStatus::Skipped);
+    assert_eq!(
+        fallback.reason.as_deref(),
+        Some("condition `!has(refund_case)` is false")
+    );
+}
+
 /// A write not marked optional must still be written.
 #[tokio::test]
 async fn a_required_write_left_out_still_fails_the_agent() {
