@@ -726,27 +726,6 @@ impl<'p> Scheduler<'p> {
         let def = &self.pipeline.agents[member.agent];
         // The agent's spans are children of the run's.
         let span = tracing::Span::current();
-        if let Some(slot) = self.slot.take() {
-            // Held until the task ends, however it ends (aborted too).
-            let task = attempt_loop(
-                member,
-                def.runner.clone(),
-                input,
-                def.policy,
-                def.writes.clone(),
-                self.max_depth,
-            );
-            let task = async move {
-                let finished = task.await;
-                drop(slot);
-                finished
-            };
-            let handle = self
-                .tasks
-                .spawn(tracing::Instrument::instrument(task, span));
-            self.task_agent.insert(handle.id(), member);
-            return handle;
-        }
         let handle = match (&def.group, &self.ctx) {
             (Some(group), Some(ctx)) => {
                 let task = super::group::run_group(
@@ -769,8 +748,20 @@ impl<'p> Scheduler<'p> {
                     def.writes.clone(),
                     self.max_depth,
                 );
-                self.tasks
-                    .spawn(tracing::Instrument::instrument(task, span))
+                match self.slot.take() {
+                    // Held until the task ends, however it ends (aborted too).
+                    Some(slot) => self.tasks.spawn(tracing::Instrument::instrument(
+                        async move {
+                            let finished = task.await;
+                            drop(slot);
+                            finished
+                        },
+                        span,
+                    )),
+                    None => self
+                        .tasks
+                        .spawn(tracing::Instrument::instrument(task, span)),
+                }
             }
         };
         self.task_agent.insert(handle.id(), member);
