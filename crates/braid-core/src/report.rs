@@ -220,6 +220,18 @@ pub struct ItemCounts {
     pub pending: u64,
 }
 
+impl ItemCounts {
+    /// Counts one instance that ended (or not yet) with `status`.
+    pub fn count(&mut self, status: AgentStatus) {
+        match status {
+            AgentStatus::Completed => self.completed += 1,
+            AgentStatus::Failed => self.failed += 1,
+            AgentStatus::Cancelled | AgentStatus::Skipped => self.cancelled += 1,
+            AgentStatus::Pending | AgentStatus::Running => self.pending += 1,
+        }
+    }
+}
+
 /// The outcome of a run: status, timings, and the final state.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -328,12 +340,7 @@ pub fn nest_instances(
                     ..ItemCounts::default()
                 };
             }
-            match report.status {
-                AgentStatus::Completed => counts.completed += 1,
-                AgentStatus::Failed => counts.failed += 1,
-                AgentStatus::Cancelled | AgentStatus::Skipped => counts.cancelled += 1,
-                AgentStatus::Pending | AgentStatus::Running => counts.pending += 1,
-            }
+            counts.count(report.status);
             counts.total = counts
                 .total
                 .max(counts.completed + counts.failed + counts.cancelled + counts.pending);

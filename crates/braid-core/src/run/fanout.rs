@@ -533,12 +533,7 @@ impl Scheduler<'_> {
         let mut instances = IndexMap::with_capacity(f.len);
         for i in 0..f.len {
             let item = self.item_report(agent, f, i);
-            match item.status {
-                AgentStatus::Completed => counts.completed += 1,
-                AgentStatus::Failed => counts.failed += 1,
-                AgentStatus::Cancelled | AgentStatus::Skipped => counts.cancelled += 1,
-                AgentStatus::Pending | AgentStatus::Running => counts.pending += 1,
-            }
+            counts.count(item.status);
             instances.insert(format!("{name}[{i}]"), item);
         }
         report.items = Some(counts);
