@@ -31,8 +31,8 @@ pub enum RunStatus {
     /// before it finished; it can be resumed from its checkpoints. The
     /// engine never reports it: stores and servers mark runs with it.
     Interrupted,
-    /// Reserved for runs paused for a person (issue 12): nothing produces
-    /// it yet.
+    /// Nothing more can happen until an `input` agent is answered (or its
+    /// wait times out); the run continues from its checkpoints then.
     Waiting,
 }
 
@@ -99,17 +99,20 @@ pub enum AgentStatus {
     Skipped,
     /// Stopped, or never started, because the run was cancelled or failed.
     Cancelled,
+    /// An `input` agent waiting for its answer from outside the run.
+    Waiting,
 }
 
 impl AgentStatus {
     /// Every status, in declaration order.
-    pub const ALL: [AgentStatus; 6] = [
+    pub const ALL: [AgentStatus; 7] = [
         AgentStatus::Pending,
         AgentStatus::Running,
         AgentStatus::Completed,
         AgentStatus::Failed,
         AgentStatus::Skipped,
         AgentStatus::Cancelled,
+        AgentStatus::Waiting,
     ];
 
     /// Its one string form (the lowercase name).
@@ -121,6 +124,7 @@ impl AgentStatus {
             AgentStatus::Failed => "failed",
             AgentStatus::Skipped => "skipped",
             AgentStatus::Cancelled => "cancelled",
+            AgentStatus::Waiting => "waiting",
         }
     }
 }
@@ -184,6 +188,16 @@ pub struct AgentReport {
     /// [`RunReport::without_instances`].
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub instances: Option<IndexMap<String, AgentReport>>,
+    /// Its writes came from the cache (`cache:`): it did not run.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub cached: bool,
+    /// In a fork: the run whose recorded result it kept (it did not run).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reused_from: Option<String>,
+    /// A waiting `input` agent: when its wait times out, in ms since the
+    /// Unix epoch (`None`: it waits for ever).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub deadline_ms: Option<i64>,
 }
 
 impl AgentReport {
@@ -201,6 +215,9 @@ impl AgentReport {
             tokens: None,
             items: None,
             instances: None,
+            cached: false,
+            reused_from: None,
+            deadline_ms: None,
         }
     }
 }
@@ -227,7 +244,7 @@ impl ItemCounts {
             AgentStatus::Completed => self.completed += 1,
             AgentStatus::Failed => self.failed += 1,
             AgentStatus::Cancelled | AgentStatus::Skipped => self.cancelled += 1,
-            AgentStatus::Pending | AgentStatus::Running => self.pending += 1,
+            AgentStatus::Pending | AgentStatus::Running | AgentStatus::Waiting => self.pending += 1,
         }
     }
 }

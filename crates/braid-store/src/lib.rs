@@ -894,17 +894,13 @@ impl Store {
                 .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
             let attempts: i64 = a.try_get("attempts")?;
             let report = AgentReport {
-                status,
                 start_ms: a.try_get("start_ms")?,
                 duration_ms: a.try_get("duration_ms")?,
                 queue_ms: a.try_get("queue_ms")?,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 error: a.try_get("error")?,
                 reason: a.try_get("reason")?,
-                resumed: false,
-                tokens: None,
-                items: None,
-                instances: None,
+                ..AgentReport::new(status)
             };
             let writes = if status == AgentStatus::Completed {
                 deltas.shift_remove(&agent).unwrap_or_default()

@@ -106,17 +106,13 @@ impl SpilledAgent {
         AgentRow {
             agent: self.agent.into(),
             report: AgentReport {
-                status: r.status,
                 start_ms: r.start_ms,
                 duration_ms: r.duration_ms,
                 queue_ms: r.queue_ms,
                 attempts: r.attempts,
                 error: r.error,
                 reason: r.reason,
-                resumed: false,
-                tokens: None,
-                items: None,
-                instances: None,
+                ..AgentReport::new(r.status)
             },
             writes: self
                 .writes

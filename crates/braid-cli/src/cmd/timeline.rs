@@ -18,6 +18,7 @@ fn colour(status: AgentStatus) -> &'static str {
         AgentStatus::Cancelled => "#5f6368",
         AgentStatus::Running => "#1a73e8",
         AgentStatus::Pending => "#9aa0a6",
+        AgentStatus::Waiting => "#a142f4",
     }
 }
 

@@ -209,7 +209,6 @@ impl Scheduler<'_> {
         }
         let start = self.start;
         let mut report = AgentReport {
-            status: progress.status,
             start_ms: progress.started.map(|s| ms(s - start)),
             duration_ms: progress
                 .started
@@ -222,10 +221,8 @@ impl Scheduler<'_> {
             attempts: progress.attempts,
             error: progress.error.clone(),
             reason: progress.reason.clone(),
-            resumed: false,
             tokens: progress.usage.usage(),
-            items: None,
-            instances: None,
+            ..AgentReport::new(progress.status)
         };
         self.fanout_report(agent, &mut report);
         report
