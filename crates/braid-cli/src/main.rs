@@ -120,6 +120,8 @@ pub(crate) mod exit {
     pub(crate) const FAILED: u8 = 1;
     pub(crate) const INVALID: u8 = 2;
     pub(crate) const NOT_SAVED: u8 = 3;
+    /// The run waits for an answer (`kind: input`).
+    pub(crate) const WAITING: u8 = 4;
     pub(crate) const CANCELLED: u8 = 130;
 }
 

@@ -126,6 +126,11 @@ impl Diagnostics {
         self.kept.len() < self.limit
     }
 
+    /// How many were found (kept or counted).
+    pub(crate) fn len(&self) -> usize {
+        self.kept.len() + self.dropped
+    }
+
     /// No problem was found.
     pub(crate) fn is_empty(&self) -> bool {
         self.kept.is_empty() && self.dropped == 0

@@ -105,6 +105,32 @@ pub enum EventKind {
         /// Why (a false condition, or an input that was never produced).
         reason: String,
     },
+    /// An `input` agent is waiting for its answer: what it asks, the
+    /// schema the answer must fit, and the values it reads (shown with the
+    /// question).
+    AgentWaiting {
+        /// The agent.
+        agent: Arc<str>,
+        /// The question.
+        prompt: String,
+        /// The JSON Schema of the answer, when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schema: Option<serde_json::Value>,
+        /// The fields it reads, with their values.
+        reads: indexmap::IndexMap<Arc<str>, Arc<serde_json::Value>>,
+        /// When its wait times out, in ms since the Unix epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<i64>,
+    },
+    /// A waiting `input` agent got its answer (or, with `by_default`, its
+    /// wait timed out and its `default` was used); `agent_completed` follows.
+    AgentAnswered {
+        /// The agent.
+        agent: Arc<str>,
+        /// The timeout's default was used: nobody answered.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_default: bool,
+    },
     /// A line the agent logged (only with [`EventLevel::Full`]).
     AgentLog {
         /// The agent.
@@ -418,6 +444,8 @@ impl EventKind {
             | EventKind::AgentCompleted { agent, .. }
             | EventKind::AgentFailed { agent, .. }
             | EventKind::AgentSkipped { agent, .. }
+            | EventKind::AgentWaiting { agent, .. }
+            | EventKind::AgentAnswered { agent, .. }
             | EventKind::AgentLog { agent, .. } => Some(agent),
             EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => None,
         }

@@ -383,6 +383,7 @@
 //! ```
 
 pub mod agent;
+pub mod answer;
 pub mod backoff;
 pub mod builder;
 pub mod checkpoint;
@@ -393,6 +394,7 @@ pub mod depth;
 pub mod diagnostic;
 pub mod event;
 pub mod explain;
+pub mod fork;
 pub mod graph;
 pub mod input;
 pub mod kinds;
@@ -413,6 +415,8 @@ pub use diagnostic::{Diagnostic, LoadError, Location};
 pub use input::{InputError, ValidInput};
 pub use kinds::{AgentConfig, AgentKind, AgentKinds};
 pub use limits::LoadLimits;
-pub use pipeline::{AgentDef, FailurePolicy, ItemFailure, Pipeline, RetryPolicy};
+pub use pipeline::{
+    AgentDef, AnswerError, FailurePolicy, InputSpec, ItemFailure, Pipeline, RetryPolicy,
+};
 pub use report::{AgentReport, AgentStatus, ItemCounts, RunReport, RunStatus, TokenUsage};
 pub use run::RunOptions;

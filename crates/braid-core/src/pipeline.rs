@@ -183,6 +183,99 @@ pub struct AgentDef {
     pub(crate) foreach: Option<Box<Foreach>>,
     /// Set for a group (`kind: pipeline`): what runs instead of `runner`.
     pub(crate) group: Option<Arc<Group>>,
+    /// Set for an `input` agent: the question it waits on.
+    pub(crate) input: Option<Arc<InputSpec>>,
+}
+
+/// Why an answer to an `input` agent was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// The pipeline has no such agent.
+    #[error("pipeline `{pipeline}` has no agent `{agent}`")]
+    UnknownAgent {
+        /// The agent named.
+        agent: String,
+        /// The pipeline.
+        pipeline: String,
+    },
+    /// The agent does not wait for answers.
+    #[error("agent `{agent}` is a `{kind}` agent, not an `input` agent: it takes no answer")]
+    NotAnInput {
+        /// The agent named.
+        agent: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// The answer does not fit the agent's schema.
+    #[error("the answer to `{agent}` does not fit its schema:\n  - {}", .problems.join("\n  - "))]
+    Invalid {
+        /// The agent.
+        agent: String,
+        /// One line per problem.
+        problems: Vec<String>,
+    },
+}
+
+/// The longest `prompt` an `input` agent may have, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
+
+/// What an `input` agent asks, and how its answer is checked.
+#[derive(Clone)]
+pub struct InputSpec {
+    pub(crate) prompt: String,
+    pub(crate) schema: Option<Value>,
+    pub(crate) validator: Arc<jsonschema::Validator>,
+    pub(crate) default: Option<Arc<Value>>,
+    /// The one field it writes: the answer.
+    pub(crate) field: Arc<str>,
+}
+
+impl InputSpec {
+    /// The question, as the file words it.
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+
+    /// The JSON Schema an answer must fit (`None`: any JSON value).
+    pub fn schema(&self) -> Option<&Value> {
+        self.schema.as_ref()
+    }
+
+    /// The answer used when the wait times out (`None`: the agent fails).
+    pub fn default(&self) -> Option<&Value> {
+        self.default.as_deref()
+    }
+
+    /// The field the answer is written to.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// Every way `value` does not fit the schema (empty when it fits).
+    pub fn problems(&self, value: &Value) -> Vec<String> {
+        self.validator
+            .iter_errors(value)
+            .map(|error| {
+                let path = error.instance_path().to_string();
+                if path.is_empty() {
+                    format!("the answer {error}")
+                } else {
+                    format!("`{path}`: {error}")
+                }
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for InputSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InputSpec")
+            .field("prompt", &self.prompt)
+            .field("schema", &self.schema)
+            .field("default", &self.default)
+            .field("field", &self.field)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AgentDef {
@@ -231,6 +324,11 @@ impl AgentDef {
     /// agent's hash is still the same; see the `definition` module's docs.
     pub fn definition_hash(&self) -> &str {
         &self.definition
+    }
+
+    /// For an `input` agent: its question, schema and default.
+    pub fn input(&self) -> Option<&InputSpec> {
+        self.input.as_deref()
     }
 
     /// For a group (`kind: pipeline`): its agents, as a pipeline.
@@ -321,6 +419,8 @@ pub struct Pipeline {
     pub(crate) max_value_depth: usize,
     /// Whether any agent is a group (runs then share a `RunContext`).
     pub(crate) has_groups: bool,
+    /// Whether any agent is an `input` agent (its runs may wait).
+    pub(crate) waits_for_input: bool,
 }
 
 static PIPELINE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -331,6 +431,73 @@ pub(crate) fn next_pipeline_id() -> u64 {
 }
 
 impl Pipeline {
+    /// Whether any agent is an `input` agent, so that its runs may wait
+    /// for an answer (and are then checkpointed per agent).
+    pub fn waits_for_input(&self) -> bool {
+        self.waits_for_input
+    }
+
+    /// Checks an answer to `agent`, an `input` agent, against its schema,
+    /// as [`check_input`](Self::check_input) checks a run's input: once,
+    /// where the answer enters.
+    ///
+    /// ```
+    /// use braid_core::Pipeline;
+    /// use serde_json::json;
+    ///
+    /// let pipeline = Pipeline::from_yaml_str(r#"
+    /// pipeline: approval
+    /// agents:
+    ///   approve:
+    ///     kind: input
+    ///     prompt: Ship it?
+    ///     schema: { type: object, properties: { approved: { type: boolean } }, required: [approved] }
+    ///     writes: [approval]
+    /// "#).unwrap();
+    /// assert!(pipeline.check_answer("approve", &json!({"approved": true})).is_ok());
+    /// let refused = pipeline.check_answer("approve", &json!({"ok": 1})).unwrap_err();
+    /// assert!(refused.to_string().contains("approved"), "{refused}");
+    /// ```
+    pub fn check_answer(
+        &self,
+        agent: &str,
+        value: &Value,
+    ) -> Result<crate::answer::CheckedAnswer, AnswerError> {
+        let Some(def) = self.agents.iter().find(|a| &*a.name == agent) else {
+            return Err(AnswerError::UnknownAgent {
+                agent: agent.to_owned(),
+                pipeline: self.name.to_string(),
+            });
+        };
+        let Some(input) = &def.input else {
+            return Err(AnswerError::NotAnInput {
+                agent: agent.to_owned(),
+                kind: def.kind.name().to_owned(),
+            });
+        };
+        if crate::depth::exceeds(value, self.max_value_depth) {
+            return Err(AnswerError::Invalid {
+                agent: agent.to_owned(),
+                problems: vec![format!(
+                    "the answer is nested more than {} levels deep, the limit (max_value_depth)",
+                    self.max_value_depth
+                )],
+            });
+        }
+        let problems = input.problems(value);
+        if problems.is_empty() {
+            Ok(crate::answer::CheckedAnswer {
+                agent: def.name.clone(),
+                value: Arc::new(value.clone()),
+            })
+        } else {
+            Err(AnswerError::Invalid {
+                agent: agent.to_owned(),
+                problems,
+            })
+        }
+    }
+
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -412,7 +579,6 @@ impl Pipeline {
             .collect()
     }
 
-    /// The names of the fields `agent` writes.
     /// The names of the fields `agent` writes (optional ones end in `?`).
     pub fn writes_of(&self, agent: AgentId) -> Vec<String> {
         self.agents[agent]

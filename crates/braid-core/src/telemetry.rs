@@ -15,6 +15,7 @@
 //! | `braid_agent_retries_total` | counter | |
 //! | `braid_llm_tokens_total` | counter | `direction` (`prompt`, `completion`) |
 //! | `braid_events_emitted_total` | counter | |
+//! | `braid_agents_waiting_total` | counter | |
 //!
 //! Other crates add theirs: the store `braid_checkpoint_batch_size`,
 //! `braid_checkpoint_commit_seconds`, `braid_checkpoint_transactions_total`,
@@ -61,4 +62,8 @@ pub(crate) fn retried() {
 
 pub(crate) fn event_emitted() {
     metrics::counter!("braid_events_emitted_total").increment(1);
+}
+
+pub(crate) fn agent_waiting() {
+    metrics::counter!("braid_agents_waiting_total").increment(1);
 }

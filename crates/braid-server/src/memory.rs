@@ -125,6 +125,9 @@ fn new_run(run: &RunRecord) -> StoredRun {
             .iter()
             .map(|(field, value)| (field.to_string(), (**value).clone()))
             .collect(),
+        parent_id: None,
+        forked_from: None,
+        forks: Vec::new(),
         agents: Vec::new(),
     }
 }

@@ -170,8 +170,10 @@
 
 mod spill;
 pub mod sql;
+mod waits;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,6 +188,7 @@ use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 
+pub use waits::{AnswerRefused, ForkRecord};
 pub use writer::{PersistError, WriterStats};
 
 /// What [`Store::kill_leftover_processes`] found: agents' process groups,
@@ -362,6 +365,15 @@ pub struct StoredRun {
     pub owner: Option<String>,
     /// The run's input.
     pub input: serde_json::Map<String, Value>,
+    /// For a fork: the run it was forked from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// For a fork: what it re-ran from (`--from`, or the fields it set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<String>,
+    /// Runs forked from this one, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forks: Vec<String>,
     /// Each agent's record, with its writes if it completed.
     #[serde(skip)]
     pub agents: Vec<AgentRecord>,
@@ -839,7 +851,7 @@ impl Store {
     pub async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error,
-                    pipeline_hash, pipeline_path, owner, input
+                    pipeline_hash, pipeline_path, owner, input, parent_id, forked_from
              FROM braid_runs WHERE id = $1",
         )
         .bind(run_id)
@@ -857,29 +869,12 @@ impl Store {
                 )));
             }
         };
-        let mut deltas: IndexMap<String, Vec<FieldValue>> = IndexMap::new();
-        for d in sqlx::query(
-            "SELECT agent, field, value FROM braid_deltas WHERE run_id = $1 ORDER BY agent, field",
-        )
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await?
-        {
-            let agent: String = d.try_get("agent")?;
-            let field: String = d.try_get("field")?;
-            let value: String = d.try_get("value")?;
-            let value: Value = serde_json::from_str(&value).map_err(|e| {
-                StoreError::Corrupt(format!("run {run_id}, agent {agent}, field {field}: {e}"))
-            })?;
-            deltas
-                .entry(agent)
-                .or_default()
-                .push((Arc::from(field.as_str()), Arc::new(value)));
-        }
+        let mut deltas = self.deltas_of(run_id).await?;
+        let mut sources: HashMap<String, IndexMap<String, Vec<FieldValue>>> = HashMap::new();
         let mut agents = Vec::new();
         for a in sqlx::query(
             "SELECT agent, status, attempts, start_ms, duration_ms, queue_ms, error, reason,
-                    definition_hash
+                    definition_hash, source_run, deadline_ms
              FROM braid_agent_runs WHERE run_id = $1
              ORDER BY COALESCE(start_ms, 1e18), agent",
         )
@@ -900,12 +895,24 @@ impl Store {
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 error: a.try_get("error")?,
                 reason: a.try_get("reason")?,
+                reused_from: a.try_get("source_run")?,
+                deadline_ms: a.try_get("deadline_ms")?,
                 ..AgentReport::new(status)
             };
-            let writes = if status == AgentStatus::Completed {
-                deltas.shift_remove(&agent).unwrap_or_default()
-            } else {
-                Vec::new()
+            let writes = match (&report.reused_from, status) {
+                // A fork's kept agent: its writes are its source run's.
+                (Some(source), AgentStatus::Completed) => {
+                    if !sources.contains_key(source) {
+                        let loaded = self.deltas_of(source).await?;
+                        sources.insert(source.clone(), loaded);
+                    }
+                    sources
+                        .get_mut(source)
+                        .and_then(|d| d.get(&agent).cloned())
+                        .unwrap_or_default()
+                }
+                (None, AgentStatus::Completed) => deltas.shift_remove(&agent).unwrap_or_default(),
+                _ => Vec::new(),
             };
             let definition: Option<String> = a.try_get("definition_hash")?;
             agents.push(AgentRecord {
@@ -915,14 +922,50 @@ impl Store {
                 definition: definition.map(|d| Arc::from(d.as_str())),
             });
         }
+        let forks = sqlx::query_scalar(
+            "SELECT id FROM braid_runs WHERE parent_id = $1 ORDER BY created_at_ms, id LIMIT 1000",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(Some(StoredRun {
             summary: summary(&row)?,
             pipeline_hash: row.try_get("pipeline_hash")?,
             pipeline_path: row.try_get("pipeline_path")?,
             owner: row.try_get("owner")?,
             input,
+            parent_id: row.try_get("parent_id")?,
+            forked_from: row.try_get("forked_from")?,
+            forks,
             agents,
         }))
+    }
+
+    /// A run's deltas, by agent.
+    async fn deltas_of(
+        &self,
+        run_id: &str,
+    ) -> Result<IndexMap<String, Vec<FieldValue>>, StoreError> {
+        let mut deltas: IndexMap<String, Vec<FieldValue>> = IndexMap::new();
+        for d in sqlx::query(
+            "SELECT agent, field, value FROM braid_deltas WHERE run_id = $1 ORDER BY agent, field",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let agent: String = d.try_get("agent")?;
+            let field: String = d.try_get("field")?;
+            let value: String = d.try_get("value")?;
+            let value: Value = serde_json::from_str(&value).map_err(|e| {
+                StoreError::Corrupt(format!("run {run_id}, agent {agent}, field {field}: {e}"))
+            })?;
+            deltas
+                .entry(agent)
+                .or_default()
+                .push((Arc::from(field.as_str()), Arc::new(value)));
+        }
+        Ok(deltas)
     }
 
     /// Stores a run's event stream: `(seq, event as JSON)`, in order. A

@@ -76,6 +76,12 @@ struct ReportFields {
     attempts: u32,
     error: Option<String>,
     reason: Option<String>,
+    /// A fork's kept agent: the run whose deltas hold its writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reused_from: Option<String>,
+    /// A waiting agent's deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline_ms: Option<i64>,
 }
 
 impl SpilledAgent {
@@ -91,6 +97,8 @@ impl SpilledAgent {
                 attempts: r.attempts,
                 error: r.error.clone(),
                 reason: r.reason.clone(),
+                reused_from: r.reused_from.clone(),
+                deadline_ms: r.deadline_ms,
             },
             writes: row
                 .writes
@@ -112,6 +120,8 @@ impl SpilledAgent {
                 attempts: r.attempts,
                 error: r.error,
                 reason: r.reason,
+                reused_from: r.reused_from,
+                deadline_ms: r.deadline_ms,
                 ..AgentReport::new(r.status)
             },
             writes: self

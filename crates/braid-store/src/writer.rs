@@ -703,7 +703,7 @@ fn input_json(input: &[FieldValue]) -> String {
 }
 
 /// Most rows in one multi-row statement (SQLite allows 32,766 bound
-/// parameters, PostgreSQL 65,535; agent rows bind 10 each).
+/// parameters, PostgreSQL 65,535; agent rows bind 12 each).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Writes a batch in one transaction: every run, agent record and delta of
@@ -737,7 +737,8 @@ pub(crate) async fn write_batch(
                 let restore = run.checkpoint != CheckpointPolicy::Agent || lost.contains(&run.id);
                 for row in rows {
                     agents.insert((&run.id, &row.agent), row);
-                    if restore {
+                    // A fork's kept agents point at their source run's deltas.
+                    if restore && row.report.reused_from.is_none() {
                         for (field, value) in &row.writes {
                             deltas.insert((&run.id, &row.agent, field), value);
                         }
@@ -791,14 +792,15 @@ pub(crate) async fn write_batch(
         let sql = upsert_sql(
             backend,
             "braid_agent_runs (run_id, agent, status, attempts, start_ms, duration_ms, \
-             queue_ms, error, reason, definition_hash)",
-            10,
+             queue_ms, error, reason, definition_hash, source_run, deadline_ms)",
+            12,
             chunk.len(),
             "(run_id, agent) DO UPDATE SET
                  status = excluded.status, attempts = excluded.attempts,
                  start_ms = excluded.start_ms, duration_ms = excluded.duration_ms,
                  queue_ms = excluded.queue_ms, error = excluded.error, reason = excluded.reason,
-                 definition_hash = excluded.definition_hash",
+                 definition_hash = excluded.definition_hash, source_run = excluded.source_run,
+                 deadline_ms = excluded.deadline_ms",
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for ((run_id, agent), row) in chunk {
@@ -813,7 +815,9 @@ pub(crate) async fn write_batch(
                 .bind(r.queue_ms)
                 .bind(r.error.as_deref().map(text))
                 .bind(r.reason.as_deref().map(text))
-                .bind(row.definition.as_deref().map(str::to_owned));
+                .bind(row.definition.as_deref().map(str::to_owned))
+                .bind(r.reused_from.clone())
+                .bind(r.deadline_ms);
         }
         q.persistent(false).execute(&mut *tx).await?;
     }

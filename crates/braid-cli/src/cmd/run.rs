@@ -207,6 +207,16 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => p.parse::<CheckpointPolicy>().map_err(anyhow::Error::msg)?,
         None => pipeline.checkpoint().unwrap_or_default(),
     };
+    if policy == CheckpointPolicy::None
+        && let Some(ask) = pipeline.agents().iter().find(|a| a.input().is_some())
+    {
+        eprintln!(
+            "error: --checkpoint none cannot keep a run that waits: agent `{}` is an `input` agent; \
+             use `end` or `agent` (runs that wait are checkpointed per agent)",
+            ask.name()
+        );
+        return Ok(ExitCode::from(exit::INVALID));
+    }
     let metrics = args.metrics_file.as_ref().map(|_| {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
@@ -318,12 +328,75 @@ pub(crate) async fn execute(
     Ok(match report.status {
         RunStatus::Completed => ExitCode::SUCCESS,
         RunStatus::Failed => ExitCode::from(exit::FAILED),
-        // The engine reports neither `interrupted` (stores mark it) nor,
-        // yet, `waiting` (issue 12): both would mean "not finished".
-        RunStatus::Cancelled | RunStatus::Interrupted | RunStatus::Waiting => {
-            ExitCode::from(exit::CANCELLED)
+        RunStatus::Waiting => {
+            print_questions(pipeline, &report, store);
+            ExitCode::from(exit::WAITING)
         }
+        // The engine never reports `interrupted` (stores mark it).
+        RunStatus::Cancelled | RunStatus::Interrupted => ExitCode::from(exit::CANCELLED),
     })
+}
+
+/// What a waiting run asks, with the values each question reads, and how
+/// to answer it (on stderr: stdout has the report).
+fn print_questions(pipeline: &Pipeline, report: &RunReport, store: Option<&Store>) {
+    let store_flag = match store {
+        Some(store) if store.url() != braid_store::default_url() => {
+            format!(" --store '{}'", store.url())
+        }
+        _ => String::new(),
+    };
+    eprintln!("\nrun {} is waiting for an answer:", report.run_id);
+    for def in pipeline.agents() {
+        let Some(input) = def.input() else { continue };
+        let Some(agent) = report.agents.get(def.name()) else {
+            continue;
+        };
+        if agent.status != braid_core::AgentStatus::Waiting {
+            continue;
+        }
+        eprintln!("\n  {}: {}", def.name(), input.prompt());
+        for read in pipeline.reads_of(
+            pipeline
+                .agent_names()
+                .position(|n| n == def.name())
+                .unwrap_or(0),
+        ) {
+            let read = read.trim_end_matches('?');
+            if let Some(value) = report.state.get(read) {
+                let mut text = value.to_string();
+                if text.len() > 400 {
+                    let cut = (0..=400)
+                        .rev()
+                        .find(|&i| text.is_char_boundary(i))
+                        .unwrap_or(0);
+                    text.truncate(cut);
+                    text.push('…');
+                }
+                eprintln!("    {read} = {text}");
+            }
+        }
+        if let Some(schema) = input.schema() {
+            eprintln!("    the answer must fit: {schema}");
+        }
+        if let Some(deadline) = agent.deadline_ms {
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(deadline).unwrap_or(0));
+            let then = match input.default() {
+                Some(default) => format!("then its default {default} is used"),
+                None => "then it fails".to_owned(),
+            };
+            eprintln!(
+                "    waits until {} ({then}, applied by `braid serve` or `braid runs resume`)",
+                humantime::format_rfc3339_seconds(at)
+            );
+        }
+        eprintln!(
+            "    answer: braid runs answer{store_flag} {} {} --value '<JSON>'",
+            report.run_id,
+            def.name()
+        );
+    }
 }
 
 /// Counts the signals that stop `braid run`: Ctrl-C (SIGINT), SIGTERM,

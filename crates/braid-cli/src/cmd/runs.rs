@@ -67,13 +67,55 @@ enum RunsCommand {
         #[command(flatten)]
         display: DisplayArgs,
     },
+    /// Answer an `input` agent of a waiting run, and continue the run here
+    /// (printing its report as `braid run` does).
+    Answer {
+        /// The run's id.
+        id: String,
+        /// The `input` agent answered.
+        agent: String,
+        /// The answer, as JSON (checked against the agent's `schema`), or
+        /// @FILE to read it from a file.
+        #[arg(long)]
+        value: String,
+        /// Continue even though the pipeline file changed since the run
+        /// started (as `resume --force`).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        display: DisplayArgs,
+    },
+    /// A new run from an earlier one: every agent not downstream of
+    /// `--from` (or of a field set with `--set`) keeps its recorded
+    /// result without running; the rest run.
+    Fork {
+        /// The run forked.
+        id: String,
+        /// Where to re-run from: an agent (`review`), an instance
+        /// (`summarize[3]`), or a member of a group's run
+        /// (`per_doc[2].classify`, `refine#2.critique`).
+        #[arg(long)]
+        from: Option<String>,
+        /// FIELD=JSON: a value the fork starts with instead (an input
+        /// field, or a field an agent wrote); its readers re-run.
+        #[arg(long = "set", value_name = "FIELD=JSON")]
+        set: Vec<String>,
+        /// Run the fork with this pipeline file instead of the run's own
+        /// (agents whose definition changed re-run too).
+        #[arg(long)]
+        pipeline: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        display: DisplayArgs,
+    },
 }
 
 pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let code = runtime.block_on(async {
         let store = match args.command {
-            RunsCommand::Resume { .. } => args.store.open_writable().await?,
+            RunsCommand::Resume { .. } | RunsCommand::Answer { .. } | RunsCommand::Fork { .. } => {
+                args.store.open_writable().await?
+            }
             _ => args.store.open().await?,
         };
         match args.command {
@@ -90,6 +132,30 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
             } => show(&store, &id, output, timeline.as_deref()).await,
             RunsCommand::Resume { id, force, display } => {
                 resume(&store, &id, force, &display).await
+            }
+            RunsCommand::Answer {
+                id,
+                agent,
+                value,
+                force,
+                display,
+            } => answer(&store, &id, &agent, &value, force, &display).await,
+            RunsCommand::Fork {
+                id,
+                from,
+                set,
+                pipeline,
+                display,
+            } => {
+                fork(
+                    &store,
+                    &id,
+                    from.as_deref(),
+                    &set,
+                    pipeline.as_deref(),
+                    &display,
+                )
+                .await
             }
         }
     });
@@ -258,6 +324,16 @@ async fn show(
             if let Some(error) = &s.error {
                 writeln!(out, "  {error}")?;
             }
+            if let Some(parent) = &run.parent_id {
+                writeln!(
+                    out,
+                    "  forked from run {parent}, re-running from {}",
+                    run.forked_from.as_deref().unwrap_or("?")
+                )?;
+            }
+            if !run.forks.is_empty() {
+                writeln!(out, "  forks: {}", run.forks.join(", "))?;
+            }
             writeln!(out)?;
             let width = agents.keys().map(|a| a.len()).max().unwrap_or(5).max(5);
             writeln!(
@@ -266,7 +342,19 @@ async fn show(
                 "agent", "status", "start", "duration", "attempts"
             )?;
             for (name, a) in &agents {
-                let note = a.error.as_deref().or(a.reason.as_deref()).unwrap_or("");
+                let kept = a.reused_from.as_ref().map(|r| format!("kept from run {r}"));
+                let waits =
+                    (a.status == braid_core::AgentStatus::Waiting).then(|| match a.deadline_ms {
+                        Some(d) => format!("waiting for an answer until {}", format_time(d)),
+                        None => "waiting for an answer".to_owned(),
+                    });
+                let note = a
+                    .error
+                    .as_deref()
+                    .or(a.reason.as_deref())
+                    .or(kept.as_deref())
+                    .or(waits.as_deref())
+                    .unwrap_or("");
                 writeln!(
                     out,
                     "{name:<width$}  {:<9}  {:>10}  {:>10}  {:>8}  {}",
@@ -326,30 +414,50 @@ async fn resume(
         },
         _ => {}
     }
-    let Some(path) = &run.pipeline_path else {
-        return refuse("it did not come from a pipeline file".to_owned());
-    };
-    let pipeline = match Pipeline::from_file_with(path, &crate::kinds()) {
-        Ok(p) => p,
-        Err(err) => return refuse(format!("its pipeline no longer loads: {err}")),
-    };
-    if pipeline.content_hash() != run.pipeline_hash && !force {
-        return refuse(format!(
-            "{path} has changed since the run started; use --force to resume it with the \
-             current file (completed agents whose definition and upstream are unchanged keep \
-             their results; changed agents and everything downstream of them run again)"
-        ));
-    }
-    let input = match pipeline.check_input(&Value::Object(run.input.clone())) {
-        Ok(input) => input,
-        Err(err) => return refuse(format!("its input no longer fits the pipeline: {err}")),
+    let (pipeline, input) = match continuable(&run, force) {
+        Ok(loaded) => loaded,
+        Err(why) => return refuse(why),
     };
     if !store.claim(&run).await? {
         return refuse("another process took it over just now".to_owned());
     }
+    continue_run(store, run, &pipeline, input, display).await
+}
+
+/// The pipeline and input a stored run continues with (resume, answer),
+/// or why it cannot: its file is gone, no longer loads, changed (unless
+/// `force`), or no longer takes its input.
+fn continuable(run: &StoredRun, force: bool) -> Result<(Pipeline, braid_core::ValidInput), String> {
+    let Some(path) = &run.pipeline_path else {
+        return Err("it did not come from a pipeline file".to_owned());
+    };
+    let pipeline = Pipeline::from_file_with(path, &crate::kinds())
+        .map_err(|err| format!("its pipeline no longer loads: {err}"))?;
+    if pipeline.content_hash() != run.pipeline_hash && !force {
+        return Err(format!(
+            "{path} has changed since the run started; use --force to continue it with the \
+             current file (completed agents whose definition and upstream are unchanged keep \
+             their results; changed agents and everything downstream of them run again)"
+        ));
+    }
+    let input = pipeline
+        .check_input(&Value::Object(run.input.clone()))
+        .map_err(|err| format!("its input no longer fits the pipeline: {err}"))?;
+    Ok((pipeline, input))
+}
+
+/// Continues `run`, which this process has claimed, from its records.
+async fn continue_run(
+    store: &Store,
+    run: StoredRun,
+    pipeline: &Pipeline,
+    input: braid_core::ValidInput,
+    display: &DisplayArgs,
+) -> anyhow::Result<ExitCode> {
+    let id = run.summary.run_id.clone();
     // Its dead owner's agents may have left processes running: they go
     // before anything runs again, or their side effects would happen twice.
-    let leftovers = store.kill_leftover_processes(id).await?;
+    let leftovers = store.kill_leftover_processes(&id).await?;
     if !leftovers.killed.is_empty() {
         eprintln!(
             "note: killed what the run's previous process left running: {}",
@@ -368,6 +476,189 @@ async fn resume(
         run_id: Some(run.summary.run_id.clone()),
         checkpoint: Some(policy),
         resume: Some(ResumePoint { agents: run.agents }),
+        ..RunOptions::default()
+    };
+    execute(pipeline, input, options, display, Some(store)).await
+}
+
+/// Reads `--value`: JSON, or @FILE.
+fn read_value(arg: &str) -> anyhow::Result<Value> {
+    let text = match arg.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
+        }
+        None => arg.to_owned(),
+    };
+    serde_json::from_str(&text).with_context(|| format!("the value is not valid JSON: {text}"))
+}
+
+async fn answer(
+    store: &Store,
+    id: &str,
+    agent: &str,
+    value: &str,
+    force: bool,
+    display: &DisplayArgs,
+) -> anyhow::Result<ExitCode> {
+    let refuse = |why: String| {
+        eprintln!("error: cannot answer `{agent}` of run {id}: {why}");
+        Ok(ExitCode::from(exit::INVALID))
+    };
+    let Some(run) = store.get_run(id).await? else {
+        eprintln!("error: no run {id} in {}", store.url());
+        return Ok(ExitCode::from(exit::INVALID));
+    };
+    if run.summary.status != "waiting" {
+        let why = match run.summary.status.as_str() {
+            "running" => format!(
+                "it is still running (process {}); it takes answers once it waits, or through \
+                 the server that runs it",
+                run.owner.as_deref().unwrap_or("?")
+            ),
+            status => format!("it is {status}, not waiting for an answer"),
+        };
+        return refuse(why);
+    }
+    let value = match read_value(value) {
+        Ok(value) => value,
+        Err(err) => return refuse(format!("{err:#}")),
+    };
+    let (pipeline, input) = match continuable(&run, force) {
+        Ok(loaded) => loaded,
+        Err(why) => return refuse(why),
+    };
+    let checked = match pipeline.check_answer(agent, &value) {
+        Ok(checked) => checked,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(exit::INVALID));
+        }
+    };
+    let field = pipeline
+        .agents()
+        .iter()
+        .find(|a| a.name() == agent)
+        .and_then(|a| a.input())
+        .map(|i| i.field().to_owned())
+        .unwrap_or_default();
+    if let Err(refused) = store.answer(id, agent, &field, checked.value()).await? {
+        return refuse(refused.to_string());
+    }
+    eprintln!("braid: answered `{agent}`; continuing run {id}");
+    // Its records, the answer included, as the run continues from them.
+    let Some(run) = store.get_run(id).await? else {
+        anyhow::bail!(
+            "run {id} vanished from {} while it was answered",
+            store.url()
+        );
+    };
+    continue_run(store, run, &pipeline, input, display).await
+}
+
+/// Parses `--set FIELD=JSON`.
+fn parse_set(arg: &str) -> Result<(String, Value), String> {
+    let (field, json) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("--set `{arg}`: expected FIELD=JSON"))?;
+    let value = serde_json::from_str(json)
+        .map_err(|e| format!("--set `{field}`: the value is not valid JSON ({e}): {json}"))?;
+    Ok((field.to_owned(), value))
+}
+
+async fn fork(
+    store: &Store,
+    id: &str,
+    from: Option<&str>,
+    set: &[String],
+    file: Option<&std::path::Path>,
+    display: &DisplayArgs,
+) -> anyhow::Result<ExitCode> {
+    let refuse = |why: String| {
+        eprintln!("error: cannot fork run {id}: {why}");
+        Ok(ExitCode::from(exit::INVALID))
+    };
+    let Some(parent) = store.get_run(id).await? else {
+        eprintln!("error: no run {id} in {}", store.url());
+        return Ok(ExitCode::from(exit::INVALID));
+    };
+    if parent.summary.status == "running"
+        && matches!(
+            parent.owner.as_deref().map(process::owner_state),
+            Some(process::Owner::Alive)
+        )
+    {
+        return refuse(format!(
+            "it is still running (process {}); fork it once it has ended",
+            parent.owner.as_deref().unwrap_or("?")
+        ));
+    }
+    let set = match set
+        .iter()
+        .map(|s| parse_set(s))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(set) => set,
+        Err(why) => return refuse(why),
+    };
+    let path = match (file, &parent.pipeline_path) {
+        (Some(file), _) => file.to_path_buf(),
+        (None, Some(path)) => std::path::PathBuf::from(path),
+        (None, None) => {
+            return refuse(
+                "it did not come from a pipeline file; give one with --pipeline".to_owned(),
+            );
+        }
+    };
+    let pipeline = match Pipeline::from_file_with(&path, &crate::kinds()) {
+        Ok(p) => p,
+        Err(err) => return refuse(format!("{} does not load: {err}", path.display())),
+    };
+    if pipeline.content_hash() != parent.pipeline_hash {
+        eprintln!(
+            "note: {} differs from the run's pipeline: agents whose definition changed re-run too",
+            path.display()
+        );
+    }
+    let fork = match pipeline.fork(id, &parent.agents, &parent.input, from, &set) {
+        Ok(fork) => fork,
+        Err(err) => return refuse(err.to_string()),
+    };
+    let input = match pipeline.check_input(&Value::Object(fork.input.clone())) {
+        Ok(input) => input,
+        Err(err) => return refuse(err.to_string()),
+    };
+    let policy = match braid_store::parse_policy(&parent.summary.checkpoint) {
+        Some(CheckpointPolicy::Agent) => CheckpointPolicy::Agent,
+        _ => CheckpointPolicy::End,
+    };
+    let run_id = braid_core::run::new_run_id();
+    let mut point = from.map(str::to_owned).into_iter().collect::<Vec<_>>();
+    point.extend(set.iter().map(|(field, _)| format!("{field}=…")));
+    store
+        .record_fork(&braid_store::ForkRecord {
+            run_id: run_id.clone(),
+            parent_id: id.to_owned(),
+            forked_from: point.join(", "),
+            pipeline: pipeline.name().to_owned(),
+            pipeline_hash: pipeline.content_hash().to_owned(),
+            pipeline_path: pipeline.source().map(|p| p.display().to_string()),
+            checkpoint: policy,
+            input: fork.input.clone(),
+            set_writes: fork.set_writes.clone(),
+        })
+        .await?;
+    eprintln!(
+        "braid: run {run_id} forks {id}; re-running: {}",
+        if fork.rerun.is_empty() {
+            "(what changed)".to_owned()
+        } else {
+            fork.rerun.join(", ")
+        }
+    );
+    let options = RunOptions {
+        run_id: Some(run_id),
+        checkpoint: Some(policy),
+        resume: Some(fork.resume),
         ..RunOptions::default()
     };
     execute(&pipeline, input, options, display, Some(store)).await

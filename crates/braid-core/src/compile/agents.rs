@@ -75,8 +75,12 @@ impl Compiler<'_> {
         self.after(id, &who);
         let (policy, expected) = self.policy(agent, &who, defaults);
         let writes = self.resolved_writes(agent);
+        let input = self.input(id, &who);
         let mut built = if agent.group.is_some() {
             Some(super::group::group_kind())
+        } else if agent.kind.as_str() == "input" {
+            self.misplaced_keys(agent, &who, at.clone());
+            input.as_ref().map(|_| super::input::input_kind())
         } else {
             self.build(name, agent, &who, at.clone())
         };
@@ -112,6 +116,7 @@ impl Compiler<'_> {
                 definition: Arc::from(""),
                 foreach,
                 group,
+                input,
             });
         }
         Ok(())

@@ -24,6 +24,7 @@ mod edges;
 mod fields;
 mod foreach;
 mod group;
+mod input;
 mod load;
 mod races;
 
@@ -213,11 +214,13 @@ impl<'a> Compiler<'a> {
         // Agent ids only line up with the graph when every agent was built.
         self.stop_if_failed()?;
         self.output_field();
+        self.waiting_needs_a_store(header.checkpoint);
         self.races(&graph)?;
         self.stop_if_failed()?;
         let hashes = crate::definition::chain(&self.own_definitions, &graph);
         let mut agents = std::mem::take(&mut self.agents);
         let has_groups = agents.iter().any(|a| a.group.is_some());
+        let waits = agents.iter().any(|a| a.input.is_some());
         for (agent, hash) in agents.iter_mut().zip(hashes) {
             agent.definition = hash;
         }
@@ -237,7 +240,25 @@ impl<'a> Compiler<'a> {
             id: next_pipeline_id(),
             max_value_depth: crate::depth::DEFAULT_MAX_VALUE_DEPTH,
             has_groups,
+            waits_for_input: waits,
         })
+    }
+
+    /// A pipeline with `input` agents keeps its waiting runs in a store:
+    /// `checkpoint: none` is refused.
+    fn waiting_needs_a_store(&mut self, checkpoint: Option<CheckpointPolicy>) {
+        if checkpoint != Some(CheckpointPolicy::None) {
+            return;
+        }
+        if let Some(agent) = self.agents.iter().find(|a| a.input.is_some()) {
+            let at = self.spec.checkpoint.as_ref().and_then(|c| c.at.clone());
+            let message = format!(
+                "`checkpoint: none` cannot keep a run that waits: agent `{}` is an `input` agent; \
+                 leave `checkpoint` out or use `end` or `agent` (runs that wait are checkpointed per agent)",
+                agent.name
+            );
+            self.error(at, message);
+        }
     }
 
     /// Records a diagnostic at `at`.

@@ -39,8 +39,15 @@ mod fanout;
 mod group;
 mod outcome;
 mod scheduler;
+mod wait;
 
 use scheduler::Scheduler;
+
+/// A new run id: a time-ordered UUID (v7), as runs get when
+/// [`RunOptions::run_id`] is `None`.
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
 
 /// How to run a pipeline once.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +73,11 @@ pub struct RunOptions {
     /// (and every upstream one) is unchanged do not run again; see
     /// [`ResumePoint`]. Use the earlier run's id in `run_id`.
     pub resume: Option<ResumePoint>,
+    /// Where answers to the run's `input` agents arrive while it is in
+    /// flight (see [`crate::answer`]). Without it, a waiting agent is
+    /// answered only through the run's store, once the run has ended
+    /// `waiting`.
+    pub answers: Option<crate::answer::AnswerInbox>,
 }
 
 impl Pipeline {

@@ -190,7 +190,19 @@ impl Scheduler<'_> {
         }
         let why = self.stop.as_ref().map(|(_, why)| why.clone());
         self.cancel_fanouts(why.as_deref().unwrap_or("the run stopped"), Instant::now());
+        if why.is_none() && !self.waits.is_empty() {
+            // The run waits: what depends on the answer stays pending.
+            return;
+        }
+        self.waits.clear();
         for progress in &mut self.progress {
+            if progress.status == AgentStatus::Waiting {
+                progress.status = AgentStatus::Cancelled;
+                progress.error = Some(format!(
+                    "stopped while waiting for its answer: {}",
+                    why.clone().unwrap_or_else(|| "the run stopped".to_owned())
+                ));
+            }
             if progress.status == AgentStatus::Pending {
                 progress.status = AgentStatus::Cancelled;
                 progress.error = Some(format!(
@@ -222,6 +234,7 @@ impl Scheduler<'_> {
             error: progress.error.clone(),
             reason: progress.reason.clone(),
             tokens: progress.usage.usage(),
+            deadline_ms: self.deadline_of(agent),
             ..AgentReport::new(progress.status)
         };
         self.fanout_report(agent, &mut report);
@@ -230,6 +243,12 @@ impl Scheduler<'_> {
 
     /// Hands an agent's outcome to the checkpointer (policy `agent`), or
     /// keeps its writes for the end (policy `end`).
+    /// A waiting agent's record (policy `agent`), with its deadline, so the
+    /// wait outlives this process.
+    pub(super) fn checkpoint_waiting(&mut self, agent: AgentId) {
+        self.checkpoint_agent(agent, Vec::new());
+    }
+
     fn checkpoint_agent(&mut self, agent: AgentId, writes: Vec<FieldValue>) {
         if self.policy() == CheckpointPolicy::Agent {
             let record = AgentRecord {

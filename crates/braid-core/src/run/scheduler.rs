@@ -96,6 +96,30 @@ pub(super) struct Scheduler<'p> {
     /// The run's concurrency limit (`usize::MAX` for none), nested runs
     /// included.
     pub(super) run_limit: usize,
+    /// `input` agents waiting for their answer, with their deadline (ms
+    /// since the Unix epoch; `None` waits for ever). See `wait.rs`.
+    pub(super) waits: Vec<(AgentId, Option<i64>)>,
+    /// Deadlines of `input` agents that were waiting in the run this one
+    /// continues: a wait keeps its deadline across processes.
+    pub(super) resumed_waits: HashMap<AgentId, i64>,
+}
+
+/// The next answer in the inbox (never, without one).
+async fn next_answer(
+    inbox: Option<&mut tokio::sync::mpsc::Receiver<crate::answer::Answer>>,
+) -> Option<crate::answer::Answer> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `wake` (for ever, without one).
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(wake) => tokio::time::sleep_until(wake).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A slot of `slots`, once one is free (never, without slots).
@@ -150,10 +174,15 @@ impl<'p> Scheduler<'p> {
                 fanout: None,
             })
             .collect();
-        let policy = options
+        let mut policy = options
             .checkpoint
             .or(pipeline.checkpoint)
             .unwrap_or_default();
+        // A run that may wait is kept per agent, so that whoever answers can
+        // continue it from its store.
+        if pipeline.waits_for_input && policy == CheckpointPolicy::End {
+            policy = CheckpointPolicy::Agent;
+        }
         let checkpoint = options
             .checkpointer
             .clone()
@@ -242,6 +271,8 @@ impl<'p> Scheduler<'p> {
             any_failed: false,
             kept_writes,
             checkpoint,
+            waits: Vec::new(),
+            resumed_waits: HashMap::new(),
         }
     }
 
@@ -334,6 +365,13 @@ impl<'p> Scheduler<'p> {
         // Members and rounds of groups' nested runs, by group.
         let mut nested: HashMap<AgentId, Vec<AgentRecord>> = HashMap::new();
         for record in point.agents {
+            // A wait keeps its deadline.
+            if record.report.status == AgentStatus::Waiting
+                && let (Some(&id), Some(deadline)) =
+                    (ids.get(&*record.agent), record.report.deadline_ms)
+            {
+                self.resumed_waits.insert(id, deadline);
+            }
             // Only completed agents keep their results; skips are decided
             // again, since what they depended on may now turn out otherwise.
             if record.report.status != AgentStatus::Completed {
@@ -497,6 +535,11 @@ impl<'p> Scheduler<'p> {
             self.limit()
         };
         let cancel = self.options.cancel.clone();
+        // Answers delivered while the run is in flight (see `wait.rs`).
+        let mut inbox = match self.options.answers.clone() {
+            Some(inbox) => Some(inbox.0.lock_owned().await),
+            None => None,
+        };
         while self.stop.is_none() {
             if cancel.is_cancelled() {
                 self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
@@ -521,6 +564,7 @@ impl<'p> Scheduler<'p> {
             if (self.tasks.is_empty() && !self.wants_slot) || self.stop.is_some() {
                 break;
             }
+            let wake = self.next_deadline();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
@@ -531,8 +575,20 @@ impl<'p> Scheduler<'p> {
                     self.wants_slot = false;
                     self.spare = permit;
                 }
+                Some(answer) = next_answer(inbox.as_deref_mut()) => {
+                    self.take_answer(answer);
+                }
+                () = sleep_until(wake), if wake.is_some() => self.expire_waits(),
             }
         }
+        // Answers that arrive from now on go through the store.
+        if let Some(inbox) = inbox.as_deref_mut() {
+            inbox.close();
+            while let Ok(answer) = inbox.try_recv() {
+                let _ = answer.reply.send(crate::answer::Delivery::NotListening);
+            }
+        }
+        drop(inbox);
         self.wind_down().await;
     }
 
@@ -693,6 +749,9 @@ impl<'p> Scheduler<'p> {
         if def.foreach.is_some() {
             return self.start_fanout(agent, reads.0, now);
         }
+        if def.input.is_some() {
+            return self.start_wait(agent, reads.0, now);
+        }
         let input = AgentInput {
             run_id: self.run_id.clone(),
             agent: self.name_of(agent),
@@ -790,6 +849,7 @@ impl<'p> Scheduler<'p> {
         let makespan_ms = ms(end - self.start);
         let (status, error) = match self.stop.clone() {
             Some((status, why)) => (status, Some(why)),
+            None if !self.waits.is_empty() => (RunStatus::Waiting, None),
             None if self.any_failed => {
                 let failed: Vec<&str> = self
                     .progress
