@@ -91,6 +91,7 @@ pub mod memory;
 mod routes;
 mod runs;
 pub mod store;
+mod waiter;
 
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -296,6 +297,15 @@ impl AppState {
             );
     }
 
+    /// Starts the server's background work on the current runtime: the
+    /// task that applies waiting runs' timeouts on time (see
+    /// `waiter.rs`). [`serve`] calls it; it ends with shutdown.
+    pub fn start_background(&self) {
+        if self.inner.store.is_some() {
+            tokio::spawn(waiter::apply_timeouts(self.clone()));
+        }
+    }
+
     /// Stops taking runs and waits up to the grace period for runs in
     /// flight; then cancels the rest and marks them interrupted (in the
     /// store, resumable). Finally flushes the store.
@@ -334,6 +344,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = app(state.clone());
+    state.start_background();
     let stop = CancellationToken::new();
     let stopping = stop.clone();
     tokio::spawn(async move {

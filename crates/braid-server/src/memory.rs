@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use braid_core::checkpoint::{AgentRecord, Checkpointer, RunRecord};
 use braid_core::{RunReport, RunStatus};
-use braid_store::{PersistError, RunSummary, StoreError, StoredRun};
+use braid_store::{AnswerRefused, ForkRecord, PersistError, RunSummary, StoreError, StoredRun};
 use indexmap::IndexMap;
 
 use crate::store::RunStore;
@@ -177,7 +177,27 @@ impl RunStore for MemoryStore {
 
     async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
         self.check()?;
-        Ok(self.lock().runs.get(run_id).map(Kept::stored))
+        let runs = self.lock();
+        let Some(mut run) = runs.runs.get(run_id).map(Kept::stored) else {
+            return Ok(None);
+        };
+        // A fork's kept agents: their writes are their source run's.
+        for agent in &mut run.agents {
+            if let Some(source) = &agent.report.reused_from
+                && agent.writes.is_empty()
+                && let Some(kept) = runs.runs.get(source)
+                && let Some(record) = kept.agents.get(&agent.agent)
+            {
+                agent.writes = record.writes.clone();
+            }
+        }
+        run.forks = runs
+            .runs
+            .iter()
+            .filter(|(_, k)| k.run.parent_id.as_deref() == Some(run_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        Ok(Some(run))
     }
 
     async fn claim(&self, seen: &StoredRun) -> Result<bool, StoreError> {
@@ -191,6 +211,94 @@ impl RunStore for MemoryStore {
         }
         kept.run.summary.status = braid_core::report::RUNNING.to_owned();
         Ok(true)
+    }
+
+    async fn answer(
+        &self,
+        run_id: &str,
+        agent: &str,
+        field: &str,
+        value: &serde_json::Value,
+    ) -> Result<Result<(), AnswerRefused>, StoreError> {
+        self.check()?;
+        let mut runs = self.lock();
+        let Some(kept) = runs.runs.get_mut(run_id) else {
+            return Ok(Err(AnswerRefused::NoRun(run_id.to_owned())));
+        };
+        if kept.run.summary.status != "waiting" {
+            return Ok(Err(AnswerRefused::RunNotWaiting {
+                run_id: run_id.to_owned(),
+                status: kept.run.summary.status.clone(),
+            }));
+        }
+        let Some(record) = kept
+            .agents
+            .get_mut(agent)
+            .filter(|r| r.report.status == braid_core::AgentStatus::Waiting)
+        else {
+            return Ok(Err(AnswerRefused::AgentNotWaiting {
+                run_id: run_id.to_owned(),
+                agent: agent.to_owned(),
+                status: "not waiting".to_owned(),
+            }));
+        };
+        record.report.status = braid_core::AgentStatus::Completed;
+        record.report.deadline_ms = None;
+        record.writes = vec![(Arc::from(field), Arc::new(value.clone()))];
+        kept.run.summary.status = braid_core::report::RUNNING.to_owned();
+        Ok(Ok(()))
+    }
+
+    async fn record_fork(&self, fork: &ForkRecord) -> Result<(), StoreError> {
+        self.check()?;
+        let record = RunRecord {
+            run_id: Arc::from(fork.run_id.as_str()),
+            pipeline: Arc::from(fork.pipeline.as_str()),
+            pipeline_hash: Arc::from(fork.pipeline_hash.as_str()),
+            pipeline_path: fork.pipeline_path.as_ref().map(Into::into),
+            input: fork
+                .input
+                .iter()
+                .map(|(k, v)| (Arc::from(k.as_str()), Arc::new(v.clone())))
+                .collect(),
+            policy: fork.checkpoint,
+        };
+        self.upsert(&record, |kept| {
+            kept.run.parent_id = Some(fork.parent_id.clone());
+            kept.run.forked_from = Some(fork.forked_from.clone());
+        });
+        Ok(())
+    }
+
+    async fn due_waits(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<(Vec<String>, Option<i64>), StoreError> {
+        self.check()?;
+        let runs = self.lock();
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for (id, kept) in &runs.runs {
+            if kept.run.summary.status != "waiting" {
+                continue;
+            }
+            for record in kept.agents.values() {
+                match record.report.deadline_ms {
+                    Some(d) if record.report.status == braid_core::AgentStatus::Waiting => {
+                        if d <= now_ms {
+                            if !due.contains(id) && (due.len() as i64) < limit {
+                                due.push(id.clone());
+                            }
+                        } else {
+                            next = Some(next.map_or(d, |n| n.min(d)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((due, next))
     }
 
     async fn kill_leftover_processes(&self, _run_id: &str) -> Result<(), StoreError> {

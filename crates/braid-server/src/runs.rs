@@ -44,6 +44,12 @@ pub struct LiveRun {
     /// Why the run (or its events) could not be saved, if so: its report
     /// says so instead of passing for saved.
     pub not_saved: std::sync::OnceLock<String>,
+    /// Hands answers to its `input` agents while it is in flight.
+    pub answers: braid_core::answer::AnswerSender,
+    /// Resolves once the run has ended and its checkpoints are written (or
+    /// could not be): an answer that missed the run in flight then goes
+    /// through the store.
+    pub saved: watch::Receiver<bool>,
 }
 
 /// Why the registry takes no new run.
@@ -98,6 +104,8 @@ pub(crate) struct RunRegistry {
     /// Held (shared) while a run is admitted and spawned, and (exclusively)
     /// while the tracker closes, so no run slips in after shutdown began.
     admission: RwLock<()>,
+    /// Woken when a run ends waiting (see `waiter.rs`).
+    pub(crate) waits: Arc<tokio::sync::Notify>,
 }
 
 impl RunRegistry {
@@ -112,7 +120,13 @@ impl RunRegistry {
             max_finished_runs: config.max_finished_runs,
             tracker: TaskTracker::new(),
             admission: RwLock::new(()),
+            waits: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.tracker.is_closed()
     }
 
     /// Reserves a slot for a run, or says why there is none.
@@ -167,6 +181,8 @@ impl RunRegistry {
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let log = EventLog::continuing(self.max_events_per_run, how.events_before);
         let (report_tx, report_rx) = watch::channel(None);
+        let (saved_tx, saved_rx) = watch::channel(false);
+        let (answers, inbox) = braid_core::answer::channel();
         let run = Arc::new(LiveRun {
             id: id.clone(),
             pipeline: how.registered.pipeline.name().to_owned(),
@@ -176,6 +192,8 @@ impl RunRegistry {
             report: report_rx,
             interrupted: Default::default(),
             not_saved: Default::default(),
+            answers,
+            saved: saved_rx,
         });
         {
             let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
@@ -187,9 +205,12 @@ impl RunRegistry {
             run: run.clone(),
             store: self.store.clone(),
             how,
+            inbox,
+            waits: self.waits.clone(),
         };
         self.tracker.spawn(async move {
             let report = execution.run().await;
+            let _ = saved_tx.send(true);
             // Free the slot before telling waiters, so a client that
             // resubmits at once is not refused for its own finished run.
             drop(slot);
@@ -249,13 +270,21 @@ struct Execution {
     run: Arc<LiveRun>,
     store: Option<Arc<dyn RunStore>>,
     how: Launch,
+    inbox: braid_core::answer::AnswerInbox,
+    waits: Arc<tokio::sync::Notify>,
 }
 
 impl Execution {
     /// Runs the pipeline to its report, ends its event log, saves it and
     /// counts it.
     async fn run(self) -> RunReport {
-        let Execution { run, store, how } = self;
+        let Execution {
+            run,
+            store,
+            how,
+            inbox,
+            waits,
+        } = self;
         let (sink, pump) = match how.level {
             Some(level) => {
                 let (sink, rx) = EventSink::channel(level);
@@ -271,6 +300,7 @@ impl Execution {
             checkpoint: how.checkpoint,
             checkpointer: store.as_ref().map(|s| s.checkpointer()),
             resume: how.resume,
+            answers: Some(inbox),
             ..RunOptions::default()
         };
         let report = engine(&how.registered, &run.id, how.input, options).await;
@@ -295,6 +325,10 @@ impl Execution {
         }
         .as_str();
         metrics::counter!("braid_runs_finished_total", "status" => status).increment(1);
+        if report.status == RunStatus::Waiting {
+            // Its wait may time out sooner than the waiter looks next.
+            waits.notify_one();
+        }
         report
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use braid_core::RunStatus;
 use braid_core::checkpoint::Checkpointer;
-use braid_store::{PersistError, RunSummary, StoreError, StoredRun};
+use braid_store::{AnswerRefused, ForkRecord, PersistError, RunSummary, StoreError, StoredRun};
 
 /// The store operations the server uses: run history, resume claims,
 /// event streams, checkpoints and health.
@@ -47,6 +47,24 @@ pub trait RunStore: Send + Sync + 'static {
     /// Publishes the store's own gauges before `/metrics` renders; the
     /// default publishes nothing.
     fn record_gauges(&self) {}
+    /// Records the answer to a waiting `input` agent and claims its run
+    /// (see [`braid_store::Store::answer`]).
+    async fn answer(
+        &self,
+        run_id: &str,
+        agent: &str,
+        field: &str,
+        value: &serde_json::Value,
+    ) -> Result<Result<(), AnswerRefused>, StoreError>;
+    /// Records a fork before it runs (see [`braid_store::Store::record_fork`]).
+    async fn record_fork(&self, fork: &ForkRecord) -> Result<(), StoreError>;
+    /// Waiting runs whose wait has timed out, and the next deadline (see
+    /// [`braid_store::Store::due_waits`]).
+    async fn due_waits(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<(Vec<String>, Option<i64>), StoreError>;
 }
 
 #[async_trait]
@@ -103,5 +121,27 @@ impl RunStore for braid_store::Store {
 
     fn record_gauges(&self) {
         self.record_pool_gauges();
+    }
+
+    async fn answer(
+        &self,
+        run_id: &str,
+        agent: &str,
+        field: &str,
+        value: &serde_json::Value,
+    ) -> Result<Result<(), AnswerRefused>, StoreError> {
+        braid_store::Store::answer(self, run_id, agent, field, value).await
+    }
+
+    async fn record_fork(&self, fork: &ForkRecord) -> Result<(), StoreError> {
+        braid_store::Store::record_fork(self, fork).await
+    }
+
+    async fn due_waits(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<(Vec<String>, Option<i64>), StoreError> {
+        braid_store::Store::due_waits(self, now_ms, limit).await
     }
 }

@@ -8,6 +8,7 @@ mod ops;
 mod pipelines;
 mod runs;
 mod streams;
+mod waits;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -36,6 +37,8 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}", get(runs::get_run))
         .route("/runs/{id}/cancel", post(runs::cancel_run))
         .route("/runs/{id}/resume", post(runs::resume_run))
+        .route("/runs/{id}/fork", post(waits::fork))
+        .route("/runs/{id}/agents/{agent}/answer", post(waits::answer))
         .route("/runs/{id}/events", get(streams::sse_events))
         .route("/runs/{id}/ws", get(streams::ws_events));
     let max_body = state.inner.config.max_body_bytes;
@@ -68,4 +71,28 @@ fn json_error(rejection: JsonRejection) -> ApiError {
 
 fn query_error(rejection: QueryRejection) -> ApiError {
     ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+}
+
+/// Claims the waiting run `run_id` and continues it here (its timed-out
+/// waits then apply their timeouts). For the waiter.
+pub(crate) async fn continue_waiting(state: &AppState, run_id: &str) -> Result<(), ApiError> {
+    let store = state
+        .inner
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::internal("no store"))?;
+    let Some(stored) = store.get_run(run_id).await? else {
+        return Ok(());
+    };
+    if stored.summary.status != "waiting" {
+        return Ok(());
+    }
+    let registered = runs::continuable(state, &stored, false)?;
+    let slot = runs::reserve(state)?;
+    if !store.claim(&stored).await? {
+        // Another process (an answer, another server) took it.
+        return Ok(());
+    }
+    runs::continue_claimed(state, registered, stored, slot).await?;
+    Ok(())
 }

@@ -37,12 +37,12 @@ pub(super) struct StartRun {
 #[derive(Debug, Deserialize)]
 pub(super) struct WaitQuery {
     #[serde(default)]
-    wait: bool,
+    pub(super) wait: bool,
     #[serde(default)]
-    force: bool,
+    pub(super) force: bool,
 }
 
-fn level(mode: &str) -> Result<(Option<EventLevel>, &'static str), ApiError> {
+pub(super) fn level(mode: &str) -> Result<(Option<EventLevel>, &'static str), ApiError> {
     match mode {
         "off" => Ok((None, "off")),
         "summary" => Ok((Some(EventLevel::Summary), "summary")),
@@ -66,7 +66,7 @@ impl From<Refused> for ApiError {
     }
 }
 
-fn reserve(state: &AppState) -> Result<Slot, ApiError> {
+pub(crate) fn reserve(state: &AppState) -> Result<Slot, ApiError> {
     Ok(state.inner.runs.reserve()?)
 }
 
@@ -111,7 +111,7 @@ pub(super) async fn start_run(
     respond(run, query.wait).await
 }
 
-async fn respond(run: Arc<LiveRun>, wait: bool) -> Result<Response, ApiError> {
+pub(super) async fn respond(run: Arc<LiveRun>, wait: bool) -> Result<Response, ApiError> {
     if !wait {
         return Ok((StatusCode::ACCEPTED, Json(json!({"run_id": run.id}))).into_response());
     }
@@ -279,24 +279,58 @@ pub(super) async fn resume_run(
         }
         _ => {}
     }
-    let registered = registered(&state, &stored.summary.pipeline)?;
-    if registered.pipeline.content_hash() != stored.pipeline_hash && !query.force {
-        return Err(conflict(format!(
-            "pipeline `{}` changed since run {id} started; resume with ?force=true to use the current one",
-            stored.summary.pipeline
-        )));
-    }
-    let input = registered
-        .pipeline
-        .check_input(&Value::Object(stored.input.clone()))
-        .map_err(|e| conflict(format!("its input no longer fits the pipeline: {e}")))?;
-    let events_before = store.load_events(&id).await?.len() as u64;
+    let registered = continuable(&state, &stored, query.force)?;
     let slot = reserve(&state)?;
     if !store.claim(&stored).await? {
         return Err(conflict(format!(
             "another process took run {id} over just now"
         )));
     }
+    let run = continue_claimed(&state, registered, stored, slot).await?;
+    respond(run, query.wait).await
+}
+
+/// The registered pipeline a stored run continues with: refused when it
+/// changed since the run started (unless `force`).
+pub(super) fn continuable(
+    state: &AppState,
+    stored: &braid_store::StoredRun,
+    force: bool,
+) -> Result<Arc<crate::Registered>, ApiError> {
+    let registered = registered(state, &stored.summary.pipeline)?;
+    if registered.pipeline.content_hash() != stored.pipeline_hash && !force {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "pipeline_changed",
+            format!(
+                "pipeline `{}` changed since run {} started; continue it with ?force=true to use \
+                 the current one",
+                stored.summary.pipeline, stored.summary.run_id
+            ),
+        ));
+    }
+    Ok(registered)
+}
+
+/// Continues a stored run this server has claimed, from its records.
+pub(crate) async fn continue_claimed(
+    state: &AppState,
+    registered: Arc<crate::Registered>,
+    stored: braid_store::StoredRun,
+    slot: Slot,
+) -> Result<Arc<LiveRun>, ApiError> {
+    let store = state
+        .inner
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::internal("no store"))?;
+    let id = stored.summary.run_id.clone();
+    let conflict = |message: String| ApiError::new(StatusCode::CONFLICT, "cannot_resume", message);
+    let input = registered
+        .pipeline
+        .check_input(&Value::Object(stored.input.clone()))
+        .map_err(|e| conflict(format!("its input no longer fits the pipeline: {e}")))?;
+    let events_before = store.load_events(&id).await?.len() as u64;
     // Processes its dead owner's agents left running on this host go
     // before anything runs again (the run is not in flight here); the
     // engine logs each group it kills.
@@ -314,6 +348,5 @@ pub(super) async fn resume_run(
         }),
         events_before,
     };
-    let run = state.inner.runs.launch(how, slot)?;
-    respond(run, query.wait).await
+    Ok(state.inner.runs.launch(how, slot)?)
 }
