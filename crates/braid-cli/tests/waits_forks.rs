@@ -72,7 +72,7 @@ fn a_run_waits_for_an_answer_and_braid_runs_answer_continues_it() {
         "the reads are shown: {asked}"
     );
     assert!(
-        asked.contains(&format!("braid runs answer")) && asked.contains(&id),
+        asked.contains("braid runs answer") && asked.contains(&id),
         "how to answer: {asked}"
     );
 
