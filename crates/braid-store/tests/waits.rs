@@ -113,7 +113,7 @@ async fn timed_out_waits_are_found_by_deadline(store: Store) {
     assert!(due.is_empty(), "{due:?}");
     assert_eq!(next, Some(deadline));
     let (due, next) = store.due_waits(deadline, 10).await.unwrap();
-    assert_eq!(due, [id.clone()]);
+    assert_eq!(due, std::slice::from_ref(&id));
     assert_eq!(next, None);
     // Answered runs are no longer due.
     store
