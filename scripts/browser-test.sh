@@ -107,12 +107,25 @@ agents:
       one: { kind: sleep, reads: [item], writes: [x] }
     outputs: { results: x }
 YAML
+# A person in the loop: `approve` waits for an answer from the page.
+cat >"$work/ask-view.yaml" <<'YAML'
+pipeline: ask-view
+agents:
+  plan: { kind: sleep, ms: 1, writes: [plan], value: resize }
+  approve:
+    kind: input
+    prompt: Apply the plan?
+    reads: [plan]
+    writes: [approval]
+    schema: { type: object, properties: { approved: { type: boolean }, note: { type: string } }, required: [approved] }
+  apply: { kind: sleep, ms: 1, reads: [approval], writes: [applied], value: yes }
+YAML
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 log="$work/serve.log"
 # Created now, so reading it cannot fail before the server writes to it.
 : >"$log"
 # Port 0: the server picks a free port and says which on stderr.
-BRAID_TOKEN="$token" "$bin" serve --bind 127.0.0.1:0 --no-store --pipelines "$work" >"$log" 2>&1 &
+BRAID_TOKEN="$token" "$bin" serve --bind 127.0.0.1:0 --store "sqlite://$work/runs.db" --pipelines "$work" >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 url=""

@@ -44,6 +44,8 @@ pub struct LiveRun {
     /// Why the run (or its events) could not be saved, if so: its report
     /// says so instead of passing for saved.
     pub not_saved: std::sync::OnceLock<String>,
+    /// For a fork: the run it was forked from.
+    pub parent_id: Option<String>,
     /// Hands answers to its `input` agents while it is in flight.
     pub answers: braid_core::answer::AnswerSender,
     /// Resolves once the run has ended and its checkpoints are written (or
@@ -90,6 +92,8 @@ pub(crate) struct Launch {
     pub(crate) resume: Option<ResumePoint>,
     /// Events of an earlier attempt at this run: numbering goes on after them.
     pub(crate) events_before: u64,
+    /// For a fork: the run it was forked from.
+    pub(crate) parent_id: Option<String>,
 }
 
 /// Every run the server started, and the machinery that runs them.
@@ -192,6 +196,7 @@ impl RunRegistry {
             report: report_rx,
             interrupted: Default::default(),
             not_saved: Default::default(),
+            parent_id: how.parent_id.clone(),
             answers,
             saved: saved_rx,
         });

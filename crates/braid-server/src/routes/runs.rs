@@ -106,6 +106,7 @@ pub(super) async fn start_run(
         run_id: None,
         resume: None,
         events_before: 0,
+        parent_id: None,
     };
     let run = state.inner.runs.launch(how, slot)?;
     respond(run, query.wait).await
@@ -128,6 +129,9 @@ pub(super) async fn respond(run: Arc<LiveRun>, wait: bool) -> Result<Response, A
 fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
     let mut value = serde_json::to_value(report).unwrap_or_default();
     value["events"] = json!(run.events_mode);
+    if let Some(parent) = &run.parent_id {
+        value["parent_id"] = json!(parent);
+    }
     if run.interrupted.load(Ordering::SeqCst) {
         value["status"] = json!(RunStatus::Interrupted);
     }
@@ -177,7 +181,20 @@ pub(super) async fn get_run(
     if let Some(run) = state.inner.runs.get(&id) {
         let report = run.report.borrow().clone();
         return Ok(Json(match report {
-            Some(report) => report_json(&run, &report),
+            Some(report) => {
+                let mut value = report_json(&run, &report);
+                let waiting = report
+                    .agents
+                    .iter()
+                    .map(|(name, a)| (name.as_str(), a.status, a.deadline_ms));
+                let asked = questions(&state, &report.pipeline, waiting, |field| {
+                    report.state.get(field).map(|v| (**v).clone())
+                });
+                if !asked.is_empty() {
+                    value["questions"] = json!(asked);
+                }
+                value
+            }
             None => json!({
                 "run_id": run.id,
                 "pipeline": run.pipeline,
@@ -200,9 +217,65 @@ pub(super) async fn get_run(
         );
         let mut value = serde_json::to_value(&stored).unwrap_or_default();
         value["agents"] = json!(agents);
+        let waiting = stored
+            .agents
+            .iter()
+            .map(|a| (&*a.agent, a.report.status, a.report.deadline_ms));
+        let asked = questions(&state, &stored.summary.pipeline, waiting, |field| {
+            stored
+                .agents
+                .iter()
+                .flat_map(|a| a.writes.iter())
+                .find(|(name, _)| &**name == field)
+                .map(|(_, v)| (**v).clone())
+                .or_else(|| stored.input.get(field).cloned())
+        });
+        if !asked.is_empty() {
+            value["questions"] = json!(asked);
+        }
         return Ok(Json(value));
     }
     Err(ApiError::not_found(format!("no run {id}")))
+}
+
+/// What a run's waiting `input` agents ask: for each, its prompt, schema,
+/// the values it reads and its deadline, so a client (the web view) can
+/// render a form without the event that asked.
+fn questions<'a>(
+    state: &AppState,
+    pipeline: &str,
+    agents: impl Iterator<Item = (&'a str, braid_core::AgentStatus, Option<i64>)>,
+    value_of: impl Fn(&str) -> Option<Value>,
+) -> Vec<Value> {
+    let Ok(registered) = registered(state, pipeline) else {
+        return Vec::new();
+    };
+    let pipeline = &registered.pipeline;
+    agents
+        .filter(|(_, status, _)| *status == braid_core::AgentStatus::Waiting)
+        .filter_map(|(name, _, deadline)| {
+            let (id, def) = pipeline
+                .agents()
+                .iter()
+                .enumerate()
+                .find(|(_, a)| a.name() == name)?;
+            let input = def.input()?;
+            let reads: serde_json::Map<String, Value> = pipeline
+                .reads_of(id)
+                .into_iter()
+                .map(|r| r.trim_end_matches('?').to_owned())
+                .filter_map(|r| value_of(&r).map(|v| (r, v)))
+                .collect();
+            Some(json!({
+                "agent": name,
+                "prompt": input.prompt(),
+                "schema": input.schema(),
+                "default": input.default(),
+                "reads": reads,
+                "deadline_ms": deadline,
+            }))
+        })
+        .collect()
 }
 
 /// `POST /v1/runs/{id}/cancel`: cancels a run in flight.
@@ -347,6 +420,7 @@ pub(crate) async fn continue_claimed(
             agents: stored.agents,
         }),
         events_before,
+        parent_id: None,
     };
     Ok(state.inner.runs.launch(how, slot)?)
 }

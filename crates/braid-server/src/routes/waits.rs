@@ -253,6 +253,7 @@ pub(super) async fn fork(
         run_id: Some(run_id),
         resume: Some(fork.resume),
         events_before: 0,
+        parent_id: Some(id.clone()),
     };
     let run = state.inner.runs.launch(how, slot)?;
     if query.wait {

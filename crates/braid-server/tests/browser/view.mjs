@@ -205,6 +205,43 @@ try {
   await check('the group pages raised no errors', async () => {
     if (errors.length) throw new Error(errors.join('; '));
   });
+
+  // A person in the loop: the run ends waiting; the page renders a form
+  // from the schema, answers it, then forks the answered run.
+  const askRun = await start('ask-view', true);
+  const ask = await browser.newPage();
+  ask.on('pageerror', (e) => errors.push(e.message));
+  await ask.goto(`${base}/#run=${askRun}&token=${encodeURIComponent(token)}`);
+  await check('a waiting run is listed first', async () => {
+    await ask.waitForSelector(`#runs li[data-run="${askRun}"]`, { timeout: 10000 });
+    const first = await ask.getAttribute('#runs li', 'data-run');
+    if (first !== askRun) throw new Error(`the first run listed is ${first}`);
+  });
+  await check('a question is a form built from its schema, and answering continues the run', async () => {
+    const yes = '[data-question="approve"] button[data-choice="true"]';
+    await ask.waitForSelector(yes, { timeout: 10000 });
+    await ask.click('[data-question="approve"] button[type="submit"]');
+    const problem = await text(ask, '[data-question="approve"] .problems');
+    if (!problem.includes('approved')) throw new Error(`no answer chosen, yet: ${problem}`);
+    await ask.click(yes);
+    await ask.fill('[data-question="approve"] input[name="note"]', 'ship it');
+    await ask.click('[data-question="approve"] button[type="submit"]');
+    await ask.waitForSelector('#run-status[data-status="completed"]', { timeout: 20000 });
+    const stored = await (await fetch(`${base}/v1/runs/${askRun}`, { headers: auth })).json();
+    if (stored.status !== 'completed') throw new Error(`the run is ${stored.status}`);
+  });
+  await check('an ended run re-runs from an agent', async () => {
+    await ask.selectOption('#fork-from', 'apply');
+    await ask.click('#fork-go');
+    await ask.waitForFunction((id) => !location.hash.includes(id), askRun, { timeout: 10000 });
+    await ask.waitForSelector('#run-status[data-status="completed"]', { timeout: 20000 });
+    const id = new URLSearchParams(await ask.evaluate(() => location.hash.slice(1))).get('run');
+    const fork = await (await fetch(`${base}/v1/runs/${id}`, { headers: auth })).json();
+    if (fork.parent_id !== askRun) throw new Error(`parent ${fork.parent_id}`);
+  });
+  await check('the question pages raised no errors', async () => {
+    if (errors.length) throw new Error(errors.join('; '));
+  });
 } finally {
   await browser.close();
 }
