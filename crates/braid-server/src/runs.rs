@@ -455,6 +455,7 @@ agents:
             run_id: None,
             resume: None,
             events_before: 0,
+            parent_id: None,
         };
         registry.launch(how, slot).unwrap()
     }
