@@ -103,6 +103,12 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
                     bar.inc(1);
                 }
             }
+            EventKind::AgentWaiting { agent, prompt, .. } => {
+                if let Some(bar) = line(agent) {
+                    let first = prompt.lines().next().unwrap_or("");
+                    bar.set_message(format!("waiting for an answer: {first}"));
+                }
+            }
             EventKind::RunFinished { status, .. } => {
                 for bar in lines.values() {
                     if !bar.is_finished() {

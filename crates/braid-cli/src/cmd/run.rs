@@ -604,10 +604,25 @@ pub(crate) fn print_table(
         "agent", "status", "start", "duration", "attempts"
     )?;
     for (name, agent) in &report.agents {
+        let kept = agent
+            .reused_from
+            .as_ref()
+            .map(|run| format!("kept from run {run}"))
+            .or_else(|| {
+                agent
+                    .resumed
+                    .then(|| "kept from the earlier attempt".to_owned())
+            })
+            .or_else(|| agent.cached.then(|| "from the cache".to_owned()))
+            .or_else(|| {
+                (agent.status == braid_core::AgentStatus::Waiting)
+                    .then(|| "waiting for an answer".to_owned())
+            });
         let note = agent
             .error
             .as_deref()
             .or(agent.reason.as_deref())
+            .or(kept.as_deref())
             .unwrap_or("")
             .lines()
             .next()
