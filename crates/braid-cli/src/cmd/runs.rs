@@ -27,7 +27,8 @@ pub(crate) struct RunsArgs {
 enum RunsCommand {
     /// Recent runs, newest first.
     List {
-        /// Only runs with this status (running, completed, failed, cancelled).
+        /// Only runs with this status (running, waiting, completed, failed,
+        /// cancelled, interrupted).
         #[arg(long)]
         status: Option<String>,
         /// Only runs of this pipeline.
