@@ -183,6 +183,8 @@ pub struct AgentDef {
     pub(crate) foreach: Option<Box<Foreach>>,
     /// Set for a group (`kind: pipeline`): what runs instead of `runner`.
     pub(crate) group: Option<Arc<Group>>,
+    /// Set for a cached agent (`cache:`, or `defaults.cache`).
+    pub(crate) cache: Option<crate::cache::CachePolicy>,
 }
 
 impl AgentDef {
@@ -231,6 +233,12 @@ impl AgentDef {
     /// agent's hash is still the same; see the `definition` module's docs.
     pub fn definition_hash(&self) -> &str {
         &self.definition
+    }
+
+    /// Whether its results are cached, and for how long (`cache:`, or
+    /// `defaults.cache`).
+    pub fn cache(&self) -> Option<crate::cache::CachePolicy> {
+        self.cache
     }
 
     /// For a group (`kind: pipeline`): its agents, as a pipeline.
@@ -349,6 +357,15 @@ impl Pipeline {
     /// Every agent, in declaration order (indexable by [`AgentId`]).
     pub fn agents(&self) -> &[AgentDef] {
         &self.agents
+    }
+
+    /// Whether any agent, in a group too, is cached (`cache:` or
+    /// `defaults.cache`): a run of it then has use for an
+    /// [`AgentCache`](crate::AgentCache).
+    pub fn uses_cache(&self) -> bool {
+        self.agents
+            .iter()
+            .any(|a| a.cache.is_some() || a.group_pipeline().is_some_and(Pipeline::uses_cache))
     }
 
     /// Every agent's name, in declaration order.
