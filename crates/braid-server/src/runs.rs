@@ -84,6 +84,8 @@ pub(crate) struct Launch {
     pub(crate) resume: Option<ResumePoint>,
     /// Events of an earlier attempt at this run: numbering goes on after them.
     pub(crate) events_before: u64,
+    /// Cached agents run without the store's cache (`"no_cache": true`).
+    pub(crate) no_cache: bool,
 }
 
 /// Every run the server started, and the machinery that runs them.
@@ -271,6 +273,10 @@ impl Execution {
             checkpoint: how.checkpoint,
             checkpointer: store.as_ref().map(|s| s.checkpointer()),
             resume: how.resume,
+            cache: store
+                .as_ref()
+                .filter(|_| !how.no_cache)
+                .and_then(|s| s.cache()),
             ..RunOptions::default()
         };
         let report = engine(&how.registered, &run.id, how.input, options).await;
@@ -416,6 +422,7 @@ agents:
             run_id: None,
             resume: None,
             events_before: 0,
+            no_cache: false,
         };
         registry.launch(how, slot).unwrap()
     }

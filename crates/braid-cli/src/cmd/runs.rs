@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
-use super::run::{DisplayArgs, Output, StoreArgs, execute, fmt_ms, runtime};
+use super::run::{CacheArgs, DisplayArgs, Output, StoreArgs, execute, fmt_ms, runtime};
 use crate::exit;
 
 #[derive(Debug, Args)]
@@ -66,6 +66,8 @@ enum RunsCommand {
         force: bool,
         #[command(flatten)]
         display: DisplayArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
 }
 
@@ -88,9 +90,12 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                 output,
                 timeline,
             } => show(&store, &id, output, timeline.as_deref()).await,
-            RunsCommand::Resume { id, force, display } => {
-                resume(&store, &id, force, &display).await
-            }
+            RunsCommand::Resume {
+                id,
+                force,
+                display,
+                cache,
+            } => resume(&store, &id, force, &display, &cache).await,
         }
     });
     runtime.shutdown_background();
@@ -298,6 +303,7 @@ async fn resume(
     id: &str,
     force: bool,
     display: &DisplayArgs,
+    cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     let Some(run) = store.get_run(id).await? else {
         eprintln!("error: no run {id} in {}", store.url());
@@ -368,6 +374,7 @@ async fn resume(
         run_id: Some(run.summary.run_id.clone()),
         checkpoint: Some(policy),
         resume: Some(ResumePoint { agents: run.agents }),
+        cache: cache.of(&pipeline, Some(store)),
         ..RunOptions::default()
     };
     execute(&pipeline, input, options, display, Some(store)).await

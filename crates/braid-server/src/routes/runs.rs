@@ -32,6 +32,10 @@ pub(super) struct StartRun {
     events: Option<String>,
     #[serde(default)]
     checkpoint: Option<String>,
+    /// Run every agent: cached ones neither reuse nor store results (as
+    /// `braid run --no-cache`).
+    #[serde(default)]
+    no_cache: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +110,7 @@ pub(super) async fn start_run(
         run_id: None,
         resume: None,
         events_before: 0,
+        no_cache: request.no_cache,
     };
     let run = state.inner.runs.launch(how, slot)?;
     respond(run, query.wait).await
@@ -313,6 +318,7 @@ pub(super) async fn resume_run(
             agents: stored.agents,
         }),
         events_before,
+        no_cache: false,
     };
     let run = state.inner.runs.launch(how, slot)?;
     respond(run, query.wait).await
