@@ -210,20 +210,9 @@ fn cache_false_overrides_defaults() {
     assert_eq!(ws.calls("sent.txt"), 2);
 }
 
-#[test]
-fn bad_cache_values_are_load_errors_with_their_place() {
-    let ws = Workspace::new(
-        "pipeline: bad
-defaults: { cache: { ttl: 400days } }
-agents:
-  a: { kind: sleep, writes: [a], cache: true }
-  b: { kind: sleep, writes: [b], cache: { ttl: 0s } }
-  c: { kind: sleep, writes: [c], cache: { ttl: soon } }
-  d: { kind: sleep, writes: [d], cache: { tll: 1h } }
-  e: { kind: sleep, writes: [e], cache: 5 }
-  f: { kind: sleep, writes: [f], cache: {} }
-",
-    );
+/// `braid validate` on `text`: exit 2, and its stderr.
+fn invalid(text: &str) -> String {
+    let ws = Workspace::new(text);
     let output = ws
         .braid()
         .arg("validate")
@@ -231,22 +220,53 @@ agents:
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_cache_values_are_load_errors_with_their_place() {
+    // What the value's shape gets wrong, all at once.
+    let stderr = invalid(
+        "pipeline: bad
+agents:
+  a: { kind: sleep, writes: [a], cache: true }
+  d: { kind: sleep, writes: [d], cache: { tll: 1h } }
+  e: { kind: sleep, writes: [e], cache: 5 }
+  f: { kind: sleep, writes: [f], cache: {} }
+",
+    );
     for expected in [
-        "pipeline.yaml:2:27: defaults.cache: `ttl`: `400days` is out of bounds; a ttl is between 1s and 366days",
-        "pipeline.yaml:4:41: agent `a`: `cache`: `true` says nothing of how long results may be reused; give a `ttl`",
-        "pipeline.yaml:5:48: agent `b`: `cache`: `ttl`: `0s` is out of bounds",
-        "pipeline.yaml:6:48: agent `c`: `cache`: `ttl`: bad duration `soon`",
-        "pipeline.yaml:7:43: agent `d`: `cache`: unknown key `tll`; expected: ttl",
-        "pipeline.yaml:8:41: agent `e`: `cache` must be `false` or a mapping with `ttl`",
-        "pipeline.yaml:9:41: agent `f`: `cache`: missing `ttl`",
+        "pipeline.yaml:3:41: agent `a`: `cache`: `true` says nothing of how long results may be reused; give a `ttl`",
+        "pipeline.yaml:4:43: agent `d`: `cache`: unknown key `tll`; expected: ttl",
+        "pipeline.yaml:5:41: agent `e`: `cache` must be `false` or a mapping with `ttl`",
+        "pipeline.yaml:6:41: agent `f`: `cache`: missing `ttl`",
     ] {
         assert!(
             stderr.contains(expected),
             "missing {expected:?} in:\n{stderr}"
         );
     }
-    assert!(stderr.contains("7 errors"), "{stderr}");
+    assert!(stderr.contains("4 errors"), "{stderr}");
+    // Then the durations: malformed, or out of bounds.
+    let stderr = invalid(
+        "pipeline: bad
+defaults: { cache: { ttl: 400days } }
+agents:
+  b: { kind: sleep, writes: [b], cache: { ttl: 0s } }
+  c: { kind: sleep, writes: [c], cache: { ttl: soon } }
+",
+    );
+    for expected in [
+        "pipeline.yaml:2:27: defaults.cache: `ttl`: `400days` is out of bounds; a ttl is between 1s and 365days",
+        "pipeline.yaml:4:48: agent `b`: `cache`: `ttl`: `0s` is out of bounds",
+        "pipeline.yaml:5:48: agent `c`: `cache`: `ttl`: bad duration `soon`",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("3 errors"), "{stderr}");
 }
 
 #[test]

@@ -33,9 +33,9 @@ use crate::checkpoint::FieldValue;
 /// The shortest `ttl` a `cache:` may have.
 pub const MIN_CACHE_TTL: Duration = Duration::from_secs(1);
 
-/// The longest `ttl` a `cache:` may have: a year. Entries are pruned once
-/// they expire, so this bounds how long a forgotten one takes up room.
-pub const MAX_CACHE_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The longest `ttl` a `cache:` may have: 365 days. Entries are pruned
+/// once they expire, so this bounds how long a forgotten one takes up room.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What an agent's `cache:` says, once loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -93,10 +93,10 @@ impl Compiler<'_> {
             errors.push(Diagnostic::new(
                 source.at(ttl.span()),
                 format!(
-                    "{what}: `{}` is out of bounds; a ttl is between {} and {}",
+                    "{what}: `{}` is out of bounds; a ttl is between {} and {}days",
                     ttl.as_str(),
                     humantime::format_duration(MIN_CACHE_TTL),
-                    humantime::format_duration(MAX_CACHE_TTL),
+                    MAX_CACHE_TTL.as_secs() / 86_400,
                 ),
             ));
             return None;
