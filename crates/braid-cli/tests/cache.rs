@@ -185,6 +185,42 @@ fn no_cache_runs_every_agent_and_keeps_nothing() {
 }
 
 #[test]
+fn cache_clear_drops_results_so_the_agent_runs_again() {
+    let ws = Workspace::new(&pipeline(&counted(
+        "slow",
+        "topic",
+        "out",
+        "calls.txt",
+        "    cache: { ttl: 1h }\n",
+    )));
+    let input = ["--input", r#"{"topic": "cost"}"#];
+    ws.run(&input);
+    let clear = |args: &[&str]| {
+        let output = ws
+            .braid()
+            .args(["cache", "clear"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // Another agent's results only: this one's stay.
+    let said = clear(&["--agent", "other"]);
+    assert!(
+        said.starts_with("deleted 0 cached result(s) of agent `other`"),
+        "{said}"
+    );
+    let (_, report) = ws.run(&input);
+    assert!(cached(&report, "slow"));
+    let said = clear(&["--agent", "slow"]);
+    assert!(said.starts_with("deleted 1 cached result(s)"), "{said}");
+    let (_, report) = ws.run(&input);
+    assert!(!cached(&report, "slow"));
+    assert_eq!(ws.calls("calls.txt"), 2);
+}
+
+#[test]
 fn cache_false_overrides_defaults() {
     let agents = format!(
         "{}{}",
