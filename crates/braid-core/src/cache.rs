@@ -37,6 +37,10 @@ pub const MIN_CACHE_TTL: Duration = Duration::from_secs(1);
 /// once they expire, so this bounds how long a forgotten one takes up room.
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The longest a run waits for one lookup; a lookup that takes longer
+/// (a database that accepts connections but does not answer) is a miss.
+pub const CACHE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What an agent's `cache:` says, once loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachePolicy {

@@ -5,7 +5,8 @@
 //! a `cache:` (when the run has a cache) in [`CacheCall::around`]: the key
 //! is worked out and looked up first; a hit ends the task at once with
 //! the stored writes (checked like any output) and `cached` set, without
-//! calling the agent; a miss, a failed lookup or a stored entry that no
+//! calling the agent; a miss, a failed lookup (or one that takes longer
+//! than [`CACHE_LOOKUP_TIMEOUT`]) or a stored entry that no
 //! longer fits the agent's writes runs the task, and its writes, if it
 //! completed, are handed to the cache to keep.
 
@@ -17,7 +18,9 @@ use tokio::time::Instant;
 
 use super::attempt::{Finished, Member, check_writes};
 use super::scheduler::Scheduler;
-use crate::cache::{AgentCache, CacheEntry, CachePolicy, cache_key};
+use crate::cache::{
+    AgentCache, CACHE_LOOKUP_TIMEOUT, CacheEntry, CacheError, CachePolicy, cache_key,
+};
 use crate::pipeline::FieldWrite;
 
 /// What a cached member's task needs besides its own work.
@@ -78,7 +81,15 @@ impl CacheCall {
             .as_ref()
             .and_then(|(list, i)| list.as_array()?.get(*i));
         let key: Arc<str> = Arc::from(cache_key(&self.definition, element, &self.reads));
-        match self.cache.lookup(key.clone()).await {
+        let lookup = tokio::time::timeout(CACHE_LOOKUP_TIMEOUT, self.cache.lookup(key.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(CacheError(format!(
+                    "no answer within {}",
+                    humantime::format_duration(CACHE_LOOKUP_TIMEOUT)
+                )))
+            });
+        match lookup {
             Ok(Some(stored)) => {
                 match check_writes(stored, &self.writes, &self.member_name, self.max_depth) {
                     Ok(writes) => {
