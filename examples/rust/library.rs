@@ -98,7 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let printer = async {
         while let Some(event) = receiver.recv().await {
-            if let EventKind::AgentCompleted { agent, duration_ms } = &event.kind {
+            if let EventKind::AgentCompleted {
+                agent, duration_ms, ..
+            } = &event.kind
+            {
                 println!(
                     "{:>7.1} ms  {agent} completed in {duration_ms:.1} ms",
                     event.at_ms

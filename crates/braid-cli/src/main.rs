@@ -89,6 +89,8 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// The run history: list, show and resume stored runs.
     Runs(cmd::runs::RunsArgs),
+    /// Cached agents' results in the store: clear them.
+    Cache(cmd::cache::CacheArgs),
     /// Run the benchmark scenarios (the same as the LangGraph peer's) and
     /// print one JSON object per scenario.
     Bench(cmd::bench::BenchArgs),
@@ -143,6 +145,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run(args),
         Command::Bench(args) => cmd::bench::bench(args),
         Command::Runs(args) => cmd::runs::runs(args),
+        Command::Cache(args) => cmd::cache::cache(args),
         Command::Serve(args) => cmd::serve::serve(args),
         Command::Explain { file, format } => cmd::explain(&file, format),
         Command::Validate { file } => cmd::validate(&file),

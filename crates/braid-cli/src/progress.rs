@@ -78,9 +78,17 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
                     bar.set_message(format!("retrying (attempt {} failed)", attempt));
                 }
             }
-            EventKind::AgentCompleted { agent, duration_ms } => {
+            EventKind::AgentCompleted {
+                agent,
+                duration_ms,
+                cached,
+            } => {
                 if let Some(bar) = line(agent) {
-                    bar.finish_with_message(format!("completed in {duration_ms:.1} ms"));
+                    bar.finish_with_message(if *cached {
+                        format!("cached (looked up in {duration_ms:.1} ms)")
+                    } else {
+                        format!("completed in {duration_ms:.1} ms")
+                    });
                 }
                 if let Some(bar) = &overall {
                     bar.inc(1);

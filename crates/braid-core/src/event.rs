@@ -90,6 +90,10 @@ pub enum EventKind {
         agent: Arc<str>,
         /// From first start to finish, retries included.
         duration_ms: f64,
+        /// Its writes came from the cache (`cache:`): it was not called,
+        /// and `duration_ms` is the lookup's.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
     },
     /// The agent failed for good.
     AgentFailed {

@@ -24,6 +24,7 @@
 //! | [`RunReport`], [`RunStatus`], [`AgentReport`] | How a run ended: its final state, and each agent's status, timing and attempts. |
 //! | [`event::EventSink`], [`event::EventReceiver`] | Live progress events, built only when a run asks for them. |
 //! | [`Checkpointer`], [`ResumePoint`] | Where a run's records go, and where a resumed run starts. |
+//! | [`AgentCache`], [`CachePolicy`] | Where cached agents' results live (`cache:`), and how long each is reused. |
 //! | [`AgentKinds`], [`agent::Agent`] | The kinds a pipeline may use, and Rust agents of your own. |
 //! | [`explain::Explanation`] | The derived graph, its critical path and the speedup to expect ([`Pipeline::explain`]). |
 //!
@@ -386,6 +387,7 @@ pub mod agent;
 pub mod answer;
 pub mod backoff;
 pub mod builder;
+pub mod cache;
 pub mod checkpoint;
 mod compile;
 mod condition;
@@ -409,6 +411,7 @@ mod state;
 mod telemetry;
 
 pub use builder::PipelineBuilder;
+pub use cache::{AgentCache, CachePolicy};
 pub use checkpoint::{CheckpointPolicy, Checkpointer, ResumePoint};
 pub use condition::{Condition, ConditionError};
 pub use diagnostic::{Diagnostic, LoadError, Location};

@@ -185,6 +185,8 @@ pub struct AgentDef {
     pub(crate) group: Option<Arc<Group>>,
     /// Set for an `input` agent: the question it waits on.
     pub(crate) input: Option<Arc<InputSpec>>,
+    /// Set for a cached agent (`cache:`, or `defaults.cache`).
+    pub(crate) cache: Option<crate::cache::CachePolicy>,
 }
 
 /// Why an answer to an `input` agent was refused.
@@ -329,6 +331,12 @@ impl AgentDef {
     /// For an `input` agent: its question, schema and default.
     pub fn input(&self) -> Option<&InputSpec> {
         self.input.as_deref()
+    }
+
+    /// Whether its results are cached, and for how long (`cache:`, or
+    /// `defaults.cache`).
+    pub fn cache(&self) -> Option<crate::cache::CachePolicy> {
+        self.cache
     }
 
     /// For a group (`kind: pipeline`): its agents, as a pipeline.
@@ -516,6 +524,15 @@ impl Pipeline {
     /// Every agent, in declaration order (indexable by [`AgentId`]).
     pub fn agents(&self) -> &[AgentDef] {
         &self.agents
+    }
+
+    /// Whether any agent, in a group too, is cached (`cache:` or
+    /// `defaults.cache`): a run of it then has use for an
+    /// [`AgentCache`](crate::AgentCache).
+    pub fn uses_cache(&self) -> bool {
+        self.agents
+            .iter()
+            .any(|a| a.cache.is_some() || a.group_pipeline().is_some_and(Pipeline::uses_cache))
     }
 
     /// Every agent's name, in declaration order.

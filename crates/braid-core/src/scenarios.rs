@@ -126,3 +126,24 @@ agents:
 "
     )
 }
+
+/// The `cache` scenario: `n` cached no-op agents (`cache: { ttl: 1h }`)
+/// reading the input `seed`, side by side (`chain: false`: each reads
+/// `seed`) or one after another (`chain: true`: each reads the one
+/// before). A run whose `seed` was seen before hits for every agent.
+pub fn cache_yaml(n: usize, chain: bool) -> String {
+    let mut out = String::from(
+        "pipeline: cache\ninputs: { seed: { type: string } }\ndefaults: { cache: { ttl: 1h } }\nagents:\n",
+    );
+    for i in 0..n {
+        let read = if chain && i > 0 {
+            format!("f{}", i - 1)
+        } else {
+            "seed".to_owned()
+        };
+        out.push_str(&format!(
+            "  c{i}: {{ kind: sleep, reads: [{read}], writes: [f{i}] }}\n"
+        ));
+    }
+    out
+}

@@ -49,6 +49,28 @@ pub(crate) struct DefaultsSpec {
     pub(crate) timeout: Option<marked_yaml::Spanned<String>>,
     pub(crate) retries: Option<marked_yaml::Spanned<u32>>,
     pub(crate) backoff: Option<marked_yaml::Spanned<String>>,
+    /// `cache:`, read from the node by hand ([`parse_cache`]) before the
+    /// rest is deserialized; declared here so that an unknown key's
+    /// message lists it.
+    #[serde(default, deserialize_with = "read_by_hand")]
+    pub(crate) cache: Option<Located<CacheSpec>>,
+}
+
+/// For keys taken out of a mapping before serde sees it: never called.
+fn read_by_hand<'de, D: serde::Deserializer<'de>, T>(_: D) -> Result<Option<T>, D::Error> {
+    Err(serde::de::Error::custom("read by hand"))
+}
+
+/// An agent's `cache:` (or `defaults.cache`), as written.
+#[derive(Debug, Clone)]
+pub(crate) enum CacheSpec {
+    /// `cache: false`: not cached, whatever `defaults` say.
+    Off,
+    /// `cache: { ttl: 1h }`.
+    On {
+        /// The `ttl` duration, checked by the compiler.
+        ttl: marked_yaml::Spanned<String>,
+    },
 }
 
 /// One entry of the top-level `fields:` section.
@@ -79,6 +101,9 @@ pub(crate) struct AgentSpec {
     pub(crate) retries: Option<marked_yaml::Spanned<u32>>,
     pub(crate) backoff: Option<marked_yaml::Spanned<String>>,
     pub(crate) expected: Option<marked_yaml::Spanned<String>>,
+    /// `cache:`, read by hand ([`parse_cache`]).
+    #[serde(skip)]
+    pub(crate) cache: Option<Located<CacheSpec>>,
     // fan-out
     pub(crate) foreach: Option<marked_yaml::Spanned<String>>,
     #[serde(rename = "as")]
@@ -146,6 +171,7 @@ pub(crate) const COMMON_AGENT_KEYS: &[&str] = &[
     "retries",
     "backoff",
     "expected",
+    "cache",
     "foreach",
     "as",
     "concurrency",
@@ -361,10 +387,18 @@ fn top_level_key(
                 "`inputs` must map each input field to a JSON Schema, e.g. `request: { type: string }`",
             )),
         },
-        "defaults" => match deserialize::<DefaultsSpec>(value, "defaults", source, key_at) {
-            Ok(d) => spec.defaults = d,
-            Err(d) => errors.push(d),
-        },
+        "defaults" => {
+            // `cache` is read by hand (it is `false` or a mapping).
+            let mut value = value.clone();
+            let cache = value
+                .as_mapping_mut()
+                .and_then(|map| map.remove("cache"))
+                .and_then(|node| parse_cache(&node, "defaults.cache", source, errors));
+            match deserialize::<DefaultsSpec>(&value, "defaults", source, key_at) {
+                Ok(d) => spec.defaults = DefaultsSpec { cache, ..d },
+                Err(d) => errors.push(d),
+            }
+        }
         "concurrency" => match scalar(value).map(str::parse::<usize>) {
             Some(Ok(n)) if n > 0 => {
                 spec.concurrency = Some(Located {
@@ -452,6 +486,7 @@ fn parse_agents(
         // `value` is free-form JSON, which serde cannot take from marked-yaml's
         // untyped scalars; convert it by hand and deserialize the rest.
         let mut value = None;
+        let mut cache = None;
         let mut settings = IndexMap::new();
         let mut group = None;
         let parsed = match node {
@@ -473,6 +508,9 @@ fn parse_agents(
                         at: source.at(v.span()),
                     });
                 }
+                cache = fields.remove("cache").and_then(|node| {
+                    parse_cache(&node, &format!("{context}: `cache`"), source, errors)
+                });
                 // Keys the core does not know go to the kind's own factory.
                 let other: Vec<(String, Option<Location>)> = fields
                     .keys()
@@ -525,6 +563,7 @@ fn parse_agents(
         match parsed {
             Ok(mut agent) => {
                 agent.value = value;
+                agent.cache = cache;
                 agent.settings = settings;
                 if let Some(mut group) = group {
                     group.spec.name = Some(Located {
@@ -644,6 +683,87 @@ fn parse_group(
         }
     }
     group
+}
+
+/// A `cache:` value: `false`, or a mapping with `ttl` (a duration, checked
+/// by the compiler). Anything else is reported at its place (`what` names
+/// the key) and gives `None`.
+fn parse_cache(
+    node: &Node,
+    what: &str,
+    source: &Source,
+    errors: &mut Diagnostics,
+) -> Option<Located<CacheSpec>> {
+    let at = source.at(node.span());
+    const EXAMPLE: &str = "e.g. `cache: { ttl: 1h }`, or `cache: false` to turn caching off";
+    match node {
+        Node::Scalar(_) if to_json(node) == Value::Bool(false) => Some(Located {
+            value: CacheSpec::Off,
+            at,
+        }),
+        Node::Scalar(_) if to_json(node) == Value::Bool(true) => {
+            errors.push(Diagnostic::new(
+                at,
+                format!("{what}: `true` says nothing of how long results may be reused; give a `ttl`, {EXAMPLE}"),
+            ));
+            None
+        }
+        Node::Mapping(map) => {
+            let mut ttl = None;
+            let mut ok = true;
+            for (key, value) in map.iter() {
+                match (key.as_str(), value.as_scalar()) {
+                    ("ttl", Some(text)) => {
+                        ttl = Some(marked_yaml::Spanned::new(
+                            *value.span(),
+                            text.as_str().to_owned(),
+                        ));
+                    }
+                    ("ttl", None) => {
+                        ok = false;
+                        errors.push(Diagnostic::new(
+                            source.at(value.span()),
+                            format!(
+                                "{what}: `ttl` must be a duration like 30s, 1h or 7days, found {}",
+                                describe(value)
+                            ),
+                        ));
+                    }
+                    (other, _) => {
+                        ok = false;
+                        errors.push(Diagnostic::new(
+                            source.at(key.span()),
+                            format!("{what}: unknown key `{other}`; expected: ttl"),
+                        ));
+                    }
+                }
+            }
+            match ttl {
+                Some(ttl) if ok => Some(Located {
+                    value: CacheSpec::On { ttl },
+                    at,
+                }),
+                None if ok => {
+                    errors.push(Diagnostic::new(
+                        at,
+                        format!("{what}: missing `ttl`, {EXAMPLE}"),
+                    ));
+                    None
+                }
+                _ => None,
+            }
+        }
+        other => {
+            errors.push(Diagnostic::new(
+                at,
+                format!(
+                    "{what} must be `false` or a mapping with `ttl`, {EXAMPLE}; found `{}`",
+                    describe(other)
+                ),
+            ));
+            None
+        }
+    }
 }
 
 fn deserialize<T: serde::de::DeserializeOwned>(

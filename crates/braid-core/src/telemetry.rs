@@ -16,6 +16,8 @@
 //! | `braid_llm_tokens_total` | counter | `direction` (`prompt`, `completion`) |
 //! | `braid_events_emitted_total` | counter | |
 //! | `braid_agents_waiting_total` | counter | |
+//! | `braid_cache_hits_total` | counter | |
+//! | `braid_cache_misses_total` | counter | |
 //!
 //! Other crates add theirs: the store `braid_checkpoint_batch_size`,
 //! `braid_checkpoint_commit_seconds`, `braid_checkpoint_transactions_total`,
@@ -58,6 +60,17 @@ pub(crate) fn queue_wait(wait: Duration) {
 
 pub(crate) fn retried() {
     metrics::counter!("braid_agent_retries_total").increment(1);
+}
+
+/// A cached agent was looked up: a hit (its writes reused), or a miss
+/// (it ran; a failed lookup counts as one). No agent label: names are
+/// the pipeline's, without bound.
+pub(crate) fn cache_lookup(hit: bool) {
+    if hit {
+        metrics::counter!("braid_cache_hits_total").increment(1);
+    } else {
+        metrics::counter!("braid_cache_misses_total").increment(1);
+    }
 }
 
 pub(crate) fn event_emitted() {

@@ -567,11 +567,13 @@ mod tests {
             log.push(event(EventKind::AgentCompleted {
                 agent: named(format!("work[{i}]")),
                 duration_ms: 1.0,
+                cached: false,
             }));
         }
         log.push(event(EventKind::AgentCompleted {
             agent: named("work".into()),
             duration_ms: 5.0,
+            cached: false,
         }));
         log.push(event(EventKind::RunFinished {
             status: braid_core::RunStatus::Completed,
@@ -622,12 +624,14 @@ mod tests {
                 log.push(event(EventKind::AgentCompleted {
                     agent: named(agent),
                     duration_ms: 1.0,
+                    cached: false,
                 }));
             }
         }
         log.push(event(EventKind::AgentCompleted {
             agent: named("refine".into()),
             duration_ms: 5.0,
+            cached: false,
         }));
         log.finish();
         let names: Vec<(String, u64)> = log

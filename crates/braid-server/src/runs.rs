@@ -94,6 +94,8 @@ pub(crate) struct Launch {
     pub(crate) events_before: u64,
     /// For a fork: the run it was forked from.
     pub(crate) parent_id: Option<String>,
+    /// Cached agents run without the store's cache (`"no_cache": true`).
+    pub(crate) no_cache: bool,
 }
 
 /// Every run the server started, and the machinery that runs them.
@@ -306,6 +308,10 @@ impl Execution {
             checkpointer: store.as_ref().map(|s| s.checkpointer()),
             resume: how.resume,
             answers: Some(inbox),
+            cache: store
+                .as_ref()
+                .filter(|_| !how.no_cache)
+                .and_then(|s| s.cache()),
             ..RunOptions::default()
         };
         let report = engine(&how.registered, &run.id, how.input, options).await;
@@ -456,6 +462,7 @@ agents:
             resume: None,
             events_before: 0,
             parent_id: None,
+            no_cache: false,
         };
         registry.launch(how, slot).unwrap()
     }

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use braid_core::RunStatus;
 use braid_core::checkpoint::Checkpointer;
+use braid_core::{AgentCache, RunStatus};
 use braid_store::{AnswerRefused, ForkRecord, PersistError, RunSummary, StoreError, StoredRun};
 
 /// The store operations the server uses: run history, resume claims,
@@ -37,6 +37,11 @@ pub trait RunStore: Send + Sync + 'static {
     async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<(), StoreError>;
     /// What runs hand their checkpoints to. Never blocks.
     fn checkpointer(&self) -> Arc<dyn Checkpointer>;
+    /// Where cached agents' results live; `None` (the default): the store
+    /// keeps none, and cached agents always run.
+    fn cache(&self) -> Option<Arc<dyn AgentCache>> {
+        None
+    }
     /// Waits until everything queued is written; reports runs that were not.
     async fn flush(&self) -> Result<(), PersistError>;
     /// Waits until everything queued is written; reports whether `run_id`'s
@@ -105,6 +110,10 @@ impl RunStore for braid_store::Store {
 
     fn checkpointer(&self) -> Arc<dyn Checkpointer> {
         braid_store::Store::checkpointer(self)
+    }
+
+    fn cache(&self) -> Option<Arc<dyn AgentCache>> {
+        Some(braid_store::Store::cache(self))
     }
 
     async fn flush(&self) -> Result<(), PersistError> {

@@ -16,7 +16,7 @@
 //!
 //! | Item | What it is |
 //! |---|---|
-//! | [`Store`] | A connected, migrated store: [`connect`](Store::connect), [`checkpointer`](Store::checkpointer), [`flush`](Store::flush), [`list_runs`](Store::list_runs), [`get_run`](Store::get_run), [`claim`](Store::claim), [`close`](Store::close). |
+//! | [`Store`] | A connected, migrated store: [`connect`](Store::connect), [`checkpointer`](Store::checkpointer), [`flush`](Store::flush), [`list_runs`](Store::list_runs), [`get_run`](Store::get_run), [`claim`](Store::claim), [`cache`](Store::cache), [`close`](Store::close). |
 //! | [`StoreSettings`] | Pool and writer limits: connections, batch size, retries, timeouts, spilling. |
 //! | [`RunSummary`], [`StoredRun`], [`RunFilter`] | Run history as `braid runs list` and `braid runs show` read it. |
 //! | [`StoreError`], [`PersistError`] | Why the store could not be reached or read, and which runs' checkpoints could not be written. |
@@ -168,6 +168,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod spill;
 pub mod sql;
 mod waits;
@@ -408,6 +409,7 @@ pub struct Store {
     read_only: bool,
     spill: Option<PathBuf>,
     replayed: Option<Replay>,
+    cache: Arc<cache::StoreCache>,
 }
 
 /// What opening a store did with the writes an earlier process could not
@@ -648,7 +650,13 @@ impl Store {
             None => None,
         };
         let writer = writer::Writer::start(target, settings.clone());
+        let cache = Arc::new(cache::StoreCache {
+            pool: pool.clone(),
+            writer: writer.clone(),
+            read_only,
+        });
         Ok(Self {
+            cache,
             pool,
             url: masked,
             backend,
@@ -712,6 +720,43 @@ impl Store {
     /// What runs hand their checkpoints to. Never blocks.
     pub fn checkpointer(&self) -> Arc<dyn Checkpointer> {
         self.writer.clone()
+    }
+
+    /// The store's agent cache (`braid_cache`), for runs of pipelines with
+    /// cached agents ([`RunOptions::cache`](braid_core::RunOptions::cache)):
+    /// lookups read through the pool, results are kept through the writer
+    /// (never blocking), entries past their `ttl` are never returned.
+    /// Shared by every braid on the store.
+    pub fn cache(&self) -> Arc<dyn braid_core::AgentCache> {
+        self.cache.clone()
+    }
+
+    /// Deletes cached results: every one, or `agent`'s only (by its name,
+    /// as `braid_cache.agent` holds it). For when what the key does not
+    /// cover changed, such as a command agent's program. Waits for
+    /// results queued before it to be written first, so none outlives it.
+    /// Returns how many entries were deleted.
+    pub async fn clear_cache(&self, agent: Option<&str>) -> Result<u64, StoreError> {
+        if self.read_only {
+            return Err(self.read_only_error("clearing the cache deletes"));
+        }
+        // Entries still queued would come back after the delete. (A flush
+        // for no run: other runs' failures stay for their own flush.)
+        let _ = self.writer.flush(Some("")).await;
+        let done = match agent {
+            None => {
+                sqlx::query("DELETE FROM braid_cache")
+                    .execute(&self.pool)
+                    .await?
+            }
+            Some(agent) => {
+                sqlx::query("DELETE FROM braid_cache WHERE agent = $1")
+                    .bind(agent.to_owned())
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected())
     }
 
     /// Waits until everything queued so far is committed. Returns the runs

@@ -149,6 +149,8 @@ impl SpilledOp {
             // Process groups are live state of this process, not history:
             // a later braid finds none of them alive.
             Op::Flush(..) | Op::Process { .. } => return None,
+            // A cache entry that is not written costs a later miss, no more.
+            Op::Cache(_) => return None,
         })
     }
 

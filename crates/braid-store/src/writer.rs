@@ -111,6 +111,19 @@ pub(crate) enum Op {
         agent: Option<Arc<str>>,
         written: Option<oneshot::Sender<()>>,
     },
+    /// A cached agent's result (`braid_cache`). Belongs to no run: never
+    /// spilled, never reported by a flush (losing one costs a later miss).
+    Cache(CacheRow),
+}
+
+/// A row of `braid_cache`, as the writer upserts it.
+pub(crate) struct CacheRow {
+    pub(crate) key: Arc<str>,
+    pub(crate) agent: Arc<str>,
+    /// The writes as a JSON object, field to value.
+    pub(crate) writes: String,
+    pub(crate) created_at_ms: i64,
+    pub(crate) expires_at_ms: i64,
 }
 
 impl Op {
@@ -118,7 +131,7 @@ impl Op {
         match self {
             Op::Run(run) | Op::Finished { run, .. } => Some(&run.id),
             Op::Agent { run_id, .. } | Op::Process { run_id, .. } => Some(run_id),
-            Op::Flush(..) => None,
+            Op::Flush(..) | Op::Cache(_) => None,
         }
     }
 }
@@ -226,6 +239,11 @@ impl Writer {
     /// `host:pid` of this process, as stored in `owner`.
     pub(crate) fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// Queues a cached agent's result; returns at once.
+    pub(crate) fn cache(&self, row: CacheRow) {
+        let _ = self.queue.send(Op::Cache(row));
     }
 
     pub(crate) fn stats(&self) -> WriterStats {
@@ -654,8 +672,9 @@ impl Op {
                 agents: agents.iter().map(agent).collect(),
             },
             // Process groups are live state of this process, not history:
-            // a later braid finds none of them alive.
-            Op::Flush(..) | Op::Process { .. } => return None,
+            // a later braid finds none of them alive. Cache entries are
+            // not history either.
+            Op::Flush(..) | Op::Process { .. } | Op::Cache(_) => return None,
         })
     }
 }
@@ -719,6 +738,7 @@ pub(crate) async fn write_batch(
     let mut runs: IndexMap<&str, &RunRow> = IndexMap::new();
     let mut agents: IndexMap<(&str, &str), &AgentRow> = IndexMap::new();
     let mut deltas: IndexMap<(&str, &str, &str), &serde_json::Value> = IndexMap::new();
+    let mut cached: IndexMap<&str, &CacheRow> = IndexMap::new();
     for op in ops {
         match op {
             Op::Run(run) => {
@@ -744,6 +764,9 @@ pub(crate) async fn write_batch(
                         }
                     }
                 }
+            }
+            Op::Cache(row) => {
+                cached.insert(&row.key, row);
             }
             Op::Flush(..) | Op::Process { .. } => {}
         }
@@ -837,6 +860,28 @@ pub(crate) async fn write_batch(
                 .bind(agent.to_string())
                 .bind(field.to_string())
                 .bind(value.to_string());
+        }
+        q.persistent(false).execute(&mut *tx).await?;
+    }
+    let cached: Vec<&CacheRow> = cached.into_values().collect();
+    for chunk in cached.chunks(ROWS_PER_STATEMENT) {
+        let sql = upsert_sql(
+            backend,
+            "braid_cache (key, agent, writes, created_at_ms, expires_at_ms)",
+            5,
+            chunk.len(),
+            "(key) DO UPDATE SET
+                 agent = excluded.agent, writes = excluded.writes,
+                 created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for row in chunk {
+            q = q
+                .bind(row.key.to_string())
+                .bind(text(&row.agent))
+                .bind(row.writes.clone())
+                .bind(row.created_at_ms)
+                .bind(row.expires_at_ms);
         }
         q.persistent(false).execute(&mut *tx).await?;
     }

@@ -1,6 +1,7 @@
 //! One module per subcommand; small ones live here.
 
 pub(crate) mod bench;
+pub(crate) mod cache;
 pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod serve;

@@ -40,7 +40,35 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) display: DisplayArgs,
     #[command(flatten)]
+    pub(crate) cache: CacheArgs,
+    #[command(flatten)]
     pub(crate) store: StoreArgs,
+}
+
+/// Whether cached agents use the store's cache.
+#[derive(Debug, Args)]
+pub(crate) struct CacheArgs {
+    /// Run every agent: agents with `cache:` neither reuse a stored result
+    /// nor store theirs.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
+}
+
+impl CacheArgs {
+    /// Whether a run of `pipeline` needs the store for its cache.
+    pub(crate) fn wanted(&self, pipeline: &Pipeline) -> bool {
+        !self.no_cache && pipeline.uses_cache()
+    }
+
+    /// The cache a run of `pipeline` uses: the store's, unless
+    /// `--no-cache` (or nothing in it is cached).
+    pub(crate) fn of(
+        &self,
+        pipeline: &Pipeline,
+        store: Option<&Store>,
+    ) -> Option<std::sync::Arc<dyn braid_core::AgentCache>> {
+        store.filter(|_| self.wanted(pipeline)).map(Store::cache)
+    }
 }
 
 /// How a run is shown.
@@ -225,14 +253,16 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let runtime = runtime()?;
     let code = runtime.block_on(async {
+        // The store keeps runs (unless `none`) and cached agents' results.
         let store = match policy {
-            CheckpointPolicy::None => None,
+            CheckpointPolicy::None if !args.cache.wanted(&pipeline) => None,
             _ => Some(args.store.open_writable().await?),
         };
         let options = RunOptions {
             sequential: args.sequential,
             concurrency: args.concurrency,
             checkpoint: Some(policy),
+            cache: args.cache.of(&pipeline, store.as_ref()),
             ..RunOptions::default()
         };
         let code = execute(&pipeline, input, options, &args.display, store.as_ref()).await;
@@ -627,8 +657,17 @@ pub(crate) fn print_table(
             .lines()
             .next()
             .unwrap_or("");
+        let cached_items = agent
+            .instances
+            .iter()
+            .flat_map(|i| i.values())
+            .filter(|i| i.cached)
+            .count();
         let items = agent.items.map(|c| {
             let mut counts = format!("{} of {} items completed", c.completed, c.total);
+            if cached_items > 0 {
+                counts.push_str(&format!(" ({cached_items} cached)"));
+            }
             for (n, what) in [
                 (c.failed, "failed"),
                 (c.cancelled, "cancelled"),

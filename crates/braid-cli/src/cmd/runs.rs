@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
-use super::run::{DisplayArgs, Output, StoreArgs, execute, fmt_ms, runtime};
+use super::run::{CacheArgs, DisplayArgs, Output, StoreArgs, execute, fmt_ms, runtime};
 use crate::exit;
 
 #[derive(Debug, Args)]
@@ -67,6 +67,8 @@ enum RunsCommand {
         force: bool,
         #[command(flatten)]
         display: DisplayArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Answer an `input` agent of a waiting run, and continue the run here
     /// (printing its report as `braid run` does).
@@ -85,6 +87,8 @@ enum RunsCommand {
         force: bool,
         #[command(flatten)]
         display: DisplayArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// A new run from an earlier one: every agent not downstream of
     /// `--from` (or of a field set with `--set`) keeps its recorded
@@ -107,6 +111,8 @@ enum RunsCommand {
         pipeline: Option<std::path::PathBuf>,
         #[command(flatten)]
         display: DisplayArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
 }
 
@@ -131,22 +137,27 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                 output,
                 timeline,
             } => show(&store, &id, output, timeline.as_deref()).await,
-            RunsCommand::Resume { id, force, display } => {
-                resume(&store, &id, force, &display).await
-            }
+            RunsCommand::Resume {
+                id,
+                force,
+                display,
+                cache,
+            } => resume(&store, &id, force, &display, &cache).await,
             RunsCommand::Answer {
                 id,
                 agent,
                 value,
                 force,
                 display,
-            } => answer(&store, &id, &agent, &value, force, &display).await,
+                cache,
+            } => answer(&store, &id, &agent, &value, force, &display, &cache).await,
             RunsCommand::Fork {
                 id,
                 from,
                 set,
                 pipeline,
                 display,
+                cache,
             } => {
                 fork(
                     &store,
@@ -155,6 +166,7 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                     &set,
                     pipeline.as_deref(),
                     &display,
+                    &cache,
                 )
                 .await
             }
@@ -387,6 +399,7 @@ async fn resume(
     id: &str,
     force: bool,
     display: &DisplayArgs,
+    cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     let Some(run) = store.get_run(id).await? else {
         eprintln!("error: no run {id} in {}", store.url());
@@ -422,7 +435,7 @@ async fn resume(
     if !store.claim(&run).await? {
         return refuse("another process took it over just now".to_owned());
     }
-    continue_run(store, run, &pipeline, input, display).await
+    continue_run(store, run, &pipeline, input, display, cache).await
 }
 
 /// The pipeline and input a stored run continues with (resume, answer),
@@ -454,6 +467,7 @@ async fn continue_run(
     pipeline: &Pipeline,
     input: braid_core::ValidInput,
     display: &DisplayArgs,
+    cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     let id = run.summary.run_id.clone();
     // Its dead owner's agents may have left processes running: they go
@@ -477,6 +491,7 @@ async fn continue_run(
         run_id: Some(run.summary.run_id.clone()),
         checkpoint: Some(policy),
         resume: Some(ResumePoint { agents: run.agents }),
+        cache: cache.of(pipeline, Some(store)),
         ..RunOptions::default()
     };
     execute(pipeline, input, options, display, Some(store)).await
@@ -500,6 +515,7 @@ async fn answer(
     value: &str,
     force: bool,
     display: &DisplayArgs,
+    cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     let refuse = |why: String| {
         eprintln!("error: cannot answer `{agent}` of run {id}: {why}");
@@ -553,7 +569,7 @@ async fn answer(
             store.url()
         );
     };
-    continue_run(store, run, &pipeline, input, display).await
+    continue_run(store, run, &pipeline, input, display, cache).await
 }
 
 /// Parses `--set FIELD=JSON`.
@@ -573,6 +589,7 @@ async fn fork(
     set: &[String],
     file: Option<&std::path::Path>,
     display: &DisplayArgs,
+    cache: &CacheArgs,
 ) -> anyhow::Result<ExitCode> {
     let refuse = |why: String| {
         eprintln!("error: cannot fork run {id}: {why}");
@@ -660,6 +677,7 @@ async fn fork(
         run_id: Some(run_id),
         checkpoint: Some(policy),
         resume: Some(fork.resume),
+        cache: cache.of(&pipeline, Some(store)),
         ..RunOptions::default()
     };
     execute(&pipeline, input, options, display, Some(store)).await

@@ -8,12 +8,17 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{Compiler, Stop};
+use crate::cache::{CachePolicy, MAX_CACHE_TTL, MIN_CACHE_TTL};
 use crate::condition::{Condition, ConditionError};
 use crate::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::graph::AgentId;
 use crate::kinds::{AgentConfig, Built};
 use crate::pipeline::{AgentDef, MAX_RETRIES, MIN_BACKOFF, RetryPolicy};
-use crate::spec::{AgentSpec, CORE_KIND_KEYS, Source, core_kind_keys};
+use crate::spec::{AgentSpec, CORE_KIND_KEYS, CacheSpec, Located, Source, core_kind_keys};
+
+/// The kind of agent that waits for an answer from outside the run
+/// (issue 12): never cached, since its answer is not a function of its reads.
+const INPUT_KIND: &str = "input";
 
 impl Compiler<'_> {
     /// `defaults:`, which every agent's policy starts from.
@@ -33,6 +38,70 @@ impl Compiler<'_> {
                 .or(inherited.map(|d| d.backoff))
                 .unwrap_or(RetryPolicy::default().backoff),
         }
+    }
+
+    /// `defaults.cache`: `cache: false` there turns off what a group's
+    /// agents would inherit from the pipeline around it.
+    pub(super) fn default_cache(&mut self) -> Option<CachePolicy> {
+        let inherited = self.nested.as_ref().and_then(|n| n.cache);
+        match &self.spec.defaults.cache {
+            None => inherited,
+            Some(spec) => self.cache_policy(spec, "defaults.cache"),
+        }
+    }
+
+    /// An agent's cache policy: its own `cache:`, or `defaults.cache`.
+    /// Defaults do not apply to groups (a cached group would skip its
+    /// members, a `cache: false` one among them: a group is cached only
+    /// when it says so) nor to `input` agents. An `input` agent, or a
+    /// group holding one, that asks to be cached is refused.
+    fn cache(
+        &mut self,
+        agent: &AgentSpec,
+        who: &str,
+        group: Option<&crate::Pipeline>,
+    ) -> Option<CachePolicy> {
+        let waits = agent.kind.as_str() == INPUT_KIND || group.is_some_and(waits_for_input);
+        let Some(spec) = &agent.cache else {
+            return self
+                .cache_default
+                .filter(|_| agent.group.is_none() && !waits);
+        };
+        let policy = self.cache_policy(spec, &format!("{who}: `cache`"))?;
+        if waits {
+            let why = if group.is_some() {
+                "a group with an `input` agent cannot be cached: a hit would skip the question"
+            } else {
+                "an `input` agent cannot be cached: its answer comes from outside the run"
+            };
+            self.error(spec.at.clone(), format!("{who}: {why}; remove `cache`"));
+            return None;
+        }
+        Some(policy)
+    }
+
+    /// A `cache:` value: `None` for `false`, or its `ttl` once checked
+    /// (a duration between [`MIN_CACHE_TTL`] and [`MAX_CACHE_TTL`]).
+    fn cache_policy(&mut self, spec: &Located<CacheSpec>, what: &str) -> Option<CachePolicy> {
+        let CacheSpec::On { ttl } = &spec.value else {
+            return None;
+        };
+        let (source, errors) = (&self.source, &mut self.errors);
+        let what = format!("{what}: `ttl`");
+        let parsed = duration(&Some(ttl.clone()), &what, source, errors)?;
+        if !(MIN_CACHE_TTL..=MAX_CACHE_TTL).contains(&parsed) {
+            errors.push(Diagnostic::new(
+                source.at(ttl.span()),
+                format!(
+                    "{what}: `{}` is out of bounds; a ttl is between {} and {}days",
+                    ttl.as_str(),
+                    humantime::format_duration(MIN_CACHE_TTL),
+                    MAX_CACHE_TTL.as_secs() / 86_400,
+                ),
+            ));
+            return None;
+        }
+        Some(CachePolicy { ttl: parsed })
     }
 
     /// Every agent's `when`, compiled together on one parser thread (see
@@ -93,6 +162,7 @@ impl Compiler<'_> {
         if agent.group.is_some() && group.is_none() {
             built = None;
         }
+        let cache = self.cache(agent, &who, group.as_deref().map(|g| &*g.pipeline));
         if group.is_some()
             && let Some(foreach) = foreach.as_deref_mut()
         {
@@ -117,6 +187,7 @@ impl Compiler<'_> {
                 foreach,
                 group,
                 input,
+                cache,
             });
         }
         Ok(())
@@ -303,4 +374,12 @@ fn backoff(
         return None;
     }
     Some(parsed)
+}
+
+/// Whether `pipeline` (a group's) has an `input` agent, at any depth.
+fn waits_for_input(pipeline: &crate::Pipeline) -> bool {
+    pipeline
+        .agents()
+        .iter()
+        .any(|a| a.kind().name() == INPUT_KIND || a.group_pipeline().is_some_and(waits_for_input))
 }

@@ -63,6 +63,7 @@ impl Compiler<'_> {
         });
         let nested = Nested {
             defaults: *defaults,
+            cache: self.cache_default,
             inputs: inputs.clone(),
             depth,
         };

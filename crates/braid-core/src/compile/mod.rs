@@ -114,6 +114,9 @@ struct Compiler<'a> {
     own_definitions: Vec<Value>,
     /// For a group's agents: the group's settings (see `group.rs`).
     nested: Option<Nested>,
+    /// `defaults.cache` (or the one a group's agents inherit), which
+    /// agents without a `cache:` of their own take.
+    cache_default: Option<crate::cache::CachePolicy>,
     /// Agents compiled so far, groups' included, shared by the nested
     /// compilers: groups (group files naming themselves, say) may not
     /// expand a pipeline past `max_agents`.
@@ -124,6 +127,8 @@ struct Compiler<'a> {
 struct Nested {
     /// The parent's `defaults`, as the group's agents start from them.
     defaults: crate::pipeline::RetryPolicy,
+    /// The parent's `defaults.cache`, likewise.
+    cache: Option<crate::cache::CachePolicy>,
     /// Inputs of the group's pipeline: the group's reads, the element and
     /// its index, `round`, the `carry` targets (each with where it is said).
     inputs: Vec<(String, Option<Location>)>,
@@ -195,6 +200,7 @@ impl<'a> Compiler<'a> {
             edges: Vec::new(),
             after_edges: Vec::new(),
             nested: None,
+            cache_default: None,
             compiled_agents: std::rc::Rc::new(std::cell::Cell::new(spec.agents.len())),
         }
     }
@@ -203,6 +209,7 @@ impl<'a> Compiler<'a> {
     fn run(&mut self) -> Result<Pipeline, Stop> {
         let header = self.header();
         let defaults = self.default_policy();
+        self.cache_default = self.default_cache();
         self.inputs()?;
         self.writes()?;
         self.merge_rules();

@@ -28,6 +28,8 @@ pub(super) struct Finished {
     pub(super) attempts: u32,
     pub(super) finished: Instant,
     pub(super) result: Result<Vec<(FieldId, Arc<Value>)>, AgentError>,
+    /// Its writes came from the cache: the agent was not called.
+    pub(super) cached: bool,
 }
 
 /// The longest wait between an agent's attempts.
@@ -93,6 +95,7 @@ pub(super) async fn attempt_loop(
                     attempts: attempt,
                     finished: Instant::now(),
                     result,
+                    cached: false,
                 };
             }
         }
@@ -102,7 +105,7 @@ pub(super) async fn attempt_loop(
 /// Checks an agent's output against its declared writes: an object with
 /// those fields (optional ones, `name?`, may be left out), each nested at most `max_depth` deep and
 /// acceptable to its field's merge rule.
-fn check_writes(
+pub(super) fn check_writes(
     mut out: Writes,
     writes: &[FieldWrite],
     agent: &str,

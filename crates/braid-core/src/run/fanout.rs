@@ -71,6 +71,8 @@ struct Item {
     finished: Option<Instant>,
     error: Option<Box<str>>,
     resumed: Option<Box<AgentReport>>,
+    /// Its writes came from the cache.
+    cached: bool,
 }
 
 /// `agent[i]`: an instance's name.
@@ -395,9 +397,11 @@ impl Scheduler<'_> {
                 }
                 f.items[i].status = Some(AgentStatus::Completed);
                 let duration_ms = f.items[i].started.map(|s| ms(now - s)).unwrap_or_default();
+                let cached = f.items[i].cached;
                 self.emit(|| EventKind::AgentCompleted {
                     agent: name.clone(),
                     duration_ms,
+                    cached,
                 });
                 crate::telemetry::agent_finished("completed", Some(duration_ms), attempts);
                 named
@@ -450,6 +454,17 @@ impl Scheduler<'_> {
         }
         if go_on {
             self.advance(agent, now);
+        }
+    }
+
+    /// Instance `i` of `agent` took its writes from the cache.
+    pub(super) fn item_cached(&mut self, agent: AgentId, i: usize) {
+        if let Some(item) = self.progress[agent]
+            .fanout
+            .as_deref_mut()
+            .and_then(|f| f.items.get_mut(i))
+        {
+            item.cached = true;
         }
     }
 
@@ -516,6 +531,7 @@ impl Scheduler<'_> {
                 .map(|(ready, started)| ms(started - ready)),
             attempts: item.attempts,
             error,
+            cached: item.cached,
             ..AgentReport::new(status)
         }
     }

@@ -36,6 +36,8 @@ pub(super) struct RunContext {
     pub(super) checkpoint: Option<(Arc<dyn Checkpointer>, CheckpointPolicy, RunRecord)>,
     pub(super) processes: Option<Arc<crate::agent::ProcessRecorder>>,
     pub(super) max_value_depth: usize,
+    /// The run's cache, for cached agents of nested runs.
+    pub(super) cache: Option<Arc<dyn crate::cache::AgentCache>>,
     /// The run's concurrency limit (`usize::MAX` for none).
     pub(super) run_limit: usize,
     /// The run's concurrency slots, when it has a limit.
@@ -162,6 +164,7 @@ pub(super) async fn run_group(
                     .collect()
             })
             .map_err(AgentError::Other),
+        cached: false,
     }
 }
 

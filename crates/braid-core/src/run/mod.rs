@@ -12,6 +12,7 @@
 //! - `scheduler`: the loop — readiness, launching, stopping, the report.
 //! - `attempt`: one agent's attempts — timeouts, retries with
 //!   [`Backoff`](crate::backoff::Backoff), output checking.
+//! - `cached`: the cache lookup and store around a cached agent's task.
 //! - `outcome`: the one place an agent's outcome is recorded (state merge,
 //!   report, telemetry, events, per-agent checkpoint), used by the loop and
 //!   by wind-down alike.
@@ -27,6 +28,7 @@ use indexmap::IndexMap;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::AgentCache;
 use crate::checkpoint::{AgentRecord, CheckpointPolicy, Checkpointer, ResumePoint};
 use crate::event::EventSink;
 use crate::pipeline::Pipeline;
@@ -35,6 +37,7 @@ pub use crate::input::{InputError, ValidInput};
 pub use crate::report::{AgentReport, AgentStatus, RunReport, RunStatus};
 
 mod attempt;
+mod cached;
 mod fanout;
 mod group;
 mod outcome;
@@ -78,6 +81,9 @@ pub struct RunOptions {
     /// answered only through the run's store, once the run has ended
     /// `waiting`.
     pub answers: Option<crate::answer::AnswerInbox>,
+    /// Where cached agents' (`cache:`) results are looked up and kept.
+    /// `None`: no agent is cached, every one runs (`braid run --no-cache`).
+    pub cache: Option<Arc<dyn AgentCache>>,
 }
 
 impl Pipeline {

@@ -51,9 +51,11 @@ impl Scheduler<'_> {
                 progress.status = AgentStatus::Completed;
                 progress.finished = Some(now);
                 let duration_ms = progress.started.map(|s| ms(now - s)).unwrap_or_default();
+                let cached = progress.cached;
                 self.emit(|| EventKind::AgentCompleted {
                     agent: name,
                     duration_ms,
+                    cached,
                 });
                 crate::telemetry::agent_finished("completed", Some(duration_ms), attempts);
                 self.checkpoint_agent(agent, named);
@@ -134,6 +136,9 @@ impl Scheduler<'_> {
                 if done.member.item.is_none() {
                     self.progress[done.member.agent].attempts = done.attempts;
                 }
+                if done.cached {
+                    self.mark_cached(done.member);
+                }
                 let outcome = match done.result {
                     Ok(writes) => Outcome::Completed(writes),
                     Err(error) => Outcome::Failed(error.to_string()),
@@ -155,6 +160,14 @@ impl Scheduler<'_> {
                     Some((member, Outcome::Failed(why), 1, now))
                 }
             }
+        }
+    }
+
+    /// Notes that `member`'s writes came from the cache.
+    fn mark_cached(&mut self, member: Member) {
+        match member.item {
+            None => self.progress[member.agent].cached = true,
+            Some(i) => self.item_cached(member.agent, i),
         }
     }
 
@@ -235,6 +248,7 @@ impl Scheduler<'_> {
             reason: progress.reason.clone(),
             tokens: progress.usage.usage(),
             deadline_ms: self.deadline_of(agent),
+            cached: progress.cached,
             ..AgentReport::new(progress.status)
         };
         self.fanout_report(agent, &mut report);

@@ -45,6 +45,8 @@ pub(super) struct AgentProgress {
     pub(super) usage: Arc<crate::agent::TokenCounter>,
     /// A `foreach` agent's instances, once its list is known.
     pub(super) fanout: Option<Box<Fanout>>,
+    /// Its writes came from the cache.
+    pub(super) cached: bool,
 }
 
 /// One run in progress: everything the loop owns.
@@ -122,6 +124,21 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
+/// Spawns a member's task in `tasks` under `span`, inside its cache call
+/// if it has one.
+fn spawn(
+    tasks: &mut JoinSet<Finished>,
+    task: impl Future<Output = Finished> + Send + 'static,
+    cache: Option<super::cached::CacheCall>,
+    span: tracing::Span,
+) -> tokio::task::AbortHandle {
+    use tracing::Instrument;
+    match cache {
+        None => tasks.spawn(task.instrument(span)),
+        Some(call) => tasks.spawn(call.around(task).instrument(span)),
+    }
+}
+
 /// A slot of `slots`, once one is free (never, without slots).
 async fn acquire(
     slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -172,6 +189,7 @@ impl<'p> Scheduler<'p> {
                 queued: false,
                 usage: Arc::default(),
                 fanout: None,
+                cached: false,
             })
             .collect();
         let mut policy = options
@@ -238,6 +256,7 @@ impl<'p> Scheduler<'p> {
                 checkpoint: checkpoint.clone(),
                 processes: processes.clone(),
                 max_value_depth: pipeline.max_value_depth,
+                cache: options.cache.clone(),
                 start: Default::default(),
                 resume: Default::default(),
                 rounds: Default::default(),
@@ -293,6 +312,7 @@ impl<'p> Scheduler<'p> {
             run_id: Some(ctx.run_id.to_string()),
             events: ctx.events.clone(),
             cancel: ctx.cancel.clone(),
+            cache: ctx.cache.clone(),
             ..RunOptions::default()
         };
         let mut scheduler = Self::new(pipeline, input, options);
@@ -782,9 +802,12 @@ impl<'p> Scheduler<'p> {
         member: Member,
         input: AgentInput,
     ) -> tokio::task::AbortHandle {
-        let def = &self.pipeline.agents[member.agent];
+        let pipeline = self.pipeline;
+        let def = &pipeline.agents[member.agent];
         // The agent's spans are children of the run's.
         let span = tracing::Span::current();
+        // A cached agent's task looks itself up first (see `cached.rs`).
+        let cache = self.cache_call(member, &input.agent, &input.reads.0);
         let handle = match (&def.group, &self.ctx) {
             (Some(group), Some(ctx)) => {
                 let task = super::group::run_group(
@@ -795,8 +818,7 @@ impl<'p> Scheduler<'p> {
                     self.definition_of(member.agent),
                     def.policy.timeout,
                 );
-                self.tasks
-                    .spawn(tracing::Instrument::instrument(task, span))
+                spawn(&mut self.tasks, task, cache, span)
             }
             _ => {
                 let task = attempt_loop(
@@ -809,17 +831,17 @@ impl<'p> Scheduler<'p> {
                 );
                 match self.slot.take() {
                     // Held until the task ends, however it ends (aborted too).
-                    Some(slot) => self.tasks.spawn(tracing::Instrument::instrument(
+                    Some(slot) => spawn(
+                        &mut self.tasks,
                         async move {
                             let finished = task.await;
                             drop(slot);
                             finished
                         },
+                        cache,
                         span,
-                    )),
-                    None => self
-                        .tasks
-                        .spawn(tracing::Instrument::instrument(task, span)),
+                    ),
+                    None => spawn(&mut self.tasks, task, cache, span),
                 }
             }
         };

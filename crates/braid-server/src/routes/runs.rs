@@ -32,6 +32,10 @@ pub(super) struct StartRun {
     events: Option<String>,
     #[serde(default)]
     checkpoint: Option<String>,
+    /// Run every agent: cached ones neither reuse nor store results (as
+    /// `braid run --no-cache`).
+    #[serde(default)]
+    no_cache: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +111,7 @@ pub(super) async fn start_run(
         resume: None,
         events_before: 0,
         parent_id: None,
+        no_cache: request.no_cache,
     };
     let run = state.inner.runs.launch(how, slot)?;
     respond(run, query.wait).await
@@ -421,6 +426,7 @@ pub(crate) async fn continue_claimed(
         }),
         events_before,
         parent_id: None,
+        no_cache: false,
     };
     Ok(state.inner.runs.launch(how, slot)?)
 }

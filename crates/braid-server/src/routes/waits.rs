@@ -254,6 +254,7 @@ pub(super) async fn fork(
         resume: Some(fork.resume),
         events_before: 0,
         parent_id: Some(id.clone()),
+        no_cache: false,
     };
     let run = state.inner.runs.launch(how, slot)?;
     if query.wait {
