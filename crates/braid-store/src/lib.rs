@@ -20,6 +20,7 @@
 //! | [`StoreSettings`] | Pool and writer limits: connections, batch size, retries, timeouts, spilling. |
 //! | [`RunSummary`], [`StoredRun`], [`RunFilter`] | Run history as `braid runs list` and `braid runs show` read it. |
 //! | [`StoreError`], [`PersistError`] | Why the store could not be reached or read, and which runs' checkpoints could not be written. |
+//! | [`PruneFilter`], [`PruneReport`] | Retention: [`Store::prune`] deletes old runs in small batches ([`prune`]). |
 //! | [`sql`] | The `sql` agent kind: one query, its rows written as JSON. |
 //!
 //! # Connecting, and running with the store
@@ -168,8 +169,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod prune;
 mod spill;
 pub mod sql;
+mod synthetic;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -186,6 +189,8 @@ use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 
+pub use prune::{PruneFilter, PruneReport};
+pub use synthetic::SyntheticRuns;
 pub use writer::{PersistError, WriterStats};
 
 /// What [`Store::kill_leftover_processes`] found: agents' process groups,
@@ -317,6 +322,10 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt record in the store: {0}")]
     Corrupt(String),
+    /// A [`PruneFilter`] that cannot be applied (what was expected, what
+    /// was given).
+    #[error("{0}")]
+    InvalidFilter(String),
 }
 
 /// Which database is behind the pool.
