@@ -12,7 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use braid_core::RunStatus;
 use braid_core::checkpoint::Checkpointer;
-use braid_store::{PersistError, RunSummary, StoreError, StoredRun};
+use braid_store::{PersistError, PruneFilter, PruneReport, RunSummary, StoreError, StoredRun};
+use tokio_util::sync::CancellationToken;
 
 /// The store operations the server uses: run history, resume claims,
 /// event streams, checkpoints and health.
@@ -47,6 +48,20 @@ pub trait RunStore: Send + Sync + 'static {
     /// Publishes the store's own gauges before `/metrics` renders; the
     /// default publishes nothing.
     fn record_gauges(&self) {}
+    /// Deletes the runs `filter` selects (see [`braid_store::prune`]),
+    /// stopping between batches once `stop` is cancelled. The default
+    /// prunes nothing: a store that keeps no history has none to bound.
+    async fn prune(
+        &self,
+        filter: &PruneFilter,
+        stop: CancellationToken,
+    ) -> Result<PruneReport, StoreError> {
+        let _ = (filter, stop);
+        Ok(PruneReport {
+            complete: true,
+            ..PruneReport::default()
+        })
+    }
 }
 
 #[async_trait]
@@ -103,5 +118,13 @@ impl RunStore for braid_store::Store {
 
     fn record_gauges(&self) {
         self.record_pool_gauges();
+    }
+
+    async fn prune(
+        &self,
+        filter: &PruneFilter,
+        stop: CancellationToken,
+    ) -> Result<PruneReport, StoreError> {
+        braid_store::Store::prune_until(self, filter, stop.cancelled_owned()).await
     }
 }
