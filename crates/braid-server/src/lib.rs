@@ -18,6 +18,7 @@
 //! | [`ServerConfig`], [`HttpConfig`] | The token, the agent kinds clients may use, and every limit (bodies, pipelines, compiles, runs, events, connections). |
 //! | [`app`] | The router: `/v1/pipelines`, `/v1/runs` (start, get, cancel, resume, SSE and WebSocket events), `/healthz`, `/readyz`, `/metrics` and the web view at `/`. |
 //! | [`serve`] | HTTP/1.1 and h2c on a listener, until a shutdown signal; then runs finish within the grace period. |
+//! | [`Retention`] | How long runs are kept: [`serve`] prunes older ones in the background ([`retention`]). |
 //! | [`RunStore`] | What the server needs from a store; [`braid_store::Store`] implements it. |
 //! | [`ApiError`] | Every error response: a status and a JSON body with a code, a message and the problems found. |
 //!
@@ -88,6 +89,7 @@ pub mod events;
 pub mod guard;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+pub mod retention;
 mod routes;
 mod runs;
 pub mod store;
@@ -103,6 +105,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use conn::{HttpConfig, WS_MAX_MESSAGE_BYTES};
 pub use error::ApiError;
+pub use retention::Retention;
 pub use routes::app;
 pub use runs::LiveRun;
 pub use store::RunStore;
@@ -160,6 +163,9 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Connection limits and which browsers' pages may call.
     pub http: HttpConfig,
+    /// Prune the store in the background ([`serve`] only): `None` keeps
+    /// every run.
+    pub retention: Option<Retention>,
 }
 
 impl Default for ServerConfig {
@@ -182,6 +188,7 @@ impl Default for ServerConfig {
             max_finished_runs: 1000,
             grace: Duration::from_secs(30),
             http: HttpConfig::default(),
+            retention: None,
         }
     }
 }
@@ -337,7 +344,8 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting,
 /// lets runs finish within the grace period and flushes the store. HTTP/1.1
-/// and h2c, within the limits of the config's [`HttpConfig`].
+/// and h2c, within the limits of the config's [`HttpConfig`]. With a
+/// [`Retention`] and a store, prunes the store in the background meanwhile.
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
@@ -360,7 +368,25 @@ pub async fn serve(
         force.clone(),
     );
     let mut server = tokio::spawn(serving);
+    let pruning = match (&state.inner.config.retention, &state.inner.store) {
+        (Some(retention), Some(store)) => Some(tokio::spawn(retention::run(
+            store.clone(),
+            retention.clone(),
+            stop.child_token(),
+        ))),
+        _ => None,
+    };
     stop.cancelled().await;
+    if let Some(mut pruning) = pruning {
+        // It stops after the batch in flight (one short transaction).
+        if tokio::time::timeout(Duration::from_secs(10), &mut pruning)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the background prune did not stop within 10 s; abandoning it");
+            pruning.abort();
+        }
+    }
     // Open event streams end when their runs end: finish the runs first.
     state.shut_down().await;
     let finished = match tokio::time::timeout(Duration::from_secs(5), &mut server).await {

@@ -12,7 +12,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use braid_core::checkpoint::Checkpointer;
 use braid_core::{AgentCache, RunStatus};
-use braid_store::{AnswerRefused, ForkRecord, PersistError, RunSummary, StoreError, StoredRun};
+use braid_store::{
+    AnswerRefused, ForkRecord, PersistError, PruneFilter, PruneReport, RunSummary, StoreError,
+    StoredRun,
+};
+use tokio_util::sync::CancellationToken;
 
 /// The store operations the server uses: run history, resume claims,
 /// event streams, checkpoints and health.
@@ -70,6 +74,20 @@ pub trait RunStore: Send + Sync + 'static {
         now_ms: i64,
         limit: i64,
     ) -> Result<(Vec<String>, Option<i64>), StoreError>;
+    /// Deletes the runs `filter` selects (see [`braid_store::prune`]),
+    /// stopping between batches once `stop` is cancelled. The default
+    /// prunes nothing: a store that keeps no history has none to bound.
+    async fn prune(
+        &self,
+        filter: &PruneFilter,
+        stop: CancellationToken,
+    ) -> Result<PruneReport, StoreError> {
+        let _ = (filter, stop);
+        Ok(PruneReport {
+            complete: true,
+            ..PruneReport::default()
+        })
+    }
 }
 
 #[async_trait]
@@ -152,5 +170,13 @@ impl RunStore for braid_store::Store {
         limit: i64,
     ) -> Result<(Vec<String>, Option<i64>), StoreError> {
         braid_store::Store::due_waits(self, now_ms, limit).await
+    }
+
+    async fn prune(
+        &self,
+        filter: &PruneFilter,
+        stop: CancellationToken,
+    ) -> Result<PruneReport, StoreError> {
+        braid_store::Store::prune_until(self, filter, stop.cancelled_owned()).await
     }
 }

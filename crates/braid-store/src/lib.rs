@@ -20,6 +20,7 @@
 //! | [`StoreSettings`] | Pool and writer limits: connections, batch size, retries, timeouts, spilling. |
 //! | [`RunSummary`], [`StoredRun`], [`RunFilter`] | Run history as `braid runs list` and `braid runs show` read it. |
 //! | [`StoreError`], [`PersistError`] | Why the store could not be reached or read, and which runs' checkpoints could not be written. |
+//! | [`PruneFilter`], [`PruneReport`] | Retention: [`Store::prune`] deletes old runs in small batches ([`prune`]). |
 //! | [`sql`] | The `sql` agent kind: one query, its rows written as JSON. |
 //!
 //! # Connecting, and running with the store
@@ -169,8 +170,10 @@
 //! ```
 
 mod cache;
+pub mod prune;
 mod spill;
 pub mod sql;
+mod synthetic;
 mod waits;
 mod writer;
 
@@ -189,6 +192,8 @@ use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 
+pub use prune::{PruneFilter, PruneReport};
+pub use synthetic::SyntheticRuns;
 pub use waits::{AnswerRefused, ForkRecord};
 pub use writer::{PersistError, WriterStats};
 
@@ -321,6 +326,10 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt record in the store: {0}")]
     Corrupt(String),
+    /// A [`PruneFilter`] that cannot be applied (what was expected, what
+    /// was given).
+    #[error("{0}")]
+    InvalidFilter(String),
 }
 
 /// Which database is behind the pool.

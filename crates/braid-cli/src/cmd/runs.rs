@@ -1,4 +1,4 @@
-//! `braid runs`: the run history in the store: list, show, resume.
+//! `braid runs`: the run history in the store: list, show, resume, prune.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use braid_core::agent::process;
 use braid_core::{AgentReport, CheckpointPolicy, Pipeline, ResumePoint, RunOptions};
-use braid_store::{RunFilter, Store, StoredRun};
+use braid_store::prune::{DEFAULT_PRUNE_BATCH, MAX_PRUNE_BATCH};
+use braid_store::{PruneFilter, PruneReport, RunFilter, Store, StoredRun};
 use clap::{Args, Subcommand};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
@@ -114,9 +115,75 @@ enum RunsCommand {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    /// Delete old runs with everything stored about them (agents' records,
+    /// writes, events), and expired cache entries, in short batches that
+    /// never hold up runs in flight for long. Runs that are running or
+    /// waiting are kept unless --status names them (and a running run whose
+    /// process is alive, or on another host, always); runs whose results a
+    /// fork reuses are kept until the fork goes.
+    Prune {
+        /// Delete runs created longer ago than this: 30d, 12h, 1h30m…
+        /// Required unless --keep-last is given.
+        #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Only runs with this status; repeatable [default: every status
+        /// but running and waiting].
+        #[arg(long, value_parser = [
+            "completed", "failed", "cancelled", "interrupted", "waiting", "running",
+        ])]
+        status: Vec<String>,
+        /// Only runs of this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Keep the N newest runs of each pipeline (among those --status and
+        /// --pipeline select), however old.
+        #[arg(long, value_name = "N", value_parser = parse_keep_last)]
+        keep_last: Option<u64>,
+        /// Count what would be deleted; delete nothing (works on a
+        /// read-only store too).
+        #[arg(long)]
+        dry_run: bool,
+        /// Most runs deleted in one transaction.
+        #[arg(long, default_value_t = DEFAULT_PRUNE_BATCH,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+                  .range(1..=MAX_PRUNE_BATCH as u64))]
+        batch_size: usize,
+        /// `text` or `json` (one object).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// `--keep-last`: a count of at least one (none would keep nothing).
+fn parse_keep_last(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "expected a number of runs to keep, at least 1, found `{text}`"
+        )),
+    }
+}
+
+/// `--older-than` (and `serve --retention`): a duration, with a message
+/// saying what one looks like.
+pub(crate) fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("expected a duration such as 30d, 12h or 1h30m, found `{text}` ({e})"))
 }
 
 pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    if let RunsCommand::Prune {
+        older_than: None,
+        keep_last: None,
+        ..
+    } = args.command
+    {
+        eprintln!(
+            "error: `braid runs prune` needs --older-than DURATION (e.g. 30d) or --keep-last N; \
+             with neither it would delete every finished run (--older-than 0s does that on purpose)"
+        );
+        return Ok(ExitCode::from(exit::INVALID));
+    }
     let runtime = runtime()?;
     let code = runtime.block_on(async {
         let store = match args.command {
@@ -169,6 +236,26 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                     &cache,
                 )
                 .await
+            }
+            RunsCommand::Prune {
+                older_than,
+                status,
+                pipeline,
+                keep_last,
+                dry_run,
+                batch_size,
+                output,
+            } => {
+                let filter = PruneFilter {
+                    older_than,
+                    statuses: status,
+                    pipeline,
+                    keep_last,
+                    dry_run,
+                    batch_size,
+                    ..PruneFilter::default()
+                };
+                prune(&store, &filter, output).await
             }
         }
     });
@@ -226,6 +313,62 @@ async fn list(
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn prune(store: &Store, filter: &PruneFilter, output: Output) -> anyhow::Result<ExitCode> {
+    let report = store.prune(filter).await?;
+    write_out(|out| match output {
+        Output::Json => {
+            serde_json::to_writer(&mut *out, &report)?;
+            writeln!(out)
+        }
+        Output::Text => writeln!(out, "{}", describe_prune(&report)),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pruned 3 runs (…) and 1 expired cache entry`, and what was kept.
+fn describe_prune(report: &PruneReport) -> String {
+    fn n(count: u64, one: &str, many: &str) -> String {
+        format!("{count} {}", if count == 1 { one } else { many })
+    }
+    let mut text = format!(
+        "{} {} ({}, {}, {}, {}) and {}",
+        if report.dry_run {
+            "would prune"
+        } else {
+            "pruned"
+        },
+        n(report.runs, "run", "runs"),
+        n(report.agent_records, "agent record", "agent records"),
+        n(report.deltas, "write", "writes"),
+        n(report.events, "event", "events"),
+        n(report.processes, "process record", "process records"),
+        n(
+            report.cache_entries,
+            "expired cache entry",
+            "expired cache entries"
+        ),
+    );
+    let kept: Vec<String> = [
+        (report.kept_referenced, "that forks reference"),
+        (
+            report.kept_running,
+            "running in a live process or on another host",
+        ),
+        (
+            report.kept_newest,
+            "among the newest of their pipeline (--keep-last)",
+        ),
+    ]
+    .into_iter()
+    .filter(|(count, _)| *count > 0)
+    .map(|(count, why)| format!("{} {why}", n(count, "run", "runs")))
+    .collect();
+    if !kept.is_empty() {
+        text.push_str(&format!("\nkept {}", kept.join("; ")));
+    }
+    text
 }
 
 fn format_time(ms: i64) -> String {

@@ -103,8 +103,31 @@ pub(crate) struct ServeArgs {
     /// Keep no run history (no database at all).
     #[arg(long)]
     no_store: bool,
+    /// Prune runs created longer ago than this (30d, 12h…) in the
+    /// background: at start, then every --retention-interval, in small
+    /// batches, with their agents' records, writes and events, and expired
+    /// cache entries. Running and waiting runs, and runs that forks
+    /// reference, are kept.
+    #[arg(long, value_name = "DURATION", value_parser = super::runs::parse_age,
+          conflicts_with = "no_store")]
+    retention: Option<Duration>,
+    /// How often the background prune runs [default: 10m, or a tenth of
+    /// --retention if that is shorter, at least 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval, requires = "retention")]
+    retention_interval: Option<Duration>,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+/// `--retention-interval`: a duration above zero.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(interval) if !interval.is_zero() => Ok(interval),
+        Ok(_) => Err("expected a duration above zero, such as 10m".to_owned()),
+        Err(e) => Err(format!(
+            "expected a duration such as 10m or 30s, found `{text}` ({e})"
+        )),
+    }
 }
 
 /// `--allow-origin`: an http(s) origin, kept in its normal form.
@@ -203,8 +226,15 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 idle_timeout: args.idle_timeout,
                 max_connections: args.max_connections,
             },
+            retention: args.retention.map(|older_than| braid_server::Retention {
+                interval: args
+                    .retention_interval
+                    .unwrap_or_else(|| braid_server::Retention::default_interval(older_than)),
+                ..braid_server::Retention::new(older_than)
+            }),
             ..ServerConfig::default()
         };
+        let config_retention = config.retention.clone();
         let state = AppState::new(
             config,
             store.clone().map(|s| s as Arc<dyn braid_server::RunStore>),
@@ -224,6 +254,13 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "braid: serving on http://{addr} ({loaded} pipelines; store: {})",
             store.as_ref().map_or("none", |s| s.url())
         );
+        if let Some(retention) = &config_retention {
+            eprintln!(
+                "braid: pruning runs older than {} at start and every {}",
+                humantime::format_duration(retention.older_than),
+                humantime::format_duration(retention.interval)
+            );
+        }
         braid_server::serve(state, listener, shutdown_signal()).await?;
         eprintln!("braid: stopped");
         Ok(ExitCode::SUCCESS)
