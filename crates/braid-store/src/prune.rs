@@ -579,7 +579,7 @@ impl<'a> Pruning<'a> {
             self.store.kill_leftover_processes(&run.id).await?;
         }
         let mut conn = acquire(&self.store.pool, "store").await?;
-        let deleted = self.delete_on(&mut *conn, chosen).await;
+        let deleted = self.delete_on(&mut conn, chosen).await;
         match deleted {
             Ok((runs, counts)) => {
                 self.tally(runs, counts);

@@ -54,7 +54,7 @@ impl Store {
         let mut conn = acquire(&self.pool, "store").await?;
         for (chunk_index, chunk) in ids.chunks(RUNS_PER_TRANSACTION).enumerate() {
             let first = chunk_index * RUNS_PER_TRANSACTION;
-            let written = self.insert_chunk(&mut *conn, spec, first, chunk).await;
+            let written = self.insert_chunk(&mut conn, spec, first, chunk).await;
             if let Err(error) = written {
                 let _ = conn.close().await;
                 return Err(error);
