@@ -197,4 +197,26 @@ async fn a_fork_refers_to_its_parents_deltas(store: Store) {
     .await
     .unwrap();
     assert_eq!(own, 1);
+
+    // Pruning all but the newest run (the fork) keeps the parent, which
+    // the fork refers to: the fork still reads back whole. Pruning both
+    // together leaves nothing dangling.
+    let all_but_newest = braid_store::PruneFilter {
+        older_than: Some(std::time::Duration::ZERO),
+        keep_last: Some(1),
+        ..Default::default()
+    };
+    let pruned = store.prune(&all_but_newest).await.unwrap();
+    assert_eq!((pruned.runs, pruned.kept_referenced), (0, 1), "{pruned:?}");
+    assert!(store.get_run(&parent.run_id).await.unwrap().is_some());
+    let kept = store.get_run(&child).await.unwrap().unwrap();
+    assert!(kept.agents.iter().all(|a| !a.writes.is_empty()));
+    let everything = braid_store::PruneFilter {
+        older_than: Some(std::time::Duration::ZERO),
+        ..Default::default()
+    };
+    let pruned = store.prune(&everything).await.unwrap();
+    assert_eq!(pruned.runs, 2, "{pruned:?}");
+    assert!(store.get_run(&parent.run_id).await.unwrap().is_none());
+    assert!(store.get_run(&child).await.unwrap().is_none());
 }
