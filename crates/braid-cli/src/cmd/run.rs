@@ -643,7 +643,7 @@ pub(crate) fn print_table(
                     .resumed
                     .then(|| "kept from the earlier attempt".to_owned())
             })
-            .or_else(|| agent.cached.then(|| "from the cache".to_owned()))
+            .or_else(|| agent.cached.then(|| "cached (not run)".to_owned()))
             .or_else(|| {
                 (agent.status == braid_core::AgentStatus::Waiting)
                     .then(|| "waiting for an answer".to_owned())
