@@ -1,7 +1,8 @@
 //! Cached agents (`cache:`) through the `braid` binary: a hit that does
 //! not call the agent, a miss when a read changes, expiry, `--no-cache`,
 //! `cache: false` over `defaults`, load errors, metrics, and `braid serve`
-//! handing the store's cache to runs (and `"no_cache": true` turning it off).
+//! handing the store's cache to runs (and `"no_cache": true` turning it off),
+//! and the `cache` benchmark scenario.
 //! Each test has a store of its own; each command agent appends a line to
 //! a file per call, so the calls are counted, not timed.
 
@@ -420,4 +421,40 @@ fn serve_hands_the_stores_cache_to_runs_unless_asked_not_to() {
     let (_, report) = ws.run(&["--input", r#"{"topic": "cost"}"#]);
     assert!(cached(&report, "slow"));
     assert_eq!(ws.calls("calls.txt"), 2);
+}
+
+#[test]
+fn bench_cache_reports_uncached_cold_and_warm_runs() {
+    let output = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["bench", "--scenario", "cache", "--repeat", "1"])
+        .env_remove("BRAID_BENCH_POSTGRES_URL")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let shapes: Vec<&Value> = lines.iter().map(|l| &l["shape"]).collect();
+    assert_eq!(shapes, ["wide", "chain"]);
+    for line in &lines {
+        assert_eq!(line["scenario"], "cache");
+        assert_eq!(line["backend"], "sqlite");
+        assert_eq!(line["agents"], 100);
+        for field in [
+            "uncached_ms",
+            "cold_ms",
+            "warm_ms",
+            "per_hit_us",
+            "per_miss_us",
+        ] {
+            assert!(line[field].is_number(), "`{field}` missing in {line}");
+        }
+    }
 }

@@ -659,11 +659,12 @@ impl Store {
             None => None,
         };
         let writer = writer::Writer::start(target, settings.clone());
-        let cache = Arc::new(cache::StoreCache {
-            pool: pool.clone(),
-            writer: writer.clone(),
+        let cache = Arc::new(cache::StoreCache::start(
+            pool.clone(),
+            backend,
+            writer.clone(),
             read_only,
-        });
+        ));
         Ok(Self {
             cache,
             pool,
@@ -733,8 +734,9 @@ impl Store {
 
     /// The store's agent cache (`braid_cache`), for runs of pipelines with
     /// cached agents ([`RunOptions::cache`](braid_core::RunOptions::cache)):
-    /// lookups read through the pool, results are kept through the writer
-    /// (never blocking), entries past their `ttl` are never returned.
+    /// lookups read through the pool, all those waiting in one query;
+    /// results are kept through the writer (never blocking); entries past
+    /// their `ttl` are never returned.
     /// Shared by every braid on the store.
     pub fn cache(&self) -> Arc<dyn braid_core::AgentCache> {
         self.cache.clone()

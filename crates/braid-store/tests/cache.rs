@@ -47,6 +47,7 @@ on_both_backends!(
     a_newer_result_replaces_the_older_one,
     runs_on_another_connection_share_the_results,
     clearing_deletes_every_entry_or_one_agents,
+    lookups_made_together_each_get_their_own_answer,
 );
 
 fn entry(key: &str, agent: &str, value: Value, ttl: Duration) -> CacheEntry {
@@ -164,4 +165,33 @@ async fn clearing_deletes_every_entry_or_one_agents(store: Store, _url: &str) {
     assert!(lookup(&cache, "k3").await.is_some());
     assert_eq!(store.clear_cache(None).await.unwrap(), 1);
     assert_eq!(lookup(&cache, "k3").await, None);
+}
+
+async fn lookups_made_together_each_get_their_own_answer(store: Store, _url: &str) {
+    let cache = store.cache();
+    for i in 0..300 {
+        cache.store(entry(
+            &format!("k{i}"),
+            "a",
+            json!(i),
+            Duration::from_secs(60),
+        ));
+    }
+    store.flush().await.unwrap();
+    // 1,000 lookups at once (more than one query takes), some for the same
+    // key, some for keys never stored: each is answered for its own key.
+    let keys: Vec<usize> = (0..1000).map(|i| (i * 7) % 600).collect();
+    let lookups = keys.iter().map(|i| {
+        let cache = cache.clone();
+        let key = format!("k{i}");
+        tokio::spawn(async move { lookup(&cache, &key).await })
+    });
+    let mut answers = Vec::new();
+    for lookup in lookups.collect::<Vec<_>>() {
+        answers.push(lookup.await.unwrap());
+    }
+    for (i, answer) in keys.iter().zip(answers) {
+        let expected = (*i < 300).then(|| json!({ "out": i }));
+        assert_eq!(answer, expected, "k{i}");
+    }
 }

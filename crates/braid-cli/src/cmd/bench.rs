@@ -24,6 +24,11 @@
 //!   run at a time waiting for its commit (`wait_each`, as `braid run`
 //!   does), one at a time without waiting, and 100 in flight; cost per run
 //!   (until every checkpoint is committed) and transactions per run.
+//! - `cache`: 100 cached no-op agents (side by side, `wide`, and one after
+//!   another, `chain`) with the cache in SQLite (and PostgreSQL with
+//!   `--postgres`): uncached, cold (an empty cache: every agent misses,
+//!   runs and is stored) and warm (every agent hits); the cost per hit.
+//!   Like `fanout-large`, not part of `all`: run it by name.
 //!
 //! Times are medians of `--repeat` measurements (after one warm-up); `min_ms`
 //! is the fastest, which is what the peer script reports.
@@ -43,7 +48,7 @@ pub(crate) struct BenchArgs {
     /// Which scenario to run.
     #[arg(long, default_value = "all", value_parser = [
         "all", "seed", "sequential", "skewed", "overhead", "wide", "deep", "many", "persist",
-        "fanout", "fanout-large", "mapchain", "loop",
+        "fanout", "fanout-large", "mapchain", "loop", "cache",
     ])]
     scenario: String,
     /// L: how long each agent's simulated I/O takes, in ms.
@@ -61,7 +66,7 @@ pub(crate) struct BenchArgs {
     /// How many measurements each figure is the median of.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
-    /// PostgreSQL for `persist` (its tables are created if missing).
+    /// PostgreSQL for `persist` and `cache` (its tables are created if missing).
     #[arg(long, env = "BRAID_BENCH_POSTGRES_URL")]
     postgres: Option<String>,
 }
@@ -81,7 +86,7 @@ const SCENARIOS: &[&str] = &[
 ];
 
 use braid_core::scenarios::{
-    deep_yaml, fanout_yaml, loop_yaml, mapchain_yaml, seed_yaml, skewed_yaml, wide_yaml,
+    cache_yaml, deep_yaml, fanout_yaml, loop_yaml, mapchain_yaml, seed_yaml, skewed_yaml, wide_yaml,
 };
 
 /// The builtins of `mapchain` and `loop`: `stage0`..`stage2` take 10L on
@@ -297,10 +302,85 @@ async fn persist(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     Ok(lines)
 }
 
+/// One run of the `cache` pipeline with `cache`; its makespan. Exactly
+/// `hits` agents must have come from the cache.
+async fn cache_run(
+    pipeline: &Pipeline,
+    cache: Option<Arc<dyn braid_core::AgentCache>>,
+    hits: usize,
+) -> anyhow::Result<f64> {
+    let input = pipeline.check_input(&json!({"seed": "bench"}))?;
+    let options = RunOptions {
+        cache,
+        ..Default::default()
+    };
+    let report = pipeline.run(input, options).await;
+    anyhow::ensure!(
+        report.status == RunStatus::Completed,
+        "a cache run failed: {:?}",
+        report.error
+    );
+    let cached = report.agents.values().filter(|a| a.cached).count();
+    anyhow::ensure!(
+        cached == hits,
+        "a cache run took {cached} agents from the cache, not {hits}"
+    );
+    Ok(report.makespan_ms)
+}
+
+async fn cache(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
+    const AGENTS: usize = 100;
+    let dir = std::env::temp_dir().join(format!("braid-bench-cache-{}", std::process::id()));
+    let sqlite = format!("sqlite://{}", dir.join("bench.db").display());
+    let mut backends = vec![("sqlite", sqlite)];
+    if let Some(url) = &a.postgres {
+        backends.push(("postgres", url.clone()));
+    }
+    let mut lines = Vec::new();
+    for (backend, url) in backends {
+        let store = Store::connect(&url, &StoreSettings::default())
+            .await
+            .with_context(|| format!("cannot open the {backend} store for the benchmark"))?;
+        for (shape, chain) in [("wide", false), ("chain", true)] {
+            let pipeline = load(&cache_yaml(AGENTS, chain))?;
+            let Measured {
+                median: uncached, ..
+            } = measure(a.repeat, || cache_run(&pipeline, None, 0)).await?;
+            // Cold: an empty cache (emptied outside the timing); every
+            // agent misses, runs, and its result is stored.
+            let Measured { median: cold, .. } = measure(a.repeat, || async {
+                store.clear_cache(None).await?;
+                let ms = cache_run(&pipeline, Some(store.cache()), 0).await?;
+                store.flush().await?;
+                Ok(ms)
+            })
+            .await?;
+            // Warm: what the last cold run stored; every agent hits.
+            let Measured { median: warm, .. } = measure(a.repeat, || {
+                cache_run(&pipeline, Some(store.cache()), AGENTS)
+            })
+            .await?;
+            let per = |ms: f64| ms * 1e3 / AGENTS as f64;
+            lines.push(json!({
+                "scenario": "cache", "backend": backend, "shape": shape, "agents": AGENTS,
+                "uncached_ms": uncached, "cold_ms": cold, "warm_ms": warm,
+                "per_hit_us": per(warm), "per_miss_us": per(cold),
+                "hit_over_uncached_us": per(warm - uncached),
+            }));
+        }
+        store.close().await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(lines)
+}
+
 async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     let l = a.latency_ms;
     if name == "persist" {
         return persist(a).await;
+    }
+    if name == "cache" {
+        return cache(a).await;
     }
     Ok(vec![match name {
         "seed" | "sequential" => {
