@@ -1,12 +1,17 @@
 //! The agent cache in the store (`braid_cache`): what
 //! [`Store::cache`](crate::Store::cache) hands to runs.
 //!
-//! Lookups go to one lookup task, which answers all those waiting with one
-//! query (`WHERE key IN (…)`, at most [`MAX_KEYS_PER_QUERY`] keys), on a
-//! connection taken from the pool and kept while lookups keep coming (for
-//! [`KEEP_CONNECTION`] after the last one), so a hit costs neither a pool
-//! acquire nor a query of its own when many agents look up at once: 100
-//! agents ready together cost one query. Results are kept through the
+//! Lookups go to one lookup task, which answers all those waiting (at most
+//! [`MAX_KEYS_PER_QUERY`] keys) with one query, on a connection taken from
+//! the pool and kept while lookups keep coming (for [`KEEP_CONNECTION`]
+//! after the last one), so a hit costs neither a pool acquire nor a query
+//! of its own when many agents look up at once: 100 agents ready together
+//! cost one query. Its keys go in as one JSON array and its answer comes
+//! back as one JSON object the database builds (`json_each` and
+//! `json_group_object` in SQLite, their PostgreSQL equivalents): one
+//! statement and one row whatever the number of keys, since sqlx hands
+//! rows over one at a time. An entry that is not JSON (written by hand)
+//! fails its batch's query: those lookups are misses. Results are kept through the
 //! store's one writer, which commits them with whatever else is queued
 //! (group commit), never blocking the run. An entry whose `expires_at_ms`
 //! has passed is never returned (pruning deletes it later), and a newer
@@ -19,7 +24,7 @@ use std::time::Duration;
 
 use braid_core::cache::{AgentCache, CacheEntry, CacheError, CacheLookup};
 use serde_json::{Map, Value};
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Backend;
@@ -149,12 +154,35 @@ async fn serve_lookups(
             Err(e) => Err(e),
         };
         match found {
-            Ok(found) => {
-                for w in batch {
-                    let answer = match found.get(&*w.key) {
-                        Some(text) => parse_writes(&w.key, text).map(Some),
-                        None => Ok(None),
+            Ok(mut found) => {
+                // Each entry goes to the last lookup of its key, copies to
+                // the others (several instances with the same input).
+                let mut left: HashMap<&str, usize> = HashMap::new();
+                for w in &batch {
+                    *left.entry(&*w.key).or_default() += 1;
+                }
+                let mut answers = Vec::with_capacity(batch.len());
+                for w in &batch {
+                    let n = left.get_mut(&*w.key).map_or(0, |n| {
+                        *n -= 1;
+                        *n
+                    });
+                    let writes = if n == 0 {
+                        found.remove(&*w.key)
+                    } else {
+                        found.get(&*w.key).cloned()
                     };
+                    answers.push(match writes {
+                        Some(Value::Object(writes)) => Ok(Some(writes)),
+                        Some(_) => Err(CacheError(format!(
+                            "the cache entry {} holds no JSON object of writes",
+                            w.key
+                        ))),
+                        None => Ok(None),
+                    });
+                }
+                drop(left);
+                for (w, answer) in batch.into_iter().zip(answers) {
                     let _ = w.answer.send(answer);
                 }
             }
@@ -168,37 +196,59 @@ async fn serve_lookups(
     }
 }
 
-/// The unexpired entries among `keys`: key → writes (JSON text). The key
-/// list is padded to a power of two (repeating the last key), so a
-/// connection prepares few distinct statements whatever the batch sizes.
+/// The unexpired entries among `keys`, key → writes. Several keys are
+/// looked up with one statement whatever their number (the keys go in as
+/// one JSON array) answered by one row (sqlx hands rows over one at a
+/// time): a JSON object the database builds.
 async fn query(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
     keys: &[Arc<str>],
-) -> Result<HashMap<String, String>, sqlx::Error> {
-    use std::fmt::Write;
-    let slots = keys.len().next_power_of_two().min(MAX_KEYS_PER_QUERY);
-    let mut sql = String::from("SELECT key, writes FROM braid_cache WHERE key IN (");
-    for i in 0..slots {
-        let comma = if i == 0 { "" } else { ", " };
-        let _ = match backend {
-            Backend::Postgres => write!(sql, "{comma}${}", i + 1),
-            Backend::Sqlite => write!(sql, "{comma}?"),
-        };
+) -> Result<Map<String, Value>, sqlx::Error> {
+    if let [key] = keys {
+        // Alone (agents looking up one after another): the plainest query.
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT writes FROM braid_cache WHERE key = $1 AND expires_at_ms > $2",
+        )
+        .bind(key.to_string())
+        .bind(now_ms())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let mut map = Map::new();
+        if let Some(text) = found {
+            let writes = serde_json::from_str(&text).map_err(|e| {
+                sqlx::Error::Protocol(format!("the cache entry {key} does not read back: {e}"))
+            })?;
+            map.insert(key.to_string(), writes);
+        }
+        return Ok(map);
     }
-    let _ = match backend {
-        Backend::Postgres => write!(sql, ") AND expires_at_ms > ${}", slots + 1),
-        Backend::Sqlite => write!(sql, ") AND expires_at_ms > ?"),
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT json_object_agg(key, writes::json)::text FROM braid_cache
+             WHERE key IN (SELECT json_array_elements_text($1::json)) AND expires_at_ms > $2"
+        }
+        Backend::Sqlite => {
+            "SELECT json_group_object(key, json(writes)) FROM braid_cache
+             WHERE key IN (SELECT value FROM json_each($1)) AND expires_at_ms > $2"
+        }
     };
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for i in 0..slots {
-        let key = keys.get(i).or(keys.last()).map_or("", |k| &**k);
-        q = q.bind(key.to_owned());
+    let keys = serde_json::to_string(keys).unwrap_or_default();
+    let found: Option<String> = sqlx::query_scalar(sql)
+        .bind(keys)
+        .bind(now_ms())
+        .fetch_one(&mut *conn)
+        .await?;
+    // No row matched: `{}` from SQLite, NULL from PostgreSQL.
+    let Some(text) = found else {
+        return Ok(Map::new());
+    };
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(found)) => Ok(found),
+        Ok(_) | Err(_) => Err(sqlx::Error::Protocol(
+            "the cache lookup did not read back as a JSON object".into(),
+        )),
     }
-    let rows = q.bind(now_ms()).fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("key")?, row.try_get("writes")?)))
-        .collect()
 }
 
 /// An entry's writes as the JSON object stored in `writes` (written out
@@ -217,17 +267,4 @@ fn writes_json(entry: &CacheEntry) -> String {
     out.push(b'}');
     // serde_json writes UTF-8 only.
     String::from_utf8(out).unwrap_or_default()
-}
-
-/// A stored `writes` column read back: a JSON object, field to value.
-fn parse_writes(key: &str, text: &str) -> Result<Map<String, Value>, CacheError> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(writes)) => Ok(writes),
-        Ok(_) => Err(CacheError(format!(
-            "the cache entry {key} holds no JSON object of writes"
-        ))),
-        Err(e) => Err(CacheError(format!(
-            "the cache entry {key} does not read back: {e}"
-        ))),
-    }
 }
