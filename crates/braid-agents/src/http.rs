@@ -38,25 +38,7 @@ pub struct HttpAgent {
     max_response_bytes: u64,
 }
 
-/// Replaces each `${NAME}` with the environment variable NAME.
-pub fn expand_env(text: &str, what: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("{what}: `${{` without a closing `}}`"))?;
-        let name = &after[..end];
-        let value = std::env::var(name)
-            .map_err(|_| format!("{what} uses ${{{name}}}, which is not set in the environment"))?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
+pub use braid_core::kinds::expand_env;
 
 /// Builds an `http` agent from its settings (the kind's factory).
 pub fn build(config: &AgentConfig<'_>) -> Result<std::sync::Arc<dyn Agent>, String> {

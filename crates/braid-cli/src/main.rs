@@ -52,7 +52,10 @@ fn init_logging(format: LogFormat) -> Logging {
     use tracing_subscriber::fmt::format::FmtSpan;
     use tracing_subscriber::prelude::*;
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // sqlx's "slow statement" warnings are for whoever tunes the database,
+    // not for a terminal showing a run: shown only when RUST_LOG asks.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     // A closing span logs its busy and idle time: per run and per agent
     // attempt, when RUST_LOG lets them through (e.g. braid_core=debug).
     let log = tracing_subscriber::fmt::layer()
@@ -72,6 +75,9 @@ fn init_logging(format: LogFormat) -> Logging {
         _log: guard,
     }
 }
+
+/// What is logged when RUST_LOG is not set.
+const DEFAULT_LOG_FILTER: &str = "warn,sqlx::query=error";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -94,10 +100,25 @@ enum Command {
     /// Run the benchmark scenarios (the same as the LangGraph peer's) and
     /// print one JSON object per scenario.
     Bench(cmd::bench::BenchArgs),
-    /// Check a pipeline file and report every problem found.
+    /// Check pipeline files and report every problem found in each.
     Validate {
-        /// The pipeline file (YAML or JSON).
-        file: PathBuf,
+        /// The pipeline files (YAML or JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a shell completion script: `braid completions bash >
+    /// ~/.local/share/bash-completion/completions/braid`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a small pipeline, with a Python command agent, that runs at
+    /// once: `braid init demo && braid run demo/pipeline.yaml`.
+    Init {
+        /// Where to write it (created if missing; must not already hold a
+        /// pipeline.yaml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -107,6 +128,8 @@ enum ExplainFormat {
     Json,
     Dot,
     Mermaid,
+    /// An SVG drawing of the graph, laid out in layers (layout-rs).
+    Svg,
 }
 
 /// Every agent kind the CLI's pipelines may use: the core's, `http` and
@@ -148,7 +171,13 @@ fn main() -> ExitCode {
         Command::Cache(args) => cmd::cache::cache(args),
         Command::Serve(args) => cmd::serve::serve(args),
         Command::Explain { file, format } => cmd::explain(&file, format),
-        Command::Validate { file } => cmd::validate(&file),
+        Command::Validate { files } => cmd::validate(&files),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "braid", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init { dir } => cmd::init::init(&dir),
     };
     match result {
         Ok(code) => code,

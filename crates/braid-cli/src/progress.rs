@@ -43,7 +43,20 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
     let line = |agent: &str| lines.get(agent);
     // Instances of `foreach` agents (`agent[i]`) count on their agent's line.
     let mut items: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut logs = LogLines::default();
     while let Some(event) = events.recv().await {
+        if let EventKind::AgentLog {
+            agent,
+            line,
+            partial,
+        } = &event.kind
+        {
+            // Instances' and members' lines too, under their own names.
+            if let Some(text) = logs.take(agent, line, *partial) {
+                multi.suspend(|| eprintln!("{text}"));
+            }
+            continue;
+        }
         if let Some(agent) = event.kind.agent()
             && braid_core::report::top_agent(agent) != &**agent
         {
@@ -118,6 +131,9 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
                 }
             }
             EventKind::RunFinished { status, .. } => {
+                for text in logs.rest() {
+                    multi.suspend(|| eprintln!("{text}"));
+                }
                 for bar in lines.values() {
                     if !bar.is_finished() {
                         bar.abandon_with_message(status.to_string());
@@ -132,4 +148,61 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
         }
     }
     let _ = multi.clear();
+}
+
+/// Prints agents' log lines on stderr until the run finishes (`--verbose`
+/// without a terminal's progress display).
+pub(crate) async fn print_logs(mut events: EventReceiver) {
+    let mut logs = LogLines::default();
+    while let Some(event) = events.recv().await {
+        match &event.kind {
+            EventKind::AgentLog {
+                agent,
+                line,
+                partial,
+            } => {
+                if let Some(text) = logs.take(agent, line, *partial) {
+                    eprintln!("{text}");
+                }
+            }
+            EventKind::RunFinished { .. } => break,
+            _ => {}
+        }
+    }
+    for text in logs.rest() {
+        eprintln!("{text}");
+    }
+}
+
+/// Agents' log lines as printed, `agent | line`: streamed pieces (an LLM's
+/// answer as it arrives) are held until their line ends.
+#[derive(Default)]
+struct LogLines {
+    open: HashMap<std::sync::Arc<str>, String>,
+}
+
+impl LogLines {
+    /// What to print for this piece of `agent`'s log, if a line is done.
+    fn take(&mut self, agent: &std::sync::Arc<str>, text: &str, partial: bool) -> Option<String> {
+        if partial {
+            let open = self.open.entry(agent.clone()).or_default();
+            open.push_str(text);
+            let (done, rest) = open.rsplit_once('\n')?;
+            let done = done.replace('\n', &format!("\n{agent} | "));
+            let rest = rest.to_owned();
+            *open = rest;
+            return Some(format!("{agent} | {done}"));
+        }
+        let before = self.open.remove(agent).unwrap_or_default();
+        Some(format!("{agent} | {before}{text}"))
+    }
+
+    /// Lines still open when the run ended.
+    fn rest(&mut self) -> Vec<String> {
+        self.open
+            .drain()
+            .filter(|(_, text)| !text.is_empty())
+            .map(|(agent, text)| format!("{agent} | {text}"))
+            .collect()
+    }
 }

@@ -86,6 +86,8 @@ pub struct RunRecord {
     pub input: Vec<FieldValue>,
     /// The run's checkpoint policy.
     pub policy: CheckpointPolicy,
+    /// Who or what started it (see [`RunOptions::started_by`](crate::RunOptions)).
+    pub started_by: Option<Arc<str>>,
 }
 
 /// One agent's outcome and, if it completed, its writes.

@@ -300,16 +300,19 @@ fn command(config: &AgentConfig<'_>) -> Result<Built, KindError> {
             "a `command` agent needs `run: [PROGRAM, ARGS...]`",
         ));
     }
-    let env: Vec<(String, String)> = config
-        .settings
-        .get("env")
-        .and_then(Value::as_object)
-        .map(|env| {
-            env.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
+    // Values may use `${VAR}` from braid's environment, as `http` headers
+    // do; an unset one is a load error, not an empty string.
+    let mut env: Vec<(String, String)> = Vec::new();
+    if let Some(vars) = config.settings.get("env").and_then(Value::as_object) {
+        for (name, value) in vars {
+            let Some(value) = value.as_str() else { continue };
+            let value = expand_env(value, &format!("env `{name}`")).map_err(|message| KindError {
+                setting: Some("env"),
+                message,
+            })?;
+            env.push((name.clone(), value));
+        }
+    }
     let dir = config.dir;
     let runner: Arc<dyn Agent> = match config.settings.get("pool").and_then(Value::as_u64) {
         None => Arc::new(CommandAgent::new(&argv, dir, env)),
@@ -370,3 +373,27 @@ where
         (self.0)(input.reads.clone()).await
     }
 }
+
+/// Replaces each `${NAME}` with the environment variable NAME.
+///
+/// Used for `command` agents' `env` and `http`/`llm` agents' URLs and
+/// headers; `what` names the setting in the error.
+pub fn expand_env(text: &str, what: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{what}: `${{` without a closing `}}`"))?;
+        let name = &after[..end];
+        let value = std::env::var(name)
+            .map_err(|_| format!("{what} uses ${{{name}}}, which is not set in the environment"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+

@@ -406,6 +406,7 @@ pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod scenarios;
+pub mod snapshot;
 mod spec;
 mod state;
 mod telemetry;

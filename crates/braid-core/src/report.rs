@@ -198,6 +198,35 @@ pub struct AgentReport {
     /// Unix epoch (`None`: it waits for ever).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub deadline_ms: Option<i64>,
+    /// Each failed attempt, oldest first (the last one's error is also
+    /// [`AgentReport::error`] when the agent failed).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub failures: Vec<AttemptFailure>,
+    /// Its last log lines (a command agent's stderr, an LLM agent's
+    /// streamed text), kept with checkpointed runs: at most
+    /// [`KEPT_LOG_LINES`](crate::agent::KEPT_LOG_LINES) lines and
+    /// [`KEPT_LOG_BYTES`](crate::agent::KEPT_LOG_BYTES) bytes. A `foreach`
+    /// agent's instances' lines start with the instance's name.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub logs: Vec<String>,
+    /// Earlier log lines that did not fit the bound and were dropped.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub logs_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One failed attempt of an agent: which, why, and how long it took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptFailure {
+    /// 1 for the first try, 2 for the first retry, and so on.
+    pub attempt: u32,
+    /// Why it failed.
+    pub error: String,
+    /// How long the attempt ran, in ms.
+    pub duration_ms: f64,
 }
 
 impl AgentReport {
@@ -218,6 +247,9 @@ impl AgentReport {
             cached: false,
             reused_from: None,
             deadline_ms: None,
+            failures: Vec::new(),
+            logs: Vec::new(),
+            logs_dropped: 0,
         }
     }
 }

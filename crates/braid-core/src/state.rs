@@ -142,6 +142,16 @@ impl RunState {
         }
     }
 
+    /// Every field that has a value so far, in the pipeline's field order
+    /// (merge fields as last combined), shared with the state.
+    pub(crate) fn map(&self, pipeline: &Pipeline) -> IndexMap<String, Arc<Value>> {
+        self.values
+            .iter()
+            .enumerate()
+            .filter_map(|(f, v)| Some((pipeline.field_name(f).to_owned(), v.clone()?)))
+            .collect()
+    }
+
     /// Every field that has a value, in the pipeline's field order (merge
     /// fields settled; one whose merge failed is left out).
     pub(crate) fn take_map(&mut self, pipeline: &Pipeline) -> IndexMap<String, Arc<Value>> {

@@ -116,6 +116,7 @@ fn new_run(run: &RunRecord) -> StoredRun {
             created_at_ms: now,
             makespan_ms: None,
             error: None,
+            started_by: run.started_by.as_deref().map(str::to_owned),
         },
         pipeline_hash: run.pipeline_hash.to_string(),
         pipeline_path: run.pipeline_path.as_ref().map(|p| p.display().to_string()),
@@ -262,6 +263,7 @@ impl RunStore for MemoryStore {
                 .map(|(k, v)| (Arc::from(k.as_str()), Arc::new(v.clone())))
                 .collect(),
             policy: fork.checkpoint,
+            started_by: None,
         };
         self.upsert(&record, |kept| {
             kept.run.parent_id = Some(fork.parent_id.clone());

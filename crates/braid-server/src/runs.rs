@@ -52,6 +52,11 @@ pub struct LiveRun {
     /// could not be): an answer that missed the run in flight then goes
     /// through the store.
     pub saved: watch::Receiver<bool>,
+    /// Asks the run in flight where it has got to (its agents and state),
+    /// for clients that read a run started without events.
+    pub snapshots: braid_core::snapshot::SnapshotTaker,
+    /// Who or what started it, when this server did.
+    pub started_by: Option<String>,
 }
 
 /// Why the registry takes no new run.
@@ -96,6 +101,9 @@ pub(crate) struct Launch {
     pub(crate) parent_id: Option<String>,
     /// Cached agents run without the store's cache (`"no_cache": true`).
     pub(crate) no_cache: bool,
+    /// Who or what started it (`api`, or the request's `started_by`);
+    /// `None` for a run continued (resumed, answered): it keeps its own.
+    pub(crate) started_by: Option<String>,
 }
 
 /// Every run the server started, and the machinery that runs them.
@@ -189,6 +197,7 @@ impl RunRegistry {
         let (report_tx, report_rx) = watch::channel(None);
         let (saved_tx, saved_rx) = watch::channel(false);
         let (answers, inbox) = braid_core::answer::channel();
+        let (snapshots, snapshot_inbox) = braid_core::snapshot::channel();
         let run = Arc::new(LiveRun {
             id: id.clone(),
             pipeline: how.registered.pipeline.name().to_owned(),
@@ -201,6 +210,8 @@ impl RunRegistry {
             parent_id: how.parent_id.clone(),
             answers,
             saved: saved_rx,
+            snapshots,
+            started_by: how.started_by.clone(),
         });
         {
             let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
@@ -213,6 +224,7 @@ impl RunRegistry {
             store: self.store.clone(),
             how,
             inbox,
+            snapshot_inbox,
             waits: self.waits.clone(),
         };
         self.tracker.spawn(async move {
@@ -278,6 +290,7 @@ struct Execution {
     store: Option<Arc<dyn RunStore>>,
     how: Launch,
     inbox: braid_core::answer::AnswerInbox,
+    snapshot_inbox: braid_core::snapshot::SnapshotInbox,
     waits: Arc<tokio::sync::Notify>,
 }
 
@@ -290,6 +303,7 @@ impl Execution {
             store,
             how,
             inbox,
+            snapshot_inbox,
             waits,
         } = self;
         let (sink, pump) = match how.level {
@@ -308,6 +322,8 @@ impl Execution {
             checkpointer: store.as_ref().map(|s| s.checkpointer()),
             resume: how.resume,
             answers: Some(inbox),
+            snapshots: Some(snapshot_inbox),
+            started_by: how.started_by.clone(),
             cache: store
                 .as_ref()
                 .filter(|_| !how.no_cache)
@@ -463,6 +479,7 @@ agents:
             events_before: 0,
             parent_id: None,
             no_cache: false,
+            started_by: None,
         };
         registry.launch(how, slot).unwrap()
     }

@@ -1168,6 +1168,7 @@ async fn resuming_a_run_kills_what_its_dead_owner_left_running() {
         pipeline_path: None,
         input: Vec::new(),
         policy: braid_core::CheckpointPolicy::Agent,
+        started_by: None,
     };
     store
         .checkpointer()

@@ -170,6 +170,7 @@
 //! ```
 
 mod cache;
+mod details;
 pub mod prune;
 mod spill;
 pub mod sql;
@@ -359,6 +360,9 @@ pub struct RunSummary {
     pub makespan_ms: Option<f64>,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
+    /// Who or what started it (`cli:USER@HOST`, `api`, a client's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// Everything stored about one run.
@@ -545,6 +549,12 @@ impl Store {
             (Backend::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
+        } else if !url.contains("://") {
+            // A bare path: say how to write it rather than that it does
+            // not parse (a path has no password to hide).
+            return Err(StoreError::UnsupportedUrl(format!(
+                "{url} (a path is not a store URL: for a SQLite file, write sqlite://{url})"
+            )));
         } else {
             return Err(StoreError::UnsupportedUrl(masked));
         };
@@ -888,7 +898,7 @@ impl Store {
     /// Runs, newest first.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error
+            "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error, started_by
              FROM braid_runs
              WHERE (CAST($1 AS TEXT) IS NULL OR status = $1)
                AND (CAST($2 AS TEXT) IS NULL OR pipeline = $2)
@@ -906,7 +916,7 @@ impl Store {
     /// One run with its agents' records and writes, or `None`.
     pub async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error,
+            "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error, started_by,
                     pipeline_hash, pipeline_path, owner, input, parent_id, forked_from
              FROM braid_runs WHERE id = $1",
         )
@@ -930,7 +940,7 @@ impl Store {
         let mut agents = Vec::new();
         for a in sqlx::query(
             "SELECT agent, status, attempts, start_ms, duration_ms, queue_ms, error, reason,
-                    definition_hash, source_run, deadline_ms
+                    definition_hash, source_run, deadline_ms, details
              FROM braid_agent_runs WHERE run_id = $1
              ORDER BY COALESCE(start_ms, 1e18), agent",
         )
@@ -944,7 +954,7 @@ impl Store {
                 .parse()
                 .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
             let attempts: i64 = a.try_get("attempts")?;
-            let report = AgentReport {
+            let mut report = AgentReport {
                 start_ms: a.try_get("start_ms")?,
                 duration_ms: a.try_get("duration_ms")?,
                 queue_ms: a.try_get("queue_ms")?,
@@ -955,6 +965,7 @@ impl Store {
                 deadline_ms: a.try_get("deadline_ms")?,
                 ..AgentReport::new(status)
             };
+            details::from_column(a.try_get("details")?, &mut report);
             let writes = match (&report.reused_from, status) {
                 // A fork's kept agent: its writes are its source run's.
                 (Some(source), AgentStatus::Completed) => {
@@ -1286,6 +1297,7 @@ fn summary(row: &AnyRow) -> Result<RunSummary, StoreError> {
         created_at_ms: row.try_get("created_at_ms")?,
         makespan_ms: row.try_get("makespan_ms")?,
         error: row.try_get("error")?,
+        started_by: row.try_get("started_by")?,
     })
 }
 

@@ -82,6 +82,9 @@ struct ReportFields {
     /// A waiting agent's deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deadline_ms: Option<i64>,
+    /// Its logs, failed attempts and tokens (the `details` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    details: Option<String>,
 }
 
 impl SpilledAgent {
@@ -99,6 +102,7 @@ impl SpilledAgent {
                 reason: r.reason.clone(),
                 reused_from: r.reused_from.clone(),
                 deadline_ms: r.deadline_ms,
+                details: crate::details::to_column(r),
             },
             writes: row
                 .writes
@@ -111,19 +115,21 @@ impl SpilledAgent {
 
     fn row(self) -> AgentRow {
         let r = self.report;
+        let mut report = AgentReport {
+            start_ms: r.start_ms,
+            duration_ms: r.duration_ms,
+            queue_ms: r.queue_ms,
+            attempts: r.attempts,
+            error: r.error,
+            reason: r.reason,
+            reused_from: r.reused_from,
+            deadline_ms: r.deadline_ms,
+            ..AgentReport::new(r.status)
+        };
+        crate::details::from_column(r.details, &mut report);
         AgentRow {
             agent: self.agent.into(),
-            report: AgentReport {
-                start_ms: r.start_ms,
-                duration_ms: r.duration_ms,
-                queue_ms: r.queue_ms,
-                attempts: r.attempts,
-                error: r.error,
-                reason: r.reason,
-                reused_from: r.reused_from,
-                deadline_ms: r.deadline_ms,
-                ..AgentReport::new(r.status)
-            },
+            report,
             writes: self
                 .writes
                 .into_iter()

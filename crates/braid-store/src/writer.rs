@@ -83,6 +83,8 @@ pub(crate) struct RunRow {
     error: Option<String>,
     makespan_ms: Option<f64>,
     created_at_ms: i64,
+    #[serde(default)]
+    started_by: Option<String>,
 }
 
 /// An agent's row and its writes.
@@ -266,6 +268,7 @@ impl Writer {
             error: None,
             makespan_ms: None,
             created_at_ms: now_ms(),
+            started_by: run.started_by.as_deref().map(str::to_owned),
         }
     }
 }
@@ -779,15 +782,16 @@ pub(crate) async fn write_batch(
         let sql = upsert_sql(
             backend,
             "braid_runs (id, pipeline, pipeline_hash, pipeline_path, checkpoint, status, \
-             input, error, makespan_ms, owner, created_at_ms, updated_at_ms)",
-            12,
+             input, error, makespan_ms, owner, created_at_ms, updated_at_ms, started_by)",
+            13,
             chunk.len(),
             "(id) DO UPDATE SET
                  pipeline = excluded.pipeline, pipeline_hash = excluded.pipeline_hash,
                  pipeline_path = excluded.pipeline_path,
                  checkpoint = excluded.checkpoint, status = excluded.status, error = excluded.error,
                  makespan_ms = excluded.makespan_ms, owner = excluded.owner,
-                 updated_at_ms = excluded.updated_at_ms",
+                 updated_at_ms = excluded.updated_at_ms,
+                 started_by = COALESCE(braid_runs.started_by, excluded.started_by)",
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for run in chunk {
@@ -803,7 +807,8 @@ pub(crate) async fn write_batch(
                 .bind(run.makespan_ms)
                 .bind(owner.to_owned())
                 .bind(run.created_at_ms)
-                .bind(now);
+                .bind(now)
+                .bind(run.started_by.clone());
         }
         // Prepared once per execution: the text changes with the row count,
         // and sqlx 0.9.0's Any driver declares a NULL `Option<f64>` as
@@ -815,15 +820,15 @@ pub(crate) async fn write_batch(
         let sql = upsert_sql(
             backend,
             "braid_agent_runs (run_id, agent, status, attempts, start_ms, duration_ms, \
-             queue_ms, error, reason, definition_hash, source_run, deadline_ms)",
-            12,
+             queue_ms, error, reason, definition_hash, source_run, deadline_ms, details)",
+            13,
             chunk.len(),
             "(run_id, agent) DO UPDATE SET
                  status = excluded.status, attempts = excluded.attempts,
                  start_ms = excluded.start_ms, duration_ms = excluded.duration_ms,
                  queue_ms = excluded.queue_ms, error = excluded.error, reason = excluded.reason,
                  definition_hash = excluded.definition_hash, source_run = excluded.source_run,
-                 deadline_ms = excluded.deadline_ms",
+                 deadline_ms = excluded.deadline_ms, details = excluded.details",
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for ((run_id, agent), row) in chunk {
@@ -840,7 +845,8 @@ pub(crate) async fn write_batch(
                 .bind(r.reason.as_deref().map(text))
                 .bind(row.definition.as_deref().map(str::to_owned))
                 .bind(r.reused_from.clone())
-                .bind(r.deadline_ms);
+                .bind(r.deadline_ms)
+                .bind(crate::details::to_column(r));
         }
         q.persistent(false).execute(&mut *tx).await?;
     }

@@ -326,6 +326,15 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
         .unwrap()
         .to_string();
     assert!(err.contains("unsupported store URL"), "{err}");
+
+    // A bare file name is the usual slip: the error says how to write it.
+    let err = Store::connect("plain.db", &settings)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sqlite://plain.db"), "{err}");
+    assert!(!err.contains("does not parse"), "{err}");
 }
 
 /// The store writes and reads statuses in the core's one vocabulary,
@@ -632,6 +641,7 @@ async fn leftover_process_groups_are_killed_once(store: Store, _url: &str) {
         pipeline_path: None,
         input: Vec::new(),
         policy: CheckpointPolicy::Agent,
+        started_by: None,
     };
     let checkpointer = store.checkpointer();
     checkpointer

@@ -20,14 +20,16 @@ use crate::exit;
 pub(crate) struct RunArgs {
     /// The pipeline file (YAML or JSON).
     file: PathBuf,
-    /// The run's input: a JSON object, or @FILE to read it from a file.
+    /// The run's input: a JSON object, @FILE to read it from a file, or
+    /// @- to read it from stdin.
     #[arg(long, short)]
     input: Option<String>,
     /// Run one agent at a time in topological order (the baseline).
     #[arg(long)]
     sequential: bool,
-    /// Most agents in flight (overrides the pipeline's `concurrency`).
-    #[arg(long)]
+    /// Most agents in flight (overrides the pipeline's `concurrency`; at
+    /// least 1: --sequential runs one at a time).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     concurrency: Option<usize>,
     /// When to write the run to the store: `none`, `end` (the default,
     /// unless the pipeline sets `checkpoint:`) or `agent` (resumable).
@@ -89,6 +91,10 @@ pub(crate) struct DisplayArgs {
     /// reports in a few lines.
     #[arg(long)]
     pub(crate) no_instances: bool,
+    /// Print agents' log lines (a command agent's stderr, an LLM agent's
+    /// streamed text) on stderr as they come, each after its agent's name.
+    #[arg(long, short)]
+    pub(crate) verbose: bool,
 }
 
 /// Where runs are stored, and the connection pool's limits.
@@ -96,33 +102,33 @@ pub(crate) struct DisplayArgs {
 pub(crate) struct StoreArgs {
     /// sqlite://PATH or postgres://USER:PASSWORD@HOST/DB
     /// [default: sqlite://$XDG_DATA_HOME/braid/braid.db]
-    #[arg(long, env = "BRAID_STORE")]
+    #[arg(global = true, long, env = "BRAID_STORE")]
     store: Option<String>,
     /// Most open database connections.
-    #[arg(long, default_value_t = 8)]
+    #[arg(global = true, long, default_value_t = 8)]
     db_max_connections: u32,
     /// Connections kept open while idle.
-    #[arg(long, default_value_t = 0)]
+    #[arg(global = true, long, default_value_t = 0)]
     db_min_connections: u32,
     /// Longest wait for a free connection.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, default_value = "5s", value_parser = humantime::parse_duration)]
     db_acquire_timeout: Duration,
     /// Idle connections above the minimum close after this long.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, default_value = "10m", value_parser = humantime::parse_duration)]
     db_idle_timeout: Duration,
     /// How often a failed write is tried again (backoff from 100 ms,
     /// doubling up to 5 s: 16.3 s in all with the default 8) before the
     /// run is reported as not saved and its records are spilled.
-    #[arg(long, default_value_t = 8)]
+    #[arg(global = true, long, default_value_t = 8)]
     db_write_retries: u32,
     /// The longest one write attempt may take on a database that accepts
     /// connections but does not answer.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, default_value = "30s", value_parser = humantime::parse_duration)]
     db_write_timeout: Duration,
     /// Where writes the store would not take are kept (JSON lines) until
     /// braid next opens it [default: beside a SQLite store's file; the
     /// data directory's `braid` folder for PostgreSQL].
-    #[arg(long, env = "BRAID_SPILL_DIR")]
+    #[arg(global = true, long, env = "BRAID_SPILL_DIR")]
     spill_dir: Option<PathBuf>,
 }
 
@@ -189,6 +195,7 @@ fn read_input(arg: Option<&str>) -> anyhow::Result<Value> {
         return Ok(Value::Object(Default::default()));
     };
     let (text, origin) = match arg.strip_prefix('@') {
+        Some("-") => (read_stdin()?, "the input on stdin".to_owned()),
         Some(path) => (
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read input file {path}"))?,
@@ -197,6 +204,35 @@ fn read_input(arg: Option<&str>) -> anyhow::Result<Value> {
         None => (arg.to_owned(), "--input".to_owned()),
     };
     serde_json::from_str(&text).with_context(|| format!("{origin} is not valid JSON"))
+}
+
+/// Most bytes `@-` reads from stdin (an input or an answer).
+const MAX_STDIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads all of stdin (for `@-`), up to [`MAX_STDIN_BYTES`].
+pub(crate) fn read_stdin() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .take(MAX_STDIN_BYTES + 1)
+        .read_to_string(&mut text)
+        .context("cannot read stdin")?;
+    if text.len() as u64 > MAX_STDIN_BYTES {
+        anyhow::bail!("stdin holds more than {MAX_STDIN_BYTES} bytes, the most read");
+    }
+    Ok(text)
+}
+
+/// Who starts runs from this command line: `cli:USER@HOST`.
+pub(crate) fn started_by() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("cli:{user}@{host}")
 }
 
 /// The runtime `braid run` and `braid runs` use.
@@ -263,6 +299,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             concurrency: args.concurrency,
             checkpoint: Some(policy),
             cache: args.cache.of(&pipeline, store.as_ref()),
+            started_by: Some(started_by()),
             ..RunOptions::default()
         };
         let code = execute(&pipeline, input, options, &args.display, store.as_ref()).await;
@@ -305,11 +342,20 @@ pub(crate) async fn execute(
     });
     let show_progress =
         display.output == Output::Text && !display.no_progress && std::io::stderr().is_terminal();
+    let level = if display.verbose {
+        EventLevel::Full
+    } else {
+        EventLevel::Summary
+    };
     let progress = if show_progress {
-        let (sink, rx) = EventSink::channel(EventLevel::Summary);
+        let (sink, rx) = EventSink::channel(level);
         let names = pipeline.agent_names().map(str::to_owned).collect();
         options.events = Some(sink);
         Some(tokio::spawn(crate::progress::show(names, rx)))
+    } else if display.verbose {
+        let (sink, rx) = EventSink::channel(level);
+        options.events = Some(sink);
+        Some(tokio::spawn(crate::progress::print_logs(rx)))
     } else {
         None
     };

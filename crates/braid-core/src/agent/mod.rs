@@ -6,6 +6,7 @@
 //! stdin and stdout) and its warm-process variant [`pool`]. Library users implement [`Agent`] for their own.
 
 pub mod command;
+pub mod logs;
 pub mod pool;
 pub mod process;
 pub mod sleep;
@@ -19,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::event::{EventKind, EventSink};
 pub use crate::report::TokenUsage;
+pub use logs::{KEPT_LOG_BYTES, KEPT_LOG_LINES};
 
 /// The fields an agent writes, by name.
 pub type Writes = Map<String, Value>;
@@ -39,6 +41,8 @@ pub struct AgentInput {
     pub reads: Reads,
     pub(crate) events: Option<EventSink>,
     pub(crate) usage: Arc<TokenCounter>,
+    /// Where its log lines are kept (checkpointed runs).
+    pub(crate) logs: Option<Arc<logs::KeptLogs>>,
     /// Where process groups go on record (runs checkpointed per agent).
     pub(crate) processes: Option<Arc<ProcessRecorder>>,
 }
@@ -117,8 +121,15 @@ impl AgentInput {
     }
 
     /// Reports one line of the agent's log. It reaches event subscribers
-    /// only when the run asked for `full` events; otherwise it costs nothing.
+    /// when the run asked for `full` events, is kept with the run when it
+    /// is checkpointed (see [`logs`]), and is a `debug` trace line of
+    /// target `braid::agent_log` (`RUST_LOG=braid::agent_log=debug`);
+    /// otherwise it costs nothing.
     pub fn log(&self, line: &str) {
+        tracing::debug!(target: "braid::agent_log", agent = %self.agent, "{line}");
+        if let Some(kept) = &self.logs {
+            kept.push(&self.agent, line, false);
+        }
         if let Some(events) = &self.events
             && events.wants_logs()
         {
@@ -135,6 +146,9 @@ impl AgentInput {
     /// [`AgentInput::log`], it costs nothing unless the run asked for
     /// `full` events.
     pub fn log_partial(&self, text: &str) {
+        if let Some(kept) = &self.logs {
+            kept.push(&self.agent, text, true);
+        }
         if let Some(events) = &self.events
             && events.wants_logs()
         {

@@ -13,6 +13,7 @@ use crate::backoff::Backoff;
 use crate::event::EventKind;
 use crate::graph::AgentId;
 use crate::pipeline::{FieldId, FieldWrite, RetryPolicy};
+use crate::report::AttemptFailure;
 
 /// Who a task runs for: an agent, or one instance of a `foreach` agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub(super) struct Finished {
     pub(super) result: Result<Vec<(FieldId, Arc<Value>)>, AgentError>,
     /// Its writes came from the cache: the agent was not called.
     pub(super) cached: bool,
+    /// Its failed attempts, oldest first (empty, and not allocated, when
+    /// the first attempt succeeded).
+    pub(super) failures: Vec<AttemptFailure>,
 }
 
 /// The longest wait between an agent's attempts.
@@ -47,8 +51,10 @@ pub(super) async fn attempt_loop(
 ) -> Finished {
     use tracing::Instrument;
     let mut attempt = 1;
+    let mut failures = Vec::new();
     loop {
         input.attempt = attempt;
+        let began = Instant::now();
         let span = tracing::debug_span!(
             "agent",
             agent = %input.agent,
@@ -71,6 +77,13 @@ pub(super) async fn attempt_loop(
             span.record("otel.status_code", "ERROR");
         }
         drop(span);
+        if let Err(error) = &result {
+            failures.push(AttemptFailure {
+                attempt,
+                error: error.to_string(),
+                duration_ms: ms(began.elapsed()),
+            });
+        }
         match result {
             Err(error) if attempt <= policy.retries && error.is_retryable() => {
                 let delay = Backoff::new(policy.backoff, MAX_RETRY_DELAY)
@@ -96,6 +109,7 @@ pub(super) async fn attempt_loop(
                     finished: Instant::now(),
                     result,
                     cached: false,
+                    failures,
                 };
             }
         }

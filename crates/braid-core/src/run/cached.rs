@@ -100,6 +100,7 @@ impl CacheCall {
                             finished: Instant::now(),
                             result: Ok(writes),
                             cached: true,
+                            failures: Vec::new(),
                         };
                     }
                     // Possible only if the store was written by hand, or

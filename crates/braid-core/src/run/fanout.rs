@@ -336,6 +336,7 @@ impl Scheduler<'_> {
             reads: Reads(reads),
             events: self.options.events.clone(),
             usage: self.progress[agent].usage.clone(),
+            logs: self.kept_logs(agent),
             processes: self.processes.clone(),
         };
         let handle = self.spawn_member(member, input);

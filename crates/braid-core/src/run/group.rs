@@ -165,6 +165,7 @@ pub(super) async fn run_group(
             })
             .map_err(AgentError::Other),
         cached: false,
+        failures: Vec::new(),
     }
 }
 

@@ -84,6 +84,12 @@ pub struct RunOptions {
     /// Where cached agents' (`cache:`) results are looked up and kept.
     /// `None`: no agent is cached, every one runs (`braid run --no-cache`).
     pub cache: Option<Arc<dyn AgentCache>>,
+    /// Where requests for a [`RunSnapshot`](crate::snapshot::RunSnapshot)
+    /// of the run in flight arrive (see [`crate::snapshot`]).
+    pub snapshots: Option<crate::snapshot::SnapshotInbox>,
+    /// Who or what started the run (`cli:USER@HOST`, `api`, a client's
+    /// name), kept with its checkpoints for operators.
+    pub started_by: Option<String>,
 }
 
 impl Pipeline {

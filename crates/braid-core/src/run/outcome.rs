@@ -139,6 +139,17 @@ impl Scheduler<'_> {
                 if done.cached {
                     self.mark_cached(done.member);
                 }
+                if !done.failures.is_empty() {
+                    let failures = &mut self.progress[done.member.agent].failures;
+                    match done.member.item {
+                        None => failures.extend(done.failures),
+                        // An instance's failures join its agent's, named.
+                        Some(i) => failures.extend(done.failures.into_iter().map(|mut f| {
+                            f.error = format!("[{i}]: {}", f.error);
+                            f
+                        })),
+                    }
+                }
                 let outcome = match done.result {
                     Ok(writes) => Outcome::Completed(writes),
                     Err(error) => Outcome::Failed(error.to_string()),
@@ -249,8 +260,12 @@ impl Scheduler<'_> {
             tokens: progress.usage.usage(),
             deadline_ms: self.deadline_of(agent),
             cached: progress.cached,
+            failures: progress.failures.clone(),
             ..AgentReport::new(progress.status)
         };
+        if let Some(kept) = &progress.logs {
+            (report.logs, report.logs_dropped) = kept.lines();
+        }
         self.fanout_report(agent, &mut report);
         report
     }

@@ -47,6 +47,10 @@ pub(super) struct AgentProgress {
     pub(super) fanout: Option<Box<Fanout>>,
     /// Its writes came from the cache.
     pub(super) cached: bool,
+    /// Its log lines, kept when the run is checkpointed (made at its start).
+    pub(super) logs: Option<Arc<crate::agent::logs::KeptLogs>>,
+    /// Its failed attempts (and its instances', named), oldest first.
+    pub(super) failures: Vec<crate::report::AttemptFailure>,
 }
 
 /// One run in progress: everything the loop owns.
@@ -115,6 +119,18 @@ async fn next_answer(
         None => std::future::pending().await,
     }
 }
+
+/// The next snapshot request (for ever, without an inbox).
+async fn next_snapshot_request(
+    inbox: Option<&mut tokio::sync::mpsc::Receiver<SnapshotReply>>,
+) -> Option<SnapshotReply> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+type SnapshotReply = tokio::sync::oneshot::Sender<crate::snapshot::RunSnapshot>;
 
 /// Sleeps until `wake` (for ever, without one).
 async fn sleep_until(wake: Option<Instant>) {
@@ -190,6 +206,8 @@ impl<'p> Scheduler<'p> {
                 usage: Arc::default(),
                 fanout: None,
                 cached: false,
+                logs: None,
+                failures: Vec::new(),
             })
             .collect();
         let mut policy = options
@@ -217,6 +235,7 @@ impl<'p> Scheduler<'p> {
                         .map(|(f, v)| (pipeline.fields[*f].name.clone(), v.clone()))
                         .collect(),
                     policy,
+                    started_by: options.started_by.as_deref().map(Arc::from),
                 };
                 (checkpointer, policy, record)
             });
@@ -560,6 +579,10 @@ impl<'p> Scheduler<'p> {
             Some(inbox) => Some(inbox.0.lock_owned().await),
             None => None,
         };
+        let mut snapshots = match self.options.snapshots.clone() {
+            Some(inbox) => Some(inbox.0.lock_owned().await),
+            None => None,
+        };
         while self.stop.is_none() {
             if cancel.is_cancelled() {
                 self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
@@ -599,8 +622,13 @@ impl<'p> Scheduler<'p> {
                     self.take_answer(answer);
                 }
                 () = sleep_until(wake), if wake.is_some() => self.expire_waits(),
+                Some(reply) = next_snapshot_request(snapshots.as_deref_mut()) => {
+                    let _ = reply.send(self.snapshot());
+                }
             }
         }
+        // Requests from now on get `None`: the report is on its way.
+        drop(snapshots);
         // Answers that arrive from now on go through the store.
         if let Some(inbox) = inbox.as_deref_mut() {
             inbox.close();
@@ -779,6 +807,7 @@ impl<'p> Scheduler<'p> {
             reads,
             events: self.options.events.clone(),
             usage: self.progress[agent].usage.clone(),
+            logs: self.kept_logs(agent),
             processes: self.processes.clone(),
         };
         self.spawn_member(Member { agent, item: None }, input);
@@ -847,6 +876,37 @@ impl<'p> Scheduler<'p> {
         };
         self.task_agent.insert(handle.id(), member);
         handle
+    }
+
+    /// Where `agent`'s log lines are kept: made on first use, when the run
+    /// is checkpointed (`None` otherwise: nothing is kept).
+    pub(super) fn kept_logs(&mut self, agent: AgentId) -> Option<Arc<crate::agent::logs::KeptLogs>> {
+        if self.checkpoint.is_none() || self.policy() == CheckpointPolicy::None {
+            return None;
+        }
+        let owner = self.name_of(agent);
+        Some(
+            self.progress[agent]
+                .logs
+                .get_or_insert_with(|| Arc::new(crate::agent::logs::KeptLogs::new(owner)))
+                .clone(),
+        )
+    }
+
+    /// The run as of now, for [`crate::snapshot`].
+    fn snapshot(&self) -> crate::snapshot::RunSnapshot {
+        crate::snapshot::RunSnapshot {
+            elapsed_ms: ms(self.start.elapsed()),
+            agents: (0..self.progress.len())
+                .map(|a| {
+                    (
+                        self.pipeline.agents[a].name.to_string(),
+                        self.agent_report(a),
+                    )
+                })
+                .collect(),
+            state: self.state.map(self.pipeline),
+        }
     }
 
     pub(super) fn report(mut self) -> RunReport {

@@ -36,7 +36,14 @@ pub(super) struct StartRun {
     /// `braid run --no-cache`).
     #[serde(default)]
     no_cache: bool,
+    /// Who or what starts it, as operators should see it (default `api`;
+    /// at most [`MAX_STARTED_BY`] characters).
+    #[serde(default)]
+    started_by: Option<String>,
 }
+
+/// The longest `started_by` a request may give.
+pub(super) const MAX_STARTED_BY: usize = 128;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct WaitQuery {
@@ -100,6 +107,20 @@ pub(super) async fn start_run(
         .map(str::parse::<CheckpointPolicy>)
         .transpose()
         .map_err(|e| ApiError::invalid("invalid_checkpoint", e, Vec::new()))?;
+    let started_by = match request.started_by {
+        Some(who) if who.chars().count() > MAX_STARTED_BY || who.chars().any(char::is_control) => {
+            return Err(ApiError::invalid(
+                "invalid_started_by",
+                format!(
+                    "`started_by` must be at most {MAX_STARTED_BY} characters with no control                      characters; found {} characters",
+                    who.chars().count()
+                ),
+                Vec::new(),
+            ));
+        }
+        Some(who) if !who.trim().is_empty() => who,
+        _ => "api".to_owned(),
+    };
     let slot = reserve(&state)?;
     let how = Launch {
         registered,
@@ -112,6 +133,7 @@ pub(super) async fn start_run(
         events_before: 0,
         parent_id: None,
         no_cache: request.no_cache,
+        started_by: Some(started_by),
     };
     let run = state.inner.runs.launch(how, slot)?;
     respond(run, query.wait).await
@@ -146,6 +168,45 @@ fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
     }
     value
 }
+
+/// A run in flight: where it has got to, taken from the run on request
+/// (so runs started with `events: off` show their progress too), in the
+/// shape of a finished run's report with `status: running`.
+async fn running_json(state: &AppState, run: &LiveRun) -> Value {
+    let mut value = json!({
+        "run_id": run.id,
+        "pipeline": run.pipeline,
+        "status": braid_core::report::RUNNING,
+        "events": run.events_mode,
+    });
+    if let Some(who) = &run.started_by {
+        value["started_by"] = json!(who);
+    }
+    if let Some(parent) = &run.parent_id {
+        value["parent_id"] = json!(parent);
+    }
+    // A run busy ending (or stuck) answers late: the client polls again.
+    let taken = tokio::time::timeout(SNAPSHOT_TIMEOUT, run.snapshots.take()).await;
+    if let Ok(Some(snapshot)) = taken {
+        let waiting = snapshot
+            .agents
+            .iter()
+            .map(|(name, a)| (name.as_str(), a.status, a.deadline_ms));
+        let asked = questions(state, &run.pipeline, waiting, |field| {
+            snapshot.state.get(field).map(|v| (**v).clone())
+        });
+        if !asked.is_empty() {
+            value["questions"] = json!(asked);
+        }
+        value["makespan_ms"] = json!(snapshot.elapsed_ms);
+        value["agents"] = json!(snapshot.agents);
+        value["state"] = json!(snapshot.state);
+    }
+    value
+}
+
+/// How long `GET /v1/runs/{id}` waits for a running run's snapshot.
+const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `GET /v1/runs`: the runs in memory (newest first), then the store's.
 pub(super) async fn list_runs(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -200,12 +261,7 @@ pub(super) async fn get_run(
                 }
                 value
             }
-            None => json!({
-                "run_id": run.id,
-                "pipeline": run.pipeline,
-                "status": "running",
-                "events": run.events_mode,
-            }),
+            None => running_json(&state, &run).await,
         }));
     }
     if let Some(store) = &state.inner.store
@@ -427,6 +483,7 @@ pub(crate) async fn continue_claimed(
         events_before,
         parent_id: None,
         no_cache: false,
+        started_by: None,
     };
     Ok(state.inner.runs.launch(how, slot)?)
 }

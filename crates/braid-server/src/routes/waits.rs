@@ -255,6 +255,7 @@ pub(super) async fn fork(
         events_before: 0,
         parent_id: Some(id.clone()),
         no_cache: false,
+        started_by: Some("api (fork)".to_owned()),
     };
     let run = state.inner.runs.launch(how, slot)?;
     if query.wait {
