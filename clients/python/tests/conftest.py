@@ -24,10 +24,12 @@ TOKEN = "test-token-" + uuid.uuid4().hex
 
 
 class Server:
-    def __init__(self, url: str, folder: Path, log: Path) -> None:
+    def __init__(self, url: str, folder: Path, log: Path, binary: str, store: str) -> None:
         self.url = url
         self.folder = folder
         self.log = log
+        self.binary = binary
+        self.store = store
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -42,13 +44,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         pytest.fail(f"BRAID_BIN={binary} is not an executable file")
     folder = tmp_path_factory.mktemp("braid-serve")
     log = folder / "serve.log"
+    store = f"sqlite://{folder / 'braid.db'}"
     env = dict(os.environ, BRAID_TOKEN=TOKEN, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
                 binary, "serve",
                 "--bind", "127.0.0.1:0",          # the system picks a free port; the log says which
-                "--store", f"sqlite://{folder / 'braid.db'}",
+                "--store", store,
                 "--allow-command-agents",
                 "--grace", "2s",
             ],
@@ -68,7 +71,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         process.kill()
         pytest.fail(f"braid serve did not say where it listens within 60 s:\n{log.read_text()}")
     try:
-        yield Server(url, folder, log)
+        yield Server(url, folder, log, binary, store)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -100,6 +103,7 @@ class CuttableProxy:
         self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
+        self.requests: List[bytes] = []  # the first bytes each connection sent
         self.open: List[socket.socket] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -114,16 +118,19 @@ class CuttableProxy:
             with self.lock:
                 self.accepted += 1
                 self.open += [downstream, upstream]
-            threading.Thread(target=self._pump, args=(downstream, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(downstream, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, downstream), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bool = False) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if record:
+                    with self.lock:
+                        self.requests.append(data)
+                    record = False
                 sink.sendall(data)
         except OSError:
             pass

@@ -99,6 +99,8 @@ def test_a_dropped_stream_resumes_without_losing_or_repeating_events(
 
     seen.extend(stream)  # the same iterator: it reconnects by itself
     assert proxy.accepted == 2, "it reconnected once"
+    reconnect = proxy.requests[1].decode("latin-1").lower()
+    assert f"last-event-id: {cut_after}\r\n" in reconnect, reconnect
     assert seen[-1].type == "run_finished"
     assert any(e.seq > cut_after for e in seen)
     check_stream(seen, run.run_id, name)

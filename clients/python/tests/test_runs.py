@@ -4,6 +4,8 @@ cancel and resume, answer an `input` agent, fork, and the typed errors."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,11 +13,13 @@ import pytest
 
 from braid_client import (
     AgentReport,
+    BraidConnectionError,
     BraidTimeout,
     Client,
     Conflict,
     Forbidden,
     NotFound,
+    ProtocolError,
     RunReport,
     Unauthorized,
     ValidationError,
@@ -174,12 +178,17 @@ def test_fork_a_run_with_a_changed_field(client: Client, name: str) -> None:
     report = client.wait(fork.run_id, timeout=30)
     assert report.status == "completed"
     assert report.state["x"] == 42 and report.state["y"] == {"ok": True}
-    assert report.agents["first"].reused_from == parent.run_id
-    assert report.parent_id == parent.run_id or client.get_run(fork.run_id).parent_id == parent.run_id
+    # `first` kept its recorded result (a live report says `resumed`; the
+    # store's record, `reused_from`), `second` ran again.
+    assert report.agents["first"].resumed or report.agents["first"].reused_from == parent.run_id
+    assert not report.agents["second"].resumed and report.agents["second"].attempts == 1
+    assert report.parent_id == parent.run_id
 
     waited = client.fork(parent.run_id, from_="second", wait=True)
     assert waited.report is not None and waited.report.status == "completed"
-    assert waited.report.agents["first"].reused_from == parent.run_id
+    assert waited.report.parent_id == parent.run_id
+    assert waited.report.state == {"n": 1, "x": 5, "y": {"ok": True}}
+    assert waited.report.agents["first"].resumed and not waited.report.agents["second"].resumed
 
 
 def test_errors_are_typed(client: Client, server, name: str) -> None:
@@ -214,3 +223,74 @@ def test_http_agents_are_forbidden_in_registered_pipelines(client: Client, name:
     with pytest.raises((Forbidden, ValidationError)) as refused:
         client.register_pipeline(text)
     assert refused.value.status in (403, 422)
+
+
+def test_wait_polls_a_run_another_process_runs_on_the_same_store(
+    client: Client, server, name: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "open"
+    pipeline = tmp_path / "gated.json"
+    pipeline.write_text(gated(name, marker))
+    cli = subprocess.Popen(
+        [server.binary, "run", str(pipeline), "--checkpoint", "agent", "--store", server.store,
+         "--no-progress", "--output", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        # The server knows the run only from the store (no events, not in memory).
+        wait_until(lambda: client.list_runs(pipeline=name), "the CLI's run in the store")
+        run_id = client.list_runs(pipeline=name)[0].run_id
+        wait_until(lambda: client.get_run(run_id).agents.get("first", None) is not None
+                   and client.get_run(run_id).agents["first"].status == "completed",
+                   "`first` checkpointed")
+        assert client.get_run(run_id).status == "running"
+        with pytest.raises(NotFound):
+            next(iter(client.events(run_id)))
+        with pytest.raises(BraidTimeout):
+            client.wait(run_id, timeout=0.3, poll=0.05)
+        marker.touch()
+        report = client.wait(run_id, timeout=30, poll=0.05)
+        assert report.status == "completed"
+        assert report.input == {} and report.checkpoint == "agent"
+        assert {a: r.status for a, r in report.agents.items()} == {
+            "first": "completed", "gate": "completed", "last": "completed"
+        }
+        out, err = cli.communicate(timeout=30)
+        assert cli.returncode == 0, err
+        assert json.loads(out)["run_id"] == run_id
+    finally:
+        cli.kill()
+        cli.wait()
+
+
+def test_pipelines_register_replace_show_and_delete(client: Client, name: str) -> None:
+    created = client.register_pipeline(two_step(name))
+    assert created.name == name and created.origin == "api" and created.content_hash
+    shown = client.get_pipeline(name)
+    assert shown.source == two_step(name) and shown.explain is not None
+    listed = {p.name: p for p in client.pipelines()}
+    assert listed[name].agents == 2 and listed[name].origin == "api"
+
+    replaced = client.register_pipeline(two_step(name).replace("ms: 20", "ms: 1"))
+    assert replaced.content_hash != created.content_hash
+
+    client.delete_pipeline(name)
+    assert name not in [p.name for p in client.pipelines()]
+    with pytest.raises(NotFound):
+        client.delete_pipeline(name)
+
+
+def test_transport_failures_are_typed(client: Client, server, name: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    with pytest.raises(BraidConnectionError) as refused:
+        Client(f"http://127.0.0.1:{port}", token="t").pipelines()
+    assert refused.value.status is None
+
+    client.register_pipeline(two_step(name))
+    run = client.start_run(name, wait=True)
+    small = Client(server.url, token=client.token, max_response_bytes=100)
+    with pytest.raises(ProtocolError) as too_big:
+        small.get_run(run.run_id)
+    assert "100 bytes" in str(too_big.value)

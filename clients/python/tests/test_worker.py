@@ -134,3 +134,18 @@ def test_the_same_worker_runs_as_a_plain_command_agent(client: Client, name: str
     assert failed is not None and failed.status == "failed"
     assert "exit code 1" in failed.agents["classify"].error
     assert "ValueError: cannot classify boom" in failed.agents["classify"].error
+
+
+def test_with_call_passes_the_agent_run_and_attempt(tmp_path: Path) -> None:
+    path = tmp_path / "echo_call.py"
+    path.write_text(
+        "from braid_client.worker import worker\n"
+        "@worker(with_call=True)\n"
+        "def echo(state, call):\n"
+        "    return {'agent': call.agent, 'run': call.run_id, 'attempt': call.attempt, 'got': state}\n"
+        "echo.serve()\n"
+    )
+    done = subprocess.run([sys.executable, str(path)], input=request("hi", attempt=3) + "\n",
+                          capture_output=True, text=True, env=dict(os.environ, BRAID_POOLED="1"), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"agent": "classify", "run": "r1", "attempt": 3, "got": {"text": "hi"}}

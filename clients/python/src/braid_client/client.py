@@ -500,10 +500,17 @@ def _query_value(value: Any) -> str:
 
 
 def _read_capped(response: http.client.HTTPResponse, limit: int) -> bytes:
-    data = response.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"the answer is longer than {limit} bytes (max_response_bytes)")
-    return data
+    # In pieces: `read(n)` allocates n bytes up front on some Pythons.
+    chunks: List[bytes] = []
+    total = 0
+    while True:
+        chunk = response.read(min(1024 * 1024, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            raise ValueError(f"the answer is longer than {limit} bytes (max_response_bytes)")
+        chunks.append(chunk)
 
 
 def _sse_messages(response: http.client.HTTPResponse) -> Iterator[Tuple[str, str]]:
