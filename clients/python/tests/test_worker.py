@@ -64,6 +64,26 @@ def test_pooled_mode_answers_one_line_per_request_and_survives_failures(script: 
     assert "classifying hi" in done.stderr and "Traceback" in done.stderr
 
 
+def test_requests_are_read_as_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    path = tmp_path / "echo.py"
+    path.write_text(
+        "from braid_client.worker import worker\n"
+        "@worker\n"
+        "def echo(state):\n"
+        "    return {'text': state['text'], 'chars': len(state['text'])}\n"
+        "echo.serve()\n"
+    )
+    for pooled in ("1", "0"):
+        done = subprocess.run(
+            [sys.executable, str(path)],
+            input=json.dumps({"state": {"text": "café ☕"}}, ensure_ascii=False).encode("utf-8") + b"\n",
+            capture_output=True, env=dict(os.environ, BRAID_POOLED=pooled, PYTHONIOENCODING="latin-1"),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"text": "café ☕", "chars": 6}, done.stdout
+
+
 def test_plain_mode_answers_once_and_fails_with_an_exit_code(script: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "BRAID_POOLED"}
     done = subprocess.run([sys.executable, str(script)], input=request("hi"), capture_output=True,

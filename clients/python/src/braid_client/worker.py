@@ -34,6 +34,7 @@ line of the agent).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
@@ -111,7 +112,9 @@ class Worker:
         if pooled is None:
             pooled = os.environ.get("BRAID_POOLED") == "1"
         own_streams = stdin is None and stdout is None
-        stdin = stdin if stdin is not None else sys.stdin
+        # braid speaks UTF-8, whatever the locale says (answers are
+        # ASCII: json.dumps escapes the rest).
+        stdin = stdin if stdin is not None else io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
         stdout = stdout if stdout is not None else sys.stdout
         status = self._serve_lines(stdin, stdout) if pooled else self._serve_one(stdin, stdout)
         if own_streams:
