@@ -187,9 +187,11 @@ class Client:
 
     def _run(self, answer: Any, waited: bool) -> Run:
         if waited:
-            report = RunReport.from_json(answer)
+            report = _parse(RunReport, answer)
             return Run(run_id=report.run_id, status=report.status, report=report,
                        parent_id=report.parent_id, client=self)
+        if not isinstance(answer, dict) or not isinstance(answer.get("run_id"), str):
+            raise ProtocolError(f"expected an object with a `run_id`, got {answer!r:.300}")
         answer = dict(answer)
         run_id = answer.pop("run_id")
         return Run(
@@ -236,7 +238,7 @@ class Client:
 
     def get_run(self, run_id: str) -> RunReport:
         """One run's report (``GET /v1/runs/{id}``): in flight, or from the store."""
-        return RunReport.from_json(self._call("GET", f"/v1/runs/{_seg(run_id)}"))
+        return _parse(RunReport, self._call("GET", f"/v1/runs/{_seg(run_id)}"))
 
     def list_runs(
         self,
@@ -248,7 +250,7 @@ class Client:
         the store's latest page). The server takes no filters, so ``status``,
         ``pipeline`` and ``limit`` are applied here, to that list."""
         listed = self._call("GET", "/v1/runs") or []
-        runs = [RunSummary.from_json(r) for r in listed]
+        runs = [_parse(RunSummary, r) for r in listed]
         if status is not None:
             runs = [r for r in runs if r.status == status]
         if pipeline is not None:
@@ -380,7 +382,7 @@ class Client:
                     payload = json.loads(data)
                 except ValueError as e:
                     raise ProtocolError(f"an event's data is not JSON: {data[:200]!r}") from e
-                event = Event.from_json(payload)
+                event = _parse(Event, payload)
                 if event.seq <= last:
                     continue  # already delivered (never expected, but never repeated either)
                 yield event
@@ -455,11 +457,11 @@ class Client:
 
     def pipelines(self) -> List[Pipeline]:
         """Every pipeline the server knows (``GET /v1/pipelines``)."""
-        return [Pipeline.from_json(p) for p in self._call("GET", "/v1/pipelines") or []]
+        return [_parse(Pipeline, p) for p in self._call("GET", "/v1/pipelines") or []]
 
     def get_pipeline(self, name: str) -> Pipeline:
         """One pipeline, with its source and ``explain`` JSON."""
-        return Pipeline.from_json(self._call("GET", f"/v1/pipelines/{_seg(name)}"))
+        return _parse(Pipeline, self._call("GET", f"/v1/pipelines/{_seg(name)}"))
 
     def register_pipeline(self, yaml_text: str) -> Pipeline:
         """Registers (or replaces) a pipeline from its YAML or JSON text
@@ -470,7 +472,7 @@ class Client:
         answer = self._call(
             "POST", "/v1/pipelines", raw_body=yaml_text.encode("utf-8"), content_type="application/yaml"
         )
-        return Pipeline.from_json(answer)
+        return _parse(Pipeline, answer)
 
     def delete_pipeline(self, name: str) -> None:
         """Deletes a pipeline a client registered (``DELETE /v1/pipelines/{name}``)."""
@@ -486,6 +488,15 @@ class Client:
             return False
         conn.close()
         return response.status == 200
+
+
+def _parse(cls: Any, data: Any) -> Any:
+    """``cls.from_json(data)``; an answer without the fields it must have is
+    a :class:`ProtocolError`, not a ``TypeError`` from deep inside."""
+    try:
+        return cls.from_json(data)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ProtocolError(f"the server's answer is not a {cls.__name__}: {e}; got {data!r:.300}") from e
 
 
 def _seg(value: str) -> str:
