@@ -54,8 +54,8 @@ fn init_logging(format: LogFormat) -> Logging {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     // sqlx's "slow statement" warnings are for whoever tunes the database,
     // not for a terminal showing a run: shown only when RUST_LOG asks.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     // A closing span logs its busy and idle time: per run and per agent
     // attempt, when RUST_LOG lets them through (e.g. braid_core=debug).
     let log = tracing_subscriber::fmt::layer()

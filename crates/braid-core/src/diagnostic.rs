@@ -173,3 +173,34 @@ impl Extend<Diagnostic> for Diagnostics {
         }
     }
 }
+
+/// ` (did you mean `x`?)` when one of the `known` names is one or two
+/// edits away from `wanted` (the closest; none for names over 64 bytes).
+pub(crate) fn did_you_mean<'n>(wanted: &str, known: impl Iterator<Item = &'n str>) -> String {
+    if wanted.len() > 64 {
+        return String::new();
+    }
+    known
+        .filter(|k| k.len().abs_diff(wanted.len()) <= 2)
+        .take(10_000)
+        .map(|k| (edit_distance(wanted, k), k))
+        .filter(|&(d, _)| d <= 2)
+        .min()
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}

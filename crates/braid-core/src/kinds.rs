@@ -305,11 +305,14 @@ fn command(config: &AgentConfig<'_>) -> Result<Built, KindError> {
     let mut env: Vec<(String, String)> = Vec::new();
     if let Some(vars) = config.settings.get("env").and_then(Value::as_object) {
         for (name, value) in vars {
-            let Some(value) = value.as_str() else { continue };
-            let value = expand_env(value, &format!("env `{name}`")).map_err(|message| KindError {
-                setting: Some("env"),
-                message,
-            })?;
+            let Some(value) = value.as_str() else {
+                continue;
+            };
+            let value =
+                expand_env(value, &format!("env `{name}`")).map_err(|message| KindError {
+                    setting: Some("env"),
+                    message,
+                })?;
             env.push((name.clone(), value));
         }
     }
@@ -396,4 +399,3 @@ pub fn expand_env(text: &str, what: &str) -> Result<String, String> {
     out.push_str(rest);
     Ok(out)
 }
-

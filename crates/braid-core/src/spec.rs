@@ -40,6 +40,11 @@ pub(crate) struct PipelineSpec {
     pub(crate) agents: IndexMap<String, Located<AgentSpec>>,
     /// Where the `agents` key is, for errors about the section as a whole.
     pub(crate) agents_at: Option<Location>,
+    /// Agents whose shape was wrong (reported), left out of `agents`.
+    pub(crate) broken_agents: std::collections::HashSet<String>,
+    /// Fields those agents declare they write: reading them is not
+    /// reported as reading a field nobody writes.
+    pub(crate) broken_writes: std::collections::HashSet<String>,
 }
 
 /// `defaults:`: retry and timeout settings that agents inherit.
@@ -297,6 +302,26 @@ pub(crate) fn parse(
     limits: &LoadLimits,
     checks_keys: &dyn Fn(&str) -> bool,
 ) -> Result<PipelineSpec, Diagnostics> {
+    let (spec, errors) = parse_tolerant(text, source, limits, checks_keys)?;
+    if errors.is_empty() {
+        Ok(spec)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Like [`parse`], but a shape error in one agent or one setting does not
+/// stop it: that agent is left out (its declared writes are noted in
+/// [`PipelineSpec::broken_writes`], so that its readers are not reported
+/// too), and the spec comes back with the errors, for the compile to add
+/// its own and report them all at once. `Err` only when nothing usable is
+/// left (the YAML does not parse, is too deep, has no `pipeline:` name).
+pub(crate) fn parse_tolerant(
+    text: &str,
+    source: &Source,
+    limits: &LoadLimits,
+    checks_keys: &dyn Fn(&str) -> bool,
+) -> Result<(PipelineSpec, Diagnostics), Diagnostics> {
     let mut errors = Diagnostics::new(limits.max_diagnostics);
     if let Err(d) = check_depth(text, limits.max_depth, source) {
         errors.push(d);
@@ -339,12 +364,25 @@ pub(crate) fn parse(
             source.whole_file(),
             "missing `pipeline: NAME` at the top level",
         ));
+        return Err(errors);
     }
-    if errors.is_empty() {
-        Ok(spec)
-    } else {
-        Err(errors)
-    }
+    Ok((spec, errors))
+}
+
+/// The names in a list of scalars (`writes: [a, b?]`), read leniently from
+/// an agent that does not parse: what it would write, without the `?`.
+fn lenient_names(fields: &MarkedMappingNode, key: &str) -> Vec<String> {
+    fields
+        .get_node(key)
+        .and_then(Node::as_sequence)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Node::as_scalar)
+                .map(|s| s.as_str().trim_end_matches('?').to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// One top-level key other than `agents`, read into `spec`.
@@ -489,8 +527,10 @@ fn parse_agents(
         let mut cache = None;
         let mut settings = IndexMap::new();
         let mut group = None;
+        let mut declared_writes = Vec::new();
         let parsed = match node {
             Node::Mapping(mut fields) => {
+                declared_writes = lenient_names(&fields, "writes");
                 group = match fields.get_scalar("kind").map(|k| k.as_str()) {
                     Some("pipeline") => Some(Box::new(parse_group(
                         &mut fields,
@@ -541,10 +581,11 @@ fn parse_agents(
                     for (key, value) in std::mem::take(&mut settings) {
                         let expected: Vec<&str> =
                             COMMON_AGENT_KEYS.iter().chain(own).copied().collect();
+                        let hint = crate::diagnostic::did_you_mean(&key, expected.iter().copied());
                         errors.push(Diagnostic::new(
                             value.at,
                             format!(
-                                "{context}: unknown key `{key}`; expected one of: {}",
+                                "{context}: unknown key `{key}`{hint}; expected one of: {}",
                                 expected.join(", ")
                             ),
                         ));
@@ -578,7 +619,11 @@ fn parse_agents(
                 spec.agents
                     .insert(name.as_str().to_owned(), Located { value: agent, at });
             }
-            Err(d) => errors.push(d),
+            Err(d) => {
+                errors.push(d);
+                spec.broken_agents.insert(name.as_str().to_owned());
+                spec.broken_writes.extend(declared_writes);
+            }
         }
     }
 }
@@ -785,7 +830,8 @@ fn deserialize<T: serde::de::DeserializeOwned>(
             .or(fallback);
         let message = match (&inner, path.as_deref()) {
             (marked_yaml::Error::UnknownFieldError(key, expected, _), _) => format!(
-                "{context}: unknown key `{key}`; expected one of: {}",
+                "{context}: unknown key `{key}`{}; expected one of: {}",
+                crate::diagnostic::did_you_mean(key, expected.iter().copied()),
                 expected.join(", ")
             ),
             (_, Some(path)) if !path.is_empty() && path != "." => {

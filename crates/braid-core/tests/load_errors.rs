@@ -778,3 +778,47 @@ agents:
         .to_string();
     assert!(err.contains("groups nest at most 8 deep"), "{err}");
 }
+
+/// One report for the whole file: shape errors (a wrong type, an unknown
+/// key), kind errors, unresolved reads and races come together, so fixing
+/// them does not uncover a new batch each time; misspellings get a guess.
+#[test]
+fn every_kind_of_problem_comes_in_one_report_with_guesses() {
+    let diagnostics = errors(
+        "pipeline: staged
+agents:
+  a: { kind: sleep, ms: \"fifty\", writes: [x] }
+  b: { kind: sleeep, ms: 5, reads: [x], writes: [y] }
+  c: { kind: sleep, ms: 5, reads: [yy], writes: [z] }
+  d: { kind: sleep, ms: 5, writes: [z] }
+  e: { kind: sleep, ms: 5, reeds: [x], writes: [w] }
+  f: { kind: sleep, ms: 5, reads: [x], writes: [v] }
+",
+    );
+    assert_eq!(diagnostics.len(), 5, "{diagnostics:#?}");
+    assert_eq!(find(&diagnostics, &["agent `a`", "`ms`", "fifty"]), (3, 25));
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["unknown kind `sleeep`", "did you mean `sleep`?"]
+        ),
+        (4, 14)
+    );
+    assert_eq!(
+        find(&diagnostics, &["reads `yy`", "did you mean `y`?"]),
+        (5, 36)
+    );
+    find(&diagnostics, &["write-write race on `z`", "`c` and `d`"]);
+    assert_eq!(
+        find(
+            &diagnostics,
+            &["unknown key `reeds`", "did you mean `reads`?"]
+        ),
+        (7, 28)
+    );
+    // `f` reads `x`, written by the malformed `a`: not reported again.
+    assert!(
+        !diagnostics.iter().any(|d| d.message.contains("reads `x`")),
+        "{diagnostics:#?}"
+    );
+}

@@ -331,7 +331,25 @@ pub enum StoreError {
     /// was given).
     #[error("{0}")]
     InvalidFilter(String),
+    /// No run's id is, or starts with, what was given.
+    #[error("no run with id `{0}` (or an id starting with it) in the store")]
+    NoSuchRun(String),
+    /// Several runs' ids start with what was given.
+    #[error(
+        "`{given}` is the start of several runs' ids ({}{}); give more of the id",
+        .candidates.join(", "),
+        if .candidates.len() >= MAX_PREFIX_CANDIDATES { ", …" } else { "" }
+    )]
+    AmbiguousRun {
+        /// What was given.
+        given: String,
+        /// Some of the ids it starts.
+        candidates: Vec<String>,
+    },
 }
+
+/// Most candidates an ambiguous run id prefix lists.
+pub const MAX_PREFIX_CANDIDATES: usize = 5;
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -893,6 +911,44 @@ impl Store {
         let idle = self.pool.num_idle() as f64;
         metrics::gauge!("braid_db_pool_connections", "state" => "open").set(size);
         metrics::gauge!("braid_db_pool_connections", "state" => "idle").set(idle);
+    }
+
+    /// The id of the run `given` names: its whole id, or the start of
+    /// exactly one run's id (at least 4 characters; run ids are UUIDv7,
+    /// whose first 12 hex digits are the time, so runs started close
+    /// together need more).
+    pub async fn resolve_run_id(&self, given: &str) -> Result<String, StoreError> {
+        let exact = sqlx::query("SELECT id FROM braid_runs WHERE id = $1")
+            .bind(given)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exact.is_some() {
+            return Ok(given.to_owned());
+        }
+        // Only hex digits and dashes: nothing LIKE could read as a pattern.
+        let usable = given.len() >= 4
+            && given.len() <= 36
+            && given.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if !usable {
+            return Err(StoreError::NoSuchRun(given.to_owned()));
+        }
+        let rows = sqlx::query("SELECT id FROM braid_runs WHERE id LIKE $1 ORDER BY id LIMIT $2")
+            .bind(format!("{}%", given.to_ascii_lowercase()))
+            .bind(MAX_PREFIX_CANDIDATES as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        match ids.len() {
+            0 => Err(StoreError::NoSuchRun(given.to_owned())),
+            1 => Ok(ids.remove(0)),
+            _ => Err(StoreError::AmbiguousRun {
+                given: given.to_owned(),
+                candidates: ids,
+            }),
+        }
     }
 
     /// Runs, newest first.

@@ -29,7 +29,8 @@ pub(crate) fn init(dir: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", dir.join("agents").display()))?;
     std::fs::write(&pipeline, PIPELINE)
         .with_context(|| format!("cannot write {}", pipeline.display()))?;
-    std::fs::write(&agent, WORDS_PY).with_context(|| format!("cannot write {}", agent.display()))?;
+    std::fs::write(&agent, WORDS_PY)
+        .with_context(|| format!("cannot write {}", agent.display()))?;
     println!("wrote {} and {}", pipeline.display(), agent.display());
     println!("run it:  braid run {}", pipeline.display());
     println!("graph:   braid explain {}", pipeline.display());

@@ -28,9 +28,8 @@ pub(crate) struct RunsArgs {
 enum RunsCommand {
     /// Recent runs, newest first.
     List {
-        /// Only runs with this status (running, waiting, completed, failed,
-        /// cancelled, interrupted).
-        #[arg(long)]
+        /// Only runs with this status.
+        #[arg(long, value_parser = RUN_STATUSES)]
         status: Option<String>,
         /// Only runs of this pipeline.
         #[arg(long)]
@@ -44,7 +43,7 @@ enum RunsCommand {
     },
     /// One run: status, input, state, and each agent's status and timings.
     Show {
-        /// The run's id.
+        /// The run's id, or the start of it.
         id: String,
         /// `text` or `json` (one object).
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -58,7 +57,7 @@ enum RunsCommand {
     /// agents that completed are not run again, unless their definition
     /// (or an upstream one) changed since.
     Resume {
-        /// The run's id.
+        /// The run's id, or the start of it.
         id: String,
         /// Resume even though the pipeline file changed since the run
         /// started, or the run was last seen running on another host.
@@ -74,12 +73,12 @@ enum RunsCommand {
     /// Answer an `input` agent of a waiting run, and continue the run here
     /// (printing its report as `braid run` does).
     Answer {
-        /// The run's id.
+        /// The run's id, or the start of it.
         id: String,
         /// The `input` agent answered.
         agent: String,
-        /// The answer, as JSON (checked against the agent's `schema`), or
-        /// @FILE to read it from a file.
+        /// The answer, as JSON (checked against the agent's `schema`),
+        /// @FILE to read it from a file, or @- from stdin.
         #[arg(long)]
         value: String,
         /// Continue even though the pipeline file changed since the run
@@ -95,7 +94,7 @@ enum RunsCommand {
     /// `--from` (or of a field set with `--set`) keeps its recorded
     /// result without running; the rest run.
     Fork {
-        /// The run forked.
+        /// The run forked: its id, or the start of it.
         id: String,
         /// Where to re-run from: an agent (`review`), an instance
         /// (`summarize[3]`), or a member of a group's run
@@ -114,6 +113,21 @@ enum RunsCommand {
         display: DisplayArgs,
         #[command(flatten)]
         cache: CacheArgs,
+    },
+    /// Agents' log lines kept with a run (each agent's last
+    /// lines, oldest first; see `KEPT_LOG_LINES` in the docs).
+    Logs {
+        /// The run's id, or the start of it.
+        id: String,
+        /// Only this agent's lines (a `foreach` agent's include its
+        /// instances', each after the instance's name).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Keep printing lines as agents' records land, until the run is no
+        /// longer running (lines reach the store when their agent ends;
+        /// `braid run --verbose` streams them as they come).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Delete old runs with everything stored about them (agents' records,
     /// writes, events), and expired cache entries, in short batches that
@@ -154,6 +168,16 @@ enum RunsCommand {
     },
 }
 
+/// Every status a stored run can have.
+const RUN_STATUSES: [&str; 6] = [
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "cancelled",
+    "interrupted",
+];
+
 /// `--keep-last`: a count of at least one (none would keep nothing).
 fn parse_keep_last(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
@@ -192,7 +216,31 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
             }
             _ => args.store.open().await?,
         };
-        match args.command {
+        // A run named by the start of its id: the one it names, or a
+        // clear error (none, or several: which).
+        let mut command = args.command;
+        if let RunsCommand::Show { id, .. }
+        | RunsCommand::Resume { id, .. }
+        | RunsCommand::Answer { id, .. }
+        | RunsCommand::Fork { id, .. }
+        | RunsCommand::Logs { id, .. } = &mut command
+        {
+            match store.resolve_run_id(id).await {
+                Ok(full) => *id = full,
+                Err(
+                    err @ (braid_store::StoreError::NoSuchRun(_)
+                    | braid_store::StoreError::AmbiguousRun { .. }),
+                ) => {
+                    eprintln!("error: {err} ({})", store.url());
+                    return Ok(ExitCode::from(exit::INVALID));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        match command {
+            RunsCommand::Logs { id, agent, follow } => {
+                logs(&store, &id, agent.as_deref(), follow).await
+            }
             RunsCommand::List {
                 status,
                 pipeline,
@@ -285,6 +333,7 @@ async fn list(
             status,
             pipeline,
             limit: Some(limit),
+            ..RunFilter::default()
         })
         .await?;
     write_out(|out| match output {
@@ -295,24 +344,90 @@ async fn list(
         Output::Text => {
             writeln!(
                 out,
-                "{:<36}  {:<20}  {:<9}  {:>12}  started",
-                "run", "pipeline", "status", "makespan"
+                "{:<36}  {:<20}  {:<11}  {:>12}  {:<20}  started by",
+                "run", "pipeline", "status", "makespan", "started"
             )?;
             for run in &runs {
                 writeln!(
                     out,
-                    "{:<36}  {:<20}  {:<9}  {:>12}  {}",
+                    "{:<36}  {:<20}  {:<11}  {:>12}  {:<20}  {}",
                     run.run_id,
                     run.pipeline,
                     run.status,
                     fmt_ms(run.makespan_ms),
-                    format_time(run.created_at_ms)
+                    format_time(run.created_at_ms),
+                    run.started_by.as_deref().unwrap_or("-")
                 )?;
             }
             Ok(())
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `braid runs logs`: each agent's kept lines, in the order agents
+/// started; with `follow`, more as agents' records land.
+async fn logs(
+    store: &Store,
+    id: &str,
+    agent: Option<&str>,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut printed: std::collections::HashMap<String, (u32, usize)> = Default::default();
+    let mut known_agent = agent.is_none();
+    loop {
+        let Some(run) = store.get_run(id).await? else {
+            eprintln!("error: no run {id} in {}", store.url());
+            return Ok(ExitCode::from(exit::INVALID));
+        };
+        write_out(|out| {
+            for record in &run.agents {
+                let name = &*record.agent;
+                if agent.is_some_and(|a| a != name) {
+                    continue;
+                }
+                known_agent = true;
+                let report = &record.report;
+                // A record seen before prints only what it has gained
+                // (a retried or resumed agent's record replaces its
+                // earlier one).
+                let seen = printed.entry(name.to_owned()).or_default();
+                let from = if seen.0 == report.attempts { seen.1 } else { 0 };
+                if from == 0 && report.logs_dropped > 0 && from < report.logs.len() {
+                    writeln!(
+                        out,
+                        "{name} | ({} earlier lines dropped)",
+                        report.logs_dropped
+                    )?;
+                }
+                for line in report.logs.iter().skip(from) {
+                    if agent.is_some() {
+                        writeln!(out, "{line}")?;
+                    } else {
+                        writeln!(out, "{name} | {line}")?;
+                    }
+                }
+                *seen = (report.attempts, report.logs.len().max(from));
+            }
+            out.flush()
+        })?;
+        let running = run.summary.status == braid_core::report::RUNNING;
+        if !known_agent
+            && (!follow || !running)
+            && let Some(agent) = agent
+        {
+            let names: Vec<&str> = run.agents.iter().map(|a| &*a.agent).collect();
+            eprintln!(
+                "error: run {id} has no record of agent `{agent}` (it has: {})",
+                names.join(", ")
+            );
+            return Ok(ExitCode::from(exit::INVALID));
+        }
+        if !follow || !running {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 async fn prune(store: &Store, filter: &PruneFilter, output: Output) -> anyhow::Result<ExitCode> {
@@ -477,6 +592,9 @@ async fn show(
                 fmt_ms(s.makespan_ms),
                 s.checkpoint
             )?;
+            if let Some(who) = &s.started_by {
+                writeln!(out, "  started by {who}")?;
+            }
             if let Some(error) = &s.error {
                 writeln!(out, "  {error}")?;
             }
@@ -519,6 +637,36 @@ async fn show(
                     fmt_ms(a.duration_ms),
                     a.attempts,
                     note.lines().next().unwrap_or("")
+                )?;
+            }
+            // Failed attempts before the last (whose error is the note).
+            for (name, a) in &agents {
+                let earlier = a
+                    .failures
+                    .len()
+                    .saturating_sub(usize::from(a.error.is_some()));
+                for f in a.failures.iter().take(earlier) {
+                    let first = f.error.lines().next().unwrap_or("");
+                    writeln!(
+                        out,
+                        "  {name}: attempt {} failed after {}: {first}",
+                        f.attempt,
+                        fmt_ms(Some(f.duration_ms))
+                    )?;
+                }
+            }
+            let logged: Vec<(&String, usize)> = agents
+                .iter()
+                .filter(|(_, a)| !a.logs.is_empty())
+                .map(|(n, a)| (n, a.logs.len() + a.logs_dropped as usize))
+                .collect();
+            if !logged.is_empty() {
+                let list: Vec<String> = logged.iter().map(|(n, c)| format!("{n} ({c})")).collect();
+                writeln!(
+                    out,
+                    "  log lines: {}; see `braid runs logs {}`",
+                    list.join(", "),
+                    s.run_id
                 )?;
             }
             writeln!(out)?;
@@ -643,6 +791,7 @@ async fn continue_run(
 /// Reads `--value`: JSON, or @FILE.
 fn read_value(arg: &str) -> anyhow::Result<Value> {
     let text = match arg.strip_prefix('@') {
+        Some("-") => super::run::read_stdin()?,
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
         }

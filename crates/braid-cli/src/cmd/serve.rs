@@ -1,7 +1,7 @@
 //! `braid serve`: the HTTP API, live event streams and the web view.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +19,16 @@ pub(crate) struct ServeArgs {
     /// Address to listen on. Anything but loopback needs a token.
     #[arg(long, default_value = "127.0.0.1:7700")]
     bind: SocketAddr,
-    /// Load every *.yaml, *.yml and *.json pipeline in this folder at start
+    /// Load every *.yaml, *.yml and *.json pipeline in this folder and its
+    /// subfolders at start
     /// (these may contain command agents: the operator put them there).
     /// Clients can neither replace nor delete them (409).
     #[arg(long)]
     pipelines: Option<PathBuf>,
+    /// Refuse to start when a file under --pipelines does not load (by
+    /// default it is reported and skipped).
+    #[arg(long)]
+    strict: bool,
     /// A file holding the bearer token (else BRAID_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -139,36 +144,99 @@ fn parse_origin(text: &str) -> Result<String, String> {
     })
 }
 
-fn load_dir(dir: &PathBuf, state: &AppState) -> anyhow::Result<Result<usize, ExitCode>> {
-    let mut loaded = 0;
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the pipelines folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
+/// Deepest folder `--pipelines DIR` is searched to.
+const MAX_PIPELINE_DEPTH: usize = 8;
+/// Most files `--pipelines DIR` loads.
+const MAX_PIPELINE_FILES: usize = 1000;
+
+/// Every `*.yaml`, `*.yml` and `*.json` file under `dir`, its subfolders
+/// included (hidden ones, `node_modules` and `target` left out), sorted;
+/// bounded in depth and count.
+fn pipeline_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut folders = vec![(dir.to_path_buf(), 0)];
+    while let Some((folder, depth)) = folders.pop() {
+        let entries = std::fs::read_dir(&folder)
+            .with_context(|| format!("cannot read the pipelines folder {}", folder.display()))?;
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                let skipped = name.starts_with('.') || name == "node_modules" || name == "target";
+                if !skipped && depth < MAX_PIPELINE_DEPTH {
+                    folders.push((path, depth + 1));
+                }
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
                 Some("yaml" | "yml" | "json")
-            )
-        })
-        .collect();
-    entries.sort();
-    for path in entries {
+            ) {
+                found.push(path);
+                if found.len() > MAX_PIPELINE_FILES {
+                    anyhow::bail!(
+                        "{} holds more than {MAX_PIPELINE_FILES} pipeline files (*.yaml, *.yml, \
+                         *.json), the most --pipelines loads; point it at a smaller folder",
+                        dir.display()
+                    );
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Loads every pipeline under `dir` (see [`pipeline_files`]) and prints
+/// what it loaded. A file that does not load is reported with every
+/// problem in it and skipped, or, with `strict`, stops the server (exit
+/// code 2). Two files with one pipeline name are an error naming both.
+fn load_dir(dir: &Path, state: &AppState, strict: bool) -> anyhow::Result<Result<usize, ExitCode>> {
+    let mut loaded: Vec<(String, PathBuf)> = Vec::new();
+    let mut skipped = 0;
+    for path in pipeline_files(dir)? {
         let source = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         match Pipeline::from_file_with(&path, &crate::kinds()) {
             Ok(pipeline) => {
+                if let Some((_, first)) = loaded.iter().find(|(n, _)| n == pipeline.name()) {
+                    eprintln!(
+                        "error: {} and {} both define pipeline `{}`; names must be unique \
+                         (rename one with `pipeline:`)",
+                        first.display(),
+                        path.display(),
+                        pipeline.name()
+                    );
+                    return Ok(Err(ExitCode::from(exit::INVALID)));
+                }
+                loaded.push((pipeline.name().to_owned(), path.clone()));
                 state.preload(pipeline, source);
-                loaded += 1;
             }
             Err(err) => {
                 for d in err.diagnostics() {
                     eprintln!("error: {d}");
                 }
-                return Ok(Err(ExitCode::from(exit::INVALID)));
+                if strict {
+                    return Ok(Err(ExitCode::from(exit::INVALID)));
+                }
+                skipped += 1;
             }
         }
     }
-    Ok(Ok(loaded))
+    for (name, path) in &loaded {
+        let shown = path.strip_prefix(dir).unwrap_or(path);
+        eprintln!("braid: loaded pipeline {name} ({})", shown.display());
+    }
+    if skipped > 0 {
+        eprintln!(
+            "braid: skipped {skipped} pipeline {} that did not load (errors above); \
+             --strict refuses to start instead",
+            if skipped == 1 { "file" } else { "files" }
+        );
+    }
+    Ok(Ok(loaded.len()))
 }
 
 pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -204,6 +272,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             Some(Arc::new(args.store.open().await?))
         };
+        let has_token = token.is_some();
         let config = ServerConfig {
             token,
             allow_command_agents: args.allow_command_agents,
@@ -240,7 +309,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             store.clone().map(|s| s as Arc<dyn braid_server::RunStore>),
         );
         let loaded = match &args.pipelines {
-            Some(dir) => match load_dir(dir, &state)? {
+            Some(dir) => match load_dir(dir, &state, args.strict)? {
                 Ok(n) => n,
                 Err(code) => return Ok(code),
             },
@@ -251,9 +320,11 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.bind))?;
         let addr = listener.local_addr()?;
         eprintln!(
-            "braid: serving on http://{addr} ({loaded} pipelines; store: {})",
+            "braid: serving on http://{addr} ({loaded} {}; store: {})",
+            if loaded == 1 { "pipeline" } else { "pipelines" },
             store.as_ref().map_or("none", |s| s.url())
         );
+        eprintln!("braid: console: {}", console_url(addr, has_token));
         if let Some(retention) = &config_retention {
             eprintln!(
                 "braid: pruning runs older than {} at start and every {}",
@@ -265,6 +336,23 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("braid: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The console's address to open, and how to sign in. A wildcard bind
+/// address is shown as the loopback one, which a browser can open.
+fn console_url(addr: std::net::SocketAddr, has_token: bool) -> String {
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("http://{host}:{}/", addr.port());
+    if has_token {
+        format!("open {url} and sign in with the token")
+    } else {
+        format!("open {url}")
+    }
 }
 
 async fn shutdown_signal() {

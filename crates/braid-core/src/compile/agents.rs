@@ -238,10 +238,12 @@ impl Compiler<'_> {
     ) -> Option<Built> {
         let kind_name = agent.kind.as_str();
         let Some(kind) = self.kinds.get(kind_name) else {
-            let known = self.kinds.names().join(", ");
+            let names = self.kinds.names();
+            let hint = crate::diagnostic::did_you_mean(kind_name, names.iter().map(String::as_str));
+            let known = names.join(", ");
             self.error(
                 self.source.at(agent.kind.span()),
-                format!("{who}: unknown kind `{kind_name}`; expected one of: {known}"),
+                format!("{who}: unknown kind `{kind_name}`{hint}; expected one of: {known}"),
             );
             return None;
         };

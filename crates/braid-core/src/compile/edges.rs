@@ -74,6 +74,8 @@ impl Compiler<'_> {
                     reads.push(Read { field: f, optional });
                 }
                 None if optional => {}
+                // Its writer is an agent already reported as malformed.
+                None if self.spec.broken_writes.contains(field) => {}
                 None => {
                     let hint = self.field_suggestion(field);
                     self.error(
@@ -132,6 +134,7 @@ impl Compiler<'_> {
                     self.edge_fields[id].push((f, "has a condition on"));
                     condition_fields.push(f);
                 }
+                None if self.spec.broken_writes.contains(field.as_str()) => {}
                 None => {
                     let hint = self.field_suggestion(field);
                     self.error(
@@ -155,6 +158,7 @@ impl Compiler<'_> {
             match self.agent_ids.get(target.as_str()) {
                 Some(&t) if t == id => self.error(at, format!("{who} lists itself in `after`")),
                 Some(&t) => self.after_edges.push((t, id)),
+                None if self.spec.broken_agents.contains(target.as_str()) => {}
                 None => {
                     let hint = suggestion(
                         target.as_str(),

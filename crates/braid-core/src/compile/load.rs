@@ -104,20 +104,23 @@ impl Pipeline {
         let body = text.strip_prefix('\u{feff}').unwrap_or(text);
         let deadline = Deadline::after(limits.compile_budget);
         let checks_keys = |kind: &str| kinds.get(kind).is_some_and(Kind::checks_keys);
-        let spec = spec::parse(body, &source, limits, &checks_keys).map_err(invalid)?;
-        if spec.agents.len() > limits.max_agents {
+        let (spec, shape_errors) =
+            spec::parse_tolerant(body, &source, limits, &checks_keys).map_err(invalid)?;
+        let declared = spec.agents.len() + spec.broken_agents.len();
+        if declared > limits.max_agents {
             let mut errors = Diagnostics::new(1);
             errors.push(Diagnostic::new(
                 spec.agents_at.clone(),
                 format!(
                     "the pipeline declares {} agents; the limit is {} (max_agents)",
-                    spec.agents.len(),
-                    limits.max_agents
+                    declared, limits.max_agents
                 ),
             ));
             return Err(invalid(errors));
         }
-        let mut pipeline = compile(&spec, dir, kinds, limits, &deadline).map_err(invalid)?;
+        // Shape errors and the compile's are reported together.
+        let mut pipeline =
+            compile(&spec, dir, kinds, limits, &deadline, shape_errors).map_err(invalid)?;
         pipeline.content_hash = Arc::from(content_hash(text));
         Ok(pipeline)
     }

@@ -144,9 +144,13 @@ pub(crate) fn compile(
     kinds: &AgentKinds,
     limits: &LoadLimits,
     deadline: &Deadline,
+    earlier: Diagnostics,
 ) -> Result<Pipeline, Diagnostics> {
     let mut compiler = Compiler::new(spec, dir, kinds, limits, deadline, None);
+    // Problems found while reading the file (the spec holds the rest).
+    compiler.errors = earlier;
     match compiler.run() {
+        Ok(_) if !compiler.errors.is_empty() => Err(compiler.errors),
         Ok(pipeline) => Ok(pipeline),
         Err(Stop) => Err(compiler.errors),
     }
@@ -218,8 +222,9 @@ impl<'a> Compiler<'a> {
             self.agent(id, &defaults, &mut conditions)?;
         }
         let graph = self.graph()?;
-        // Agent ids only line up with the graph when every agent was built.
-        self.stop_if_failed()?;
+        // Races are found on the drafts' graph, so they are reported with
+        // the other problems even when an agent could not be built: the
+        // whole file's problems come in one report, not one phase at a time.
         self.output_field();
         self.waiting_needs_a_store(header.checkpoint);
         self.races(&graph)?;
@@ -352,37 +357,15 @@ impl<'a> Compiler<'a> {
 }
 
 /// ` (did you mean `x`?)` when a known name is one or two edits away.
-/// Only worked out for short names and while the diagnostic will be kept
-/// (it compares against every known name).
+/// Only worked out while the diagnostic will be kept (it compares against
+/// every known name).
 fn suggestion<'n>(
     wanted: &str,
     known: impl Iterator<Item = &'n str>,
     errors: &Diagnostics,
 ) -> String {
-    if wanted.len() > 64 || !errors.has_room() {
+    if !errors.has_room() {
         return String::new();
     }
-    known
-        .filter(|k| k.len().abs_diff(wanted.len()) <= 2)
-        .take(10_000)
-        .map(|k| (edit_distance(wanted, k), k))
-        .filter(|&(d, _)| d <= 2)
-        .min()
-        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
-        .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
+    crate::diagnostic::did_you_mean(wanted, known)
 }

@@ -880,7 +880,10 @@ impl<'p> Scheduler<'p> {
 
     /// Where `agent`'s log lines are kept: made on first use, when the run
     /// is checkpointed (`None` otherwise: nothing is kept).
-    pub(super) fn kept_logs(&mut self, agent: AgentId) -> Option<Arc<crate::agent::logs::KeptLogs>> {
+    pub(super) fn kept_logs(
+        &mut self,
+        agent: AgentId,
+    ) -> Option<Arc<crate::agent::logs::KeptLogs>> {
         if self.checkpoint.is_none() || self.policy() == CheckpointPolicy::None {
             return None;
         }
