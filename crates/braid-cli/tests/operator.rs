@@ -1,0 +1,410 @@
+//! What an operator and a pipeline author do at the terminal (issue 13):
+//! read an agent's logs, name runs by the start of their id, list and
+//! filter runs, start from `braid init`, validate many files at once, get
+//! completions and an SVG graph, and get a clear word for each slip.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// The binary, with a store of its own in `dir`.
+fn braid(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_braid"));
+    command.env("BRAID_STORE", store_url(dir));
+    command
+}
+
+fn store_url(dir: &Path) -> String {
+    format!("sqlite://{}/runs.db", dir.display())
+}
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run_ids(dir: &Path) -> Vec<String> {
+    let output = braid(dir)
+        .args(["runs", "list", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let runs: Value = serde_json::from_slice(&output.stdout).unwrap();
+    runs.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const TALKER: &str = r#"pipeline: talker
+agents:
+  talk:
+    kind: command
+    run: [sh, -c, 'echo "looking at ${WHO}" >&2; echo "still here" >&2; echo "{\"said\": \"$WHO\"}"']
+    env: { WHO: "${BRAID_TEST_WHO}" }
+    writes: [said]
+  flaky:
+    kind: command
+    run: [sh, -c, 'if [ -e tried ]; then echo "{\"ok\": true}"; else touch tried; echo "first try fails" >&2; exit 3; fi']
+    retries: 1
+    backoff: 1ms
+    writes: [ok]
+"#;
+
+#[test]
+fn logs_are_kept_shown_and_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("talker.yaml");
+    std::fs::write(&file, TALKER).unwrap();
+
+    // --verbose streams each agent's lines as they come, after its name;
+    // `${VAR}` in a command agent's env comes from braid's environment.
+    let output = braid(dir.path())
+        .arg("run")
+        .arg(&file)
+        .arg("--verbose")
+        .env("BRAID_TEST_WHO", "the moon")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("talk | looking at the moon"), "{stderr}");
+    assert!(stderr.contains("flaky | first try fails"), "{stderr}");
+    assert!(text(&output.stdout).contains("the moon"));
+
+    // Kept with the run: `runs logs` shows them, by agent or all.
+    let id = run_ids(dir.path()).remove(0);
+    let output = braid(dir.path())
+        .args(["runs", "logs", &id])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let all = text(&output.stdout);
+    assert!(
+        all.contains("talk | looking at the moon\ntalk | still here\n"),
+        "{all}"
+    );
+    assert!(all.contains("flaky | first try fails"), "{all}");
+    let output = braid(dir.path())
+        .args(["runs", "logs", &id, "--agent", "talk"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&output.stdout), "looking at the moon\nstill here\n");
+    let output = braid(dir.path())
+        .args(["runs", "logs", &id, "--agent", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("no record of agent `nobody`"));
+
+    // `runs show` names the failed attempt and points at the logs.
+    let output = braid(dir.path())
+        .args(["runs", "show", &id])
+        .output()
+        .unwrap();
+    let shown = text(&output.stdout);
+    assert!(shown.contains("flaky: attempt 1 failed after"), "{shown}");
+    assert!(shown.contains("see `braid runs logs"), "{shown}");
+    assert!(shown.contains("started by cli:"), "{shown}");
+
+    // An unset variable in `env` is a load error naming it.
+    let output = braid(dir.path())
+        .arg("validate")
+        .arg(&file)
+        .env_remove("BRAID_TEST_WHO")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("BRAID_TEST_WHO"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn runs_are_named_by_the_start_of_their_id_and_listed_with_who_started_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let output = braid(dir.path())
+            .arg("run")
+            .arg(examples().join("seed.yaml"))
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+    }
+    let ids = run_ids(dir.path());
+    assert_eq!(ids.len(), 2);
+    // UUIDv7s of runs started together share their first characters.
+    let common = ids[0]
+        .chars()
+        .zip(ids[1].chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let ambiguous = &ids[0][..common.max(4)];
+    let output = braid(dir.path())
+        .args(["runs", "show", ambiguous])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("several runs"), "{stderr}");
+    assert!(
+        stderr.contains(&ids[0]) && stderr.contains(&ids[1]),
+        "{stderr}"
+    );
+
+    let unique = &ids[0][..common + 1];
+    let output = braid(dir.path())
+        .args(["runs", "show", unique, "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["run_id"], ids[0]);
+    assert!(shown["started_by"].as_str().unwrap().starts_with("cli:"));
+
+    let output = braid(dir.path())
+        .args(["runs", "show", "ffffffff"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("no run with id `ffffffff`"));
+
+    // --store after the subcommand, as after `braid run FILE`.
+    let output = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["runs", "list", "--store", &store_url(dir.path())])
+        .env_remove("BRAID_STORE")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let listed = text(&output.stdout);
+    assert!(
+        listed.contains(&ids[0]) && listed.contains("started by"),
+        "{listed}"
+    );
+
+    // A status that does not exist is refused, listing those that do.
+    let output = braid(dir.path())
+        .args(["runs", "list", "--status", "bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("interrupted") && stderr.contains("waiting"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn slips_at_the_command_line_get_a_specific_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = examples().join("seed.yaml");
+    let output = braid(dir.path())
+        .arg("run")
+        .arg(&seed)
+        .args(["--concurrency", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("--concurrency"));
+
+    let output = braid(dir.path())
+        .arg("run")
+        .arg(&seed)
+        .args(["--store", "plain.db"])
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("sqlite://plain.db"), "{stderr}");
+
+    // @- reads the input from stdin.
+    let mut child = braid(dir.path())
+        .arg("run")
+        .arg(&seed)
+        .args(["--input", "@-", "--output", "json", "--checkpoint", "none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"request": "from stdin"}"#)
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["state"]["request"], "from stdin");
+}
+
+#[test]
+fn init_writes_a_pipeline_that_runs_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("demo");
+    let output = braid(dir.path()).arg("init").arg(&target).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let output = braid(dir.path())
+        .arg("run")
+        .arg(target.join("pipeline.yaml"))
+        .args([
+            "--output",
+            "json",
+            "--input",
+            r#"{"text": "one two three"}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["state"]["word_count"], 3);
+    assert!(
+        report["state"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("3 words")
+    );
+    // A second init there would overwrite: refused.
+    let output = braid(dir.path()).arg("init").arg(&target).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("already exists"));
+}
+
+#[test]
+fn validate_takes_many_files_and_reports_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "pipeline: broken\nagents:\n  a: { kind: sleeep, ms: 1, writes: [x] }\n",
+    )
+    .unwrap();
+    let output = braid(dir.path())
+        .arg("validate")
+        .arg(examples().join("seed.yaml"))
+        .arg(&broken)
+        .arg(examples().join("loop/pipeline.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("ok: seed-optimization") && stdout.contains("ok: draft-critique"));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("did you mean `sleep`?"), "{stderr}");
+    assert!(stderr.contains("1 of 3 files are invalid"), "{stderr}");
+}
+
+#[test]
+fn completions_and_an_svg_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let output = braid(dir.path())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        let script = text(&output.stdout);
+        assert!(
+            script.contains("braid") && script.contains("explain"),
+            "{shell}"
+        );
+    }
+    let output = braid(dir.path())
+        .arg("explain")
+        .arg(examples().join("seed.yaml"))
+        .args(["--format", "svg"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let svg = text(&output.stdout);
+    assert!(svg.contains("<svg"), "{svg}");
+    for agent in [
+        "triage",
+        "data",
+        "metrics",
+        "cost",
+        "optimization",
+        "report",
+    ] {
+        assert!(svg.contains(&format!(">{agent}<")), "{agent} missing");
+    }
+}
+
+#[test]
+fn serve_loads_pipelines_from_subfolders_and_names_them_and_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--no-store",
+            "--pipelines",
+        ])
+        .arg(examples())
+        .env_remove("BRAID_TOKEN")
+        .env_remove("BRAID_LLM_URL")
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("console:");
+        said.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = said.join("\n");
+    for name in [
+        "seed-optimization (seed.yaml)",
+        "optimize-llm-spend (optimize/pipeline.yaml)",
+        "summarize-folder (fanout/pipeline.yaml)",
+        "approval (approval/pipeline.yaml)",
+    ] {
+        assert!(said.contains(&format!("loaded pipeline {name}")), "{said}");
+    }
+    // The tools example needs an LLM endpoint: reported and skipped.
+    assert!(said.contains("BRAID_LLM_URL"), "{said}");
+    assert!(said.contains("skipped 1 pipeline file"), "{said}");
+    assert!(said.contains("console: open http://127.0.0.1:"), "{said}");
+}
+
+#[test]
+fn serve_strict_refuses_a_folder_with_a_broken_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("nested")).unwrap();
+    std::fs::write(
+        dir.path().join("nested/bad.yaml"),
+        "pipeline: bad\nagents:\n  a: { kind: nope, writes: [x] }\n",
+    )
+    .unwrap();
+    let output: Output = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--no-store",
+            "--strict",
+            "--pipelines",
+        ])
+        .arg(dir.path())
+        .env_remove("BRAID_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("unknown kind `nope`"));
+}
