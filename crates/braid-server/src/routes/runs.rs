@@ -205,6 +205,42 @@ async fn running_json(state: &AppState, run: &LiveRun) -> Value {
     value
 }
 
+/// A stored run's state: its input plus its completed agents' writes,
+/// replayed with the pipeline's merge rules when the server holds the same
+/// pipeline (same content hash), else each field's last-recorded value.
+fn stored_state(
+    state: &AppState,
+    stored: &braid_store::StoredRun,
+) -> serde_json::Map<String, Value> {
+    let registered = state
+        .inner
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&stored.summary.pipeline)
+        .cloned();
+    if let Some(registered) = registered
+        && registered.pipeline.content_hash() == stored.pipeline_hash
+        && let Ok(input) = registered
+            .pipeline
+            .check_input(&Value::Object(stored.input.clone()))
+    {
+        return registered
+            .pipeline
+            .replay(input, &stored.agents)
+            .into_iter()
+            .map(|(k, v)| (k, (*v).clone()))
+            .collect();
+    }
+    let mut fields = stored.input.clone();
+    for agent in &stored.agents {
+        for (field, value) in &agent.writes {
+            fields.insert(field.to_string(), (**value).clone());
+        }
+    }
+    fields
+}
+
 /// How long `GET /v1/runs/{id}` waits for a running run's snapshot.
 const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -278,6 +314,7 @@ pub(super) async fn get_run(
         );
         let mut value = serde_json::to_value(&stored).unwrap_or_default();
         value["agents"] = json!(agents);
+        value["state"] = json!(stored_state(&state, &stored));
         let waiting = stored
             .agents
             .iter()
