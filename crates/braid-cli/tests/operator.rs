@@ -408,3 +408,155 @@ fn serve_strict_refuses_a_folder_with_a_broken_pipeline() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("unknown kind `nope`"));
 }
+
+#[test]
+fn a_resumed_run_reads_as_one_timeline_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("resumable.yaml");
+    std::fs::write(
+        &file,
+        r#"pipeline: resumable
+agents:
+  a: { kind: sleep, ms: 30, writes: [x] }
+  b: { kind: sleep, ms: 30, writes: [y] }
+  c: { kind: command, run: [sh, -c, 'test -e ok && echo "{\"z\": 1}"'], reads: [x, y], writes: [z] }
+  d: { kind: sleep, ms: 10, reads: [z], writes: [w] }
+"#,
+    )
+    .unwrap();
+    let output = braid(dir.path())
+        .arg("run")
+        .arg(&file)
+        .args(["--checkpoint", "agent"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    std::fs::write(dir.path().join("ok"), "").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let id = run_ids(dir.path()).remove(0);
+    let output = braid(dir.path())
+        .args(["runs", "resume", &id, "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let output = braid(dir.path())
+        .args(["runs", "show", &id, "--output", "json"])
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let agents = shown["agents"].as_object().unwrap();
+    let names: Vec<&str> = agents.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a", "b", "c", "d"], "in the order they ran");
+    let start = |a: &str| agents[a]["start_ms"].as_f64().unwrap();
+    // `c` ran in the resumed attempt, timed from the run's first start.
+    assert!(start("c") >= 300.0, "{shown}");
+    assert!(start("d") > start("c"));
+    assert!(shown["makespan_ms"].as_f64().unwrap() >= start("d"));
+}
+
+#[test]
+fn the_timeline_shows_retries_skips_round_ticks_and_the_path_explain_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        r#"pipeline: drawn
+agents:
+  first: { kind: sleep, ms: 20, writes: [x], value: { go: false } }
+  flaky:
+    kind: command
+    run: [sh, -c, 'if [ -e tried ]; then echo "{\"y\": 1}"; else touch tried; exit 3; fi']
+    retries: 1
+    backoff: 1ms
+    reads: [x]
+    writes: [y]
+  never: { kind: sleep, ms: 1, reads: [x], writes: [z], when: 'x.go' }
+"#,
+    )
+    .unwrap();
+    let output = braid(dir.path()).arg("run").arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let id = run_ids(dir.path()).remove(0);
+    let svg_path = dir.path().join("t.svg");
+    let output = braid(dir.path())
+        .args(["runs", "show", &id, "--timeline"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(
+        svg.contains(r#"class="failed-attempt" data-agent="flaky" data-attempt="1""#),
+        "{svg}"
+    );
+    assert!(
+        svg.contains(r#"class="not-run" data-agent="never" data-status="skipped""#),
+        "{svg}"
+    );
+    // Tick labels are round numbers of ms.
+    let ticks: Vec<f64> = svg
+        .split(r#"class="tick""#)
+        .skip(1)
+        .map(|t| {
+            let label = &t[t.find('>').unwrap() + 1..t.find('<').unwrap()];
+            label.trim_end_matches(" ms").parse::<f64>().unwrap()
+        })
+        .collect();
+    assert!(ticks.len() >= 3, "{ticks:?}");
+    let step = ticks[1] - ticks[0];
+    let mantissa = step / 10f64.powf(step.log10().floor());
+    assert!(
+        [1.0, 2.0, 5.0].iter().any(|m| (m - mantissa).abs() < 1e-6),
+        "{ticks:?}"
+    );
+
+    // The seed's agents take what they are expected to: the run's
+    // critical path (timeline and API) is the one `explain` estimates.
+    let output = braid(dir.path())
+        .arg("run")
+        .arg(examples().join("seed.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let id = run_ids(dir.path()).remove(0);
+    let output = braid(dir.path())
+        .args(["runs", "show", &id, "--timeline"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let output = braid(dir.path())
+        .arg("explain")
+        .arg(examples().join("seed.yaml"))
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let explained: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let path: Vec<&str> = explained["critical_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for agent in [
+        "triage",
+        "data",
+        "metrics",
+        "cost",
+        "optimization",
+        "report",
+    ] {
+        let outlined = svg.contains(&format!(
+            r##"class="run" data-agent="{agent}" data-status="completed""##
+        )) && svg
+            .split(&format!(r#"data-agent="{agent}" data-status="completed""#))
+            .nth(1)
+            .is_some_and(|rest| rest[..rest.find("/>").unwrap()].contains("#d93025"));
+        assert_eq!(
+            outlined,
+            path.contains(&agent),
+            "{agent}: explain says {path:?}"
+        );
+    }
+}

@@ -5,8 +5,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use indexmap::IndexMap;
+
 use crate::graph::AgentId;
 use crate::pipeline::Pipeline;
+use crate::report::AgentReport;
 
 /// One agent as `explain` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -101,7 +104,61 @@ pub struct Explanation {
     pub speedup: Option<f64>,
 }
 
+/// Ends of runs' agents closer than this (ms) count as equal when the
+/// critical path of a run is traced: the earlier-declared agent is taken,
+/// as [`Pipeline::explain`] does for equal estimates, so a run whose agents
+/// took about what was expected shows the path `explain` shows.
+pub const CRITICAL_PATH_TIE_MS: f64 = 5.0;
+
 impl Pipeline {
+    /// The critical path of a run as it happened: from the agent that ended
+    /// last, back through the dependency each agent waited for longest
+    /// (the one that ended last), to an agent with none. Agents that did
+    /// not run (skipped, pending) are not on it. `agents` is the run's
+    /// report (or stored records) by name; names it lacks are left out.
+    pub fn run_critical_path(&self, agents: &IndexMap<String, AgentReport>) -> Vec<String> {
+        let end = |a: AgentId| {
+            let report = agents.get(&*self.agents[a].name)?;
+            Some(report.start_ms? + report.duration_ms.unwrap_or(0.0))
+        };
+        // The later end, or on a tie the earlier-declared agent.
+        let later = |x: AgentId, ex: f64, y: AgentId, ey: f64| {
+            if (ex - ey).abs() < CRITICAL_PATH_TIE_MS {
+                x.min(y)
+            } else if ex > ey {
+                x
+            } else {
+                y
+            }
+        };
+        let pick = |candidates: &mut dyn Iterator<Item = AgentId>| {
+            let mut best: Option<(AgentId, f64)> = None;
+            for a in candidates {
+                let Some(e) = end(a) else { continue };
+                best = Some(match best {
+                    None => (a, e),
+                    Some((b, eb)) => {
+                        let w = later(a, e, b, eb);
+                        (w, if w == a { e } else { eb })
+                    }
+                });
+            }
+            best.map(|(a, _)| a)
+        };
+        let Some(mut last) = pick(&mut (0..self.agents.len())) else {
+            return Vec::new();
+        };
+        let mut path = vec![last];
+        while let Some(prev) = pick(&mut self.graph.dependencies(last).iter().copied()) {
+            path.push(prev);
+            last = prev;
+        }
+        path.reverse();
+        path.into_iter()
+            .map(|a| self.agents[a].name.to_string())
+            .collect()
+    }
+
     /// The graph, stages, critical path and timing estimates.
     pub fn explain(&self) -> Explanation {
         let name = |a: AgentId| self.agents[a].name.to_string();

@@ -104,6 +104,9 @@ pub(crate) struct Launch {
     /// Who or what started it (`api`, or the request's `started_by`);
     /// `None` for a run continued (resumed, answered): it keeps its own.
     pub(crate) started_by: Option<String>,
+    /// A continued run: how long ago it first started (its clock starts
+    /// then; see [`RunOptions::resumed_after`]).
+    pub(crate) resumed_after: Option<std::time::Duration>,
 }
 
 /// Every run the server started, and the machinery that runs them.
@@ -324,6 +327,7 @@ impl Execution {
             answers: Some(inbox),
             snapshots: Some(snapshot_inbox),
             started_by: how.started_by.clone(),
+            resumed_after: how.resumed_after,
             cache: store
                 .as_ref()
                 .filter(|_| !how.no_cache)
@@ -480,6 +484,7 @@ agents:
             parent_id: None,
             no_cache: false,
             started_by: None,
+            resumed_after: None,
         };
         registry.launch(how, slot).unwrap()
     }

@@ -782,10 +782,21 @@ async fn continue_run(
         run_id: Some(run.summary.run_id.clone()),
         checkpoint: Some(policy),
         resume: Some(ResumePoint { agents: run.agents }),
+        resumed_after: Some(since(run.summary.created_at_ms)),
         cache: cache.of(pipeline, Some(store)),
         ..RunOptions::default()
     };
     execute(pipeline, input, options, display, Some(store)).await
+}
+
+/// How long ago `created_at_ms` (ms since the Unix epoch) was.
+fn since(created_at_ms: i64) -> std::time::Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(std::time::Duration::from_millis(
+        u64::try_from(created_at_ms).unwrap_or(0),
+    ))
 }
 
 /// Reads `--value`: JSON, or @FILE.

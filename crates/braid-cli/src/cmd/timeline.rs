@@ -62,9 +62,10 @@ pub(crate) fn rounds(name: &str, agent: &AgentReport) -> Option<u64> {
         .map(|last| last + 1)
 }
 
-/// The agents on the critical path of the run as it happened: the longest
-/// chain by measured durations (queue waits included). Needs the pipeline's
-/// graph; empty without it.
+/// The agents on the critical path of the run as it happened (see
+/// [`Pipeline::run_critical_path`]: the same path `braid explain`, the API
+/// and the console show for the run). Needs the pipeline's graph; empty
+/// without it.
 pub(crate) fn critical_path(
     pipeline: Option<&Pipeline>,
     agents: &[(String, AgentReport)],
@@ -72,19 +73,37 @@ pub(crate) fn critical_path(
     let Some(pipeline) = pipeline else {
         return Vec::new();
     };
-    let measured = |name: &str| {
-        agents
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a.duration_ms.unwrap_or(0.0) + a.queue_ms.unwrap_or(0.0))
-            .unwrap_or(0.0)
-    };
-    let (path, _) = pipeline
-        .graph()
-        .critical_path(|a| measured(pipeline.agents()[a].name()));
-    path.into_iter()
-        .map(|a| pipeline.agents()[a].name().to_owned())
-        .collect()
+    let by_name: indexmap::IndexMap<String, AgentReport> = agents.iter().cloned().collect();
+    pipeline.run_critical_path(&by_name)
+}
+
+/// A round step for about five ticks over `end` ms: 1, 2 or 5 times a
+/// power of ten.
+fn tick_step(end: f64) -> f64 {
+    let rough = (end / 5.0).max(1e-3);
+    let power = 10f64.powf(rough.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|step| *step >= rough)
+        .unwrap_or(10.0 * power)
+}
+
+/// A tick's label: ms below 10 s (decimals only when the step has them),
+/// seconds above.
+fn tick_label(ms: f64, step: f64) -> String {
+    if step >= 1000.0 {
+        let s = ms / 1000.0;
+        if (s - s.round()).abs() < 1e-9 {
+            format!("{s:.0} s")
+        } else {
+            format!("{s:.1} s")
+        }
+    } else if step >= 1.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
 }
 
 /// The SVG document.
@@ -119,17 +138,19 @@ pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[Str
         out,
         r##"<text x="8" y="38" fill="#555">queue wait: light bar; execution: solid bar; critical path: red outline</text>"##
     );
-    // The time axis: five ticks.
-    for i in 0..=4 {
-        let ms = end * f64::from(i) / 4.0;
+    // The time axis: round ticks (1, 2 or 5 times a power of ten).
+    let step = tick_step(end);
+    let mut ms = 0.0;
+    while ms <= end + step * 1e-9 {
         let _ = writeln!(
             out,
-            r##"<line x1="{0:.1}" y1="48" x2="{0:.1}" y2="{1:.1}" stroke="#eee"/><text x="{0:.1}" y="{2:.1}" fill="#777" text-anchor="middle">{3:.0} ms</text>"##,
+            r##"<line x1="{0:.1}" y1="48" x2="{0:.1}" y2="{1:.1}" stroke="#eee"/><text class="tick" x="{0:.1}" y="{2:.1}" fill="#777" text-anchor="middle">{3}</text>"##,
             x(ms),
             height - 14.0,
             height - 2.0,
-            ms
+            tick_label(ms, step)
         );
+        ms += step;
     }
     for (i, (name, agent)) in agents.iter().enumerate() {
         let y = 52.0 + i as f64 * ROW;
@@ -159,6 +180,26 @@ pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[Str
             escape(name)
         );
         let Some(start) = agent.start_ms else {
+            // Never ran: say why on its row (skipped, cancelled, pending).
+            let why = agent
+                .reason
+                .as_deref()
+                .or(agent.error.as_deref())
+                .unwrap_or("");
+            let _ = writeln!(
+                out,
+                r#"<text class="not-run" data-agent="{}" data-status="{}" x="{LABEL:.1}" y="{:.1}" fill="{}" font-style="italic">{}{}</text>"#,
+                escape(name),
+                agent.status,
+                y + 15.0,
+                colour(agent.status),
+                agent.status,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    escape(&format!(": {}", why.lines().next().unwrap_or("")))
+                }
+            );
             continue;
         };
         let queue = agent.queue_ms.unwrap_or(0.0);
@@ -188,9 +229,37 @@ pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[Str
             y + 3.0,
             (x(start + duration) - x(start)).max(1.0)
         );
+        // Failed attempts before the one that ended it, from the bar's
+        // start: each as long as it ran (the backoff between them is not
+        // drawn), hatched in red.
+        let mut at = start;
+        let retried = agent
+            .failures
+            .len()
+            .saturating_sub(usize::from(agent.status == AgentStatus::Failed));
+        for failure in agent.failures.iter().take(retried) {
+            let _ = writeln!(
+                out,
+                r##"<rect class="failed-attempt" data-agent="{}" data-attempt="{}" x="{:.1}" y="{:.1}" width="{:.1}" height="6" fill="#d93025"><title>attempt {} failed: {}</title></rect>"##,
+                escape(name),
+                failure.attempt,
+                x(at),
+                y + 13.0,
+                (x(at + failure.duration_ms) - x(at)).max(2.0),
+                failure.attempt,
+                escape(failure.error.lines().next().unwrap_or(""))
+            );
+            at += failure.duration_ms;
+        }
+        let attempts = if agent.attempts > 1 {
+            format!(" · {} attempts", agent.attempts)
+        } else {
+            String::new()
+        };
         let progress = progress(agent)
             .map(|p| format!(r#" · <tspan class="progress">{p}</tspan>"#))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + &attempts;
         let _ = writeln!(
             out,
             r##"<text x="{:.1}" y="{:.1}" fill="#555">{duration:.1} ms{progress}</text>"##,
@@ -200,4 +269,20 @@ pub(crate) fn svg(title: &str, agents: &[(String, AgentReport)], critical: &[Str
     }
     out.push_str("</svg>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_labelled_in_their_unit() {
+        assert_eq!(tick_step(5293.0), 2000.0);
+        assert_eq!(tick_step(2647.0), 1000.0);
+        assert_eq!(tick_step(240.0), 50.0);
+        assert_eq!(tick_step(7.0), 2.0);
+        assert_eq!(tick_label(3000.0, 1000.0), "3 s");
+        assert_eq!(tick_label(150.0, 50.0), "150 ms");
+        assert_eq!(tick_label(0.5, 0.5), "0.5 ms");
+    }
 }

@@ -90,6 +90,11 @@ pub struct RunOptions {
     /// Who or what started the run (`cli:USER@HOST`, `api`, a client's
     /// name), kept with its checkpoints for operators.
     pub started_by: Option<String>,
+    /// For a run continued later (resumed, answered): how long ago it
+    /// first started. Its clock starts then, so the agents run now are
+    /// timed on one timeline with the agents kept from before, and its
+    /// makespan counts from its first start (gaps included).
+    pub resumed_after: Option<std::time::Duration>,
 }
 
 impl Pipeline {

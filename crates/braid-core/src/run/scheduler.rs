@@ -517,7 +517,12 @@ impl<'p> Scheduler<'p> {
     }
 
     pub(super) async fn run(mut self) -> RunReport {
-        self.start = Instant::now();
+        let now = Instant::now();
+        self.start = self
+            .options
+            .resumed_after
+            .and_then(|ago| now.checked_sub(ago))
+            .unwrap_or(now);
         if let Some(ctx) = &self.ctx {
             let _ = ctx.start.set(self.start);
         }
@@ -555,7 +560,7 @@ impl<'p> Scheduler<'p> {
     pub(super) async fn run_loop(&mut self) {
         // A nested run's first agents became ready when it began, not when
         // the run (whose clock it shares) did.
-        let ready_at = if self.prefix.is_some() {
+        let ready_at = if self.prefix.is_some() || self.options.resumed_after.is_some() {
             Instant::now()
         } else {
             self.start

@@ -134,6 +134,7 @@ pub(super) async fn start_run(
         parent_id: None,
         no_cache: request.no_cache,
         started_by: Some(started_by),
+        resumed_after: None,
     };
     let run = state.inner.runs.launch(how, slot)?;
     respond(run, query.wait).await
@@ -205,6 +206,25 @@ async fn running_json(state: &AppState, run: &LiveRun) -> Value {
     value
 }
 
+/// The run's critical path as it happened (the same rule `braid runs show
+/// --timeline` and `braid explain` use; see
+/// [`braid_core::Pipeline::run_critical_path`]), when the server holds its
+/// pipeline.
+fn run_critical_path(
+    state: &AppState,
+    pipeline: &str,
+    agents: &indexmap::IndexMap<String, braid_core::AgentReport>,
+) -> Option<Vec<String>> {
+    let registered = state
+        .inner
+        .pipelines
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(pipeline)
+        .cloned()?;
+    Some(registered.pipeline.run_critical_path(agents))
+}
+
 /// A stored run's state: its input plus its completed agents' writes,
 /// replayed with the pipeline's merge rules when the server holds the same
 /// pipeline (same content hash), else each field's last-recorded value.
@@ -239,6 +259,16 @@ fn stored_state(
         }
     }
     fields
+}
+
+/// How long ago `created_at_ms` (ms since the Unix epoch) was.
+fn since(created_at_ms: i64) -> std::time::Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(std::time::Duration::from_millis(
+        u64::try_from(created_at_ms).unwrap_or(0),
+    ))
 }
 
 /// How long `GET /v1/runs/{id}` waits for a running run's snapshot.
@@ -285,6 +315,9 @@ pub(super) async fn get_run(
         return Ok(Json(match report {
             Some(report) => {
                 let mut value = report_json(&run, &report);
+                if let Some(path) = run_critical_path(&state, &report.pipeline, &report.agents) {
+                    value["critical_path"] = json!(path);
+                }
                 let waiting = report
                     .agents
                     .iter()
@@ -313,6 +346,9 @@ pub(super) async fn get_run(
                 .map(|a| (a.agent.to_string(), a.report.clone())),
         );
         let mut value = serde_json::to_value(&stored).unwrap_or_default();
+        if let Some(path) = run_critical_path(&state, &stored.summary.pipeline, &agents) {
+            value["critical_path"] = json!(path);
+        }
         value["agents"] = json!(agents);
         value["state"] = json!(stored_state(&state, &stored));
         let waiting = stored
@@ -521,6 +557,7 @@ pub(crate) async fn continue_claimed(
         parent_id: None,
         no_cache: false,
         started_by: None,
+        resumed_after: Some(since(stored.summary.created_at_ms)),
     };
     Ok(state.inner.runs.launch(how, slot)?)
 }

@@ -256,6 +256,7 @@ pub(super) async fn fork(
         parent_id: Some(id.clone()),
         no_cache: false,
         started_by: Some("api (fork)".to_owned()),
+        resumed_after: None,
     };
     let run = state.inner.runs.launch(how, slot)?;
     if query.wait {
