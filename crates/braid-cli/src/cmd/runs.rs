@@ -285,6 +285,7 @@ async fn list(
             status,
             pipeline,
             limit: Some(limit),
+            ..Default::default()
         })
         .await?;
     write_out(|out| match output {
