@@ -144,6 +144,18 @@ agents:
     reads: [topic]
     writes: [held]
 YAML
+# A run without events (the API's default): the page polls it. `hold`
+# waits for the file `go-quiet`.
+cat >"$work/quiet-view.yaml" <<'YAML'
+pipeline: quiet-view
+agents:
+  first: { kind: sleep, ms: 1, writes: [a] }
+  hold:
+    kind: command
+    run: [sh, -c, 'while [ ! -e go-quiet ]; do sleep 0.05; done; echo "{\"b\": 1}"']
+    reads: [a]
+    writes: [b]
+YAML
 # An agent that fails twice (one retry), saying why on stderr.
 cat >"$work/fail-view.yaml" <<'YAML'
 pipeline: fail-view
@@ -193,5 +205,5 @@ done
 
 # Screenshots of each page go to $BRAID_SCREENSHOTS, a directory, only when it is set.
 BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_FAN_GATE="$work/go-fan" BRAID_GROUP_GATE="$work/go-group" \
-  BRAID_FORM_GATE="$work/go-form" BRAID_SCREENSHOTS="${BRAID_SCREENSHOTS:-}" \
+  BRAID_FORM_GATE="$work/go-form" BRAID_QUIET_GATE="$work/go-quiet" BRAID_SCREENSHOTS="${BRAID_SCREENSHOTS:-}" \
   node crates/braid-server/tests/browser/view.mjs

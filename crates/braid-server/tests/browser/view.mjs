@@ -420,6 +420,25 @@ try {
     if (!input.includes('console test')) throw new Error(`the input reads ${input}`);
   });
 
+  // A run started without events (the API's default) is polled every second.
+  const quiet = await fetch(`${base}/v1/runs`, { method: 'POST', headers: auth, body: JSON.stringify({ pipeline: 'quiet-view' }) });
+  const quietRun = (await quiet.json()).run_id;
+  await con.goto(`${base}/#run=${quietRun}`);
+  await check('a run without events is polled while it runs, to its end', async () => {
+    await con.waitForSelector('#run-status[data-status="running"]', { timeout: 10000 });
+    await con.waitForFunction(() => document.getElementById('live').textContent.includes('polling'), null, { timeout: 5000 });
+    const snapshot = await (await fetch(`${base}/v1/runs/${quietRun}`, { headers: auth })).json();
+    if (snapshot.agents) {
+      // The server lists a running run's agents: the page shows them.
+      await con.waitForSelector('[data-agent="hold"][data-status="running"]', { timeout: 10000 });
+    } else {
+      console.log('# a running run\'s GET lists no agents yet: the snapshot check is skipped');
+    }
+    writeFileSync(process.env.BRAID_QUIET_GATE, '');
+    await con.waitForSelector('#run-status[data-status="completed"]', { timeout: 20000 });
+    await con.waitForSelector('[data-agent="hold"][data-status="completed"]', { timeout: 5000 });
+  });
+
   const failRun = await start('fail-view', true);
   await con.goto(`${base}/#run=${failRun}`);
   await check('a failed agent opens a panel with its error, retries and logs', async () => {
