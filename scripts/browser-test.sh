@@ -156,7 +156,8 @@ agents:
     reads: [a]
     writes: [b]
 YAML
-# An agent that fails twice (one retry), saying why on stderr.
+# An agent that fails twice (one retry), saying why on stderr, and one
+# skipped by its condition.
 cat >"$work/fail-view.yaml" <<'YAML'
 pipeline: fail-view
 agents:
@@ -169,6 +170,13 @@ agents:
     reads: [plan]
     writes: [result]
   publish: { kind: sleep, ms: 1, reads: [result], writes: [published] }
+  optional: { kind: sleep, ms: 1, reads: [plan], writes: [extra], when: 'plan == "stop"' }
+YAML
+# Many quick runs, for the runs list's pages.
+cat >"$work/many-view.yaml" <<'YAML'
+pipeline: many-view
+agents:
+  one: { kind: sleep, ms: 1, writes: [x] }
 YAML
 # 50 agents in 5 layers of 10, each reading two or three of the layer
 # before, some also one two layers up (edges that pass a layer): the

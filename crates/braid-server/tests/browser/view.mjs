@@ -439,6 +439,19 @@ try {
     await con.waitForSelector('[data-agent="hold"][data-status="completed"]', { timeout: 5000 });
   });
 
+  await check('re-run starts the same pipeline with the same input', async () => {
+    await con.goto(`${base}/#run=${formRun}`);
+    await con.waitForSelector('#run-status[data-status="completed"]', { timeout: 10000 });
+    await con.click('#rerun');
+    await con.waitForFunction((id) => location.hash.startsWith('#run=') && !location.hash.includes(id), formRun, { timeout: 10000 });
+    const again = new URLSearchParams(await con.evaluate(() => location.hash.slice(1))).get('run');
+    await con.waitForSelector('#run-status[data-status="completed"]', { timeout: 20000 });
+    const run = await (await fetch(`${base}/v1/runs/${again}`, { headers: auth })).json();
+    if (run.pipeline !== 'form-view' || run.state.topic !== 'console test' || run.state.tags.join() !== 'a,b') {
+      throw new Error(`the re-run is ${run.pipeline} with ${JSON.stringify(run.state)}`);
+    }
+  });
+
   const failRun = await start('fail-view', true);
   await con.goto(`${base}/#run=${failRun}`);
   await check('a failed agent opens a panel with its error, retries and logs', async () => {
@@ -467,6 +480,17 @@ try {
     if (!writes.includes('result')) throw new Error(`the writes read ${writes}`);
     await snap(con, 'agent-panel');
   });
+  await check('a skipped agent is drawn apart, and its panel says why', async () => {
+    await con.waitForSelector('[data-bar="optional"][data-status="skipped"].skipped-bar', { timeout: 5000 });
+    await con.click('[data-agent="optional"]');
+    await con.waitForFunction(() => document.getElementById('panel-title').textContent === 'optional', null, { timeout: 5000 });
+    const report = await (await fetch(`${base}/v1/runs/${failRun}`, { headers: auth })).json();
+    const reason = report.agents.optional.reason;
+    if (reason) {
+      const shown = await con.textContent('#panel-reason');
+      if (shown !== reason) throw new Error(`the panel says ${shown}, the report ${reason}`);
+    }
+  });
 
   const bigRun = await start('big-view', true);
   await con.goto(`${base}/#run=${bigRun}`);
@@ -481,6 +505,29 @@ try {
     await con.waitForSelector('#pgraph [data-pnode="a49"]', { timeout: 10000 });
     const again = await con.evaluate(crossings, '#pgraph');
     if (again.length) throw new Error(`pipelines page: ${again.join('; ')}`);
+  });
+  // 200 more runs: the list pages through them 50 at a time, quickly.
+  await Promise.all(Array.from({ length: 200 }, () => start('many-view')));
+  await con.goto(`${base}/#runs`);
+  await check('the runs list pages through 200 runs, 50 a page, each once', async () => {
+    await con.waitForFunction(() => document.querySelectorAll('#runs tr[data-run]').length >= 50, null, { timeout: 10000 });
+    await con.selectOption('#f-pipeline', 'many-view');
+    const seen = new Set();
+    for (let page = 0; page < 4; page++) {
+      await rowsAre(con, 'return rows.length === 50 && rows.every((r) => r.pipeline === "many-view") && !rows.some((r) => a.includes(r.id))', [...seen]);
+      for (const id of await con.$$eval('#runs tr[data-run]', (r) => r.map((e) => e.dataset.run))) seen.add(id);
+      const older = await con.isEnabled('#page-older');
+      if (older !== (page < 3)) throw new Error(`page ${page + 1}: Older is ${older ? 'enabled' : 'disabled'}`);
+      if (older) {
+        const started = Date.now();
+        await con.click('#page-older');
+        await con.waitForFunction((n) => document.getElementById('page-info').textContent.startsWith(`page ${n}`), page + 2, { timeout: 5000 });
+        if (Date.now() - started > 3000) throw new Error(`a page took ${Date.now() - started} ms`);
+      }
+    }
+    if (seen.size !== 200) throw new Error(`${seen.size} runs seen`);
+    await con.click('#page-newer');
+    await con.waitForFunction(() => document.getElementById('page-info').textContent.startsWith('page 3'), null, { timeout: 5000 });
   });
   await check('the console pages raised no errors', async () => {
     if (errors.length) throw new Error(errors.join('; '));
