@@ -283,3 +283,45 @@ async fn the_vendored_scripts_are_served_with_a_long_cache() {
         "the page loads nothing from elsewhere"
     );
 }
+
+#[tokio::test]
+async fn runs_only_in_a_memory_store_are_filtered_and_paged_too() {
+    let store = braid_server::memory::MemoryStore::new();
+    let config = || ServerConfig {
+        allow_command_agents: true,
+        ..ServerConfig::default()
+    };
+    let first = AppState::new(config(), Some(Arc::new(store.clone())));
+    for yaml in [SEED, FAILING] {
+        call(&first, "POST", "/v1/pipelines", Some(yaml.into())).await;
+    }
+    let mut started = Vec::new();
+    for pipeline in ["seed", "failing", "seed", "seed"] {
+        let (_, _, report) = call(
+            &first,
+            "POST",
+            "/v1/runs?wait=true",
+            Some(json!({"pipeline": pipeline}).to_string()),
+        )
+        .await;
+        started.push(report["run_id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    // A second server on the same store: nothing in memory, all stored.
+    let second = AppState::new(config(), Some(Arc::new(store)));
+    let (_, next, page) = call(&second, "GET", "/v1/runs?status=completed&limit=2", None).await;
+    assert_eq!(ids(&page), vec![started[3].clone(), started[2].clone()]);
+    let next = next.expect("a third completed run follows");
+    let (_, last, rest) = call(
+        &second,
+        "GET",
+        &format!("/v1/runs?status=completed&limit=2&before={next}"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&rest), vec![started[0].clone()]);
+    assert_eq!(last, None);
+    let (_, _, failed) = call(&second, "GET", "/v1/runs?pipeline=failing", None).await;
+    assert_eq!(ids(&failed), vec![started[1].clone()]);
+    assert_eq!(failed[0]["status"], "failed");
+}
