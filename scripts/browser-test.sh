@@ -156,6 +156,16 @@ agents:
     reads: [a]
     writes: [b]
 YAML
+# Live logs (`events: full`): `talk` logs a line, waits for the file
+# `go-log`, logs another.
+cat >"$work/log-view.yaml" <<'YAML'
+pipeline: log-view
+agents:
+  talk:
+    kind: command
+    run: [sh, -c, 'echo "step one" >&2; while [ ! -e go-log ]; do sleep 0.05; done; echo "step two" >&2; echo "{\"said\": 2}"']
+    writes: [said]
+YAML
 # An agent that fails twice (one retry), saying why on stderr, and one
 # skipped by its condition.
 cat >"$work/fail-view.yaml" <<'YAML'
@@ -213,5 +223,5 @@ done
 
 # Screenshots of each page go to $BRAID_SCREENSHOTS, a directory, only when it is set.
 BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_FAN_GATE="$work/go-fan" BRAID_GROUP_GATE="$work/go-group" \
-  BRAID_FORM_GATE="$work/go-form" BRAID_QUIET_GATE="$work/go-quiet" BRAID_SCREENSHOTS="${BRAID_SCREENSHOTS:-}" \
+  BRAID_FORM_GATE="$work/go-form" BRAID_QUIET_GATE="$work/go-quiet" BRAID_LOG_GATE="$work/go-log" BRAID_SCREENSHOTS="${BRAID_SCREENSHOTS:-}" \
   node crates/braid-server/tests/browser/view.mjs

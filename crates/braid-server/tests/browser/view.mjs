@@ -452,6 +452,27 @@ try {
     }
   });
 
+  // Live logs: a run with `full` events streams its agents' log lines.
+  const talk = await fetch(`${base}/v1/runs`, { method: 'POST', headers: auth, body: JSON.stringify({ pipeline: 'log-view', events: 'full' }) });
+  const talkRun = (await talk.json()).run_id;
+  await con.goto(`${base}/#run=${talkRun}`);
+  const logsSay = (t) => con.waitForFunction((t) => (document.getElementById('panel-logs')?.textContent || '').includes(t), t, { timeout: 10000 })
+    .catch(async () => { throw new Error(`the logs read ${await con.evaluate(() => document.getElementById('panel-logs')?.textContent)}`); });
+  await check('an agent\'s log lines show live in its panel, and again once the run ended', async () => {
+    await con.waitForSelector('[data-agent="talk"][data-status="running"]', { timeout: 10000 });
+    await con.click('[data-agent="talk"]');
+    await logsSay('step one');
+    writeFileSync(process.env.BRAID_LOG_GATE, '');
+    await logsSay('step two');
+    await con.waitForSelector('#run-status[data-status="completed"]', { timeout: 10000 });
+    await con.reload();
+    await con.waitForSelector('#run-status[data-status="completed"]', { timeout: 10000 });
+    await con.click('[data-agent="talk"]');
+    await logsSay('step two');
+    const text = await con.textContent('#panel-logs');
+    if (text.indexOf('step one') > text.indexOf('step two')) throw new Error(`out of order: ${text}`);
+  });
+
   const failRun = await start('fail-view', true);
   await con.goto(`${base}/#run=${failRun}`);
   await check('a failed agent opens a panel with its error, retries and logs', async () => {
