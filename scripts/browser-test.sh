@@ -120,6 +120,91 @@ agents:
     schema: { type: object, properties: { approved: { type: boolean }, note: { type: string } }, required: [approved] }
   apply: { kind: sleep, ms: 1, reads: [approval], writes: [applied], value: yes }
 YAML
+# The console: a pipeline with typed inputs, started from its form; its
+# `hold` agent waits for the file `go-form`, so the test can cancel the
+# run and resume it. `report` is Markdown with markup that must stay text.
+cat >"$work/form-view.yaml" <<'YAML'
+pipeline: form-view
+description: Started from the console's form.
+inputs:
+  topic: { type: string, default: braid }
+  count: { type: integer, default: 2 }
+  mode: { enum: [fast, slow], default: fast }
+  loud: { type: boolean, default: false }
+  tags: { type: array, items: { type: string }, default: [] }
+agents:
+  write:
+    kind: command
+    run: [sh, -c, 'cat >/dev/null; printf "%s\n" "{\"report\": \"# Report\\n\\n**done** <img src=x onerror=window.__pwned=1>\"}"']
+    reads: [topic, count, mode, loud, tags]
+    writes: [report]
+  hold:
+    kind: command
+    run: [sh, -c, 'while [ ! -e go-form ]; do sleep 0.05; done; echo "{\"held\": 1}"']
+    reads: [topic]
+    writes: [held]
+YAML
+# A run without events (the API's default): the page polls it. `hold`
+# waits for the file `go-quiet`.
+cat >"$work/quiet-view.yaml" <<'YAML'
+pipeline: quiet-view
+agents:
+  first: { kind: sleep, ms: 1, writes: [a] }
+  hold:
+    kind: command
+    run: [sh, -c, 'while [ ! -e go-quiet ]; do sleep 0.05; done; echo "{\"b\": 1}"']
+    reads: [a]
+    writes: [b]
+YAML
+# Live logs (`events: full`): `talk` logs a line, waits for the file
+# `go-log`, logs another.
+cat >"$work/log-view.yaml" <<'YAML'
+pipeline: log-view
+agents:
+  talk:
+    kind: command
+    run: [sh, -c, 'echo "step one" >&2; while [ ! -e go-log ]; do sleep 0.05; done; echo "step two" >&2; echo "{\"said\": 2}"']
+    writes: [said]
+YAML
+# An agent that fails twice (one retry), saying why on stderr, and one
+# skipped by its condition.
+cat >"$work/fail-view.yaml" <<'YAML'
+pipeline: fail-view
+agents:
+  prepare: { kind: sleep, ms: 1, writes: [plan], value: go }
+  flaky:
+    kind: command
+    run: [sh, -c, 'echo "working on it"; echo "disk on fire" >&2; exit 3']
+    retries: 1
+    backoff: 10ms
+    reads: [plan]
+    writes: [result]
+  publish: { kind: sleep, ms: 1, reads: [result], writes: [published] }
+  optional: { kind: sleep, ms: 1, reads: [plan], writes: [extra], when: 'plan == "stop"' }
+YAML
+# Many quick runs, for the runs list's pages.
+cat >"$work/many-view.yaml" <<'YAML'
+pipeline: many-view
+agents:
+  one: { kind: sleep, ms: 1, writes: [x] }
+YAML
+# 50 agents in 5 layers of 10, each reading two or three of the layer
+# before, some also one two layers up (edges that pass a layer): the
+# layout must keep every edge off the boxes it does not join.
+python3 - "$work/big-view.yaml" <<'PY'
+import sys
+lines = ["pipeline: big-view", "agents:"]
+for i in range(50):
+    layer, k = divmod(i, 10)
+    reads = set()
+    if layer:
+        reads = {(layer - 1) * 10 + j for j in (k, (k + 3) % 10, (k * 7 + 1) % 10)}
+        if layer >= 2 and k % 4 == 0:
+            reads.add((layer - 2) * 10 + (k + 5) % 10)
+    r = ", ".join(f"f{j}" for j in sorted(reads))
+    lines.append(f"  a{i}: {{ kind: sleep, ms: 1, reads: [{r}], writes: [f{i}] }}")
+open(sys.argv[1], "w").write("\n".join(lines) + "\n")
+PY
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 log="$work/serve.log"
 # Created now, so reading it cannot fail before the server writes to it.
@@ -136,5 +221,7 @@ for _ in $(seq 1 100); do
 done
 [ -n "$url" ] && curl -fs "$url/healthz" >/dev/null || { cat "$log" >&2; echo "error: braid serve did not start" >&2; exit 1; }
 
-BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_FAN_GATE="$work/go-fan" BRAID_GROUP_GATE="$work/go-group" BRAID_SCREENSHOT="${BRAID_SCREENSHOT:-target/web-view.png}" \
+# Screenshots of each page go to $BRAID_SCREENSHOTS, a directory, only when it is set.
+BRAID_URL="$url" BRAID_TOKEN="$token" BRAID_GATE="$work/go" BRAID_FAN_GATE="$work/go-fan" BRAID_GROUP_GATE="$work/go-group" \
+  BRAID_FORM_GATE="$work/go-form" BRAID_QUIET_GATE="$work/go-quiet" BRAID_LOG_GATE="$work/go-log" BRAID_SCREENSHOTS="${BRAID_SCREENSHOTS:-}" \
   node crates/braid-server/tests/browser/view.mjs

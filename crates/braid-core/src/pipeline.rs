@@ -380,6 +380,8 @@ pub(crate) struct Field {
 
 #[derive(Clone)]
 pub(crate) struct InputField {
+    /// Its JSON Schema as written (`{}` for a group's inputs).
+    pub(crate) schema: Arc<Value>,
     pub(crate) default: Option<Value>,
     pub(crate) validator: Arc<jsonschema::Validator>,
 }
@@ -514,6 +516,14 @@ impl Pipeline {
     /// Its description, if it has one.
     pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
+    }
+
+    /// Its `inputs`: each input field's name with its JSON Schema as
+    /// written, in declaration order (a client renders a form from them).
+    pub fn inputs(&self) -> impl Iterator<Item = (&str, &Value)> + '_ {
+        self.fields
+            .iter()
+            .filter_map(|f| f.input.as_ref().map(|i| (&*f.name, &*i.schema)))
     }
 
     /// The file it was loaded from.

@@ -15,7 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use braid_core::checkpoint::{AgentRecord, Checkpointer, RunRecord};
 use braid_core::{RunReport, RunStatus};
-use braid_store::{AnswerRefused, ForkRecord, PersistError, RunSummary, StoreError, StoredRun};
+use braid_store::{
+    AnswerRefused, ForkRecord, PersistError, RunFilter, RunSummary, StoreError, StoredRun,
+};
 use indexmap::IndexMap;
 
 use crate::store::RunStore;
@@ -165,15 +167,19 @@ impl RunStore for MemoryStore {
         "memory".to_owned()
     }
 
-    async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         self.check()?;
         let runs = self.lock();
-        Ok(runs
+        let mut listed: Vec<RunSummary> = runs
             .runs
             .values()
-            .rev()
-            .map(|k| k.run.summary.clone())
-            .collect())
+            .map(|k| &k.run.summary)
+            .filter(|s| filter.matches(s))
+            .cloned()
+            .collect();
+        listed.sort_by(|a, b| (b.created_at_ms, &b.run_id).cmp(&(a.created_at_ms, &a.run_id)));
+        listed.truncate(usize::try_from(filter.limit.unwrap_or(50).max(1)).unwrap_or(usize::MAX));
+        Ok(listed)
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {

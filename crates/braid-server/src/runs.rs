@@ -31,6 +31,9 @@ pub struct LiveRun {
     pub id: String,
     /// Its pipeline's name.
     pub pipeline: String,
+    /// When this server started (or continued) it, in ms since the Unix
+    /// epoch: where it sorts among the runs listed.
+    pub created_at_ms: i64,
     /// `off`, `summary` or `full`.
     pub events_mode: &'static str,
     /// Its events (empty for `off` until the final event).
@@ -204,6 +207,9 @@ impl RunRegistry {
         let run = Arc::new(LiveRun {
             id: id.clone(),
             pipeline: how.registered.pipeline.name().to_owned(),
+            created_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             events_mode: how.mode,
             events: log,
             cancel: CancellationToken::new(),

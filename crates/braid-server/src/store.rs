@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use braid_core::checkpoint::Checkpointer;
 use braid_core::{AgentCache, RunStatus};
 use braid_store::{
-    AnswerRefused, ForkRecord, PersistError, PruneFilter, PruneReport, RunSummary, StoreError,
-    StoredRun,
+    AnswerRefused, ForkRecord, PersistError, PruneFilter, PruneReport, RunFilter, RunSummary,
+    StoreError, StoredRun,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 pub trait RunStore: Send + Sync + 'static {
     /// Where the store is (for logs), with any password masked.
     fn describe(&self) -> String;
-    /// Runs, newest first (the store's default page).
-    async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError>;
+    /// Runs, newest first (by creation time, then id), as `filter` selects
+    /// (see [`braid_store::Store::list_runs`]).
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
     /// One run with its agents' records, or `None`.
     async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError>;
     /// Takes over a stored run before resuming it, only if it is still as
@@ -96,8 +97,8 @@ impl RunStore for braid_store::Store {
         self.url().to_owned()
     }
 
-    async fn list_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
-        braid_store::Store::list_runs(self, &Default::default()).await
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        braid_store::Store::list_runs(self, filter).await
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {

@@ -428,6 +428,48 @@ pub struct RunFilter {
     pub pipeline: Option<String>,
     /// At most this many, newest first (default 50).
     pub limit: Option<i64>,
+    /// Only runs whose id starts with this, case and all (`%`, `_` and
+    /// `\` match themselves).
+    pub id_prefix: Option<String>,
+    /// Only runs created at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<i64>,
+    /// Only runs created before this time (ms since the Unix epoch).
+    pub until_ms: Option<i64>,
+    /// Only runs listed after this one in the newest-first order: its
+    /// `(created_at_ms, run id)`, the last row of the previous page.
+    pub before: Option<(i64, String)>,
+}
+
+impl RunFilter {
+    /// Whether `run` passes every filter but `limit`: what
+    /// [`Store::list_runs`] selects, for callers listing runs held elsewhere
+    /// (a server's runs in memory) the same way.
+    pub fn matches(&self, run: &RunSummary) -> bool {
+        self.status.as_ref().is_none_or(|s| *s == run.status)
+            && self.pipeline.as_ref().is_none_or(|p| *p == run.pipeline)
+            && self
+                .id_prefix
+                .as_ref()
+                .is_none_or(|p| run.run_id.starts_with(p.as_str()))
+            && self.since_ms.is_none_or(|t| run.created_at_ms >= t)
+            && self.until_ms.is_none_or(|t| run.created_at_ms < t)
+            && self.before.as_ref().is_none_or(|(at, id)| {
+                (run.created_at_ms, run.run_id.as_str()) < (*at, id.as_str())
+            })
+    }
+}
+
+/// `prefix` as a `LIKE` pattern that matches only ids starting with it.
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// A connected, migrated store with its background writer.
@@ -951,19 +993,38 @@ impl Store {
         }
     }
 
-    /// Runs, newest first.
+    /// Runs, newest first (by creation time, then id), as `filter` selects.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        let (before_ms, before_id) = match &filter.before {
+            Some((at, id)) => (Some(*at), Some(id.clone())),
+            None => (None, None),
+        };
         let rows = sqlx::query(
             "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error, started_by
              FROM braid_runs
              WHERE (CAST($1 AS TEXT) IS NULL OR status = $1)
                AND (CAST($2 AS TEXT) IS NULL OR pipeline = $2)
+               AND (CAST($4 AS TEXT) IS NULL
+                    OR (id LIKE $4 ESCAPE '\\'
+                        AND substr(id, 1, length(CAST($9 AS TEXT))) = CAST($9 AS TEXT)))
+               AND (CAST($5 AS BIGINT) IS NULL OR created_at_ms >= $5)
+               AND (CAST($6 AS BIGINT) IS NULL OR created_at_ms < $6)
+               AND (CAST($7 AS BIGINT) IS NULL
+                    OR created_at_ms < $7
+                    OR (created_at_ms = $7 AND id < $8))
              ORDER BY created_at_ms DESC, id DESC
              LIMIT $3",
         )
         .bind(filter.status.clone())
         .bind(filter.pipeline.clone())
         .bind(filter.limit.unwrap_or(50).max(1))
+        .bind(filter.id_prefix.as_deref().map(like_prefix))
+        .bind(filter.since_ms)
+        .bind(filter.until_ms)
+        .bind(before_ms)
+        .bind(before_id)
+        // SQLite's LIKE ignores ASCII case: the prefix is compared as is too.
+        .bind(filter.id_prefix.clone())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(summary).collect()

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use braid_core::{AgentStatus, CheckpointPolicy, Pipeline, ResumePoint, RunOptions, RunStatus};
-use braid_store::{Backend, RunFilter, Store, StoreSettings};
+use braid_store::{Backend, RunFilter, Store, StoreSettings, SyntheticRuns};
 use serde_json::json;
 
 mod common;
@@ -43,6 +43,7 @@ on_both_backends!(
     agent_policy_checkpoints_each_agent_and_resumes,
     concurrent_runs_share_transactions,
     listing_filters_by_status_and_pipeline,
+    listing_filters_by_time_and_id_prefix_and_pages,
     only_one_resume_can_claim_a_run,
     failed_writes_are_reported_not_dropped,
     reopening_a_store_keeps_its_runs,
@@ -213,6 +214,7 @@ async fn listing_filters_by_status_and_pipeline(store: Store, _url: &str) {
         status: status.map(str::to_owned),
         pipeline: pipeline.map(str::to_owned),
         limit,
+        ..Default::default()
     };
     assert_eq!(
         store
@@ -252,6 +254,112 @@ async fn listing_filters_by_status_and_pipeline(store: Store, _url: &str) {
         1
     );
     assert!(store.get_run("no-such-run").await.unwrap().is_none());
+}
+
+async fn listing_filters_by_time_and_id_prefix_and_pages(store: Store, _url: &str) {
+    let insert = |pipeline: &str, status: &str, count, created_at_ms| SyntheticRuns {
+        pipeline: pipeline.to_owned(),
+        count,
+        agents: 0,
+        status: status.to_owned(),
+        owner: None,
+        created_at_ms,
+    };
+    // Created at 1000..=1004 and 2000..=2002.
+    let old = store
+        .insert_synthetic_runs(&insert("p", "completed", 5, 1000))
+        .await
+        .unwrap();
+    let new = store
+        .insert_synthetic_runs(&insert("q", "failed", 3, 2000))
+        .await
+        .unwrap();
+    let ids = |runs: Vec<braid_store::RunSummary>| -> Vec<String> {
+        runs.into_iter().map(|r| r.run_id).collect()
+    };
+    let list = |filter: RunFilter| {
+        let store = &store;
+        async move { ids(store.list_runs(&filter).await.unwrap()) }
+    };
+    // Newest first, within [since, until).
+    assert_eq!(
+        list(RunFilter {
+            since_ms: Some(1003),
+            until_ms: Some(2001),
+            ..Default::default()
+        })
+        .await,
+        vec![new[0].clone(), old[4].clone(), old[3].clone()]
+    );
+    // An id prefix: one batch of synthetic runs, and one run exactly.
+    let batch = old[0].trim_end_matches(char::is_numeric).to_owned();
+    assert_eq!(
+        list(RunFilter {
+            id_prefix: Some(batch.clone()),
+            ..Default::default()
+        })
+        .await,
+        old.iter().rev().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        list(RunFilter {
+            id_prefix: Some(old[2].clone()),
+            ..Default::default()
+        })
+        .await,
+        vec![old[2].clone()]
+    );
+    // `%` and `_` are no wildcards, and case counts (SQLite's LIKE ignores it).
+    for prefix in ["%", "_ynthetic", "SYNTHETIC"] {
+        assert!(
+            list(RunFilter {
+                id_prefix: Some(prefix.to_owned()),
+                ..Default::default()
+            })
+            .await
+            .is_empty(),
+            "prefix {prefix}"
+        );
+    }
+    // Pages of 3 through all 8, each after the last row of the one before,
+    // combined with a status filter on the way.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list_runs(&RunFilter {
+                limit: Some(3),
+                before: before.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some((last.created_at_ms, last.run_id.clone()));
+        seen.extend(ids(page));
+    }
+    let mut all: Vec<String> = old.iter().chain(&new).cloned().collect();
+    all.reverse();
+    assert_eq!(seen, all);
+    assert_eq!(
+        list(RunFilter {
+            status: Some("failed".to_owned()),
+            before: Some((2001, new[1].clone())),
+            ..Default::default()
+        })
+        .await,
+        vec![new[0].clone()]
+    );
+    // The filter's own test agrees with the store on a row.
+    let newest = store.list_runs(&RunFilter::default()).await.unwrap();
+    let filter = RunFilter {
+        status: Some("failed".to_owned()),
+        since_ms: Some(2002),
+        ..Default::default()
+    };
+    let matching: Vec<_> = newest.iter().filter(|r| filter.matches(r)).collect();
+    assert_eq!(matching.len(), 1);
+    assert_eq!(matching[0].run_id, new[2]);
 }
 
 async fn failed_writes_are_reported_not_dropped(_store: Store, url: &str) {

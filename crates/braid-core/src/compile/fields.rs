@@ -37,6 +37,7 @@ impl Compiler<'_> {
                 merge: None,
                 writers: Vec::new(),
                 input: Some(InputField {
+                    schema: Arc::new(schema.value.clone()),
                     default: schema.value.get("default").cloned(),
                     validator,
                 }),
@@ -57,6 +58,7 @@ impl Compiler<'_> {
                     merge: None,
                     writers: Vec::new(),
                     input: Some(InputField {
+                        schema: Arc::new(serde_json::json!({})),
                         default: None,
                         validator: any.clone(),
                     }),

@@ -44,6 +44,8 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.inner.config.max_body_bytes;
     Router::new()
         .route("/", get(ops::index))
+        .route("/assets/dagre.min.js", get(ops::dagre))
+        .route("/assets/markdown-it.min.js", get(ops::markdown_it))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -1,4 +1,5 @@
-//! Operations routes: the web view (`/`), liveness (`/healthz`),
+//! Operations routes: the web view (`/`) and the libraries it uses
+//! (`/assets/…`, vendored, never fetched from a CDN), liveness (`/healthz`),
 //! readiness (`/readyz`: the store answers) and Prometheus `/metrics`.
 
 use axum::Json;
@@ -17,6 +18,34 @@ const INDEX_HTML: &str = include_str!("../../assets/index.html");
 /// `GET /`: the live web view.
 pub(super) async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
+}
+
+/// dagre (MIT, `assets/vendor/dagre.LICENSE`): lays the graphs out.
+const DAGRE_JS: &str = include_str!("../../assets/vendor/dagre.min.js");
+/// markdown-it (MIT, `assets/vendor/markdown-it.LICENSE`): renders
+/// Markdown outputs, with HTML disabled.
+const MARKDOWN_IT_JS: &str = include_str!("../../assets/vendor/markdown-it.min.js");
+
+/// A vendored script, cached for a year: the page asks for it with its
+/// version in the query (`?v=3.1.3`), so an upgrade changes its address.
+fn script(body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
+    )
+}
+
+/// `GET /assets/dagre.min.js`: the graph layout library.
+pub(super) async fn dagre() -> impl IntoResponse {
+    script(DAGRE_JS)
+}
+
+/// `GET /assets/markdown-it.min.js`: the Markdown renderer.
+pub(super) async fn markdown_it() -> impl IntoResponse {
+    script(MARKDOWN_IT_JS)
 }
 
 /// `GET /healthz`: the process answers.

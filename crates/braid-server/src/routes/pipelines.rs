@@ -40,7 +40,13 @@ fn describe(registered: &Registered) -> Value {
     json!({
         "name": registered.pipeline.name(),
         "content_hash": registered.pipeline.content_hash(),
+        "description": registered.pipeline.description(),
         "explain": registered.explain,
+        "inputs": registered
+            .pipeline
+            .inputs()
+            .map(|(name, schema)| (name.to_owned(), schema.clone()))
+            .collect::<serde_json::Map<_, _>>(),
         "source": registered.source,
         "origin": registered.origin.as_str(),
     })

@@ -157,6 +157,7 @@ pub(super) async fn respond(run: Arc<LiveRun>, wait: bool) -> Result<Response, A
 fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
     let mut value = serde_json::to_value(report).unwrap_or_default();
     value["events"] = json!(run.events_mode);
+    value["created_at_ms"] = json!(run.created_at_ms);
     if let Some(parent) = &run.parent_id {
         value["parent_id"] = json!(parent);
     }
@@ -178,6 +179,7 @@ async fn running_json(state: &AppState, run: &LiveRun) -> Value {
         "run_id": run.id,
         "pipeline": run.pipeline,
         "status": braid_core::report::RUNNING,
+        "created_at_ms": run.created_at_ms,
         "events": run.events_mode,
     });
     if let Some(who) = &run.started_by {
@@ -274,35 +276,179 @@ fn since(created_at_ms: i64) -> std::time::Duration {
 /// How long `GET /v1/runs/{id}` waits for a running run's snapshot.
 const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `GET /v1/runs`: the runs in memory (newest first), then the store's.
-pub(super) async fn list_runs(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let mut listed: Vec<Value> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+/// The query of `GET /v1/runs`: filters, a page size and a cursor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    pipeline: Option<String>,
+    /// Created at or after, in ms since the Unix epoch.
+    since: Option<i64>,
+    /// Created before, in ms since the Unix epoch.
+    until: Option<i64>,
+    /// A run id prefix.
+    prefix: Option<String>,
+    limit: Option<i64>,
+    /// The `x-next-cursor` of the page before.
+    before: Option<String>,
+}
+
+/// The most runs one page of `GET /v1/runs` lists, and its default.
+const MAX_LIST_LIMIT: i64 = 500;
+const DEFAULT_LIST_LIMIT: i64 = 50;
+/// The longest name or prefix the listing takes.
+const MAX_LIST_TEXT: usize = 256;
+
+/// The statuses a run can have, as `?status=` takes them.
+fn run_statuses() -> Vec<&'static str> {
+    std::iter::once(braid_core::report::RUNNING)
+        .chain(RunStatus::ALL.map(RunStatus::as_str))
+        .collect()
+}
+
+impl ListQuery {
+    /// The query checked into a store filter (with `limit` set).
+    fn filter(self) -> Result<braid_store::RunFilter, ApiError> {
+        let bad = |code: &'static str, message: String| {
+            ApiError::new(StatusCode::BAD_REQUEST, code, message)
+        };
+        if let Some(status) = &self.status {
+            let valid = run_statuses();
+            if !valid.contains(&status.as_str()) {
+                return Err(bad(
+                    "invalid_status",
+                    format!(
+                        "`status` must be one of {}, not `{}`",
+                        valid.join(", "),
+                        status.chars().take(MAX_LIST_TEXT).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        let limit = self.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+            return Err(bad(
+                "invalid_limit",
+                format!("`limit` must be from 1 to {MAX_LIST_LIMIT}, not {limit}"),
+            ));
+        }
+        for (name, text) in [("pipeline", &self.pipeline), ("prefix", &self.prefix)] {
+            if text.as_ref().is_some_and(|t| t.len() > MAX_LIST_TEXT) {
+                return Err(bad(
+                    "invalid_query",
+                    format!("`{name}` is longer than {MAX_LIST_TEXT} bytes, the most taken"),
+                ));
+            }
+        }
+        let before = self
+            .before
+            .map(|cursor| {
+                cursor
+                    .split_once(':')
+                    .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+                    .filter(|(_, id)| !id.is_empty() && id.len() <= MAX_LIST_TEXT)
+                    .ok_or_else(|| {
+                        bad(
+                            "invalid_cursor",
+                            "`before` must be the `x-next-cursor` header of a previous page"
+                                .to_owned(),
+                        )
+                    })
+            })
+            .transpose()?;
+        Ok(braid_store::RunFilter {
+            status: self.status,
+            pipeline: self.pipeline,
+            limit: Some(limit),
+            id_prefix: self.prefix.filter(|p| !p.is_empty()),
+            since_ms: self.since,
+            until_ms: self.until,
+            before,
+        })
+    }
+}
+
+/// A run in memory as listed: its summary (status as its report says).
+fn live_summary(run: &LiveRun) -> (braid_store::RunSummary, Value) {
+    let report = run.report.borrow().clone();
+    let status = match &report {
+        None => braid_core::report::RUNNING.to_owned(),
+        Some(_) if run.interrupted.load(Ordering::SeqCst) => RunStatus::Interrupted.to_string(),
+        Some(r) => r.status.to_string(),
+    };
+    let summary = braid_store::RunSummary {
+        run_id: run.id.clone(),
+        pipeline: run.pipeline.clone(),
+        status: status.clone(),
+        checkpoint: String::new(),
+        created_at_ms: run.created_at_ms,
+        makespan_ms: report.as_ref().map(|r| r.makespan_ms),
+        error: report.as_ref().and_then(|r| r.error.clone()),
+        started_by: run.started_by.clone(),
+    };
+    let value = json!({
+        "run_id": run.id,
+        "pipeline": run.pipeline,
+        "status": status,
+        "created_at_ms": run.created_at_ms,
+        "makespan_ms": report.as_ref().map(|r| r.makespan_ms),
+        "error": report.as_ref().and_then(|r| r.error.clone()),
+        "events": run.events_mode,
+        "started_by": run.started_by,
+    });
+    (summary, value)
+}
+
+/// `GET /v1/runs`: runs newest first (by creation time, then id), those in
+/// memory and the store's, as the query filters them (`status`,
+/// `pipeline`, `since`, `until`, `prefix`), `limit` of them (default 50,
+/// at most 500). When more follow, the `x-next-cursor` header holds the
+/// cursor to pass as `before` for the next page.
+pub(super) async fn list_runs(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let filter = query.filter()?;
+    let limit = usize::try_from(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT)).unwrap_or(0);
+    // (created_at_ms, id, row): a run in memory hides the store's record
+    // of it, which may lag behind.
+    let mut rows: Vec<(i64, String, Value)> = Vec::new();
+    let mut live = std::collections::HashSet::new();
     for run in state.inner.runs.newest_first() {
-        seen.insert(run.id.clone());
-        let report = run.report.borrow().clone();
-        listed.push(json!({
-            "run_id": run.id,
-            "pipeline": run.pipeline,
-            "status": match &report {
-                None => braid_core::report::RUNNING.to_owned(),
-                Some(_) if run.interrupted.load(Ordering::SeqCst) => {
-                    RunStatus::Interrupted.to_string()
-                }
-                Some(r) => r.status.to_string(),
-            },
-            "makespan_ms": report.as_ref().map(|r| r.makespan_ms),
-            "events": run.events_mode,
-        }));
+        live.insert(run.id.clone());
+        let (summary, value) = live_summary(&run);
+        if filter.matches(&summary) {
+            rows.push((summary.created_at_ms, summary.run_id, value));
+        }
     }
     if let Some(store) = &state.inner.store {
-        for run in store.list_runs().await? {
-            if seen.insert(run.run_id.clone()) {
-                listed.push(serde_json::to_value(&run).unwrap_or_default());
+        // Enough rows for a full page and one more, after those in memory.
+        let asked = braid_store::RunFilter {
+            limit: Some(i64::try_from(limit + 1 + live.len()).unwrap_or(i64::MAX)),
+            ..filter.clone()
+        };
+        for run in store.list_runs(&asked).await? {
+            if !live.contains(&run.run_id) {
+                let value = serde_json::to_value(&run).unwrap_or_default();
+                rows.push((run.created_at_ms, run.run_id, value));
             }
         }
     }
-    Ok(Json(json!(listed)))
+    rows.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    let next = (rows.len() > limit).then(|| {
+        let (at, id, _) = &rows[limit - 1];
+        format!("{at}:{id}")
+    });
+    rows.truncate(limit);
+    let listed: Vec<Value> = rows.into_iter().map(|(_, _, v)| v).collect();
+    let mut response = Json(json!(listed)).into_response();
+    if let Some(next) = next
+        && let Ok(value) = axum::http::HeaderValue::from_str(&next)
+    {
+        response.headers_mut().insert("x-next-cursor", value);
+    }
+    Ok(response)
 }
 
 /// `GET /v1/runs/{id}`: a run in memory, or as the store has it.
