@@ -13,6 +13,7 @@ import pytest
 
 from braid_client import (
     AgentReport,
+    BadRequest,
     BraidConnectionError,
     BraidTimeout,
     Client,
@@ -84,6 +85,12 @@ def test_start_a_run_and_wait_for_it(client: Client, name: str) -> None:
     assert all(r.status == "completed" and r.pipeline == name for r in listed)
     assert len(client.list_runs(pipeline=name, limit=1)) == 1
     assert client.list_runs(pipeline=name, status="failed") == []
+    # The server filters: by id prefix too, and says who started each run.
+    assert [r.run_id for r in client.list_runs(prefix=run.run_id)] == [run.run_id]
+    assert all(r.started_by == "api" for r in listed)
+    with pytest.raises(BadRequest) as refused:
+        client.list_runs(status="bogus")
+    assert refused.value.status == 400 and "interrupted" in refused.value.message
 
 
 def test_wait_times_out_on_a_long_run_then_cancel_and_resume_it(

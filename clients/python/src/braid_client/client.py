@@ -245,19 +245,24 @@ class Client:
         status: Optional[str] = None,
         pipeline: Optional[str] = None,
         limit: Optional[int] = None,
+        prefix: Optional[str] = None,
+        since_ms: Optional[int] = None,
+        until_ms: Optional[int] = None,
     ) -> List[RunSummary]:
-        """Recent runs, newest first (``GET /v1/runs``: those in memory, then
-        the store's latest page). The server takes no filters, so ``status``,
-        ``pipeline`` and ``limit`` are applied here, to that list."""
-        listed = self._call("GET", "/v1/runs") or []
-        runs = [_parse(RunSummary, r) for r in listed]
-        if status is not None:
-            runs = [r for r in runs if r.status == status]
-        if pipeline is not None:
-            runs = [r for r in runs if r.pipeline == pipeline]
-        if limit is not None:
-            runs = runs[: max(limit, 0)]
-        return runs
+        """Runs newest first (``GET /v1/runs``), filtered by the server:
+        ``status``, ``pipeline``, a run id ``prefix``, created between
+        ``since_ms`` and ``until_ms`` (ms since the Unix epoch), at most
+        ``limit`` (server default 50, at most 500)."""
+        query = {
+            "status": status,
+            "pipeline": pipeline,
+            "limit": limit,
+            "prefix": prefix,
+            "since": since_ms,
+            "until": until_ms,
+        }
+        listed = self._call("GET", "/v1/runs", query=query) or []
+        return [_parse(RunSummary, r) for r in listed]
 
     def wait(self, run_id: str, timeout: Optional[float] = None, poll: float = 0.5) -> RunReport:
         """Waits until the run is no longer running and returns its report:

@@ -59,6 +59,12 @@ class AgentReport:
     """The run a fork kept this agent's result from."""
     deadline_ms: Optional[int] = None
     """For a waiting ``input`` agent: when its wait times out (ms since the epoch)."""
+    failures: List[Dict[str, Any]] = field(default_factory=list)
+    """Each failed attempt: ``attempt``, ``error``, ``duration_ms``."""
+    logs: List[str] = field(default_factory=list)
+    """Its last log lines (runs checkpointed ``end`` or ``agent``)."""
+    logs_dropped: int = 0
+    """Earlier lines that did not fit the bound."""
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -153,6 +159,7 @@ class RunSummary:
     checkpoint: Optional[str] = None
     created_at_ms: Optional[int] = None
     error: Optional[str] = None
+    started_by: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
