@@ -907,7 +907,7 @@ agents:
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("no run nope"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no run with id `nope`"));
 }
 
 #[test]
