@@ -428,12 +428,9 @@ try {
     await con.waitForSelector('#run-status[data-status="running"]', { timeout: 10000 });
     await con.waitForFunction(() => document.getElementById('live').textContent.includes('polling'), null, { timeout: 5000 });
     const snapshot = await (await fetch(`${base}/v1/runs/${quietRun}`, { headers: auth })).json();
-    if (snapshot.agents) {
-      // The server lists a running run's agents: the page shows them.
-      await con.waitForSelector('[data-agent="hold"][data-status="running"]', { timeout: 10000 });
-    } else {
-      console.log('# a running run\'s GET lists no agents yet: the snapshot check is skipped');
-    }
+    // The server takes a snapshot of the running run: the page shows it.
+    if (!snapshot.agents || !snapshot.agents.hold) throw new Error(`no agents in ${JSON.stringify(snapshot)}`);
+    await con.waitForSelector('[data-agent="hold"][data-status="running"]', { timeout: 10000 });
     writeFileSync(process.env.BRAID_QUIET_GATE, '');
     await con.waitForSelector('#run-status[data-status="completed"]', { timeout: 20000 });
     await con.waitForSelector('[data-agent="hold"][data-status="completed"]', { timeout: 5000 });
@@ -491,12 +488,13 @@ try {
       const shown = (await con.$$('#panel [data-failure]')).length;
       if (shown !== flaky.failures.length) throw new Error(`${shown} failed attempts shown of ${flaky.failures.length}`);
     }
-    if (flaky.logs) {
-      const logs = await con.textContent('#panel-logs');
-      if (!logs.includes('working on it')) throw new Error(`the logs read ${logs}`);
-    } else {
-      console.log('# the report has no `logs` field yet: the logs check is skipped');
+    // Its stderr lines, one per attempt (stdout is its answer, not a log).
+    if (JSON.stringify(flaky.logs) !== JSON.stringify(['disk on fire', 'disk on fire'])) {
+      throw new Error(`the report's logs are ${JSON.stringify(flaky.logs)}`);
     }
+    const logs = await con.textContent('#panel-logs');
+    if (logs.split('disk on fire').length !== 3) throw new Error(`the logs read ${logs}`);
+    if (!flaky.failures || flaky.failures.length !== 2) throw new Error(`failures: ${JSON.stringify(flaky.failures)}`);
     const writes = await con.textContent('#panel-writes');
     if (!writes.includes('result')) throw new Error(`the writes read ${writes}`);
     await snap(con, 'agent-panel');
