@@ -84,6 +84,7 @@
 //! ```
 
 mod conn;
+pub mod cores;
 pub mod error;
 pub mod events;
 pub mod guard;
@@ -166,6 +167,9 @@ pub struct ServerConfig {
     /// Prune the store in the background ([`serve`] only): `None` keeps
     /// every run.
     pub retention: Option<Retention>,
+    /// Where runs execute: one current-thread runtime per core (see
+    /// [`cores`]); `None` runs them on the runtime that serves the request.
+    pub cores: Option<Arc<cores::Cores>>,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +193,7 @@ impl Default for ServerConfig {
             grace: Duration::from_secs(30),
             http: HttpConfig::default(),
             retention: None,
+            cores: None,
         }
     }
 }

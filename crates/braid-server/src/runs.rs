@@ -121,6 +121,9 @@ pub(crate) struct RunRegistry {
     max_events_per_run: usize,
     max_finished_runs: usize,
     tracker: TaskTracker,
+    /// Where runs execute: one current-thread runtime per core (`None`:
+    /// on the runtime that launches them).
+    cores: Option<Arc<crate::cores::Cores>>,
     /// Held (shared) while a run is admitted and spawned, and (exclusively)
     /// while the tracker closes, so no run slips in after shutdown began.
     admission: RwLock<()>,
@@ -139,6 +142,7 @@ impl RunRegistry {
             max_events_per_run: config.max_events_per_run,
             max_finished_runs: config.max_finished_runs,
             tracker: TaskTracker::new(),
+            cores: config.cores.clone(),
             admission: RwLock::new(()),
             waits: Arc::new(tokio::sync::Notify::new()),
         }
@@ -236,14 +240,19 @@ impl RunRegistry {
             snapshot_inbox,
             waits: self.waits.clone(),
         };
-        self.tracker.spawn(async move {
+        let task = async move {
             let report = execution.run().await;
             let _ = saved_tx.send(true);
             // Free the slot before telling waiters, so a client that
             // resubmits at once is not refused for its own finished run.
             drop(slot);
             let _ = report_tx.send(Some(Arc::new(report)));
-        });
+        };
+        // A run stays on the one runtime it starts on, agents included.
+        match &self.cores {
+            Some(cores) => drop(self.tracker.spawn_on(task, cores.handle())),
+            None => drop(self.tracker.spawn(task)),
+        }
         Ok(run)
     }
 

@@ -60,6 +60,11 @@ pub(crate) struct BenchArgs {
     /// N: agents in `wide` and `deep`, items in `fanout`.
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
+    /// Threads `many` spreads its runs over, each a current-thread
+    /// runtime (as `braid serve`) [default: one per core]; 0 runs them
+    /// all on the bench's one thread.
+    #[arg(long)]
+    run_threads: Option<usize>,
     /// C: concurrent runs in `many`.
     #[arg(long, default_value_t = 1000)]
     concurrent: usize,
@@ -166,12 +171,20 @@ async fn makespan(pipeline: &Pipeline, sequential: bool) -> anyhow::Result<f64> 
 }
 
 /// `c` seed runs started at once: ms until the last one finishes.
-async fn many_once(pipeline: &Arc<Pipeline>, c: usize) -> anyhow::Result<f64> {
+async fn many_once(
+    pipeline: &Arc<Pipeline>,
+    c: usize,
+    cores: Option<&braid_server::cores::Cores>,
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut runs = tokio::task::JoinSet::new();
     for _ in 0..c {
         let pipeline = pipeline.clone();
-        runs.spawn(async move { makespan(&pipeline, false).await });
+        let run = async move { makespan(&pipeline, false).await };
+        match cores {
+            Some(cores) => runs.spawn_on(run, cores.handle()),
+            None => runs.spawn(run),
+        };
     }
     while let Some(result) = runs.join_next().await {
         result??;
@@ -426,15 +439,20 @@ async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
         "many" => {
             let pipeline = load(&seed_yaml(l))?;
             let c = a.concurrent.max(1);
+            let threads = a.run_threads.unwrap_or_else(super::serve::cores_here);
+            let cores = match threads {
+                0 => None,
+                n => Some(braid_server::cores::Cores::new(n)?),
+            };
             // Like the other scenarios; the warm-up (the process's first
             // round) is reported too, as `cold_ratio`.
             let Measured {
                 median: ms,
                 warm_up: cold,
                 ..
-            } = measure(a.repeat, || many_once(&pipeline, c)).await?;
+            } = measure(a.repeat, || many_once(&pipeline, c, cores.as_ref())).await?;
             let ideal = 4.0 * l;
-            json!({"scenario": name, "concurrent": c, "makespan_ms": ms, "ideal_ms": ideal,
+            json!({"scenario": name, "concurrent": c, "run_threads": threads, "makespan_ms": ms, "ideal_ms": ideal,
                    "ratio": ms / ideal, "cold_ratio": cold / ideal,
                    "runs_per_s": c as f64 / ms * 1e3, "peak_rss_mb": peak_rss_mb()})
         }

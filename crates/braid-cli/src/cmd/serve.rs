@@ -73,6 +73,11 @@ pub(crate) struct ServeArgs {
     /// Most runs in flight (429 beyond it).
     #[arg(long, default_value_t = 1000)]
     max_runs: usize,
+    /// Threads runs execute on, each a current-thread runtime: a run stays
+    /// on one for its whole life [default: one per core]. 0 runs them on
+    /// the HTTP server's multi-threaded runtime instead.
+    #[arg(long)]
+    run_threads: Option<usize>,
     /// Most events kept per run. Beyond it log lines are dropped and each
     /// agent's lifecycle events coalesce into its latest; the final event
     /// always arrives.
@@ -301,6 +306,12 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| braid_server::Retention::default_interval(older_than)),
                 ..braid_server::Retention::new(older_than)
             }),
+            cores: match args.run_threads.unwrap_or_else(cores_here) {
+                0 => None,
+                n => Some(Arc::new(
+                    braid_server::cores::Cores::new(n).context("cannot start the run threads")?,
+                )),
+            },
             ..ServerConfig::default()
         };
         let config_retention = config.retention.clone();
@@ -336,6 +347,11 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("braid: stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The cores this process may use (1 if unknown).
+pub(crate) fn cores_here() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// The console's address to open, and how to sign in. A wildcard bind
