@@ -3,16 +3,17 @@
 # agents, measured with wrk (Debian's package) against a release `braid
 # serve` on loopback. Prints wrk's report.
 #
-#   scripts/bench-http.sh [--connections 50] [--duration 10s] [--events off|summary]
+#   scripts/bench-http.sh [--connections 50] [--duration 10s] [--events off|summary] [--run-threads N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-connections=50 duration=10s events=off
+connections=50 duration=10s events=off run_threads=
 while [ $# -gt 0 ]; do
   case "$1" in
     --connections) connections="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
     --events) events="$2"; shift 2 ;;
-    *) echo "usage: $0 [--connections N] [--duration 10s] [--events off|summary]" >&2; exit 2 ;;
+    --run-threads) run_threads="$2"; shift 2 ;;
+    *) echo "usage: $0 [--connections N] [--duration 10s] [--events off|summary] [--run-threads N]" >&2; exit 2 ;;
   esac
 done
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -35,7 +36,7 @@ wrk.body   = '{"pipeline": "seed-noop", "events": "$events", "checkpoint": "none
 wrk.headers["Content-Type"] = "application/json"
 LUA
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-./target/release/braid serve --bind "127.0.0.1:$port" --pipelines "$dir" --no-store --max-runs 100000 2>"$dir/log" &
+./target/release/braid serve --bind "127.0.0.1:$port" --pipelines "$dir" --no-store --max-runs 100000 ${run_threads:+--run-threads "$run_threads"} 2>"$dir/log" &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
