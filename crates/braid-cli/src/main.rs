@@ -99,6 +99,10 @@ enum Command {
         /// The pipeline file (YAML or JSON).
         file: PathBuf,
     },
+    /// Print the JSON Schema (draft 2020-12) of pipeline files, with every
+    /// agent kind this binary knows: for editors (docs/pipeline.schema.json
+    /// is a copy).
+    Schema,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cmd::serve::serve(args),
         Command::Explain { file, format } => cmd::explain(&file, format),
         Command::Validate { file } => cmd::validate(&file),
+        Command::Schema => cmd::print_json(&cmd::pipeline_schema()),
     };
     match result {
         Ok(code) => code,
