@@ -103,6 +103,9 @@ enum Command {
     /// agent kind this binary knows: for editors (docs/pipeline.schema.json
     /// is a copy).
     Schema,
+    /// Print the HTTP API's OpenAPI 3.1 document (what `braid serve`
+    /// serves at /openapi.json; docs/openapi.json is a copy).
+    Openapi,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
         Command::Explain { file, format } => cmd::explain(&file, format),
         Command::Validate { file } => cmd::validate(&file),
         Command::Schema => cmd::print_json(&cmd::pipeline_schema()),
+        Command::Openapi => cmd::print_json(braid_server::openapi_document()),
     };
     match result {
         Ok(code) => code,

@@ -75,6 +75,30 @@ pub(crate) fn reserve(state: &AppState) -> Result<Slot, ApiError> {
 }
 
 /// `POST /v1/runs`: starts a run; with `?wait=true` answers with its report.
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    tag = "runs",
+    summary = "Starts a run of a registered pipeline.",
+    params(
+        ("wait" = Option<bool>, Query, description = "Answer with the run's report when it ends (or waits), instead of 202 at once."),
+    ),
+    request_body = crate::routes::openapi::StartRunBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "With `?wait=true`: the run's report when it ended or waits for an answer.", body = crate::routes::openapi::RunReport),
+        (status = 202, description = "Started: follow it at /v1/runs/{id}.", body = crate::routes::openapi::RunAccepted),
+        (status = 400, description = "The body or query string is malformed.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than the server takes (--max-body-bytes).", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+        (status = 404, description = "No pipeline of that name.", body = crate::routes::openapi::ErrorBody),
+        (status = 422, description = "The input does not fit the pipeline's `inputs`, or `events`/`checkpoint` is not one of theirs.", body = crate::routes::openapi::ErrorBody),
+        (status = 429, description = "As many runs are in flight as the server takes (--max-runs); try again later.", body = crate::routes::openapi::ErrorBody),
+        (status = 503, description = "The server is shutting down.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn start_run(
     State(state): State<AppState>,
     query: Result<Query<WaitQuery>, QueryRejection>,
@@ -148,6 +172,18 @@ fn report_json(run: &LiveRun, report: &braid_core::RunReport) -> Value {
 }
 
 /// `GET /v1/runs`: the runs in memory (newest first), then the store's.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    summary = "The runs in memory (newest first), then the store's.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The runs.", body = [crate::routes::openapi::RunListItem]),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn list_runs(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut listed: Vec<Value> = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -179,6 +215,22 @@ pub(super) async fn list_runs(State(state): State<AppState>) -> Result<Json<Valu
 }
 
 /// `GET /v1/runs/{id}`: a run in memory, or as the store has it.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    summary = "One run: in memory, or as the store has it.",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run.", body = crate::routes::openapi::RunReport),
+        (status = 404, description = "No such run.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn get_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -284,6 +336,24 @@ fn questions<'a>(
 }
 
 /// `POST /v1/runs/{id}/cancel`: cancels a run in flight.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    summary = "Cancels a run in flight.",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Cancelling.", body = crate::routes::openapi::Cancelling),
+        (status = 404, description = "No such run in flight.", body = crate::routes::openapi::ErrorBody),
+        (status = 409, description = "The run has already finished.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn cancel_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -309,6 +379,30 @@ pub(super) async fn cancel_run(
 
 /// `POST /v1/runs/{id}/resume`: resumes a stored run that did not
 /// complete, after claiming it in the store.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/resume",
+    tag = "runs",
+    summary = "Resumes a stored run that did not complete.",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+        ("wait" = Option<bool>, Query, description = "Answer with the run's report when it ends (or waits), instead of 202 at once."),
+        ("force" = Option<bool>, Query, description = "Continue although the pipeline changed since the run started, or the run is recorded as running elsewhere."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "With `?wait=true`: the run's report when it ended or waits for an answer.", body = crate::routes::openapi::RunReport),
+        (status = 202, description = "Started: follow it at /v1/runs/{id}.", body = crate::routes::openapi::RunAccepted),
+        (status = 400, description = "The query string is malformed.", body = crate::routes::openapi::ErrorBody),
+        (status = 404, description = "No such run, or its pipeline is not registered.", body = crate::routes::openapi::ErrorBody),
+        (status = 409, description = "It completed, still runs, its pipeline changed (see `force`), or there is no store.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+        (status = 429, description = "As many runs are in flight as the server takes (--max-runs); try again later.", body = crate::routes::openapi::ErrorBody),
+        (status = 503, description = "The server is shutting down.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn resume_run(
     State(state): State<AppState>,
     Path(id): Path<String>,

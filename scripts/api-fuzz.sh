@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Fuzzes the HTTP API against its own OpenAPI document: starts `braid serve`
+# on a free loopback port with a token, a fresh SQLite store and the seed
+# pipeline, then runs schemathesis (pinned, in a venv under the cache dir)
+# on /openapi.json with two checks: no 5xx, and every response matches the
+# document. Any finding fails the script. Bounded: a few examples per
+# operation, and at most 10 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCHEMATHESIS_VERSION=4.32.5
+MAX_EXAMPLES="${BRAID_FUZZ_MAX_EXAMPLES:-20}"
+
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/braid-schemathesis"
+venv="$cache/venv-$SCHEMATHESIS_VERSION"
+if [ ! -x "$venv/bin/st" ]; then
+  echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv" >&2
+  rm -rf "$venv"
+  mkdir -p "$cache"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+# CI passes the binary its tests built; otherwise build one.
+bin="${BRAID_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --quiet --bin braid
+  bin="${CARGO_TARGET_DIR:-target}/debug/braid"
+fi
+
+work=$(mktemp -d)
+cp examples/seed.yaml "$work/"
+token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+log="$work/serve.log"
+: >"$log"
+# Port 0: the server picks a free port and says which on stderr.
+BRAID_TOKEN="$token" "$bin" serve --bind 127.0.0.1:0 --store "sqlite://$work/runs.db" \
+  --pipelines "$work" --max-pipelines 50 >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
+url=""
+for _ in $(seq 1 100); do
+  url=$(sed -n 's|^braid: serving on \(http://[0-9.:]*\).*|\1|p' "$log")
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "$url" ] && curl -fs "$url/healthz" >/dev/null || { cat "$log" >&2; echo "error: braid serve did not start" >&2; exit 1; }
+
+# Requests reach past the 404s with real names: one finished run of the
+# seed pipeline, whose id every `{id}` takes (schemathesis's config file).
+run_id=$(curl -fsS -X POST "$url/v1/runs?wait=true" -H "Authorization: Bearer $token" \
+  -H 'Content-Type: application/json' \
+  -d '{"pipeline": "seed-optimization", "input": {"request": "cut costs"}, "events": "summary"}' \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["run_id"])')
+cat >"$work/schemathesis.toml" <<TOML
+[parameters]
+"path.id" = "$run_id"
+"path.name" = "seed-optimization"
+"path.agent" = "triage"
+"body.pipeline" = "seed-optimization"
+TOML
+
+status=0
+timeout 600 "$venv/bin/st" --config-file "$work/schemathesis.toml" run "$url/openapi.json" \
+  --header "Authorization: Bearer $token" \
+  --checks not_a_server_error,response_schema_conformance \
+  --max-examples "$MAX_EXAMPLES" \
+  --request-timeout 10 \
+  --no-color \
+  || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "error: schemathesis found problems (exit $status); the server's log:" >&2
+  tail -n 50 "$log" >&2
+  exit "$status"
+fi
+echo "api-fuzz: no server errors, every response matches docs/openapi.json"
