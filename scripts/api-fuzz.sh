@@ -30,6 +30,7 @@ fi
 
 work=$(mktemp -d)
 cp examples/seed.yaml "$work/"
+cp examples/approval/pipeline.yaml "$work/approval.yaml"
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 log="$work/serve.log"
 : >"$log"
@@ -46,31 +47,48 @@ for _ in $(seq 1 100); do
 done
 [ -n "$url" ] && curl -fs "$url/healthz" >/dev/null || { cat "$log" >&2; echo "error: braid serve did not start" >&2; exit 1; }
 
-# Requests reach past the 404s with real names: one finished run of the
-# seed pipeline, whose id every `{id}` takes (schemathesis's config file).
-run_id=$(curl -fsS -X POST "$url/v1/runs?wait=true" -H "Authorization: Bearer $token" \
-  -H 'Content-Type: application/json' \
-  -d '{"pipeline": "seed-optimization", "input": {"request": "cut costs"}, "events": "summary"}' \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["run_id"])')
-cat >"$work/schemathesis.toml" <<TOML
+# Requests reach past the 404s with real names. Pass 1: every operation,
+# with one finished run of the seed pipeline as every `{id}` (its events are
+# replayed from the store). Pass 2: the run routes, with a run of the
+# approval pipeline waiting for an answer as `{id}` (its questions, the
+# answer, fork, resume and cancel of a waiting run).
+start_run() {
+  curl -fsS -X POST "$url/v1/runs?wait=true" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' -d "$1" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["run_id"])'
+}
+config() {
+  cat <<TOML
 [parameters]
-"path.id" = "$run_id"
-"path.name" = "seed-optimization"
-"path.agent" = "triage"
-"body.pipeline" = "seed-optimization"
+"path.id" = "$1"
+"path.name" = "$2"
+"path.agent" = "$3"
+"body.pipeline" = "$2"
 TOML
+}
+seed_run=$(start_run '{"pipeline": "seed-optimization", "input": {"request": "cut costs"}, "events": "summary"}')
+config "$seed_run" seed-optimization triage >"$work/seed.toml"
+waiting_run=$(start_run '{"pipeline": "approval", "input": {"request": "cut costs"}}')
+config "$waiting_run" approval approve >"$work/approval.toml"
 
-status=0
-timeout 600 "$venv/bin/st" --config-file "$work/schemathesis.toml" run "$url/openapi.json" \
-  --header "Authorization: Bearer $token" \
-  --checks not_a_server_error,response_schema_conformance \
-  --max-examples "$MAX_EXAMPLES" \
-  --request-timeout 10 \
-  --no-color \
-  || status=$?
-if [ "$status" -ne 0 ]; then
-  echo "error: schemathesis found problems (exit $status); the server's log:" >&2
-  tail -n 50 "$log" >&2
-  exit "$status"
-fi
+fuzz() {
+  local config=$1
+  shift
+  local status=0
+  timeout 600 "$venv/bin/st" --config-file "$config" run "$url/openapi.json" \
+    --header "Authorization: Bearer $token" \
+    --checks not_a_server_error,response_schema_conformance \
+    --max-examples "$MAX_EXAMPLES" \
+    --request-timeout 10 \
+    --no-color \
+    "$@" \
+    || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "error: schemathesis found problems (exit $status); the server's log:" >&2
+    tail -n 50 "$log" >&2
+    exit "$status"
+  fi
+}
+fuzz "$work/seed.toml"
+fuzz "$work/approval.toml" --include-tag runs
 echo "api-fuzz: no server errors, every response matches docs/openapi.json"

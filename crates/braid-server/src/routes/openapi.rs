@@ -380,10 +380,15 @@ pub(crate) struct RunReport {
     pub(crate) questions: Option<Vec<Question>>,
 }
 
+/// A body that is not read (the request must still say it is JSON).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EmptyBody {}
+
 /// The body of `POST /v1/runs`.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct StartRunBody {
     /// The registered pipeline to run.
+    #[schema(example = "seed-optimization")]
     pub(crate) pipeline: String,
     /// The run's input, checked against the pipeline's `inputs`.
     #[schema(value_type = Object, nullable = false, required = false)]

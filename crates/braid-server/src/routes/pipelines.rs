@@ -70,7 +70,7 @@ const MAX_PROBLEM_BYTES: usize = 2048;
     path = "/v1/pipelines",
     tag = "pipelines",
     summary = "Registers (or replaces) a pipeline from its YAML or JSON text.",
-    request_body(content = String, description = "The pipeline file's text (YAML or JSON).", content_type = "application/yaml"),
+    request_body(content = String, description = "The pipeline file's text (YAML or JSON).", content_type = "application/yaml", example = json!("pipeline: hello\ninputs: { name: { type: string } }\nagents:\n  greet: { kind: sleep, ms: 1, reads: [name], writes: [greeting], value: hi }\n")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Replaced a pipeline registered over HTTP.", body = crate::routes::openapi::PipelineDetail),
@@ -300,6 +300,7 @@ fn protected(name: &str, what: &str) -> ApiError {
     params(
         ("name" = String, Path, description = "The pipeline's name."),
     ),
+    request_body(content = crate::routes::openapi::EmptyBody, description = "Nothing is read, but the request must be sent as application/json (or application/yaml), like every request that changes something.", content_type = "application/json"),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted."),

@@ -344,6 +344,7 @@ fn questions<'a>(
     params(
         ("id" = String, Path, description = "The run's id."),
     ),
+    request_body(content = crate::routes::openapi::EmptyBody, description = "Nothing is read, but the request must be sent as application/json (or application/yaml), like every request that changes something.", content_type = "application/json"),
     security(("bearer" = [])),
     responses(
         (status = 202, description = "Cancelling.", body = crate::routes::openapi::Cancelling),
@@ -389,6 +390,7 @@ pub(super) async fn cancel_run(
         ("wait" = Option<bool>, Query, description = "Answer with the run's report when it ends (or waits), instead of 202 at once."),
         ("force" = Option<bool>, Query, description = "Continue although the pipeline changed since the run started, or the run is recorded as running elsewhere."),
     ),
+    request_body(content = crate::routes::openapi::EmptyBody, description = "Nothing is read, but the request must be sent as application/json (or application/yaml), like every request that changes something.", content_type = "application/json"),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "With `?wait=true`: the run's report when it ended or waits for an answer.", body = crate::routes::openapi::RunReport),
