@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fuzzes the HTTP API against its own OpenAPI document: starts `braid serve`
 # on a free loopback port with a token, a fresh SQLite store and the seed
-# pipeline, then runs schemathesis (pinned, in a venv under the cache dir)
-# on /openapi.json with two checks: no 5xx, and every response matches the
-# document. Any finding fails the script. Bounded: a few examples per
-# operation, and at most 10 minutes.
+# and approval pipelines, then runs schemathesis (pinned, in a venv under
+# the cache dir) on /openapi.json: no 5xx, and every response matches the
+# document (its body's schema, and a status and content type the route
+# documents). Any finding fails the script. Bounded: a few examples per
+# operation, and at most 10 minutes a pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,7 +78,7 @@ fuzz() {
   local status=0
   timeout 600 "$venv/bin/st" --config-file "$config" run "$url/openapi.json" \
     --header "Authorization: Bearer $token" \
-    --checks not_a_server_error,response_schema_conformance \
+    --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --max-examples "$MAX_EXAMPLES" \
     --request-timeout 10 \
     --no-color \
