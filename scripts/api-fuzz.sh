@@ -76,13 +76,14 @@ fuzz() {
   local config=$1
   shift
   local status=0
-  timeout 600 "$venv/bin/st" --config-file "$config" run "$url/openapi.json" \
+  # From the scratch folder: schemathesis keeps a cache where it runs.
+  (cd "$work" && timeout 600 "$venv/bin/st" --config-file "$config" run "$url/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --max-examples "$MAX_EXAMPLES" \
     --request-timeout 10 \
     --no-color \
-    "$@" \
+    "$@") \
     || status=$?
   if [ "$status" -ne 0 ]; then
     echo "error: schemathesis found problems (exit $status); the server's log:" >&2
