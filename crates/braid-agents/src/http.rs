@@ -40,15 +40,53 @@ pub struct HttpAgent {
 
 pub use braid_core::kinds::expand_env;
 
+/// The `http` kind's own keys.
+const KEYS: &[&str] = &[
+    "url",
+    "headers",
+    "http_retries",
+    "request_timeout",
+    "max_response_bytes",
+];
+
+/// The `http` kind's keys for the pipeline file's JSON Schema (written by
+/// hand: [`build`] reads its settings from a map, with no struct to derive
+/// from; a test checks the keys against the ones it takes).
+pub fn schema() -> braid_core::schema::KindSchema {
+    use serde_json::json;
+    braid_core::schema::KindSchema::new(
+        "http",
+        "POSTs its reads as a JSON object to `url` and writes the JSON object it gets back.",
+    )
+    .required_key(
+        "url",
+        "The service, http(s)://…; `${VAR}` is replaced with the environment variable VAR.",
+        json!({"type": "string"}),
+    )
+    .key(
+        "headers",
+        "Request headers by name; values may use `${VAR}` from the environment, so secrets stay out of the file.",
+        json!({"type": "object", "additionalProperties": {"type": "string"}}),
+    )
+    .key(
+        "http_retries",
+        "How many times a connect error, 429 or 5xx is tried again, with backoff (default 2).",
+        json!({"type": "integer", "minimum": 0}),
+    )
+    .key(
+        "request_timeout",
+        "How long one request may take, a duration like 10s (default: only the agent's `timeout`).",
+        json!({"type": "string"}),
+    )
+    .key(
+        "max_response_bytes",
+        "The longest answer read, in bytes (default 16 MiB); a longer one fails the attempt.",
+        json!({"type": "integer", "minimum": 1}),
+    )
+}
+
 /// Builds an `http` agent from its settings (the kind's factory).
 pub fn build(config: &AgentConfig<'_>) -> Result<std::sync::Arc<dyn Agent>, String> {
-    const KEYS: &[&str] = &[
-        "url",
-        "headers",
-        "http_retries",
-        "request_timeout",
-        "max_response_bytes",
-    ];
     if let Some(unknown) = config.settings.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(format!(
             "unknown key `{unknown}` for an `http` agent; expected one of: {}",
@@ -409,5 +447,14 @@ mod tests {
             d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
             "{d:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    #[test]
+    fn the_schema_has_the_keys_the_agent_takes() {
+        let schema = super::schema();
+        assert_eq!(schema.key_names().collect::<Vec<_>>(), super::KEYS);
     }
 }

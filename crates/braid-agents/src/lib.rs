@@ -120,6 +120,12 @@ pub fn register(kinds: &mut AgentKinds) {
     kinds.kind("llm", Arc::new(llm::build));
 }
 
+/// The keys of `http` and `llm` agents, for the pipeline file's JSON
+/// Schema ([`braid_core::schema::pipeline_schema_with`]).
+pub fn kind_schemas() -> Vec<braid_core::schema::KindSchema> {
+    vec![http::schema(), llm::schema()]
+}
+
 /// Limits of the process-wide HTTP client.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSettings {

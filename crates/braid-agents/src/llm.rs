@@ -124,6 +124,65 @@ fn limiter(endpoint: &str, per_minute: NonZeroU32) -> Arc<EndpointLimiter> {
     endpoint
 }
 
+/// The `llm` kind's keys for the pipeline file's JSON Schema (written by
+/// hand: [`build`] reads its settings from a map, with no struct to derive
+/// from; a test checks the keys against the ones it takes).
+pub fn schema() -> braid_core::schema::KindSchema {
+    use serde_json::json;
+    let string = json!({"type": "string"});
+    braid_core::schema::KindSchema::new(
+        "llm",
+        "One chat completion from an OpenAI-compatible endpoint; the answer is written as text or JSON.",
+    )
+    .key(
+        "endpoint",
+        "The API's base URL, http(s)://HOST/v1 (`/chat/completions` is added; default: BRAID_LLM_URL from the environment).",
+        string.clone(),
+    )
+    .required_key("model", "The model's name, as the endpoint knows it.", string.clone())
+    .key(
+        "api_key_env",
+        "The environment variable holding the API key (sent as a bearer token).",
+        string.clone(),
+    )
+    .key(
+        "system",
+        "The system message, a minijinja template over the agent's reads.",
+        string.clone(),
+    )
+    .required_key(
+        "prompt",
+        "The user message, a minijinja template over the agent's reads (e.g. `{{ findings | tojson }}`).",
+        string,
+    )
+    .key(
+        "output",
+        "`text` (default): the answer goes to the one write; `json`: the answer is parsed as JSON (an object holding each write when there are several).",
+        json!({"enum": ["text", "json"]}),
+    )
+    .key(
+        "schema",
+        "With `output: json`: the JSON Schema the answer must match; on a mismatch the model is asked once more.",
+        json!({"type": "object"}),
+    )
+    .key("temperature", "The sampling temperature.", json!({"type": "number"}))
+    .key(
+        "max_tokens",
+        "The most tokens the answer may have.",
+        json!({"type": "integer", "minimum": 0}),
+    )
+    .key(
+        "requests_per_minute",
+        "A rate limit shared by every agent calling this endpoint (the lowest one given applies).",
+        json!({"type": "integer", "minimum": 1}),
+    )
+    .key(
+        "max_response_bytes",
+        "The longest answer read, in bytes (default 16 MiB); a longer one fails the call.",
+        json!({"type": "integer", "minimum": 1}),
+    )
+}
+
 /// Builds an `llm` agent from its settings (the kind's factory).
 pub fn build(config: &AgentConfig<'_>) -> Result<Arc<dyn Agent>, String> {
     let settings = config.settings;
@@ -398,5 +457,14 @@ impl Agent for LlmAgent {
                 again.chars().take(500).collect::<String>()
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    #[test]
+    fn the_schema_has_the_keys_the_agent_takes() {
+        let schema = super::schema();
+        assert_eq!(schema.key_names().collect::<Vec<_>>(), super::KEYS);
     }
 }

@@ -120,6 +120,13 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Print the JSON Schema (draft 2020-12) of pipeline files, with every
+    /// agent kind this binary knows: for editors (docs/pipeline.schema.json
+    /// is a copy).
+    Schema,
+    /// Print the HTTP API's OpenAPI 3.1 document (what `braid serve`
+    /// serves at /openapi.json; docs/openapi.json is a copy).
+    Openapi,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -178,6 +185,8 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { dir } => cmd::init::init(&dir),
+        Command::Schema => cmd::print_json(&cmd::pipeline_schema()),
+        Command::Openapi => cmd::print_json(braid_server::openapi_document()),
     };
     match result {
         Ok(code) => code,

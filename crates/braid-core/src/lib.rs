@@ -406,6 +406,7 @@ pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod scenarios;
+pub mod schema;
 pub mod snapshot;
 mod spec;
 mod state;
@@ -424,3 +425,4 @@ pub use pipeline::{
 };
 pub use report::{AgentReport, AgentStatus, ItemCounts, RunReport, RunStatus, TokenUsage};
 pub use run::RunOptions;
+pub use schema::pipeline_schema;

@@ -5,6 +5,11 @@
 //! values mean (do the reads resolve, is there a cycle) is checked by the
 //! `compile` module, which turns a [`PipelineSpec`] into a runnable
 //! [`crate::Pipeline`].
+//!
+//! The same structs derive [`schemars::JsonSchema`]: their doc comments on
+//! the keys a file may have are the descriptions in the file's JSON Schema
+//! (see the `schema` module, which adds what serde does not read: `value`,
+//! `cache`, the groups' keys and each kind's own keys).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +17,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{LoaderOptions, Node, Span};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -25,40 +31,145 @@ pub(crate) struct Located<T> {
     pub(crate) at: Option<Location>,
 }
 
+/// The schema of a value as the value's own (a [`Located`] is only its value
+/// in the file).
+impl<T: JsonSchema> JsonSchema for Located<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
 /// The whole file, shape-checked.
-#[derive(Debug, Default)]
+///
+/// Read key by key by hand (not by serde), so its schema's required keys
+/// (`pipeline`, `agents`) are set by the `schema` module.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(
+    title = "braid pipeline",
+    description = "A braid pipeline file: agents that read and write named fields of a shared state; the dependency graph is derived from their reads and writes.",
+    deny_unknown_fields
+)]
 pub(crate) struct PipelineSpec {
+    /// The pipeline's name, shown in reports, the run history and the API.
+    #[schemars(rename = "pipeline", length(min = 1))]
     pub(crate) name: Option<Located<String>>,
+    /// What the pipeline does, for people reading the file.
     pub(crate) description: Option<String>,
+    /// The run's input: each input field with the JSON Schema its value
+    /// must match (e.g. `request: { type: string }`). A run's input is
+    /// checked against these before anything runs.
+    #[schemars(schema_with = "inputs_schema")]
     pub(crate) inputs: IndexMap<String, Located<Value>>,
+    /// Timeout, retries, backoff and cache settings every agent inherits
+    /// unless it sets its own.
     pub(crate) defaults: DefaultsSpec,
+    /// How many agents may run at once (at least 1; default: no limit
+    /// beyond the graph's own).
+    #[schemars(range(min = 1))]
     pub(crate) concurrency: Option<Located<usize>>,
+    /// What a failed agent does to the run: `fail` (default) stops it,
+    /// `continue` lets the agents that do not depend on it go on.
+    #[schemars(extend("enum" = ["fail", "continue"]))]
     pub(crate) on_failure: Option<Located<String>>,
+    /// What is recorded while the run goes: `none`, `end` (the final
+    /// report) or `agent` (after every agent, so a run can be resumed).
+    #[schemars(extend("enum" = ["none", "end", "agent"]))]
     pub(crate) checkpoint: Option<Located<String>>,
+    /// The field a person wants to see at the end of a run (e.g.
+    /// `output: report`); shown by `braid run` and the web view.
     pub(crate) output: Option<Located<String>>,
+    /// Settings of state fields by name: how concurrent writes to a
+    /// field are merged, and what it holds.
     pub(crate) fields: IndexMap<String, Located<FieldSpec>>,
+    /// The agents by name. Each has a `kind` and declares the fields it
+    /// `reads` and `writes`; an agent starts the moment what it reads is
+    /// written.
+    #[schemars(schema_with = "agents_schema")]
     pub(crate) agents: IndexMap<String, Located<AgentSpec>>,
     /// Where the `agents` key is, for errors about the section as a whole.
+    #[schemars(skip)]
     pub(crate) agents_at: Option<Location>,
     /// Agents whose shape was wrong (reported), left out of `agents`.
+    #[schemars(skip)]
     pub(crate) broken_agents: std::collections::HashSet<String>,
     /// Fields those agents declare they write: reading them is not
     /// reported as reading a field nobody writes.
+    #[schemars(skip)]
     pub(crate) broken_writes: std::collections::HashSet<String>,
 }
 
 /// `defaults:`: retry and timeout settings that agents inherit.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "Timeout, retries, backoff and cache settings every agent inherits unless it sets its own."
+)]
 pub(crate) struct DefaultsSpec {
+    /// How long one attempt of an agent may take, a duration like 200ms,
+    /// 30s or 2m.
+    #[schemars(with = "Option<String>")]
     pub(crate) timeout: Option<marked_yaml::Spanned<String>>,
+    /// How many times a failed agent is tried again.
+    #[schemars(with = "Option<u32>")]
     pub(crate) retries: Option<marked_yaml::Spanned<u32>>,
+    /// The first wait before a retry (doubled each time, with jitter), a
+    /// duration like 100ms or 2s.
+    #[schemars(with = "Option<String>")]
     pub(crate) backoff: Option<marked_yaml::Spanned<String>>,
     /// `cache:`, read from the node by hand ([`parse_cache`]) before the
     /// rest is deserialized; declared here so that an unknown key's
     /// message lists it.
     #[serde(default, deserialize_with = "read_by_hand")]
+    #[schemars(schema_with = "cache_schema")]
     pub(crate) cache: Option<Located<CacheSpec>>,
+}
+
+/// The name of an agent's definition in the schema's `$defs`.
+pub(crate) const AGENT_DEF: &str = "Agent";
+
+/// `inputs:`: each input field's JSON Schema.
+pub(crate) fn inputs_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "type": ["object", "boolean"],
+            "description": "The JSON Schema the field's value must match, e.g. `{ type: string }`.",
+        },
+    })
+}
+
+/// `agents:` (of the pipeline or of a group): agents by name.
+pub(crate) fn agents_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {"$ref": format!("#/$defs/{AGENT_DEF}")},
+    })
+}
+
+/// `cache:` (of an agent or of `defaults`): `false` or `{ ttl: DURATION }`.
+pub(crate) fn cache_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "oneOf": [
+            {"const": false, "description": "Not cached, whatever `defaults` say."},
+            {
+                "type": "object",
+                "properties": {
+                    "ttl": {"type": "string", "description": "How long a result is reused, a duration like 30s, 1h or 7days."},
+                },
+                "required": ["ttl"],
+                "additionalProperties": false,
+            },
+        ],
+    })
 }
 
 /// For keys taken out of a mapping before serde sees it: never called.
@@ -79,52 +190,111 @@ pub(crate) enum CacheSpec {
 }
 
 /// One entry of the top-level `fields:` section.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "A state field's settings.")]
 pub(crate) struct FieldSpec {
+    /// How writes to this field from several agents (or fan-out items)
+    /// are combined: `append` (lists), `merge` (objects), `sum`, `max` or
+    /// `min`. Without it, one agent alone may write the field.
+    #[schemars(with = "Option<String>", extend("enum" = crate::merge::MergeRule::NAMES))]
     pub(crate) merge: Option<marked_yaml::Spanned<String>>,
+    /// What the field holds, for people reading the file.
     #[allow(dead_code)] // documentation for people reading the file
     pub(crate) description: Option<String>,
 }
 
 /// One agent, as written. Kind-specific keys are all optional here; the
 /// pipeline compiler checks that each kind gets the keys it needs.
-#[derive(Debug, Deserialize)]
+///
+/// Its derived schema gives the keys serde reads; the `schema` module adds
+/// `value` and `cache` (read by hand) and splits the keys by kind.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AgentSpec {
+    /// What the agent is: its kind decides which other keys it takes.
+    #[schemars(with = "String")]
     pub(crate) kind: marked_yaml::Spanned<String>,
+    /// What the agent does, for people reading the file.
     #[serde(default)]
     pub(crate) description: Option<String>,
+    /// The state fields the agent reads; it starts once they are written.
+    /// A name ending in `?` is optional: the agent runs without it if it
+    /// is never written.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub(crate) reads: Vec<marked_yaml::Spanned<String>>,
+    /// The state fields the agent writes. A name ending in `?` may be left
+    /// out of its output (agents reading it are then skipped).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub(crate) writes: Vec<marked_yaml::Spanned<String>>,
+    /// Agents that must finish first, although nothing they write is read
+    /// by this one.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub(crate) after: Vec<marked_yaml::Spanned<String>>,
+    /// A CEL condition over the agent's reads (e.g. `route == "refund"`);
+    /// when false, the agent is skipped.
+    #[schemars(with = "Option<String>")]
     pub(crate) when: Option<marked_yaml::Spanned<String>>,
+    /// How long one attempt may take, a duration like 200ms, 30s or 2m
+    /// (for `kind: input`, how long it waits for an answer).
+    #[schemars(with = "Option<String>")]
     pub(crate) timeout: Option<marked_yaml::Spanned<String>>,
+    /// How many times a failed attempt is tried again.
+    #[schemars(with = "Option<u32>")]
     pub(crate) retries: Option<marked_yaml::Spanned<u32>>,
+    /// The first wait before a retry (doubled each time, with jitter), a
+    /// duration like 100ms or 2s.
+    #[schemars(with = "Option<String>")]
     pub(crate) backoff: Option<marked_yaml::Spanned<String>>,
+    /// How long the agent usually takes, a duration: `braid explain`'s
+    /// estimate of the critical path uses it.
+    #[schemars(with = "Option<String>")]
     pub(crate) expected: Option<marked_yaml::Spanned<String>>,
     /// `cache:`, read by hand ([`parse_cache`]).
     #[serde(skip)]
     pub(crate) cache: Option<Located<CacheSpec>>,
     // fan-out
+    /// Fan-out: a read field holding a list; the agent runs once per item,
+    /// and its writes are assembled into lists in item order.
+    #[schemars(with = "Option<String>")]
     pub(crate) foreach: Option<marked_yaml::Spanned<String>>,
+    /// Fan-out: the name each item is read under (default `item`).
     #[serde(rename = "as")]
+    #[schemars(with = "Option<String>")]
     pub(crate) item_as: Option<marked_yaml::Spanned<String>>,
+    /// Fan-out: how many items run at once.
+    #[schemars(with = "Option<u64>", range(min = 1))]
     pub(crate) concurrency: Option<marked_yaml::Spanned<u64>>,
+    /// Fan-out: what a failed item does: `fail` (default) fails the
+    /// agent, `skip` leaves the item out.
+    #[schemars(with = "Option<String>", extend("enum" = ["fail", "skip"]))]
     pub(crate) on_item_failure: Option<marked_yaml::Spanned<String>>,
+    /// Fan-out: how many items there usually are, for `braid explain`'s
+    /// estimate.
+    #[schemars(with = "Option<u64>")]
     pub(crate) expected_items: Option<marked_yaml::Spanned<u64>>,
     // kind: sleep
+    /// `kind: sleep`: how many milliseconds it waits.
+    #[schemars(with = "Option<u64>")]
     pub(crate) ms: Option<marked_yaml::Spanned<u64>>,
     /// Filled from the raw node (any JSON), not by serde.
     #[serde(skip)]
     pub(crate) value: Option<Located<Value>>,
     // kind: command
+    /// `kind: command`: the program and its arguments (relative to the
+    /// pipeline file's folder). It gets its reads as JSON on stdin and
+    /// prints a JSON object of its writes on stdout.
+    #[schemars(with = "Option<Vec<String>>", length(min = 1))]
     pub(crate) run: Option<Vec<marked_yaml::Spanned<String>>>,
+    /// `kind: command`: environment variables set for the program.
     #[serde(default)]
     pub(crate) env: IndexMap<String, String>,
+    /// `kind: command`: keep this many warm processes that answer one
+    /// request per line, instead of one process per call.
+    #[schemars(with = "Option<u32>", range(min = 1))]
     pub(crate) pool: Option<marked_yaml::Spanned<u32>>,
     /// For `kind: pipeline`: the group's own agents and how it runs.
     #[serde(skip)]
@@ -154,13 +324,25 @@ pub(crate) struct GroupSpec {
 }
 
 /// `repeat:` of a group: run it again until `until` holds, at most `max` rounds.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "Run the group again, round after round, until `until` holds or `max` rounds have run."
+)]
 pub(crate) struct RepeatSpec {
+    /// A CEL condition over the group's fields after a round; the loop
+    /// ends when it holds.
+    #[schemars(with = "String")]
     pub(crate) until: marked_yaml::Spanned<String>,
+    /// The most rounds run.
+    #[schemars(with = "Option<u64>", range(min = 1))]
     pub(crate) max: Option<marked_yaml::Spanned<u64>>,
+    /// What happens when `max` rounds ran and `until` still does not
+    /// hold: `fail` (default) or `continue` with the last round's outputs.
+    #[schemars(with = "Option<String>", extend("enum" = ["fail", "continue"]))]
     pub(crate) on_max: Option<marked_yaml::Spanned<String>>,
     /// How many rounds it usually takes, for `explain`'s estimate.
+    #[schemars(with = "Option<u32>")]
     pub(crate) expected_rounds: Option<marked_yaml::Spanned<u32>>,
 }
 
@@ -268,7 +450,8 @@ impl Source {
     }
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &[
+/// The keys a pipeline file may have at its top level.
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "pipeline",
     "description",
     "inputs",
@@ -287,6 +470,20 @@ fn loader_options() -> LoaderOptions {
         .error_on_duplicate_keys(true)
         .prevent_coercion(true)
         .toplevel_mapping()
+}
+
+/// The text of a pipeline file as JSON, the way the loader reads it (the
+/// same depth limit, no anchors, no duplicate keys, quoted scalars stay
+/// strings), for checking it against the file's JSON Schema.
+pub(crate) fn text_to_json(
+    text: &str,
+    source: &Source,
+    limits: &LoadLimits,
+) -> Result<Value, Diagnostic> {
+    check_depth(text, limits.max_depth, source)?;
+    marked_yaml::parse_yaml_with_options(0, text, loader_options())
+        .map(|root| to_json(&root))
+        .map_err(|err| yaml_error(err, source))
 }
 
 /// Parses the text of a pipeline file. Returns every shape error found (up

@@ -107,7 +107,7 @@ use tokio_util::sync::CancellationToken;
 pub use conn::{HttpConfig, WS_MAX_MESSAGE_BYTES};
 pub use error::ApiError;
 pub use retention::Retention;
-pub use routes::app;
+pub use routes::{app, openapi_document};
 pub use runs::LiveRun;
 pub use store::RunStore;
 

@@ -43,6 +43,32 @@ pub struct SqlAgent {
 
 const KEYS: &[&str] = &["database", "query", "params", "one"];
 
+/// The `sql` kind's keys for the pipeline file's JSON Schema (written by
+/// hand: [`build`] reads its settings from a map, with no struct to derive
+/// from; a test checks the keys against the ones it takes).
+pub fn schema() -> braid_core::schema::KindSchema {
+    braid_core::schema::KindSchema::new(
+        "sql",
+        "Runs one query and writes its rows (an array of objects) to its one write.",
+    )
+    .required_key(
+        "database",
+        "sqlite://PATH (relative to the pipeline's folder) or postgres://…; agents naming the same database share one pool.",
+        json!({"type": "string"}),
+    )
+    .required_key("query", "The SQL query.", json!({"type": "string"}))
+    .key(
+        "params",
+        "Read fields bound to the query's parameters, in order (`?` for SQLite, `$1`… for PostgreSQL).",
+        json!({"type": "array", "items": {"type": "string"}}),
+    )
+    .key(
+        "one",
+        "`true`: write the first row as an object (null if none) instead of all rows.",
+        json!({"type": "boolean"}),
+    )
+}
+
 /// Builds a `sql` agent from its settings (the kind's factory).
 pub fn build(config: &AgentConfig<'_>) -> Result<Arc<dyn Agent>, String> {
     let settings = config.settings;
@@ -195,5 +221,14 @@ impl Agent for SqlAgent {
         let mut out = Writes::new();
         out.insert(self.write.clone(), value);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    #[test]
+    fn the_schema_has_the_keys_the_agent_takes() {
+        let schema = super::schema();
+        assert_eq!(schema.key_names().collect::<Vec<_>>(), super::KEYS);
     }
 }

@@ -123,3 +123,23 @@ pub(crate) fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The pipeline file's JSON Schema with every kind of [`crate::kinds`].
+pub(crate) fn pipeline_schema() -> serde_json::Value {
+    let mut kinds = braid_agents::kind_schemas();
+    kinds.push(braid_store::sql::schema());
+    braid_core::schema::pipeline_schema_with(&kinds)
+}
+
+/// Prints `value` as indented JSON and a newline (a closed pipe is not an
+/// error: `braid schema | head` is fine).
+pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -17,7 +17,7 @@ use crate::pipeline::{InputSpec, MAX_PROMPT_BYTES};
 use crate::spec::AgentSpec;
 
 /// The keys of `kind: input` besides those every agent has.
-const INPUT_KEYS: &[&str] = &["prompt", "schema", "default"];
+pub(crate) const INPUT_KEYS: &[&str] = &["prompt", "schema", "default"];
 
 impl Compiler<'_> {
     /// Agent `id`'s question, checked; `None` for other kinds, or when it

@@ -25,6 +25,9 @@ mod fields;
 mod foreach;
 mod group;
 mod input;
+
+#[cfg(test)]
+pub(crate) use input::INPUT_KEYS;
 mod load;
 mod races;
 

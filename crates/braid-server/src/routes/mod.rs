@@ -1,9 +1,11 @@
 //! The router: [`app`] puts the resources' routes together behind the
 //! [`guard`] checks. Each resource has its module: [`pipelines`],
 //! [`runs`], [`streams`] (SSE and WebSocket) and [`ops`] (health,
-//! readiness, metrics and the web view). Handlers translate HTTP to calls
+//! readiness, metrics and the web view); [`openapi`] is the API's OpenAPI
+//! document, from the handlers' `#[utoipa::path]` attributes. Handlers translate HTTP to calls
 //! on the run registry ([`crate::runs`]) and the store, and back.
 
+mod openapi;
 mod ops;
 mod pipelines;
 mod runs;
@@ -22,7 +24,7 @@ use crate::error::ApiError;
 use crate::guard;
 
 /// The whole API: `/v1/…` behind the bearer token, plus `/`, `/healthz`,
-/// `/readyz` and `/metrics`; every request passes the [`guard`] checks first.
+/// `/readyz`, `/metrics` and `/openapi.json`; every request passes the [`guard`] checks first.
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
         .route(
@@ -49,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -98,3 +101,5 @@ pub(crate) async fn continue_waiting(state: &AppState, run_id: &str) -> Result<(
     runs::continue_claimed(state, registered, stored, slot).await?;
     Ok(())
 }
+
+pub use openapi::document as openapi_document;

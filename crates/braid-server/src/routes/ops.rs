@@ -16,6 +16,15 @@ use crate::error::ApiError;
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 
 /// `GET /`: the live web view.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    summary = "The live web view.",
+    responses(
+        (status = 200, description = "The web view's page.", content_type = "text/html", body = String),
+    ),
+)]
 pub(super) async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
 }
@@ -49,11 +58,30 @@ pub(super) async fn markdown_it() -> impl IntoResponse {
 }
 
 /// `GET /healthz`: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness: the process answers.",
+    responses(
+        (status = 200, description = "Always `{\"status\": \"ok\"}`.", body = crate::routes::openapi::Health),
+    ),
+)]
 pub(super) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: 503 while the store does not answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: the store answers.",
+    responses(
+        (status = 200, description = "Ready.", body = crate::routes::openapi::Health),
+        (status = 503, description = "The store does not answer.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if let Some(store) = &state.inner.store {
         store.ping().await.map_err(|err| {
@@ -73,6 +101,18 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
 }
 
 /// `GET /metrics`: every metric, with the runs in memory by status.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (the token is needed unless --public-metrics).",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every metric, in the Prometheus text format.", content_type = "text/plain", body = String),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(store) = &state.inner.store {
         store.record_gauges();

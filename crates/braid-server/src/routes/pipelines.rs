@@ -16,6 +16,18 @@ use crate::error::ApiError;
 use crate::{AppState, Origin, Registered};
 
 /// `GET /v1/pipelines`: every pipeline the server knows, in short.
+#[utoipa::path(
+    get,
+    path = "/v1/pipelines",
+    tag = "pipelines",
+    summary = "Every pipeline the server knows, in short.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The pipelines.", body = [crate::routes::openapi::PipelineSummary]),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn list_pipelines(State(state): State<AppState>) -> Json<Value> {
     let pipelines = state
         .inner
@@ -59,6 +71,26 @@ const MAX_NAME_CHARS: usize = 128;
 const MAX_PROBLEM_BYTES: usize = 2048;
 
 /// `POST /v1/pipelines`: registers (or replaces) a client's pipeline.
+#[utoipa::path(
+    post,
+    path = "/v1/pipelines",
+    tag = "pipelines",
+    summary = "Registers (or replaces) a pipeline from its YAML or JSON text.",
+    request_body(content = String, description = "The pipeline file's text (YAML or JSON).", content_type = "application/yaml", example = json!("pipeline: hello\ninputs: { name: { type: string } }\nagents:\n  greet: { kind: sleep, ms: 1, reads: [name], writes: [greeting], value: hi }\n")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Replaced a pipeline registered over HTTP.", body = crate::routes::openapi::PipelineDetail),
+        (status = 201, description = "Registered.", body = crate::routes::openapi::PipelineDetail),
+        (status = 400, description = "The body is not UTF-8 text.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "`command` agents without --allow-command-agents, or a refused Origin.", body = crate::routes::openapi::ErrorBody),
+        (status = 409, description = "The name is an operator's pipeline, or --max-pipelines are registered.", body = crate::routes::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than the server takes.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 422, description = "The pipeline is not valid (`problems` lists why, with lines and columns), or its name is not allowed.", body = crate::routes::openapi::ErrorBody),
+        (status = 429, description = "As many pipelines are being compiled as the server compiles at once.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn register_pipeline(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -266,6 +298,25 @@ fn protected(name: &str, what: &str) -> ApiError {
 
 /// Deletes a pipeline a client registered: 204; 404 for an unknown name,
 /// 409 for one the operator loaded. Runs already started go on.
+#[utoipa::path(
+    delete,
+    path = "/v1/pipelines/{name}",
+    tag = "pipelines",
+    summary = "Deletes a pipeline registered over HTTP (runs already started go on).",
+    params(
+        ("name" = String, Path, description = "The pipeline's name."),
+    ),
+    request_body(content = crate::routes::openapi::EmptyBody, description = "Nothing is read, but the request must be sent as application/json (or application/yaml), like every request that changes something.", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No pipeline of that name.", body = crate::routes::openapi::ErrorBody),
+        (status = 409, description = "An operator's pipeline, which cannot be deleted over HTTP.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn delete_pipeline(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -286,6 +337,22 @@ pub(super) async fn delete_pipeline(
 }
 
 /// `GET /v1/pipelines/{name}`: one pipeline with its text and explanation.
+#[utoipa::path(
+    get,
+    path = "/v1/pipelines/{name}",
+    tag = "pipelines",
+    summary = "One pipeline with its text and explanation.",
+    params(
+        ("name" = String, Path, description = "The pipeline's name."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The pipeline.", body = crate::routes::openapi::PipelineDetail),
+        (status = 404, description = "No pipeline of that name.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn get_pipeline(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -82,6 +82,30 @@ pub(crate) fn reserve(state: &AppState) -> Result<Slot, ApiError> {
 }
 
 /// `POST /v1/runs`: starts a run; with `?wait=true` answers with its report.
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    tag = "runs",
+    summary = "Starts a run of a registered pipeline.",
+    params(
+        ("wait" = Option<bool>, Query, description = "Answer with the run's report when it ends (or waits), instead of 202 at once."),
+    ),
+    request_body = crate::routes::openapi::StartRunBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "With `?wait=true`: the run's report when it ended or waits for an answer.", body = crate::routes::openapi::RunReport),
+        (status = 202, description = "Started: follow it at /v1/runs/{id}.", body = crate::routes::openapi::RunAccepted),
+        (status = 400, description = "The body or query string is malformed.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than the server takes (--max-body-bytes).", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+        (status = 404, description = "No pipeline of that name.", body = crate::routes::openapi::ErrorBody),
+        (status = 422, description = "The input does not fit the pipeline's `inputs`, or `events`/`checkpoint` is not one of theirs.", body = crate::routes::openapi::ErrorBody),
+        (status = 429, description = "As many runs are in flight as the server takes (--max-runs); try again later.", body = crate::routes::openapi::ErrorBody),
+        (status = 503, description = "The server is shutting down.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn start_run(
     State(state): State<AppState>,
     query: Result<Query<WaitQuery>, QueryRejection>,
@@ -404,6 +428,29 @@ fn live_summary(run: &LiveRun) -> (braid_store::RunSummary, Value) {
 /// `pipeline`, `since`, `until`, `prefix`), `limit` of them (default 50,
 /// at most 500). When more follow, the `x-next-cursor` header holds the
 /// cursor to pass as `before` for the next page.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    summary = "Runs newest first, those in memory and the store's, filtered and paged.",
+    params(
+        ("status" = Option<String>, Query, description = "Only runs with this status: running, waiting, completed, failed, cancelled, interrupted."),
+        ("pipeline" = Option<String>, Query, description = "Only runs of this pipeline."),
+        ("since" = Option<i64>, Query, description = "Only runs created at or after this time (ms since the Unix epoch)."),
+        ("until" = Option<i64>, Query, description = "Only runs created before this time (ms since the Unix epoch)."),
+        ("prefix" = Option<String>, Query, description = "Only runs whose id starts with this."),
+        ("limit" = Option<i64>, Query, description = "At most this many (1 to 500, default 50)."),
+        ("before" = Option<String>, Query, description = "The `x-next-cursor` header of the page before: the next page."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The runs; when more follow, the `x-next-cursor` header holds the cursor for `before`.", body = [crate::routes::openapi::RunListItem],
+            headers(("x-next-cursor" = String, description = "The cursor of the next page, when there is one."))),
+        (status = 400, description = "A filter, the limit or the cursor is not valid (the message lists what is).", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn list_runs(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -452,6 +499,22 @@ pub(super) async fn list_runs(
 }
 
 /// `GET /v1/runs/{id}`: a run in memory, or as the store has it.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    summary = "One run: in memory, or as the store has it.",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run.", body = crate::routes::openapi::RunReport),
+        (status = 404, description = "No such run.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn get_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -559,6 +622,25 @@ fn questions<'a>(
 }
 
 /// `POST /v1/runs/{id}/cancel`: cancels a run in flight.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    summary = "Cancels a run in flight.",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+    ),
+    request_body(content = crate::routes::openapi::EmptyBody, description = "Nothing is read, but the request must be sent as application/json (or application/yaml), like every request that changes something.", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Cancelling.", body = crate::routes::openapi::Cancelling),
+        (status = 404, description = "No such run in flight.", body = crate::routes::openapi::ErrorBody),
+        (status = 409, description = "The run has already finished.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn cancel_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -584,6 +666,31 @@ pub(super) async fn cancel_run(
 
 /// `POST /v1/runs/{id}/resume`: resumes a stored run that did not
 /// complete, after claiming it in the store.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/resume",
+    tag = "runs",
+    summary = "Resumes a stored run that did not complete.",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+        ("wait" = Option<bool>, Query, description = "Answer with the run's report when it ends (or waits), instead of 202 at once."),
+        ("force" = Option<bool>, Query, description = "Continue although the pipeline changed since the run started, or the run is recorded as running elsewhere."),
+    ),
+    request_body(content = crate::routes::openapi::EmptyBody, description = "Nothing is read, but the request must be sent as application/json (or application/yaml), like every request that changes something.", content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "With `?wait=true`: the run's report when it ended or waits for an answer.", body = crate::routes::openapi::RunReport),
+        (status = 202, description = "Started: follow it at /v1/runs/{id}.", body = crate::routes::openapi::RunAccepted),
+        (status = 400, description = "The query string is malformed.", body = crate::routes::openapi::ErrorBody),
+        (status = 404, description = "No such run, or its pipeline is not registered.", body = crate::routes::openapi::ErrorBody),
+        (status = 409, description = "It completed, still runs, its pipeline changed (see `force`), or there is no store.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+        (status = 429, description = "As many runs are in flight as the server takes (--max-runs); try again later.", body = crate::routes::openapi::ErrorBody),
+        (status = 503, description = "The server is shutting down.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn resume_run(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -47,6 +47,25 @@ async fn stream_of(state: &AppState, id: &str) -> Result<Arc<EventLog>, ApiError
 }
 
 /// Server-Sent Events, resumable with `Last-Event-ID` (or `?after=SEQ`).
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/events",
+    tag = "events",
+    summary = "The run's events as Server-Sent Events (replayed from the store for a finished run).",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+        ("after" = Option<u64>, Query, description = "Only events after this sequence number (a reconnecting client's last)."),
+        ("token" = Option<String>, Query, description = "The bearer token, for clients that cannot set headers (EventSource, browsers' WebSocket)."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An event stream: one `data:` JSON event each, named by its type.", content_type = "text/event-stream", body = crate::routes::openapi::SseEvent),
+        (status = 400, description = "The query string is malformed.", body = crate::routes::openapi::ErrorBody),
+        (status = 404, description = "No such run, or its events were not kept.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn sse_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -84,6 +103,26 @@ fn event_type(event: &RunEvent) -> String {
 }
 
 /// WebSocket, resumable with `?after=SEQ`: one JSON text message per event.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/ws",
+    tag = "events",
+    summary = "The run's events over a WebSocket (one JSON text message each).",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+        ("after" = Option<u64>, Query, description = "Only events after this sequence number (a reconnecting client's last)."),
+        ("token" = Option<String>, Query, description = "The bearer token, for clients that cannot set headers (EventSource, browsers' WebSocket)."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = 400, description = "Not a WebSocket upgrade request, or a malformed query string.", body = crate::routes::openapi::ErrorBody),
+        (status = 404, description = "No such run, or its events were not kept.", body = crate::routes::openapi::ErrorBody),
+        (status = 426, description = "The connection cannot be upgraded.", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn ws_events(
     State(state): State<AppState>,
     Path(id): Path<String>,

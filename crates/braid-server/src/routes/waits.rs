@@ -71,6 +71,34 @@ fn refused(refused: AnswerRefused) -> ApiError {
 }
 
 /// `POST /v1/runs/{id}/agents/{agent}/answer`.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/agents/{agent}/answer",
+    tag = "runs",
+    summary = "Answers a waiting `input` agent.",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+        ("agent" = String, Path, description = "The waiting `input` agent."),
+        ("wait" = Option<bool>, Query, description = "Answer with the run's report when it ends (or waits), instead of 202 at once."),
+        ("force" = Option<bool>, Query, description = "Continue although the pipeline changed since the run started, or the run is recorded as running elsewhere."),
+    ),
+    request_body = crate::routes::openapi::AnswerBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "With `?wait=true`: the run's report when it ended or waits for an answer.", body = crate::routes::openapi::RunReport),
+        (status = 202, description = "The answer was taken.", body = crate::routes::openapi::Answered),
+        (status = 400, description = "The body or query string is malformed.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than the server takes (--max-body-bytes).", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+        (status = 404, description = "No such run or agent.", body = crate::routes::openapi::ErrorBody),
+        (status = 409, description = "The agent is not an `input` agent, or it is not waiting (answered already).", body = crate::routes::openapi::ErrorBody),
+        (status = 422, description = "The answer does not fit the agent's schema.", body = crate::routes::openapi::ErrorBody),
+        (status = 429, description = "As many runs are in flight as the server takes (--max-runs); try again later.", body = crate::routes::openapi::ErrorBody),
+        (status = 503, description = "The server is shutting down.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn answer(
     State(state): State<AppState>,
     Path((id, agent)): Path<(String, String)>,
@@ -162,6 +190,33 @@ async fn answered(live: &Arc<LiveRun>, agent: &str, wait: bool) -> Result<Respon
 }
 
 /// `POST /v1/runs/{id}/fork`.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/fork",
+    tag = "runs",
+    summary = "Starts a new run that keeps an earlier run's results for what does not depend on `from` or the fields set.",
+    params(
+        ("id" = String, Path, description = "The run's id."),
+        ("wait" = Option<bool>, Query, description = "Answer with the run's report when it ends (or waits), instead of 202 at once."),
+        ("force" = Option<bool>, Query, description = "Continue although the pipeline changed since the run started, or the run is recorded as running elsewhere."),
+    ),
+    request_body = crate::routes::openapi::ForkBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "With `?wait=true`: the run's report when it ended or waits for an answer.", body = crate::routes::openapi::RunReport),
+        (status = 202, description = "The fork started.", body = crate::routes::openapi::Forked),
+        (status = 400, description = "The body or query string is malformed.", body = crate::routes::openapi::ErrorBody),
+        (status = 415, description = "Not sent as application/json or application/yaml.", body = crate::routes::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than the server takes (--max-body-bytes).", body = crate::routes::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token.", body = crate::routes::openapi::ErrorBody),
+        (status = 403, description = "The request's Origin (or, without a token, its Host) is not allowed.", body = crate::routes::openapi::ErrorBody),
+        (status = 404, description = "No such run, agent or pipeline.", body = crate::routes::openapi::ErrorBody),
+        (status = 409, description = "The run cannot be forked (no store, still running, or its pipeline changed).", body = crate::routes::openapi::ErrorBody),
+        (status = 422, description = "`from`, `set` or `events` is not valid.", body = crate::routes::openapi::ErrorBody),
+        (status = 429, description = "As many runs are in flight as the server takes (--max-runs); try again later.", body = crate::routes::openapi::ErrorBody),
+        (status = 503, description = "The server is shutting down.", body = crate::routes::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn fork(
     State(state): State<AppState>,
     Path(id): Path<String>,
