@@ -417,6 +417,48 @@ impl StoredRun {
     pub fn run_status(&self) -> Option<RunStatus> {
         self.summary.status.parse().ok()
     }
+
+    /// Its state as recorded: the input plus each completed agent's writes,
+    /// a later record's value winning. Exact only without merge fields or
+    /// several writers of a field; with the unchanged pipeline at hand,
+    /// [`braid_core::Pipeline::replay`] is (merge rules, topological order).
+    pub fn recorded_state(&self) -> IndexMap<String, Arc<Value>> {
+        let mut state: IndexMap<String, Arc<Value>> = self
+            .input
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+            .collect();
+        for agent in &self.agents {
+            for (field, value) in &agent.writes {
+                state.insert(field.to_string(), value.clone());
+            }
+        }
+        state
+    }
+}
+
+/// A run's status and its agents' kept log lines: [`Store::run_logs`].
+#[derive(Debug, Clone)]
+pub struct RunLogs {
+    /// The run's status (`running` while it runs).
+    pub status: String,
+    /// Each agent's record (status, attempts, `logs`, `logs_dropped`,
+    /// `failures`; no timings), in the order the agents started.
+    pub agents: Vec<(String, AgentReport)>,
+}
+
+impl RunSummary {
+    /// How long ago the run was created (zero if its time is ahead of
+    /// this machine's clock): a continued run's clock starts that long
+    /// ago (see [`braid_core::RunOptions::resumed_after`]).
+    pub fn age(&self) -> Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.saturating_sub(Duration::from_millis(
+            u64::try_from(self.created_at_ms).unwrap_or(0),
+        ))
+    }
 }
 
 /// Filters for [`Store::list_runs`].
@@ -1028,6 +1070,43 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(summary).collect()
+    }
+
+    /// A run's status and each agent's kept log lines, in the order the
+    /// agents started (what `braid runs logs` reads, and reads again while
+    /// it follows a run): no writes are loaded. `None` if there is no
+    /// such run.
+    pub async fn run_logs(&self, run_id: &str) -> Result<Option<RunLogs>, StoreError> {
+        let Some(status) =
+            sqlx::query_scalar::<_, String>("SELECT status FROM braid_runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let mut agents = Vec::new();
+        for a in sqlx::query(
+            "SELECT agent, status, attempts, details FROM braid_agent_runs WHERE run_id = $1
+             ORDER BY COALESCE(start_ms, 1e18), agent",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let status: String = a.try_get("status")?;
+            let status: AgentStatus = status
+                .parse()
+                .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+            let attempts: i64 = a.try_get("attempts")?;
+            let mut report = AgentReport {
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                ..AgentReport::new(status)
+            };
+            details::from_column(a.try_get("details")?, &mut report);
+            agents.push((a.try_get("agent")?, report));
+        }
+        Ok(Some(RunLogs { status, agents }))
     }
 
     /// One run with its agents' records and writes, or `None`.

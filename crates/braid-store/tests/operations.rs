@@ -7,32 +7,7 @@ use braid_store::{Store, StoreError};
 use serde_json::json;
 
 mod common;
-use common::{postgres_db, sqlite_db};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::sqlite_db();
-                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
-                    super::$name(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = super::postgres_db().await else { return };
-                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
-                    super::$name(store).await;
-                }
-            )*
-        }
-    };
-}
+use common::on_both_backends;
 
 on_both_backends!(
     logs_failed_attempts_and_who_started_a_run_are_kept,
@@ -94,7 +69,17 @@ agents:
             "{:?}",
             flaky.failures
         );
+
+        // What `braid runs logs` reads: the lines, without the writes.
+        let logs = store.run_logs(&report.run_id).await.unwrap().unwrap();
+        assert_eq!(logs.status, "completed");
+        let talk = logs.agents.iter().find(|(a, _)| a == "talk").unwrap();
+        assert_eq!(talk.1.logs, ["über ünïcode", "second"]);
+        let flaky = logs.agents.iter().find(|(a, _)| a == "flaky").unwrap();
+        assert_eq!(flaky.1.attempts, 2);
+        assert_eq!(flaky.1.logs, ["not yet"]);
     }
+    assert!(store.run_logs("no-such-run").await.unwrap().is_none());
     let listed = store.list_runs(&Default::default()).await.unwrap();
     assert!(
         listed

@@ -9,33 +9,7 @@ use std::time::Duration;
 use braid_store::{PruneFilter, PruneReport, RunFilter, Store, StoreError, SyntheticRuns};
 
 mod common;
-use common::{postgres_db, sqlite_db};
-
-/// Declares `NAME` as a test on both backends, calling `NAME(Store)`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::sqlite_db();
-                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
-                    super::$name(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = super::postgres_db().await else { return };
-                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
-                    super::$name(store).await;
-                }
-            )*
-        }
-    };
-}
+use common::{on_both_backends, sqlite_db};
 
 on_both_backends!(
     old_runs_go_by_age_status_and_pipeline_with_everything_stored_about_them,

@@ -7,32 +7,7 @@ use braid_store::{AnswerRefused, ForkRecord, Store};
 use serde_json::json;
 
 mod common;
-use common::{SMALL, postgres_db, run, sqlite_db};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::sqlite_db();
-                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
-                    super::$name(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = super::postgres_db().await else { return };
-                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
-                    super::$name(store).await;
-                }
-            )*
-        }
-    };
-}
+use common::{SMALL, on_both_backends, run};
 
 on_both_backends!(
     of_two_answers_exactly_one_wins,

@@ -376,18 +376,17 @@ async fn logs(
     let mut printed: std::collections::HashMap<String, (u32, usize)> = Default::default();
     let mut known_agent = agent.is_none();
     loop {
-        let Some(run) = store.get_run(id).await? else {
+        let Some(run) = store.run_logs(id).await? else {
             eprintln!("error: no run {id} in {}", store.url());
             return Ok(ExitCode::from(exit::INVALID));
         };
         write_out(|out| {
-            for record in &run.agents {
-                let name = &*record.agent;
+            for (name, report) in &run.agents {
+                let name = name.as_str();
                 if agent.is_some_and(|a| a != name) {
                     continue;
                 }
                 known_agent = true;
-                let report = &record.report;
                 // A record seen before prints only what it has gained
                 // (a retried or resumed agent's record replaces its
                 // earlier one).
@@ -411,12 +410,12 @@ async fn logs(
             }
             out.flush()
         })?;
-        let running = run.summary.status == braid_core::report::RUNNING;
+        let running = run.status == braid_core::report::RUNNING;
         if !known_agent
             && (!follow || !running)
             && let Some(agent) = agent
         {
-            let names: Vec<&str> = run.agents.iter().map(|a| &*a.agent).collect();
+            let names: Vec<&str> = run.agents.iter().map(|(a, _)| a.as_str()).collect();
             eprintln!(
                 "error: run {id} has no record of agent `{agent}` (it has: {})",
                 names.join(", ")
@@ -509,29 +508,15 @@ fn state_of(run: &StoredRun) -> (IndexMap<String, Arc<Value>>, Option<String>) {
     match same_pipeline(run) {
         Ok(pipeline) => match pipeline.check_input(&Value::Object(run.input.clone())) {
             Ok(input) => (pipeline.replay(input, &run.agents), None),
-            Err(e) => (naive_state(run), Some(e.to_string())),
+            Err(e) => (run.recorded_state(), Some(e.to_string())),
         },
         Err(why) => (
-            naive_state(run),
+            run.recorded_state(),
             Some(format!(
                 "{why}; fields written by several agents show the last writer's value"
             )),
         ),
     }
-}
-
-fn naive_state(run: &StoredRun) -> IndexMap<String, Arc<Value>> {
-    let mut state: IndexMap<String, Arc<Value>> = run
-        .input
-        .iter()
-        .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
-        .collect();
-    for agent in &run.agents {
-        for (field, value) in &agent.writes {
-            state.insert(field.to_string(), value.clone());
-        }
-    }
-    state
 }
 
 async fn show(
@@ -782,21 +767,11 @@ async fn continue_run(
         run_id: Some(run.summary.run_id.clone()),
         checkpoint: Some(policy),
         resume: Some(ResumePoint { agents: run.agents }),
-        resumed_after: Some(since(run.summary.created_at_ms)),
+        resumed_after: Some(run.summary.age()),
         cache: cache.of(pipeline, Some(store)),
         ..RunOptions::default()
     };
     execute(pipeline, input, options, display, Some(store)).await
-}
-
-/// How long ago `created_at_ms` (ms since the Unix epoch) was.
-fn since(created_at_ms: i64) -> std::time::Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    now.saturating_sub(std::time::Duration::from_millis(
-        u64::try_from(created_at_ms).unwrap_or(0),
-    ))
 }
 
 /// Reads `--value`: JSON, or @FILE.

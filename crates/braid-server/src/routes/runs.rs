@@ -241,60 +241,26 @@ fn run_critical_path(
     pipeline: &str,
     agents: &indexmap::IndexMap<String, braid_core::AgentReport>,
 ) -> Option<Vec<String>> {
-    let registered = state
-        .inner
-        .pipelines
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(pipeline)
-        .cloned()?;
+    let registered = registered(state, pipeline).ok()?;
     Some(registered.pipeline.run_critical_path(agents))
 }
 
-/// A stored run's state: its input plus its completed agents' writes,
-/// replayed with the pipeline's merge rules when the server holds the same
-/// pipeline (same content hash), else each field's last-recorded value.
+/// A stored run's state: replayed with the pipeline's merge rules when the
+/// server holds the same pipeline (same content hash), else as recorded
+/// ([`braid_store::StoredRun::recorded_state`]).
 fn stored_state(
     state: &AppState,
     stored: &braid_store::StoredRun,
-) -> serde_json::Map<String, Value> {
-    let registered = state
-        .inner
-        .pipelines
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&stored.summary.pipeline)
-        .cloned();
-    if let Some(registered) = registered
+) -> indexmap::IndexMap<String, Arc<Value>> {
+    if let Ok(registered) = registered(state, &stored.summary.pipeline)
         && registered.pipeline.content_hash() == stored.pipeline_hash
         && let Ok(input) = registered
             .pipeline
             .check_input(&Value::Object(stored.input.clone()))
     {
-        return registered
-            .pipeline
-            .replay(input, &stored.agents)
-            .into_iter()
-            .map(|(k, v)| (k, (*v).clone()))
-            .collect();
+        return registered.pipeline.replay(input, &stored.agents);
     }
-    let mut fields = stored.input.clone();
-    for agent in &stored.agents {
-        for (field, value) in &agent.writes {
-            fields.insert(field.to_string(), (**value).clone());
-        }
-    }
-    fields
-}
-
-/// How long ago `created_at_ms` (ms since the Unix epoch) was.
-fn since(created_at_ms: i64) -> std::time::Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    now.saturating_sub(std::time::Duration::from_millis(
-        u64::try_from(created_at_ms).unwrap_or(0),
-    ))
+    stored.recorded_state()
 }
 
 /// How long `GET /v1/runs/{id}` waits for a running run's snapshot.
@@ -810,7 +776,7 @@ pub(crate) async fn continue_claimed(
         parent_id: None,
         no_cache: false,
         started_by: None,
-        resumed_after: Some(since(stored.summary.created_at_ms)),
+        resumed_after: Some(stored.summary.age()),
     };
     Ok(state.inner.runs.launch(how, slot)?)
 }

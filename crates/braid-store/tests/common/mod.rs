@@ -80,3 +80,32 @@ pub(crate) async fn run(
         )
         .await
 }
+
+/// Declares `NAME` as a test on both backends, calling `NAME(Store)`.
+#[allow(unused_macros)] // each test binary uses its own part
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::common::sqlite_db();
+                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = crate::common::postgres_db().await else { return };
+                    let store = braid_store::Store::connect(&db.url, &Default::default()).await.unwrap();
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_backends;
