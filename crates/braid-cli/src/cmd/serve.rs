@@ -266,7 +266,8 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(exit::INVALID));
     }
-    // Many runs and connections at once: the multi-threaded runtime.
+    // Connections, the store's writer and background jobs: the multi-threaded
+    // runtime; runs go to the per-core run threads (`--run-threads`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

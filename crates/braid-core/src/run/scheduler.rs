@@ -892,6 +892,10 @@ impl<'p> Scheduler<'p> {
         if self.checkpoint.is_none() || self.policy() == CheckpointPolicy::None {
             return None;
         }
+        // A fan-out's instances share their agent's (named once).
+        if let Some(kept) = &self.progress[agent].logs {
+            return Some(kept.clone());
+        }
         let owner = self.name_of(agent);
         Some(
             self.progress[agent]
