@@ -560,3 +560,49 @@ agents:
         );
     }
 }
+
+#[test]
+fn runs_logs_follow_prints_lines_as_agents_end_until_the_run_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("slow.yaml");
+    std::fs::write(
+        &file,
+        r#"pipeline: slow-talker
+agents:
+  first: { kind: command, run: [sh, -c, 'echo "first line" >&2; echo "{\"a\": 1}"'], writes: [a] }
+  wait:  { kind: sleep, ms: 1500, reads: [a], writes: [b] }
+  last:  { kind: command, run: [sh, -c, 'echo "last line" >&2; echo "{\"c\": 1}"'], reads: [b], writes: [c] }
+"#,
+    )
+    .unwrap();
+    let mut run = braid(dir.path())
+        .arg("run")
+        .arg(&file)
+        .args(["--checkpoint", "agent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Follow it from another process once its record exists.
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids = run_ids(dir.path());
+        if !ids.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(ids.len(), 1, "the run is on record while it runs");
+    let output = braid(dir.path())
+        .args(["runs", "logs", &ids[0], "--follow"])
+        .output()
+        .unwrap();
+    assert_eq!(run.wait().unwrap().code(), Some(0));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    // Each line once, in the order the agents ran, the last one included:
+    // --follow ended only when the run did.
+    assert_eq!(
+        text(&output.stdout),
+        "first | first line\nlast | last line\n"
+    );
+}
