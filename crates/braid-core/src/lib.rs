@@ -421,7 +421,7 @@ pub use input::{InputError, ValidInput};
 pub use kinds::{AgentConfig, AgentKind, AgentKinds};
 pub use limits::LoadLimits;
 pub use pipeline::{
-    AgentDef, AnswerError, FailurePolicy, InputSpec, ItemFailure, Pipeline, RetryPolicy,
+    AgentDef, AnswerError, CodeAgent, FailurePolicy, InputSpec, ItemFailure, Pipeline, RetryPolicy,
 };
 pub use report::{AgentReport, AgentStatus, ItemCounts, RunReport, RunStatus, TokenUsage};
 pub use run::RunOptions;

@@ -187,6 +187,8 @@ pub struct AgentDef {
     pub(crate) input: Option<Arc<InputSpec>>,
     /// Set for a cached agent (`cache:`, or `defaults.cache`).
     pub(crate) cache: Option<crate::cache::CachePolicy>,
+    /// `queue:`, the worker queue it is dispatched to (see [`AgentDef::queue`]).
+    pub(crate) queue: Option<Arc<str>>,
 }
 
 /// Why an answer to an `input` agent was refused.
@@ -339,6 +341,25 @@ impl AgentDef {
         self.cache
     }
 
+    /// `queue:`: the worker queue this agent is dispatched to when its
+    /// run sends agents to workers (`braid serve --nats`), as written on
+    /// the agent (see [`Pipeline::code_agents`] for the one it inherits
+    /// from its group).
+    pub fn queue(&self) -> Option<&str> {
+        self.queue.as_deref()
+    }
+
+    /// What runs for this agent: the runner its kind built (for a group or
+    /// an `input` agent, a placeholder that is never called).
+    pub fn runner(&self) -> &Arc<dyn Agent> {
+        &self.runner
+    }
+
+    /// How long one attempt may take, if the agent has a `timeout`.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.policy.timeout
+    }
+
     /// For a group (`kind: pipeline`): its agents, as a pipeline.
     pub fn group_pipeline(&self) -> Option<&Pipeline> {
         self.group.as_ref().map(|g| &*g.pipeline)
@@ -431,6 +452,19 @@ pub struct Pipeline {
     pub(crate) has_groups: bool,
     /// Whether any agent is an `input` agent (its runs may wait).
     pub(crate) waits_for_input: bool,
+}
+
+/// An agent that runs code, where it is in its pipeline: see
+/// [`Pipeline::code_agents`].
+#[derive(Debug)]
+pub struct CodeAgent<'a> {
+    /// Its path: its name, or `group.name` for a group's agent (without
+    /// the `[i]` of `foreach` instances).
+    pub path: String,
+    /// Its definition: runner, definition hash, timeout.
+    pub def: &'a AgentDef,
+    /// Its worker queue: its own `queue:`, else its group's.
+    pub queue: Option<&'a str>,
 }
 
 static PIPELINE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -534,6 +568,98 @@ impl Pipeline {
     /// Every agent, in declaration order (indexable by [`AgentId`]).
     pub fn agents(&self) -> &[AgentDef] {
         &self.agents
+    }
+
+    /// Every agent that runs code (not a group, not an `input` agent), a
+    /// group's own too, in declaration order: what a worker can run for a
+    /// run elsewhere (see [`Pipeline::wrap_code_agents`]).
+    ///
+    /// ```
+    /// let pipeline = braid_core::Pipeline::from_yaml_str(r#"
+    /// pipeline: p
+    /// agents:
+    ///   a: { kind: sleep, ms: 1, writes: [x] }
+    ///   g:
+    ///     kind: pipeline
+    ///     queue: gpu
+    ///     reads: [x]
+    ///     agents:
+    ///       inner: { kind: sleep, ms: 1, reads: [x], writes: [z] }
+    ///     outputs: { y: z }
+    /// "#)
+    /// .unwrap();
+    /// let sites: Vec<(String, Option<&str>)> = pipeline
+    ///     .code_agents()
+    ///     .iter()
+    ///     .map(|a| (a.path.clone(), a.queue))
+    ///     .collect();
+    /// assert_eq!(sites, [("a".to_owned(), None), ("g.inner".to_owned(), Some("gpu"))]);
+    /// ```
+    pub fn code_agents(&self) -> Vec<CodeAgent<'_>> {
+        let mut found = Vec::new();
+        self.collect_code_agents("", None, &mut found);
+        found
+    }
+
+    fn collect_code_agents<'p>(
+        &'p self,
+        prefix: &str,
+        inherited: Option<&'p str>,
+        found: &mut Vec<CodeAgent<'p>>,
+    ) {
+        for def in &self.agents {
+            let path = format!("{prefix}{}", def.name);
+            let queue = def.queue.as_deref().or(inherited);
+            if let Some(group) = &def.group {
+                group
+                    .pipeline
+                    .collect_code_agents(&format!("{path}."), queue, found);
+            } else if def.input.is_none() {
+                found.push(CodeAgent { path, def, queue });
+            }
+        }
+    }
+
+    /// Replaces the runner of every agent [`Pipeline::code_agents`] lists
+    /// with what `wrap` makes of it: how a coordinator sends its agents to
+    /// workers while its scheduler, retries, timeouts and cache stay here.
+    ///
+    /// # Errors
+    /// When a group's pipeline is shared with another pipeline value (it
+    /// never is for one loaded from YAML), it cannot be changed: the
+    /// group's path is returned.
+    pub fn wrap_code_agents(
+        &mut self,
+        wrap: &mut dyn FnMut(&CodeAgent<'_>) -> Arc<dyn Agent>,
+    ) -> Result<(), String> {
+        self.wrap_code_agents_under("", None, wrap)
+    }
+
+    fn wrap_code_agents_under(
+        &mut self,
+        prefix: &str,
+        inherited: Option<&str>,
+        wrap: &mut dyn FnMut(&CodeAgent<'_>) -> Arc<dyn Agent>,
+    ) -> Result<(), String> {
+        for def in &mut self.agents {
+            let path = format!("{prefix}{}", def.name);
+            let queue = def.queue.clone().or_else(|| inherited.map(Arc::from));
+            if let Some(group) = &mut def.group {
+                let inner = Arc::get_mut(group)
+                    .and_then(|g| Arc::get_mut(&mut g.pipeline))
+                    .ok_or_else(|| path.clone())?;
+                inner.wrap_code_agents_under(&format!("{path}."), queue.as_deref(), wrap)?;
+            } else if def.input.is_none() {
+                let site = CodeAgent {
+                    path,
+                    def,
+                    queue: queue.as_deref(),
+                };
+                let runner = wrap(&site);
+                def.runner = runner;
+            }
+        }
+        Ok(())
     }
 
     /// Whether any agent, in a group too, is cached (`cache:` or

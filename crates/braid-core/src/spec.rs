@@ -253,6 +253,12 @@ pub(crate) struct AgentSpec {
     /// estimate of the critical path uses it.
     #[schemars(with = "Option<String>")]
     pub(crate) expected: Option<marked_yaml::Spanned<String>>,
+    /// Where the agent runs when its run dispatches agents to workers
+    /// (`braid serve --nats`): the worker queue, like `gpu` or `eu`
+    /// (default `default`). On a group, the queue of its agents that name
+    /// none. Ignored when agents run in-process.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub(crate) queue: Option<marked_yaml::Spanned<String>>,
     /// `cache:`, read by hand ([`parse_cache`]).
     #[serde(skip)]
     pub(crate) cache: Option<Located<CacheSpec>>,
@@ -359,6 +365,7 @@ pub(crate) const COMMON_AGENT_KEYS: &[&str] = &[
     "backoff",
     "expected",
     "cache",
+    "queue",
     "foreach",
     "as",
     "concurrency",

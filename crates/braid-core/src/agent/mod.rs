@@ -95,6 +95,55 @@ impl TokenCounter {
 }
 
 impl AgentInput {
+    /// An input for one call made outside a run: a worker running an agent
+    /// for a run whose scheduler is elsewhere (`braid worker`). Its log
+    /// lines are kept as a checkpointed run keeps them (bounded by
+    /// [`KEPT_LOG_LINES`] and [`KEPT_LOG_BYTES`]) and its tokens counted:
+    /// read them with [`AgentInput::kept_logs`] and
+    /// [`AgentInput::tokens`] after the call, to send back with its writes.
+    ///
+    /// ```
+    /// use braid_core::agent::AgentInput;
+    /// let input = AgentInput::standalone("run-1".into(), "summarise".into(), 1, [("text".to_owned(), "hi".into())]);
+    /// input.log("thinking");
+    /// input.record_tokens(3, 4);
+    /// assert_eq!(input.kept_logs(), (vec!["thinking".to_owned()], 0));
+    /// assert_eq!(input.tokens().map(|t| t.prompt + t.completion), Some(7));
+    /// ```
+    pub fn standalone(
+        run_id: Arc<str>,
+        agent: Arc<str>,
+        attempt: u32,
+        reads: impl IntoIterator<Item = (String, Value)>,
+    ) -> Self {
+        let reads = reads
+            .into_iter()
+            .map(|(name, value)| (Arc::from(name), Arc::new(value)))
+            .collect();
+        Self {
+            logs: Some(Arc::new(logs::KeptLogs::new(agent.clone()))),
+            run_id,
+            agent,
+            attempt,
+            reads: Reads(reads),
+            events: None,
+            usage: Arc::default(),
+            processes: None,
+        }
+    }
+
+    /// The log lines kept so far (oldest first) and how many older ones
+    /// were dropped; none unless the run keeps logs (or the input is
+    /// [`standalone`](AgentInput::standalone)).
+    pub fn kept_logs(&self) -> (Vec<String>, u64) {
+        self.logs.as_ref().map(|l| l.lines()).unwrap_or_default()
+    }
+
+    /// The tokens recorded with [`AgentInput::record_tokens`] so far.
+    pub fn tokens(&self) -> Option<TokenUsage> {
+        self.usage.usage()
+    }
+
     /// Records tokens a model call used; they appear in the agent's report
     /// and the run's total.
     pub fn record_tokens(&self, prompt: u64, completion: u64) {
@@ -227,12 +276,21 @@ pub enum AgentError {
     /// Any other failure, as the agent describes it.
     #[error("{0}")]
     Other(String),
+    /// The agent could not be run where it was sent: a worker does not
+    /// hold its pipeline or holds another definition of it, or its task
+    /// was dead-lettered after too many deliveries. Not retried: sending
+    /// it again would meet the same refusal.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl AgentError {
     /// Whether another attempt could succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, AgentError::Output(_) | AgentError::Spawn { .. })
+        !matches!(
+            self,
+            AgentError::Output(_) | AgentError::Spawn { .. } | AgentError::Refused(_)
+        )
     }
 }
 

@@ -145,6 +145,7 @@ impl Compiler<'_> {
         let (policy, expected) = self.policy(agent, &who, defaults);
         let writes = self.resolved_writes(agent);
         let input = self.input(id, &who);
+        let queue = self.queue(agent, &who);
         let mut built = if agent.group.is_some() {
             Some(super::group::group_kind())
         } else if agent.kind.as_str() == "input" {
@@ -188,9 +189,42 @@ impl Compiler<'_> {
                 group,
                 input,
                 cache,
+                queue,
             });
         }
         Ok(())
+    }
+
+    /// `queue:`: a worker queue's name, one NATS subject token (letters,
+    /// digits, `_` and `-`, at most 64). An `input` agent waits where its
+    /// run is, so it takes none.
+    fn queue(&mut self, agent: &AgentSpec, who: &str) -> Option<Arc<str>> {
+        let queue = agent.queue.as_ref()?;
+        let at = self.source.at(queue.span());
+        if agent.kind.as_str() == "input" {
+            self.error(
+                at,
+                format!(
+                    "{who}: `queue` does not apply to an `input` agent: it waits where its run is"
+                ),
+            );
+            return None;
+        }
+        let name = queue.as_str();
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            self.error(
+                at,
+                format!(
+                    "{who}: `queue: {name}` is not a queue name; expected 1 to 64 letters, digits,                      `_` or `-` (like `gpu` or `eu-west`)"
+                ),
+            );
+            return None;
+        }
+        Some(Arc::from(name))
     }
 
     /// An agent's timeout and retry policy (over `defaults`), and its
