@@ -93,6 +93,9 @@ enum Command {
     },
     /// Serve the HTTP API, live event streams and the web view.
     Serve(cmd::serve::ServeArgs),
+    /// Run agents for coordinators elsewhere (`braid serve --nats`,
+    /// `braid run --nats`): pull their tasks from NATS JetStream.
+    Worker(cmd::worker::WorkerArgs),
     /// The run history: list, show and resume stored runs.
     Runs(cmd::runs::RunsArgs),
     /// Cached agents' results in the store: clear them.
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
         Command::Runs(args) => cmd::runs::runs(args),
         Command::Cache(args) => cmd::cache::cache(args),
         Command::Serve(args) => cmd::serve::serve(args),
+        Command::Worker(args) => cmd::worker::worker(args),
         Command::Explain { file, format } => cmd::explain(&file, format),
         Command::Validate { files } => cmd::validate(&files),
         Command::Completions { shell } => {

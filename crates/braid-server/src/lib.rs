@@ -41,7 +41,7 @@
 //! let config = ServerConfig { token: Some("s3cret".into()), ..ServerConfig::default() };
 //! let state = AppState::new(config, None); // no store: runs live in memory
 //! let yaml = "pipeline: hello\nagents:\n  a: { kind: sleep, ms: 1, writes: [x] }\n";
-//! state.preload(Pipeline::from_yaml_str(yaml)?, yaml.to_owned());
+//! state.preload(Pipeline::from_yaml_str(yaml)?, yaml.to_owned())?;
 //!
 //! let request = Request::post("/v1/runs?wait=true")
 //!     .header("authorization", "Bearer s3cret")
@@ -170,6 +170,21 @@ pub struct ServerConfig {
     /// Where runs execute: one current-thread runtime per core (see
     /// [`cores`]); `None` runs them on the runtime that serves the request.
     pub cores: Option<Arc<cores::Cores>>,
+    /// Applied to every pipeline the server registers, the operator's and
+    /// clients': e.g. `braid serve --nats` sends their agents to workers
+    /// (`braid_nats::Dispatcher::remote`). An error refuses the pipeline.
+    pub prepare: Option<PreparePipeline>,
+}
+
+/// A change made to every pipeline a server registers (see
+/// [`ServerConfig::prepare`]).
+#[derive(Clone)]
+pub struct PreparePipeline(pub Arc<dyn Fn(&mut Pipeline) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for PreparePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparePipeline")
+    }
 }
 
 impl Default for ServerConfig {
@@ -194,6 +209,7 @@ impl Default for ServerConfig {
             http: HttpConfig::default(),
             retention: None,
             cores: None,
+            prepare: None,
         }
     }
 }
@@ -297,7 +313,13 @@ impl AppState {
     /// it may contain `command` agents whatever `allow_command_agents` says,
     /// and clients cannot replace or delete it. It replaces a pipeline of
     /// the same name that a client registered.
-    pub fn preload(&self, pipeline: Pipeline, source: String) {
+    ///
+    /// # Errors
+    /// When [`ServerConfig::prepare`] refuses it.
+    pub fn preload(&self, mut pipeline: Pipeline, source: String) -> Result<(), String> {
+        if let Some(prepare) = &self.inner.config.prepare {
+            (prepare.0)(&mut pipeline)?;
+        }
         let name = pipeline.name().to_owned();
         self.inner
             .pipelines
@@ -307,6 +329,7 @@ impl AppState {
                 name,
                 Arc::new(Registered::new(pipeline, source, Origin::Operator)),
             );
+        Ok(())
     }
 
     /// Starts the server's background work on the current runtime: the

@@ -551,10 +551,13 @@ async fn the_token_guards_every_v1_route_and_stream() {
     .await;
     let (status, _) = register(&server.state, SEED).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "in process too");
-    server.state.preload(
-        braid_core::Pipeline::from_yaml_str(SEED).unwrap(),
-        SEED.to_owned(),
-    );
+    server
+        .state
+        .preload(
+            braid_core::Pipeline::from_yaml_str(SEED).unwrap(),
+            SEED.to_owned(),
+        )
+        .unwrap();
     let get = |path: &str, token: Option<&str>| {
         let mut request = client().get(format!("{}{path}", server.base));
         if let Some(token) = token {
@@ -1035,10 +1038,13 @@ async fn tokens_with_url_special_characters_work_in_the_query() {
         None,
     )
     .await;
-    server.state.preload(
-        braid_core::Pipeline::from_yaml_str(SEED).unwrap(),
-        SEED.to_owned(),
-    );
+    server
+        .state
+        .preload(
+            braid_core::Pipeline::from_yaml_str(SEED).unwrap(),
+            SEED.to_owned(),
+        )
+        .unwrap();
     let encoded: String = url_encode(token);
     // `?token=` is taken only by the event streams; a run that does not
     // exist answers 404 once the token has been accepted.

@@ -38,10 +38,12 @@ const PATIENCE: Duration = Duration::from_secs(15);
 fn with_pipelines(config: ServerConfig) -> AppState {
     let state = AppState::new(config, None);
     for yaml in [SEED, SLOW] {
-        state.preload(
-            braid_core::Pipeline::from_yaml_str(yaml).unwrap(),
-            yaml.to_owned(),
-        );
+        state
+            .preload(
+                braid_core::Pipeline::from_yaml_str(yaml).unwrap(),
+                yaml.to_owned(),
+            )
+            .unwrap();
     }
     state
 }
@@ -460,10 +462,12 @@ async fn metrics_need_the_token_unless_public() {
 /// A server on `store` with the SLOW pipeline loaded.
 fn slow_server(store: &Arc<braid_server::memory::MemoryStore>) -> AppState {
     let state = AppState::new(ServerConfig::default(), Some(store.clone()));
-    state.preload(
-        braid_core::Pipeline::from_yaml_str(SLOW).unwrap(),
-        SLOW.to_owned(),
-    );
+    state
+        .preload(
+            braid_core::Pipeline::from_yaml_str(SLOW).unwrap(),
+            SLOW.to_owned(),
+        )
+        .unwrap();
     state
 }
 
@@ -834,10 +838,13 @@ async fn a_client_that_stops_reading_is_cut_off() {
         "pipeline: big\n# {}\nagents:\n  a: {{ kind: sleep }}\n",
         "x".repeat(512 * 1024)
     );
-    server.state.preload(
-        braid_core::Pipeline::from_yaml_str(&source).unwrap(),
-        source.clone(),
-    );
+    server
+        .state
+        .preload(
+            braid_core::Pipeline::from_yaml_str(&source).unwrap(),
+            source.clone(),
+        )
+        .unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let mut stuck = socket.connect(server.addr).await.unwrap();

@@ -22,10 +22,12 @@ const LIFECYCLE_EVENTS: usize = 14;
 
 async fn server() -> (String, tokio::sync::oneshot::Sender<()>) {
     let state = AppState::new(ServerConfig::default(), None);
-    state.preload(
-        braid_core::Pipeline::from_yaml_str(SEED).unwrap(),
-        SEED.to_owned(),
-    );
+    state
+        .preload(
+            braid_core::Pipeline::from_yaml_str(SEED).unwrap(),
+            SEED.to_owned(),
+        )
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

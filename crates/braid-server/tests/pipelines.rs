@@ -476,10 +476,12 @@ async fn deep_nesting_and_huge_conditions_are_refused_and_the_server_lives_on() 
 async fn operator_pipelines_cannot_be_replaced_or_deleted_over_http() {
     let state = AppState::new(ServerConfig::default(), None);
     let operator = "pipeline: seed\nagents:\n  a: { kind: sleep, ms: 1, writes: [x] }\n";
-    state.preload(
-        Pipeline::from_yaml_str(operator).unwrap(),
-        operator.to_owned(),
-    );
+    state
+        .preload(
+            Pipeline::from_yaml_str(operator).unwrap(),
+            operator.to_owned(),
+        )
+        .unwrap();
     let impostor = "pipeline: seed\nagents:\n  evil: { kind: sleep, ms: 1, writes: [x] }\n";
     let (status, body) = register(&state, impostor).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -554,7 +556,9 @@ async fn names_and_the_number_of_pipelines_are_bounded() {
 
     // Operator pipelines do not count against the limit.
     let operator = named("ops");
-    state.preload(Pipeline::from_yaml_str(&operator).unwrap(), operator);
+    state
+        .preload(Pipeline::from_yaml_str(&operator).unwrap(), operator)
+        .unwrap();
     let longest = "n".repeat(128);
     let (status, body) = register(&state, &named(&longest)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");

@@ -7,6 +7,7 @@ pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod serve;
 pub(crate) mod timeline;
+pub(crate) mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

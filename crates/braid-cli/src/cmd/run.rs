@@ -35,6 +35,11 @@ pub(crate) struct RunArgs {
     /// unless the pipeline sets `checkpoint:`) or `agent` (resumable).
     #[arg(long, value_parser = ["none", "end", "agent"])]
     checkpoint: Option<String>,
+    /// Send agents to `braid worker`s through this NATS server (with
+    /// JetStream) instead of running them in this process; the run and its
+    /// scheduling stay here.
+    #[arg(long, env = "BRAID_NATS", value_name = "URL")]
+    pub(crate) nats: Option<String>,
     /// Write the run's metrics (Prometheus text format) to this file: for
     /// batch jobs, which have no /metrics to scrape.
     #[arg(long)]
@@ -248,6 +253,15 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// What sends a pipeline's agents to workers through the NATS server at
+/// `url` (`--nats`).
+pub(crate) async fn dispatch_to(url: &str) -> anyhow::Result<braid_server::PreparePipeline> {
+    let dispatcher = braid_nats::Dispatcher::connect(url).await?;
+    Ok(braid_server::PreparePipeline(std::sync::Arc::new(
+        move |pipeline: &mut Pipeline| dispatcher.remote(pipeline),
+    )))
+}
+
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pipeline = match super::load(&args.file) {
         Ok(p) => p,
@@ -289,6 +303,11 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let runtime = runtime()?;
     let code = runtime.block_on(async {
+        let mut pipeline = pipeline;
+        if let Some(url) = &args.nats {
+            let prepare = dispatch_to(url).await?;
+            (prepare.0)(&mut pipeline).map_err(anyhow::Error::msg)?;
+        }
         // The store keeps runs (unless `none`) and cached agents' results.
         let store = match policy {
             CheckpointPolicy::None if !args.cache.wanted(&pipeline) => None,

@@ -125,6 +125,11 @@ pub(crate) struct ServeArgs {
     /// --retention if that is shorter, at least 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_interval, requires = "retention")]
     retention_interval: Option<Duration>,
+    /// Send agents to `braid worker`s through this NATS server (with
+    /// JetStream) instead of running them here; runs, their scheduling,
+    /// retries, timeouts and checkpoints stay here.
+    #[arg(long, env = "BRAID_NATS", value_name = "URL")]
+    nats: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -157,7 +162,7 @@ const MAX_PIPELINE_FILES: usize = 1000;
 /// Every `*.yaml`, `*.yml` and `*.json` file under `dir`, its subfolders
 /// included (hidden ones, `node_modules` and `target` left out), sorted;
 /// bounded in depth and count.
-fn pipeline_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn pipeline_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut folders = vec![(dir.to_path_buf(), 0)];
     while let Some((folder, depth)) = folders.pop() {
@@ -217,7 +222,10 @@ fn load_dir(dir: &Path, state: &AppState, strict: bool) -> anyhow::Result<Result
                     return Ok(Err(ExitCode::from(exit::INVALID)));
                 }
                 loaded.push((pipeline.name().to_owned(), path.clone()));
-                state.preload(pipeline, source);
+                if let Err(why) = state.preload(pipeline, source) {
+                    eprintln!("error: {}: {why}", path.display());
+                    return Ok(Err(ExitCode::from(exit::INVALID)));
+                }
             }
             Err(err) => {
                 for d in err.diagnostics() {
@@ -313,6 +321,10 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     braid_server::cores::Cores::new(n).context("cannot start the run threads")?,
                 )),
             },
+            prepare: match &args.nats {
+                Some(url) => Some(super::run::dispatch_to(url).await?),
+                None => None,
+            },
             ..ServerConfig::default()
         };
         let config_retention = config.retention.clone();
@@ -372,7 +384,7 @@ fn console_url(addr: std::net::SocketAddr, has_token: bool) -> String {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).ok();
     tokio::select! {

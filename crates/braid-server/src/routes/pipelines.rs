@@ -186,8 +186,17 @@ async fn compile(state: &AppState, text: String) -> Result<Registered, ApiError>
         // client stopped waiting for it.
         let _slot = slot;
         let config = &shared.inner.config;
-        Pipeline::from_yaml_str_limited(&text, &config.kinds, &config.load_limits())
-            .map(|pipeline| Registered::new(pipeline, text, Origin::Api))
+        let mut pipeline =
+            Pipeline::from_yaml_str_limited(&text, &config.kinds, &config.load_limits())?;
+        if let Some(prepare) = &config.prepare {
+            (prepare.0)(&mut pipeline).map_err(|message| braid_core::LoadError::Invalid {
+                diagnostics: vec![braid_core::Diagnostic {
+                    location: None,
+                    message,
+                }],
+            })?;
+        }
+        Ok(Registered::new(pipeline, text, Origin::Api))
     });
     match tokio::time::timeout(budget, compiling).await {
         Err(_) => Err(ApiError::invalid(
