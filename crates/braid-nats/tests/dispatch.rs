@@ -278,3 +278,42 @@ async fn a_run_completes_across_a_nats_restart() {
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
     assert_eq!(report.state["report"], Arc::new(json!("SLOW: 2")));
 }
+
+/// The machine's own server (`BRAID_TEST_NATS_URL`, which CI sets), on a
+/// queue of this test's own, so other users of the server are not met.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_through_the_machine_s_nats_server() {
+    let Ok(url) = std::env::var("BRAID_TEST_NATS_URL") else {
+        eprintln!("skipped: BRAID_TEST_NATS_URL is not set");
+        return;
+    };
+    let queue = format!("test-{}", std::process::id());
+    let yaml = format!(
+        "pipeline: machine\ninputs:\n  text: {{ type: string }}\nagents:\n  shout: {{ kind: builtin, function: shout, queue: {queue}, reads: [text], writes: [loud] }}\n"
+    );
+    let kinds = kinds();
+    let (_stop, _worker) = start_worker(
+        &url,
+        &[load(&yaml, &kinds)],
+        WorkerSettings {
+            queues: vec![queue],
+            ..settings()
+        },
+    );
+    let dispatcher = Dispatcher::connect(&url).await.unwrap();
+    let mut remote = load(&yaml, &kinds);
+    dispatcher.remote(&mut remote).unwrap();
+    let report = run(&remote, json!({"text": "machine"})).await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(report.state["loud"], Arc::new(json!("MACHINE")));
+    // Leave the shared server as it was: this test's queue had its own consumer.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let tasks = js.get_stream("BRAID_TASKS").await.unwrap();
+    tasks
+        .delete_consumer(&braid_nats::worker_consumer(&format!(
+            "test-{}",
+            std::process::id()
+        )))
+        .await
+        .unwrap();
+}
