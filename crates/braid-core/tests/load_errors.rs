@@ -822,3 +822,21 @@ agents:
         "{diagnostics:#?}"
     );
 }
+
+#[test]
+fn a_queue_must_be_one_subject_token_and_not_on_an_input_agent() {
+    let d = errors(
+        "pipeline: q
+agents:
+  a: { kind: sleep, ms: 1, writes: [x], queue: eu.west }
+  ask:
+    kind: input
+    prompt: ok?
+    queue: gpu
+    reads: [x]
+    writes: [y]
+",
+    );
+    assert_eq!(find(&d, &["agent `a`", "`queue: eu.west` is not a queue name"]), (3, 48));
+    assert_eq!(find(&d, &["agent `ask`", "`queue` does not apply to an `input` agent"]), (7, 12));
+}
