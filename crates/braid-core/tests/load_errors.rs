@@ -837,6 +837,15 @@ agents:
     writes: [y]
 ",
     );
-    assert_eq!(find(&d, &["agent `a`", "`queue: eu.west` is not a queue name"]), (3, 48));
-    assert_eq!(find(&d, &["agent `ask`", "`queue` does not apply to an `input` agent"]), (7, 12));
+    assert_eq!(
+        find(&d, &["agent `a`", "`queue: eu.west` is not a queue name"]),
+        (3, 48)
+    );
+    assert_eq!(
+        find(
+            &d,
+            &["agent `ask`", "`queue` does not apply to an `input` agent"]
+        ),
+        (7, 12)
+    );
 }

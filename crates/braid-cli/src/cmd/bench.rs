@@ -29,6 +29,14 @@
 //!   `--postgres`): uncached, cold (an empty cache: every agent misses,
 //!   runs and is stored) and warm (every agent hits); the cost per hit.
 //!   Like `fanout-large`, not part of `all`: run it by name.
+//! - `dispatch`: a chain of 200 no-op agents run in-process and through
+//!   NATS JetStream to a worker (in this process, on a thread of its own;
+//!   the server is `--nats URL`, or a `nats-server -js` the bench starts):
+//!   what dispatch adds per agent, p50 and p99. Not part of `all`.
+//! - `workers`: C concurrent seed runs with L-ms agents whose agents run
+//!   on `braid worker`s started elsewhere (`--nats URL` required; see
+//!   `scripts/bench-workers.sh`, which starts 1, 2 and 4 workers and
+//!   writes their pipeline with `--emit-pipeline`). Not part of `all`.
 //!
 //! Times are medians of `--repeat` measurements (after one warm-up); `min_ms`
 //! is the fastest, which is what the peer script reports.
@@ -48,7 +56,7 @@ pub(crate) struct BenchArgs {
     /// Which scenario to run.
     #[arg(long, default_value = "all", value_parser = [
         "all", "seed", "sequential", "skewed", "overhead", "wide", "deep", "many", "persist",
-        "fanout", "fanout-large", "mapchain", "loop", "cache",
+        "fanout", "fanout-large", "mapchain", "loop", "cache", "dispatch", "workers",
     ])]
     scenario: String,
     /// L: how long each agent's simulated I/O takes, in ms.
@@ -74,6 +82,13 @@ pub(crate) struct BenchArgs {
     /// PostgreSQL for `persist` and `cache` (its tables are created if missing).
     #[arg(long, env = "BRAID_BENCH_POSTGRES_URL")]
     postgres: Option<String>,
+    /// NATS (with JetStream) for `dispatch` and `workers`.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// Print the scenario's pipeline (YAML) instead of running it: what
+    /// `braid worker --pipelines` needs for `workers`.
+    #[arg(long)]
+    emit_pipeline: bool,
 }
 
 const SCENARIOS: &[&str] = &[
@@ -387,8 +402,113 @@ async fn cache(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     Ok(lines)
 }
 
+/// The `dispatch` scenario: per-agent cost of sending agents to a worker.
+async fn dispatch(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
+    const AGENTS: usize = 200;
+    let (_local, url) = match &a.nats {
+        Some(url) => (None, url.clone()),
+        None => {
+            let nats = braid_nats::local::LocalNats::start()
+                .context("cannot start nats-server for the benchmark (or pass --nats URL)")?;
+            let url = nats.url();
+            (Some(nats), url)
+        }
+    };
+    let yaml = deep_yaml(AGENTS);
+    let local = load(&yaml)?;
+    // The worker: its own thread and runtime, as a separate process would be.
+    let worker_pipeline = Pipeline::from_yaml_str(&yaml).context("the benchmark pipeline")?;
+    let worker = braid_nats::Worker::new(std::slice::from_ref(&worker_pipeline));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker_url = url.clone();
+    let worker_thread = std::thread::spawn(move || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let settings = braid_nats::WorkerSettings {
+            slots: 64,
+            ..Default::default()
+        };
+        runtime.block_on(worker.run(&worker_url, settings, async {
+            let _ = stopped.await;
+        }))?;
+        Ok(())
+    });
+    let dispatcher = braid_nats::Dispatcher::connect(&url).await?;
+    let mut remote = Pipeline::from_yaml_str(&yaml).context("the benchmark pipeline")?;
+    dispatcher.remote(&mut remote).map_err(anyhow::Error::msg)?;
+    let remote = Arc::new(remote);
+    let Measured {
+        median: local_ms, ..
+    } = measure(a.repeat, || makespan(&local, false)).await?;
+    // Per-agent durations as the run measured them (dispatch, worker, result).
+    let per_agent = std::sync::Mutex::new(Vec::<f64>::new());
+    let Measured {
+        median: remote_ms, ..
+    } = measure(a.repeat, || {
+        let remote = remote.clone();
+        let per_agent = &per_agent;
+        async move {
+            let input = remote.check_input(&Value::Null)?;
+            let report = remote.run(input, RunOptions::default()).await;
+            anyhow::ensure!(
+                report.status == RunStatus::Completed,
+                "a dispatched run failed: {:?}",
+                report.error
+            );
+            per_agent
+                .lock()
+                .expect("not poisoned")
+                .extend(report.agents.values().filter_map(|r| r.duration_ms));
+            Ok(report.makespan_ms)
+        }
+    })
+    .await?;
+    drop(stop);
+    let _ = worker_thread.join();
+    let mut per_agent = per_agent.into_inner().expect("not poisoned");
+    per_agent.sort_by(f64::total_cmp);
+    let at = |q: f64| per_agent[((per_agent.len() as f64 - 1.0) * q).round() as usize];
+    let local_per_agent = local_ms / AGENTS as f64;
+    Ok(vec![json!({
+        "scenario": "dispatch", "agents": AGENTS, "nats": url,
+        "in_process_per_agent_ms": local_per_agent,
+        "dispatched_per_agent_ms": remote_ms / AGENTS as f64,
+        "added_p50_ms": at(0.5) - local_per_agent, "added_p99_ms": at(0.99) - local_per_agent,
+        "stats": dispatcher.stats(),
+    })])
+}
+
+/// The `workers` scenario: C concurrent seed runs whose agents run on
+/// workers elsewhere; throughput.
+async fn workers(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
+    let url = a.nats.clone().context(
+        "`workers` needs --nats URL and `braid worker`s on it (scripts/bench-workers.sh)",
+    )?;
+    let l = a.latency_ms;
+    let mut pipeline = Pipeline::from_yaml_str(&seed_yaml(l)).context("the seed pipeline")?;
+    let dispatcher = braid_nats::Dispatcher::connect(&url).await?;
+    dispatcher
+        .remote(&mut pipeline)
+        .map_err(anyhow::Error::msg)?;
+    let pipeline = Arc::new(pipeline);
+    let c = a.concurrent.max(1);
+    let Measured { median: ms, .. } = measure(a.repeat, || many_once(&pipeline, c, None)).await?;
+    Ok(vec![json!({
+        "scenario": "workers", "concurrent": c, "latency_ms": l, "makespan_ms": ms,
+        "runs_per_s": c as f64 / ms * 1e3, "agents_per_s": 6.0 * c as f64 / ms * 1e3,
+        "stats": dispatcher.stats(),
+    })])
+}
+
 async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     let l = a.latency_ms;
+    if name == "dispatch" {
+        return dispatch(a).await;
+    }
+    if name == "workers" {
+        return workers(a).await;
+    }
     if name == "persist" {
         return persist(a).await;
     }
@@ -502,6 +622,14 @@ async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
 }
 
 pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.emit_pipeline {
+        anyhow::ensure!(
+            args.scenario == "workers",
+            "--emit-pipeline prints the pipeline of `workers` (the one its workers hold)"
+        );
+        print!("{}", seed_yaml(args.latency_ms));
+        return Ok(ExitCode::SUCCESS);
+    }
     let names: Vec<&str> = if args.scenario == "all" {
         SCENARIOS.to_vec()
     } else {
