@@ -30,6 +30,7 @@ const FORBIDDEN_DEPENDENCIES: &[&str] = &[
     "clap",
     "tower",
     "tower-http",
+    "async-nats",
 ];
 
 fn src() -> PathBuf {
