@@ -61,6 +61,8 @@ struct Inner {
     /// This coordinator's result subject.
     reply: String,
     pending: Mutex<HashMap<String, oneshot::Sender<Delivery>>>,
+    /// Queues already checked for a worker consumer.
+    queues_seen: Mutex<std::collections::HashSet<Arc<str>>>,
     epochs: Mutex<Option<EpochSource>>,
     max_payload: usize,
     dispatched: AtomicU64,
@@ -95,15 +97,16 @@ impl Dispatcher {
             .get_stream(RESULTS_STREAM)
             .await
             .map_err(|e| js_error("stream BRAID_RESULTS", &e))?;
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(format!("braid-coordinator-{token}")),
+            filter_subject: reply.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            // Removed by the server an hour after this process is gone.
+            inactive_threshold: Duration::from_secs(3600),
+            ..Default::default()
+        };
         let consumer = results
-            .create_consumer(jetstream::consumer::pull::Config {
-                durable_name: Some(format!("braid-coordinator-{token}")),
-                filter_subject: reply.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                // Removed by the server an hour after this process is gone.
-                inactive_threshold: Duration::from_secs(3600),
-                ..Default::default()
-            })
+            .create_consumer(config.clone())
             .await
             .map_err(|e| js_error("result consumer", &e))?;
         let advisories = client
@@ -117,6 +120,7 @@ impl Dispatcher {
             js,
             reply,
             pending: Mutex::new(HashMap::new()),
+            queues_seen: Mutex::new(std::collections::HashSet::new()),
             epochs: Mutex::new(None),
             max_payload,
             dispatched: AtomicU64::new(0),
@@ -126,7 +130,7 @@ impl Dispatcher {
             tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
-        let receive = tokio::spawn(receive_results(weak.clone(), consumer));
+        let receive = tokio::spawn(receive_results(weak.clone(), results, config, consumer));
         let dead = tokio::spawn(dead_letters(weak, advisories));
         *inner.tasks.lock().expect("not poisoned") = vec![AbortOnDrop(receive), AbortOnDrop(dead)];
         tracing::info!(url, reply = %inner.reply, "dispatching agents to workers over NATS");
@@ -157,6 +161,7 @@ impl Dispatcher {
             .wrap_code_agents(&mut |site| {
                 let queue = site.queue.unwrap_or(DEFAULT_QUEUE);
                 Arc::new(RemoteAgent {
+                    queue: Arc::from(queue),
                     inner: self.inner.clone(),
                     pipeline: name.clone(),
                     path: Arc::from(site.path.as_str()),
@@ -200,6 +205,7 @@ impl std::fmt::Debug for Dispatcher {
 
 /// An agent whose attempts run on a worker.
 struct RemoteAgent {
+    queue: Arc<str>,
     inner: Arc<Inner>,
     pipeline: Arc<str>,
     path: Arc<str>,
@@ -222,6 +228,39 @@ impl Drop for Waiting<'_> {
             .lock()
             .expect("not poisoned")
             .remove(&self.id);
+    }
+}
+
+impl RemoteAgent {
+    /// The first time a queue is used, warns (in the background) when no
+    /// worker ever served it: its agents wait until one does.
+    fn check_queue_once(&self) {
+        if !self
+            .inner
+            .queues_seen
+            .lock()
+            .expect("not poisoned")
+            .insert(self.queue.clone())
+        {
+            return;
+        }
+        let (js, queue) = (self.inner.js.clone(), self.queue.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = js.get_stream(TASKS_STREAM).await else {
+                return;
+            };
+            if stream
+                .consumer_info(crate::worker_consumer(&queue))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    %queue,
+                    "no worker has served queue `{queue}` yet: its agents wait until one does \
+                     (braid worker --queue {queue})"
+                );
+            }
+        });
     }
 }
 
@@ -275,6 +314,7 @@ impl Agent for RemoteAgent {
             inner,
             id: id.clone(),
         };
+        self.check_queue_once();
         publish_task(inner, &self.subject, &id, payload.into()).await?;
         inner.dispatched.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("braid_remote_tasks_total").increment(1);
@@ -330,7 +370,9 @@ async fn publish_task(
 /// the rest.
 async fn receive_results(
     inner: std::sync::Weak<Inner>,
-    consumer: jetstream::consumer::PullConsumer,
+    results: jetstream::stream::Stream,
+    config: jetstream::consumer::pull::Config,
+    mut consumer: jetstream::consumer::PullConsumer,
 ) {
     loop {
         let mut messages = match consumer
@@ -343,17 +385,36 @@ async fn receive_results(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read results yet; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                // The server may have removed the consumer (after a long
+                // absence): make it again, under the same name.
+                if let Ok(again) = results
+                    .get_or_create_consumer(
+                        config.durable_name.as_deref().unwrap_or_default(),
+                        config.clone(),
+                    )
+                    .await
+                {
+                    consumer = again;
+                }
                 continue;
             }
         };
+        let mut errors = 0;
         while let Some(message) = messages.next().await {
             let Some(inner) = inner.upgrade() else {
                 return;
             };
             let message = match message {
-                Ok(message) => message,
+                Ok(message) => {
+                    errors = 0;
+                    message
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "result stream interrupted");
+                    errors += 1;
+                    if errors >= 5 {
+                        break;
+                    }
                     continue;
                 }
             };

@@ -149,7 +149,7 @@ impl Worker {
         let mut pullers = Vec::new();
         for queue in &settings.queues {
             let name = crate::worker_consumer(queue);
-            let consumer: jetstream::consumer::PullConsumer = stream
+            let mut consumer: jetstream::consumer::PullConsumer = stream
                 .get_or_create_consumer(
                     &name,
                     jetstream::consumer::pull::Config {
@@ -167,8 +167,24 @@ impl Worker {
                     what: format!("consumer {name}"),
                     message: e.to_string(),
                 })?;
+            // The queue's consumer may have been made by a worker started
+            // with other values: its own are the ones JetStream applies.
+            let config = match consumer.info().await {
+                Ok(info) => info.config.clone(),
+                Err(_) => consumer.cached_info().config.clone(),
+            };
+            if config.ack_wait != settings.ack_wait || config.max_deliver != settings.max_deliver {
+                tracing::warn!(
+                    consumer = %name,
+                    ack_wait = ?config.ack_wait,
+                    max_deliver = config.max_deliver,
+                    "the queue's consumer keeps the values it was made with, not this worker's \
+                     --ack-wait/--max-deliver (edit or delete the consumer to change them)"
+                );
+            }
             pullers.push(AbortOnDrop(tokio::spawn(pull(
                 consumer,
+                config.ack_wait,
                 slots.clone(),
                 tx.clone(),
             ))));
@@ -182,10 +198,9 @@ impl Worker {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                Some((message, permit)) = delivered.recv() => {
+                Some((message, ack_wait, permit)) = delivered.recv() => {
                     let worker = worker.clone();
                     let js = js.clone();
-                    let ack_wait = settings.ack_wait;
                     running.spawn(async move {
                         worker.handle(&js, message, ack_wait, max_payload).await;
                         drop(permit);
@@ -391,12 +406,21 @@ fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 
+/// A task as delivered: the message, its queue's `ack_wait`, and the slot
+/// it runs in.
+type Delivered = (
+    jetstream::Message,
+    Duration,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
 /// Pulls tasks of one queue, never more than there are free slots: each
 /// message goes out with the slot it will run in.
 async fn pull(
     consumer: jetstream::consumer::PullConsumer,
+    ack_wait: Duration,
     slots: Arc<Semaphore>,
-    out: tokio::sync::mpsc::Sender<(jetstream::Message, tokio::sync::OwnedSemaphorePermit)>,
+    out: tokio::sync::mpsc::Sender<Delivered>,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
@@ -441,7 +465,7 @@ async fn pull(
                     Err(_) => return,
                 },
             };
-            if out.send((message, permit)).await.is_err() {
+            if out.send((message, ack_wait, permit)).await.is_err() {
                 return;
             }
         }
