@@ -97,6 +97,38 @@ pub(crate) fn chain(own: &[Value], graph: &DependencyGraph) -> Vec<Arc<str>> {
         .collect()
 }
 
+/// Each agent's definition hash as [`chain`] makes it, but without the
+/// pipeline file's folder (and with a group's agents' portable hashes):
+/// the same for copies of one pipeline in different places, as a
+/// coordinator's and its workers' are. `agents` are in the order of `own`,
+/// their groups compiled.
+pub(crate) fn portable(
+    own: &[Value],
+    agents: &[crate::pipeline::AgentDef],
+    graph: &DependencyGraph,
+) -> Vec<Arc<str>> {
+    let own: Vec<Value> = own
+        .iter()
+        .zip(agents)
+        .map(|(own, agent)| {
+            let mut own = own.clone();
+            if let Some(map) = own.as_object_mut() {
+                map.remove("dir");
+            }
+            if let (Some(group), Some(inner)) = (own.get_mut("group"), &agent.group) {
+                group["agents"] = inner
+                    .pipeline
+                    .agents
+                    .iter()
+                    .map(|a| Value::from(a.portable_hash()))
+                    .collect();
+            }
+            own
+        })
+        .collect();
+    chain(&own, graph)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

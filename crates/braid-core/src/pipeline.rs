@@ -179,6 +179,8 @@ pub struct AgentDef {
     pub(crate) location: Option<Location>,
     /// See [`AgentDef::definition_hash`].
     pub(crate) definition: Arc<str>,
+    /// See [`AgentDef::portable_hash`].
+    pub(crate) portable: Arc<str>,
     /// Set for a `foreach` agent.
     pub(crate) foreach: Option<Box<Foreach>>,
     /// Set for a group (`kind: pipeline`): what runs instead of `runner`.
@@ -328,6 +330,14 @@ impl AgentDef {
     /// agent's hash is still the same; see the `definition` module's docs.
     pub fn definition_hash(&self) -> &str {
         &self.definition
+    }
+
+    /// The definition hash without the pipeline file's folder: equal for
+    /// copies of one pipeline file wherever they are (a coordinator's and
+    /// its workers', `braid worker`), different when the agent or anything
+    /// it depends on is defined otherwise.
+    pub fn portable_hash(&self) -> &str {
+        &self.portable
     }
 
     /// For an `input` agent: its question, schema and default.

@@ -22,8 +22,9 @@ pub struct Task {
     /// The agent's path in the pipeline (`per_doc.inner`): what the worker
     /// looks up.
     pub path: String,
-    /// The agent's definition hash: a worker holding another definition
-    /// refuses the task.
+    /// The agent's portable definition hash (`AgentDef::portable_hash`:
+    /// its settings and its dependencies', not where the file is): a
+    /// worker holding another definition refuses the task.
     pub definition: String,
     /// 1 for the first try.
     pub attempt: u32,

@@ -317,3 +317,37 @@ async fn a_run_through_the_machine_s_nats_server() {
         .await
         .unwrap();
 }
+
+/// A worker's copy of the pipeline in another folder than the
+/// coordinator's (as on another machine) holds the same definitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_pipeline_in_different_folders_are_the_same_definitions() {
+    let nats = LocalNats::start().unwrap();
+    let kinds = kinds();
+    let (a, b) = (tempfile_dir("coordinator"), tempfile_dir("worker"));
+    for dir in [&a, &b] {
+        std::fs::write(dir.join("remote.yaml"), PIPELINE).unwrap();
+    }
+    let on_worker = Pipeline::from_file_with(b.join("remote.yaml"), &kinds).unwrap();
+    let mut here = Pipeline::from_file_with(a.join("remote.yaml"), &kinds).unwrap();
+    // Their resume hashes differ (relative paths resolve against the folder) …
+    assert_ne!(
+        here.agents()[0].definition_hash(),
+        on_worker.agents()[0].definition_hash()
+    );
+    let (_stop, _worker) = start_worker(&nats.url(), &[on_worker], settings());
+    let dispatcher = Dispatcher::connect(&nats.url()).await.unwrap();
+    dispatcher.remote(&mut here).unwrap();
+    // … but the worker runs the coordinator's tasks.
+    let report = run(&here, json!({"text": "x", "docs": ["abc"]})).await;
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    for dir in [a, b] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("braid-nats-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -185,6 +185,7 @@ impl Compiler<'_> {
                 expected,
                 location: at,
                 definition: Arc::from(""),
+                portable: Arc::from(""),
                 foreach,
                 group,
                 input,

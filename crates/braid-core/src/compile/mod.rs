@@ -234,10 +234,12 @@ impl<'a> Compiler<'a> {
         self.stop_if_failed()?;
         let hashes = crate::definition::chain(&self.own_definitions, &graph);
         let mut agents = std::mem::take(&mut self.agents);
+        let portable = crate::definition::portable(&self.own_definitions, &agents, &graph);
         let has_groups = agents.iter().any(|a| a.group.is_some());
         let waits = agents.iter().any(|a| a.input.is_some());
-        for (agent, hash) in agents.iter_mut().zip(hashes) {
+        for ((agent, hash), portable) in agents.iter_mut().zip(hashes).zip(portable) {
             agent.definition = hash;
+            agent.portable = portable;
         }
         let spec = self.spec;
         Ok(Pipeline {
