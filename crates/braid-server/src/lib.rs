@@ -94,6 +94,7 @@ pub mod retention;
 mod routes;
 mod runs;
 pub mod store;
+mod takeover;
 mod waiter;
 
 use std::sync::{Arc, OnceLock, RwLock};
@@ -170,6 +171,11 @@ pub struct ServerConfig {
     /// Where runs execute: one current-thread runtime per core (see
     /// [`cores`]); `None` runs them on the runtime that serves the request.
     pub cores: Option<Arc<cores::Cores>>,
+    /// With a store: how often (a third of this) the server looks for runs
+    /// whose lease expired, to take them over. Give the store the same
+    /// lease ([`braid_store::StoreSettings::lease`]), which sets how long
+    /// claims last and how often they are renewed. 15 s by default.
+    pub lease: Duration,
 }
 
 impl Default for ServerConfig {
@@ -194,6 +200,7 @@ impl Default for ServerConfig {
             http: HttpConfig::default(),
             retention: None,
             cores: None,
+            lease: Duration::from_secs(15),
         }
     }
 }
@@ -311,10 +318,13 @@ impl AppState {
 
     /// Starts the server's background work on the current runtime: the
     /// task that applies waiting runs' timeouts on time (see
-    /// `waiter.rs`). [`serve`] calls it; it ends with shutdown.
+    /// `waiter.rs`), and the one that takes over runs whose lease expired
+    /// and stops runs taken over elsewhere (`takeover.rs`). [`serve`] calls
+    /// it; it ends with shutdown.
     pub fn start_background(&self) {
         if self.inner.store.is_some() {
             tokio::spawn(waiter::apply_timeouts(self.clone()));
+            tokio::spawn(takeover::run(self.clone()));
         }
     }
 

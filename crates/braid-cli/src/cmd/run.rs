@@ -130,6 +130,27 @@ pub(crate) struct StoreArgs {
     /// data directory's `braid` folder for PostgreSQL].
     #[arg(global = true, long, env = "BRAID_SPILL_DIR")]
     spill_dir: Option<PathBuf>,
+    /// How long this process's claim on a run it runs lasts unless renewed
+    /// (renewed every third of it). Once a run's lease has expired it shows
+    /// as `abandoned`, and a `braid serve` on the same store takes it over
+    /// (runs checkpointed per agent): keep it well above the longest pause
+    /// this process or its database may take.
+    #[arg(global = true, long, env = "BRAID_LEASE", default_value = "15s",
+          value_parser = parse_lease)]
+    pub(crate) lease: Duration,
+}
+
+/// `--lease`: a duration of at least 300 ms.
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(lease) if lease >= Duration::from_millis(300) => Ok(lease),
+        Ok(_) => Err(format!(
+            "expected a lease of at least 300ms (15s is the default), found `{text}`"
+        )),
+        Err(e) => Err(format!(
+            "expected a duration such as 15s or 1m, found `{text}` ({e})"
+        )),
+    }
 }
 
 impl StoreArgs {
@@ -144,6 +165,7 @@ impl StoreArgs {
             write_retries: self.db_write_retries,
             write_timeout: self.db_write_timeout,
             spill_dir: self.spill_dir.clone(),
+            lease: self.lease,
             ..StoreSettings::default()
         };
         let store = Store::connect(&url, &settings).await?;
@@ -330,13 +352,32 @@ pub(crate) async fn execute(
 ) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     let signals = listen_for_signals();
+    // The one run of this process: any run deposed is this one.
+    let mut deposed = store.map(Store::deposed);
     let canceller = tokio::spawn({
         let cancel = cancel.clone();
         let mut signals = signals.clone();
         async move {
-            if signals.wait_for(|n| *n >= 1).await.is_ok() {
-                eprintln!("braid: cancelling the run…");
-                cancel.cancel();
+            let lost = async {
+                match deposed.as_mut() {
+                    Some(rx) => rx.recv().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                signalled = signals.wait_for(|n| *n >= 1) => {
+                    if signalled.is_ok() {
+                        eprintln!("braid: cancelling the run…");
+                        cancel.cancel();
+                    }
+                }
+                true = lost => {
+                    eprintln!(
+                        "braid: another process took this run over (its lease expired); \
+                         stopping it here, nothing more of it is saved by this process"
+                    );
+                    cancel.cancel();
+                }
             }
         }
     });

@@ -168,9 +168,11 @@ enum RunsCommand {
     },
 }
 
-/// Every status a stored run can have.
-const RUN_STATUSES: [&str; 6] = [
+/// Every status a stored run can have (`abandoned`: `running` past its
+/// lease, with nobody renewing it).
+const RUN_STATUSES: [&str; 7] = [
     "running",
+    "abandoned",
     "waiting",
     "completed",
     "failed",
