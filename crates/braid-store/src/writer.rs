@@ -629,7 +629,24 @@ impl Loop {
         let timeout = self.settings.acquire_timeout;
         let url = self.target.url.clone();
         let backend = self.target.backend;
-        async move { connect(timeout, &url, backend).await }
+        let lease = self.settings.lease;
+        async move {
+            let mut conn = connect(timeout, &url, backend).await?;
+            if backend == Backend::Postgres {
+                // A batch locks its runs' rows: if this process freezes
+                // inside one, PostgreSQL ends the transaction after a
+                // lease, so the runs can be taken over (claims skip locked
+                // rows).
+                let ms = lease.as_millis().max(1000);
+                let set = format!("SET idle_in_transaction_session_timeout = {ms}");
+                sqlx::query(AssertSqlSafe(set))
+                    .persistent(false)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(Failure::Db)?;
+            }
+            Ok(conn)
+        }
     }
 }
 
