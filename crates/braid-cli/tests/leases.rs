@@ -395,3 +395,92 @@ fn a_cli_run_nobody_renews_is_listed_abandoned_and_resumes_at_the_next_epoch() {
     assert_whole(&shown);
     assert_eq!(shown["epoch"], 1, "{shown}");
 }
+
+/// The failover benchmark (BENCHMARKS.md, "Failover"): the time from a
+/// coordinator's SIGKILL to its run continuing on the other `braid serve`
+/// (the agent that was in flight starting again there), for each lease in
+/// `BRAID_FAILOVER_LEASES` (default `2s,5s,15s`), `BRAID_FAILOVER_ROUNDS`
+/// rounds each (default 3). Prints one JSON line per lease. Run:
+/// `BRAID_TEST_POSTGRES_URL=… cargo test --release -p braid-cli --test
+/// leases -- --ignored --nocapture failover`.
+#[test]
+#[ignore = "a measurement: run by hand (see the doc comment)"]
+fn failover_time() {
+    let Some(s) = setup() else { return };
+    let pipelines = s.dir.path().join("pipelines");
+    // Long agents: the run is in flight whatever the lease.
+    std::fs::write(pipelines.join("chain.yaml"), chain(&s.ran, "30")).unwrap();
+    let leases = std::env::var("BRAID_FAILOVER_LEASES").unwrap_or_else(|_| "2s,5s,15s".into());
+    let rounds: usize = std::env::var("BRAID_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    for lease in leases.split(',') {
+        let start = |store: &str| {
+            let child = Command::new(env!("CARGO_BIN_EXE_braid"))
+                .args(["serve", "--bind", "127.0.0.1:0", "--lease", lease, "--store", store])
+                .arg("--pipelines")
+                .arg(&pipelines)
+                .env_remove("BRAID_TOKEN")
+                .env("BRAID_SPILL_DIR", pipelines.join("spill"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut child = child;
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            let addr = loop {
+                let line = lines.next().unwrap().unwrap();
+                if let Some((_, rest)) = line.split_once("serving on http://") {
+                    break rest.split_whitespace().next().unwrap().to_owned();
+                }
+            };
+            std::thread::spawn(move || for _ in lines {});
+            Serve {
+                child,
+                addr,
+                log: Arc::default(),
+            }
+        };
+        let b = start(&s.store);
+        let mut took = Vec::new();
+        for _ in 0..rounds {
+            let mut a = start(&s.store);
+            let _ = std::fs::remove_file(&s.ran);
+            let id = a.start_run();
+            wait_until(20, "agent a started", || count(&s.ran, "a") == 1);
+            // Anywhere in the renewal cycle.
+            std::thread::sleep(Duration::from_millis(fastrand_ms()));
+            a.child.kill().unwrap();
+            let killed = Instant::now();
+            a.child.wait().unwrap();
+            wait_until(120, "the run continues on B", || count(&s.ran, "a") == 2);
+            took.push(killed.elapsed().as_secs_f64());
+            let _ = b.call("POST", &format!("/v1/runs/{id}/cancel"), "");
+        }
+        took.sort_by(f64::total_cmp);
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "failover",
+                "lease": lease,
+                "rounds": rounds,
+                "min_s": took[0],
+                "median_s": took[took.len() / 2],
+                "max_s": took[took.len() - 1],
+            })
+        );
+    }
+}
+
+/// A pause of 0 to 999 ms, from the clock (no random crate for one number).
+fn fastrand_ms() -> u64 {
+    u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            % 1000,
+    )
+}
