@@ -85,7 +85,15 @@ struct Serve {
 impl Serve {
     fn start(store: &str, pipelines: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--lease", "2s", "--store", store])
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--lease",
+                "2s",
+                "--store",
+                store,
+            ])
             .arg("--pipelines")
             .arg(pipelines)
             .env_remove("BRAID_TOKEN")
@@ -314,7 +322,10 @@ fn a_deposed_servers_late_writes_are_refused_by_epoch() {
     );
     assert_eq!(after["owner"], by_b["owner"], "still B's: {after}");
     assert_eq!(after["epoch"], 1);
-    assert_eq!(after["agents"], by_b["agents"], "A overwrote no agent record");
+    assert_eq!(
+        after["agents"], by_b["agents"],
+        "A overwrote no agent record"
+    );
     assert_eq!(after["state"], by_b["state"], "A overwrote no write");
     // The run finished once, by B: A shows the store's record.
     let (_, on_a) = a.call("GET", &format!("/v1/runs/{id}"), "");
@@ -406,22 +417,33 @@ fn a_cli_run_nobody_renews_is_listed_abandoned_and_resumes_at_the_next_epoch() {
 #[test]
 #[ignore = "a measurement: run by hand (see the doc comment)"]
 fn failover_time() {
-    let Some(s) = setup() else { return };
-    let pipelines = s.dir.path().join("pipelines");
-    // Long agents: the run is in flight whatever the lease.
-    std::fs::write(pipelines.join("chain.yaml"), chain(&s.ran, "30")).unwrap();
     let leases = std::env::var("BRAID_FAILOVER_LEASES").unwrap_or_else(|_| "2s,5s,15s".into());
     let rounds: usize = std::env::var("BRAID_FAILOVER_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
     for lease in leases.split(',') {
+        // A store of its own per lease: no run of another lease's servers.
+        let Some(s) = setup() else { return };
+        let pipelines = s.dir.path().join("pipelines");
+        // Long agents: the run is in flight whatever the lease.
+        std::fs::write(pipelines.join("chain.yaml"), chain(&s.ran, "30")).unwrap();
+        let lease_ms = humantime_ms(lease);
         let start = |store: &str| {
             let child = Command::new(env!("CARGO_BIN_EXE_braid"))
-                .args(["serve", "--bind", "127.0.0.1:0", "--lease", lease, "--store", store])
+                .args([
+                    "serve",
+                    "--bind",
+                    "127.0.0.1:0",
+                    "--lease",
+                    lease,
+                    "--store",
+                    store,
+                ])
                 .arg("--pipelines")
                 .arg(&pipelines)
                 .env_remove("BRAID_TOKEN")
+                .env("RUST_LOG", "info")
                 .env("BRAID_SPILL_DIR", pipelines.join("spill"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -436,41 +458,78 @@ fn failover_time() {
                     break rest.split_whitespace().next().unwrap().to_owned();
                 }
             };
-            std::thread::spawn(move || for _ in lines {});
-            Serve {
-                child,
-                addr,
-                log: Arc::default(),
-            }
+            let log: Arc<Mutex<Vec<String>>> = Arc::default();
+            let kept = log.clone();
+            let zero = Instant::now();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    if line.contains("took over") {
+                        // When it was seen, in ms since the server started.
+                        let at = zero.elapsed().as_millis();
+                        kept.lock().unwrap().push(format!("{at} {line}"));
+                    }
+                }
+            });
+            (Serve { child, addr, log }, zero)
         };
-        let b = start(&s.store);
+        let (b, b_zero) = start(&s.store);
         let mut took = Vec::new();
+        let mut claimed = Vec::new();
         for _ in 0..rounds {
-            let mut a = start(&s.store);
+            let (mut a, _) = start(&s.store);
             let _ = std::fs::remove_file(&s.ran);
             let id = a.start_run();
             wait_until(20, "agent a started", || count(&s.ran, "a") == 1);
-            // Anywhere in the renewal cycle.
-            std::thread::sleep(Duration::from_millis(fastrand_ms()));
+            // Anywhere in the first third of a lease into the run.
+            std::thread::sleep(Duration::from_millis(fastrand_ms() * lease_ms / 3000));
             a.child.kill().unwrap();
             let killed = Instant::now();
             a.child.wait().unwrap();
             wait_until(120, "the run continues on B", || count(&s.ran, "a") == 2);
             took.push(killed.elapsed().as_secs_f64());
-            let _ = b.call("POST", &format!("/v1/runs/{id}/cancel"), "");
+            let seen = b
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(&id))
+                .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .expect("B logged the takeover");
+            let killed_at = killed.duration_since(b_zero).as_millis() as u64;
+            claimed.push(seen.saturating_sub(killed_at) as f64 / 1000.0);
+            let (status, body) = b.call("POST", &format!("/v1/runs/{id}/cancel"), "{}");
+            assert!(status < 300, "{status} {body}");
+            wait_until(20, "B cancelled the run", || {
+                b.call("GET", &format!("/v1/runs/{id}"), "").1["status"] == "cancelled"
+            });
         }
         took.sort_by(f64::total_cmp);
+        claimed.sort_by(f64::total_cmp);
         println!(
             "{}",
             serde_json::json!({
                 "scenario": "failover",
                 "lease": lease,
                 "rounds": rounds,
+                "claimed_median_s": claimed[claimed.len() / 2],
                 "min_s": took[0],
                 "median_s": took[took.len() / 2],
                 "max_s": took[took.len() - 1],
             })
         );
+    }
+}
+
+/// `2s`, `500ms`, `1m` in ms.
+fn humantime_ms(text: &str) -> u64 {
+    if let Some(ms) = text.strip_suffix("ms") {
+        ms.parse().unwrap()
+    } else if let Some(s) = text.strip_suffix('s') {
+        s.parse::<u64>().unwrap() * 1000
+    } else if let Some(m) = text.strip_suffix('m') {
+        m.parse::<u64>().unwrap() * 60_000
+    } else {
+        panic!("a lease such as 2s, 500ms or 1m, not `{text}`")
     }
 }
 

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use braid_core::checkpoint::Checkpointer;
 use braid_core::{AgentCache, RunStatus};
 use braid_store::{
-    AnswerRefused, Claimed, ForkRecord, PersistError, PruneFilter, PruneReport, RunFilter, RunSummary,
-    StoreError, StoredRun,
+    AnswerRefused, Claimed, ForkRecord, PersistError, PruneFilter, PruneReport, RunFilter,
+    RunSummary, StoreError, StoredRun,
 };
 use tokio_util::sync::CancellationToken;
 

@@ -103,8 +103,7 @@ fn stop_deposed(state: &AppState, id: &str) {
         && run.report.borrow().is_none()
     {
         tracing::warn!(run = %id, "another process took this run over; cancelling it here");
-        run.deposed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        run.deposed.store(true, std::sync::atomic::Ordering::SeqCst);
         run.cancel.cancel();
         // Its record is its new owner's: read it from the store.
         state.inner.runs.forget(id);

@@ -87,15 +87,10 @@ impl Leases {
     }
 
     /// A run started here: held from its first write on (a run claimed
-    /// before it started keeps its claim's epoch).
+    /// before it started keeps its claim's epoch; one deposed here stays
+    /// deposed until this process claims it again).
     pub(crate) fn started(&self, run_id: &Arc<str>) {
-        let mut held = self.lock();
-        match held.get(run_id) {
-            Some(Held::Epoch(_)) | Some(Held::Adopt) => {}
-            _ => {
-                held.insert(run_id.clone(), Held::Adopt);
-            }
-        }
+        self.lock().entry(run_id.clone()).or_insert(Held::Adopt);
     }
 
     /// This process claimed `run_id` at `epoch`.
@@ -491,7 +486,7 @@ impl Store {
     /// Renews this process's leases now (the renewal task does it every
     /// third of the lease); for tests and benchmarks.
     pub async fn renew_leases(&self) -> Result<(), StoreError> {
-        renew(&self.writer.leases(), &self.pool, self.backend)
+        renew(self.writer.leases(), &self.pool, self.backend)
             .await
             .map_err(StoreError::from)
     }

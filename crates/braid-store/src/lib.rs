@@ -1373,6 +1373,8 @@ impl Store {
         .bind(epoch)
         .execute(&self.pool)
         .await?;
+        // Not running any more: nothing of it to renew.
+        self.writer.leases().ended(run_id);
         Ok(())
     }
 

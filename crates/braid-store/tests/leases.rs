@@ -162,7 +162,11 @@ async fn a_claimed_run_refuses_its_deposed_owners_writes(db: TestDb) {
     assert_eq!(stored.summary.status, "completed");
     assert_eq!(stored.epoch, 1);
     let state = stored.recorded_state();
-    assert_eq!(*state["x"], json!("by a"), "what A wrote before it lost the run stays");
+    assert_eq!(
+        *state["x"],
+        json!("by a"),
+        "what A wrote before it lost the run stays"
+    );
     assert_eq!(*state["y"], json!("by b"));
     assert_eq!(b.stats().fenced, 0);
     a.close().await.unwrap();
@@ -215,7 +219,10 @@ async fn renewal_keeps_a_live_run_and_a_silent_one_is_abandoned(db: TestDb) {
     let seen = b.get_run(&id).await.unwrap().unwrap();
     let c = open(&db, "host-c:3", lease).await;
     assert!(b.claim(&seen).await.unwrap());
-    assert!(!c.claim(&seen).await.unwrap(), "two resumes cannot both win");
+    assert!(
+        !c.claim(&seen).await.unwrap(),
+        "two resumes cannot both win"
+    );
     assert_eq!(b.epoch(&id), Some(1));
     tokio::time::sleep(lease * 2).await;
     assert_eq!(
