@@ -543,3 +543,73 @@ fn fastrand_ms() -> u64 {
             % 1000,
     )
 }
+
+#[test]
+fn a_frozen_cli_run_taken_over_by_a_resume_stops_without_writing() {
+    use nix::sys::signal::{Signal, kill};
+    let Some(s) = setup() else { return };
+    let file = s.dir.path().join("pipelines").join("chain.yaml");
+    let braid = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_braid"))
+            .args(args)
+            .args(["--store", &s.store])
+            .env("BRAID_SPILL_DIR", s.dir.path().join("spill"))
+            .output()
+            .unwrap()
+    };
+    let mut run = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .arg("run")
+        .arg(&file)
+        .args(["--input", r#"{"topic": "t"}"#, "--lease", "1s"])
+        .args(["--store", &s.store, "--output", "json"])
+        .env("BRAID_SPILL_DIR", s.dir.path().join("spill"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(run.id() as i32);
+    let mut id = String::new();
+    wait_until(20, "agent a is checkpointed", || {
+        let output = braid(&["runs", "list", "--output", "json"]);
+        let listed: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        match listed[0]["run_id"].as_str() {
+            Some(found) => {
+                id = found.to_owned();
+                completed_agents(&show(&s.store, &id)).contains(&"a".to_owned())
+            }
+            None => false,
+        }
+    });
+    kill(pid, Signal::SIGSTOP).unwrap();
+    wait_until(10, "the frozen run shows abandoned", || {
+        show(&s.store, &id)["status"] == "abandoned"
+    });
+    let resumed = braid(&["runs", "resume", &id, "--output", "json"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let by_resume = show(&s.store, &id);
+    assert_whole(&by_resume);
+    assert_eq!(by_resume["epoch"], 1);
+
+    kill(pid, Signal::SIGCONT).unwrap();
+    let mut stderr = String::new();
+    run.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = run.wait().unwrap();
+    assert!(
+        stderr.contains("another process took this run over"),
+        "{stderr}"
+    );
+    assert_eq!(status.code(), Some(130), "it stopped, cancelled: {stderr}");
+    let after = show(&s.store, &id);
+    assert_eq!(after["status"], "completed", "its end was refused: {after}");
+    assert_eq!(after["agents"], by_resume["agents"]);
+    assert_eq!(after["state"], by_resume["state"]);
+    assert_eq!(after["owner"], by_resume["owner"]);
+}
