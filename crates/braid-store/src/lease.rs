@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sqlx::{AnyPool, AssertSqlSafe, Row};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::writer::now_ms;
 use crate::{Backend, Store, StoreError, acquire};
@@ -43,6 +43,10 @@ pub(crate) enum Held {
 /// the claims.
 pub(crate) struct Leases {
     held: Mutex<HashMap<Arc<str>, Held>>,
+    /// Answers to command agents' process records of deposed runs, held
+    /// back (the agent gets its input only once answered) until the run
+    /// ends here.
+    parked: Mutex<HashMap<Arc<str>, Vec<oneshot::Sender<()>>>>,
     deposed: broadcast::Sender<Arc<str>>,
     /// Operations dropped because their run was deposed.
     pub(crate) fenced: AtomicU64,
@@ -69,6 +73,7 @@ impl Leases {
     pub(crate) fn new(lease: Duration, owner: String) -> Self {
         Self {
             held: Mutex::default(),
+            parked: Mutex::default(),
             deposed: broadcast::channel(1024).0,
             fenced: AtomicU64::new(0),
             deposed_runs: AtomicU64::new(0),
@@ -105,6 +110,32 @@ impl Leases {
         if held.get(run_id).is_some_and(|h| *h != Held::Deposed) {
             held.remove(run_id);
         }
+    }
+
+    /// Answers that a command agent's process record is written, unless
+    /// its run is deposed: then the answer is held back until the run
+    /// ends here ([`Leases::unpark`]), so a deposed coordinator's agent
+    /// that started as it woke never gets its input.
+    pub(crate) fn park(&self, run_id: &Arc<str>, answer: oneshot::Sender<()>) {
+        if self.get(run_id) == Some(Held::Deposed) {
+            self.parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(run_id.clone())
+                .or_default()
+                .push(answer);
+        } else {
+            let _ = answer.send(());
+        }
+    }
+
+    /// The run ended here: its parked answers are dropped (its agents were
+    /// stopped with it).
+    pub(crate) fn unpark(&self, run_id: &str) {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(run_id);
     }
 
     /// What this process holds of `run_id`, if anything.

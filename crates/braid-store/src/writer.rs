@@ -434,18 +434,32 @@ impl Loop {
                 .into_iter()
                 .partition(|op| matches!(op, Op::Flush(..)));
             let mut ops = ops;
-            let written: Vec<oneshot::Sender<()>> = ops
+            let written: Vec<(Arc<str>, oneshot::Sender<()>)> = ops
                 .iter_mut()
                 .filter_map(|op| match op {
-                    Op::Process { written, .. } => written.take(),
+                    Op::Process {
+                        run_id, written, ..
+                    } => written.take().map(|w| (run_id.clone(), w)),
+                    _ => None,
+                })
+                .collect();
+            let ended: Vec<Arc<str>> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Finished { run, .. } => Some(run.id.clone()),
                     _ => None,
                 })
                 .collect();
             if !ops.is_empty() {
                 self.write(ops).await;
             }
-            for answer in written {
-                let _ = answer.send(());
+            for (run_id, answer) in written {
+                // A deposed run's agent does not get its input: it waits
+                // until the run here is stopped (and it with it).
+                self.leases.park(&run_id, answer);
+            }
+            for run_id in ended {
+                self.leases.unpark(&run_id);
             }
             for flush in flushes {
                 if let Op::Flush(run_id, answer) = flush {
