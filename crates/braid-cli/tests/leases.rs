@@ -391,6 +391,12 @@ fn a_cli_run_nobody_renews_is_listed_abandoned_and_resumes_at_the_next_epoch() {
         String::from_utf8_lossy(&text.stdout).contains("abandoned"),
         "{text:?}"
     );
+    let shown = braid(&["runs", "show", &id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(": abandoned") && shown.contains("(epoch 0), lease expired"),
+        "{shown}"
+    );
 
     // No --force: its lease expired, so its owner is gone.
     let resumed = braid(&["runs", "resume", &id, "--output", "json"]);
