@@ -43,6 +43,12 @@ pub trait RunStore: Send + Sync + 'static {
         let _ = (limit, pipelines);
         Ok(Vec::new())
     }
+    /// Gives up a claim this process cannot act on now (see
+    /// [`braid_store::Store::release`]); the default does nothing.
+    async fn release(&self, run_id: &str) -> Result<(), StoreError> {
+        let _ = run_id;
+        Ok(())
+    }
     /// Announces runs of this process that another process claimed (see
     /// [`braid_store::Store::deposed`]); `None` (the default): none ever is.
     fn deposed(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<str>>> {
@@ -135,6 +141,10 @@ impl RunStore for braid_store::Store {
 
     fn deposed(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<str>>> {
         Some(braid_store::Store::deposed(self))
+    }
+
+    async fn release(&self, run_id: &str) -> Result<(), StoreError> {
+        braid_store::Store::release(self, run_id).await
     }
 
     async fn kill_leftover_processes(&self, run_id: &str) -> Result<(), StoreError> {

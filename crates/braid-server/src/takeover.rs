@@ -8,7 +8,9 @@
 //! claims expired runs of the pipelines it has, as many as it has free run
 //! slots, each at its next epoch, and continues each from its records
 //! (completed agents are not run again; agents in flight at the death run
-//! again: at-least-once). When the store says a run of this server was
+//! again: at-least-once). A claimed run that cannot be continued as it is
+//! is marked failed; one the store or this server failed to continue is
+//! released for a later claim. When the store says a run of this server was
 //! claimed elsewhere (deposed), the run is cancelled here; the store's
 //! writer already refuses its writes by epoch.
 
@@ -50,10 +52,14 @@ pub(crate) async fn run(state: AppState) {
     }
 }
 
-/// Claims expired runs (bounded by free run slots) and continues them.
+/// Claims expired runs (bounded by free run slots, reserved first) and
+/// continues them.
 async fn take_over(state: &AppState, store: &dyn crate::RunStore) {
     let free = state.inner.runs.free_slots().min(BATCH);
-    if free == 0 {
+    let mut slots: Vec<crate::runs::Slot> = (0..free)
+        .map_while(|_| state.inner.runs.reserve().ok())
+        .collect();
+    if slots.is_empty() {
         return;
     }
     let pipelines: Vec<String> = state
@@ -67,7 +73,7 @@ async fn take_over(state: &AppState, store: &dyn crate::RunStore) {
     if pipelines.is_empty() {
         return;
     }
-    let claimed = match store.claim_expired(free as i64, &pipelines).await {
+    let claimed = match store.claim_expired(slots.len() as i64, &pipelines).await {
         Ok(claimed) => claimed,
         Err(error) => {
             tracing::warn!(%error, "cannot look for runs whose lease expired");
@@ -81,17 +87,38 @@ async fn take_over(state: &AppState, store: &dyn crate::RunStore) {
             epoch = run.epoch,
             "took over a run whose lease expired; continuing it here"
         );
-        if let Err(why) = continue_taken_over(state, &run.run_id).await {
+        let Some(slot) = slots.pop() else {
+            // Never: no more were claimed than slots reserved.
+            let _ = store.release(&run.run_id).await;
+            continue;
+        };
+        let Err(why) = continue_taken_over(state, &run.run_id, slot).await else {
+            continue;
+        };
+        if why.status().is_server_error() {
+            // The store or this server failed: let the run be taken again.
+            tracing::warn!(
+                run = %run.run_id,
+                error = ?why,
+                "took over a run but cannot continue it now; releasing it"
+            );
+            if let Err(error) = store.release(&run.run_id).await {
+                tracing::warn!(run = %run.run_id, %error, "cannot release the run");
+            }
+        } else {
+            // It cannot be continued as it is (its input no longer fits the
+            // pipeline, say): say so on the run, where a person sees it.
             tracing::error!(
                 run = %run.run_id,
                 error = ?why,
-                "took over a run but cannot continue it here; marking it failed"
+                "took over a run but it cannot be continued; marking it failed"
             );
             if let Err(error) = store
                 .set_status(&run.run_id, braid_core::RunStatus::Failed)
                 .await
             {
                 tracing::error!(run = %run.run_id, %error, "cannot mark the run failed");
+                let _ = store.release(&run.run_id).await;
             }
         }
     }

@@ -504,6 +504,29 @@ impl Store {
         self.writer.leases().subscribe()
     }
 
+    /// Gives up this process's claim on `run_id` (one it took over but
+    /// cannot continue now): its lease ends at once, so another process
+    /// (or this one, later) may claim it; this process stops renewing it
+    /// even if the database cannot be told.
+    pub async fn release(&self, run_id: &str) -> Result<(), StoreError> {
+        let leases = self.writer.leases();
+        let held = leases.get(run_id);
+        leases.ended(run_id);
+        let Some(Held::Epoch(epoch)) = held else {
+            return Ok(());
+        };
+        sqlx::query(
+            // No owner: this process's renewals (of its owner's runs) skip it.
+            "UPDATE braid_runs SET lease_until_ms = 0, owner = NULL
+             WHERE id = $1 AND epoch = $2 AND status = 'running'",
+        )
+        .bind(run_id)
+        .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Whether `run_id` was deposed here (another process claimed it).
     pub fn is_deposed(&self, run_id: &str) -> bool {
         self.writer.leases().get(run_id) == Some(Held::Deposed)

@@ -230,6 +230,17 @@ async fn renewal_keeps_a_live_run_and_a_silent_one_is_abandoned(db: TestDb) {
         "running",
         "B renews what it claimed"
     );
+
+    // B gives it up (it could not continue it now): abandoned at once,
+    // and no renewal of B's brings it back; C takes it at the next epoch.
+    b.release(&id).await.unwrap();
+    assert_eq!(b.epoch(&id), None);
+    assert_eq!(status_of(&c, &id).await, "abandoned");
+    b.renew_leases().await.unwrap();
+    assert_eq!(status_of(&c, &id).await, "abandoned");
+    let claimed = c.claim_expired(10, &[]).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].epoch, 2);
     b.close().await.unwrap();
     c.close().await.unwrap();
 }

@@ -107,7 +107,11 @@ pub(crate) async fn continue_waiting(state: &AppState, run_id: &str) -> Result<(
 /// registered under its name continues it even if it changed since the run
 /// started (each completed agent is reused only if its definition and its
 /// upstream's are unchanged), since nobody is there to pass `force`.
-pub(crate) async fn continue_taken_over(state: &AppState, run_id: &str) -> Result<(), ApiError> {
+pub(crate) async fn continue_taken_over(
+    state: &AppState,
+    run_id: &str,
+    slot: crate::runs::Slot,
+) -> Result<(), ApiError> {
     let store = state
         .inner
         .store
@@ -125,7 +129,6 @@ pub(crate) async fn continue_taken_over(state: &AppState, run_id: &str) -> Resul
             "the pipeline changed since the run started; changed agents and those downstream run again"
         );
     }
-    let slot = runs::reserve(state)?;
     runs::continue_claimed(state, registered, stored, slot).await?;
     Ok(())
 }
