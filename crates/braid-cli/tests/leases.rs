@@ -17,9 +17,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A fresh schema in the test PostgreSQL database, as a store URL; `None`
-/// (skipped) without `BRAID_TEST_POSTGRES_URL`.
-fn postgres() -> Option<String> {
+/// Runs `sql` on the test database at `base`.
+fn admin(base: &str, sql: String) -> Result<(), sqlx::Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(sqlx::Error::Io)?;
+    runtime.block_on(async {
+        sqlx::any::install_default_drivers();
+        let admin = sqlx::AnyPool::connect(base).await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+        admin.close().await;
+        done.map(drop)
+    })
+}
+
+/// A fresh schema in the test PostgreSQL database: (store URL, schema);
+/// `None` (skipped) without `BRAID_TEST_POSTGRES_URL`.
+fn postgres() -> Option<(String, String)> {
     let Ok(base) = std::env::var("BRAID_TEST_POSTGRES_URL") else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -36,23 +51,13 @@ fn postgres() -> Option<String> {
             .unwrap()
             .as_nanos()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(&base)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {base}: {e}"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-    });
+    admin(&base, format!("CREATE SCHEMA {schema}"))
+        .unwrap_or_else(|e| panic!("cannot create a schema in PostgreSQL at {base}: {e}"));
     let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+    Some((
+        format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+        schema,
+    ))
 }
 
 /// A chain a → b → c → d of command agents, checkpointed per agent: each
@@ -224,18 +229,36 @@ fn count(ran: &Path, agent: &str) -> usize {
 
 struct Setup {
     store: String,
+    schema: String,
     dir: tempfile::TempDir,
     ran: PathBuf,
 }
 
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // The servers are gone by now (dropped first: declared later).
+        if let Ok(base) = std::env::var("BRAID_TEST_POSTGRES_URL") {
+            let _ = admin(
+                &base,
+                format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
+            );
+        }
+    }
+}
+
 fn setup() -> Option<Setup> {
-    let store = postgres()?;
+    let (store, schema) = postgres()?;
     let dir = tempfile::tempdir().unwrap();
     let ran = dir.path().join("ran");
     let pipelines = dir.path().join("pipelines");
     std::fs::create_dir(&pipelines).unwrap();
     std::fs::write(pipelines.join("chain.yaml"), chain(&ran, "1")).unwrap();
-    Some(Setup { store, dir, ran })
+    Some(Setup {
+        store,
+        schema,
+        dir,
+        ran,
+    })
 }
 
 /// Checks the run ended whole: completed, every agent's output in its state.
