@@ -16,8 +16,9 @@
 //!
 //! | Item | What it is |
 //! |---|---|
-//! | [`Store`] | A connected, migrated store: [`connect`](Store::connect), [`checkpointer`](Store::checkpointer), [`flush`](Store::flush), [`list_runs`](Store::list_runs), [`get_run`](Store::get_run), [`claim`](Store::claim), [`cache`](Store::cache), [`close`](Store::close). |
-//! | [`StoreSettings`] | Pool and writer limits: connections, batch size, retries, timeouts, spilling. |
+//! | [`Store`] | A connected, migrated store: [`connect`](Store::connect), [`checkpointer`](Store::checkpointer), [`flush`](Store::flush), [`list_runs`](Store::list_runs), [`get_run`](Store::get_run), [`claim`](Store::claim), [`claim_expired`](Store::claim_expired), [`deposed`](Store::deposed), [`epoch`](Store::epoch), [`cache`](Store::cache), [`close`](Store::close). |
+//! | [`StoreSettings`] | Pool and writer limits: connections, batch size, retries, timeouts, spilling, the lease. |
+//! | [`Claimed`], [`ABANDONED`] | Leases: a run taken over from an owner that stopped renewing it, and how such a run shows before anyone takes it. |
 //! | [`RunSummary`], [`StoredRun`], [`RunFilter`] | Run history as `braid runs list` and `braid runs show` read it. |
 //! | [`StoreError`], [`PersistError`] | Why the store could not be reached or read, and which runs' checkpoints could not be written. |
 //! | [`PruneFilter`], [`PruneReport`] | Retention: [`Store::prune`] deletes old runs in small batches ([`prune`]). |
@@ -75,6 +76,17 @@
 //! with the same id reuse what completed. `braid runs resume` does this,
 //! and also kills processes the run's dead owner left
 //! ([`Store::kill_leftover_processes`]).
+//!
+//! # Leases
+//!
+//! A run in progress is leased by its owner, which renews the leases of all
+//! its runs in one statement every third of [`StoreSettings::lease`]. A
+//! `running` run whose lease expired reads as `abandoned`
+//! ([`ABANDONED`]); [`Store::claim_expired`] takes such runs over (as
+//! `braid serve` does), and every claim adds one to the run's epoch. Each
+//! writer batch checks the stored epochs of its runs: a run claimed
+//! elsewhere is *deposed* here, its writes dropped, and announced on
+//! [`Store::deposed`] so that it is stopped.
 //!
 //! ```
 //! use std::sync::atomic::{AtomicBool, Ordering};
