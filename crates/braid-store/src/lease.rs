@@ -173,15 +173,17 @@ impl Leases {
         let _ = self.deposed.send(Arc::from(run_id));
     }
 
+    /// Deposed runs' ids, as they are found.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.deposed.subscribe()
     }
 
     /// The fence of one writer batch, inside its transaction: reads the
     /// stored epochs of the batch's held runs in one statement (locking
-    /// their rows, in id order, on PostgreSQL; SQLite's write lock is taken
-    /// when the transaction began: [`begin_write`]) and returns the runs whose operations must be dropped. Runs
-    /// this process does not hold (`end` runs started here) cost nothing.
+    /// their rows, in id order, on PostgreSQL; SQLite's write lock was
+    /// taken when the transaction began, see [`begin_write`]) and returns
+    /// the runs whose operations must be dropped. Runs this process does
+    /// not hold (`end` runs started here) cost nothing.
     pub(crate) async fn check(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
