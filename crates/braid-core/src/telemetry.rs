@@ -22,8 +22,11 @@
 //! Other crates add theirs: the store `braid_checkpoint_batch_size`,
 //! `braid_checkpoint_commit_seconds`, `braid_checkpoint_transactions_total`,
 //! `braid_checkpoint_retries_total`, `braid_checkpoint_failures_total`,
-//! `braid_db_pool_connections{state}`, `braid_db_pool_acquire_seconds{pool}`
-//! and `braid_db_pool_waits_total{pool}` (`pool` is `store` or `sql`); the
+//! `braid_db_pool_connections{state}`, `braid_db_pool_acquire_seconds{pool}`,
+//! `braid_db_pool_waits_total{pool}` (`pool` is `store` or `sql`), and for
+//! leases `braid_lease_renewals_total`, `braid_runs_taken_over_total`,
+//! `braid_runs_deposed_total` and `braid_fenced_writes_total` (operations
+//! of deposed runs dropped); the
 //! HTTP client `braid_http_requests_total`, `braid_http_pool_waits_total`,
 //! `braid_http_connections_opened_total` and `braid_http_in_flight{host}`;
 //! the server `braid_runs_started_total`,

@@ -351,3 +351,57 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Task ids carry the epoch under which the coordinator owns the run (the
+/// store's lease): a result for the same attempt under an earlier epoch
+/// (sent to a deposed owner's task) is dropped, the current one applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_of_an_earlier_epoch_is_dropped() {
+    let nats = LocalNats::start().unwrap();
+    let mut kinds = kinds();
+    kinds.builtin_fn("shout", |_| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(writes(&[("loud", json!("FROM THE WORKER"))]))
+    });
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut tasks = client.subscribe("braid.tasks.>").await.unwrap();
+    let (_stop, _worker) = start_worker(&nats.url(), &[load(PIPELINE, &kinds)], settings());
+    let dispatcher = Dispatcher::connect(&nats.url()).await.unwrap();
+    dispatcher.set_epochs(Arc::new(|_| 7));
+    let mut remote = load(PIPELINE, &kinds);
+    dispatcher.remote(&mut remote).unwrap();
+    let run = tokio::spawn(async move { run(&remote, json!({"text": "x", "docs": []})).await });
+
+    let task = tasks.next().await.unwrap();
+    let id = task
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Nats-Msg-Id")
+        .unwrap()
+        .to_string();
+    assert!(id.ends_with(":shout:1:7"), "{id}");
+    let task: braid_nats::Task = serde_json::from_slice(&task.payload).unwrap();
+    // The same attempt's result, but for epoch 6: another owner's task.
+    let stale = braid_nats::TaskResult {
+        id: id.replace(":1:7", ":1:6"),
+        worker: "an-old-worker".into(),
+        outcome: braid_nats::TaskOutcome::Ok(writes(&[("loud", json!("STALE"))])),
+        logs: vec![],
+        tokens: None,
+        duration_ms: 1.0,
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish(
+        task.reply.clone(),
+        serde_json::to_vec(&stale).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let report = run.await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(report.state["loud"], Arc::new(json!("FROM THE WORKER")));
+    assert_eq!(dispatcher.stats().dropped, 1);
+}

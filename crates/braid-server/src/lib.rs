@@ -94,6 +94,7 @@ pub mod retention;
 mod routes;
 mod runs;
 pub mod store;
+mod takeover;
 mod waiter;
 
 use std::sync::{Arc, OnceLock, RwLock};
@@ -174,6 +175,11 @@ pub struct ServerConfig {
     /// clients': e.g. `braid serve --nats` sends their agents to workers
     /// (`braid_nats::Dispatcher::remote`). An error refuses the pipeline.
     pub prepare: Option<PreparePipeline>,
+    /// With a store: how often (a third of this) the server looks for runs
+    /// whose lease expired, to take them over. Give the store the same
+    /// lease ([`braid_store::StoreSettings::lease`]), which sets how long
+    /// claims last and how often they are renewed. 15 s by default.
+    pub lease: Duration,
 }
 
 /// A change made to every pipeline a server registers (see
@@ -210,6 +216,7 @@ impl Default for ServerConfig {
             retention: None,
             cores: None,
             prepare: None,
+            lease: Duration::from_secs(15),
         }
     }
 }
@@ -334,10 +341,13 @@ impl AppState {
 
     /// Starts the server's background work on the current runtime: the
     /// task that applies waiting runs' timeouts on time (see
-    /// `waiter.rs`). [`serve`] calls it; it ends with shutdown.
+    /// `waiter.rs`), and the one that takes over runs whose lease expired
+    /// and stops runs taken over elsewhere (`takeover.rs`). [`serve`] calls
+    /// it; it ends with shutdown.
     pub fn start_background(&self) {
         if self.inner.store.is_some() {
             tokio::spawn(waiter::apply_timeouts(self.clone()));
+            tokio::spawn(takeover::run(self.clone()));
         }
     }
 

@@ -123,6 +123,8 @@ fn new_run(run: &RunRecord) -> StoredRun {
         pipeline_hash: run.pipeline_hash.to_string(),
         pipeline_path: run.pipeline_path.as_ref().map(|p| p.display().to_string()),
         owner: Some(format!("memory:{}", std::process::id())),
+        epoch: 0,
+        lease_until_ms: None,
         input: run
             .input
             .iter()

@@ -44,6 +44,9 @@ pub struct LiveRun {
     pub report: watch::Receiver<Option<Arc<RunReport>>>,
     /// Set when the server cancelled it because it was shutting down.
     pub interrupted: AtomicBool,
+    /// Set when the server cancelled it because another process took it
+    /// over (its lease had expired): that process runs it now.
+    pub deposed: AtomicBool,
     /// Why the run (or its events) could not be saved, if so: its report
     /// says so instead of passing for saved.
     pub not_saved: std::sync::OnceLock<String>,
@@ -153,6 +156,15 @@ impl RunRegistry {
         self.tracker.is_closed()
     }
 
+    /// How many more runs it takes now.
+    pub(crate) fn free_slots(&self) -> usize {
+        if self.tracker.is_closed() {
+            0
+        } else {
+            self.slots.available_permits()
+        }
+    }
+
     /// Reserves a slot for a run, or says why there is none.
     pub(crate) fn reserve(&self) -> Result<Slot, Refused> {
         if self.tracker.is_closed() {
@@ -168,6 +180,15 @@ impl RunRegistry {
     /// The run `id`, if it is in memory (in flight or finished recently).
     pub(crate) fn get(&self, id: &str) -> Option<Arc<LiveRun>> {
         self.read().get(id).cloned()
+    }
+
+    /// Forgets the run `id` (it goes on ending if in flight): its record
+    /// is then read from the store. For a run another process took over.
+    pub(crate) fn forget(&self, id: &str) {
+        self.runs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .shift_remove(id);
     }
 
     /// The runs in memory, newest first.
@@ -219,6 +240,7 @@ impl RunRegistry {
             cancel: CancellationToken::new(),
             report: report_rx,
             interrupted: Default::default(),
+            deposed: Default::default(),
             not_saved: Default::default(),
             parent_id: how.parent_id.clone(),
             answers,

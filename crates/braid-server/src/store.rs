@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use braid_core::checkpoint::Checkpointer;
 use braid_core::{AgentCache, RunStatus};
 use braid_store::{
-    AnswerRefused, ForkRecord, PersistError, PruneFilter, PruneReport, RunFilter, RunSummary,
-    StoreError, StoredRun,
+    AnswerRefused, Claimed, ForkRecord, PersistError, PruneFilter, PruneReport, RunFilter,
+    RunSummary, StoreError, StoredRun,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,28 @@ pub trait RunStore: Send + Sync + 'static {
     /// Takes over a stored run before resuming it, only if it is still as
     /// `seen`; `false` if another process took it first.
     async fn claim(&self, seen: &StoredRun) -> Result<bool, StoreError>;
+    /// Takes over up to `limit` runs of `pipelines` whose lease expired
+    /// (see [`braid_store::Store::claim_expired`]); the default takes none
+    /// (a store no other process shares).
+    async fn claim_expired(
+        &self,
+        limit: i64,
+        pipelines: &[String],
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let _ = (limit, pipelines);
+        Ok(Vec::new())
+    }
+    /// Gives up a claim this process cannot act on now (see
+    /// [`braid_store::Store::release`]); the default does nothing.
+    async fn release(&self, run_id: &str) -> Result<(), StoreError> {
+        let _ = run_id;
+        Ok(())
+    }
+    /// Announces runs of this process that another process claimed (see
+    /// [`braid_store::Store::deposed`]); `None` (the default): none ever is.
+    fn deposed(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<str>>> {
+        None
+    }
     /// Kills process groups the run's dead owner left on this host.
     async fn kill_leftover_processes(&self, run_id: &str) -> Result<(), StoreError>;
     /// Stores a run's event stream, `(seq, event as JSON)` in order.
@@ -107,6 +129,22 @@ impl RunStore for braid_store::Store {
 
     async fn claim(&self, seen: &StoredRun) -> Result<bool, StoreError> {
         braid_store::Store::claim(self, seen).await
+    }
+
+    async fn claim_expired(
+        &self,
+        limit: i64,
+        pipelines: &[String],
+    ) -> Result<Vec<Claimed>, StoreError> {
+        braid_store::Store::claim_expired(self, limit, pipelines).await
+    }
+
+    fn deposed(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<str>>> {
+        Some(braid_store::Store::deposed(self))
+    }
+
+    async fn release(&self, run_id: &str) -> Result<(), StoreError> {
+        braid_store::Store::release(self, run_id).await
     }
 
     async fn kill_leftover_processes(&self, run_id: &str) -> Result<(), StoreError> {

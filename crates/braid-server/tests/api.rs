@@ -1424,3 +1424,83 @@ agents:
     assert_eq!(run["agents"]["work"]["items"]["completed"], 2000);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_abandoned_run_is_listed_as_such_and_resumed_without_force() {
+    use braid_core::checkpoint::{AgentRecord, RunRecord};
+    let yaml = "pipeline: two\nagents:\n  first: { kind: sleep, ms: 1, writes: [a] }\n  \
+                second: { kind: sleep, ms: 1, reads: [a], writes: [b] }\n";
+    let pipeline = braid_core::Pipeline::from_yaml_str(yaml).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    // A process elsewhere ran `first`, then went silent.
+    let gone = braid_store::Store::connect(
+        &url,
+        &braid_store::StoreSettings {
+            owner: Some("gone-host:1".into()),
+            lease: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let id = "01900000-0000-7000-8000-00000000abcd";
+    let run = RunRecord {
+        run_id: Arc::from(id),
+        pipeline: Arc::from("two"),
+        pipeline_hash: Arc::from(pipeline.content_hash()),
+        pipeline_path: None,
+        input: Vec::new(),
+        policy: braid_core::CheckpointPolicy::Agent,
+        started_by: None,
+    };
+    let checkpointer = gone.checkpointer();
+    checkpointer.run_started(&run);
+    checkpointer.agent_finished(
+        &run,
+        &AgentRecord {
+            agent: Arc::from("first"),
+            report: braid_core::AgentReport::new(braid_core::AgentStatus::Completed),
+            writes: vec![(Arc::from("a"), Arc::new(json!("from first")))],
+            definition: pipeline
+                .agents()
+                .iter()
+                .find(|a| a.name() == "first")
+                .map(|a| Arc::from(a.definition_hash())),
+        },
+    );
+    gone.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let store = Arc::new(
+        braid_store::Store::connect(&url, &Default::default())
+            .await
+            .unwrap(),
+    );
+    let state = AppState::new(ServerConfig::default(), Some(store.clone()));
+    state.preload(pipeline, yaml.to_owned());
+    let (status, listed) = call(&state, "GET", "/v1/runs?status=abandoned", None).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed[0]["run_id"], id, "{listed}");
+    assert_eq!(listed[0]["status"], "abandoned");
+    let (_, running) = call(&state, "GET", "/v1/runs?status=running", None).await;
+    assert_eq!(running, json!([]));
+    let (_, shown) = call(&state, "GET", &format!("/v1/runs/{id}"), None).await;
+    assert_eq!(shown["status"], "abandoned", "{shown}");
+
+    // Its lease expired: its owner is gone, no `force` needed.
+    let (status, resumed) = call(
+        &state,
+        "POST",
+        &format!("/v1/runs/{id}/resume?wait=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    assert_eq!(resumed["status"], "completed", "{resumed}");
+    assert_eq!(resumed["agents"]["first"]["resumed"], true, "{resumed}");
+    store.flush().await.unwrap();
+    let stored = store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(stored.summary.status, "completed");
+    assert_eq!(stored.epoch, 1, "the resume claimed it at the next epoch");
+}

@@ -16,8 +16,9 @@
 //!
 //! | Item | What it is |
 //! |---|---|
-//! | [`Store`] | A connected, migrated store: [`connect`](Store::connect), [`checkpointer`](Store::checkpointer), [`flush`](Store::flush), [`list_runs`](Store::list_runs), [`get_run`](Store::get_run), [`claim`](Store::claim), [`cache`](Store::cache), [`close`](Store::close). |
-//! | [`StoreSettings`] | Pool and writer limits: connections, batch size, retries, timeouts, spilling. |
+//! | [`Store`] | A connected, migrated store: [`connect`](Store::connect), [`checkpointer`](Store::checkpointer), [`flush`](Store::flush), [`list_runs`](Store::list_runs), [`get_run`](Store::get_run), [`claim`](Store::claim), [`claim_expired`](Store::claim_expired), [`deposed`](Store::deposed), [`epoch`](Store::epoch), [`cache`](Store::cache), [`close`](Store::close). |
+//! | [`StoreSettings`] | Pool and writer limits: connections, batch size, retries, timeouts, spilling, the lease. |
+//! | [`Claimed`], [`ABANDONED`] | Leases: a run taken over from an owner that stopped renewing it, and how such a run shows before anyone takes it. |
 //! | [`RunSummary`], [`StoredRun`], [`RunFilter`] | Run history as `braid runs list` and `braid runs show` read it. |
 //! | [`StoreError`], [`PersistError`] | Why the store could not be reached or read, and which runs' checkpoints could not be written. |
 //! | [`PruneFilter`], [`PruneReport`] | Retention: [`Store::prune`] deletes old runs in small batches ([`prune`]). |
@@ -75,6 +76,17 @@
 //! with the same id reuse what completed. `braid runs resume` does this,
 //! and also kills processes the run's dead owner left
 //! ([`Store::kill_leftover_processes`]).
+//!
+//! # Leases
+//!
+//! A run in progress is leased by its owner, which renews the leases of all
+//! its runs in one statement every third of [`StoreSettings::lease`]. A
+//! `running` run whose lease expired reads as `abandoned`
+//! ([`ABANDONED`]); [`Store::claim_expired`] takes such runs over (as
+//! `braid serve` does), and every claim adds one to the run's epoch. Each
+//! writer batch checks the stored epochs of its runs: a run claimed
+//! elsewhere is *deposed* here, its writes dropped, and announced on
+//! [`Store::deposed`] so that it is stopped.
 //!
 //! ```
 //! use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,6 +183,7 @@
 
 mod cache;
 mod details;
+mod lease;
 pub mod prune;
 mod spill;
 pub mod sql;
@@ -193,6 +206,7 @@ use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 
+pub use lease::{Claimed, DEFAULT_LEASE};
 pub use prune::{PruneFilter, PruneReport};
 pub use synthetic::SyntheticRuns;
 pub use waits::{AnswerRefused, ForkRecord};
@@ -241,6 +255,17 @@ pub struct StoreSettings {
     pub spill_dir: Option<PathBuf>,
     /// Whether to spill at all (on by default).
     pub spill: bool,
+    /// How long this process's claim on a run lasts unless renewed (it
+    /// renews every third of it): another process may take a run over
+    /// once its lease has expired ([`Store::claim_expired`]). 15 s by
+    /// default.
+    pub lease: Duration,
+    /// Who this store's runs and claims are recorded as (`owner`): `None`
+    /// for this process's `host:pid`, which is also how a resume on this
+    /// host tells a dead owner from a live one. Give each store in one
+    /// process its own name if several of them must claim each other's
+    /// runs (tests do).
+    pub owner: Option<String>,
 }
 
 impl Default for StoreSettings {
@@ -257,6 +282,8 @@ impl Default for StoreSettings {
             write_timeout: Duration::from_secs(30),
             spill_dir: None,
             spill: true,
+            lease: lease::DEFAULT_LEASE,
+            owner: None,
         }
     }
 }
@@ -368,7 +395,9 @@ pub struct RunSummary {
     pub run_id: String,
     /// Its pipeline's name.
     pub pipeline: String,
-    /// `running`, `completed`, `failed` or `cancelled`.
+    /// `running`, `waiting`, `completed`, `failed`, `cancelled`,
+    /// `interrupted`, or `abandoned`: `running` past its lease, with
+    /// nobody renewing it (its owner is gone).
     pub status: String,
     /// Its checkpoint policy.
     pub checkpoint: String,
@@ -395,6 +424,12 @@ pub struct StoredRun {
     pub pipeline_path: Option<String>,
     /// `host:pid` of the process that last ran it.
     pub owner: Option<String>,
+    /// How many times it was claimed (taken over or resumed).
+    pub epoch: u64,
+    /// While it runs: until when its owner's lease lasts (ms since the
+    /// Unix epoch); `None` for runs from before leases, and ended ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_until_ms: Option<i64>,
     /// The run's input.
     pub input: serde_json::Map<String, Value>,
     /// For a fork: the run it was forked from.
@@ -771,6 +806,13 @@ impl Store {
             None => None,
         };
         let writer = writer::Writer::start(target, settings.clone());
+        if !read_only {
+            tokio::spawn(lease::renew_forever(
+                Arc::downgrade(writer.leases()),
+                pool.clone(),
+                backend,
+            ));
+        }
         let cache = Arc::new(cache::StoreCache::start(
             pool.clone(),
             backend,
@@ -897,25 +939,40 @@ impl Store {
     }
 
     /// Takes over a stored run before resuming it: sets its owner to this
-    /// process and its status to `running`, but only if it is still as
-    /// `seen` (same status and owner), so two resumes cannot both win.
+    /// process, its status to `running`, adds one to its epoch (so its
+    /// previous owner's late writes are refused) and leases it, but only if
+    /// it is still as `seen` (same status, owner and epoch), so two resumes
+    /// cannot both win. An `abandoned` run is a `running` one whose lease
+    /// expired.
     pub async fn claim(&self, seen: &StoredRun) -> Result<bool, StoreError> {
         if self.read_only {
             return Err(self.read_only_error("a resume claims its run"));
         }
+        let leases = self.writer.leases();
+        let status = match seen.summary.status.as_str() {
+            ABANDONED => braid_core::report::RUNNING,
+            status => status,
+        };
         let mut conn = acquire(&self.pool, "store").await?;
         let done = sqlx::query(
-            "UPDATE braid_runs SET status = 'running', owner = $1
-             WHERE id = $2 AND status = $3 AND COALESCE(owner, '') = $4",
+            "UPDATE braid_runs SET status = 'running', owner = $1, epoch = epoch + 1,
+                    lease_until_ms = $6
+             WHERE id = $2 AND status = $3 AND COALESCE(owner, '') = $4 AND epoch = $5",
         )
         .bind(self.writer.owner().to_owned())
         .bind(seen.summary.run_id.clone())
-        .bind(seen.summary.status.clone())
+        .bind(status.to_owned())
         .bind(seen.owner.clone().unwrap_or_default())
+        .bind(i64::try_from(seen.epoch).unwrap_or(i64::MAX))
+        .bind(leases.until_ms())
         .execute(&mut *conn)
         .await;
         match done {
-            Ok(done) => Ok(done.rows_affected() == 1),
+            Ok(done) if done.rows_affected() == 1 => {
+                leases.claimed(&seen.summary.run_id, seen.epoch + 1);
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
             Err(error) => {
                 // Never handed out again after an error.
                 let _ = conn.close().await;
@@ -1042,9 +1099,14 @@ impl Store {
             None => (None, None),
         };
         let rows = sqlx::query(
-            "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error, started_by
+            "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error, started_by,
+                    lease_until_ms
              FROM braid_runs
              WHERE (CAST($1 AS TEXT) IS NULL OR status = $1)
+               AND (CAST($10 AS BIGINT) IS NULL
+                    OR (lease_until_ms IS NOT NULL AND lease_until_ms < $10))
+               AND (CAST($11 AS BIGINT) IS NULL
+                    OR lease_until_ms IS NULL OR lease_until_ms >= $11)
                AND (CAST($2 AS TEXT) IS NULL OR pipeline = $2)
                AND (CAST($4 AS TEXT) IS NULL
                     OR (id LIKE $4 ESCAPE '\\'
@@ -1057,7 +1119,11 @@ impl Store {
              ORDER BY created_at_ms DESC, id DESC
              LIMIT $3",
         )
-        .bind(filter.status.clone())
+        // `abandoned` is `running` past its lease; `running` is not that.
+        .bind(match filter.status.as_deref() {
+            Some(ABANDONED) => Some(braid_core::report::RUNNING.to_owned()),
+            other => other.map(str::to_owned),
+        })
         .bind(filter.pipeline.clone())
         .bind(filter.limit.unwrap_or(50).max(1))
         .bind(filter.id_prefix.as_deref().map(like_prefix))
@@ -1067,6 +1133,8 @@ impl Store {
         .bind(before_id)
         // SQLite's LIKE ignores ASCII case: the prefix is compared as is too.
         .bind(filter.id_prefix.clone())
+        .bind((filter.status.as_deref() == Some(ABANDONED)).then(writer::now_ms))
+        .bind((filter.status.as_deref() == Some(braid_core::report::RUNNING)).then(writer::now_ms))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(summary).collect()
@@ -1113,7 +1181,8 @@ impl Store {
     pub async fn get_run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, pipeline, status, checkpoint, created_at_ms, makespan_ms, error, started_by,
-                    pipeline_hash, pipeline_path, owner, input, parent_id, forked_from
+                    pipeline_hash, pipeline_path, owner, input, parent_id, forked_from,
+                    lease_until_ms, epoch
              FROM braid_runs WHERE id = $1",
         )
         .bind(run_id)
@@ -1196,6 +1265,8 @@ impl Store {
             pipeline_hash: row.try_get("pipeline_hash")?,
             pipeline_path: row.try_get("pipeline_path")?,
             owner: row.try_get("owner")?,
+            epoch: u64::try_from(row.try_get::<i64, _>("epoch")?).unwrap_or(0),
+            lease_until_ms: row.try_get("lease_until_ms")?,
             input,
             parent_id: row.try_get("parent_id")?,
             forked_from: row.try_get("forked_from")?,
@@ -1240,6 +1311,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         if self.read_only {
             return Err(self.read_only_error("saving events writes"));
+        }
+        if self.is_deposed(run_id) {
+            // Its stream is its new owner's now.
+            return Ok(());
         }
         let mut conn = acquire(&self.pool, "store").await?;
         let saved = async {
@@ -1293,12 +1368,25 @@ impl Store {
 
     /// Overwrites a run's status, e.g. [`RunStatus::Interrupted`] for a
     /// run a server stopped on shutdown (it can be resumed).
+    /// A run another process claimed since (see [`Store::deposed`]) is
+    /// left alone, and one this process holds only at its epoch.
     pub async fn set_status(&self, run_id: &str, status: RunStatus) -> Result<(), StoreError> {
-        sqlx::query("UPDATE braid_runs SET status = $1 WHERE id = $2")
-            .bind(status.as_str())
-            .bind(run_id.to_owned())
-            .execute(&self.pool)
-            .await?;
+        let epoch = match self.writer.leases().get(run_id) {
+            Some(lease::Held::Deposed) => return Ok(()),
+            Some(lease::Held::Epoch(e)) => Some(i64::try_from(e).unwrap_or(i64::MAX)),
+            _ => None,
+        };
+        sqlx::query(
+            "UPDATE braid_runs SET status = $1
+             WHERE id = $2 AND (CAST($3 AS BIGINT) IS NULL OR epoch = $3)",
+        )
+        .bind(status.as_str())
+        .bind(run_id.to_owned())
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?;
+        // Not running any more: nothing of it to renew.
+        self.writer.leases().ended(run_id);
         Ok(())
     }
 
@@ -1474,7 +1562,10 @@ async fn replay_lines(
             batch.push(op);
         }
         let owner = if owner.is_empty() { &this } else { &owner };
-        if let Err(e) = writer::write_batch(&mut conn, target.backend, &batch, owner, &lost).await {
+        let fence = writer::Fence::Replay(settings.lease);
+        if let Err(e) =
+            writer::write_batch(&mut conn, target.backend, &batch, owner, &lost, fence).await
+        {
             let _ = sqlx::Connection::close(conn).await;
             return Err(e.to_string());
         }
@@ -1484,11 +1575,28 @@ async fn replay_lines(
     Ok(())
 }
 
+/// How a `running` run whose lease expired with nobody renewing it is
+/// shown (its stored status stays `running`, so that it can be claimed).
+pub const ABANDONED: &str = "abandoned";
+
+/// The status as shown: `abandoned` for a `running` run past its lease.
+fn shown_status(status: String, lease_until_ms: Option<i64>, now_ms: i64) -> String {
+    if status == braid_core::report::RUNNING && lease_until_ms.is_some_and(|t| t < now_ms) {
+        ABANDONED.to_owned()
+    } else {
+        status
+    }
+}
+
 fn summary(row: &AnyRow) -> Result<RunSummary, StoreError> {
     Ok(RunSummary {
         run_id: row.try_get("id")?,
         pipeline: row.try_get("pipeline")?,
-        status: row.try_get("status")?,
+        status: shown_status(
+            row.try_get("status")?,
+            row.try_get("lease_until_ms")?,
+            writer::now_ms(),
+        ),
         checkpoint: row.try_get("checkpoint")?,
         created_at_ms: row.try_get("created_at_ms")?,
         makespan_ms: row.try_get("makespan_ms")?,

@@ -107,18 +107,25 @@ impl Store {
         }
         let mut conn = acquire(&self.pool, "store").await?;
         let now = now_ms();
+        let leases = self.writer.leases();
+        let mut epoch = None;
         let done: Result<Result<(), AnswerRefused>, sqlx::Error> = async {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let claimed = sqlx::query(
-                "UPDATE braid_runs SET status = 'running', owner = $1, updated_at_ms = $2
-                 WHERE id = $3 AND status = 'waiting'",
+            // A claim like a resume's: the next epoch, leased from now.
+            let claimed: Option<i64> = sqlx::query_scalar(
+                "UPDATE braid_runs SET status = 'running', owner = $1, updated_at_ms = $2,
+                        epoch = epoch + 1, lease_until_ms = $4
+                 WHERE id = $3 AND status = 'waiting'
+                 RETURNING epoch",
             )
             .bind(self.writer.owner().to_owned())
             .bind(now)
             .bind(run_id)
-            .execute(&mut *tx)
+            .bind(leases.until_ms())
+            .fetch_optional(&mut *tx)
             .await?;
-            if claimed.rows_affected() != 1 {
+            epoch = claimed;
+            if claimed.is_none() {
                 let status: Option<String> =
                     sqlx::query_scalar("SELECT status FROM braid_runs WHERE id = $1")
                         .bind(run_id)
@@ -195,7 +202,14 @@ impl Store {
         }
         .await;
         match done {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                if outcome.is_ok()
+                    && let Some(epoch) = epoch
+                {
+                    leases.claimed(run_id, u64::try_from(epoch).unwrap_or(0));
+                }
+                Ok(outcome)
+            }
             Err(error) => {
                 let _ = conn.close().await;
                 Err(error.into())
@@ -250,8 +264,9 @@ impl Store {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             sqlx::query(
                 "INSERT INTO braid_runs (id, pipeline, pipeline_hash, pipeline_path, checkpoint,
-                     status, input, owner, created_at_ms, updated_at_ms, parent_id, forked_from)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                     status, input, owner, created_at_ms, updated_at_ms, parent_id, forked_from,
+                     lease_until_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(fork.run_id.clone())
             .bind(fork.pipeline.clone())
@@ -265,6 +280,7 @@ impl Store {
             .bind(now)
             .bind(fork.parent_id.clone())
             .bind(fork.forked_from.clone())
+            .bind(self.writer.leases().until_ms())
             .execute(&mut *tx)
             .await?;
             for (agent, writes) in &fork.set_writes {
@@ -287,6 +303,7 @@ impl Store {
             let _ = conn.close().await;
             return Err(error.into());
         }
+        self.writer.leases().claimed(&fork.run_id, 0);
         Ok(())
     }
 }

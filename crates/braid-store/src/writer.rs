@@ -31,6 +31,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, AssertSqlSafe};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::lease::{Leases, begin_write};
 use crate::{Backend, StoreSettings};
 
 /// Runs whose checkpoints could not be written, with the last error.
@@ -68,6 +69,11 @@ pub struct WriterStats {
     pub operations: u64,
     /// Batches that failed and were tried again.
     pub retries: u64,
+    /// Operations dropped because their run was claimed by another process
+    /// (its stored epoch was no longer this process's).
+    pub fenced: u64,
+    /// Runs of this process found claimed by another process.
+    pub deposed: u64,
 }
 
 /// A run's row, as the writer upserts it.
@@ -155,6 +161,7 @@ pub(crate) struct Writer {
     queue: mpsc::UnboundedSender<Op>,
     counters: Counters,
     owner: String,
+    leases: Arc<Leases>,
     abandon: watch::Sender<bool>,
     status: Arc<Mutex<Option<String>>>,
 }
@@ -181,10 +188,12 @@ impl Writer {
     pub(crate) fn start(target: Target, settings: StoreSettings) -> Arc<Self> {
         let (queue, rx) = mpsc::unbounded_channel();
         let (abandon, abandoned) = watch::channel(false);
+        let owner = settings.owner.clone().unwrap_or_else(this_owner);
         let writer = Arc::new(Self {
             queue,
             counters: Counters::default(),
-            owner: this_owner(),
+            leases: Arc::new(Leases::new(settings.lease, owner.clone())),
+            owner,
             abandon,
             status: Arc::default(),
         });
@@ -192,6 +201,7 @@ impl Writer {
             target,
             settings,
             owner: writer.owner.clone(),
+            leases: writer.leases.clone(),
             counters: writer.counters.clone(),
             failed: BTreeMap::new(),
             lost: HashSet::new(),
@@ -243,6 +253,11 @@ impl Writer {
         &self.owner
     }
 
+    /// The runs this process holds, with their epochs.
+    pub(crate) fn leases(&self) -> &Arc<Leases> {
+        &self.leases
+    }
+
     /// Queues a cached agent's result; returns at once.
     pub(crate) fn cache(&self, row: CacheRow) {
         let _ = self.queue.send(Op::Cache(row));
@@ -253,6 +268,8 @@ impl Writer {
             transactions: self.counters.transactions.load(Ordering::Relaxed),
             operations: self.counters.operations.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
+            fenced: self.leases.fenced.load(Ordering::Relaxed),
+            deposed: self.leases.deposed_runs.load(Ordering::Relaxed),
         }
     }
 
@@ -275,6 +292,7 @@ impl Writer {
 
 impl Checkpointer for Writer {
     fn run_started(&self, run: &RunRecord) {
+        self.leases.started(&run.run_id);
         let _ = self.queue.send(Op::Run(Self::row(run, RUNNING)));
     }
 
@@ -374,6 +392,7 @@ struct Loop {
     target: Target,
     settings: StoreSettings,
     owner: String,
+    leases: Arc<Leases>,
     counters: Counters,
     /// Runs whose writes failed for good, not yet reported by a flush.
     failed: BTreeMap<String, String>,
@@ -415,18 +434,32 @@ impl Loop {
                 .into_iter()
                 .partition(|op| matches!(op, Op::Flush(..)));
             let mut ops = ops;
-            let written: Vec<oneshot::Sender<()>> = ops
+            let written: Vec<(Arc<str>, oneshot::Sender<()>)> = ops
                 .iter_mut()
                 .filter_map(|op| match op {
-                    Op::Process { written, .. } => written.take(),
+                    Op::Process {
+                        run_id, written, ..
+                    } => written.take().map(|w| (run_id.clone(), w)),
+                    _ => None,
+                })
+                .collect();
+            let ended: Vec<Arc<str>> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Finished { run, .. } => Some(run.id.clone()),
                     _ => None,
                 })
                 .collect();
             if !ops.is_empty() {
                 self.write(ops).await;
             }
-            for answer in written {
-                let _ = answer.send(());
+            for (run_id, answer) in written {
+                // A deposed run's agent does not get its input: it waits
+                // until the run here is stopped (and it with it).
+                self.leases.park(&run_id, answer);
+            }
+            for run_id in ended {
+                self.leases.unpark(&run_id);
             }
             for flush in flushes {
                 if let Op::Flush(run_id, answer) = flush {
@@ -515,6 +548,7 @@ impl Loop {
                     for op in ops {
                         if let Op::Finished { run, .. } = op {
                             self.lost.remove(&run.id);
+                            self.leases.ended(&run.id);
                         }
                     }
                     return Ok(());
@@ -577,7 +611,14 @@ impl Loop {
         };
         let written = tokio::time::timeout(
             self.settings.write_timeout,
-            write_batch(&mut conn, self.target.backend, ops, &self.owner, &self.lost),
+            write_batch(
+                &mut conn,
+                self.target.backend,
+                ops,
+                &self.owner,
+                &self.lost,
+                Fence::Check(&self.leases),
+            ),
         )
         .await;
         match written {
@@ -602,7 +643,24 @@ impl Loop {
         let timeout = self.settings.acquire_timeout;
         let url = self.target.url.clone();
         let backend = self.target.backend;
-        async move { connect(timeout, &url, backend).await }
+        let lease = self.settings.lease;
+        async move {
+            let mut conn = connect(timeout, &url, backend).await?;
+            if backend == Backend::Postgres {
+                // A batch locks its runs' rows: if this process freezes
+                // inside one, PostgreSQL ends the transaction after a
+                // lease, so the runs can be taken over (claims skip locked
+                // rows).
+                let ms = lease.as_millis().max(1000);
+                let set = format!("SET idle_in_transaction_session_timeout = {ms}");
+                sqlx::query(AssertSqlSafe(set))
+                    .persistent(false)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(Failure::Db)?;
+            }
+            Ok(conn)
+        }
     }
 }
 
@@ -724,6 +782,18 @@ fn input_json(input: &[FieldValue]) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
+/// Whether a batch is fenced by epoch.
+#[derive(Clone, Copy)]
+pub(crate) enum Fence<'a> {
+    /// The writer's batches: runs this process holds are checked against
+    /// their stored epochs, and those claimed elsewhere dropped.
+    Check(&'a Leases),
+    /// Spilled operations replayed on open (their runs' newer records are
+    /// left out before): nothing is checked; runs in progress are leased
+    /// for this long.
+    Replay(Duration),
+}
+
 /// Most rows in one multi-row statement (SQLite allows 32,766 bound
 /// parameters, PostgreSQL 65,535; agent rows bind 12 each).
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -737,12 +807,43 @@ pub(crate) async fn write_batch(
     ops: &[Op],
     owner: &str,
     lost: &HashSet<Arc<str>>,
+    fence: Fence<'_>,
 ) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    let mut tx = begin_write(&mut *connection, backend).await?;
+    // The fence: runs claimed by another process since are dropped whole.
+    let (dropped, lease_until) = match fence {
+        Fence::Check(leases) => {
+            let mut ids: Vec<&str> = ops.iter().filter_map(Op::run_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let dropped = leases.check(&mut tx, backend, &ids).await?;
+            (dropped, leases.until_ms())
+        }
+        Fence::Replay(lease) => (
+            HashSet::new(),
+            now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)),
+        ),
+    };
+    if !dropped.is_empty()
+        && let Fence::Check(leases) = fence
+    {
+        let n = ops
+            .iter()
+            .filter(|op| op.run_id().is_some_and(|id| dropped.contains(id)))
+            .count() as u64;
+        leases.fenced.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("braid_fenced_writes_total").increment(n);
+    }
+    let ops: Vec<&Op> = ops
+        .iter()
+        .filter(|op| op.run_id().is_none_or(|id| !dropped.contains(id)))
+        .collect();
     let mut runs: IndexMap<&str, &RunRow> = IndexMap::new();
     let mut agents: IndexMap<(&str, &str), &AgentRow> = IndexMap::new();
     let mut deltas: IndexMap<(&str, &str, &str), &serde_json::Value> = IndexMap::new();
     let mut cached: IndexMap<&str, &CacheRow> = IndexMap::new();
-    for op in ops {
+    for op in ops.iter().copied() {
         match op {
             Op::Run(run) => {
                 runs.insert(&run.id, run);
@@ -775,15 +876,15 @@ pub(crate) async fn write_batch(
         }
     }
 
-    let now = now_ms();
-    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
     let runs: Vec<&RunRow> = runs.into_values().collect();
     for chunk in runs.chunks(ROWS_PER_STATEMENT / 2) {
+        // `epoch` is never written here: only claims change it.
         let sql = upsert_sql(
             backend,
             "braid_runs (id, pipeline, pipeline_hash, pipeline_path, checkpoint, status, \
-             input, error, makespan_ms, owner, created_at_ms, updated_at_ms, started_by)",
-            13,
+             input, error, makespan_ms, owner, created_at_ms, updated_at_ms, started_by, \
+             lease_until_ms)",
+            14,
             chunk.len(),
             "(id) DO UPDATE SET
                  pipeline = excluded.pipeline, pipeline_hash = excluded.pipeline_hash,
@@ -791,7 +892,8 @@ pub(crate) async fn write_batch(
                  checkpoint = excluded.checkpoint, status = excluded.status, error = excluded.error,
                  makespan_ms = excluded.makespan_ms, owner = excluded.owner,
                  updated_at_ms = excluded.updated_at_ms,
-                 started_by = COALESCE(braid_runs.started_by, excluded.started_by)",
+                 started_by = COALESCE(braid_runs.started_by, excluded.started_by),
+                 lease_until_ms = excluded.lease_until_ms",
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for run in chunk {
@@ -808,7 +910,9 @@ pub(crate) async fn write_batch(
                 .bind(owner.to_owned())
                 .bind(run.created_at_ms)
                 .bind(now)
-                .bind(run.started_by.clone());
+                .bind(run.started_by.clone())
+                // A run in progress is leased from now; an ended one is not.
+                .bind((run.status == RUNNING).then_some(lease_until));
         }
         // Prepared once per execution: the text changes with the row count,
         // and sqlx 0.9.0's Any driver declares a NULL `Option<f64>` as
@@ -891,18 +995,18 @@ pub(crate) async fn write_batch(
         }
         q.persistent(false).execute(&mut *tx).await?;
     }
-    write_processes(ops, owner, &mut tx).await?;
+    write_processes(&ops, owner, &mut tx).await?;
     tx.commit().await
 }
 
 /// Process groups on record, in the order they started and ended; a run's
 /// end takes back whatever of it is left.
 async fn write_processes(
-    ops: &[Op],
+    ops: &[&Op],
     owner: &str,
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
 ) -> Result<(), sqlx::Error> {
-    for op in ops {
+    for op in ops.iter().copied() {
         let query = match op {
             Op::Process {
                 run_id,

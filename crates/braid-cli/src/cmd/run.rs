@@ -135,6 +135,27 @@ pub(crate) struct StoreArgs {
     /// data directory's `braid` folder for PostgreSQL].
     #[arg(global = true, long, env = "BRAID_SPILL_DIR")]
     spill_dir: Option<PathBuf>,
+    /// How long this process's claim on a run it runs lasts unless renewed
+    /// (renewed every third of it). Once a run's lease has expired it shows
+    /// as `abandoned`, and a `braid serve` on the same store takes it over
+    /// (runs checkpointed per agent): keep it well above the longest pause
+    /// this process or its database may take.
+    #[arg(global = true, long, env = "BRAID_LEASE", default_value = "15s",
+          value_parser = parse_lease)]
+    pub(crate) lease: Duration,
+}
+
+/// `--lease`: a duration of at least 300 ms.
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(lease) if lease >= Duration::from_millis(300) => Ok(lease),
+        Ok(_) => Err(format!(
+            "expected a lease of at least 300ms (15s is the default), found `{text}`"
+        )),
+        Err(e) => Err(format!(
+            "expected a duration such as 15s or 1m, found `{text}` ({e})"
+        )),
+    }
 }
 
 impl StoreArgs {
@@ -149,6 +170,7 @@ impl StoreArgs {
             write_retries: self.db_write_retries,
             write_timeout: self.db_write_timeout,
             spill_dir: self.spill_dir.clone(),
+            lease: self.lease,
             ..StoreSettings::default()
         };
         let store = Store::connect(&url, &settings).await?;
@@ -255,8 +277,19 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// What sends a pipeline's agents to workers through the NATS server at
 /// `url` (`--nats`).
-pub(crate) async fn dispatch_to(url: &str) -> anyhow::Result<braid_server::PreparePipeline> {
+pub(crate) async fn dispatch_to(
+    url: &str,
+    store: Option<&Store>,
+) -> anyhow::Result<braid_server::PreparePipeline> {
     let dispatcher = braid_nats::Dispatcher::connect(url).await?;
+    // Task ids carry the epoch under which this process owns each run, so
+    // results sent to an owner that was deposed never match.
+    if let Some(store) = store {
+        let epochs = store.epochs();
+        dispatcher.set_epochs(std::sync::Arc::new(move |run: &str| {
+            epochs(run).unwrap_or(0)
+        }));
+    }
     Ok(braid_server::PreparePipeline(std::sync::Arc::new(
         move |pipeline: &mut Pipeline| dispatcher.remote(pipeline),
     )))
@@ -303,16 +336,16 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let runtime = runtime()?;
     let code = runtime.block_on(async {
-        let mut pipeline = pipeline;
-        if let Some(url) = &args.nats {
-            let prepare = dispatch_to(url).await?;
-            (prepare.0)(&mut pipeline).map_err(anyhow::Error::msg)?;
-        }
         // The store keeps runs (unless `none`) and cached agents' results.
         let store = match policy {
             CheckpointPolicy::None if !args.cache.wanted(&pipeline) => None,
             _ => Some(args.store.open_writable().await?),
         };
+        let mut pipeline = pipeline;
+        if let Some(url) = &args.nats {
+            let prepare = dispatch_to(url, store.as_ref()).await?;
+            (prepare.0)(&mut pipeline).map_err(anyhow::Error::msg)?;
+        }
         let options = RunOptions {
             sequential: args.sequential,
             concurrency: args.concurrency,
@@ -349,13 +382,32 @@ pub(crate) async fn execute(
 ) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     let signals = listen_for_signals();
+    // The one run of this process: any run deposed is this one.
+    let mut deposed = store.map(Store::deposed);
     let canceller = tokio::spawn({
         let cancel = cancel.clone();
         let mut signals = signals.clone();
         async move {
-            if signals.wait_for(|n| *n >= 1).await.is_ok() {
-                eprintln!("braid: cancelling the run…");
-                cancel.cancel();
+            let lost = async {
+                match deposed.as_mut() {
+                    Some(rx) => rx.recv().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                signalled = signals.wait_for(|n| *n >= 1) => {
+                    if signalled.is_ok() {
+                        eprintln!("braid: cancelling the run…");
+                        cancel.cancel();
+                    }
+                }
+                true = lost => {
+                    eprintln!(
+                        "braid: another process took this run over (its lease expired); \
+                         stopping it here, nothing more of it is saved by this process"
+                    );
+                    cancel.cancel();
+                }
             }
         }
     });

@@ -168,9 +168,11 @@ enum RunsCommand {
     },
 }
 
-/// Every status a stored run can have.
-const RUN_STATUSES: [&str; 6] = [
+/// Every status a stored run can have (`abandoned`: `running` past its
+/// lease, with nobody renewing it).
+const RUN_STATUSES: [&str; 7] = [
     "running",
+    "abandoned",
     "waiting",
     "completed",
     "failed",
@@ -592,6 +594,22 @@ async fn show(
             }
             if !run.forks.is_empty() {
                 writeln!(out, "  forks: {}", run.forks.join(", "))?;
+            }
+            if s.status == braid_core::report::RUNNING || s.status == braid_store::ABANDONED {
+                // Who holds it, since which takeover, and until when.
+                let lease = match run.lease_until_ms {
+                    Some(t) if s.status == braid_store::ABANDONED => {
+                        format!(", lease expired {}", format_time(t))
+                    }
+                    Some(t) => format!(", leased until {}", format_time(t)),
+                    None => String::new(),
+                };
+                writeln!(
+                    out,
+                    "  owner {} (epoch {}){lease}",
+                    run.owner.as_deref().unwrap_or("?"),
+                    run.epoch
+                )?;
             }
             writeln!(out)?;
             let width = agents.keys().map(|a| a.len()).max().unwrap_or(5).max(5);

@@ -315,6 +315,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| braid_server::Retention::default_interval(older_than)),
                 ..braid_server::Retention::new(older_than)
             }),
+            lease: args.store.lease,
             cores: match args.run_threads.unwrap_or_else(cores_here) {
                 0 => None,
                 n => Some(Arc::new(
@@ -322,7 +323,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 )),
             },
             prepare: match &args.nats {
-                Some(url) => Some(super::run::dispatch_to(url).await?),
+                Some(url) => Some(super::run::dispatch_to(url, store.as_deref()).await?),
                 None => None,
             },
             ..ServerConfig::default()

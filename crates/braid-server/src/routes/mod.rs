@@ -102,4 +102,35 @@ pub(crate) async fn continue_waiting(state: &AppState, run_id: &str) -> Result<(
     Ok(())
 }
 
+/// Continues a run this server took over when its lease expired (see
+/// `takeover.rs`): already claimed at its next epoch. The pipeline
+/// registered under its name continues it even if it changed since the run
+/// started (each completed agent is reused only if its definition and its
+/// upstream's are unchanged), since nobody is there to pass `force`.
+pub(crate) async fn continue_taken_over(
+    state: &AppState,
+    run_id: &str,
+    slot: crate::runs::Slot,
+) -> Result<(), ApiError> {
+    let store = state
+        .inner
+        .store
+        .clone()
+        .ok_or_else(|| ApiError::internal("no store"))?;
+    let stored = store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {run_id}")))?;
+    let registered = runs::continuable(state, &stored, true)?;
+    if registered.pipeline.content_hash() != stored.pipeline_hash {
+        tracing::warn!(
+            run = %run_id,
+            pipeline = %stored.summary.pipeline,
+            "the pipeline changed since the run started; changed agents and those downstream run again"
+        );
+    }
+    runs::continue_claimed(state, registered, stored, slot).await?;
+    Ok(())
+}
+
 pub use openapi::document as openapi_document;

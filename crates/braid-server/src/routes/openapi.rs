@@ -175,8 +175,9 @@ pub(crate) struct RunListItem {
     pub(crate) run_id: String,
     /// The pipeline it runs.
     pub(crate) pipeline: String,
-    /// `running`, `waiting`, `completed`, `failed`, `cancelled` or
-    /// `interrupted`.
+    /// `running`, `waiting`, `completed`, `failed`, `cancelled`,
+    /// `interrupted`, or `abandoned` (a stored run still `running` whose
+    /// owner's lease expired with nobody renewing it).
     pub(crate) status: String,
     /// How long it took, in milliseconds (`null` while it runs).
     pub(crate) makespan_ms: Option<f64>,
@@ -347,8 +348,9 @@ pub(crate) struct RunReport {
     pub(crate) run_id: String,
     /// The pipeline it runs.
     pub(crate) pipeline: String,
-    /// `running`, `waiting`, `completed`, `failed`, `cancelled` or
-    /// `interrupted`.
+    /// `running`, `waiting`, `completed`, `failed`, `cancelled`,
+    /// `interrupted`, or `abandoned` (a stored run still `running` whose
+    /// owner's lease expired with nobody renewing it).
     pub(crate) status: String,
     /// Why it failed.
     pub(crate) error: Option<String>,

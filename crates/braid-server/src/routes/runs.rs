@@ -289,9 +289,11 @@ const DEFAULT_LIST_LIMIT: i64 = 50;
 /// The longest name or prefix the listing takes.
 const MAX_LIST_TEXT: usize = 256;
 
-/// The statuses a run can have, as `?status=` takes them.
+/// The statuses a run can have, as `?status=` takes them (`abandoned`:
+/// `running` in the store past its lease, with nobody renewing it).
 fn run_statuses() -> Vec<&'static str> {
-    std::iter::once(braid_core::report::RUNNING)
+    [braid_core::report::RUNNING, braid_store::ABANDONED]
+        .into_iter()
         .chain(RunStatus::ALL.map(RunStatus::as_str))
         .collect()
 }
@@ -400,7 +402,7 @@ fn live_summary(run: &LiveRun) -> (braid_store::RunSummary, Value) {
     tag = "runs",
     summary = "Runs newest first, those in memory and the store's, filtered and paged.",
     params(
-        ("status" = Option<String>, Query, description = "Only runs with this status: running, waiting, completed, failed, cancelled, interrupted."),
+        ("status" = Option<String>, Query, description = "Only runs with this status: running, abandoned (running, but its owner's lease expired with nobody renewing it), waiting, completed, failed, cancelled, interrupted."),
         ("pipeline" = Option<String>, Query, description = "Only runs of this pipeline."),
         ("since" = Option<i64>, Query, description = "Only runs created at or after this time (ms since the Unix epoch)."),
         ("until" = Option<i64>, Query, description = "Only runs created before this time (ms since the Unix epoch)."),
