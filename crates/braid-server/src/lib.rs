@@ -185,7 +185,11 @@ pub struct ServerConfig {
 /// A change made to every pipeline a server registers (see
 /// [`ServerConfig::prepare`]).
 #[derive(Clone)]
-pub struct PreparePipeline(pub Arc<dyn Fn(&mut Pipeline) -> Result<(), String> + Send + Sync>);
+pub struct PreparePipeline(pub Arc<PrepareFn>);
+
+/// What [`PreparePipeline`] calls: changes a pipeline, or says why it
+/// cannot be registered.
+pub type PrepareFn = dyn Fn(&mut Pipeline) -> Result<(), String> + Send + Sync;
 
 impl std::fmt::Debug for PreparePipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

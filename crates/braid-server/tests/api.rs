@@ -1478,7 +1478,7 @@ async fn an_abandoned_run_is_listed_as_such_and_resumed_without_force() {
             .unwrap(),
     );
     let state = AppState::new(ServerConfig::default(), Some(store.clone()));
-    state.preload(pipeline, yaml.to_owned());
+    state.preload(pipeline, yaml.to_owned()).unwrap();
     let (status, listed) = call(&state, "GET", "/v1/runs?status=abandoned", None).await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert_eq!(listed[0]["run_id"], id, "{listed}");

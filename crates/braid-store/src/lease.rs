@@ -58,6 +58,10 @@ pub(crate) struct Leases {
     pub(crate) owner: String,
 }
 
+/// The epoch a store holds for each run in flight here, as a function
+/// that outlives the borrow ([`Store::epochs`]).
+pub type Epochs = Arc<dyn Fn(&str) -> Option<u64> + Send + Sync>;
+
 /// A run [`Store::claim_expired`] took over.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -500,7 +504,7 @@ impl Store {
 
     /// [`Store::epoch`] as a function that outlives this borrow, for
     /// whoever needs it while the store lives (remote agent dispatch).
-    pub fn epochs(&self) -> Arc<dyn Fn(&str) -> Option<u64> + Send + Sync> {
+    pub fn epochs(&self) -> Epochs {
         let writer = self.writer.clone();
         Arc::new(move |run_id: &str| match writer.leases().get(run_id)? {
             Held::Epoch(e) => Some(e),

@@ -206,7 +206,7 @@ use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 
-pub use lease::{Claimed, DEFAULT_LEASE};
+pub use lease::{Claimed, DEFAULT_LEASE, Epochs};
 pub use prune::{PruneFilter, PruneReport};
 pub use synthetic::SyntheticRuns;
 pub use waits::{AnswerRefused, ForkRecord};
