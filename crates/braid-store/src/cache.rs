@@ -28,7 +28,8 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Backend;
-use crate::writer::{CacheRow, Writer, now_ms};
+use crate::clock::now_ms;
+use crate::writer::{CacheRow, Writer};
 
 /// Most keys one lookup query asks for (SQLite binds at most 32,766
 /// parameters, PostgreSQL 65,535).

@@ -20,7 +20,7 @@ use std::time::Duration;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::writer::now_ms;
+use crate::clock::now_ms;
 use crate::{Backend, Store, StoreError, acquire};
 
 /// The default lease: how long a run's owner may go silent before another

@@ -182,6 +182,7 @@
 //! ```
 
 mod cache;
+mod clock;
 mod details;
 mod lease;
 pub mod prune;
@@ -1133,8 +1134,8 @@ impl Store {
         .bind(before_id)
         // SQLite's LIKE ignores ASCII case: the prefix is compared as is too.
         .bind(filter.id_prefix.clone())
-        .bind((filter.status.as_deref() == Some(ABANDONED)).then(writer::now_ms))
-        .bind((filter.status.as_deref() == Some(braid_core::report::RUNNING)).then(writer::now_ms))
+        .bind((filter.status.as_deref() == Some(ABANDONED)).then(clock::now_ms))
+        .bind((filter.status.as_deref() == Some(braid_core::report::RUNNING)).then(clock::now_ms))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(summary).collect()
@@ -1595,7 +1596,7 @@ fn summary(row: &AnyRow) -> Result<RunSummary, StoreError> {
         status: shown_status(
             row.try_get("status")?,
             row.try_get("lease_until_ms")?,
-            writer::now_ms(),
+            clock::now_ms(),
         ),
         checkpoint: row.try_get("checkpoint")?,
         created_at_ms: row.try_get("created_at_ms")?,

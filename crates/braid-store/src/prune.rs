@@ -42,7 +42,7 @@ use braid_core::report::RUNNING;
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::{Backend, Store, StoreError, acquire, writer};
+use crate::{Backend, Store, StoreError, acquire};
 
 /// Runs a batch deletes by default: small enough that one batch's
 /// transaction holds SQLite's write lock for a few milliseconds.
@@ -327,7 +327,7 @@ impl<'a> Pruning<'a> {
             let quoted: Vec<String> = statuses.iter().map(|s| format!("'{s}'")).collect();
             format!("status IN ({})", quoted.join(", "))
         };
-        let now_ms = writer::now_ms();
+        let now_ms = crate::clock::now_ms();
         let cutoff_ms = filter
             .older_than
             .map(|age| now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));

@@ -46,7 +46,7 @@ impl Store {
         static CALLS: AtomicU64 = AtomicU64::new(0);
         let prefix = format!(
             "synthetic-{}-{}-{}-",
-            writer::now_ms(),
+            crate::clock::now_ms(),
             std::process::id(),
             CALLS.fetch_add(1, Ordering::Relaxed)
         );

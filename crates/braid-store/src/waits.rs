@@ -15,7 +15,7 @@ use braid_core::{AgentStatus, CheckpointPolicy};
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::writer::now_ms;
+use crate::clock::now_ms;
 use crate::{Store, StoreError, acquire};
 
 /// Why an answer was not recorded.

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use braid_core::checkpoint::{AgentRecord, CheckpointPolicy, Checkpointer, FieldValue, RunRecord};
 use braid_core::report::RUNNING;
@@ -31,6 +31,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, AssertSqlSafe};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clock::now_ms;
 use crate::lease::{Leases, begin_write};
 use crate::{Backend, StoreSettings};
 
@@ -164,12 +165,6 @@ pub(crate) struct Writer {
     leases: Arc<Leases>,
     abandon: watch::Sender<bool>,
     status: Arc<Mutex<Option<String>>>,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `host:pid` of this process.
