@@ -262,3 +262,58 @@ fn a_worker_that_cannot_reach_nats_says_so() {
     assert_eq!(bad_queue.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_queue.stderr).contains("not a queue name"));
 }
+
+#[test]
+fn a_resumed_run_sends_what_is_left_to_the_workers() {
+    let nats = LocalNats::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // `b` fails until the file `ready` exists.
+    let b = format!(
+        "  b:\n    kind: command\n    run: [sh, -c, 'echo $PPID >> {calls}; cat > /dev/null; test -e {ready} || exit 3; echo \"{{\\\"y\\\": 1}}\"']\n    reads: [x]\n    writes: [y]\n",
+        calls = dir.join("b.calls").display(),
+        ready = dir.join("ready").display(),
+    );
+    let yaml = format!(
+        "pipeline: resumable\ncheckpoint: agent\nagents:\n{}{b}",
+        agent(dir, "a", "", "x", "0", "")
+    );
+    pipeline(dir, "resumable", &yaml);
+    let w = worker(dir, &nats.url(), &[]);
+    let first = braid(dir)
+        .arg("run")
+        .arg(dir.join("pipelines/resumable.yaml"))
+        .args(["--nats", &nats.url(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let id = json(&first)["run_id"].as_str().unwrap().to_owned();
+
+    std::fs::write(dir.join("ready"), "").unwrap();
+    let resumed = braid(dir)
+        .args([
+            "runs",
+            "resume",
+            &id,
+            "--nats",
+            &nats.url(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(json(&resumed)["status"], "completed");
+    // `a` completed the first time and is not run again; `b` ran twice, on the worker.
+    assert_eq!(calls(dir, "a"), [w.0.id()]);
+    assert_eq!(calls(dir, "b"), [w.0.id(), w.0.id()]);
+}

@@ -35,11 +35,8 @@ pub(crate) struct RunArgs {
     /// unless the pipeline sets `checkpoint:`) or `agent` (resumable).
     #[arg(long, value_parser = ["none", "end", "agent"])]
     checkpoint: Option<String>,
-    /// Send agents to `braid worker`s through this NATS server (with
-    /// JetStream) instead of running them in this process; the run and its
-    /// scheduling stay here.
-    #[arg(long, env = "BRAID_NATS", value_name = "URL")]
-    pub(crate) nats: Option<String>,
+    #[command(flatten)]
+    pub(crate) dispatch: DispatchArgs,
     /// Write the run's metrics (Prometheus text format) to this file: for
     /// batch jobs, which have no /metrics to scrape.
     #[arg(long)]
@@ -50,6 +47,32 @@ pub(crate) struct RunArgs {
     pub(crate) cache: CacheArgs,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+}
+
+/// Where agents execute: here, or on `braid worker`s (`--nats`).
+#[derive(Debug, Args)]
+pub(crate) struct DispatchArgs {
+    /// Send agents to `braid worker`s through this NATS server (with
+    /// JetStream) instead of running them in this process; the run and its
+    /// scheduling stay here.
+    #[arg(long, env = "BRAID_NATS", value_name = "URL")]
+    pub(crate) nats: Option<String>,
+}
+
+impl DispatchArgs {
+    /// Sends `pipeline`'s agents to workers when `--nats` was given, with
+    /// run epochs from `store`'s leases.
+    pub(crate) async fn apply(
+        &self,
+        pipeline: &mut Pipeline,
+        store: Option<&Store>,
+    ) -> anyhow::Result<()> {
+        if let Some(url) = &self.nats {
+            let prepare = dispatch_to(url, store).await?;
+            (prepare.0)(pipeline).map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether cached agents use the store's cache.
@@ -342,10 +365,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ => Some(args.store.open_writable().await?),
         };
         let mut pipeline = pipeline;
-        if let Some(url) = &args.nats {
-            let prepare = dispatch_to(url, store.as_ref()).await?;
-            (prepare.0)(&mut pipeline).map_err(anyhow::Error::msg)?;
-        }
+        args.dispatch.apply(&mut pipeline, store.as_ref()).await?;
         let options = RunOptions {
             sequential: args.sequential,
             concurrency: args.concurrency,

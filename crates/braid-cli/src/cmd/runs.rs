@@ -13,7 +13,9 @@ use clap::{Args, Subcommand};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
-use super::run::{CacheArgs, DisplayArgs, Output, StoreArgs, execute, fmt_ms, runtime};
+use super::run::{
+    CacheArgs, DispatchArgs, DisplayArgs, Output, StoreArgs, execute, fmt_ms, runtime,
+};
 use crate::exit;
 
 #[derive(Debug, Args)]
@@ -69,6 +71,8 @@ enum RunsCommand {
         display: DisplayArgs,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        dispatch: DispatchArgs,
     },
     /// Answer an `input` agent of a waiting run, and continue the run here
     /// (printing its report as `braid run` does).
@@ -89,6 +93,8 @@ enum RunsCommand {
         display: DisplayArgs,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        dispatch: DispatchArgs,
     },
     /// A new run from an earlier one: every agent not downstream of
     /// `--from` (or of a field set with `--set`) keeps its recorded
@@ -113,6 +119,8 @@ enum RunsCommand {
         display: DisplayArgs,
         #[command(flatten)]
         cache: CacheArgs,
+        #[command(flatten)]
+        dispatch: DispatchArgs,
     },
     /// Agents' log lines kept with a run (each agent's last
     /// lines, oldest first; see `KEPT_LOG_LINES` in the docs).
@@ -259,7 +267,8 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                 force,
                 display,
                 cache,
-            } => resume(&store, &id, force, &display, &cache).await,
+                dispatch,
+            } => resume(&store, &id, force, &display, &cache, &dispatch).await,
             RunsCommand::Answer {
                 id,
                 agent,
@@ -267,7 +276,13 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                 force,
                 display,
                 cache,
-            } => answer(&store, &id, &agent, &value, force, &display, &cache).await,
+                dispatch,
+            } => {
+                answer(
+                    &store, &id, &agent, &value, force, &display, &cache, &dispatch,
+                )
+                .await
+            }
             RunsCommand::Fork {
                 id,
                 from,
@@ -275,6 +290,7 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                 pipeline,
                 display,
                 cache,
+                dispatch,
             } => {
                 fork(
                     &store,
@@ -282,8 +298,7 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                     from.as_deref(),
                     &set,
                     pipeline.as_deref(),
-                    &display,
-                    &cache,
+                    (&display, &cache, &dispatch),
                 )
                 .await
             }
@@ -694,6 +709,7 @@ async fn resume(
     force: bool,
     display: &DisplayArgs,
     cache: &CacheArgs,
+    dispatch: &DispatchArgs,
 ) -> anyhow::Result<ExitCode> {
     let Some(run) = store.get_run(id).await? else {
         eprintln!("error: no run {id} in {}", store.url());
@@ -729,7 +745,7 @@ async fn resume(
     if !store.claim(&run).await? {
         return refuse("another process took it over just now".to_owned());
     }
-    continue_run(store, run, &pipeline, input, display, cache).await
+    continue_run(store, run, pipeline, input, (display, cache, dispatch)).await
 }
 
 /// The pipeline and input a stored run continues with (resume, answer),
@@ -758,11 +774,12 @@ fn continuable(run: &StoredRun, force: bool) -> Result<(Pipeline, braid_core::Va
 async fn continue_run(
     store: &Store,
     run: StoredRun,
-    pipeline: &Pipeline,
+    mut pipeline: Pipeline,
     input: braid_core::ValidInput,
-    display: &DisplayArgs,
-    cache: &CacheArgs,
+    (display, cache, dispatch): (&DisplayArgs, &CacheArgs, &DispatchArgs),
 ) -> anyhow::Result<ExitCode> {
+    dispatch.apply(&mut pipeline, Some(store)).await?;
+    let pipeline = &pipeline;
     let id = run.summary.run_id.clone();
     // Its dead owner's agents may have left processes running: they go
     // before anything runs again, or their side effects would happen twice.
@@ -812,6 +829,7 @@ async fn answer(
     force: bool,
     display: &DisplayArgs,
     cache: &CacheArgs,
+    dispatch: &DispatchArgs,
 ) -> anyhow::Result<ExitCode> {
     let refuse = |why: String| {
         eprintln!("error: cannot answer `{agent}` of run {id}: {why}");
@@ -865,7 +883,7 @@ async fn answer(
             store.url()
         );
     };
-    continue_run(store, run, &pipeline, input, display, cache).await
+    continue_run(store, run, pipeline, input, (display, cache, dispatch)).await
 }
 
 /// Parses `--set FIELD=JSON`.
@@ -884,8 +902,7 @@ async fn fork(
     from: Option<&str>,
     set: &[String],
     file: Option<&std::path::Path>,
-    display: &DisplayArgs,
-    cache: &CacheArgs,
+    (display, cache, dispatch): (&DisplayArgs, &CacheArgs, &DispatchArgs),
 ) -> anyhow::Result<ExitCode> {
     let refuse = |why: String| {
         eprintln!("error: cannot fork run {id}: {why}");
@@ -923,7 +940,7 @@ async fn fork(
             );
         }
     };
-    let pipeline = match Pipeline::from_file_with(&path, &crate::kinds()) {
+    let mut pipeline = match Pipeline::from_file_with(&path, &crate::kinds()) {
         Ok(p) => p,
         Err(err) => return refuse(format!("{} does not load: {err}", path.display())),
     };
@@ -933,6 +950,7 @@ async fn fork(
             path.display()
         );
     }
+    dispatch.apply(&mut pipeline, Some(store)).await?;
     let fork = match pipeline.fork(id, &parent.agents, &parent.input, from, &set) {
         Ok(fork) => fork,
         Err(err) => return refuse(err.to_string()),
