@@ -278,10 +278,8 @@ pub(crate) fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                 cache,
                 dispatch,
             } => {
-                answer(
-                    &store, &id, &agent, &value, force, &display, &cache, &dispatch,
-                )
-                .await
+                let how = (&display, &cache, &dispatch);
+                answer(&store, &id, &agent, &value, force, how).await
             }
             RunsCommand::Fork {
                 id,
@@ -827,9 +825,7 @@ async fn answer(
     agent: &str,
     value: &str,
     force: bool,
-    display: &DisplayArgs,
-    cache: &CacheArgs,
-    dispatch: &DispatchArgs,
+    how: (&DisplayArgs, &CacheArgs, &DispatchArgs),
 ) -> anyhow::Result<ExitCode> {
     let refuse = |why: String| {
         eprintln!("error: cannot answer `{agent}` of run {id}: {why}");
@@ -883,7 +879,7 @@ async fn answer(
             store.url()
         );
     };
-    continue_run(store, run, pipeline, input, (display, cache, dispatch)).await
+    continue_run(store, run, pipeline, input, how).await
 }
 
 /// Parses `--set FIELD=JSON`.
