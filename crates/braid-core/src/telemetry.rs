@@ -38,8 +38,9 @@ use std::time::Duration;
 use crate::report::RunReport;
 
 pub(crate) fn run_finished(report: &RunReport) {
-    let status = report.status.to_string();
-    metrics::counter!("braid_runs_total", "status" => status.clone()).increment(1);
+    // A `&'static str` label: no `String` made per run.
+    let status: &'static str = report.status.as_str();
+    metrics::counter!("braid_runs_total", "status" => status).increment(1);
     metrics::histogram!("braid_run_makespan_seconds", "status" => status)
         .record(report.makespan_ms / 1e3);
     if let Some(tokens) = report.tokens {
@@ -51,7 +52,14 @@ pub(crate) fn run_finished(report: &RunReport) {
 }
 
 pub(crate) fn agent_finished(status: &'static str, duration_ms: Option<f64>, _attempts: u32) {
-    metrics::counter!("braid_agents_total", "status" => status).increment(1);
+    // Literal labels: the macro then builds the key once, statically,
+    // instead of allocating and hashing its labels on every call.
+    match status {
+        "completed" => metrics::counter!("braid_agents_total", "status" => "completed").increment(1),
+        "failed" => metrics::counter!("braid_agents_total", "status" => "failed").increment(1),
+        "skipped" => metrics::counter!("braid_agents_total", "status" => "skipped").increment(1),
+        other => metrics::counter!("braid_agents_total", "status" => other).increment(1),
+    }
     if let Some(ms) = duration_ms {
         metrics::histogram!("braid_agent_duration_seconds").record(ms / 1e3);
     }

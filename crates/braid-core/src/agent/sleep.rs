@@ -30,8 +30,9 @@ use super::{Agent, AgentError, AgentInput, Writes};
 #[derive(Debug)]
 pub struct SleepAgent {
     duration: Duration,
-    value: Value,
-    writes: Arc<[Arc<str>]>,
+    /// What every call writes, built once: a call clones it (no key is
+    /// hashed again).
+    out: Writes,
 }
 
 impl SleepAgent {
@@ -39,8 +40,10 @@ impl SleepAgent {
     pub fn new(duration: Duration, value: Value, writes: Arc<[Arc<str>]>) -> Self {
         Self {
             duration,
-            value,
-            writes,
+            out: writes
+                .iter()
+                .map(|w| (w.to_string(), value.clone()))
+                .collect(),
         }
     }
 }
@@ -51,11 +54,7 @@ impl Agent for SleepAgent {
         if !self.duration.is_zero() {
             precise_sleep(self.duration).await;
         }
-        Ok(self
-            .writes
-            .iter()
-            .map(|w| (w.to_string(), self.value.clone()))
-            .collect())
+        Ok(self.out.clone())
     }
 }
 

@@ -62,12 +62,19 @@ pub(super) async fn attempt_loop(
             error = tracing::field::Empty,
             "otel.status_code" = tracing::field::Empty,
         );
-        let outcome = match policy.timeout {
-            Some(limit) => tokio::time::timeout(limit, runner.call(&input))
-                .instrument(span.clone())
-                .await
-                .unwrap_or(Err(AgentError::Timeout(limit))),
-            None => runner.call(&input).instrument(span.clone()).await,
+        let call = async {
+            match policy.timeout {
+                Some(limit) => tokio::time::timeout(limit, runner.call(&input))
+                    .await
+                    .unwrap_or(Err(AgentError::Timeout(limit))),
+                None => runner.call(&input).await,
+            }
+        };
+        // A span nothing records is not entered on every poll.
+        let outcome = if span.is_disabled() {
+            call.await
+        } else {
+            call.instrument(span.clone()).await
         };
         let result = outcome.and_then(|out| check_writes(out, &writes, &input.agent, max_depth));
         if let Err(error) = &result
@@ -144,7 +151,13 @@ pub(super) fn check_writes(
     let mut values = Vec::with_capacity(writes.len());
     let mut missing = Vec::new();
     for write in writes {
-        match out.remove(&*write.name) {
+        // Found by comparing names, not by hashing them: an agent writes a
+        // handful of fields, and every key was checked against `writes` above.
+        let found = out
+            .iter_mut()
+            .find(|(k, _)| k.as_str() == &*write.name)
+            .map(|(_, v)| std::mem::take(v));
+        match found {
             Some(value) => {
                 if crate::depth::exceeds(&value, max_depth) {
                     return Err(AgentError::Output(format!(
