@@ -55,7 +55,9 @@ pub(crate) fn agent_finished(status: &'static str, duration_ms: Option<f64>, _at
     // Literal labels: the macro then builds the key once, statically,
     // instead of allocating and hashing its labels on every call.
     match status {
-        "completed" => metrics::counter!("braid_agents_total", "status" => "completed").increment(1),
+        "completed" => {
+            metrics::counter!("braid_agents_total", "status" => "completed").increment(1)
+        }
         "failed" => metrics::counter!("braid_agents_total", "status" => "failed").increment(1),
         "skipped" => metrics::counter!("braid_agents_total", "status" => "skipped").increment(1),
         other => metrics::counter!("braid_agents_total", "status" => other).increment(1),
