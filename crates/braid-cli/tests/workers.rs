@@ -52,10 +52,11 @@ fn pipeline(dir: &Path, name: &str, yaml: &str) {
 }
 
 /// A command agent that appends its worker's pid to `NAME.calls`, sleeps
-/// `sleep` seconds and writes `{field: 1}`.
+/// `sleep` seconds and writes `{field: 1}` (within a minute: a run whose
+/// worker never came fails instead of hanging the test).
 fn agent(dir: &Path, name: &str, reads: &str, field: &str, sleep: &str, extra: &str) -> String {
     format!(
-        "  {name}:\n    kind: command\n    run: [sh, -c, 'echo $PPID >> {calls}; sleep {sleep}; cat > /dev/null; echo \"{{\\\"{field}\\\": 1}}\"']\n    reads: [{reads}]\n    writes: [{field}]\n{extra}",
+        "  {name}:\n    kind: command\n    run: [sh, -c, 'echo $PPID >> {calls}; sleep {sleep}; cat > /dev/null; echo \"{{\\\"{field}\\\": 1}}\"']\n    reads: [{reads}]\n    writes: [{field}]\n    timeout: 60s\n{extra}",
         calls = dir.join(format!("{name}.calls")).display()
     )
 }

@@ -157,16 +157,33 @@ pub(crate) async fn ensure_streams(
     ];
     for config in streams {
         let name = config.name.clone();
-        js.get_or_create_stream(config)
-            .await
-            .map_err(|e| NatsError::JetStream {
-                url: url.to_owned(),
-                what: format!("stream {name}"),
-                message: e.to_string(),
-            })?;
+        // A server that has just started may not answer JetStream requests
+        // yet ("no responders"): ask again for a few seconds before giving up.
+        let mut delay = Duration::from_millis(50);
+        let deadline = std::time::Instant::now() + JETSTREAM_WAIT;
+        loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(stream = %name, error = %e, "JetStream not ready; asking again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(NatsError::JetStream {
+                        url: url.to_owned(),
+                        what: format!("stream {name}"),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
     }
     Ok(())
 }
+
+/// How long a process waits for JetStream to answer at start.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(10);
 
 /// This process's name as NATS shows it and as one subject token:
 /// `host-pid-nonce`, with anything but letters, digits and `-` turned into

@@ -64,9 +64,16 @@ fn load(yaml: &str, kinds: &AgentKinds) -> Pipeline {
     Pipeline::from_yaml_str_with(yaml, kinds).unwrap()
 }
 
+/// Runs `pipeline` (a run that has not ended in a minute is a failure,
+/// not a hang).
 async fn run(pipeline: &Pipeline, input: Value) -> RunReport {
     let input = pipeline.check_input(&input).unwrap();
-    pipeline.run(input, RunOptions::default()).await
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        pipeline.run(input, RunOptions::default()),
+    )
+    .await
+    .expect("the run ended within a minute")
 }
 
 fn settings() -> WorkerSettings {
@@ -90,12 +97,16 @@ fn start_worker(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let url = url.to_owned();
     let handle = tokio::spawn(async move {
-        worker
+        if let Err(e) = worker
             .run(&url, settings, async {
                 let _ = stopped.await;
             })
             .await
-            .unwrap();
+        {
+            // Seen in the test's output if the run then waits in vain.
+            eprintln!("the worker stopped: {e}");
+            panic!("the worker stopped: {e}");
+        }
     });
     (stop, handle)
 }
