@@ -1460,6 +1460,10 @@ fn a_batch_run_writes_its_metrics_and_logs_as_json() {
         text.contains("braid_agents_total{status=\"completed\"} 6"),
         "{text}"
     );
+    assert!(
+        text.contains("braid_runs_total{status=\"completed\"} 1"),
+        "{text}"
+    );
     // Debug logs are JSON lines carrying the run's and the agent's span.
     let stderr = String::from_utf8_lossy(&output.stderr);
     let line = stderr

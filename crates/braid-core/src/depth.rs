@@ -54,6 +54,11 @@ pub struct DepthCeilingError {
 /// the value without recursion and stops at the first path over the limit,
 /// so it is safe on values of any depth.
 pub fn exceeds(value: &Value, limit: usize) -> bool {
+    // A scalar is 0 deep: no walk, and no stack allocated (most agents
+    // write strings and numbers).
+    if !matches!(value, Value::Array(_) | Value::Object(_)) {
+        return false;
+    }
     // (value, its depth counting itself)
     let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
     while let Some((value, above)) = stack.pop() {

@@ -5,8 +5,6 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use indexmap::IndexMap;
-
 use crate::graph::AgentId;
 use crate::pipeline::Pipeline;
 use crate::report::AgentReport;
@@ -116,7 +114,7 @@ impl Pipeline {
     /// (the one that ended last), to an agent with none. Agents that did
     /// not run (skipped, pending) are not on it. `agents` is the run's
     /// report (or stored records) by name; names it lacks are left out.
-    pub fn run_critical_path(&self, agents: &IndexMap<String, AgentReport>) -> Vec<String> {
+    pub fn run_critical_path(&self, agents: &crate::report::ByName<AgentReport>) -> Vec<String> {
         let end = |a: AgentId| {
             let report = agents.get(&*self.agents[a].name)?;
             Some(report.start_ms? + report.duration_ms.unwrap_or(0.0))

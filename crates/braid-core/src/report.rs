@@ -15,6 +15,15 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// How the report's maps hash their keys (agent and field names, which a
+/// pipeline declares): foldhash, seeded once per process. Hashing each name
+/// once a run with SipHash cost several times as much (issue 16), and the
+/// names come from a validated pipeline, bounded in number.
+pub type NameHasher = foldhash::fast::RandomState;
+
+/// A map by agent or field name, in the pipeline's order.
+pub type ByName<V> = IndexMap<String, V, NameHasher>;
+
 /// How a run ended (or, for [`Waiting`](RunStatus::Waiting), where it
 /// stands). A run still in progress has no `RunStatus`; stores write it as
 /// [`RUNNING`].
@@ -187,7 +196,7 @@ pub struct AgentReport {
     /// (`summarize[3]`), in element order. Left out by
     /// [`RunReport::without_instances`].
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub instances: Option<IndexMap<String, AgentReport>>,
+    pub instances: Option<ByName<AgentReport>>,
     /// Its writes came from the cache (`cache:`): it did not run.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub cached: bool,
@@ -296,9 +305,9 @@ pub struct RunReport {
     /// From start to the last agent's end, in ms (monotonic clock).
     pub makespan_ms: f64,
     /// Every field that has a value: the inputs and what completed agents wrote.
-    pub state: IndexMap<String, Arc<Value>>,
+    pub state: ByName<Arc<Value>>,
     /// Every agent, in declaration order.
-    pub agents: IndexMap<String, AgentReport>,
+    pub agents: ByName<AgentReport>,
     /// Model tokens all agents used, when any did.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tokens: Option<TokenUsage>,
@@ -362,8 +371,8 @@ pub fn natural_order(name: &str) -> Vec<(String, u64)> {
 /// stored records, which keep one record a member).
 pub fn nest_instances(
     members: impl IntoIterator<Item = (String, AgentReport)>,
-) -> IndexMap<String, AgentReport> {
-    let mut agents: IndexMap<String, AgentReport> = IndexMap::new();
+) -> ByName<AgentReport> {
+    let mut agents: ByName<AgentReport> = ByName::default();
     let mut nested: Vec<(String, AgentReport)> = Vec::new();
     for (name, report) in members {
         if top_agent(&name) == name {
@@ -396,7 +405,7 @@ pub fn nest_instances(
         }
         parent
             .instances
-            .get_or_insert_with(IndexMap::new)
+            .get_or_insert_with(ByName::default)
             .insert(name, report);
     }
     agents

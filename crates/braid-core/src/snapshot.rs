@@ -36,7 +36,6 @@
 
 use std::sync::Arc;
 
-use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -50,9 +49,9 @@ pub struct RunSnapshot {
     pub elapsed_ms: f64,
     /// Each top-level agent's report so far (a `foreach` agent's instance
     /// counts included; nested reports come with the final report).
-    pub agents: IndexMap<String, AgentReport>,
+    pub agents: crate::report::ByName<AgentReport>,
     /// Every field that has a value so far (merge fields as last combined).
-    pub state: IndexMap<String, Arc<Value>>,
+    pub state: crate::report::ByName<Arc<Value>>,
 }
 
 /// Asks one run in flight for a [`RunSnapshot`]. Cheap to clone.

@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use indexmap::IndexMap;
 use serde_json::Value;
 
 use crate::graph::AgentId;
@@ -144,7 +143,7 @@ impl RunState {
 
     /// Every field that has a value so far, in the pipeline's field order
     /// (merge fields as last combined), shared with the state.
-    pub(crate) fn map(&self, pipeline: &Pipeline) -> IndexMap<String, Arc<Value>> {
+    pub(crate) fn map(&self, pipeline: &Pipeline) -> crate::report::ByName<Arc<Value>> {
         self.values
             .iter()
             .enumerate()
@@ -154,7 +153,7 @@ impl RunState {
 
     /// Every field that has a value, in the pipeline's field order (merge
     /// fields settled; one whose merge failed is left out).
-    pub(crate) fn take_map(&mut self, pipeline: &Pipeline) -> IndexMap<String, Arc<Value>> {
+    pub(crate) fn take_map(&mut self, pipeline: &Pipeline) -> crate::report::ByName<Arc<Value>> {
         let _ = self.settle_all(pipeline);
         std::mem::take(&mut self.values)
             .into_iter()

@@ -35,14 +35,30 @@
 
 use std::time::Duration;
 
-use crate::report::RunReport;
+use crate::report::{RunReport, RunStatus};
 
 pub(crate) fn run_finished(report: &RunReport) {
-    // A `&'static str` label: no `String` made per run.
-    let status: &'static str = report.status.as_str();
-    metrics::counter!("braid_runs_total", "status" => status).increment(1);
-    metrics::histogram!("braid_run_makespan_seconds", "status" => status)
-        .record(report.makespan_ms / 1e3);
+    // Literal labels, one arm a status: the macro then builds each key
+    // once, statically, instead of allocating its labels on every run.
+    macro_rules! by_status {
+        ($($status:ident => $label:literal),* $(,)?) => {
+            match report.status {
+                $(RunStatus::$status => (
+                    metrics::counter!("braid_runs_total", "status" => $label),
+                    metrics::histogram!("braid_run_makespan_seconds", "status" => $label),
+                ),)*
+            }
+        };
+    }
+    let (runs, makespan) = by_status!(
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        Interrupted => "interrupted",
+        Waiting => "waiting",
+    );
+    runs.increment(1);
+    makespan.record(report.makespan_ms / 1e3);
     if let Some(tokens) = report.tokens {
         metrics::counter!("braid_llm_tokens_total", "direction" => "prompt")
             .increment(tokens.prompt);

@@ -458,8 +458,8 @@ impl StoredRun {
     /// a later record's value winning. Exact only without merge fields or
     /// several writers of a field; with the unchanged pipeline at hand,
     /// [`braid_core::Pipeline::replay`] is (merge rules, topological order).
-    pub fn recorded_state(&self) -> IndexMap<String, Arc<Value>> {
-        let mut state: IndexMap<String, Arc<Value>> = self
+    pub fn recorded_state(&self) -> braid_core::report::ByName<Arc<Value>> {
+        let mut state: braid_core::report::ByName<Arc<Value>> = self
             .input
             .iter()
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))

@@ -10,7 +10,6 @@ use braid_core::{AgentReport, CheckpointPolicy, Pipeline, ResumePoint, RunOption
 use braid_store::prune::{DEFAULT_PRUNE_BATCH, MAX_PRUNE_BATCH};
 use braid_store::{PruneFilter, PruneReport, RunFilter, Store, StoredRun};
 use clap::{Args, Subcommand};
-use indexmap::IndexMap;
 use serde_json::{Value, json};
 
 use super::run::{
@@ -519,7 +518,7 @@ fn same_pipeline(run: &StoredRun) -> Result<Pipeline, String> {
 
 /// Input plus deltas. Exact with the unchanged pipeline (merge rules,
 /// topological order); otherwise later-starting writers win.
-fn state_of(run: &StoredRun) -> (IndexMap<String, Arc<Value>>, Option<String>) {
+fn state_of(run: &StoredRun) -> (braid_core::report::ByName<Arc<Value>>, Option<String>) {
     match same_pipeline(run) {
         Ok(pipeline) => match pipeline.check_input(&Value::Object(run.input.clone())) {
             Ok(input) => (pipeline.replay(input, &run.agents), None),
@@ -566,7 +565,7 @@ async fn show(
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let (state, note) = state_of(&run);
-    let agents: IndexMap<String, AgentReport> = braid_core::report::nest_instances(
+    let agents: braid_core::report::ByName<AgentReport> = braid_core::report::nest_instances(
         run.agents
             .iter()
             .map(|a| (a.agent.to_string(), a.report.clone())),

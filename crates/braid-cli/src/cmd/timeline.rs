@@ -73,7 +73,7 @@ pub(crate) fn critical_path(
     let Some(pipeline) = pipeline else {
         return Vec::new();
     };
-    let by_name: indexmap::IndexMap<String, AgentReport> = agents.iter().cloned().collect();
+    let by_name: braid_core::report::ByName<AgentReport> = agents.iter().cloned().collect();
     pipeline.run_critical_path(&by_name)
 }
 

@@ -40,7 +40,7 @@ pub struct AgentInput {
     /// run's state, not copied.
     pub reads: Reads,
     pub(crate) events: Option<EventSink>,
-    pub(crate) usage: Arc<TokenCounter>,
+    pub(crate) usage: TokenSlot,
     /// Where its log lines are kept (checkpointed runs).
     pub(crate) logs: Option<Arc<logs::KeptLogs>>,
     /// Where process groups go on record (runs checkpointed per agent).
@@ -81,6 +81,27 @@ impl Drop for RecordedGroup {
 pub struct TokenCounter {
     prompt: std::sync::atomic::AtomicU64,
     completion: std::sync::atomic::AtomicU64,
+}
+
+/// Where a call's tokens are counted: its agent's counter among its run's.
+/// A run allocates its agents' counters once, together, rather than one
+/// `Arc` per agent (most agents never count a token).
+#[derive(Debug, Clone)]
+pub(crate) struct TokenSlot {
+    counters: Arc<[TokenCounter]>,
+    index: usize,
+}
+
+impl TokenSlot {
+    /// Agent `index`'s counter among `counters`.
+    pub(crate) fn new(counters: Arc<[TokenCounter]>, index: usize) -> Self {
+        debug_assert!(index < counters.len());
+        Self { counters, index }
+    }
+
+    fn counter(&self) -> &TokenCounter {
+        &self.counters[self.index]
+    }
 }
 
 impl TokenCounter {
@@ -127,7 +148,7 @@ impl AgentInput {
             attempt,
             reads: Reads(reads),
             events: None,
-            usage: Arc::default(),
+            usage: TokenSlot::new(Arc::new([TokenCounter::default()]), 0),
             processes: None,
         }
     }
@@ -141,15 +162,16 @@ impl AgentInput {
 
     /// The tokens recorded with [`AgentInput::record_tokens`] so far.
     pub fn tokens(&self) -> Option<TokenUsage> {
-        self.usage.usage()
+        self.usage.counter().usage()
     }
 
     /// Records tokens a model call used; they appear in the agent's report
     /// and the run's total.
     pub fn record_tokens(&self, prompt: u64, completion: u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.usage.prompt.fetch_add(prompt, Relaxed);
-        self.usage.completion.fetch_add(completion, Relaxed);
+        let counter = self.usage.counter();
+        counter.prompt.fetch_add(prompt, Relaxed);
+        counter.completion.fetch_add(completion, Relaxed);
     }
 
     /// Puts process group `pgid` on record with the run, when the run is

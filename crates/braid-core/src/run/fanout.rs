@@ -18,7 +18,6 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use indexmap::IndexMap;
 use serde_json::Value;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -89,7 +88,7 @@ pub(super) fn instance_of(name: &str, ids: &HashMap<&str, AgentId>) -> Option<(A
 /// The reports of a resumed fan-out's instances, in element order.
 pub(super) fn resumed_instances(
     records: HashMap<usize, AgentRecord>,
-) -> IndexMap<String, AgentReport> {
+) -> crate::report::ByName<AgentReport> {
     let mut records: Vec<(usize, AgentRecord)> = records.into_iter().collect();
     records.sort_unstable_by_key(|(i, _)| *i);
     records
@@ -335,7 +334,7 @@ impl Scheduler<'_> {
             attempt: 1,
             reads: Reads(reads),
             events: self.options.events.clone(),
-            usage: self.progress[agent].usage.clone(),
+            usage: crate::agent::TokenSlot::new(self.tokens.clone(), agent),
             logs: self.kept_logs(agent),
             processes: self.processes.clone(),
         };
@@ -547,7 +546,8 @@ impl Scheduler<'_> {
             total: f.len as u64,
             ..ItemCounts::default()
         };
-        let mut instances = IndexMap::with_capacity(f.len);
+        let mut instances =
+            crate::report::ByName::with_capacity_and_hasher(f.len, Default::default());
         for i in 0..f.len {
             let item = self.item_report(agent, f, i);
             counts.count(item.status);

@@ -24,7 +24,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use indexmap::IndexMap;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +106,7 @@ impl Pipeline {
         &self,
         input: ValidInput,
         agents: &[AgentRecord],
-    ) -> IndexMap<String, Arc<Value>> {
+    ) -> crate::report::ByName<Arc<Value>> {
         let mut scheduler = Scheduler::new(self, input, RunOptions::default());
         // What the run reached, as recorded: no definition check here.
         scheduler.resume(

@@ -257,7 +257,7 @@ impl Scheduler<'_> {
             attempts: progress.attempts,
             error: progress.error.clone(),
             reason: progress.reason.clone(),
-            tokens: progress.usage.usage(),
+            tokens: self.tokens[agent].usage(),
             deadline_ms: self.deadline_of(agent),
             cached: progress.cached,
             failures: progress.failures.clone(),

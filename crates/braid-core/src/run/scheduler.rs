@@ -6,7 +6,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use indexmap::IndexMap;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -41,8 +40,6 @@ pub(super) struct AgentProgress {
     pub(super) resumed: Option<Box<AgentReport>>,
     /// Waiting in the ready queue (never queued twice).
     pub(super) queued: bool,
-    /// Tokens its calls used.
-    pub(super) usage: Arc<crate::agent::TokenCounter>,
     /// A `foreach` agent's instances, once its list is known.
     pub(super) fanout: Option<Box<Fanout>>,
     /// Its writes came from the cache.
@@ -60,6 +57,8 @@ pub(super) struct Scheduler<'p> {
     pub(super) options: RunOptions,
     pub(super) state: RunState,
     pub(super) progress: Vec<AgentProgress>,
+    /// Tokens each agent's calls used, by agent (one allocation a run).
+    pub(super) tokens: Arc<[crate::agent::TokenCounter]>,
     /// Ready agents, earliest in topological order first.
     pub(super) ready: BinaryHeap<Reverse<(usize, AgentId)>>,
     pub(super) tasks: JoinSet<Finished>,
@@ -239,7 +238,6 @@ impl<'p> Scheduler<'p> {
                 reason: None,
                 resumed: None,
                 queued: false,
-                usage: Arc::default(),
                 fanout: None,
                 cached: false,
                 logs: None,
@@ -336,6 +334,7 @@ impl<'p> Scheduler<'p> {
             state: RunState::new(pipeline, input),
             options,
             progress,
+            tokens: (0..n).map(|_| Default::default()).collect(),
             ready: BinaryHeap::new(),
             tasks: JoinSet::new(),
             task_agent: TaskMembers::default(),
@@ -847,7 +846,7 @@ impl<'p> Scheduler<'p> {
             attempt: 1,
             reads,
             events: self.options.events.clone(),
-            usage: self.progress[agent].usage.clone(),
+            usage: crate::agent::TokenSlot::new(self.tokens.clone(), agent),
             logs: self.kept_logs(agent),
             processes: self.processes.clone(),
         };
@@ -999,7 +998,7 @@ impl<'p> Scheduler<'p> {
             status,
             makespan_ms,
         });
-        let mut agents: IndexMap<String, AgentReport> = (0..self.progress.len())
+        let mut agents: crate::report::ByName<AgentReport> = (0..self.progress.len())
             .map(|a| {
                 (
                     self.pipeline.agents[a].name.to_string(),
@@ -1023,7 +1022,7 @@ impl<'p> Scheduler<'p> {
                 if let Some(group) = agents.get_mut(crate::report::top_agent(&path)) {
                     group
                         .instances
-                        .get_or_insert_with(IndexMap::new)
+                        .get_or_insert_with(crate::report::ByName::default)
                         .insert(path, report);
                 }
             }

@@ -239,7 +239,7 @@ async fn running_json(state: &AppState, run: &LiveRun) -> Value {
 fn run_critical_path(
     state: &AppState,
     pipeline: &str,
-    agents: &indexmap::IndexMap<String, braid_core::AgentReport>,
+    agents: &braid_core::report::ByName<braid_core::AgentReport>,
 ) -> Option<Vec<String>> {
     let registered = registered(state, pipeline).ok()?;
     Some(registered.pipeline.run_critical_path(agents))
@@ -251,7 +251,7 @@ fn run_critical_path(
 fn stored_state(
     state: &AppState,
     stored: &braid_store::StoredRun,
-) -> indexmap::IndexMap<String, Arc<Value>> {
+) -> braid_core::report::ByName<Arc<Value>> {
     if let Ok(registered) = registered(state, &stored.summary.pipeline)
         && registered.pipeline.content_hash() == stored.pipeline_hash
         && let Ok(input) = registered
