@@ -41,84 +41,103 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// Runs an agent's attempts: timeout per attempt, retries with exponential
 /// backoff and jitter, and the output checked against its declared writes.
-pub(super) async fn attempt_loop(
+pub(super) fn attempt_loop(
     member: Member,
     runner: Arc<dyn Agent>,
     mut input: AgentInput,
     policy: RetryPolicy,
     writes: Arc<[FieldWrite]>,
     max_depth: usize,
-) -> Finished {
-    use tracing::Instrument;
-    let mut attempt = 1;
-    let mut failures = Vec::new();
-    loop {
-        input.attempt = attempt;
-        let began = Instant::now();
-        let span = tracing::debug_span!(
-            "agent",
-            agent = %input.agent,
-            attempt,
-            error = tracing::field::Empty,
-            "otel.status_code" = tracing::field::Empty,
-        );
-        let call = async {
-            match policy.timeout {
-                Some(limit) => tokio::time::timeout(limit, runner.call(&input))
-                    .await
-                    .unwrap_or(Err(AgentError::Timeout(limit))),
-                None => runner.call(&input).await,
-            }
-        };
-        // A span nothing records is not entered on every poll.
-        let outcome = if span.is_disabled() {
-            call.await
-        } else {
-            call.instrument(span.clone()).await
-        };
-        let result = outcome.and_then(|out| check_writes(out, &writes, &input.agent, max_depth));
-        if let Err(error) = &result
-            && !span.is_disabled()
-        {
-            span.record("error", tracing::field::display(error));
-            span.record("otel.status_code", "ERROR");
-        }
-        drop(span);
-        if let Err(error) = &result {
-            failures.push(AttemptFailure {
+) -> impl Future<Output = Finished> + Send + 'static {
+    // An `async move` block, not an `async fn`: an `async fn` copies its
+    // arguments into its state a second time (rust-lang/rust#62958),
+    // about 220 bytes for every agent in flight.
+    async move {
+        use tracing::Instrument;
+        let mut attempt = 1;
+        let mut failures = Vec::new();
+        loop {
+            input.attempt = attempt;
+            let began = Instant::now();
+            let span = tracing::debug_span!(
+                "agent",
+                agent = %input.agent,
                 attempt,
-                error: error.to_string(),
-                duration_ms: ms(began.elapsed()),
-            });
-        }
-        match result {
-            Err(error) if attempt <= policy.retries && error.is_retryable() => {
-                let delay = Backoff::new(policy.backoff, MAX_RETRY_DELAY)
-                    .with_jitter()
-                    .delay(attempt);
-                crate::telemetry::retried();
-                tracing::debug!(agent = %input.agent, attempt, %error, "retrying");
-                if let Some(events) = &input.events {
-                    events.emit(EventKind::AgentRetrying {
-                        agent: input.agent.clone(),
-                        attempt,
-                        error: error.to_string(),
-                        delay_ms: ms(delay),
-                    });
+                error = tracing::field::Empty,
+                "otel.status_code" = tracing::field::Empty,
+            );
+            // A span nothing records is not entered on every poll. Each branch
+            // makes its future where it awaits it: a future held in a local
+            // keeps its bytes in this task's state even after it is moved, for
+            // every agent in flight.
+            let outcome = if span.is_disabled() {
+                call_once(&*runner, &input, policy.timeout).await
+            } else {
+                call_once(&*runner, &input, policy.timeout)
+                    .instrument(span.clone())
+                    .await
+            };
+            let result =
+                outcome.and_then(|out| check_writes(out, &writes, &input.agent, max_depth));
+            if let Err(error) = &result
+                && !span.is_disabled()
+            {
+                span.record("error", tracing::field::display(error));
+                span.record("otel.status_code", "ERROR");
+            }
+            drop(span);
+            if let Err(error) = &result {
+                failures.push(AttemptFailure {
+                    attempt,
+                    error: error.to_string(),
+                    duration_ms: ms(began.elapsed()),
+                });
+            }
+            match result {
+                Err(error) if attempt <= policy.retries && error.is_retryable() => {
+                    let delay = Backoff::new(policy.backoff, MAX_RETRY_DELAY)
+                        .with_jitter()
+                        .delay(attempt);
+                    crate::telemetry::retried();
+                    tracing::debug!(agent = %input.agent, attempt, %error, "retrying");
+                    if let Some(events) = &input.events {
+                        events.emit(EventKind::AgentRetrying {
+                            agent: input.agent.clone(),
+                            attempt,
+                            error: error.to_string(),
+                            delay_ms: ms(delay),
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
                 }
-                tokio::time::sleep(delay).await;
-                attempt += 1;
+                result => {
+                    return Finished {
+                        member,
+                        attempts: attempt,
+                        finished: Instant::now(),
+                        result,
+                        cached: false,
+                        failures,
+                    };
+                }
             }
-            result => {
-                return Finished {
-                    member,
-                    attempts: attempt,
-                    finished: Instant::now(),
-                    result,
-                    cached: false,
-                    failures,
-                };
-            }
+        }
+    }
+}
+
+/// One call of the agent, within its timeout.
+fn call_once<'a>(
+    runner: &'a dyn Agent,
+    input: &'a AgentInput,
+    timeout: Option<Duration>,
+) -> impl Future<Output = Result<Writes, AgentError>> + Send + 'a {
+    async move {
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, runner.call(input))
+                .await
+                .unwrap_or(Err(AgentError::Timeout(limit))),
+            None => runner.call(input).await,
         }
     }
 }

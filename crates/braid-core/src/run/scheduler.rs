@@ -551,43 +551,48 @@ impl<'p> Scheduler<'p> {
         }
     }
 
-    pub(super) async fn run(mut self) -> RunReport {
-        let now = Instant::now();
-        self.start = self
-            .options
-            .resumed_after
-            .and_then(|ago| now.checked_sub(ago))
-            .unwrap_or(now);
-        if let Some(ctx) = &self.ctx {
-            let _ = ctx.start.set(self.start);
-        }
-        if let Some(events) = &self.options.events {
-            events.started_at(self.start);
-        }
-        self.emit(|| EventKind::RunStarted {
-            run_id: self.run_id.clone(),
-            pipeline: self.pipeline.name.clone(),
-        });
-        if let Some((checkpointer, CheckpointPolicy::Agent, run)) = &self.checkpoint {
-            checkpointer.run_started(run);
-        }
-        if let Some(point) = self.options.resume.take()
-            && self.stop.is_none()
-        {
-            self.resume(point, true);
-        }
-        self.run_loop().await;
-        let report = self.report();
-        // The run's span is current: `Pipeline::run` instruments this future.
-        let span = tracing::Span::current();
-        if !span.is_disabled() {
-            span.record("status", tracing::field::display(report.status));
-            if !report.status.is_success() {
-                span.record("otel.status_code", "ERROR");
+    /// The run: every agent, then the report. An `async move` block, not an
+    /// `async fn`: an `async fn` would keep a second copy of the scheduler
+    /// in its state (rust-lang/rust#62958), some 800 bytes a run in flight.
+    pub(super) fn run(mut self) -> impl Future<Output = RunReport> + Send + 'p {
+        async move {
+            let now = Instant::now();
+            self.start = self
+                .options
+                .resumed_after
+                .and_then(|ago| now.checked_sub(ago))
+                .unwrap_or(now);
+            if let Some(ctx) = &self.ctx {
+                let _ = ctx.start.set(self.start);
             }
+            if let Some(events) = &self.options.events {
+                events.started_at(self.start);
+            }
+            self.emit(|| EventKind::RunStarted {
+                run_id: self.run_id.clone(),
+                pipeline: self.pipeline.name.clone(),
+            });
+            if let Some((checkpointer, CheckpointPolicy::Agent, run)) = &self.checkpoint {
+                checkpointer.run_started(run);
+            }
+            if let Some(point) = self.options.resume.take()
+                && self.stop.is_none()
+            {
+                self.resume(point, true);
+            }
+            self.run_loop().await;
+            let report = self.report();
+            // The run's span is current: `Pipeline::run` instruments this future.
+            let span = tracing::Span::current();
+            if !span.is_disabled() {
+                span.record("status", tracing::field::display(report.status));
+                if !report.status.is_success() {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            crate::telemetry::run_finished(&report);
+            report
         }
-        crate::telemetry::run_finished(&report);
-        report
     }
 
     /// Readies the agents with no dependencies, then runs until every
