@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# Instructions the engine spends, counted by valgrind's callgrind: the same
-# figure whatever else the machine is doing (unlike time on a shared
-# machine), so a change that adds cost shows at once. Each figure is the
-# difference between two sizes of one `braid bench` scenario, divided by
-# the size difference, so process start-up and pipeline loading cancel out:
+# Instructions and heap allocations the engine spends, counted by
+# valgrind's callgrind: the same figures whatever else the machine is doing
+# (unlike time on a shared machine), so a change that adds cost shows at
+# once. Each figure is the difference between two sizes of one `braid
+# bench` scenario, divided by the size difference, so process start-up and
+# pipeline loading cancel out:
 #
 #   per no-op agent, seed runs:  `overhead` with R and 2R runs (6 agents each)
 #   per no-op agent, one run:    `deep` chains of N and 2N agents (loading
 #                                and compiling the chain included: it
 #                                grows with N too)
 #   per fan-out element:         `fanout` over N and 2N no-op items
+#   per checkpointed agent:      `persist --checkpoint agent` minus
+#                                `persist --checkpoint none`, R runs each,
+#                                SQLite (what a per-agent checkpoint adds:
+#                                the record, the writer thread, SQLite)
+#
+# Allocations are calls to Rust's global allocator (alloc, alloc_zeroed and
+# realloc) made by every thread; C code (SQLite) allocates on its own and
+# is not counted.
 #
 #   scripts/bench-instructions.sh [--runs 100] [--nodes 1000]
-# Prints one JSON object per figure.
+# Prints one JSON object per figure. BRAID_BIN=path skips the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=100 nodes=1000
@@ -24,41 +33,78 @@ while [ $# -gt 0 ]; do
   esac
 done
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
-cargo build --release --quiet --bin braid
-bin=./target/release/braid
+if [ -n "${BRAID_BIN:-}" ]; then
+  bin=$BRAID_BIN
+else
+  cargo build --release --quiet --bin braid
+  bin=${CARGO_TARGET_DIR:-target}/release/braid
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
-# Instructions of one `braid bench` invocation (every thread); fails if
-# the bench does.
+# "INSTRUCTIONS ALLOCATIONS" of one `braid bench` invocation (every
+# thread); fails if the bench does.
 count() {
-  local log
-  log=$(mktemp)
-  if ! valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" bench --repeat 1 --latency-ms 0 "$@" \
+  local out=$work/callgrind.out log=$work/log
+  if ! valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" bench --repeat 1 --latency-ms 0 "$@" \
       >/dev/null 2>"$log"; then
     echo "error: braid bench $* failed under valgrind:" >&2
     cat "$log" >&2
-    rm -f "$log"
     return 1
   fi
-  sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$log"
-  rm -f "$log"
+  local instructions allocations
+  instructions=$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$log")
+  # Calls into the global allocator, summed over every call site: callgrind
+  # names a function once (`cfn=(id) name`), then by id alone.
+  allocations=$(python3 - "$out" <<'PY'
+import re, sys
+names, current, total = {}, None, 0
+wanted = {"__rustc::__rust_alloc", "__rustc::__rust_alloc_zeroed", "__rustc::__rust_realloc"}
+pattern = re.compile(r"^c?fn=\((\d+)\)(?: (.*))?$")
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith(("fn=", "cfn=")):
+        m = pattern.match(line.rstrip("\n"))
+        if m and m.group(2):
+            names[m.group(1)] = m.group(2)
+        if line.startswith("cfn="):
+            current = names.get(m.group(1)) if m else None
+    elif line.startswith("calls=") and current in wanted:
+        total += int(line.split()[0][len("calls="):])
+print(total)
+PY
+)
+  echo "$instructions $allocations"
 }
 
-# figure NAME UNITS_PER_STEP SCENARIO-ARGS-SMALL -- SCENARIO-ARGS-LARGE
+# figure NAME UNITS SMALL-ARGS LARGE-ARGS: (large - small) / units.
 per_unit() {
-  local name=$1 units=$2 small=$3 large=$4 scenario=$5
-  local a b
-  a=$(count --scenario "$scenario" $small)
-  b=$(count --scenario "$scenario" $large)
-  python3 -c "import json,sys; a,b,u=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]); print(json.dumps({'figure': sys.argv[4], 'instructions': round((b-a)/u), 'small_total': a, 'large_total': b}))" \
-    "$a" "$b" "$units" "$name"
+  local name=$1 units=$2 small large
+  read -r -a small_args <<<"$3"
+  read -r -a large_args <<<"$4"
+  small=$(count "${small_args[@]}")
+  large=$(count "${large_args[@]}")
+  python3 -c '
+import json, sys
+(a_i, a_a), (b_i, b_a) = (map(int, s.split()) for s in sys.argv[1:3])
+u = float(sys.argv[3])
+print(json.dumps({"figure": sys.argv[4], "instructions": round((b_i - a_i) / u),
+                  "allocations": round((b_a - a_a) / u, 2), "small_total": a_i, "large_total": b_i}))' \
+    "$small" "$large" "$units" "$name"
 }
 
 # `overhead` runs R runs twice (a warm-up, then one measured round): 2R runs
 # of 6 agents; doubling R adds 2R × 6 agents.
-per_unit per_seed_agent $((2 * runs * 6)) "--runs $runs" "--runs $((2 * runs))" overhead
+per_unit per_seed_agent $((2 * runs * 6)) \
+  "--scenario overhead --runs $runs" "--scenario overhead --runs $((2 * runs))"
 # `deep` loads the chain once and runs it twice: doubling N adds N agents
 # loaded and 2N run (counted per agent run).
-per_unit per_chain_agent_with_load $((2 * nodes)) "--nodes $nodes" "--nodes $((2 * nodes))" deep
+per_unit per_chain_agent_with_load $((2 * nodes)) \
+  "--scenario deep --nodes $nodes" "--scenario deep --nodes $((2 * nodes))"
 # `fanout` runs its no-op and its L-ms variant (L = 0 here) twice each:
 # doubling N adds 4N elements.
-per_unit per_fanout_element $((4 * nodes)) "--nodes $nodes" "--nodes $((2 * nodes))" fanout
+per_unit per_fanout_element $((4 * nodes)) \
+  "--scenario fanout --nodes $nodes" "--scenario fanout --nodes $((2 * nodes))"
+# `persist --checkpoint P` runs R seed runs twice (warm-up and one round),
+# one at a time, each waiting for its commit: 2R × 6 agents.
+per_unit checkpoint_added_per_agent $((2 * runs * 6)) \
+  "--scenario persist --checkpoint none --runs $runs" "--scenario persist --checkpoint agent --runs $runs"

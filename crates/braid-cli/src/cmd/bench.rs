@@ -79,6 +79,11 @@ pub(crate) struct BenchArgs {
     /// How many measurements each figure is the median of.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Only this checkpoint policy in `persist` (none, end or agent), one
+    /// run at a time waiting for its commit: what
+    /// `scripts/bench-instructions.sh` counts per checkpointed agent.
+    #[arg(long, value_name = "POLICY", value_parser = ["none", "end", "agent"])]
+    checkpoint: Option<String>,
     /// PostgreSQL for `persist` and `cache` (its tables are created if missing).
     #[arg(long, env = "BRAID_BENCH_POSTGRES_URL")]
     postgres: Option<String>,
@@ -296,6 +301,14 @@ async fn persist(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
         backends.push(("postgres", url.clone()));
     }
     let runs = a.runs.max(1);
+    let only = match &a.checkpoint {
+        Some(policy) => Some(
+            policy
+                .parse::<CheckpointPolicy>()
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let mut lines = Vec::new();
     for (backend, url) in backends {
         let store = Arc::new(
@@ -304,12 +317,20 @@ async fn persist(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
                 .with_context(|| format!("cannot open the {backend} store for the benchmark"))?,
         );
         // (runs in flight, whether each run waits until it is committed)
-        for (in_flight, wait_each) in [(1, true), (1, false), (100, false)] {
+        let modes: &[(usize, bool)] = if only.is_some() {
+            &[(1, true)]
+        } else {
+            &[(1, true), (1, false), (100, false)]
+        };
+        for &(in_flight, wait_each) in modes {
             for policy in [
                 CheckpointPolicy::None,
                 CheckpointPolicy::End,
                 CheckpointPolicy::Agent,
             ] {
+                if only.is_some_and(|only| only != policy) {
+                    continue;
+                }
                 let before = store.stats().transactions;
                 let Measured { median, .. } = measure(a.repeat, || {
                     persist_once(&pipeline, &store, policy, runs, in_flight, wait_each)
