@@ -9,6 +9,7 @@
 # Environment:
 #   BRAID_BIN        an already built braid binary (then braid is not built)
 #   CARGO_TARGET_DIR where braid is built otherwise (default target)
+#   ADK_PEER_DIR     the peer's source (default ../shared/peers/adk_graph_peer)
 #   ADK_PEER_TARGET  where the peer is built (default target/adk-peer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +27,9 @@ case "$rounds" in
   '' | *[!0-9]* | 0) echo "error: --rounds expects a positive whole number, found '$rounds'" >&2; exit 2 ;;
 esac
 
-peer_dir=../shared/peers/adk_graph_peer
+peer_dir="${ADK_PEER_DIR:-../shared/peers/adk_graph_peer}"
 [ -f "$peer_dir/Cargo.toml" ] || {
-  echo "error: $peer_dir/Cargo.toml not found (run from a checkout with shared/ beside it)" >&2
+  echo "error: $peer_dir/Cargo.toml not found (run from a checkout with shared/ beside it, or set ADK_PEER_DIR)" >&2
   exit 1
 }
 peer_target="${ADK_PEER_TARGET:-target/adk-peer}"
@@ -44,10 +45,12 @@ fi
 [ -x "$braid_bin" ] || { echo "error: braid binary $braid_bin not found or not executable" >&2; exit 1; }
 [ -x "$peer_bin" ] || { echo "error: peer binary $peer_bin not found after the build" >&2; exit 1; }
 
-# The same scenarios, with the same parameters (each engine's defaults:
-# L = 50 ms, 200 runs for overhead, 1,000 nodes / items / concurrent runs).
+# The same scenarios with the same parameters, given to both explicitly:
+# L = 50 ms, 200 runs for overhead, 1,000 agents in wide and deep and items
+# in fanout, 1,000 concurrent runs in many (and 10,000 in a run of its own).
 # Each runs in its own process; `many` above all, so its peak RSS is its own.
 scenarios="seed skewed overhead wide deep fanout loop many"
+params=(--latency-ms 50 --runs 200 --nodes 1000)
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -58,15 +61,15 @@ for round in $(seq 1 "$rounds"); do
   for engine in $order; do
     if [ "$engine" = braid ]; then
       for s in $scenarios; do
-        "$braid_bin" bench --scenario "$s" >> "$out/braid.jsonl"
+        "$braid_bin" bench --scenario "$s" "${params[@]}" --concurrent 1000 >> "$out/braid.jsonl"
       done
-      "$braid_bin" bench --scenario many --concurrent 10000 \
+      "$braid_bin" bench --scenario many "${params[@]}" --concurrent 10000 \
         | sed 's/"scenario":"many"/"scenario":"many-10000"/' >> "$out/braid.jsonl"
     else
       for s in $scenarios; do
-        "$peer_bin" --scenario "$s" >> "$out/adk.jsonl"
+        "$peer_bin" --scenario "$s" "${params[@]}" --concurrent 1000 >> "$out/adk.jsonl"
       done
-      if ! "$peer_bin" --scenario many --concurrent 10000 > "$out/adk-10000.json"; then
+      if ! "$peer_bin" --scenario many "${params[@]}" --concurrent 10000 > "$out/adk-10000.json"; then
         echo "warning: the peer failed at 10,000 concurrent runs; that row stays n/a" >&2
       else
         sed 's/"scenario":"many"/"scenario":"many-10000"/' "$out/adk-10000.json" >> "$out/adk.jsonl"
@@ -152,7 +155,8 @@ if m:
 rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip() or "rustc ?"
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 lines.append("")
-lines.append(f"Medians of {rounds} interleaved rounds (alternating which engine goes first), "
+lines.append((f"Medians of {rounds} interleaved rounds (alternating which engine goes first), " if rounds > 1
+              else "One round (no medians across rounds), ") +
              f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores ({cpu}), "
              f"{platform.system()} {platform.release()}, {rustc}; adk-graph {adk}. "
              "Every scenario runs in a process of its own, so each peak RSS is that of its `many` alone. "
