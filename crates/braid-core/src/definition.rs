@@ -118,9 +118,9 @@ pub(crate) fn portable(
             if let (Some(group), Some(inner)) = (own.get_mut("group"), &agent.group) {
                 group["agents"] = inner
                     .pipeline
-                    .agents
+                    .portable_hashes()
                     .iter()
-                    .map(|a| Value::from(a.portable_hash()))
+                    .map(|h| Value::from(&**h))
                     .collect();
             }
             own
@@ -129,8 +129,16 @@ pub(crate) fn portable(
     chain(&own, graph)
 }
 
+/// Lowercase hex, into one string (not a string per byte: this runs for
+/// every agent at every load).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -151,6 +159,39 @@ agents:
             .iter()
             .map(|a| a.definition_hash().to_owned())
             .collect()
+    }
+
+    /// `BASE` written to a file in a folder of its own, loaded from there.
+    fn load_in_own_folder(text: &str, folder: &str) -> Pipeline {
+        let dir =
+            std::env::temp_dir().join(format!("braid-portable-{}-{folder}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.yaml");
+        std::fs::write(&path, text).unwrap();
+        let pipeline = Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        pipeline
+    }
+
+    #[test]
+    fn portable_hashes_ignore_the_folder_but_not_the_definition() {
+        let here = load_in_own_folder(BASE, "here");
+        let there = load_in_own_folder(BASE, "there");
+        let command = 1;
+        // The resume hash covers the folder a command agent runs in...
+        assert_ne!(
+            here.agents()[command].definition_hash(),
+            there.agents()[command].definition_hash()
+        );
+        // ...the portable hash does not, so a coordinator and its workers agree.
+        assert_eq!(here.portable_hashes(), there.portable_hashes());
+        assert!(here.portable_hashes().iter().all(|h| h.len() == 64));
+        // A changed agent changes its own and its dependents' portable hashes.
+        let changed = load_in_own_folder(&BASE.replace("value: 1", "value: 2"), "changed");
+        let (a, b) = (here.portable_hashes(), changed.portable_hashes());
+        assert_ne!(a[0], b[0]);
+        assert_ne!(a[1], b[1], "b reads what a writes");
+        assert_eq!(a[2], b[2], "c depends on neither");
     }
 
     #[test]

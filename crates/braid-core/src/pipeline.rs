@@ -179,8 +179,6 @@ pub struct AgentDef {
     pub(crate) location: Option<Location>,
     /// See [`AgentDef::definition_hash`].
     pub(crate) definition: Arc<str>,
-    /// See [`AgentDef::portable_hash`].
-    pub(crate) portable: Arc<str>,
     /// Set for a `foreach` agent.
     pub(crate) foreach: Option<Box<Foreach>>,
     /// Set for a group (`kind: pipeline`): what runs instead of `runner`.
@@ -332,14 +330,6 @@ impl AgentDef {
         &self.definition
     }
 
-    /// The definition hash without the pipeline file's folder: equal for
-    /// copies of one pipeline file wherever they are (a coordinator's and
-    /// its workers', `braid worker`), different when the agent or anything
-    /// it depends on is defined otherwise.
-    pub fn portable_hash(&self) -> &str {
-        &self.portable
-    }
-
     /// For an `input` agent: its question, schema and default.
     pub fn input(&self) -> Option<&InputSpec> {
         self.input.as_deref()
@@ -462,6 +452,11 @@ pub struct Pipeline {
     pub(crate) has_groups: bool,
     /// Whether any agent is an `input` agent (its runs may wait).
     pub(crate) waits_for_input: bool,
+    /// Each agent's own definition, as its hash covers it (kept for
+    /// [`Pipeline::portable_hashes`]).
+    pub(crate) own_definitions: Vec<serde_json::Value>,
+    /// See [`Pipeline::portable_hashes`]: made on first use.
+    pub(crate) portable: std::sync::OnceLock<Vec<Arc<str>>>,
 }
 
 /// An agent that runs code, where it is in its pipeline: see
@@ -475,6 +470,9 @@ pub struct CodeAgent<'a> {
     pub def: &'a AgentDef,
     /// Its worker queue: its own `queue:`, else its group's.
     pub queue: Option<&'a str>,
+    /// Its portable definition hash (see [`Pipeline::portable_hashes`]),
+    /// which a coordinator sends with each task and a worker checks.
+    pub portable_hash: Arc<str>,
 }
 
 static PIPELINE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -580,6 +578,19 @@ impl Pipeline {
         &self.agents
     }
 
+    /// Each agent's definition hash (in declaration order) without the
+    /// pipeline file's folder: equal for copies of one pipeline file
+    /// wherever they are (a coordinator's and its workers', `braid
+    /// worker`), different when the agent or anything it depends on is
+    /// defined otherwise. Made on first use: only remote workers need it,
+    /// and hashing every definition again at each load cost a quarter of
+    /// loading a chain of agents.
+    pub fn portable_hashes(&self) -> &[Arc<str>] {
+        self.portable.get_or_init(|| {
+            crate::definition::portable(&self.own_definitions, &self.agents, &self.graph)
+        })
+    }
+
     /// Every agent that runs code (not a group, not an `input` agent), a
     /// group's own too, in declaration order: what a worker can run for a
     /// run elsewhere (see [`Pipeline::wrap_code_agents`]).
@@ -617,7 +628,7 @@ impl Pipeline {
         inherited: Option<&'p str>,
         found: &mut Vec<CodeAgent<'p>>,
     ) {
-        for def in &self.agents {
+        for (def, portable) in self.agents.iter().zip(self.portable_hashes()) {
             let path = format!("{prefix}{}", def.name);
             let queue = def.queue.as_deref().or(inherited);
             if let Some(group) = &def.group {
@@ -625,7 +636,12 @@ impl Pipeline {
                     .pipeline
                     .collect_code_agents(&format!("{path}."), queue, found);
             } else if def.input.is_none() {
-                found.push(CodeAgent { path, def, queue });
+                found.push(CodeAgent {
+                    path,
+                    def,
+                    queue,
+                    portable_hash: portable.clone(),
+                });
             }
         }
     }
@@ -651,7 +667,8 @@ impl Pipeline {
         inherited: Option<&str>,
         wrap: &mut dyn FnMut(&CodeAgent<'_>) -> Arc<dyn Agent>,
     ) -> Result<(), String> {
-        for def in &mut self.agents {
+        let portable = self.portable_hashes().to_vec();
+        for (def, portable) in self.agents.iter_mut().zip(portable) {
             let path = format!("{prefix}{}", def.name);
             let queue = def.queue.clone().or_else(|| inherited.map(Arc::from));
             if let Some(group) = &mut def.group {
@@ -664,6 +681,7 @@ impl Pipeline {
                     path,
                     def,
                     queue: queue.as_deref(),
+                    portable_hash: portable,
                 };
                 let runner = wrap(&site);
                 def.runner = runner;

@@ -165,7 +165,7 @@ impl Dispatcher {
                     inner: self.inner.clone(),
                     pipeline: name.clone(),
                     path: Arc::from(site.path.as_str()),
-                    definition: Arc::from(site.def.portable_hash()),
+                    definition: site.portable_hash.clone(),
                     subject: Arc::from(crate::task_subject(queue)),
                     timeout: site.def.timeout(),
                 })

@@ -22,7 +22,7 @@ pub struct Task {
     /// The agent's path in the pipeline (`per_doc.inner`): what the worker
     /// looks up.
     pub path: String,
-    /// The agent's portable definition hash (`AgentDef::portable_hash`:
+    /// The agent's portable definition hash (`Pipeline::portable_hashes`:
     /// its settings and its dependencies', not where the file is): a
     /// worker holding another definition refuses the task.
     pub definition: String,

@@ -89,7 +89,7 @@ impl Worker {
                     (pipeline.name().to_owned(), site.path.clone()),
                     Runnable {
                         runner: site.def.runner().clone(),
-                        definition: Arc::from(site.def.portable_hash()),
+                        definition: site.portable_hash.clone(),
                     },
                 );
             }

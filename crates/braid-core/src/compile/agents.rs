@@ -185,7 +185,6 @@ impl Compiler<'_> {
                 expected,
                 location: at,
                 definition: Arc::from(""),
-                portable: Arc::from(""),
                 foreach,
                 group,
                 input,

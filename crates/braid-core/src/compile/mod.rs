@@ -234,12 +234,10 @@ impl<'a> Compiler<'a> {
         self.stop_if_failed()?;
         let hashes = crate::definition::chain(&self.own_definitions, &graph);
         let mut agents = std::mem::take(&mut self.agents);
-        let portable = crate::definition::portable(&self.own_definitions, &agents, &graph);
         let has_groups = agents.iter().any(|a| a.group.is_some());
         let waits = agents.iter().any(|a| a.input.is_some());
-        for ((agent, hash), portable) in agents.iter_mut().zip(hashes).zip(portable) {
+        for (agent, hash) in agents.iter_mut().zip(hashes) {
             agent.definition = hash;
-            agent.portable = portable;
         }
         let spec = self.spec;
         Ok(Pipeline {
@@ -258,6 +256,8 @@ impl<'a> Compiler<'a> {
             max_value_depth: crate::depth::DEFAULT_MAX_VALUE_DEPTH,
             has_groups,
             waits_for_input: waits,
+            own_definitions: std::mem::take(&mut self.own_definitions),
+            portable: std::sync::OnceLock::new(),
         })
     }
 
