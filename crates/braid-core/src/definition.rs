@@ -100,28 +100,23 @@ pub(crate) fn chain(own: &[Value], graph: &DependencyGraph) -> Vec<Arc<str>> {
 /// Each agent's definition hash as [`chain`] makes it, but without the
 /// pipeline file's folder (and with a group's agents' portable hashes):
 /// the same for copies of one pipeline in different places, as a
-/// coordinator's and its workers' are. `agents` are in the order of `own`,
-/// their groups compiled.
-pub(crate) fn portable(
+/// coordinator's and its workers' are. `group_agents(i)` gives agent `i`'s
+/// group's agents' portable hashes, when it is a group.
+pub(crate) fn portable<'a>(
     own: &[Value],
-    agents: &[crate::pipeline::AgentDef],
+    group_agents: impl Fn(AgentId) -> Option<&'a [Arc<str>]>,
     graph: &DependencyGraph,
 ) -> Vec<Arc<str>> {
     let own: Vec<Value> = own
         .iter()
-        .zip(agents)
-        .map(|(own, agent)| {
+        .enumerate()
+        .map(|(id, own)| {
             let mut own = own.clone();
             if let Some(map) = own.as_object_mut() {
                 map.remove("dir");
             }
-            if let (Some(group), Some(inner)) = (own.get_mut("group"), &agent.group) {
-                group["agents"] = inner
-                    .pipeline
-                    .portable_hashes()
-                    .iter()
-                    .map(|h| Value::from(&**h))
-                    .collect();
+            if let (Some(group), Some(inner)) = (own.get_mut("group"), group_agents(id)) {
+                group["agents"] = inner.iter().map(|h| Value::from(&**h)).collect();
             }
             own
         })

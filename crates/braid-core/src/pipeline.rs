@@ -587,7 +587,16 @@ impl Pipeline {
     /// loading a chain of agents.
     pub fn portable_hashes(&self) -> &[Arc<str>] {
         self.portable.get_or_init(|| {
-            crate::definition::portable(&self.own_definitions, &self.agents, &self.graph)
+            crate::definition::portable(
+                &self.own_definitions,
+                |id| {
+                    self.agents[id]
+                        .group
+                        .as_ref()
+                        .map(|g| g.pipeline.portable_hashes())
+                },
+                &self.graph,
+            )
         })
     }
 
