@@ -41,6 +41,10 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// Runs an agent's attempts: timeout per attempt, retries with exponential
 /// backoff and jitter, and the output checked against its declared writes.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its state"
+)]
 pub(super) fn attempt_loop(
     member: Member,
     runner: Arc<dyn Agent>,
@@ -127,6 +131,10 @@ pub(super) fn attempt_loop(
 }
 
 /// One call of the agent, within its timeout.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its state"
+)]
 fn call_once<'a>(
     runner: &'a dyn Agent,
     input: &'a AgentInput,

@@ -554,6 +554,10 @@ impl<'p> Scheduler<'p> {
     /// The run: every agent, then the report. An `async move` block, not an
     /// `async fn`: an `async fn` would keep a second copy of the scheduler
     /// in its state (rust-lang/rust#62958), some 800 bytes a run in flight.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
     pub(super) fn run(mut self) -> impl Future<Output = RunReport> + Send + 'p {
         async move {
             let now = Instant::now();
