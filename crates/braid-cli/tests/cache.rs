@@ -6,8 +6,8 @@
 //! Each test has a store of its own; each command agent appends a line to
 //! a file per call, so the calls are counted, not timed.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -357,39 +357,22 @@ impl Serve {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("braid serve says where it listens")
-                .unwrap();
-            if let Some(rest) = line.split_once("serving on http://") {
-                break rest.1.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let addr = common::listening_address(&mut child);
         Self { child, addr }
     }
 
     /// `POST /v1/runs?wait=true` with `body`: the report.
     fn run(&self, body: &str) -> Value {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        write!(
-            stream,
-            "POST /v1/runs?wait=true HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{response}");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        let (status, body) = common::request(
+            &self.addr,
+            "POST",
+            "/v1/runs?wait=true",
+            Some("application/json"),
+            body,
+            Duration::from_secs(60),
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 }
 

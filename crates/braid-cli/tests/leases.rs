@@ -8,8 +8,9 @@
 //! Run: `BRAID_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
 //! cargo test -p braid-cli --test leases`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -143,29 +144,14 @@ impl Serve {
 
     /// One request; (status, body as JSON).
     fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let mut stream = TcpStream::connect(&self.addr).expect("braid serve accepts connections");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let (status, body) = common::request(
+            &self.addr,
+            method,
+            path,
+            Some("application/json"),
+            body,
+            Duration::from_secs(30),
+        );
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 

@@ -3,8 +3,8 @@
 //! store's synthetic runs (for tests), aged by their creation time; fresh
 //! ones by `braid run`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -297,34 +297,16 @@ impl Serve {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("braid serve says where it listens")
-                .unwrap();
-            if let Some(rest) = line.split_once("serving on http://") {
-                break rest.1.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let addr = common::listening_address(&mut child);
         Self { child, addr }
     }
 
+    /// The body of `GET path`, which must answer 200.
     fn get(&self, path: &str) -> String {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
+        let (status, body) =
+            common::request(&self.addr, "GET", path, None, "", Duration::from_secs(30));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
     }
 }
 

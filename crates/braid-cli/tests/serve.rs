@@ -3,8 +3,8 @@
 //! hostile pipeline cannot kill the process (issue 9). Plain HTTP/1.1 over
 //! a socket, as any client would speak it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -37,18 +37,7 @@ impl Serve {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("braid serve says where it listens")
-                .unwrap();
-            if let Some(rest) = line.split_once("serving on http://") {
-                break rest.1.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Keep draining stderr so the server never blocks writing to it.
-        std::thread::spawn(move || for _ in lines {});
+        let addr = common::listening_address(&mut child);
         Self {
             child,
             addr,
@@ -58,30 +47,14 @@ impl Serve {
 
     /// One request; (status, body).
     fn call(&self, method: &str, path: &str, kind: &str, body: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.addr).expect("braid serve accepts connections");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
+        common::request(
+            &self.addr,
+            method,
+            path,
+            Some(kind),
+            body,
+            Duration::from_secs(60),
         )
-        .unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP response (did braid serve die?): {response:?}"));
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
     }
 
     fn register(&self, yaml: &str) -> (u16, String) {

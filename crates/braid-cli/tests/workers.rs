@@ -4,7 +4,8 @@
 //! `braid serve --nats`. Command agents append their worker's pid (`$PPID`)
 //! to a file, which says where and how often they ran.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -205,33 +206,19 @@ fn serve_with_nats_runs_registered_pipelines_on_workers() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("braid serve says where it listens")
-            .unwrap();
-        if let Some((_, rest)) = line.split_once("serving on http://") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let addr = common::listening_address(&mut serve);
     let _serve = Process(serve);
 
     let body = r#"{"pipeline": "served", "input": {}}"#;
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/runs?wait=true HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(
-        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.1 201"),
-        "{response}"
+    let (status, response) = common::request(
+        &addr,
+        "POST",
+        "/v1/runs?wait=true",
+        Some("application/json"),
+        body,
+        Duration::from_secs(60),
     );
+    assert!(status == 200 || status == 201, "{status}: {response}");
     assert!(response.contains(r#""status":"completed""#), "{response}");
     assert_eq!(calls(dir, "work"), [w.0.id()]);
 }

@@ -43,10 +43,14 @@ pub(crate) fn run_finished(report: &RunReport) {
     macro_rules! by_status {
         ($($status:ident => $label:literal),* $(,)?) => {
             match report.status {
-                $(RunStatus::$status => (
-                    metrics::counter!("braid_runs_total", "status" => $label),
-                    metrics::histogram!("braid_run_makespan_seconds", "status" => $label),
-                ),)*
+                $(RunStatus::$status => {
+                    // Each literal is the status's one string form.
+                    debug_assert_eq!($label, RunStatus::$status.as_str());
+                    (
+                        metrics::counter!("braid_runs_total", "status" => $label),
+                        metrics::histogram!("braid_run_makespan_seconds", "status" => $label),
+                    )
+                })*
             }
         };
     }
