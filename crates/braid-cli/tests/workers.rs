@@ -180,6 +180,49 @@ fn agents_go_to_the_queue_they_name() {
 }
 
 #[test]
+fn a_workers_max_task_time_stops_an_agent_its_pipeline_would_let_run() {
+    let nats = LocalNats::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // The agent's own timeout is 60 s; it would sleep 30 s.
+    let yaml = format!(
+        "pipeline: ceiling\nagents:\n{}",
+        agent(dir, "stuck", "", "a", "30", "")
+    );
+    pipeline(dir, "ceiling", &yaml);
+    let _worker = worker(dir, &nats.url(), &["--max-task-time", "1s"]);
+    let started = Instant::now();
+    let run = braid(dir)
+        .arg("run")
+        .arg(dir.join("pipelines/ceiling.yaml"))
+        .args(["--nats", &nats.url(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report = json(&run);
+    assert_eq!(report["agents"]["stuck"]["status"], "failed", "{report}");
+    let error = report["agents"]["stuck"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("timed out after 1s"), "{report}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the worker let the agent run for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        calls(dir, "stuck").len(),
+        1,
+        "a timeout is not retried here"
+    );
+}
+
+#[test]
 fn serve_with_nats_runs_registered_pipelines_on_workers() {
     let nats = LocalNats::start().unwrap();
     let dir = tempfile::tempdir().unwrap();

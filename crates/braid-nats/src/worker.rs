@@ -41,6 +41,11 @@ pub struct WorkerSettings {
     pub max_deliver: i64,
     /// How long a stopping worker lets its agents finish.
     pub grace: Duration,
+    /// The longest one agent call may take here, whatever the task asks:
+    /// a call that has not ended by then fails with a timeout (retried
+    /// like any timeout, if its agent has retries). `None`: the agent's
+    /// own `timeout:`, and no limit without one.
+    pub max_task_time: Option<Duration>,
 }
 
 impl Default for WorkerSettings {
@@ -51,6 +56,7 @@ impl Default for WorkerSettings {
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             grace: Duration::from_secs(30),
+            max_task_time: None,
         }
     }
 }
@@ -77,6 +83,8 @@ pub struct Worker {
     pipelines: BTreeSet<String>,
     name: String,
     stats: Arc<WorkerStats>,
+    /// See [`WorkerSettings::max_task_time`].
+    max_task_time: Option<Duration>,
 }
 
 impl Worker {
@@ -99,6 +107,7 @@ impl Worker {
             pipelines: pipelines.iter().map(|p| p.name().to_owned()).collect(),
             name: crate::process_token(),
             stats: Arc::default(),
+            max_task_time: None,
         }
     }
 
@@ -142,7 +151,10 @@ impl Worker {
                 what: format!("stream {TASKS_STREAM}"),
                 message: e.to_string(),
             })?;
-        let worker = Arc::new(self);
+        let worker = Arc::new(Self {
+            max_task_time: settings.max_task_time,
+            ..self
+        });
         let slots = Arc::new(Semaphore::new(settings.slots.max(1)));
         let mut running = JoinSet::new();
         let (tx, mut delivered) = tokio::sync::mpsc::channel(1);
@@ -333,13 +345,18 @@ impl Worker {
             task.reads.clone(),
         );
         let call = runnable.runner.call(&input);
-        let outcome = match task.timeout_ms {
-            Some(ms) => {
-                let limit = Duration::from_millis(ms);
-                tokio::time::timeout(limit, call)
-                    .await
-                    .unwrap_or(Err(AgentError::Timeout(limit)))
-            }
+        // The agent's own timeout, within the worker's ceiling.
+        let limit = match (
+            task.timeout_ms.map(Duration::from_millis),
+            self.max_task_time,
+        ) {
+            (Some(own), Some(ceiling)) => Some(own.min(ceiling)),
+            (own, ceiling) => own.or(ceiling),
+        };
+        let outcome = match limit {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Err(AgentError::Timeout(limit))),
             None => call.await,
         };
         let outcome = match outcome {

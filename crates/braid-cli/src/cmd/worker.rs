@@ -46,6 +46,12 @@ pub(crate) struct WorkerArgs {
     /// the tasks of those still running are then redelivered elsewhere.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// The longest one agent call may take on this worker (e.g. `10m`),
+    /// whatever its pipeline says: a call still running then fails with a
+    /// timeout, so an agent without `timeout:` cannot hold a slot for ever.
+    /// Without it, agents without `timeout:` are not limited.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_task_time: Option<Duration>,
 }
 
 fn parse_queue(text: &str) -> Result<String, String> {
@@ -99,6 +105,7 @@ pub(crate) fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ack_wait: args.ack_wait,
         max_deliver: args.max_deliver,
         grace: args.grace,
+        max_task_time: args.max_task_time,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
