@@ -107,6 +107,10 @@ pub(super) struct Scheduler<'p> {
     /// Deadlines of `input` agents that were waiting in the run this one
     /// continues: a wait keeps its deadline across processes.
     pub(super) resumed_waits: HashMap<AgentId, i64>,
+    /// The span current when the loop began (the run's, when recorded):
+    /// its agents' spans are its children. Taken once, not looked up in
+    /// the dispatcher for every agent.
+    pub(super) loop_span: tracing::Span,
 }
 
 /// The next answer in the inbox (never, without one).
@@ -346,6 +350,7 @@ impl<'p> Scheduler<'p> {
             checkpoint,
             waits: Vec::new(),
             resumed_waits: HashMap::new(),
+            loop_span: tracing::Span::none(),
         }
     }
 
@@ -623,6 +628,11 @@ impl<'p> Scheduler<'p> {
             self.limit()
         };
         let cancel = self.options.cancel.clone();
+        // Made once and polled in every turn of the loop (it stays
+        // registered), rather than made and dropped at each turn.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        self.loop_span = tracing::Span::current();
         // Answers delivered while the run is in flight (see `wait.rs`).
         let mut inbox = match self.options.answers.clone() {
             Some(inbox) => Some(inbox.0.lock_owned().await),
@@ -659,7 +669,7 @@ impl<'p> Scheduler<'p> {
             let wake = self.next_deadline();
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => {
+                () = &mut cancelled => {
                     self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
                 }
                 Some(joined) = self.tasks.join_next_with_id() => self.finish(joined),
@@ -883,7 +893,7 @@ impl<'p> Scheduler<'p> {
         let pipeline = self.pipeline;
         let def = &pipeline.agents[member.agent];
         // The agent's spans are children of the run's.
-        let span = tracing::Span::current();
+        let span = self.loop_span.clone();
         // A cached agent's task looks itself up first (see `cached.rs`).
         let cache = self.cache_call(member, &input.agent, &input.reads.0);
         let handle = match (&def.group, &self.ctx) {
