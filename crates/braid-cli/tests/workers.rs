@@ -292,6 +292,22 @@ fn a_worker_that_cannot_reach_nats_says_so() {
         .unwrap();
     assert_eq!(bad_queue.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_queue.stderr).contains("not a queue name"));
+    let no_time = braid(dir)
+        .args([
+            "worker",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--max-task-time",
+            "0s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(no_time.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&no_time.stderr).contains("expected a duration above zero"),
+        "{}",
+        String::from_utf8_lossy(&no_time.stderr)
+    );
 }
 
 #[test]

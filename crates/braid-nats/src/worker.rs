@@ -346,13 +346,13 @@ impl Worker {
         );
         let call = runnable.runner.call(&input);
         // The agent's own timeout, within the worker's ceiling.
-        let limit = match (
+        let limit = [
             task.timeout_ms.map(Duration::from_millis),
             self.max_task_time,
-        ) {
-            (Some(own), Some(ceiling)) => Some(own.min(ceiling)),
-            (own, ceiling) => own.or(ceiling),
-        };
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, call)
                 .await

@@ -134,8 +134,9 @@ pub(crate) struct ServeArgs {
     store: StoreArgs,
 }
 
-/// `--retention-interval`: a duration above zero.
-fn parse_interval(text: &str) -> Result<Duration, String> {
+/// `--retention-interval` (and `braid worker --max-task-time`): a duration
+/// above zero.
+pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(interval) if !interval.is_zero() => Ok(interval),
         Ok(_) => Err("expected a duration above zero, such as 10m".to_owned()),

@@ -50,7 +50,7 @@ pub(crate) struct WorkerArgs {
     /// whatever its pipeline says: a call still running then fails with a
     /// timeout, so an agent without `timeout:` cannot hold a slot for ever.
     /// Without it, agents without `timeout:` are not limited.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::cmd::serve::parse_interval)]
     max_task_time: Option<Duration>,
 }
 
