@@ -155,12 +155,12 @@ pub(crate) async fn ensure_streams(
             ..Config::default()
         },
     ];
+    // A server that has just started may not answer JetStream requests
+    // yet ("no responders"): ask again, for JETSTREAM_WAIT in all.
+    let deadline = std::time::Instant::now() + JETSTREAM_WAIT;
     for config in streams {
         let name = config.name.clone();
-        // A server that has just started may not answer JetStream requests
-        // yet ("no responders"): ask again for a few seconds before giving up.
         let mut delay = Duration::from_millis(50);
-        let deadline = std::time::Instant::now() + JETSTREAM_WAIT;
         loop {
             match js.get_or_create_stream(config.clone()).await {
                 Ok(_) => break,
