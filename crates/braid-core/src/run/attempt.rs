@@ -70,10 +70,7 @@ pub(super) fn attempt_loop(
                 error = tracing::field::Empty,
                 "otel.status_code" = tracing::field::Empty,
             );
-            // A span nothing records is not entered on every poll. Each branch
-            // makes its future where it awaits it: a future held in a local
-            // keeps its bytes in this task's state even after it is moved, for
-            // every agent in flight.
+            // A span nothing records is not entered on every poll.
             let outcome = if span.is_disabled() {
                 call_once(&*runner, &input, policy.timeout).await
             } else {
