@@ -169,16 +169,5 @@ PY
 )
 echo "$table"
 if [ "$write" = 1 ]; then
-  python3 - "$table" <<'PY'
-import sys
-table = sys.argv[1]
-path = "BENCHMARKS.md"
-text = open(path).read()
-start, end = "<!-- bench-vs-adk-graph:start -->", "<!-- bench-vs-adk-graph:end -->"
-if start not in text or end not in text:
-    sys.exit(f"error: {path} has no {start} … {end} section to replace")
-i, j = text.index(start) + len(start), text.index(end)
-open(path, "w").write(text[:i] + "\n" + table + "\n" + text[j:])
-PY
-  echo "BENCHMARKS.md updated" >&2
+  printf '%s\n' "$table" | scripts/write-benchmarks-section.py bench-vs-adk-graph
 fi

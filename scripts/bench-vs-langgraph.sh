@@ -126,15 +126,6 @@ PY
 )
 echo "$table"
 if [ "$write" = 1 ]; then
-  python3 - "$table" <<'PY'
-import sys
-table = sys.argv[1]
-path = "BENCHMARKS.md"
-text = open(path).read()
-start, end = "<!-- bench-vs-langgraph:start -->", "<!-- bench-vs-langgraph:end -->"
-i, j = text.index(start) + len(start), text.index(end)
-open(path, "w").write(text[:i] + "\n" + table + "\n" + text[j:])
-PY
-  echo "BENCHMARKS.md updated" >&2
+  printf '%s\n' "$table" | scripts/write-benchmarks-section.py bench-vs-langgraph
 fi
 rm -rf "$out"
