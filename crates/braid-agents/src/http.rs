@@ -87,6 +87,12 @@ pub fn schema() -> braid_core::schema::KindSchema {
 
 /// Builds an `http` agent from its settings (the kind's factory).
 pub fn build(config: &AgentConfig<'_>) -> Result<std::sync::Arc<dyn Agent>, String> {
+    if !config.tools.is_empty() {
+        return Err(
+            "an `http` agent cannot call tools; `tools` is for `llm` agents (an `http` agent can be a tool: give it `tool:`)"
+                .to_owned(),
+        );
+    }
     if let Some(unknown) = config.settings.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(format!(
             "unknown key `{unknown}` for an `http` agent; expected one of: {}",

@@ -66,6 +66,9 @@ pub struct LlmAgent {
     writes: Vec<String>,
     limiter: Option<Arc<EndpointLimiter>>,
     max_response_bytes: u64,
+    /// The tools' descriptions as chat completions take them (`tools:`);
+    /// empty: one completion, no tool calls.
+    tools: Vec<Value>,
 }
 
 impl std::fmt::Debug for LlmAgent {
@@ -278,6 +281,7 @@ pub fn build(config: &AgentConfig<'_>) -> Result<Arc<dyn Agent>, String> {
         writes,
         limiter,
         max_response_bytes: http::max_response_bytes(settings)?,
+        tools: config.tools.iter().map(|t| t.openai_schema()).collect(),
     }))
 }
 
@@ -296,6 +300,19 @@ impl LlmAgent {
 
     /// One chat completion: the answer's text.
     async fn complete(&self, input: &AgentInput, messages: &[Value]) -> Result<String, AgentError> {
+        let message = self.turn(input, messages).await?;
+        message["content"].as_str().map(str::to_owned).ok_or_else(|| {
+            AgentError::Output(format!(
+                "{} answered without choices[0].message.content: {}",
+                self.url,
+                message.to_string().chars().take(300).collect::<String>()
+            ))
+        })
+    }
+
+    /// One chat completion (offering the agent's tools, if it has any):
+    /// the assistant's message, `{"role", "content", "tool_calls"?}`.
+    async fn turn(&self, input: &AgentInput, messages: &[Value]) -> Result<Value, AgentError> {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
@@ -309,6 +326,9 @@ impl LlmAgent {
         }
         if self.output == Output::Json {
             body["response_format"] = json!({"type": "json_object"});
+        }
+        if !self.tools.is_empty() {
+            body["tools"] = json!(self.tools);
         }
         if stream {
             body["stream"] = json!(true);
@@ -328,7 +348,7 @@ impl LlmAgent {
             self.max_response_bytes,
         )
         .await?;
-        let answer: Value = serde_json::from_str(&text).map_err(|e| {
+        let mut answer: Value = serde_json::from_str(&text).map_err(|e| {
             AgentError::Output(format!(
                 "{} answered with something that is not JSON ({e})",
                 self.url
@@ -340,22 +360,22 @@ impl LlmAgent {
                 usage["completion_tokens"].as_u64().unwrap_or(0),
             );
         }
-        answer["choices"][0]["message"]["content"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                AgentError::Output(format!(
-                    "{} answered without choices[0].message.content: {}",
-                    self.url,
-                    answer.to_string().chars().take(300).collect::<String>()
-                ))
-            })
+        match answer["choices"][0].get_mut("message").map(Value::take) {
+            Some(message @ Value::Object(_)) => Ok(message),
+            _ => Err(AgentError::Output(format!(
+                "{} answered without choices[0].message: {}",
+                self.url,
+                answer.to_string().chars().take(300).collect::<String>()
+            ))),
+        }
     }
 
     /// Reads a streamed answer (server-sent `data:` lines) as it arrives,
-    /// reporting each new piece of text as a partial line of the agent's log.
-    async fn stream(&self, input: &AgentInput, body: Vec<u8>) -> Result<String, AgentError> {
+    /// reporting each new piece of text as a partial line of the agent's
+    /// log, and assembling tool calls from their pieces.
+    async fn stream(&self, input: &AgentInput, body: Vec<u8>) -> Result<Value, AgentError> {
         let mut answer = String::new();
+        let mut calls: Vec<Value> = Vec::new();
         let mut done = false;
         let max_bytes = self.max_response_bytes;
         http::post_lines(&self.url, &self.headers, body, 2, max_bytes, |line| {
@@ -369,11 +389,15 @@ impl LlmAgent {
             let Ok(chunk) = serde_json::from_str::<Value>(data) else {
                 return;
             };
-            if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
-                answer.push_str(delta);
+            let delta = &chunk["choices"][0]["delta"];
+            if let Some(text) = delta["content"].as_str() {
+                answer.push_str(text);
                 // A piece the next one continues: folded under load, the
                 // pieces join back into the answer exactly.
-                input.log_partial(delta);
+                input.log_partial(text);
+            }
+            for piece in delta["tool_calls"].as_array().into_iter().flatten() {
+                add_call_piece(&mut calls, piece);
             }
             if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
                 input.record_tokens(
@@ -383,7 +407,81 @@ impl LlmAgent {
             }
         })
         .await?;
-        Ok(answer)
+        let mut message = json!({"role": "assistant", "content": answer});
+        if !calls.is_empty() {
+            message["tool_calls"] = Value::Array(calls);
+        }
+        Ok(message)
+    }
+
+    /// The tool-calling loop: the model is offered the tools; the calls of
+    /// each turn run concurrently (each a step of the run) and their
+    /// results go back as `tool` messages, until it answers without calls.
+    async fn call_with_tools(
+        &self,
+        input: &AgentInput,
+        mut messages: Vec<Value>,
+    ) -> Result<Writes, AgentError> {
+        let mut asked_again = false;
+        loop {
+            let message = self.turn(input, &messages).await?;
+            let calls: Vec<Value> = message["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            messages.push(message);
+            input.record_transcript(messages.clone());
+            if calls.is_empty() {
+                let answer = messages
+                    .last()
+                    .and_then(|m| m["content"].as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                match self.writes_of(&answer) {
+                    Ok(writes) => return Ok(writes),
+                    Err(problem) if !asked_again => {
+                        asked_again = true;
+                        messages.push(json!({
+                            "role": "user",
+                            "content": format!("{problem}. Answer again with only the JSON, nothing else."),
+                        }));
+                        continue;
+                    }
+                    Err(problem) => {
+                        return Err(AgentError::Output(format!(
+                            "{problem}, after one re-ask; the model answered: {}",
+                            answer.chars().take(500).collect::<String>()
+                        )));
+                    }
+                }
+            }
+            let results =
+                futures_util::future::join_all(calls.iter().map(|call| run_call(input, call)))
+                    .await;
+            let mut over_limit = None;
+            for (call, result) in calls.iter().zip(results) {
+                let content = match result {
+                    Ok(value) => value.to_string(),
+                    Err(CallFailure::ToModel(error)) => format!("error: {error}"),
+                    Err(CallFailure::Final(error)) => {
+                        over_limit = Some(error);
+                        continue;
+                    }
+                };
+                messages.push(json!({
+                    "role": "tool",
+                    "tool_call_id": call["id"],
+                    "content": content,
+                }));
+            }
+            input.record_transcript(messages.clone());
+            if let Some(error) = over_limit {
+                return Err(AgentError::Output(format!(
+                    "{error}; the conversation so far: {}",
+                    transcript_excerpt(&messages)
+                )));
+            }
+        }
     }
 
     /// The answer as the agent's writes, or what is wrong with it.
@@ -421,6 +519,76 @@ impl LlmAgent {
     }
 }
 
+/// Why a tool call gave the model no result.
+enum CallFailure {
+    /// Told to the model, which may call again differently.
+    ToModel(String),
+    /// Ends the attempt (`max_tool_calls` was reached).
+    Final(String),
+}
+
+/// Runs one of the model's tool calls through the run (see
+/// [`AgentInput::call_tool`]).
+async fn run_call(input: &AgentInput, call: &Value) -> Result<Value, CallFailure> {
+    let name = call["function"]["name"].as_str().unwrap_or("");
+    // OpenAI sends the arguments as a JSON string; some servers send the
+    // object itself.
+    let (arguments, unreadable) = match &call["function"]["arguments"] {
+        Value::String(text) => match braid_core::tool::parse_arguments(text) {
+            Ok(value) => (value, None),
+            // Still called, so the bad call is counted and on record.
+            Err(why) => (Value::String(text.clone()), Some(why)),
+        },
+        Value::Null => (json!({}), None),
+        other => (other.clone(), None),
+    };
+    match input.call_tool(name, arguments).await {
+        Ok(result) => Ok(result),
+        Err(error) if error.is_for_the_model() => Err(CallFailure::ToModel(
+            unreadable.map_or_else(|| error.to_string(), |why| format!("`{name}`: {why}")),
+        )),
+        Err(error) => Err(CallFailure::Final(error.to_string())),
+    }
+}
+
+/// Adds one streamed piece of a tool call (`delta.tool_calls[]`) to the
+/// calls assembled so far: pieces of one call share its `index`; its name
+/// and arguments come in parts.
+fn add_call_piece(calls: &mut Vec<Value>, piece: &Value) {
+    let index = piece["index"].as_u64().unwrap_or(calls.len() as u64) as usize;
+    // A server cannot make us hold more calls than it sent pieces.
+    if index > calls.len() {
+        return;
+    }
+    if index == calls.len() {
+        calls.push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+    }
+    let call = &mut calls[index];
+    if let Some(id) = piece["id"].as_str() {
+        call["id"] = json!(id);
+    }
+    for part in ["name", "arguments"] {
+        if let Some(text) = piece["function"][part].as_str() {
+            let so_far = call["function"][part].as_str().unwrap_or("").to_owned();
+            call["function"][part] = json!(so_far + text);
+        }
+    }
+}
+
+/// The conversation, cut for an error message.
+fn transcript_excerpt(messages: &[Value]) -> String {
+    const MAX: usize = 4_000;
+    let text = Value::Array(messages.to_vec()).to_string();
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all; the whole of it is in the agent's report)", &text[..end], text.len())
+}
+
 /// Models often wrap JSON in a Markdown code fence.
 fn strip_fences(text: &str) -> &str {
     let t = text.trim();
@@ -439,6 +607,9 @@ impl Agent for LlmAgent {
             messages.push(json!({"role": "system", "content": self.render("system", input)?}));
         }
         messages.push(json!({"role": "user", "content": self.render("prompt", input)?}));
+        if !self.tools.is_empty() {
+            return self.call_with_tools(input, messages).await;
+        }
         let answer = self.complete(input, &messages).await?;
         let problem = match self.writes_of(&answer) {
             Ok(writes) => return Ok(writes),

@@ -393,3 +393,302 @@ async fn run_empty(pipeline: &Pipeline) -> braid_core::RunReport {
 }
 
 use tokio_stream::StreamExt as _;
+
+// Tool calling (issue 15): the model calls tool agents of the pipeline.
+
+/// A model reply that calls tools: `(id, name, arguments as JSON text)`.
+fn tool_calls(calls: &[(&str, &str, &str)]) -> axum::response::Response {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|(id, name, arguments)| {
+            json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+        })
+        .collect();
+    Json(json!({
+        "choices": [{"message": {"role": "assistant", "content": null, "tool_calls": calls}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2}
+    }))
+    .into_response()
+}
+
+/// A search service for the `search` tool agent: it takes 150 ms and
+/// answers with one hit naming the query. Returns its URL and the queries
+/// it was asked, in order.
+async fn search_service() -> (String, Arc<Mutex<Vec<String>>>) {
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = |State(asked): State<Arc<Mutex<Vec<String>>>>, Json(call): Json<Value>| async move {
+        let q = call["state"]["q"].as_str().unwrap_or("").to_owned();
+        asked.lock().unwrap().push(q.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        Json(json!({"hits": [format!("doc about {q}")]}))
+    };
+    let app = axum::Router::new()
+        .route("/search", post(handler))
+        .with_state(asked.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/search", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, asked)
+}
+
+/// A pipeline whose `researcher` may call the `search` tool agent.
+fn researcher(endpoint: &str, search: &str, extra: &str) -> Pipeline {
+    let yaml = format!(
+        r#"
+pipeline: research
+inputs: {{ question: {{ type: string }} }}
+agents:
+  search:
+    kind: http
+    url: "{search}"
+    tool: {{ description: "Search the wiki", parameters: {{ type: object, properties: {{ q: {{ type: string }} }}, required: [q] }} }}
+    writes: [hits]
+  researcher:
+    kind: llm
+    endpoint: "{endpoint}"
+    model: tiny
+    prompt: "Answer: {{{{ question }}}}"
+    tools: [{{ agent: search }}]
+    reads: [question]
+    writes: [answer]
+    {extra}
+"#
+    );
+    Pipeline::from_yaml_str_with(&yaml, &braid_agents::kinds()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn ask(pipeline: &Pipeline, options: RunOptions) -> braid_core::RunReport {
+    let input = pipeline
+        .check_input(&json!({"question": "why are costs up?"}))
+        .unwrap();
+    pipeline.run(input, options).await
+}
+
+#[tokio::test]
+async fn the_models_tool_calls_run_concurrently_as_steps_and_their_results_reach_it() {
+    let (search, asked) = search_service().await;
+    let (endpoint, requests) = stub(|n, _| match n {
+        1 => tool_calls(&[
+            ("call_a", "search", r#"{"q": "cloud"}"#),
+            ("call_b", "search", r#"{"q": "payroll"}"#),
+        ]),
+        2 => tool_calls(&[("call_c", "search", r#"{"q": "travel"}"#)]),
+        _ => completion("Costs rose with cloud spend [doc about cloud]."),
+    })
+    .await;
+    let pipeline = researcher(&endpoint, &search, "");
+    // The tool agent is not a step of the graph.
+    let names: Vec<&str> = pipeline.agents().iter().map(|a| a.name()).collect();
+    assert_eq!(names, ["researcher"]);
+    assert_eq!(pipeline.tool_agents()[0].name(), "search");
+
+    let (sink, mut events) = EventSink::channel(EventLevel::Summary);
+    let report = ask(
+        &pipeline,
+        RunOptions {
+            events: Some(sink),
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(
+        *report.state["answer"],
+        json!("Costs rose with cloud spend [doc about cloud].")
+    );
+    assert_eq!(asked.lock().unwrap().len(), 3);
+
+    // The model was offered the tool, then got each result under its call's id.
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(requests[0]["tools"][0]["function"]["name"], "search");
+    assert_eq!(
+        requests[0]["tools"][0]["function"]["parameters"]["required"],
+        json!(["q"])
+    );
+    let tool_messages: Vec<&Value> = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(tool_messages.len(), 2);
+    for (id, q) in [("call_a", "cloud"), ("call_b", "payroll")] {
+        let message = tool_messages
+            .iter()
+            .find(|m| m["tool_call_id"] == id)
+            .unwrap_or_else(|| panic!("no result for {id}: {tool_messages:?}"));
+        let result: Value = serde_json::from_str(message["content"].as_str().unwrap()).unwrap();
+        assert_eq!(result, json!({"hits": [format!("doc about {q}")]}));
+    }
+    let last = requests[2]["messages"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["tool_call_id"], "call_c");
+
+    // Both calls of the first turn started before either finished.
+    let mut order = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event.kind {
+            EventKind::ToolCalled { call, .. } => order.push(format!("called {call}")),
+            EventKind::ToolFinished { call, error, .. } => {
+                assert_eq!(error, None);
+                order.push(format!("finished {call}"));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(order.len(), 6, "{order:?}");
+    assert!(order[0].starts_with("called") && order[1].starts_with("called"), "{order:?}");
+
+    // Each call is a step in the agent's report, and so is the conversation.
+    let agent = &report.agents["researcher"];
+    let calls: Vec<(&str, &str, AgentStatus, u32)> = agent
+        .tool_calls
+        .iter()
+        .map(|c| (c.name.as_str(), c.tool.as_str(), c.status, c.attempts))
+        .collect();
+    assert_eq!(calls.len(), 3);
+    let mut names: Vec<&str> = calls.iter().map(|c| c.0).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "researcher.tool#1:search",
+            "researcher.tool#2:search",
+            "researcher.tool#3:search"
+        ]
+    );
+    assert!(calls.iter().all(|c| c.2 == AgentStatus::Completed && c.3 == 1), "{calls:?}");
+    assert!(agent.tool_calls.iter().all(|c| c.duration_ms.unwrap() >= 150.0));
+    let transcript = agent.transcript.as_ref().expect("a transcript");
+    let roles: Vec<&str> = transcript.iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "tool", "tool", "assistant", "tool", "assistant"]
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_call_is_answered_with_its_error_and_counted() {
+    let (search, asked) = search_service().await;
+    let (endpoint, requests) = stub(|n, _| match n {
+        1 => tool_calls(&[
+            ("bad_json", "search", r#"{"q": "#),
+            ("no_q", "search", r#"{"query": "cloud"}"#),
+            ("no_tool", "browse", r#"{"url": "x"}"#),
+        ]),
+        _ => completion("I could not search."),
+    })
+    .await;
+    let report = ask(&researcher(&endpoint, &search, ""), RunOptions::default()).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert!(asked.lock().unwrap().is_empty(), "no bad call reached the tool");
+    let requests = requests.lock().unwrap().clone();
+    let answers: Vec<(String, String)> = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| {
+            (
+                m["tool_call_id"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(answers.len(), 3);
+    assert!(answers[0].1.starts_with("error: `search`: the arguments are not JSON"), "{answers:?}");
+    assert!(answers[1].1.contains("\"q\" is a required property"), "{answers:?}");
+    assert!(answers[2].1.contains("there is no tool `browse`; the tools are: search"), "{answers:?}");
+    let calls = &report.agents["researcher"].tool_calls;
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|c| c.status == AgentStatus::Failed && c.attempts == 0), "{calls:?}");
+}
+
+#[tokio::test]
+async fn past_max_tool_calls_the_agent_fails_with_the_transcript() {
+    let (search, asked) = search_service().await;
+    let (endpoint, _) = stub(|n, _| {
+        // A model that never stops searching.
+        tool_calls(&[(&format!("call_{n}"), "search", &format!(r#"{{"q": "round {n}"}}"#))])
+    })
+    .await;
+    let report = ask(
+        &researcher(&endpoint, &search, "max_tool_calls: 2"),
+        RunOptions::default(),
+    )
+    .await;
+    assert!(!report.status.is_success());
+    let agent = &report.agents["researcher"];
+    assert_eq!(agent.status, AgentStatus::Failed);
+    let error = agent.error.as_deref().unwrap();
+    assert!(error.contains("already made 2 tool calls, its limit (max_tool_calls)"), "{error}");
+    assert!(error.contains("doc about round 2"), "the transcript so far: {error}");
+    assert_eq!(asked.lock().unwrap().len(), 2);
+    assert_eq!(agent.tool_calls.len(), 2);
+    assert!(agent.transcript.as_ref().unwrap().len() >= 5);
+}
+
+#[tokio::test]
+async fn streamed_tool_calls_are_assembled_from_their_pieces() {
+    let (search, asked) = search_service().await;
+    let (endpoint, _) = stub(|n, _| {
+        let chunks: Vec<Value> = if n == 1 {
+            vec![
+                json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "call_x", "type": "function", "function": {"name": "search", "arguments": ""}}]}}]}),
+                json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\": "}}]}}]}),
+                json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"gpu\"}"}}]}}]}),
+            ]
+        } else {
+            vec![json!({"choices": [{"delta": {"content": "GPUs."}}]})]
+        };
+        let body: String = chunks
+            .iter()
+            .map(|c| format!("data: {c}\n\n"))
+            .chain(["data: [DONE]\n\n".to_owned()])
+            .collect();
+        ([("content-type", "text/event-stream")], body).into_response()
+    })
+    .await;
+    let (sink, _events) = EventSink::channel(EventLevel::Full);
+    let report = ask(
+        &researcher(&endpoint, &search, ""),
+        RunOptions {
+            events: Some(sink),
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(*asked.lock().unwrap(), ["gpu"]);
+    assert_eq!(*report.state["answer"], json!("GPUs."));
+}
+
+#[test]
+fn tools_are_checked_when_the_pipeline_loads() {
+    let load = |agents: &str| {
+        let yaml = format!("pipeline: p\ninputs: {{ q: {{ type: string }} }}\nagents:\n{agents}");
+        Pipeline::from_yaml_str_with(&yaml, &braid_agents::kinds())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let llm = "  ask: { kind: llm, endpoint: 'http://127.0.0.1:9/v1', model: m, prompt: p, reads: [q], writes: [a]";
+    let tool = "  look: { kind: sleep, writes: [r], tool: { description: Looks, parameters: { type: object, properties: { x: { type: string } } } } }\n";
+    let cases = [
+        (format!("{tool}{llm}, tools: [{{ agent: lok }}] }}\n"), "no tool agent `lok` (did you mean `look`?)"),
+        (format!("  plain: {{ kind: sleep, reads: [q], writes: [r] }}\n{llm}, tools: [{{ agent: plain }}] }}\n"), "agent `plain` is not a tool"),
+        (format!("{tool}{llm}, tools: [{{ agnt: look }}] }}\n"), "unknown tool source `agnt` (did you mean `agent`?)"),
+        (format!("{tool}  s: {{ kind: sleep, writes: [z], tools: [{{ agent: look }}] }}\n"), "a `sleep` agent cannot call tools"),
+        (format!("{tool}{llm}, tools: [{{ agent: look }}], max_tool_calls: 0 }}\n"), "`max_tool_calls` must be between 1 and 1000"),
+        (format!("{llm}, max_tool_calls: 3 }}\n"), "`max_tool_calls` needs `tools`"),
+        (format!("  look: {{ kind: sleep, reads: [q], writes: [r], tool: {{ description: Looks }} }}\n{llm} }}\n"), "a tool agent takes no `reads`"),
+        (format!("  look: {{ kind: sleep, writes: [r], tool: {{ parameters: {{ type: object }} }} }}\n{llm} }}\n"), "`tool` needs a `description`"),
+        (format!("  look: {{ kind: sleep, writes: [r], tool: {{ description: d, parameters: {{ type: string }} }} }}\n{llm} }}\n"), "must be the JSON Schema of an object"),
+        (format!("{tool}  h: {{ kind: http, url: 'http://127.0.0.1:9/x', writes: [z], tools: [{{ agent: look }}] }}\n"), "an `http` agent cannot call tools"),
+        (format!("{tool}{llm} }}\n  reader: {{ kind: sleep, reads: [r], writes: [z] }}\n"), "`r`"),
+    ];
+    for (agents, expected) in cases {
+        let error = load(&agents);
+        assert!(error.contains(expected), "expected `{expected}` in:\n{error}\nfor:\n{agents}");
+    }
+}

@@ -124,6 +124,21 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
                     bar.inc(1);
                 }
             }
+            EventKind::ToolCalled { agent, call, .. } => {
+                if let Some(bar) = line(agent) {
+                    let step = call.strip_prefix(&**agent).unwrap_or(call).trim_start_matches('.');
+                    bar.set_message(format!("running: calling {step}"));
+                }
+            }
+            EventKind::ToolFinished {
+                agent, call, error, ..
+            } => {
+                if let Some(bar) = line(agent) {
+                    let step = call.strip_prefix(&**agent).unwrap_or(call).trim_start_matches('.');
+                    let how = if error.is_some() { "failed" } else { "done" };
+                    bar.set_message(format!("running: {step} {how}"));
+                }
+            }
             EventKind::AgentWaiting { agent, prompt, .. } => {
                 if let Some(bar) = line(agent) {
                     let first = prompt.lines().next().unwrap_or("");

@@ -149,6 +149,32 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         partial: bool,
     },
+    /// An agent called a tool (see [`crate::tool`]); its arguments fit the
+    /// tool's parameters and it is starting.
+    ToolCalled {
+        /// The calling agent.
+        agent: Arc<str>,
+        /// The call's step name, `agent.tool#N:tool`.
+        call: Arc<str>,
+        /// The tool.
+        tool: Arc<str>,
+        /// Its arguments.
+        arguments: serde_json::Value,
+    },
+    /// A tool call ended (`tool_called` came before it).
+    ToolFinished {
+        /// The calling agent.
+        agent: Arc<str>,
+        /// The call's step name, `agent.tool#N:tool`.
+        call: Arc<str>,
+        /// The tool.
+        tool: Arc<str>,
+        /// From its start to its end, retries included.
+        duration_ms: f64,
+        /// Why it failed, when it did (the model is told).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The run ended; no event follows.
     RunFinished {
         /// `completed`, `failed` or `cancelled`.
@@ -450,7 +476,9 @@ impl EventKind {
             | EventKind::AgentSkipped { agent, .. }
             | EventKind::AgentWaiting { agent, .. }
             | EventKind::AgentAnswered { agent, .. }
-            | EventKind::AgentLog { agent, .. } => Some(agent),
+            | EventKind::AgentLog { agent, .. }
+            | EventKind::ToolCalled { agent, .. }
+            | EventKind::ToolFinished { agent, .. } => Some(agent),
             EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => None,
         }
     }

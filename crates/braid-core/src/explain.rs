@@ -39,6 +39,12 @@ pub struct ExplainedAgent {
     /// For a group with `repeat`: its loop.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat: Option<ExplainedRepeat>,
+    /// The tools it may call (`tools:`), as `name (kind)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// How many tool calls an attempt may make, when it has tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tool_calls: Option<u32>,
 }
 
 /// A group's `repeat`, as `explain` shows it.
@@ -239,6 +245,12 @@ impl Pipeline {
                             expected_rounds: r.expected_rounds,
                         }
                     }),
+                    tools: a
+                        .tools()
+                        .iter()
+                        .map(|t| format!("{} ({})", t.name(), t.kind().name()))
+                        .collect(),
+                    max_tool_calls: a.tools.as_ref().map(|t| t.max_calls),
                 })
                 .collect(),
             edges: self
@@ -302,6 +314,15 @@ impl Explanation {
             let _ = writeln!(out, "  stage {i}: {}", stage.join(", "));
         }
         for a in &self.agents {
+            if !a.tools.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {}: calls tools {} (at most {} calls an attempt; each call is a step of the run)",
+                    a.name,
+                    a.tools.join(", "),
+                    a.max_tool_calls.unwrap_or_default()
+                );
+            }
             if let Some(f) = &a.foreach {
                 let _ = writeln!(out, "  {}: {}", a.name, f.describe());
             }

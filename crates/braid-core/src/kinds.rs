@@ -105,6 +105,9 @@ pub struct AgentConfig<'a> {
     /// The fields it writes (names only: an optional write's `?` is
     /// dropped; the agent may leave such a field out of its output).
     pub writes: Vec<String>,
+    /// The tools it may call (its `tools:`), resolved; a kind whose agents
+    /// call no tools refuses an agent that lists some.
+    pub tools: &'a [Arc<crate::tool::Tool>],
 }
 
 /// Builds an agent of one kind from its settings, or says what is wrong
@@ -117,7 +120,27 @@ pub type KindFactory =
 pub struct AgentKinds {
     kinds: BTreeMap<String, Kind>,
     builtins: BTreeMap<String, Arc<dyn Agent>>,
+    tool_sources: BTreeMap<String, ToolSourceFactory>,
 }
+
+/// What a tool source's factory gets: one entry of an agent's `tools:`
+/// (`- mcp: { command: [...] }` gives the source `mcp` and its settings).
+#[derive(Debug)]
+pub struct ToolSourceConfig<'a> {
+    /// The agent whose `tools:` names the source.
+    pub agent: &'a str,
+    /// The entry's value.
+    pub settings: &'a Value,
+    /// The pipeline file's folder (or the current directory).
+    pub dir: &'a Path,
+}
+
+/// Gives the tools of one `tools:` entry of a source (see
+/// [`AgentKinds::tool_source`]), or says what is wrong with it (a load
+/// error at the entry).
+pub type ToolSourceFactory = Arc<
+    dyn Fn(&ToolSourceConfig<'_>) -> Result<Vec<Arc<crate::tool::Tool>>, String> + Send + Sync,
+>;
 
 /// How a registered kind builds its agents.
 #[derive(Clone)]
@@ -215,7 +238,27 @@ impl AgentKinds {
         Self {
             kinds,
             builtins: BTreeMap::new(),
+            tool_sources: BTreeMap::new(),
         }
+    }
+
+    /// Adds (or replaces) a source of tools that agents list under
+    /// `tools:` as `- NAME: SETTINGS` (`braid-agents` adds `mcp`). `agent`
+    /// is taken: it names a tool agent of the pipeline.
+    pub fn tool_source(&mut self, name: &str, factory: ToolSourceFactory) -> &mut Self {
+        self.tool_sources.insert(name.to_owned(), factory);
+        self
+    }
+
+    /// The tool sources' names, `agent` first.
+    pub fn tool_source_names(&self) -> Vec<String> {
+        std::iter::once("agent".to_owned())
+            .chain(self.tool_sources.keys().cloned())
+            .collect()
+    }
+
+    pub(crate) fn get_tool_source(&self, name: &str) -> Option<&ToolSourceFactory> {
+        self.tool_sources.get(name)
     }
 
     /// Adds (or replaces) a kind; a factory registered as `sleep`,

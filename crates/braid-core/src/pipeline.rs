@@ -189,6 +189,8 @@ pub struct AgentDef {
     pub(crate) cache: Option<crate::cache::CachePolicy>,
     /// `queue:`, the worker queue it is dispatched to (see [`AgentDef::queue`]).
     pub(crate) queue: Option<Arc<str>>,
+    /// `tools:`: the tools it may call, and `max_tool_calls`.
+    pub(crate) tools: Option<Arc<crate::tool::AgentTools>>,
 }
 
 /// Why an answer to an `input` agent was refused.
@@ -286,6 +288,11 @@ impl AgentDef {
     /// The agent's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The tools it may call (`tools:`), in the order it lists them.
+    pub fn tools(&self) -> &[Arc<crate::tool::Tool>] {
+        self.tools.as_ref().map_or(&[], |t| &t.tools)
     }
 
     /// What it is for, as the file describes it.
@@ -457,6 +464,8 @@ pub struct Pipeline {
     pub(crate) own_definitions: Vec<serde_json::Value>,
     /// See [`Pipeline::portable_hashes`]: made on first use.
     pub(crate) portable: std::sync::OnceLock<Vec<Arc<str>>>,
+    /// Its tool agents (`tool:`), which are not steps of the graph.
+    pub(crate) tool_agents: Vec<Arc<crate::tool::Tool>>,
 }
 
 /// An agent that runs code, where it is in its pipeline: see
@@ -483,6 +492,12 @@ pub(crate) fn next_pipeline_id() -> u64 {
 }
 
 impl Pipeline {
+    /// Its tool agents (agents with `tool:`): they run only when an agent
+    /// calls them, so they are not among [`Pipeline::agents`].
+    pub fn tool_agents(&self) -> &[Arc<crate::tool::Tool>] {
+        &self.tool_agents
+    }
+
     /// Whether any agent is an `input` agent, so that its runs may wait
     /// for an answer (and are then checkpointed per agent).
     pub fn waits_for_input(&self) -> bool {
@@ -600,9 +615,11 @@ impl Pipeline {
         })
     }
 
-    /// Every agent that runs code (not a group, not an `input` agent), a
-    /// group's own too, in declaration order: what a worker can run for a
-    /// run elsewhere (see [`Pipeline::wrap_code_agents`]).
+    /// Every agent that runs code (not a group, not an `input` agent, not
+    /// an agent with `tools:`, whose calls are steps of its run), a group's
+    /// own too, in declaration order: what a worker can run for a run
+    /// elsewhere (see [`Pipeline::wrap_code_agents`]). Tool agents are not
+    /// steps, so not listed either: they run where their caller runs.
     ///
     /// ```
     /// let pipeline = braid_core::Pipeline::from_yaml_str(r#"
@@ -644,7 +661,7 @@ impl Pipeline {
                 group
                     .pipeline
                     .collect_code_agents(&format!("{path}."), queue, found);
-            } else if def.input.is_none() {
+            } else if def.input.is_none() && def.tools.is_none() {
                 found.push(CodeAgent {
                     path,
                     def,
@@ -685,7 +702,9 @@ impl Pipeline {
                     .and_then(|g| Arc::get_mut(&mut g.pipeline))
                     .ok_or_else(|| path.clone())?;
                 inner.wrap_code_agents_under(&format!("{path}."), queue.as_deref(), wrap)?;
-            } else if def.input.is_none() {
+            } else if def.input.is_none() && def.tools.is_none() {
+                // An agent with tools stays where its run is: its tool
+                // calls are steps of that run (tool agents run there too).
                 let site = CodeAgent {
                     path,
                     def,

@@ -221,6 +221,42 @@ pub struct AgentReport {
     /// Earlier log lines that did not fit the bound and were dropped.
     #[serde(skip_serializing_if = "is_zero", default)]
     pub logs_dropped: u64,
+    /// Its tool calls (see [`crate::tool`]), in the order they started,
+    /// its instances' included.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub tool_calls: Vec<ToolCallReport>,
+    /// A tool-calling agent's conversation with its model: the messages
+    /// sent and received, tool calls and results included, as of its last
+    /// attempt.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub transcript: Option<Vec<Value>>,
+}
+
+/// One tool call of an agent: a step of the run (see [`crate::tool`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallReport {
+    /// The step's name, `agent.tool#N:tool`.
+    pub name: String,
+    /// The tool called.
+    pub tool: String,
+    /// `running`, `completed`, `failed` or `cancelled`.
+    pub status: AgentStatus,
+    /// The arguments it was called with.
+    pub arguments: Value,
+    /// Attempts made (0 when the call was refused before running: an
+    /// unknown tool, arguments that do not fit).
+    pub attempts: u32,
+    /// When it started, in ms from the run's start.
+    pub start_ms: f64,
+    /// How long it took, retries included.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub duration_ms: Option<f64>,
+    /// What it returned (a tool agent's writes).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<Value>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -259,6 +295,8 @@ impl AgentReport {
             failures: Vec::new(),
             logs: Vec::new(),
             logs_dropped: 0,
+            tool_calls: Vec::new(),
+            transcript: None,
         }
     }
 }

@@ -137,6 +137,27 @@ pub fn pipeline_schema_with(extra: &[KindSchema]) -> Value {
         ),
     );
     properties.insert(
+        "tool".into(),
+        json!({
+            "description": "Makes the agent a tool that models call with arguments (not a step of the pipeline): `{ description, parameters }`, `parameters` being the JSON Schema of its arguments (an object). Its writes are the call's result.",
+            "type": "object",
+            "properties": {
+                "description": {"type": "string", "description": "What the tool does, for the model."},
+                "parameters": {"type": "object", "description": "The JSON Schema of its arguments (`type: object`)."}
+            },
+            "required": ["description"],
+            "additionalProperties": false
+        }),
+    );
+    properties.insert(
+        "tools".into(),
+        json!({
+            "description": "The tools the agent's model may call: `- agent: NAME` (a tool agent of the pipeline) or a tool source's entry (`- mcp: {...}`).",
+            "type": "array",
+            "items": {"type": "object", "minProperties": 1, "maxProperties": 1}
+        }),
+    );
+    properties.insert(
         "value".into(),
         json!({"description": "`kind: sleep`: what it writes to each of its writes (any JSON; default `true`)."}),
     );

@@ -262,6 +262,17 @@ pub(crate) struct AgentSpec {
     /// `cache:`, read by hand ([`parse_cache`]).
     #[serde(skip)]
     pub(crate) cache: Option<Located<CacheSpec>>,
+    /// `tool:`, read by hand (any JSON): the agent is a tool a model
+    /// calls, `{ description, parameters }`, not a step of the pipeline.
+    #[serde(skip)]
+    pub(crate) tool: Option<Located<Value>>,
+    /// `tools:`, read by hand: the tools the agent's model may call, each
+    /// entry with where it is written.
+    #[serde(skip)]
+    pub(crate) tools: Option<Located<Vec<Located<Value>>>>,
+    /// The most tool calls one attempt may make.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub(crate) max_tool_calls: Option<marked_yaml::Spanned<u32>>,
     // fan-out
     /// Fan-out: a read field holding a list; the agent runs once per item,
     /// and its writes are assembled into lists in item order.
@@ -366,6 +377,9 @@ pub(crate) const COMMON_AGENT_KEYS: &[&str] = &[
     "expected",
     "cache",
     "queue",
+    "tool",
+    "tools",
+    "max_tool_calls",
     "foreach",
     "as",
     "concurrency",
@@ -729,6 +743,7 @@ fn parse_agents(
         // untyped scalars; convert it by hand and deserialize the rest.
         let mut value = None;
         let mut cache = None;
+        let (mut tool, mut tools) = (None, None);
         let mut settings = IndexMap::new();
         let mut group = None;
         let mut declared_writes = Vec::new();
@@ -755,6 +770,15 @@ fn parse_agents(
                 cache = fields.remove("cache").and_then(|node| {
                     parse_cache(&node, &format!("{context}: `cache`"), source, errors)
                 });
+                if let Some(node) = fields.remove("tool") {
+                    tool = Some(Located {
+                        value: to_json(&node),
+                        at: source.at(node.span()),
+                    });
+                }
+                if let Some(node) = fields.remove("tools") {
+                    tools = parse_tools(&node, &context, source, errors);
+                }
                 // Keys the core does not know go to the kind's own factory.
                 let other: Vec<(String, Option<Location>)> = fields
                     .keys()
@@ -809,6 +833,8 @@ fn parse_agents(
             Ok(mut agent) => {
                 agent.value = value;
                 agent.cache = cache;
+                agent.tool = tool;
+                agent.tools = tools;
                 agent.settings = settings;
                 if let Some(mut group) = group {
                     group.spec.name = Some(Located {
@@ -937,6 +963,35 @@ fn parse_group(
 /// A `cache:` value: `false`, or a mapping with `ttl` (a duration, checked
 /// by the compiler). Anything else is reported at its place (`what` names
 /// the key) and gives `None`.
+/// `tools:`: a list of entries, each kept as JSON with its position (the
+/// compiler resolves them).
+fn parse_tools(
+    node: &Node,
+    context: &str,
+    source: &Source,
+    errors: &mut Diagnostics,
+) -> Option<Located<Vec<Located<Value>>>> {
+    let at = source.at(node.span());
+    let Node::Sequence(entries) = node else {
+        errors.push(Diagnostic::new(
+            at,
+            format!(
+                "{context}: `tools` must be a list, e.g. `tools: [{{ agent: search }}]`, found {}",
+                describe(node)
+            ),
+        ));
+        return None;
+    };
+    let value = entries
+        .iter()
+        .map(|entry| Located {
+            value: to_json(entry),
+            at: source.at(entry.span()),
+        })
+        .collect();
+    Some(Located { value, at })
+}
+
 fn parse_cache(
     node: &Node,
     what: &str,

@@ -45,6 +45,8 @@ pub struct AgentInput {
     pub(crate) logs: Option<Arc<logs::KeptLogs>>,
     /// Where process groups go on record (runs checkpointed per agent).
     pub(crate) processes: Option<Arc<ProcessRecorder>>,
+    /// The tools it may call (`tools:`), and where its calls are recorded.
+    pub(crate) tools: Option<Arc<crate::tool::ToolCalls>>,
 }
 
 /// Puts a run's process groups on record through its checkpointer.
@@ -150,6 +152,93 @@ impl AgentInput {
             events: None,
             usage: TokenSlot::new(Arc::new([TokenCounter::default()]), 0),
             processes: None,
+            tools: None,
+        }
+    }
+
+    /// The tools this agent may call (its `tools:`), in the order it lists
+    /// them; empty for an agent without tools.
+    pub fn tools(&self) -> &[Arc<crate::tool::Tool>] {
+        self.tools.as_ref().map_or(&[], |t| t.tools())
+    }
+
+    /// How many tool calls one attempt may make (`max_tool_calls`).
+    pub fn max_tool_calls(&self) -> u32 {
+        self.tools.as_ref().map_or(0, |t| t.max_calls())
+    }
+
+    /// Calls tool `name` with `arguments` (a JSON object), as a step of the
+    /// run (see [`crate::tool`]): the arguments are checked against the
+    /// tool's `parameters`, it runs with its own timeout and retries, and
+    /// its result is the object of its writes. Calls may run concurrently
+    /// (join their futures); dropping one cancels it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use braid_core::agent::{Agent, AgentError, AgentInput, Writes};
+    /// use braid_core::{AgentKinds, Pipeline, RunOptions};
+    /// use serde_json::json;
+    ///
+    /// // A Rust agent that calls the pipeline's `double` tool twice at once.
+    /// struct Planner;
+    /// #[async_trait::async_trait]
+    /// impl Agent for Planner {
+    ///     async fn call(&self, input: &AgentInput) -> Result<Writes, AgentError> {
+    ///         let (a, b) = tokio::join!(
+    ///             input.call_tool("double", json!({"n": 2})),
+    ///             input.call_tool("double", json!({"n": 5})),
+    ///         );
+    ///         let doubled = |r: Result<serde_json::Value, _>| r.map(|v| v["doubled"].as_i64().unwrap_or(0));
+    ///         let sum = doubled(a).and_then(|a| Ok(a + doubled(b)?))
+    ///             .map_err(|e: braid_core::tool::ToolCallError| AgentError::Other(e.to_string()))?;
+    ///         Ok(Writes::from_iter([("sum".to_owned(), json!(sum))]))
+    ///     }
+    /// }
+    /// let mut kinds = AgentKinds::standard();
+    /// kinds.builtin("planner", Arc::new(Planner));
+    /// kinds.builtin_fn("double", |reads| async move {
+    ///     let n = reads.get("n").and_then(|v| v.as_i64()).unwrap_or(0);
+    ///     Ok::<_, AgentError>(Writes::from_iter([("doubled".to_owned(), json!(n * 2))]))
+    /// });
+    /// let pipeline = Pipeline::from_yaml_str_with(r#"
+    /// pipeline: p
+    /// agents:
+    ///   double:
+    ///     kind: builtin
+    ///     function: double
+    ///     tool: { description: Doubles n, parameters: { type: object, properties: { n: { type: integer } }, required: [n] } }
+    ///     writes: [doubled]
+    ///   plan: { kind: builtin, function: planner, tools: [{ agent: double }], writes: [sum] }
+    /// "#, &kinds).unwrap();
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let report = pipeline.run(pipeline.check_input(&json!({})).unwrap(), RunOptions::default()).await;
+    /// assert_eq!(*report.state["sum"], json!(14));
+    /// let calls = &report.agents["plan"].tool_calls;
+    /// assert_eq!(calls.len(), 2);
+    /// assert!(calls[0].name.starts_with("plan.tool#"));
+    /// # });
+    /// ```
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: Value,
+    ) -> Result<Value, crate::tool::ToolCallError> {
+        match &self.tools {
+            Some(calls) => calls.call(self, name, arguments).await,
+            None => Err(crate::tool::ToolCallError::Unknown {
+                tool: name.to_owned(),
+                available: Vec::new(),
+            }),
+        }
+    }
+
+    /// Records the conversation of a tool-calling agent (the messages sent
+    /// to the model and received), shown in its report as
+    /// [`AgentReport::transcript`](crate::report::AgentReport::transcript).
+    /// Without tools it is not kept.
+    pub fn record_transcript(&self, messages: Vec<Value>) {
+        if let Some(calls) = &self.tools {
+            calls.set_transcript(&self.agent, messages);
         }
     }
 

@@ -146,19 +146,43 @@ impl Compiler<'_> {
         let writes = self.resolved_writes(agent);
         let input = self.input(id, &who);
         let queue = self.queue(agent, &who);
+        let tools = self.agent_tools(name, agent, &who);
         let mut built = if agent.group.is_some() {
             Some(super::group::group_kind())
         } else if agent.kind.as_str() == "input" {
             self.misplaced_keys(agent, &who, at.clone());
             input.as_ref().map(|_| super::input::input_kind())
         } else {
-            self.build(name, agent, &who, at.clone())
+            let reads = agent.reads.iter().map(|r| r.to_string()).collect();
+            let listed = tools.as_ref().map_or(&[][..], |t| &t.tools[..]);
+            self.build(name, agent, &who, at.clone(), reads, listed)
         };
         let (fields, field_ids) = (&self.fields, &self.field_ids);
-        self.own_definitions
-            .push(crate::definition::own(name, agent, self.dir, |f| {
-                field_ids.get(f).and_then(|&f| fields[f].merge)
-            }));
+        let mut own = crate::definition::own(name, agent, self.dir, |f| {
+            field_ids.get(f).and_then(|&f| fields[f].merge)
+        });
+        if let Some(tools) = &agent.tools {
+            // Its tools are part of what it does: a changed tool agent
+            // changes the hash of every agent calling it. (Only agents with
+            // tools get the key, so other hashes stay as they were.)
+            let entries: Vec<&Value> = tools.value.iter().map(|e| &e.value).collect();
+            let tool_agents: Vec<Value> = entries
+                .iter()
+                .filter_map(|e| e.get("agent").and_then(Value::as_str))
+                .filter_map(|t| self.spec.agents.get(t).map(|a| (t, a)))
+                .map(|(t, a)| {
+                    let mut def = crate::definition::own(t, &a.value, self.dir, |_| None);
+                    def["tool"] = a.value.tool.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+                    def
+                })
+                .collect();
+            own["tools"] = serde_json::json!({
+                "entries": entries,
+                "max_tool_calls": agent.max_tool_calls.as_ref().map(|m| **m),
+                "tool_agents": tool_agents,
+            });
+        }
+        self.own_definitions.push(own);
         let group = self.group(id, &who, defaults)?;
         if agent.group.is_some() && group.is_none() {
             built = None;
@@ -190,6 +214,7 @@ impl Compiler<'_> {
                 input,
                 cache,
                 queue,
+                tools,
             });
         }
         Ok(())
@@ -229,7 +254,7 @@ impl Compiler<'_> {
 
     /// An agent's timeout and retry policy (over `defaults`), and its
     /// `expected` duration.
-    fn policy(
+    pub(super) fn policy(
         &mut self,
         agent: &AgentSpec,
         who: &str,
@@ -263,12 +288,14 @@ impl Compiler<'_> {
 
     /// The agent's kind and runner, built by its kind; `None` (reported)
     /// when the kind is unknown or refuses the agent's settings.
-    fn build(
+    pub(super) fn build(
         &mut self,
         name: &str,
         agent: &AgentSpec,
         who: &str,
         at: Option<Location>,
+        reads: Vec<String>,
+        tools: &[Arc<crate::tool::Tool>],
     ) -> Option<Built> {
         let kind_name = agent.kind.as_str();
         let Some(kind) = self.kinds.get(kind_name) else {
@@ -297,7 +324,7 @@ impl Compiler<'_> {
             kind: kind_name,
             settings: &settings,
             dir: self.dir,
-            reads: agent.reads.iter().map(|r| r.to_string()).collect(),
+            reads,
             // Names only: whether a write is optional is the scheduler's
             // business (an agent may leave `name?` out).
             writes: agent
@@ -305,6 +332,7 @@ impl Compiler<'_> {
                 .iter()
                 .map(|w| w.strip_suffix('?').unwrap_or(w.as_str()).to_owned())
                 .collect(),
+            tools,
         };
         match kind.build(&config, self.kinds) {
             Ok(built) => Some(built),

@@ -30,6 +30,7 @@ mod input;
 pub(crate) use input::INPUT_KEYS;
 mod load;
 mod races;
+mod tools;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -120,6 +121,8 @@ struct Compiler<'a> {
     /// `defaults.cache` (or the one a group's agents inherit), which
     /// agents without a `cache:` of their own take.
     cache_default: Option<crate::cache::CachePolicy>,
+    /// The tool agents (`tool:`), by name: not steps, so not drafts.
+    tool_agents: indexmap::IndexMap<String, Arc<crate::tool::Tool>>,
     /// Agents compiled so far, groups' included, shared by the nested
     /// compilers: groups (group files naming themselves, say) may not
     /// expand a pipeline past `max_agents`.
@@ -178,6 +181,7 @@ impl<'a> Compiler<'a> {
         let drafts: Vec<Draft<'a>> = spec
             .agents
             .iter()
+            .filter(|(_, located)| located.value.tool.is_none())
             .map(|(name, located)| Draft {
                 name,
                 spec: &located.value,
@@ -208,6 +212,7 @@ impl<'a> Compiler<'a> {
             after_edges: Vec::new(),
             nested: None,
             cache_default: None,
+            tool_agents: indexmap::IndexMap::new(),
             compiled_agents: std::rc::Rc::new(std::cell::Cell::new(spec.agents.len())),
         }
     }
@@ -220,6 +225,7 @@ impl<'a> Compiler<'a> {
         self.inputs()?;
         self.writes()?;
         self.merge_rules();
+        self.tool_agents(&defaults);
         let mut conditions = self.conditions()?;
         for id in 0..self.drafts.len() {
             self.agent(id, &defaults, &mut conditions)?;
@@ -258,6 +264,9 @@ impl<'a> Compiler<'a> {
             waits_for_input: waits,
             own_definitions: std::mem::take(&mut self.own_definitions),
             portable: std::sync::OnceLock::new(),
+            tool_agents: std::mem::take(&mut self.tool_agents)
+                .into_values()
+                .collect(),
         })
     }
 
@@ -319,7 +328,7 @@ impl<'a> Compiler<'a> {
                 ),
             );
         }
-        if spec.agents.is_empty() {
+        if self.drafts.is_empty() {
             self.error(
                 spec.agents_at.clone().or(name.at.clone()),
                 "the pipeline has no agents; add at least one under `agents:`",

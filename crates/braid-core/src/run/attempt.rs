@@ -132,7 +132,7 @@ pub(super) fn attempt_loop(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice in its state"
 )]
-fn call_once<'a>(
+pub(crate) fn call_once<'a>(
     runner: &'a dyn Agent,
     input: &'a AgentInput,
     timeout: Option<Duration>,

@@ -106,7 +106,7 @@ pub(super) fn resumed_instances(
 }
 
 /// How a JSON value is described in an error.
-fn kind_of(value: &Value) -> &'static str {
+pub(crate) fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -337,6 +337,7 @@ impl Scheduler<'_> {
             usage: crate::agent::TokenSlot::new(self.tokens.clone(), agent),
             logs: self.kept_logs(agent),
             processes: self.processes.clone(),
+            tools: self.tool_calls(agent),
         };
         let handle = self.spawn_member(member, input);
         f.handles[i] = Some(handle);

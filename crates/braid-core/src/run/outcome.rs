@@ -266,6 +266,10 @@ impl Scheduler<'_> {
         if let Some(kept) = &progress.logs {
             (report.logs, report.logs_dropped) = kept.lines();
         }
+        if let Some(calls) = &progress.tool_calls {
+            report.tool_calls = calls.records();
+            report.transcript = calls.transcript(&self.pipeline.agents[agent].name);
+        }
         self.fanout_report(agent, &mut report);
         report
     }

@@ -48,6 +48,8 @@ pub(super) struct AgentProgress {
     pub(super) logs: Option<Arc<crate::agent::logs::KeptLogs>>,
     /// Its failed attempts (and its instances', named), oldest first.
     pub(super) failures: Vec<crate::report::AttemptFailure>,
+    /// Its tool calls (an agent with `tools:`), made at its start.
+    pub(super) tool_calls: Option<Arc<crate::tool::ToolCalls>>,
 }
 
 /// One run in progress: everything the loop owns.
@@ -246,6 +248,7 @@ impl<'p> Scheduler<'p> {
                 cached: false,
                 logs: None,
                 failures: Vec::new(),
+                tool_calls: None,
             })
             .collect();
         let mut policy = options
@@ -868,6 +871,7 @@ impl<'p> Scheduler<'p> {
             usage: crate::agent::TokenSlot::new(self.tokens.clone(), agent),
             logs: self.kept_logs(agent),
             processes: self.processes.clone(),
+            tools: self.tool_calls(agent),
         };
         self.spawn_member(Member { agent, item: None }, input);
         let progress = &mut self.progress[agent];
@@ -935,6 +939,21 @@ impl<'p> Scheduler<'p> {
         };
         self.task_agent.insert(handle.id(), member);
         handle
+    }
+
+    /// Where `agent`'s tool calls are recorded, for an agent with tools
+    /// (made on first use: a fan-out's instances share it).
+    pub(super) fn tool_calls(&mut self, agent: AgentId) -> Option<Arc<crate::tool::ToolCalls>> {
+        let tools = self.pipeline.agents[agent].tools.as_ref()?;
+        let (start, max_depth) = (self.start, self.max_depth);
+        Some(
+            self.progress[agent]
+                .tool_calls
+                .get_or_insert_with(|| {
+                    Arc::new(crate::tool::ToolCalls::new(tools.clone(), start, max_depth))
+                })
+                .clone(),
+        )
     }
 
     /// Where `agent`'s log lines are kept: made on first use, when the run

@@ -1,0 +1,632 @@
+//! Tools: what an agent's model may call with arguments, each call run as
+//! a step of the run.
+//!
+//! An agent with `tool: { description, parameters }` is a tool, not a step
+//! of the pipeline: it runs only when an agent that lists it under `tools:`
+//! calls it, with the arguments as its reads, and its writes are the call's
+//! result. Tool sources registered with [`AgentKinds::tool_source`]
+//! (`braid-agents` adds `mcp`) add tools of their own the same way.
+//!
+//! ```yaml
+//! agents:
+//!   search:
+//!     kind: http
+//!     url: http://127.0.0.1:8081/search
+//!     tool: { description: "Search the wiki", parameters: { type: object, properties: { q: { type: string } }, required: [q] } }
+//!     writes: [hits]
+//!   researcher:
+//!     kind: llm
+//!     tools: [{ agent: search }]
+//!     max_tool_calls: 8          # per attempt (default 8)
+//!     ...
+//! ```
+//!
+//! The calling agent (an `llm` agent, or a Rust agent) calls
+//! [`AgentInput::call_tool`]. Each call is a step named
+//! `researcher.tool#3:search` (the caller, `tool#`, the call's number in
+//! the caller, the tool): its arguments are checked against the tool's
+//! `parameters` schema, it runs with the tool agent's own `timeout`,
+//! `retries` and `backoff`, it emits `tool_called` and `tool_finished`
+//! events, and it is listed in the caller's report
+//! ([`AgentReport::tool_calls`](crate::report::AgentReport::tool_calls)),
+//! which checkpointed runs store. An attempt may make at most
+//! `max_tool_calls` calls, bad ones included; the one past it is refused
+//! with [`ToolCallError::TooMany`]. A tool agent calls no tools itself, so
+//! calls do not nest.
+//!
+//! [`AgentKinds::tool_source`]: crate::AgentKinds::tool_source
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::agent::{Agent, AgentError, AgentInput, Reads, Writes};
+use crate::backoff::Backoff;
+use crate::event::EventKind;
+use crate::kinds::AgentKind;
+use crate::pipeline::RetryPolicy;
+use crate::report::{AgentStatus, ToolCallReport};
+
+/// How many calls an attempt may make when its agent does not say.
+pub const DEFAULT_MAX_TOOL_CALLS: u32 = 8;
+
+/// The most `max_tool_calls` may be.
+pub const MAX_TOOL_CALLS_LIMIT: u32 = 1_000;
+
+/// The longest wait between a tool call's attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// One tool: its name, what it does, the JSON Schema of its arguments, and
+/// what runs when it is called.
+pub struct Tool {
+    name: Arc<str>,
+    description: String,
+    parameters: Value,
+    validator: jsonschema::Validator,
+    runner: Arc<dyn Agent>,
+    policy: RetryPolicy,
+    /// The fields a result must have (a tool agent's writes); `None`: any
+    /// object.
+    results: Option<Vec<String>>,
+    kind: AgentKind,
+}
+
+impl fmt::Debug for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tool")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tool {
+    /// A tool that runs `runner` with its arguments as reads. `parameters`
+    /// must be a JSON Schema of an object (what OpenAI-style tool calling
+    /// takes).
+    ///
+    /// ```
+    /// use braid_core::agent::{Agent, AgentError, AgentInput, Writes};
+    /// use braid_core::tool::Tool;
+    /// use serde_json::json;
+    ///
+    /// struct Add;
+    /// #[async_trait::async_trait]
+    /// impl Agent for Add {
+    ///     async fn call(&self, input: &AgentInput) -> Result<Writes, AgentError> {
+    ///         let n = |k| input.reads.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+    ///         Ok(Writes::from_iter([("sum".to_owned(), json!(n("a") + n("b")))]))
+    ///     }
+    /// }
+    /// let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}});
+    /// let tool = Tool::new("add", "Adds two numbers", schema, std::sync::Arc::new(Add)).unwrap();
+    /// assert_eq!(tool.name(), "add");
+    /// assert!(Tool::new("add", "", json!({"type": "string"}), std::sync::Arc::new(Add)).is_err());
+    /// ```
+    pub fn new(
+        name: &str,
+        description: &str,
+        parameters: Value,
+        runner: Arc<dyn Agent>,
+    ) -> Result<Self, String> {
+        check_name(name)?;
+        let validator = parameters_validator(&parameters)?;
+        Ok(Self {
+            name: Arc::from(name),
+            description: description.to_owned(),
+            parameters,
+            validator,
+            runner,
+            policy: RetryPolicy::default(),
+            results: None,
+            kind: AgentKind::Other {
+                kind: "tool".to_owned(),
+            },
+        })
+    }
+
+    /// The same tool with `timeout` as the limit of each attempt.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.timeout = timeout;
+        self
+    }
+
+    /// The same tool whose kind `explain` shows as `kind` (`mcp`, …).
+    pub fn with_kind(mut self, kind: &str) -> Self {
+        self.kind = AgentKind::Other {
+            kind: kind.to_owned(),
+        };
+        self
+    }
+
+    /// A tool agent of the pipeline (`tool:` on an agent).
+    pub(crate) fn agent(
+        name: &str,
+        description: String,
+        parameters: Value,
+        built: crate::kinds::Built,
+        policy: RetryPolicy,
+        results: Vec<String>,
+    ) -> Result<Self, String> {
+        let validator = parameters_validator(&parameters)?;
+        Ok(Self {
+            name: Arc::from(name),
+            description,
+            parameters,
+            validator,
+            runner: built.1,
+            policy,
+            results: Some(results),
+            kind: built.0,
+        })
+    }
+
+    /// Its name, as the model calls it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it does, for the model.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The JSON Schema of its arguments.
+    pub fn parameters(&self) -> &Value {
+        &self.parameters
+    }
+
+    /// What runs when it is called (`http`, `command`, `mcp`, …).
+    pub fn kind(&self) -> &AgentKind {
+        &self.kind
+    }
+
+    /// Its description in the form OpenAI-style chat completions take in
+    /// `tools`: `{"type": "function", "function": {name, description,
+    /// parameters}}`.
+    pub fn openai_schema(&self) -> Value {
+        serde_json::json!({
+            "type": "function",
+            "function": {
+                "name": &*self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            }
+        })
+    }
+
+    /// What is wrong with `arguments`, one line per problem (none: they fit).
+    fn problems(&self, arguments: &Value) -> Vec<String> {
+        if !arguments.is_object() {
+            return vec![format!(
+                "the arguments must be a JSON object, found {}",
+                crate::run::kind_of(arguments)
+            )];
+        }
+        self.validator
+            .iter_errors(arguments)
+            .take(8)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                if path.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{path}: {e}")
+                }
+            })
+            .collect()
+    }
+}
+
+/// A tool's name as OpenAI-style tool calling allows it: 1 to 64 letters,
+/// digits, `_` and `-`.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` cannot be a tool's name: models call tools by names of 1 to 64 letters, digits, `_` and `-`"
+        ))
+    }
+}
+
+fn parameters_validator(parameters: &Value) -> Result<jsonschema::Validator, String> {
+    if parameters.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(
+            "`parameters` must be the JSON Schema of an object (`type: object`, with `properties`): a model calls a tool with named arguments"
+                .to_owned(),
+        );
+    }
+    jsonschema::validator_for(parameters).map_err(|e| format!("`parameters` is not a valid JSON Schema: {e}"))
+}
+
+/// Why a tool call gave no result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ToolCallError {
+    /// The agent has no tool by that name.
+    #[error("there is no tool `{tool}`; the tools are: {}", .available.join(", "))]
+    Unknown {
+        /// The name called.
+        tool: String,
+        /// The tools the agent has.
+        available: Vec<String>,
+    },
+    /// The arguments do not fit the tool's `parameters`.
+    #[error("the arguments to `{tool}` do not fit its parameters: {}", .problems.join("; "))]
+    InvalidArguments {
+        /// The tool.
+        tool: String,
+        /// One line per problem.
+        problems: Vec<String>,
+    },
+    /// The tool ran and failed (after its retries).
+    #[error("`{tool}` failed: {error}")]
+    Failed {
+        /// The tool.
+        tool: String,
+        /// Its last attempt's error.
+        error: AgentError,
+    },
+    /// The attempt already made `max` calls (`max_tool_calls`).
+    #[error("the attempt already made {max} tool calls, its limit (max_tool_calls)")]
+    TooMany {
+        /// The limit.
+        max: u32,
+    },
+}
+
+impl ToolCallError {
+    /// Whether the error is worth telling the model (it can call again
+    /// differently) rather than ending the agent's attempt.
+    pub fn is_for_the_model(&self) -> bool {
+        !matches!(self, ToolCallError::TooMany { .. })
+    }
+}
+
+/// The tools one agent may call, and how many calls an attempt may make.
+#[derive(Debug)]
+pub(crate) struct AgentTools {
+    pub(crate) tools: Vec<Arc<Tool>>,
+    pub(crate) max_calls: u32,
+}
+
+/// One agent's tool calls in one run: what its calls share, and their
+/// records for its report. A `foreach` agent's instances share their
+/// agent's (each call is named after the instance that made it).
+pub(crate) struct ToolCalls {
+    tools: Arc<AgentTools>,
+    /// The run's start, which the records' times count from.
+    start: Instant,
+    max_depth: usize,
+    state: Mutex<CallsState>,
+}
+
+impl fmt::Debug for ToolCalls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolCalls").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct CallsState {
+    /// Per caller (the agent, or an instance): the attempt its count is
+    /// for, calls made in that attempt, calls made in all.
+    callers: Vec<(Arc<str>, u32, u32, u32)>,
+    records: Vec<ToolCallReport>,
+    /// Per caller, its last recorded conversation.
+    transcripts: Vec<(Arc<str>, Vec<Value>)>,
+}
+
+impl ToolCalls {
+    pub(crate) fn new(tools: Arc<AgentTools>, start: Instant, max_depth: usize) -> Self {
+        Self {
+            tools,
+            start,
+            max_depth,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CallsState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn tools(&self) -> &[Arc<Tool>] {
+        &self.tools.tools
+    }
+
+    pub(crate) fn max_calls(&self) -> u32 {
+        self.tools.max_calls
+    }
+
+    /// The calls made so far, in the order they started.
+    pub(crate) fn records(&self) -> Vec<ToolCallReport> {
+        self.lock().records.clone()
+    }
+
+    /// `caller`'s last recorded conversation.
+    pub(crate) fn transcript(&self, caller: &str) -> Option<Vec<Value>> {
+        let state = self.lock();
+        let found = state.transcripts.iter().find(|(c, _)| &**c == caller);
+        found.map(|(_, t)| t.clone())
+    }
+
+    pub(crate) fn set_transcript(&self, caller: &Arc<str>, messages: Vec<Value>) {
+        let mut state = self.lock();
+        match state.transcripts.iter_mut().find(|(c, _)| c == caller) {
+            Some((_, t)) => *t = messages,
+            None => state.transcripts.push((caller.clone(), messages)),
+        }
+    }
+
+    fn ms_since_start(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.start).as_secs_f64() * 1e3
+    }
+
+    /// Counts a call against `caller`'s attempt and opens its record: the
+    /// record's index and the step's name, or `TooMany`.
+    fn open(
+        &self,
+        caller: &AgentInput,
+        tool: &str,
+        arguments: &Value,
+    ) -> Result<(usize, Arc<str>), ToolCallError> {
+        let max = self.tools.max_calls;
+        let mut state = self.lock();
+        let entry = match state
+            .callers
+            .iter()
+            .position(|(c, ..)| *c == caller.agent)
+        {
+            Some(i) => &mut state.callers[i],
+            None => {
+                state.callers.push((caller.agent.clone(), caller.attempt, 0, 0));
+                state.callers.last_mut().expect("just pushed")
+            }
+        };
+        if entry.1 != caller.attempt {
+            (entry.1, entry.2) = (caller.attempt, 0);
+        }
+        if entry.2 >= max {
+            return Err(ToolCallError::TooMany { max });
+        }
+        entry.2 += 1;
+        entry.3 += 1;
+        let name: Arc<str> = Arc::from(format!("{}.tool#{}:{tool}", caller.agent, entry.3));
+        state.records.push(ToolCallReport {
+            name: name.to_string(),
+            tool: tool.to_owned(),
+            status: AgentStatus::Running,
+            arguments: arguments.clone(),
+            attempts: 0,
+            start_ms: self.ms_since_start(Instant::now()),
+            duration_ms: None,
+            result: None,
+            error: None,
+        });
+        Ok((state.records.len() - 1, name))
+    }
+
+    /// Closes record `index` with how the call ended.
+    fn close(&self, index: usize, attempts: u32, began: Instant, outcome: Result<&Writes, String>) {
+        let mut state = self.lock();
+        let record = &mut state.records[index];
+        record.attempts = attempts;
+        record.duration_ms = Some(began.elapsed().as_secs_f64() * 1e3);
+        match outcome {
+            Ok(writes) => {
+                record.status = AgentStatus::Completed;
+                record.result = Some(Value::Object(writes.clone()));
+            }
+            Err(error) => {
+                record.status = AgentStatus::Failed;
+                record.error = Some(error);
+            }
+        }
+    }
+
+    /// Runs one call for `caller` (see [`AgentInput::call_tool`]).
+    pub(crate) async fn call(
+        &self,
+        caller: &AgentInput,
+        tool: &str,
+        arguments: Value,
+    ) -> Result<Value, ToolCallError> {
+        let (index, step) = self.open(caller, tool, &arguments)?;
+        let began = Instant::now();
+        // Marks the record cancelled if the caller drops this call.
+        let mut guard = OpenRecord {
+            calls: self,
+            index,
+            began,
+        };
+        let Some(found) = self.tools.tools.iter().find(|t| &*t.name == tool) else {
+            let error = ToolCallError::Unknown {
+                tool: tool.to_owned(),
+                available: self.tools.tools.iter().map(|t| t.name.to_string()).collect(),
+            };
+            guard.finish(0, Err(error.to_string()));
+            return Err(error);
+        };
+        let problems = found.problems(&arguments);
+        if !problems.is_empty() {
+            let error = ToolCallError::InvalidArguments {
+                tool: tool.to_owned(),
+                problems,
+            };
+            guard.finish(0, Err(error.to_string()));
+            return Err(error);
+        }
+        if let Some(events) = &caller.events {
+            events.emit(EventKind::ToolCalled {
+                agent: caller.agent.clone(),
+                call: step.clone(),
+                tool: found.name.clone(),
+                arguments: arguments.clone(),
+            });
+        }
+        let Value::Object(arguments) = arguments else {
+            unreachable!("checked to be an object above")
+        };
+        let input = AgentInput {
+            run_id: caller.run_id.clone(),
+            agent: step.clone(),
+            attempt: 1,
+            reads: Reads(
+                arguments
+                    .into_iter()
+                    .map(|(k, v)| (Arc::from(k), Arc::new(v)))
+                    .collect(),
+            ),
+            events: caller.events.clone(),
+            usage: caller.usage.clone(),
+            logs: caller.logs.clone(),
+            processes: caller.processes.clone(),
+            tools: None,
+        };
+        let (outcome, attempts) = self.attempts(found, input).await;
+        let recorded = outcome.as_ref().map_err(ToString::to_string);
+        guard.finish(attempts, recorded.clone());
+        if let Some(events) = &caller.events {
+            events.emit(EventKind::ToolFinished {
+                agent: caller.agent.clone(),
+                call: step,
+                tool: found.name.clone(),
+                duration_ms: began.elapsed().as_secs_f64() * 1e3,
+                error: recorded.err(),
+            });
+        }
+        match outcome {
+            Ok(writes) => Ok(Value::Object(writes)),
+            Err(error) => Err(ToolCallError::Failed {
+                tool: tool.to_owned(),
+                error,
+            }),
+        }
+    }
+
+    /// The tool's attempts: its timeout on each, its retries with backoff,
+    /// its result checked.
+    async fn attempts(&self, tool: &Tool, mut input: AgentInput) -> (Result<Writes, AgentError>, u32) {
+        let policy = tool.policy;
+        let mut attempt = 1;
+        loop {
+            input.attempt = attempt;
+            let outcome = crate::run::call_once(&*tool.runner, &input, policy.timeout)
+                .await
+                .and_then(|out| self.check_result(tool, out));
+            match outcome {
+                Err(error) if attempt <= policy.retries && error.is_retryable() => {
+                    let delay = Backoff::new(policy.backoff, MAX_RETRY_DELAY)
+                        .with_jitter()
+                        .delay(attempt);
+                    if let Some(events) = &input.events {
+                        events.emit(EventKind::AgentRetrying {
+                            agent: input.agent.clone(),
+                            attempt,
+                            error: error.to_string(),
+                            delay_ms: delay.as_secs_f64() * 1e3,
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                outcome => return (outcome, attempt),
+            }
+        }
+    }
+
+    /// A tool agent's result has exactly its declared writes; any result
+    /// is at most the run's `max_value_depth` deep.
+    fn check_result(&self, tool: &Tool, out: Writes) -> Result<Writes, AgentError> {
+        if let Some(declared) = &tool.results {
+            let undeclared: Vec<&str> = out
+                .keys()
+                .filter(|k| !declared.contains(k))
+                .map(String::as_str)
+                .collect();
+            if !undeclared.is_empty() {
+                return Err(AgentError::Output(format!(
+                    "wrote undeclared field(s) {}; it declares writes: [{}]",
+                    undeclared.join(", "),
+                    declared.join(", ")
+                )));
+            }
+            let missing: Vec<&str> = declared
+                .iter()
+                .filter(|d| !out.contains_key(d.as_str()))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(AgentError::Output(format!(
+                    "did not write declared field(s) {}",
+                    missing.join(", ")
+                )));
+            }
+        }
+        let result = Value::Object(out);
+        if crate::depth::exceeds(&result, self.max_depth) {
+            return Err(AgentError::Output(format!(
+                "its result is nested more than {} levels deep, the limit (max_value_depth)",
+                self.max_depth
+            )));
+        }
+        let Value::Object(out) = result else {
+            unreachable!()
+        };
+        Ok(out)
+    }
+}
+
+/// A call's record while it runs: dropped before [`OpenRecord::finish`]
+/// (the caller dropped the call: its timeout, a cancelled run), the record
+/// says cancelled.
+struct OpenRecord<'a> {
+    calls: &'a ToolCalls,
+    index: usize,
+    began: Instant,
+}
+
+impl OpenRecord<'_> {
+    fn finish(&mut self, attempts: u32, outcome: Result<&Writes, String>) {
+        self.calls.close(self.index, attempts, self.began, outcome);
+        self.index = usize::MAX;
+    }
+}
+
+impl Drop for OpenRecord<'_> {
+    fn drop(&mut self) {
+        if self.index == usize::MAX {
+            return;
+        }
+        let mut state = self.calls.lock();
+        if let Some(record) = state.records.get_mut(self.index) {
+            record.status = AgentStatus::Cancelled;
+            record.duration_ms = Some(self.began.elapsed().as_secs_f64() * 1e3);
+            record.error = Some("cancelled: the calling agent stopped waiting".to_owned());
+        }
+    }
+}
+
+/// The arguments of a call as the model sent them (a JSON string, in
+/// OpenAI-style tool calling): the object, or why it is not one.
+///
+/// ```
+/// use braid_core::tool::parse_arguments;
+/// assert_eq!(parse_arguments(r#"{"q": "cost"}"#).unwrap()["q"], "cost");
+/// assert_eq!(parse_arguments("").unwrap(), serde_json::json!({}));
+/// assert!(parse_arguments("{oops").unwrap_err().contains("not JSON"));
+/// ```
+pub fn parse_arguments(text: &str) -> Result<Value, String> {
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_str(text).map_err(|e| format!("the arguments are not JSON ({e})"))
+}
