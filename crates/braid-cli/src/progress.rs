@@ -126,7 +126,10 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
             }
             EventKind::ToolCalled { agent, call, .. } => {
                 if let Some(bar) = line(agent) {
-                    let step = call.strip_prefix(&**agent).unwrap_or(call).trim_start_matches('.');
+                    let step = call
+                        .strip_prefix(&**agent)
+                        .unwrap_or(call)
+                        .trim_start_matches('.');
                     bar.set_message(format!("running: calling {step}"));
                 }
             }
@@ -134,7 +137,10 @@ pub(crate) async fn show(agents: Vec<String>, mut events: EventReceiver) {
                 agent, call, error, ..
             } => {
                 if let Some(bar) = line(agent) {
-                    let step = call.strip_prefix(&**agent).unwrap_or(call).trim_start_matches('.');
+                    let step = call
+                        .strip_prefix(&**agent)
+                        .unwrap_or(call)
+                        .trim_start_matches('.');
                     let how = if error.is_some() { "failed" } else { "done" };
                     bar.set_message(format!("running: {step} {how}"));
                 }

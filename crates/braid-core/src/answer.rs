@@ -1,6 +1,6 @@
 //! Answers to `input` agents, handed to a run while it is in flight.
 //!
-//! An answer enters once, through [`Pipeline::check_answer`], which checks
+//! An answer enters once, through [`Pipeline::check_answer`](crate::Pipeline::check_answer), which checks
 //! it against the agent's schema and gives a [`CheckedAnswer`]. A run given
 //! an [`AnswerInbox`] (in [`RunOptions::answers`](crate::RunOptions)) takes
 //! checked answers from the matching [`AnswerSender`] while it runs: the
@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::report::AgentStatus;
 
 /// An answer checked against its agent's schema by
-/// [`Pipeline::check_answer`](crate::Pipeline::check_answer).
+/// [`Pipeline::check_answer`](crate::Pipeline::check_answer)(crate::Pipeline::check_answer).
 #[derive(Debug, Clone)]
 pub struct CheckedAnswer {
     pub(crate) agent: Arc<str>,

@@ -138,9 +138,8 @@ pub struct ToolSourceConfig<'a> {
 /// Gives the tools of one `tools:` entry of a source (see
 /// [`AgentKinds::tool_source`]), or says what is wrong with it (a load
 /// error at the entry).
-pub type ToolSourceFactory = Arc<
-    dyn Fn(&ToolSourceConfig<'_>) -> Result<Vec<Arc<crate::tool::Tool>>, String> + Send + Sync,
->;
+pub type ToolSourceFactory =
+    Arc<dyn Fn(&ToolSourceConfig<'_>) -> Result<Vec<Arc<crate::tool::Tool>>, String> + Send + Sync>;
 
 /// How a registered kind builds its agents.
 #[derive(Clone)]

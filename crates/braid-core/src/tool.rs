@@ -244,7 +244,8 @@ fn parameters_validator(parameters: &Value) -> Result<jsonschema::Validator, Str
                 .to_owned(),
         );
     }
-    jsonschema::validator_for(parameters).map_err(|e| format!("`parameters` is not a valid JSON Schema: {e}"))
+    jsonschema::validator_for(parameters)
+        .map_err(|e| format!("`parameters` is not a valid JSON Schema: {e}"))
 }
 
 /// Why a tool call gave no result.
@@ -380,14 +381,12 @@ impl ToolCalls {
     ) -> Result<(usize, Arc<str>), ToolCallError> {
         let max = self.tools.max_calls;
         let mut state = self.lock();
-        let entry = match state
-            .callers
-            .iter()
-            .position(|(c, ..)| *c == caller.agent)
-        {
+        let entry = match state.callers.iter().position(|(c, ..)| *c == caller.agent) {
             Some(i) => &mut state.callers[i],
             None => {
-                state.callers.push((caller.agent.clone(), caller.attempt, 0, 0));
+                state
+                    .callers
+                    .push((caller.agent.clone(), caller.attempt, 0, 0));
                 state.callers.last_mut().expect("just pushed")
             }
         };
@@ -450,7 +449,12 @@ impl ToolCalls {
         let Some(found) = self.tools.tools.iter().find(|t| &*t.name == tool) else {
             let error = ToolCallError::Unknown {
                 tool: tool.to_owned(),
-                available: self.tools.tools.iter().map(|t| t.name.to_string()).collect(),
+                available: self
+                    .tools
+                    .tools
+                    .iter()
+                    .map(|t| t.name.to_string())
+                    .collect(),
             };
             guard.finish(0, Err(error.to_string()));
             return Err(error);
@@ -514,7 +518,11 @@ impl ToolCalls {
 
     /// The tool's attempts: its timeout on each, its retries with backoff,
     /// its result checked.
-    async fn attempts(&self, tool: &Tool, mut input: AgentInput) -> (Result<Writes, AgentError>, u32) {
+    async fn attempts(
+        &self,
+        tool: &Tool,
+        mut input: AgentInput,
+    ) -> (Result<Writes, AgentError>, u32) {
         let policy = tool.policy;
         let mut attempt = 1;
         loop {

@@ -5,8 +5,8 @@
 
 use braid_core::AgentReport;
 use braid_core::report::{AttemptFailure, ToolCallReport};
-use serde_json::Value;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 #[derive(Serialize, Deserialize, Default)]
 struct Details {

@@ -102,6 +102,10 @@ pub(crate) struct AgentRow {
     pub(crate) definition: Option<Arc<str>>,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "`Agent` is the op of every checkpointed agent: boxing its row would add an allocation to each"
+)]
 pub(crate) enum Op {
     /// The run's record, inserted or brought back to `running`.
     Run(RunRow),

@@ -37,6 +37,11 @@
 //!   on `braid worker`s started elsewhere (`--nats URL` required; see
 //!   `scripts/bench-workers.sh`, which starts 1, 2 and 4 workers and
 //!   writes their pipeline with `--emit-pipeline`). Not part of `all`.
+//! - `tools`: an `llm` agent against a stand-in model in this process
+//!   (an OpenAI-compatible endpoint with no latency) that calls a no-op
+//!   tool agent K times in one turn, then answers: what one tool call
+//!   costs, from K = 1 and K = 101 (the two model turns cancel out).
+//!   Not part of `all`.
 //!
 //! Times are medians of `--repeat` measurements (after one warm-up); `min_ms`
 //! is the fastest, which is what the peer script reports.
@@ -56,7 +61,7 @@ pub(crate) struct BenchArgs {
     /// Which scenario to run.
     #[arg(long, default_value = "all", value_parser = [
         "all", "seed", "sequential", "skewed", "overhead", "wide", "deep", "many", "persist",
-        "fanout", "fanout-large", "mapchain", "loop", "cache", "dispatch", "workers",
+        "fanout", "fanout-large", "mapchain", "loop", "cache", "dispatch", "workers", "tools",
     ])]
     scenario: String,
     /// L: how long each agent's simulated I/O takes, in ms.
@@ -423,6 +428,89 @@ async fn cache(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     Ok(lines)
 }
 
+/// A stand-in for an OpenAI-compatible model with no latency: asked
+/// `calls=K`, it calls the `noop` tool K times in one turn, then answers
+/// once the results are in. Returns its `/v1` URL.
+async fn model_stand_in() -> anyhow::Result<String> {
+    use axum::Json;
+    let answer = |Json(body): Json<Value>| async move {
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        if messages.iter().any(|m| m["role"] == "tool") {
+            return Json(
+                json!({"choices": [{"message": {"role": "assistant", "content": "done"}}]}),
+            );
+        }
+        let prompt = messages
+            .last()
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("");
+        let k: usize = prompt.trim_start_matches("calls=").parse().unwrap_or(1);
+        let calls: Vec<Value> = (0..k)
+            .map(|i| json!({"id": format!("c{i}"), "type": "function", "function": {"name": "noop", "arguments": "{}"}}))
+            .collect();
+        Json(
+            json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
+        )
+    };
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// The `tools` scenario: what one tool call of an `llm` agent costs.
+async fn tools(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
+    const FEW: usize = 1;
+    const MANY: usize = 101;
+    let url = model_stand_in().await?;
+    let pipeline = load_with(
+        &format!(
+            r#"
+pipeline: tools
+inputs: {{ calls: {{ type: integer }} }}
+agents:
+  noop:
+    kind: sleep
+    writes: [ok]
+    tool: {{ description: Does nothing, parameters: {{ type: object, properties: {{}} }} }}
+  ask:
+    kind: llm
+    endpoint: "{url}"
+    model: stand-in
+    prompt: "calls={{{{ calls }}}}"
+    tools: [{{ agent: noop }}]
+    max_tool_calls: {MANY}
+    reads: [calls]
+    writes: [answer]
+"#
+        ),
+        &crate::kinds(),
+    )?;
+    let once = |k: usize| {
+        let pipeline = pipeline.clone();
+        async move {
+            let input = pipeline.check_input(&json!({"calls": k}))?;
+            let start = Instant::now();
+            let report = pipeline.run(input, RunOptions::default()).await;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            anyhow::ensure!(
+                report.status == RunStatus::Completed && report.agents["ask"].tool_calls.len() == k,
+                "a tools run failed: {:?}",
+                report.error
+            );
+            Ok(ms)
+        }
+    };
+    let Measured { median: few, .. } = measure(a.repeat, || once(FEW)).await?;
+    let Measured { median: many, .. } = measure(a.repeat, || once(MANY)).await?;
+    Ok(vec![json!({
+        "scenario": "tools", "tool": "agent", "few_calls": FEW, "many_calls": MANY,
+        "few_ms": few, "many_ms": many,
+        "per_call_us": (many - few) * 1e3 / (MANY - FEW) as f64,
+    })])
+}
+
 /// The `dispatch` scenario: per-agent cost of sending agents to a worker.
 async fn dispatch(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     const AGENTS: usize = 200;
@@ -535,6 +623,9 @@ async fn scenario(name: &str, a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     }
     if name == "cache" {
         return cache(a).await;
+    }
+    if name == "tools" {
+        return tools(a).await;
     }
     Ok(vec![match name {
         "seed" | "sequential" => {

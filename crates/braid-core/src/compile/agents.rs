@@ -172,7 +172,12 @@ impl Compiler<'_> {
                 .filter_map(|t| self.spec.agents.get(t).map(|a| (t, a)))
                 .map(|(t, a)| {
                     let mut def = crate::definition::own(t, &a.value, self.dir, |_| None);
-                    def["tool"] = a.value.tool.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+                    def["tool"] = a
+                        .value
+                        .tool
+                        .as_ref()
+                        .map(|t| t.value.clone())
+                        .unwrap_or_default();
                     def
                 })
                 .collect();

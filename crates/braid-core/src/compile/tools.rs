@@ -18,7 +18,10 @@ use crate::tool::{AgentTools, DEFAULT_MAX_TOOL_CALLS, MAX_TOOL_CALLS_LIMIT, Tool
 
 /// Keys a tool agent may not have, with why.
 const NOT_FOR_TOOLS: &[(&str, &str)] = &[
-    ("reads", "its input is the arguments the model calls it with"),
+    (
+        "reads",
+        "its input is the arguments the model calls it with",
+    ),
     ("after", "it runs when it is called"),
     ("when", "it runs when it is called"),
     ("foreach", "it runs once per call"),
@@ -61,7 +64,10 @@ impl Compiler<'_> {
         let mut ok = true;
         for (key, why) in NOT_FOR_TOOLS {
             if present(key) {
-                self.error(at.clone(), format!("{who}: a tool agent takes no `{key}`: {why}"));
+                self.error(
+                    at.clone(),
+                    format!("{who}: a tool agent takes no `{key}`: {why}"),
+                );
                 ok = false;
             }
         }
@@ -69,7 +75,9 @@ impl Compiler<'_> {
             let kind = agent.kind.as_str();
             self.error(
                 at.clone(),
-                format!("{who}: a `{kind}` agent cannot be a tool; a tool is an agent that runs code"),
+                format!(
+                    "{who}: a `{kind}` agent cannot be a tool; a tool is an agent that runs code"
+                ),
             );
             return None;
         }
@@ -84,10 +92,15 @@ impl Compiler<'_> {
             );
             return None;
         };
-        if let Some(unknown) = map.keys().find(|k| !["description", "parameters"].contains(&k.as_str())) {
+        if let Some(unknown) = map
+            .keys()
+            .find(|k| !["description", "parameters"].contains(&k.as_str()))
+        {
             self.error(
                 at.clone(),
-                format!("{who}: unknown key `{unknown}` in `tool`; expected: description, parameters"),
+                format!(
+                    "{who}: unknown key `{unknown}` in `tool`; expected: description, parameters"
+                ),
             );
             ok = false;
         }
@@ -109,7 +122,9 @@ impl Compiler<'_> {
         if agent.writes.is_empty() {
             self.error(
                 at.clone(),
-                format!("{who}: a tool agent needs `writes`: the fields of the result it gives back"),
+                format!(
+                    "{who}: a tool agent needs `writes`: the fields of the result it gives back"
+                ),
             );
             ok = false;
         }
@@ -145,7 +160,10 @@ impl Compiler<'_> {
         agent: &AgentSpec,
         who: &str,
     ) -> Option<Arc<AgentTools>> {
-        let max_at = agent.max_tool_calls.as_ref().map(|m| self.source.at(m.span()));
+        let max_at = agent
+            .max_tool_calls
+            .as_ref()
+            .map(|m| self.source.at(m.span()));
         let Some(list) = &agent.tools else {
             if let Some(at) = max_at {
                 self.error(at, format!("{who}: `max_tool_calls` needs `tools`"));
