@@ -13,7 +13,7 @@
 //! |---|---|
 //! | [`kinds`], [`register`] | The kinds to load pipelines with. |
 //! | [`http`] | `kind: http`: POSTs the agent's reads as JSON, takes a JSON object of writes back; retries, timeouts and a response size limit. |
-//! | [`llm`] | `kind: llm`: one chat completion, text or JSON (checked against a schema), with token usage and streamed output. |
+//! | [`llm`] | `kind: llm`: a chat completion, text or JSON (checked against a schema), with token usage, streamed output, and the tool-calling loop over the agent's `tools:`. |
 //! | [`client`], [`ClientSettings`] | The process-wide pooled client and its limits. |
 //!
 //! # Loading a pipeline with `http` agents
@@ -101,6 +101,7 @@
 
 pub mod http;
 pub mod llm;
+pub mod mcp;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -114,10 +115,11 @@ pub fn kinds() -> AgentKinds {
     kinds
 }
 
-/// Adds `http` and `llm` to `kinds`.
+/// Adds `http` and `llm` to `kinds`, and the `mcp` tool source.
 pub fn register(kinds: &mut AgentKinds) {
     kinds.kind("http", Arc::new(http::build));
     kinds.kind("llm", Arc::new(llm::build));
+    kinds.tool_source("mcp", mcp::source());
 }
 
 /// The keys of `http` and `llm` agents, for the pipeline file's JSON

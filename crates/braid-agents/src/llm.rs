@@ -32,6 +32,33 @@
 //! `requests_per_minute` is one limit per endpoint, whatever the model or
 //! agent: when agents name different rates for the same endpoint, the
 //! lowest applies to all of them.
+//!
+//! # Tools
+//!
+//! With `tools:` (see [`braid_core::tool`]) the model is offered the
+//! tools' schemas as OpenAI-style `tools`, and the agent runs the
+//! tool-calling loop: each turn's `tool_calls` run concurrently through
+//! [`AgentInput::call_tool`], each a step of the run; their results (the
+//! tool's writes as a JSON object) or errors (`error: ...`: arguments that
+//! are not JSON or do not fit, an unknown tool, a tool that failed) go back
+//! as `tool` messages under their `tool_call_id`; the loop ends with an
+//! answer without calls, which becomes the agent's writes as above. When
+//! the model calls past `max_tool_calls`, the attempt fails with the
+//! conversation so far; the whole conversation is recorded with
+//! [`AgentInput::record_transcript`] after every turn, so the report has it
+//! whatever happened. Streamed turns (`full` events) assemble tool calls
+//! from their pieces.
+//!
+//! ```yaml
+//!   researcher:
+//!     kind: llm
+//!     model: qwen2.5-7b-instruct
+//!     prompt: "Answer: {{ question }}"
+//!     tools: [{ agent: search }]      # a tool agent of the pipeline (`tool:`)
+//!     max_tool_calls: 8               # per attempt (the default)
+//!     reads: [question]
+//!     writes: [answer]
+//! ```
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -301,13 +328,16 @@ impl LlmAgent {
     /// One chat completion: the answer's text.
     async fn complete(&self, input: &AgentInput, messages: &[Value]) -> Result<String, AgentError> {
         let message = self.turn(input, messages).await?;
-        message["content"].as_str().map(str::to_owned).ok_or_else(|| {
-            AgentError::Output(format!(
-                "{} answered without choices[0].message.content: {}",
-                self.url,
-                message.to_string().chars().take(300).collect::<String>()
-            ))
-        })
+        message["content"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                AgentError::Output(format!(
+                    "{} answered without choices[0].message.content: {}",
+                    self.url,
+                    message.to_string().chars().take(300).collect::<String>()
+                ))
+            })
     }
 
     /// One chat completion (offering the agent's tools, if it has any):
@@ -561,7 +591,8 @@ fn add_call_piece(calls: &mut Vec<Value>, piece: &Value) {
         return;
     }
     if index == calls.len() {
-        calls.push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+        calls
+            .push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
     }
     let call = &mut calls[index];
     if let Some(id) = piece["id"].as_str() {
@@ -586,7 +617,11 @@ fn transcript_excerpt(messages: &[Value]) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… ({} bytes in all; the whole of it is in the agent's report)", &text[..end], text.len())
+    format!(
+        "{}… ({} bytes in all; the whole of it is in the agent's report)",
+        &text[..end],
+        text.len()
+    )
 }
 
 /// Models often wrap JSON in a Markdown code fence.

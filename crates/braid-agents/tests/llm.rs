@@ -11,41 +11,8 @@ use braid_core::event::{EventKind, EventLevel, EventSink};
 use braid_core::{AgentStatus, Pipeline, RunOptions};
 use serde_json::{Value, json};
 
-type Requests = Arc<Mutex<Vec<Value>>>;
-
-/// A stub `/v1/chat/completions`; `answer(call number, request)` decides.
-async fn stub<F>(answer: F) -> (String, Requests)
-where
-    F: Fn(usize, &Value) -> axum::response::Response + Clone + Send + Sync + 'static,
-{
-    let requests: Requests = Arc::default();
-    let handler = move |State(requests): State<Requests>, Json(body): Json<Value>| {
-        let answer = answer.clone();
-        async move {
-            let n = {
-                let mut seen = requests.lock().unwrap();
-                seen.push(body.clone());
-                seen.len()
-            };
-            answer(n, &body)
-        }
-    };
-    let app = axum::Router::new()
-        .route("/v1/chat/completions", post(handler))
-        .with_state(requests.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (endpoint, requests)
-}
-
-fn completion(content: &str) -> axum::response::Response {
-    Json(json!({
-        "choices": [{"message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 5}
-    }))
-    .into_response()
-}
+mod model;
+use model::{completion, stub, tool_calls};
 
 fn pipeline(endpoint: &str, agent: &str) -> Pipeline {
     let yaml = format!(
@@ -396,21 +363,6 @@ use tokio_stream::StreamExt as _;
 
 // Tool calling (issue 15): the model calls tool agents of the pipeline.
 
-/// A model reply that calls tools: `(id, name, arguments as JSON text)`.
-fn tool_calls(calls: &[(&str, &str, &str)]) -> axum::response::Response {
-    let calls: Vec<Value> = calls
-        .iter()
-        .map(|(id, name, arguments)| {
-            json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
-        })
-        .collect();
-    Json(json!({
-        "choices": [{"message": {"role": "assistant", "content": null, "tool_calls": calls}}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2}
-    }))
-    .into_response()
-}
-
 /// A search service for the `search` tool agent: it takes 150 ms and
 /// answers with one hit naming the query. Returns its URL and the queries
 /// it was asked, in order.
@@ -537,7 +489,10 @@ async fn the_models_tool_calls_run_concurrently_as_steps_and_their_results_reach
         }
     }
     assert_eq!(order.len(), 6, "{order:?}");
-    assert!(order[0].starts_with("called") && order[1].starts_with("called"), "{order:?}");
+    assert!(
+        order[0].starts_with("called") && order[1].starts_with("called"),
+        "{order:?}"
+    );
 
     // Each call is a step in the agent's report, and so is the conversation.
     let agent = &report.agents["researcher"];
@@ -557,13 +512,34 @@ async fn the_models_tool_calls_run_concurrently_as_steps_and_their_results_reach
             "researcher.tool#3:search"
         ]
     );
-    assert!(calls.iter().all(|c| c.2 == AgentStatus::Completed && c.3 == 1), "{calls:?}");
-    assert!(agent.tool_calls.iter().all(|c| c.duration_ms.unwrap() >= 150.0));
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.2 == AgentStatus::Completed && c.3 == 1),
+        "{calls:?}"
+    );
+    assert!(
+        agent
+            .tool_calls
+            .iter()
+            .all(|c| c.duration_ms.unwrap() >= 150.0)
+    );
     let transcript = agent.transcript.as_ref().expect("a transcript");
-    let roles: Vec<&str> = transcript.iter().filter_map(|m| m["role"].as_str()).collect();
+    let roles: Vec<&str> = transcript
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
     assert_eq!(
         roles,
-        ["user", "assistant", "tool", "tool", "assistant", "tool", "assistant"]
+        [
+            "user",
+            "assistant",
+            "tool",
+            "tool",
+            "assistant",
+            "tool",
+            "assistant"
+        ]
     );
 }
 
@@ -581,7 +557,10 @@ async fn a_malformed_call_is_answered_with_its_error_and_counted() {
     .await;
     let report = ask(&researcher(&endpoint, &search, ""), RunOptions::default()).await;
     assert!(report.status.is_success(), "{report:#?}");
-    assert!(asked.lock().unwrap().is_empty(), "no bad call reached the tool");
+    assert!(
+        asked.lock().unwrap().is_empty(),
+        "no bad call reached the tool"
+    );
     let requests = requests.lock().unwrap().clone();
     let answers: Vec<(String, String)> = requests[1]["messages"]
         .as_array()
@@ -596,12 +575,30 @@ async fn a_malformed_call_is_answered_with_its_error_and_counted() {
         })
         .collect();
     assert_eq!(answers.len(), 3);
-    assert!(answers[0].1.starts_with("error: `search`: the arguments are not JSON"), "{answers:?}");
-    assert!(answers[1].1.contains("\"q\" is a required property"), "{answers:?}");
-    assert!(answers[2].1.contains("there is no tool `browse`; the tools are: search"), "{answers:?}");
+    assert!(
+        answers[0]
+            .1
+            .starts_with("error: `search`: the arguments are not JSON"),
+        "{answers:?}"
+    );
+    assert!(
+        answers[1].1.contains("\"q\" is a required property"),
+        "{answers:?}"
+    );
+    assert!(
+        answers[2]
+            .1
+            .contains("there is no tool `browse`; the tools are: search"),
+        "{answers:?}"
+    );
     let calls = &report.agents["researcher"].tool_calls;
     assert_eq!(calls.len(), 3);
-    assert!(calls.iter().all(|c| c.status == AgentStatus::Failed && c.attempts == 0), "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.status == AgentStatus::Failed && c.attempts == 0),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test]
@@ -609,7 +606,11 @@ async fn past_max_tool_calls_the_agent_fails_with_the_transcript() {
     let (search, asked) = search_service().await;
     let (endpoint, _) = stub(|n, _| {
         // A model that never stops searching.
-        tool_calls(&[(&format!("call_{n}"), "search", &format!(r#"{{"q": "round {n}"}}"#))])
+        tool_calls(&[(
+            &format!("call_{n}"),
+            "search",
+            &format!(r#"{{"q": "round {n}"}}"#),
+        )])
     })
     .await;
     let report = ask(
@@ -621,8 +622,14 @@ async fn past_max_tool_calls_the_agent_fails_with_the_transcript() {
     let agent = &report.agents["researcher"];
     assert_eq!(agent.status, AgentStatus::Failed);
     let error = agent.error.as_deref().unwrap();
-    assert!(error.contains("already made 2 tool calls, its limit (max_tool_calls)"), "{error}");
-    assert!(error.contains("doc about round 2"), "the transcript so far: {error}");
+    assert!(
+        error.contains("already made 2 tool calls, its limit (max_tool_calls)"),
+        "{error}"
+    );
+    assert!(
+        error.contains("doc about round 2"),
+        "the transcript so far: {error}"
+    );
     assert_eq!(asked.lock().unwrap().len(), 2);
     assert_eq!(agent.tool_calls.len(), 2);
     assert!(agent.transcript.as_ref().unwrap().len() >= 5);
@@ -675,20 +682,66 @@ fn tools_are_checked_when_the_pipeline_loads() {
     let llm = "  ask: { kind: llm, endpoint: 'http://127.0.0.1:9/v1', model: m, prompt: p, reads: [q], writes: [a]";
     let tool = "  look: { kind: sleep, writes: [r], tool: { description: Looks, parameters: { type: object, properties: { x: { type: string } } } } }\n";
     let cases = [
-        (format!("{tool}{llm}, tools: [{{ agent: lok }}] }}\n"), "no tool agent `lok` (did you mean `look`?)"),
-        (format!("  plain: {{ kind: sleep, reads: [q], writes: [r] }}\n{llm}, tools: [{{ agent: plain }}] }}\n"), "agent `plain` is not a tool"),
-        (format!("{tool}{llm}, tools: [{{ agnt: look }}] }}\n"), "unknown tool source `agnt` (did you mean `agent`?)"),
-        (format!("{tool}  s: {{ kind: sleep, writes: [z], tools: [{{ agent: look }}] }}\n"), "a `sleep` agent cannot call tools"),
-        (format!("{tool}{llm}, tools: [{{ agent: look }}], max_tool_calls: 0 }}\n"), "`max_tool_calls` must be between 1 and 1000"),
-        (format!("{llm}, max_tool_calls: 3 }}\n"), "`max_tool_calls` needs `tools`"),
-        (format!("  look: {{ kind: sleep, reads: [q], writes: [r], tool: {{ description: Looks }} }}\n{llm} }}\n"), "a tool agent takes no `reads`"),
-        (format!("  look: {{ kind: sleep, writes: [r], tool: {{ parameters: {{ type: object }} }} }}\n{llm} }}\n"), "`tool` needs a `description`"),
-        (format!("  look: {{ kind: sleep, writes: [r], tool: {{ description: d, parameters: {{ type: string }} }} }}\n{llm} }}\n"), "must be the JSON Schema of an object"),
-        (format!("{tool}  h: {{ kind: http, url: 'http://127.0.0.1:9/x', writes: [z], tools: [{{ agent: look }}] }}\n"), "an `http` agent cannot call tools"),
-        (format!("{tool}{llm} }}\n  reader: {{ kind: sleep, reads: [r], writes: [z] }}\n"), "`r`"),
+        (
+            format!("{tool}{llm}, tools: [{{ agent: lok }}] }}\n"),
+            "no tool agent `lok` (did you mean `look`?)",
+        ),
+        (
+            format!(
+                "  plain: {{ kind: sleep, reads: [q], writes: [r] }}\n{llm}, tools: [{{ agent: plain }}] }}\n"
+            ),
+            "agent `plain` is not a tool",
+        ),
+        (
+            format!("{tool}{llm}, tools: [{{ agnt: look }}] }}\n"),
+            "unknown tool source `agnt` (did you mean `agent`?)",
+        ),
+        (
+            format!("{tool}  s: {{ kind: sleep, writes: [z], tools: [{{ agent: look }}] }}\n"),
+            "a `sleep` agent cannot call tools",
+        ),
+        (
+            format!("{tool}{llm}, tools: [{{ agent: look }}], max_tool_calls: 0 }}\n"),
+            "`max_tool_calls` must be between 1 and 1000",
+        ),
+        (
+            format!("{llm}, max_tool_calls: 3 }}\n"),
+            "`max_tool_calls` needs `tools`",
+        ),
+        (
+            format!(
+                "  look: {{ kind: sleep, reads: [q], writes: [r], tool: {{ description: Looks }} }}\n{llm} }}\n"
+            ),
+            "a tool agent takes no `reads`",
+        ),
+        (
+            format!(
+                "  look: {{ kind: sleep, writes: [r], tool: {{ parameters: {{ type: object }} }} }}\n{llm} }}\n"
+            ),
+            "`tool` needs a `description`",
+        ),
+        (
+            format!(
+                "  look: {{ kind: sleep, writes: [r], tool: {{ description: d, parameters: {{ type: string }} }} }}\n{llm} }}\n"
+            ),
+            "must be the JSON Schema of an object",
+        ),
+        (
+            format!(
+                "{tool}  h: {{ kind: http, url: 'http://127.0.0.1:9/x', writes: [z], tools: [{{ agent: look }}] }}\n"
+            ),
+            "an `http` agent cannot call tools",
+        ),
+        (
+            format!("{tool}{llm} }}\n  reader: {{ kind: sleep, reads: [r], writes: [z] }}\n"),
+            "`r`",
+        ),
     ];
     for (agents, expected) in cases {
         let error = load(&agents);
-        assert!(error.contains(expected), "expected `{expected}` in:\n{error}\nfor:\n{agents}");
+        assert!(
+            error.contains(expected),
+            "expected `{expected}` in:\n{error}\nfor:\n{agents}"
+        );
     }
 }
