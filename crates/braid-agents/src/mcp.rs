@@ -121,7 +121,9 @@ fn tools_of(config: &ToolSourceConfig<'_>) -> Result<Vec<Arc<Tool>>, String> {
                 .ok()
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| format!("`{key}: {text}` is not a duration like 30s or 2m")),
-            Some(other) => Err(format!("`{key}` must be a duration like 30s, found {other}")),
+            Some(other) => Err(format!(
+                "`{key}` must be a duration like 30s, found {other}"
+            )),
         }
     };
     let timeout = duration("timeout", DEFAULT_TIMEOUT)?;
@@ -136,10 +138,16 @@ fn tools_of(config: &ToolSourceConfig<'_>) -> Result<Vec<Arc<Tool>>, String> {
         Some(Value::Array(names)) => Some(
             names
                 .iter()
-                .map(|n| n.as_str().map(str::to_owned).ok_or("`tools` lists tool names"))
+                .map(|n| {
+                    n.as_str()
+                        .map(str::to_owned)
+                        .ok_or("`tools` lists tool names")
+                })
                 .collect::<Result<_, _>>()?,
         ),
-        Some(_) => return Err("`tools` must be a list of tool names, e.g. `tools: [echo]`".to_owned()),
+        Some(_) => {
+            return Err("`tools` must be a list of tool names, e.g. `tools: [echo]`".to_owned());
+        }
     };
     let server = server(endpoint);
     let listed = server.clone().start(startup)?;
@@ -155,13 +163,19 @@ fn tools_of(config: &ToolSourceConfig<'_>) -> Result<Vec<Arc<Tool>>, String> {
             return Err(format!(
                 "{} lists no tool {}; it has: {}",
                 server.label,
-                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 names.join(", ")
             ));
         }
     }
     for tool in listed {
-        let picked = wanted.as_ref().is_none_or(|w| w.iter().any(|n| n == &*tool.name));
+        let picked = wanted
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|n| n == &*tool.name));
         if !picked {
             continue;
         }
@@ -176,7 +190,9 @@ fn tools_of(config: &ToolSourceConfig<'_>) -> Result<Vec<Arc<Tool>>, String> {
             Ok(made) => tools.push(Arc::new(made.with_timeout(Some(timeout)).with_kind("mcp"))),
             // A tool asked for by name must be usable; others the model
             // cannot call (a name OpenAI-style calling refuses) are left out.
-            Err(e) if wanted.is_some() => return Err(format!("{}: tool `{}`: {e}", server.label, tool.name)),
+            Err(e) if wanted.is_some() => {
+                return Err(format!("{}: tool `{}`: {e}", server.label, tool.name));
+            }
             Err(e) => tracing::warn!(server = %server.label, tool = %tool.name, "left out: {e}"),
         }
     }
@@ -319,14 +335,24 @@ impl Server {
     }
 
     /// The live connection, made (again) if there is none or it closed.
-    async fn connected<'c>(&self, slot: &'c mut Option<Connection>) -> Result<&'c Connection, String> {
-        if slot.as_ref().is_some_and(|c| c.service.is_closed() || c.service.is_transport_closed()) {
+    async fn connected<'c>(
+        &self,
+        slot: &'c mut Option<Connection>,
+    ) -> Result<&'c Connection, String> {
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.service.is_closed() || c.service.is_transport_closed())
+        {
             *slot = None;
         }
         if slot.is_none() {
             let service = self.connect().await?;
             let tools = service.peer().list_all_tools().await.map_err(|e| {
-                format!("{} did not list its tools: {e}{}", self.label, self.stderr_tail())
+                format!(
+                    "{} did not list its tools: {e}{}",
+                    self.label,
+                    self.stderr_tail()
+                )
             })?;
             *slot = Some(Connection { service, tools });
         }
@@ -367,9 +393,9 @@ impl Server {
                         }
                     });
                 }
-                ().serve(transport).await.map_err(|e| {
-                    format!("{} did not start: {e}{}", self.label, self.stderr_tail())
-                })
+                ().serve(transport)
+                    .await
+                    .map_err(|e| format!("{} did not start: {e}{}", self.label, self.stderr_tail()))
             }
             Endpoint::Http { url, headers } => {
                 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -404,25 +430,37 @@ impl Server {
 
     /// Calls `tool`; a connection that broke is made again and the call
     /// tried once more (the server died: it is started again).
-    async fn call(&self, tool: &str, arguments: serde_json::Map<String, Value>) -> Result<Writes, AgentError> {
+    async fn call(
+        &self,
+        tool: &str,
+        arguments: serde_json::Map<String, Value>,
+    ) -> Result<Writes, AgentError> {
         for attempt in 0..2 {
             let peer = {
                 let mut slot = self.connection.lock().await;
                 let connection = self.connected(&mut slot).await.map_err(AgentError::Other)?;
                 connection.service.peer().clone()
             };
-            let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments.clone());
+            let params =
+                CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments.clone());
             match peer.call_tool(params).await {
                 Ok(result) => return writes_of(tool, result),
                 Err(rmcp::ServiceError::McpError(error)) => {
-                    return Err(AgentError::Other(format!("{} refused `{tool}`: {}", self.label, error.message)));
+                    return Err(AgentError::Other(format!(
+                        "{} refused `{tool}`: {}",
+                        self.label, error.message
+                    )));
                 }
                 Err(error) if attempt == 0 => {
                     tracing::warn!(server = %self.label, %error, "the connection broke; starting it again");
                     *self.connection.lock().await = None;
                 }
                 Err(error) => {
-                    return Err(AgentError::Other(format!("{}: `{tool}`: {error}{}", self.label, self.stderr_tail())));
+                    return Err(AgentError::Other(format!(
+                        "{}: `{tool}`: {error}{}",
+                        self.label,
+                        self.stderr_tail()
+                    )));
                 }
             }
         }
@@ -440,7 +478,10 @@ fn writes_of(tool: &str, result: rmcp::model::CallToolResult) -> Result<Writes, 
             .iter()
             .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
             .collect();
-        return Err(AgentError::Other(format!("`{tool}` answered with an error: {}", text.join("\n"))));
+        return Err(AgentError::Other(format!(
+            "`{tool}` answered with an error: {}",
+            text.join("\n")
+        )));
     }
     let mut writes = Writes::new();
     writes.insert("content".to_owned(), content);
@@ -470,7 +511,9 @@ impl Agent for McpTool {
         let task = AbortOnDrop(runtime().spawn(async move { server.call(&name, arguments).await }));
         match task.await {
             Ok(result) => result,
-            Err(e) => Err(AgentError::Other(format!("the MCP call did not finish: {e}"))),
+            Err(e) => Err(AgentError::Other(format!(
+                "the MCP call did not finish: {e}"
+            ))),
         }
     }
 }
@@ -486,7 +529,10 @@ impl<T> Drop for AbortOnDrop<T> {
 
 impl<T> std::future::Future for AbortOnDrop<T> {
     type Output = Result<T, tokio::task::JoinError>;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }

@@ -92,7 +92,10 @@ async fn a_model_calls_echo_and_get_sum_on_server_everything_over_stdio() {
         .collect();
     assert_eq!(
         tools,
-        [("echo".into(), "mcp".into()), ("get-sum".into(), "mcp".into())]
+        [
+            ("echo".into(), "mcp".into()),
+            ("get-sum".into(), "mcp".into())
+        ]
     );
 
     let (sink, mut events) = EventSink::channel(EventLevel::Summary);
@@ -189,7 +192,10 @@ fn servers_that_cannot_start_or_lack_a_tool_are_load_errors() {
     )
     .unwrap_err();
     assert!(crashing.contains("did not start"), "{crashing}");
-    assert!(crashing.contains("no config here"), "the server's stderr: {crashing}");
+    assert!(
+        crashing.contains("no config here"),
+        "the server's stderr: {crashing}"
+    );
 
     let lacking = pipeline(
         "http://127.0.0.1:9/v1",
@@ -199,21 +205,31 @@ fn servers_that_cannot_start_or_lack_a_tool_are_load_errors() {
         ),
     )
     .unwrap_err();
-    assert!(lacking.contains("lists no tool `add`; it has: echo"), "{lacking}");
+    assert!(
+        lacking.contains("lists no tool `add`; it has: echo"),
+        "{lacking}"
+    );
 
     let both = pipeline(
         "http://127.0.0.1:9/v1",
         "{ command: [x], url: 'http://127.0.0.1:9/mcp' }",
     )
     .unwrap_err();
-    assert!(both.contains("either `command` (stdio) or `url` (HTTP)"), "{both}");
+    assert!(
+        both.contains("either `command` (stdio) or `url` (HTTP)"),
+        "{both}"
+    );
 
     let prefixed = pipeline(
         "http://127.0.0.1:9/v1",
         &stdio(", prefix: ev_, timeout: 5s"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let names: Vec<&str> = prefixed.agents()[0].tools().iter().map(|t| t.name()).collect();
+    let names: Vec<&str> = prefixed.agents()[0]
+        .tools()
+        .iter()
+        .map(|t| t.name())
+        .collect();
     assert_eq!(names, ["ev_echo", "ev_get-sum"]);
 }
 
@@ -249,7 +265,10 @@ async fn http_server() -> HttpServer {
         url: format!("http://127.0.0.1:{port}/mcp"),
     };
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return server;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -289,7 +308,10 @@ fn pids_with_env(marker: &str) -> Vec<i32> {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if environ.split(|&b| b == 0).any(|var| var == marker.as_bytes()) {
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == marker.as_bytes())
+        {
             found.push(pid);
         }
     }
@@ -329,5 +351,8 @@ async fn a_stdio_server_that_died_is_started_again_on_the_next_call() {
     assert_eq!(call.status, AgentStatus::Completed, "{call:#?}");
     assert!(text_of(call.result.as_ref().unwrap()).contains("still here"));
     let now = pids_with_env(marker);
-    assert!(now.len() == 1 && now != first, "a new server: {first:?} then {now:?}");
+    assert!(
+        now.len() == 1 && now != first,
+        "a new server: {first:?} then {now:?}"
+    );
 }

@@ -93,6 +93,9 @@ enum Command {
     },
     /// Serve the HTTP API, live event streams and the web view.
     Serve(cmd::serve::ServeArgs),
+    /// Serve a folder's pipelines as Model Context Protocol tools over
+    /// stdin and stdout, for desktop assistants, IDEs and other agents.
+    Mcp(cmd::serve::McpArgs),
     /// Run agents for coordinators elsewhere (`braid serve --nats`,
     /// `braid run --nats`): pull their tasks from NATS JetStream.
     Worker(cmd::worker::WorkerArgs),
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
         Command::Runs(args) => cmd::runs::runs(args),
         Command::Cache(args) => cmd::cache::cache(args),
         Command::Serve(args) => cmd::serve::serve(args),
+        Command::Mcp(args) => cmd::serve::mcp(args),
         Command::Worker(args) => cmd::worker::worker(args),
         Command::Explain { file, format } => cmd::explain(&file, format),
         Command::Validate { files } => cmd::validate(&files),

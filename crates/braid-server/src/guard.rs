@@ -8,7 +8,7 @@
 //!    DNS rebinding. The address is the request's authority (HTTP/2's
 //!    `:authority`, or an absolute URI) and its `Host` header: each one
 //!    present must name loopback.
-//! 2. **Origin.** A request to the API (`/v1/…`, `/metrics`) that carries
+//! 2. **Origin.** A request to the API (`/v1/…`, `/mcp`, `/metrics`) that carries
 //!    an `Origin` (browsers send one cross-site, and on every WebSocket)
 //!    must come from the server's own origin or one of `--allow-origin`.
 //! 3. **Token.** The API needs `Authorization: Bearer TOKEN`, compared in
@@ -49,7 +49,8 @@ fn check(state: &AppState, request: &Request) -> Result<(), ApiError> {
         check_loopback_host(request)?;
     }
     let path = request.uri().path();
-    let api = path == "/v1" || path.starts_with("/v1/");
+    // `/mcp` (MCP tools, `ServerConfig::mcp`) is the API by another protocol.
+    let api = path == "/v1" || path.starts_with("/v1/") || path == "/mcp";
     let metrics = path == "/metrics";
     if !api && !metrics {
         return Ok(());

@@ -20,6 +20,7 @@
 //! | [`serve`] | HTTP/1.1 and h2c on a listener, until a shutdown signal; then runs finish within the grace period. |
 //! | [`Retention`] | How long runs are kept: [`serve`] prunes older ones in the background ([`retention`]). |
 //! | [`RunStore`] | What the server needs from a store; [`braid_store::Store`] implements it. |
+//! | [`mcp`] | The pipelines as MCP tools: at `/mcp` with [`ServerConfig::mcp`], or over stdio. |
 //! | [`ApiError`] | Every error response: a status and a JSON body with a code, a message and the problems found. |
 //!
 //! # Calling the API in process
@@ -88,6 +89,7 @@ pub mod cores;
 pub mod error;
 pub mod events;
 pub mod guard;
+pub mod mcp;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 pub mod retention;
@@ -180,6 +182,9 @@ pub struct ServerConfig {
     /// lease ([`braid_store::StoreSettings::lease`]), which sets how long
     /// claims last and how often they are renewed. 15 s by default.
     pub lease: Duration,
+    /// Serve the pipelines as MCP tools at `/mcp` (streamable HTTP, behind
+    /// the same token; see [`mcp`]).
+    pub mcp: bool,
 }
 
 /// A change made to every pipeline a server registers (see
@@ -221,6 +226,7 @@ impl Default for ServerConfig {
             cores: None,
             prepare: None,
             lease: Duration::from_secs(15),
+            mcp: false,
         }
     }
 }

@@ -60,4 +60,3 @@ pub(crate) fn tool_calls(calls: &[(&str, &str, &str)]) -> axum::response::Respon
     }))
     .into_response()
 }
-

@@ -130,8 +130,74 @@ pub(crate) struct ServeArgs {
     /// retries, timeouts and checkpoints stay here.
     #[arg(long, env = "BRAID_NATS", value_name = "URL")]
     nats: Option<String>,
+    /// Also serve the pipelines as MCP tools at /mcp (streamable HTTP,
+    /// behind the same token): each pipeline is a tool whose arguments
+    /// are its inputs and whose result is its output.
+    #[arg(long)]
+    mcp: bool,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+/// `braid mcp`: the pipelines of a folder as MCP tools over stdio.
+#[derive(Debug, Args)]
+pub(crate) struct McpArgs {
+    /// Serve every *.yaml, *.yml and *.json pipeline in this folder and
+    /// its subfolders as a tool.
+    #[arg(long)]
+    pipelines: PathBuf,
+    /// Refuse to start when a file under --pipelines does not load (by
+    /// default it is reported on stderr and skipped).
+    #[arg(long)]
+    strict: bool,
+    /// Most runs in flight at once (a call beyond it is a tool error).
+    #[arg(long, default_value_t = 100)]
+    max_runs: usize,
+    /// Keep no run history (no database at all).
+    #[arg(long)]
+    no_store: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Serves the pipelines under `--pipelines` as MCP tools on stdin and
+/// stdout until the client closes them. Everything else braid says goes to
+/// stderr: stdout carries only the protocol.
+pub(crate) fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = if args.no_store {
+            None
+        } else {
+            Some(Arc::new(args.store.open().await?))
+        };
+        let config = ServerConfig {
+            max_concurrent_runs: args.max_runs,
+            ..ServerConfig::default()
+        };
+        let state = AppState::new(
+            config,
+            store.clone().map(|s| s as Arc<dyn braid_server::RunStore>),
+        );
+        let loaded = match load_dir(&args.pipelines, &state, args.strict)? {
+            Ok(n) => n,
+            Err(code) => return Ok(code),
+        };
+        eprintln!(
+            "braid: serving {loaded} {} as MCP tools on stdio (store: {})",
+            if loaded == 1 { "pipeline" } else { "pipelines" },
+            store.as_ref().map_or("none", |s| s.url())
+        );
+        let served = braid_server::mcp::serve_stdio(state.clone()).await;
+        // Runs still in flight are cancelled and marked interrupted; what
+        // they wrote is flushed to the store.
+        state.shut_down().await;
+        served.map_err(anyhow::Error::msg)?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// `--retention-interval` (and `braid worker --max-task-time`): a duration
@@ -323,6 +389,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     braid_server::cores::Cores::new(n).context("cannot start the run threads")?,
                 )),
             },
+            mcp: args.mcp,
             prepare: match &args.nats {
                 Some(url) => Some(super::run::dispatch_to(url, store.as_deref()).await?),
                 None => None,
@@ -351,6 +418,9 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             store.as_ref().map_or("none", |s| s.url())
         );
         eprintln!("braid: console: {}", console_url(addr, has_token));
+        if args.mcp {
+            eprintln!("braid: MCP tools at http://{addr}/mcp (streamable HTTP)");
+        }
         if let Some(retention) = &config_retention {
             eprintln!(
                 "braid: pruning runs older than {} at start and every {}",

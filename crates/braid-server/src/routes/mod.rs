@@ -44,7 +44,12 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/events", get(streams::sse_events))
         .route("/runs/{id}/ws", get(streams::ws_events));
     let max_body = state.inner.config.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    if state.inner.config.mcp {
+        // Behind the same guard (token, Host, Origin) as the rest.
+        router = router.route_service("/mcp", crate::mcp::service(state.clone()));
+    }
+    router
         .route("/", get(ops::index))
         .route("/assets/dagre.min.js", get(ops::dagre))
         .route("/assets/markdown-it.min.js", get(ops::markdown_it))
