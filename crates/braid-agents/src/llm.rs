@@ -452,15 +452,23 @@ impl LlmAgent {
         input: &AgentInput,
         mut messages: Vec<Value>,
     ) -> Result<Writes, AgentError> {
+        // A resumed run (`checkpoint: agent`) continues the conversation it
+        // had recorded: the model is not asked again for turns it answered,
+        // and calls that completed are given their recorded results.
+        if let Some(recorded) = input.replayed_transcript() {
+            messages = recorded;
+        }
         let mut asked_again = false;
         loop {
-            let message = self.turn(input, &messages).await?;
-            let calls: Vec<Value> = message["tool_calls"]
+            if !messages.last().is_some_and(|m| m["role"] == "assistant") {
+                let message = self.turn(input, &messages).await?;
+                messages.push(message);
+                input.record_transcript(messages.clone());
+            }
+            let calls: Vec<Value> = messages.last().expect("an assistant message")["tool_calls"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            messages.push(message);
-            input.record_transcript(messages.clone());
             if calls.is_empty() {
                 let answer = messages
                     .last()
@@ -572,7 +580,11 @@ async fn run_call(input: &AgentInput, call: &Value) -> Result<Value, CallFailure
         Value::Null => (json!({}), None),
         other => (other.clone(), None),
     };
-    match input.call_tool(name, arguments).await {
+    let called = match call["id"].as_str().filter(|id| !id.is_empty()) {
+        Some(id) => input.call_tool_with_id(id, name, arguments).await,
+        None => input.call_tool(name, arguments).await,
+    };
+    match called {
         Ok(result) => Ok(result),
         Err(error) if error.is_for_the_model() => Err(CallFailure::ToModel(
             unreadable.map_or_else(|| error.to_string(), |why| format!("`{name}`: {why}")),

@@ -257,6 +257,14 @@ pub struct ToolCallReport {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// The id the model gave the call (`tool_call_id`), when it gave one:
+    /// what a resumed run finds it by.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub call_id: Option<String>,
+    /// It completed before the run was resumed, and its recorded result
+    /// was given again instead of calling the tool a second time.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub resumed: bool,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -34,6 +34,13 @@
 //! with [`ToolCallError::TooMany`]. A tool agent calls no tools itself, so
 //! calls do not nest.
 //!
+//! With `checkpoint: agent`, each completed call and each turn of the
+//! conversation ([`AgentInput::record_transcript`]) put the caller's record
+//! on record (status `running`). A resumed run hands it back: the caller
+//! continues from [`AgentInput::replayed_transcript`], and its calls by id
+//! ([`AgentInput::call_tool_with_id`]) that had completed give their
+//! recorded results instead of running again.
+//!
 //! [`AgentKinds::tool_source`]: crate::AgentKinds::tool_source
 
 use std::fmt;
@@ -307,6 +314,18 @@ pub(crate) struct ToolCalls {
     start: Instant,
     max_depth: usize,
     state: Mutex<CallsState>,
+    /// With `checkpoint: agent`: where each completed call and each turn
+    /// of the conversation go on record, so a resumed run repeats neither.
+    journal: Option<Journal>,
+}
+
+/// Where a calling agent's progress is recorded while it runs: its record,
+/// status `running`, with its tool calls and transcript so far.
+pub(crate) struct Journal {
+    pub(crate) recorder: Arc<crate::agent::ProcessRecorder>,
+    /// The calling agent's definition hash (a resumed run replays only an
+    /// unchanged agent's calls).
+    pub(crate) definition: Arc<str>,
 }
 
 impl fmt::Debug for ToolCalls {
@@ -323,16 +342,125 @@ struct CallsState {
     records: Vec<ToolCallReport>,
     /// Per caller, its last recorded conversation.
     transcripts: Vec<(Arc<str>, Vec<Value>)>,
+    /// Per caller, the conversation an earlier process recorded, until the
+    /// caller takes it (see [`AgentInput::replayed_transcript`]).
+    replayed: Vec<(Arc<str>, Vec<Value>)>,
 }
 
 impl ToolCalls {
-    pub(crate) fn new(tools: Arc<AgentTools>, start: Instant, max_depth: usize) -> Self {
+    pub(crate) fn new(
+        tools: Arc<AgentTools>,
+        start: Instant,
+        max_depth: usize,
+        journal: Option<Journal>,
+    ) -> Self {
         Self {
             tools,
             start,
             max_depth,
             state: Mutex::default(),
+            journal,
         }
+    }
+
+    /// Takes up where an earlier process left `caller` (its record, status
+    /// `running`, from the store): its calls are on record again (one that
+    /// was in flight is marked interrupted), numbering goes on after them,
+    /// completed ones are given again when the caller asks for them by id
+    /// ([`AgentInput::call_tool_with_id`]), and its conversation waits for
+    /// the caller ([`AgentInput::replayed_transcript`]).
+    pub(crate) fn resuming(self, caller: &Arc<str>, earlier: crate::report::AgentReport) -> Self {
+        {
+            let mut state = self.lock();
+            let mut records = earlier.tool_calls;
+            for record in &mut records {
+                if record.status == AgentStatus::Running {
+                    record.status = AgentStatus::Cancelled;
+                    record.error = Some("interrupted: the process running it stopped".to_owned());
+                }
+            }
+            let made = u32::try_from(records.len()).unwrap_or(u32::MAX);
+            state.callers.push((caller.clone(), 0, 0, made));
+            state.records = records;
+            if let Some(transcript) = earlier.transcript {
+                state.replayed.push((caller.clone(), transcript.clone()));
+                state.transcripts.push((caller.clone(), transcript));
+            }
+        }
+        self
+    }
+
+    /// `caller`'s conversation as an earlier process recorded it, once.
+    pub(crate) fn take_replayed(&self, caller: &str) -> Option<Vec<Value>> {
+        let mut state = self.lock();
+        let at = state.replayed.iter().position(|(c, _)| &**c == caller)?;
+        Some(state.replayed.swap_remove(at).1)
+    }
+
+    /// Puts `caller`'s progress on record (with `checkpoint: agent`).
+    fn journal(&self, caller: &Arc<str>) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let mut report = crate::report::AgentReport::new(AgentStatus::Running);
+        {
+            let state = self.lock();
+            let prefix = format!("{caller}.tool#");
+            report.tool_calls = state
+                .records
+                .iter()
+                .filter(|r| r.name.starts_with(&prefix))
+                .cloned()
+                .collect();
+            report.transcript = state
+                .transcripts
+                .iter()
+                .find(|(c, _)| c == caller)
+                .map(|(_, t)| t.clone());
+        }
+        report.attempts = 1;
+        let record = crate::checkpoint::AgentRecord {
+            agent: caller.clone(),
+            report,
+            writes: Vec::new(),
+            definition: Some(journal.definition.clone()),
+        };
+        journal
+            .recorder
+            .checkpointer
+            .agent_finished(&journal.recorder.run, &record);
+    }
+
+    /// The recorded result of `caller`'s completed call `call_id` of
+    /// `tool`, from before the run was resumed: counted like a call, and
+    /// marked as given again.
+    fn replay(
+        &self,
+        caller: &AgentInput,
+        tool: &str,
+        call_id: &str,
+    ) -> Option<Result<Value, ToolCallError>> {
+        let mut state = self.lock();
+        let prefix = format!("{}.tool#", caller.agent);
+        let at = state.records.iter().position(|r| {
+            r.call_id.as_deref() == Some(call_id)
+                && r.tool == tool
+                && r.status == AgentStatus::Completed
+                && r.name.starts_with(&prefix)
+        })?;
+        let max = self.tools.max_calls;
+        if let Some(entry) = state.callers.iter_mut().find(|(c, ..)| *c == caller.agent) {
+            if entry.1 != caller.attempt {
+                (entry.1, entry.2) = (caller.attempt, 0);
+            }
+            if entry.2 >= max {
+                return Some(Err(ToolCallError::TooMany { max }));
+            }
+            entry.2 += 1;
+        }
+        let record = &mut state.records[at];
+        record.resumed = true;
+        Some(Ok(record.result.clone().unwrap_or(Value::Null)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CallsState> {
@@ -360,11 +488,14 @@ impl ToolCalls {
     }
 
     pub(crate) fn set_transcript(&self, caller: &Arc<str>, messages: Vec<Value>) {
-        let mut state = self.lock();
-        match state.transcripts.iter_mut().find(|(c, _)| c == caller) {
-            Some((_, t)) => *t = messages,
-            None => state.transcripts.push((caller.clone(), messages)),
+        {
+            let mut state = self.lock();
+            match state.transcripts.iter_mut().find(|(c, _)| c == caller) {
+                Some((_, t)) => *t = messages,
+                None => state.transcripts.push((caller.clone(), messages)),
+            }
         }
+        self.journal(caller);
     }
 
     fn ms_since_start(&self, at: Instant) -> f64 {
@@ -378,6 +509,7 @@ impl ToolCalls {
         caller: &AgentInput,
         tool: &str,
         arguments: &Value,
+        call_id: Option<&str>,
     ) -> Result<(usize, Arc<str>), ToolCallError> {
         let max = self.tools.max_calls;
         let mut state = self.lock();
@@ -409,6 +541,8 @@ impl ToolCalls {
             duration_ms: None,
             result: None,
             error: None,
+            call_id: call_id.map(str::to_owned),
+            resumed: false,
         });
         Ok((state.records.len() - 1, name))
     }
@@ -437,8 +571,12 @@ impl ToolCalls {
         caller: &AgentInput,
         tool: &str,
         arguments: Value,
+        call_id: Option<&str>,
     ) -> Result<Value, ToolCallError> {
-        let (index, step) = self.open(caller, tool, &arguments)?;
+        if let Some(replayed) = call_id.and_then(|id| self.replay(caller, tool, id)) {
+            return replayed;
+        }
+        let (index, step) = self.open(caller, tool, &arguments, call_id)?;
         let began = Instant::now();
         // Marks the record cancelled if the caller drops this call.
         let mut guard = OpenRecord {
@@ -498,6 +636,9 @@ impl ToolCalls {
         let (outcome, attempts) = self.attempts(found, input).await;
         let recorded = outcome.as_ref().map_err(ToString::to_string);
         guard.finish(attempts, recorded.clone());
+        if recorded.is_ok() {
+            self.journal(&caller.agent);
+        }
         if let Some(events) = &caller.events {
             events.emit(EventKind::ToolFinished {
                 agent: caller.agent.clone(),

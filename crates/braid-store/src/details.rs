@@ -110,6 +110,8 @@ mod tests {
             duration_ms: Some(3.0),
             result: Some(serde_json::json!({"hits": []})),
             error: None,
+            call_id: Some("call_1".into()),
+            resumed: false,
         }];
         report.transcript = Some(vec![serde_json::json!({"role": "user", "content": "hi"})]);
         let column = to_column(&report);

@@ -224,7 +224,7 @@ impl AgentInput {
         arguments: Value,
     ) -> Result<Value, crate::tool::ToolCallError> {
         match &self.tools {
-            Some(calls) => calls.call(self, name, arguments).await,
+            Some(calls) => calls.call(self, name, arguments, None).await,
             None => Err(crate::tool::ToolCallError::Unknown {
                 tool: name.to_owned(),
                 available: Vec::new(),
@@ -232,10 +232,40 @@ impl AgentInput {
         }
     }
 
+    /// [`AgentInput::call_tool`] for the call the model named `id`
+    /// (its `tool_call_id`): in a resumed run, a call by that id that
+    /// completed before is not made again; its recorded result is given
+    /// back (see [`AgentInput::replayed_transcript`]).
+    pub async fn call_tool_with_id(
+        &self,
+        id: &str,
+        name: &str,
+        arguments: Value,
+    ) -> Result<Value, crate::tool::ToolCallError> {
+        match &self.tools {
+            Some(calls) => calls.call(self, name, arguments, Some(id)).await,
+            None => Err(crate::tool::ToolCallError::Unknown {
+                tool: name.to_owned(),
+                available: Vec::new(),
+            }),
+        }
+    }
+
+    /// In a resumed run (`checkpoint: agent`), the conversation this agent
+    /// had recorded ([`AgentInput::record_transcript`]) when the process
+    /// running it stopped, once: a tool-calling agent continues from it
+    /// instead of asking its model again, and its calls by id that had
+    /// completed are not made again. `None` otherwise.
+    pub fn replayed_transcript(&self) -> Option<Vec<Value>> {
+        self.tools.as_ref()?.take_replayed(&self.agent)
+    }
+
     /// Records the conversation of a tool-calling agent (the messages sent
     /// to the model and received), shown in its report as
     /// [`AgentReport::transcript`](crate::report::AgentReport::transcript).
-    /// Without tools it is not kept.
+    /// With `checkpoint: agent` it goes on record at once, with the calls
+    /// so far, for a resumed run to continue from. Without tools it is not
+    /// kept.
     pub fn record_transcript(&self, messages: Vec<Value>) {
         if let Some(calls) = &self.tools {
             calls.set_transcript(&self.agent, messages);

@@ -109,6 +109,9 @@ pub(super) struct Scheduler<'p> {
     /// Deadlines of `input` agents that were waiting in the run this one
     /// continues: a wait keeps its deadline across processes.
     pub(super) resumed_waits: HashMap<AgentId, i64>,
+    /// Agents with tools that were running when the run this one continues
+    /// stopped: their record (tool calls and conversation), to take up.
+    pub(super) resumed_tool_calls: HashMap<AgentId, AgentReport>,
     /// The span current when the loop began (the run's, when recorded):
     /// its agents' spans are its children. Taken once, not looked up in
     /// the dispatcher for every agent.
@@ -353,6 +356,7 @@ impl<'p> Scheduler<'p> {
             checkpoint,
             waits: Vec::new(),
             resumed_waits: HashMap::new(),
+            resumed_tool_calls: HashMap::new(),
             loop_span: tracing::Span::none(),
         }
     }
@@ -443,6 +447,8 @@ impl<'p> Scheduler<'p> {
             .map(|(id, a)| (&*a.name, id))
             .collect();
         let mut by_agent: Vec<Option<AgentRecord>> = vec![None; pipeline.agents.len()];
+        // Agents with tools that were running: their calls and conversation.
+        let mut running: HashMap<AgentId, AgentRecord> = HashMap::new();
         let mut items: HashMap<AgentId, HashMap<usize, AgentRecord>> = HashMap::new();
         // Members and rounds of groups' nested runs, by group.
         let mut nested: HashMap<AgentId, Vec<AgentRecord>> = HashMap::new();
@@ -453,6 +459,14 @@ impl<'p> Scheduler<'p> {
                     (ids.get(&*record.agent), record.report.deadline_ms)
             {
                 self.resumed_waits.insert(id, deadline);
+            }
+            if record.report.status == AgentStatus::Running
+                && (!record.report.tool_calls.is_empty() || record.report.transcript.is_some())
+                && let Some(&id) = ids.get(&*record.agent)
+                && pipeline.agents[id].tools.is_some()
+            {
+                running.insert(id, record);
+                continue;
             }
             // Only completed agents keep their results; skips are decided
             // again, since what they depended on may now turn out otherwise.
@@ -489,6 +503,14 @@ impl<'p> Scheduler<'p> {
                 for record in records {
                     ctx.keep_for_resume(record);
                 }
+            }
+            // An agent with tools that was running takes up its calls and
+            // conversation, if it and everything upstream are unchanged.
+            if by_agent[id].is_none()
+                && let Some(record) = running.remove(&id)
+                && same(record.definition.as_deref())
+            {
+                self.resumed_tool_calls.insert(id, record.report);
             }
             let Some(record) = by_agent[id].take() else {
                 // A fan-out that did not finish keeps its finished
@@ -945,15 +967,25 @@ impl<'p> Scheduler<'p> {
     /// (made on first use: a fan-out's instances share it).
     pub(super) fn tool_calls(&mut self, agent: AgentId) -> Option<Arc<crate::tool::ToolCalls>> {
         let tools = self.pipeline.agents[agent].tools.as_ref()?;
-        let (start, max_depth) = (self.start, self.max_depth);
-        Some(
-            self.progress[agent]
-                .tool_calls
-                .get_or_insert_with(|| {
-                    Arc::new(crate::tool::ToolCalls::new(tools.clone(), start, max_depth))
-                })
-                .clone(),
-        )
+        if let Some(calls) = &self.progress[agent].tool_calls {
+            return Some(calls.clone());
+        }
+        // Per agent: each completed call and each turn goes on record.
+        let journal = match (&self.processes, self.policy()) {
+            (Some(recorder), CheckpointPolicy::Agent) => Some(crate::tool::Journal {
+                recorder: recorder.clone(),
+                definition: self.definition_of(agent),
+            }),
+            _ => None,
+        };
+        let mut calls =
+            crate::tool::ToolCalls::new(tools.clone(), self.start, self.max_depth, journal);
+        if let Some(earlier) = self.resumed_tool_calls.remove(&agent) {
+            calls = calls.resuming(&self.name_of(agent), earlier);
+        }
+        let calls = Arc::new(calls);
+        self.progress[agent].tool_calls = Some(calls.clone());
+        Some(calls)
     }
 
     /// Where `agent`'s log lines are kept: made on first use, when the run

@@ -1,0 +1,253 @@
+//! Tool-calling agents through the `braid` binary: a run killed with
+//! SIGKILL in the middle of an `llm` agent's tool calls resumes without
+//! calling its model again for turns it had answered, and without making
+//! again the calls that had completed.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A scripted model on a free loopback port, on a thread of its own: turn
+/// 1 calls `mark` with `first`; turn 2 calls it with `quick` and `slow` at
+/// once; then it answers. Returns its `/v1` URL and the requests it got.
+fn model() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let requests: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = requests.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let answer = move |axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(body.clone());
+                    let results: Vec<&str> = body["messages"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|m| m["tool_call_id"].as_str())
+                        .collect();
+                    let call = |id: &str, name: &str| {
+                        json!({"id": id, "type": "function",
+                               "function": {"name": "mark", "arguments": json!({"name": name}).to_string()}})
+                    };
+                    let message = match results.len() {
+                        0 => json!({"role": "assistant", "content": null, "tool_calls": [call("c1", "first")]}),
+                        1 => json!({"role": "assistant", "content": null,
+                                    "tool_calls": [call("c2", "quick"), call("c3", "slow")]}),
+                        _ => json!({"role": "assistant", "content": format!("done after {}", results.join(","))}),
+                    };
+                    axum::Json(json!({"choices": [{"message": message}]}))
+                }
+            };
+            let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(answer));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    (format!("http://{addr}/v1"), requests)
+}
+
+/// The tool: logs each execution to `ran`; `slow` waits for the file
+/// `fast` (up to 30 s), after leaving its process group's id in `slow.pid`.
+const MARK: &str = r#"
+import json, os, sys, time
+name = json.load(sys.stdin)["state"]["name"]
+with open("ran", "a") as f:
+    f.write(name + "\n")
+if name == "slow":
+    with open("slow.pid", "w") as f:
+        f.write(str(os.getpgid(0)) + "\n")
+    for _ in range(600):
+        if os.path.exists("fast"):
+            break
+        time.sleep(0.05)
+print(json.dumps({"marked": name}))
+"#;
+
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn braid(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_braid"));
+        command.env(
+            "BRAID_STORE",
+            format!("sqlite://{}", self.path("store.db").display()),
+        );
+        command
+    }
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_run_killed_mid_tool_calls_resumes_without_repeating_completed_calls() {
+    let (endpoint, requests) = model();
+    let ws = Workspace {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(ws.path("mark.py"), MARK).unwrap();
+    std::fs::write(
+        ws.path("pipeline.yaml"),
+        format!(
+            r#"pipeline: marking
+agents:
+  mark:
+    kind: command
+    run: [python3, mark.py]
+    tool: {{ description: Marks a name, parameters: {{ type: object, properties: {{ name: {{ type: string }} }}, required: [name] }} }}
+    writes: [marked]
+  planner:
+    kind: llm
+    endpoint: "{endpoint}"
+    model: scripted
+    prompt: Mark some names.
+    tools: [{{ agent: mark }}]
+    writes: [answer]
+"#
+        ),
+    )
+    .unwrap();
+
+    let mut child = ws
+        .braid()
+        .arg("run")
+        .arg(ws.path("pipeline.yaml"))
+        .args(["--checkpoint", "agent", "--output", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until `slow` runs and the completed `quick` call of the same turn is
+    // on record, as another process reads the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run_id = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the calls never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        if !ws.path("slow.pid").exists() {
+            continue;
+        }
+        let list = json_of(
+            &ws.braid()
+                .args(["runs", "list", "--output", "json"])
+                .output()
+                .unwrap(),
+        );
+        let Some(id) = list[0]["run_id"].as_str() else {
+            continue;
+        };
+        let shown = json_of(
+            &ws.braid()
+                .args(["runs", "show", id, "--output", "json"])
+                .output()
+                .unwrap(),
+        );
+        let calls = shown["agents"]["planner"]["tool_calls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if calls
+            .iter()
+            .any(|c| c["call_id"] == "c2" && c["status"] == "completed")
+        {
+            break id.to_owned();
+        }
+    };
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let slow: i32 = std::fs::read_to_string(ws.path("slow.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(slow),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert_eq!(
+        requests.lock().unwrap().len(),
+        2,
+        "two turns before the kill"
+    );
+
+    std::fs::write(ws.path("fast"), "").unwrap();
+    let output = ws
+        .braid()
+        .args(["runs", "resume", &run_id, "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let resumed = json_of(&output);
+    assert_eq!(
+        resumed["state"]["answer"], "done after c1,c2,c3",
+        "{resumed}"
+    );
+
+    // The model was asked once more, for the last turn only: the first two
+    // came from the recorded conversation.
+    assert_eq!(requests.lock().unwrap().len(), 3);
+    // `first` and `quick` had completed: not run again; `slow` was in
+    // flight when braid died: run again (at least once).
+    let ran = std::fs::read_to_string(ws.path("ran")).unwrap();
+    let count = |name: &str| ran.lines().filter(|l| *l == name).count();
+    assert_eq!(
+        (count("first"), count("quick"), count("slow")),
+        (1, 1, 2),
+        "{ran}"
+    );
+
+    let calls = resumed["agents"]["planner"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let by = |id: &str, status: &str| {
+        calls
+            .iter()
+            .filter(|c| c["call_id"] == id && c["status"] == status)
+            .count()
+    };
+    assert_eq!(by("c1", "completed"), 1, "{calls:#?}");
+    assert_eq!(by("c2", "completed"), 1, "{calls:#?}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["call_id"] == "c2" && c["resumed"] == true),
+        "c2's recorded result was given again: {calls:#?}"
+    );
+    assert_eq!(by("c3", "cancelled"), 1, "the interrupted call: {calls:#?}");
+    assert_eq!(by("c3", "completed"), 1, "{calls:#?}");
+    let transcript = resumed["agents"]["planner"]["transcript"]
+        .as_array()
+        .unwrap();
+    assert_eq!(transcript.len(), 7, "{transcript:#?}");
+}
