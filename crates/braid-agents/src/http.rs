@@ -87,7 +87,7 @@ pub fn schema() -> braid_core::schema::KindSchema {
 
 /// Builds an `http` agent from its settings (the kind's factory).
 pub fn build(config: &AgentConfig<'_>) -> Result<std::sync::Arc<dyn Agent>, String> {
-    if !config.tools.is_empty() {
+    if config.calls_tools {
         return Err(
             "an `http` agent cannot call tools; `tools` is for `llm` agents (an `http` agent can be a tool: give it `tool:`)"
                 .to_owned(),

@@ -93,9 +93,8 @@ pub struct LlmAgent {
     writes: Vec<String>,
     limiter: Option<Arc<EndpointLimiter>>,
     max_response_bytes: u64,
-    /// The tools' descriptions as chat completions take them (`tools:`);
-    /// empty: one completion, no tool calls.
-    tools: Vec<Value>,
+    /// It has `tools:` (its tools are the run's: [`AgentInput::tools`]).
+    calls_tools: bool,
 }
 
 impl std::fmt::Debug for LlmAgent {
@@ -308,7 +307,7 @@ pub fn build(config: &AgentConfig<'_>) -> Result<Arc<dyn Agent>, String> {
         writes,
         limiter,
         max_response_bytes: http::max_response_bytes(settings)?,
-        tools: config.tools.iter().map(|t| t.openai_schema()).collect(),
+        calls_tools: config.calls_tools,
     }))
 }
 
@@ -357,8 +356,9 @@ impl LlmAgent {
         if self.output == Output::Json {
             body["response_format"] = json!({"type": "json_object"});
         }
-        if !self.tools.is_empty() {
-            body["tools"] = json!(self.tools);
+        if self.calls_tools {
+            let tools: Vec<Value> = input.tools().iter().map(|t| t.openai_schema()).collect();
+            body["tools"] = Value::Array(tools);
         }
         if stream {
             body["stream"] = json!(true);
@@ -654,7 +654,7 @@ impl Agent for LlmAgent {
             messages.push(json!({"role": "system", "content": self.render("system", input)?}));
         }
         messages.push(json!({"role": "user", "content": self.render("prompt", input)?}));
-        if !self.tools.is_empty() {
+        if self.calls_tools {
             return self.call_with_tools(input, messages).await;
         }
         let answer = self.complete(input, &messages).await?;

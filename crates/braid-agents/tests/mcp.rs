@@ -88,7 +88,7 @@ async fn a_model_calls_echo_and_get_sum_on_server_everything_over_stdio() {
     let tools: Vec<(String, String)> = pipeline.agents()[0]
         .tools()
         .iter()
-        .map(|t| (t.name().to_owned(), t.kind().name().to_owned()))
+        .map(|t| (t.name().to_owned(), t.kind().to_owned()))
         .collect();
     assert_eq!(
         tools,

@@ -377,9 +377,10 @@ fn serve_loads_pipelines_from_subfolders_and_names_them_and_the_console() {
     ] {
         assert!(said.contains(&format!("loaded pipeline {name}")), "{said}");
     }
-    // The tools example needs an LLM endpoint: reported and skipped.
+    // The tools and research examples need an LLM endpoint: reported and
+    // skipped (before the research example starts its MCP server).
     assert!(said.contains("BRAID_LLM_URL"), "{said}");
-    assert!(said.contains("skipped 1 pipeline file"), "{said}");
+    assert!(said.contains("skipped 2 pipeline files"), "{said}");
     assert!(said.contains("console: open http://127.0.0.1:"), "{said}");
 }
 

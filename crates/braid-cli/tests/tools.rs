@@ -251,3 +251,91 @@ agents:
         .unwrap();
     assert_eq!(transcript.len(), 7, "{transcript:#?}");
 }
+
+/// Kills the stand-in model when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_research_example_answers_from_the_docs_with_citations() {
+    use std::io::BufRead;
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/research");
+    let mut stub = Command::new("python3")
+        .arg(example.join("stub_model.py"))
+        .arg("0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(stub.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _stub = Killed(stub);
+    let port: u16 = first.trim().parse().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .arg("run")
+        .arg(example.join("pipeline.yaml"))
+        .args([
+            "--input",
+            r#"{"question": "How are tool calls checkpointed?"}"#,
+            "--output",
+            "json",
+        ])
+        .env("BRAID_LLM_URL", format!("http://127.0.0.1:{port}/v1"))
+        .env(
+            "BRAID_STORE",
+            format!("sqlite://{}", scratch.path().join("store.db").display()),
+        )
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    assert_eq!(report["status"], "completed", "{report:#}");
+    let answer = report["state"]["answer"].as_str().unwrap();
+    // Each citation names a line of the repo's docs that says what is quoted.
+    let cited: Vec<(String, usize)> = answer
+        .split('[')
+        .skip(1)
+        .filter_map(|c| c.split(']').next())
+        .filter_map(|c| c.rsplit_once(':'))
+        .map(|(file, line)| (file.to_owned(), line.parse().unwrap()))
+        .collect();
+    assert_eq!(cited.len(), 2, "{answer}");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for (file, line) in &cited {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let quoted = text.lines().nth(line - 1).unwrap().trim();
+        assert!(
+            answer.contains(&quoted[..quoted.len().min(300)]),
+            "{file}:{line}: {answer}"
+        );
+    }
+    // One call to each tool: the pipeline's own and the MCP server's.
+    let calls = report["agents"]["researcher"]["tool_calls"]
+        .as_array()
+        .unwrap();
+    let tools: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c["tool"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            ("search_docs", "completed"),
+            ("read_text_file", "completed")
+        ]
+    );
+    let read = calls[1]["result"]["content"][0]["text"].as_str().unwrap();
+    let (file, line) = &cited[0];
+    let text = std::fs::read_to_string(root.join(file)).unwrap();
+    assert!(
+        read.contains(text.lines().nth(line - 1).unwrap()),
+        "the file was read"
+    );
+}

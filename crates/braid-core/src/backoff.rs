@@ -171,3 +171,25 @@ mod tests {
         assert_eq!(backoff.total(0), Duration::ZERO);
     }
 }
+
+/// Timeout and retry settings of one agent (or tool): how long an attempt
+/// may take, and how often and after how long a failed one is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Longest one attempt may take; `None` waits for ever.
+    pub timeout: Option<Duration>,
+    /// How many times a failed attempt is tried again.
+    pub retries: u32,
+    /// The first retry's delay; each later one doubles it, with jitter.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            retries: 0,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}

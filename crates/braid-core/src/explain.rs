@@ -248,7 +248,7 @@ impl Pipeline {
                     tools: a
                         .tools()
                         .iter()
-                        .map(|t| format!("{} ({})", t.name(), t.kind().name()))
+                        .map(|t| format!("{} ({})", t.name(), t.kind()))
                         .collect(),
                     max_tool_calls: a.tools.as_ref().map(|t| t.max_calls),
                 })

@@ -105,9 +105,14 @@ pub struct AgentConfig<'a> {
     /// The fields it writes (names only: an optional write's `?` is
     /// dropped; the agent may leave such a field out of its output).
     pub writes: Vec<String>,
-    /// The tools it may call (its `tools:`), resolved; a kind whose agents
-    /// call no tools refuses an agent that lists some.
-    pub tools: &'a [Arc<crate::tool::Tool>],
+    /// The tool agents it may call (its `tools:`'s `agent:` entries; the
+    /// tools of sources such as `mcp` are added once it is built, and are
+    /// in [`AgentInput::tools`](crate::agent::AgentInput::tools) when it
+    /// runs).
+    pub tools: &'a [Arc<crate::agent::tool::Tool>],
+    /// Whether it has `tools:` at all: a kind whose agents call no tools
+    /// refuses an agent that does.
+    pub calls_tools: bool,
 }
 
 /// Builds an agent of one kind from its settings, or says what is wrong
@@ -138,8 +143,11 @@ pub struct ToolSourceConfig<'a> {
 /// Gives the tools of one `tools:` entry of a source (see
 /// [`AgentKinds::tool_source`]), or says what is wrong with it (a load
 /// error at the entry).
-pub type ToolSourceFactory =
-    Arc<dyn Fn(&ToolSourceConfig<'_>) -> Result<Vec<Arc<crate::tool::Tool>>, String> + Send + Sync>;
+pub type ToolSourceFactory = Arc<
+    dyn Fn(&ToolSourceConfig<'_>) -> Result<Vec<Arc<crate::agent::tool::Tool>>, String>
+        + Send
+        + Sync,
+>;
 
 /// How a registered kind builds its agents.
 #[derive(Clone)]

@@ -411,7 +411,7 @@ pub mod snapshot;
 mod spec;
 mod state;
 mod telemetry;
-pub mod tool;
+pub use agent::tool;
 
 pub use builder::PipelineBuilder;
 pub use cache::{AgentCache, CachePolicy};

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::Agent;
+pub use crate::backoff::RetryPolicy;
 use crate::checkpoint::CheckpointPolicy;
 use crate::condition::Condition;
 use crate::diagnostic::Location;
@@ -34,27 +35,6 @@ pub enum FailurePolicy {
     /// Keep going: agents that need the failed agent's writes are skipped,
     /// everything else runs. The run still ends `failed`.
     Continue,
-}
-
-/// Timeout and retry settings of one agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Longest one attempt may take; `None` waits for ever.
-    pub timeout: Option<Duration>,
-    /// How many times a failed attempt is tried again.
-    pub retries: u32,
-    /// The first retry's delay; each later one doubles it, with jitter.
-    pub backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            timeout: None,
-            retries: 0,
-            backoff: Duration::from_millis(200),
-        }
-    }
 }
 
 /// One read of an agent.
@@ -190,7 +170,7 @@ pub struct AgentDef {
     /// `queue:`, the worker queue it is dispatched to (see [`AgentDef::queue`]).
     pub(crate) queue: Option<Arc<str>>,
     /// `tools:`: the tools it may call, and `max_tool_calls`.
-    pub(crate) tools: Option<Arc<crate::tool::AgentTools>>,
+    pub(crate) tools: Option<Arc<crate::agent::tool::AgentTools>>,
 }
 
 /// Why an answer to an `input` agent was refused.
@@ -291,7 +271,7 @@ impl AgentDef {
     }
 
     /// The tools it may call (`tools:`), in the order it lists them.
-    pub fn tools(&self) -> &[Arc<crate::tool::Tool>] {
+    pub fn tools(&self) -> &[Arc<crate::agent::tool::Tool>] {
         self.tools.as_ref().map_or(&[], |t| &t.tools)
     }
 
@@ -465,7 +445,7 @@ pub struct Pipeline {
     /// See [`Pipeline::portable_hashes`]: made on first use.
     pub(crate) portable: std::sync::OnceLock<Vec<Arc<str>>>,
     /// Its tool agents (`tool:`), which are not steps of the graph.
-    pub(crate) tool_agents: Vec<Arc<crate::tool::Tool>>,
+    pub(crate) tool_agents: Vec<Arc<crate::agent::tool::Tool>>,
 }
 
 /// An agent that runs code, where it is in its pipeline: see
@@ -494,7 +474,7 @@ pub(crate) fn next_pipeline_id() -> u64 {
 impl Pipeline {
     /// Its tool agents (agents with `tool:`): they run only when an agent
     /// calls them, so they are not among [`Pipeline::agents`].
-    pub fn tool_agents(&self) -> &[Arc<crate::tool::Tool>] {
+    pub fn tool_agents(&self) -> &[Arc<crate::agent::tool::Tool>] {
         &self.tool_agents
     }
 

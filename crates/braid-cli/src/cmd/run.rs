@@ -816,6 +816,24 @@ pub(crate) fn print_table(
             }
             counts
         });
+        // A tool-calling agent: how many calls, and how many failed.
+        let calls = (!agent.tool_calls.is_empty()).then(|| {
+            let failed = agent
+                .tool_calls
+                .iter()
+                .filter(|c| c.status != braid_core::AgentStatus::Completed)
+                .count();
+            let n = agent.tool_calls.len();
+            let mut counts = format!("{n} tool call{}", if n == 1 { "" } else { "s" });
+            if failed > 0 {
+                counts.push_str(&format!(" ({failed} not completed)"));
+            }
+            counts
+        });
+        let items = match (items, calls) {
+            (Some(items), Some(calls)) => Some(format!("{items}; {calls}")),
+            (items, calls) => items.or(calls),
+        };
         let note = match (items, note) {
             (Some(items), "") => items,
             (Some(items), note) => format!("{items}; {note}"),

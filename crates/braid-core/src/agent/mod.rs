@@ -10,6 +10,7 @@ pub mod logs;
 pub mod pool;
 pub mod process;
 pub mod sleep;
+pub mod tool;
 
 use std::fmt;
 use std::sync::Arc;
@@ -46,7 +47,7 @@ pub struct AgentInput {
     /// Where process groups go on record (runs checkpointed per agent).
     pub(crate) processes: Option<Arc<ProcessRecorder>>,
     /// The tools it may call (`tools:`), and where its calls are recorded.
-    pub(crate) tools: Option<Arc<crate::tool::ToolCalls>>,
+    pub(crate) tools: Option<Arc<self::tool::ToolCalls>>,
 }
 
 /// Puts a run's process groups on record through its checkpointer.
@@ -158,7 +159,7 @@ impl AgentInput {
 
     /// The tools this agent may call (its `tools:`), in the order it lists
     /// them; empty for an agent without tools.
-    pub fn tools(&self) -> &[Arc<crate::tool::Tool>] {
+    pub fn tools(&self) -> &[Arc<self::tool::Tool>] {
         self.tools.as_ref().map_or(&[], |t| t.tools())
     }
 
@@ -222,10 +223,10 @@ impl AgentInput {
         &self,
         name: &str,
         arguments: Value,
-    ) -> Result<Value, crate::tool::ToolCallError> {
+    ) -> Result<Value, self::tool::ToolCallError> {
         match &self.tools {
             Some(calls) => calls.call(self, name, arguments, None).await,
-            None => Err(crate::tool::ToolCallError::Unknown {
+            None => Err(self::tool::ToolCallError::Unknown {
                 tool: name.to_owned(),
                 available: Vec::new(),
             }),
@@ -241,10 +242,10 @@ impl AgentInput {
         id: &str,
         name: &str,
         arguments: Value,
-    ) -> Result<Value, crate::tool::ToolCallError> {
+    ) -> Result<Value, self::tool::ToolCallError> {
         match &self.tools {
             Some(calls) => calls.call(self, name, arguments, Some(id)).await,
-            None => Err(crate::tool::ToolCallError::Unknown {
+            None => Err(self::tool::ToolCallError::Unknown {
                 tool: name.to_owned(),
                 available: Vec::new(),
             }),
@@ -473,5 +474,25 @@ pub trait Agent: Send + Sync + 'static {
 impl fmt::Debug for dyn Agent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<agent>")
+    }
+}
+
+/// One call of the agent, within its timeout.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its state"
+)]
+pub(crate) fn call_once<'a>(
+    runner: &'a dyn Agent,
+    input: &'a AgentInput,
+    timeout: Option<Duration>,
+) -> impl Future<Output = Result<Writes, AgentError>> + Send + 'a {
+    async move {
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, runner.call(input))
+                .await
+                .unwrap_or(Err(AgentError::Timeout(limit))),
+            None => runner.call(input).await,
+        }
     }
 }

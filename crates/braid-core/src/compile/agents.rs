@@ -146,7 +146,7 @@ impl Compiler<'_> {
         let writes = self.resolved_writes(agent);
         let input = self.input(id, &who);
         let queue = self.queue(agent, &who);
-        let tools = self.agent_tools(name, agent, &who);
+        let tool_list = self.agent_tools(agent, &who);
         let mut built = if agent.group.is_some() {
             Some(super::group::group_kind())
         } else if agent.kind.as_str() == "input" {
@@ -154,8 +154,12 @@ impl Compiler<'_> {
             input.as_ref().map(|_| super::input::input_kind())
         } else {
             let reads = agent.reads.iter().map(|r| r.to_string()).collect();
-            let listed = tools.as_ref().map_or(&[][..], |t| &t.tools[..]);
+            let listed = tool_list.as_ref().map_or(&[][..], |t| &t.tools[..]);
             self.build(name, agent, &who, at.clone(), reads, listed)
+        };
+        let tools = match tool_list {
+            Some(list) if built.is_some() => Some(self.finish_tools(name, &who, list)),
+            _ => None,
         };
         let (fields, field_ids) = (&self.fields, &self.field_ids);
         let mut own = crate::definition::own(name, agent, self.dir, |f| {
@@ -300,7 +304,7 @@ impl Compiler<'_> {
         who: &str,
         at: Option<Location>,
         reads: Vec<String>,
-        tools: &[Arc<crate::tool::Tool>],
+        tools: &[Arc<crate::agent::tool::Tool>],
     ) -> Option<Built> {
         let kind_name = agent.kind.as_str();
         let Some(kind) = self.kinds.get(kind_name) else {
@@ -338,6 +342,7 @@ impl Compiler<'_> {
                 .map(|w| w.strip_suffix('?').unwrap_or(w.as_str()).to_owned())
                 .collect(),
             tools,
+            calls_tools: agent.tools.is_some(),
         };
         match kind.build(&config, self.kinds) {
             Ok(built) => Some(built),

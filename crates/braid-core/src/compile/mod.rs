@@ -122,7 +122,7 @@ struct Compiler<'a> {
     /// agents without a `cache:` of their own take.
     cache_default: Option<crate::cache::CachePolicy>,
     /// The tool agents (`tool:`), by name: not steps, so not drafts.
-    tool_agents: indexmap::IndexMap<String, Arc<crate::tool::Tool>>,
+    tool_agents: indexmap::IndexMap<String, Arc<crate::agent::tool::Tool>>,
     /// Agents compiled so far, groups' included, shared by the nested
     /// compilers: groups (group files naming themselves, say) may not
     /// expand a pipeline past `max_agents`.

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::Compiler;
+use crate::agent::tool::{AgentTools, DEFAULT_MAX_TOOL_CALLS, MAX_TOOL_CALLS_LIMIT, Tool};
 use crate::diagnostic::Location;
 use crate::kinds::ToolSourceConfig;
 use crate::pipeline::RetryPolicy;
 use crate::spec::AgentSpec;
-use crate::tool::{AgentTools, DEFAULT_MAX_TOOL_CALLS, MAX_TOOL_CALLS_LIMIT, Tool};
 
 /// Keys a tool agent may not have, with why.
 const NOT_FOR_TOOLS: &[(&str, &str)] = &[
@@ -81,7 +81,7 @@ impl Compiler<'_> {
             );
             return None;
         }
-        if let Err(e) = crate::tool::check_name(name) {
+        if let Err(e) = crate::agent::tool::check_name(name) {
             self.error(at.clone(), format!("{who}: {e}"));
             ok = false;
         }
@@ -144,7 +144,16 @@ impl Compiler<'_> {
             .iter()
             .map(|w| w.strip_suffix('?').unwrap_or(w.as_str()).to_owned())
             .collect();
-        match Tool::agent(name, description, parameters, built, policy, results) {
+        let (kind, runner) = built;
+        match Tool::agent(
+            name,
+            description,
+            parameters,
+            kind.name(),
+            runner,
+            policy,
+            results,
+        ) {
             Ok(tool) => Some(tool),
             Err(e) => {
                 self.error(at, format!("{who}: {e}"));
@@ -153,13 +162,11 @@ impl Compiler<'_> {
         }
     }
 
-    /// An agent's `tools:` and `max_tool_calls`, resolved.
-    pub(super) fn agent_tools(
-        &mut self,
-        name: &str,
-        agent: &AgentSpec,
-        who: &str,
-    ) -> Option<Arc<AgentTools>> {
+    /// An agent's `tools:` and `max_tool_calls`, resolved but for tool
+    /// sources' entries, which [`Compiler::finish_tools`] resolves once
+    /// the agent itself was built (a source may start a server: not for an
+    /// agent that cannot run anyway).
+    pub(super) fn agent_tools(&mut self, agent: &AgentSpec, who: &str) -> Option<ToolList> {
         let max_at = agent
             .max_tool_calls
             .as_ref()
@@ -189,34 +196,81 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let mut tools: Vec<Arc<Tool>> = Vec::new();
-        for entry in &list.value {
-            for tool in self.tool_entry(name, who, &entry.value, entry.at.clone()) {
-                if tools.iter().any(|t| t.name() == tool.name()) {
-                    self.error(
-                        entry.at.clone(),
-                        format!("{who}: two tools are named `{}`; a model calls tools by name, so each must be unique", tool.name()),
-                    );
-                    continue;
-                }
-                tools.push(tool);
-            }
-        }
         if list.value.is_empty() {
             self.error(list.at.clone(), format!("{who}: `tools` is empty; list tools, e.g. `tools: [{{ agent: search }}]`, or remove it"));
         }
-        Some(Arc::new(AgentTools { tools, max_calls }))
+        let mut resolved = ToolList {
+            max_calls,
+            tools: Vec::new(),
+            sources: Vec::new(),
+        };
+        for entry in &list.value {
+            let at = entry.at.clone();
+            match self.tool_entry(who, &entry.value, at.clone()) {
+                Some(Entry::Agent(tool)) => self.add_tool(&mut resolved.tools, tool, who, &at),
+                Some(Entry::Source(source, settings)) => {
+                    resolved.sources.push((source, settings, at));
+                }
+                None => {}
+            }
+        }
+        Some(resolved)
     }
 
-    /// The tools of one `tools:` entry: `{ agent: NAME }`, or a tool
-    /// source's `{ SOURCE: SETTINGS }`.
-    fn tool_entry(
+    /// The agent's tools with its tool sources' (servers started, tools
+    /// listed), for an agent that was built.
+    pub(super) fn finish_tools(
         &mut self,
-        agent: &str,
+        name: &str,
         who: &str,
-        entry: &Value,
-        at: Option<Location>,
-    ) -> Vec<Arc<Tool>> {
+        list: ToolList,
+    ) -> Arc<AgentTools> {
+        let ToolList {
+            max_calls,
+            mut tools,
+            sources,
+        } = list;
+        for (source, settings, at) in sources {
+            let Some(factory) = self.kinds.get_tool_source(&source).cloned() else {
+                continue;
+            };
+            let config = ToolSourceConfig {
+                agent: name,
+                settings: &settings,
+                dir: self.dir,
+            };
+            match factory(&config) {
+                Ok(found) => {
+                    for tool in found {
+                        self.add_tool(&mut tools, tool, who, &at);
+                    }
+                }
+                Err(e) => self.error(at, format!("{who}: `{source}` tools: {e}")),
+            }
+        }
+        Arc::new(AgentTools { tools, max_calls })
+    }
+
+    fn add_tool(
+        &mut self,
+        tools: &mut Vec<Arc<Tool>>,
+        tool: Arc<Tool>,
+        who: &str,
+        at: &Option<Location>,
+    ) {
+        if tools.iter().any(|t| t.name() == tool.name()) {
+            self.error(
+                at.clone(),
+                format!("{who}: two tools are named `{}`; a model calls tools by name, so each must be unique", tool.name()),
+            );
+        } else {
+            tools.push(tool);
+        }
+    }
+
+    /// One `tools:` entry: `{ agent: NAME }` (resolved), or a tool
+    /// source's `{ SOURCE: SETTINGS }` (checked to be registered).
+    fn tool_entry(&mut self, who: &str, entry: &Value, at: Option<Location>) -> Option<Entry> {
         let sources = self.kinds.tool_source_names().join(", ");
         let single = entry.as_object().filter(|m| m.len() == 1);
         let Some((source, settings)) = single.and_then(|m| m.iter().next()) else {
@@ -224,18 +278,18 @@ impl Compiler<'_> {
                 at,
                 format!("{who}: each entry of `tools` is one of `{{ SOURCE: ... }}` with SOURCE one of: {sources} (e.g. `- agent: search`)"),
             );
-            return Vec::new();
+            return None;
         };
         if source == "agent" {
             let Some(name) = settings.as_str() else {
                 self.error(at, format!("{who}: `agent:` in `tools` names a tool agent of the pipeline, e.g. `- agent: search`"));
-                return Vec::new();
+                return None;
             };
             if let Some(tool) = self.tool_agents.get(name) {
-                return vec![tool.clone()];
+                return Some(Entry::Agent(tool.clone()));
             }
             let message = match self.spec.agents.get(name) {
-                Some(a) if a.value.tool.is_some() => return Vec::new(), // reported where it is defined
+                Some(a) if a.value.tool.is_some() => return None, // reported where it is defined
                 Some(_) => format!(
                     "{who}: agent `{name}` is not a tool; give it `tool: {{ description, parameters }}` to let models call it"
                 ),
@@ -250,9 +304,9 @@ impl Compiler<'_> {
                 }
             };
             self.error(at, message);
-            return Vec::new();
+            return None;
         }
-        let Some(factory) = self.kinds.get_tool_source(source).cloned() else {
+        if self.kinds.get_tool_source(source).is_none() {
             let hint = crate::diagnostic::did_you_mean(
                 source,
                 self.kinds.tool_source_names().iter().map(String::as_str),
@@ -261,19 +315,23 @@ impl Compiler<'_> {
                 at,
                 format!("{who}: unknown tool source `{source}`{hint}; expected one of: {sources}"),
             );
-            return Vec::new();
-        };
-        let config = ToolSourceConfig {
-            agent,
-            settings,
-            dir: self.dir,
-        };
-        match factory(&config) {
-            Ok(tools) => tools,
-            Err(e) => {
-                self.error(at, format!("{who}: `{source}` tools: {e}"));
-                Vec::new()
-            }
+            return None;
         }
+        Some(Entry::Source(source.clone(), settings.clone()))
     }
+}
+
+/// An agent's `tools:` before its tool sources are asked for theirs.
+pub(super) struct ToolList {
+    max_calls: u32,
+    /// Its tool agents.
+    pub(super) tools: Vec<Arc<Tool>>,
+    /// Each tool source's entry, with where it is written.
+    sources: Vec<(String, Value, Option<Location>)>,
+}
+
+/// One `tools:` entry, resolved.
+enum Entry {
+    Agent(Arc<Tool>),
+    Source(String, Value),
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::ms;
-use crate::agent::{Agent, AgentError, AgentInput, Writes};
+use crate::agent::{Agent, AgentError, AgentInput, Writes, call_once};
 use crate::backoff::Backoff;
 use crate::event::EventKind;
 use crate::graph::AgentId;
@@ -123,26 +123,6 @@ pub(super) fn attempt_loop(
                     };
                 }
             }
-        }
-    }
-}
-
-/// One call of the agent, within its timeout.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps its arguments twice in its state"
-)]
-pub(crate) fn call_once<'a>(
-    runner: &'a dyn Agent,
-    input: &'a AgentInput,
-    timeout: Option<Duration>,
-) -> impl Future<Output = Result<Writes, AgentError>> + Send + 'a {
-    async move {
-        match timeout {
-            Some(limit) => tokio::time::timeout(limit, runner.call(input))
-                .await
-                .unwrap_or(Err(AgentError::Timeout(limit))),
-            None => runner.call(input).await,
         }
     }
 }

@@ -105,17 +105,7 @@ pub(super) fn resumed_instances(
         .collect()
 }
 
-/// How a JSON value is described in an error.
-pub(crate) fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
+use crate::diagnostic::json_kind as kind_of;
 
 impl Scheduler<'_> {
     /// Launching a `foreach` agent: reads its list and queues its

@@ -45,9 +45,6 @@ mod wait;
 
 use scheduler::Scheduler;
 
-pub(crate) use attempt::call_once;
-pub(crate) use fanout::kind_of;
-
 /// A new run id: a time-ordered UUID (v7), as runs get when
 /// [`RunOptions::run_id`] is `None`.
 pub fn new_run_id() -> String {

@@ -49,7 +49,7 @@ pub(super) struct AgentProgress {
     /// Its failed attempts (and its instances', named), oldest first.
     pub(super) failures: Vec<crate::report::AttemptFailure>,
     /// Its tool calls (an agent with `tools:`), made at its start.
-    pub(super) tool_calls: Option<Arc<crate::tool::ToolCalls>>,
+    pub(super) tool_calls: Option<Arc<crate::agent::tool::ToolCalls>>,
 }
 
 /// One run in progress: everything the loop owns.
@@ -965,21 +965,24 @@ impl<'p> Scheduler<'p> {
 
     /// Where `agent`'s tool calls are recorded, for an agent with tools
     /// (made on first use: a fan-out's instances share it).
-    pub(super) fn tool_calls(&mut self, agent: AgentId) -> Option<Arc<crate::tool::ToolCalls>> {
+    pub(super) fn tool_calls(
+        &mut self,
+        agent: AgentId,
+    ) -> Option<Arc<crate::agent::tool::ToolCalls>> {
         let tools = self.pipeline.agents[agent].tools.as_ref()?;
         if let Some(calls) = &self.progress[agent].tool_calls {
             return Some(calls.clone());
         }
         // Per agent: each completed call and each turn goes on record.
         let journal = match (&self.processes, self.policy()) {
-            (Some(recorder), CheckpointPolicy::Agent) => Some(crate::tool::Journal {
+            (Some(recorder), CheckpointPolicy::Agent) => Some(crate::agent::tool::Journal {
                 recorder: recorder.clone(),
                 definition: self.definition_of(agent),
             }),
             _ => None,
         };
         let mut calls =
-            crate::tool::ToolCalls::new(tools.clone(), self.start, self.max_depth, journal);
+            crate::agent::tool::ToolCalls::new(tools.clone(), self.start, self.max_depth, journal);
         if let Some(earlier) = self.resumed_tool_calls.remove(&agent) {
             calls = calls.resuming(&self.name_of(agent), earlier);
         }

@@ -42,6 +42,8 @@
 //! recorded results instead of running again.
 //!
 //! [`AgentKinds::tool_source`]: crate::AgentKinds::tool_source
+//!
+//! Also at `braid_core::tool`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -50,11 +52,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::agent::{Agent, AgentError, AgentInput, Reads, Writes};
-use crate::backoff::Backoff;
+use super::{Agent, AgentError, AgentInput, Reads, Writes};
+use crate::backoff::{Backoff, RetryPolicy};
 use crate::event::EventKind;
-use crate::kinds::AgentKind;
-use crate::pipeline::RetryPolicy;
 use crate::report::{AgentStatus, ToolCallReport};
 
 /// How many calls an attempt may make when its agent does not say.
@@ -78,7 +78,8 @@ pub struct Tool {
     /// The fields a result must have (a tool agent's writes); `None`: any
     /// object.
     results: Option<Vec<String>>,
-    kind: AgentKind,
+    /// What answers it, as `explain` shows it (`http`, `mcp`, …).
+    kind: String,
 }
 
 impl fmt::Debug for Tool {
@@ -129,9 +130,7 @@ impl Tool {
             runner,
             policy: RetryPolicy::default(),
             results: None,
-            kind: AgentKind::Other {
-                kind: "tool".to_owned(),
-            },
+            kind: "tool".to_owned(),
         })
     }
 
@@ -143,9 +142,7 @@ impl Tool {
 
     /// The same tool whose kind `explain` shows as `kind` (`mcp`, …).
     pub fn with_kind(mut self, kind: &str) -> Self {
-        self.kind = AgentKind::Other {
-            kind: kind.to_owned(),
-        };
+        self.kind = kind.to_owned();
         self
     }
 
@@ -154,7 +151,8 @@ impl Tool {
         name: &str,
         description: String,
         parameters: Value,
-        built: crate::kinds::Built,
+        kind: &str,
+        runner: Arc<dyn Agent>,
         policy: RetryPolicy,
         results: Vec<String>,
     ) -> Result<Self, String> {
@@ -164,10 +162,10 @@ impl Tool {
             description,
             parameters,
             validator,
-            runner: built.1,
+            runner,
             policy,
             results: Some(results),
-            kind: built.0,
+            kind: kind.to_owned(),
         })
     }
 
@@ -186,8 +184,9 @@ impl Tool {
         &self.parameters
     }
 
-    /// What runs when it is called (`http`, `command`, `mcp`, …).
-    pub fn kind(&self) -> &AgentKind {
+    /// What runs when it is called: its kind's name (`http`, `command`,
+    /// `mcp`, …).
+    pub fn kind(&self) -> &str {
         &self.kind
     }
 
@@ -210,7 +209,7 @@ impl Tool {
         if !arguments.is_object() {
             return vec![format!(
                 "the arguments must be a JSON object, found {}",
-                crate::run::kind_of(arguments)
+                crate::diagnostic::json_kind(arguments)
             )];
         }
         self.validator
@@ -322,7 +321,7 @@ pub(crate) struct ToolCalls {
 /// Where a calling agent's progress is recorded while it runs: its record,
 /// status `running`, with its tool calls and transcript so far.
 pub(crate) struct Journal {
-    pub(crate) recorder: Arc<crate::agent::ProcessRecorder>,
+    pub(crate) recorder: Arc<super::ProcessRecorder>,
     /// The calling agent's definition hash (a resumed run replays only an
     /// unchanged agent's calls).
     pub(crate) definition: Arc<str>,
@@ -668,7 +667,7 @@ impl ToolCalls {
         let mut attempt = 1;
         loop {
             input.attempt = attempt;
-            let outcome = crate::run::call_once(&*tool.runner, &input, policy.timeout)
+            let outcome = super::call_once(&*tool.runner, &input, policy.timeout)
                 .await
                 .and_then(|out| self.check_result(tool, out));
             match outcome {
