@@ -114,6 +114,12 @@ fn tools_of(config: &ToolSourceConfig<'_>) -> Result<Vec<Arc<Tool>>, String> {
         ));
     }
     let endpoint = endpoint(settings, config.dir)?;
+    if matches!(endpoint, Endpoint::Stdio { .. }) && !config.allow_processes {
+        return Err(
+            "this pipeline may not start programs, and an MCP server over stdio is one (a pipeline registered over a server's API needs its --allow-command-agents); reach the server over HTTP with `url:` instead"
+                .to_owned(),
+        );
+    }
     let duration = |key: &str, default: Duration| -> Result<Duration, String> {
         match settings.get(key) {
             None => Ok(default),

@@ -356,3 +356,37 @@ async fn a_stdio_server_that_died_is_started_again_on_the_next_call() {
         "a new server: {first:?} then {now:?}"
     );
 }
+
+#[test]
+fn loading_that_may_not_start_programs_starts_no_stdio_server() {
+    // What a server does for a pipeline a client registers without
+    // --allow-command-agents.
+    let limits = braid_core::LoadLimits {
+        allow_tool_processes: false,
+        ..braid_core::LoadLimits::default()
+    };
+    let marker = "BRAID_TEST_MCP_INSTANCE=forbidden";
+    let yaml = format!(
+        r#"
+pipeline: forbidden
+agents:
+  assistant:
+    kind: llm
+    endpoint: "http://127.0.0.1:9/v1"
+    model: tiny
+    prompt: hi
+    tools:
+      - mcp: {}
+    writes: [answer]
+"#,
+        stdio(", env: { BRAID_TEST_MCP_INSTANCE: forbidden }")
+    );
+    let error = Pipeline::from_yaml_str_limited(&yaml, &braid_agents::kinds(), &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("may not start programs") && error.contains("url:"),
+        "{error}"
+    );
+    assert!(pids_with_env(marker).is_empty(), "no server was started");
+}

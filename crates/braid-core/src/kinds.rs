@@ -138,6 +138,9 @@ pub struct ToolSourceConfig<'a> {
     pub settings: &'a Value,
     /// The pipeline file's folder (or the current directory).
     pub dir: &'a Path,
+    /// Whether the source may start a program (a server over stdio): see
+    /// [`LoadLimits::allow_tool_processes`](crate::LoadLimits::allow_tool_processes).
+    pub allow_processes: bool,
 }
 
 /// Gives the tools of one `tools:` entry of a source (see

@@ -47,6 +47,10 @@ pub struct LoadLimits {
     /// How long compiling may take before it gives up with an error
     /// (checked between agents and between batches of the race check).
     pub compile_budget: Duration,
+    /// Whether loading may start programs: a tool source's server over
+    /// stdio (`mcp: { command: ... }`). A server gives pipelines that
+    /// clients register `false` unless it allows `command` agents.
+    pub allow_tool_processes: bool,
 }
 
 impl Default for LoadLimits {
@@ -59,6 +63,7 @@ impl Default for LoadLimits {
             max_condition_depth: 32,
             max_diagnostics: 100,
             compile_budget: Duration::from_secs(10),
+            allow_tool_processes: true,
         }
     }
 }

@@ -242,6 +242,9 @@ impl ServerConfig {
             max_condition_depth: self.max_condition_depth,
             max_diagnostics: self.max_diagnostics,
             compile_budget: self.compile_budget,
+            // A client's pipeline starts no MCP server over stdio unless
+            // it could run `command` agents anyway.
+            allow_tool_processes: self.allow_command_agents,
         }
     }
 }

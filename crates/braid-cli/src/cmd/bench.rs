@@ -41,6 +41,9 @@
 //!   (an OpenAI-compatible endpoint with no latency) that calls a no-op
 //!   tool agent K times in one turn, then answers: what one tool call
 //!   costs, from K = 1 and K = 101 (the two model turns cancel out).
+//!   With `--mcp "PROGRAM ARGS..."` (an MCP server over stdio offering
+//!   `echo`, such as `@modelcontextprotocol/server-everything`), the same
+//!   for that server's `echo`: a whole MCP round trip per call.
 //!   Not part of `all`.
 //!
 //! Times are medians of `--repeat` measurements (after one warm-up); `min_ms`
@@ -95,6 +98,10 @@ pub(crate) struct BenchArgs {
     /// NATS (with JetStream) for `dispatch` and `workers`.
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
+    /// `tools`: also measure calls of `echo` on this MCP server over stdio
+    /// (its command line, split at spaces).
+    #[arg(long, value_name = "COMMAND")]
+    mcp: Option<String>,
     /// Print the scenario's pipeline (YAML) instead of running it: what
     /// `braid worker --pipelines` needs for `workers`.
     #[arg(long)]
@@ -429,8 +436,9 @@ async fn cache(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
 }
 
 /// A stand-in for an OpenAI-compatible model with no latency: asked
-/// `calls=K`, it calls the `noop` tool K times in one turn, then answers
-/// once the results are in. Returns its `/v1` URL.
+/// `calls=K tool=NAME`, it calls that tool K times in one turn (`echo`
+/// with a message, others with no arguments), then answers once the
+/// results are in. Returns its `/v1` URL.
 async fn model_stand_in() -> anyhow::Result<String> {
     use axum::Json;
     let answer = |Json(body): Json<Value>| async move {
@@ -444,9 +452,15 @@ async fn model_stand_in() -> anyhow::Result<String> {
             .last()
             .and_then(|m| m["content"].as_str())
             .unwrap_or("");
-        let k: usize = prompt.trim_start_matches("calls=").parse().unwrap_or(1);
+        let (k, tool) = prompt.split_once(" tool=").unwrap_or((prompt, "noop"));
+        let k: usize = k.trim_start_matches("calls=").parse().unwrap_or(1);
+        let arguments = if tool == "echo" {
+            r#"{"message": "bench"}"#
+        } else {
+            "{}"
+        };
         let calls: Vec<Value> = (0..k)
-            .map(|i| json!({"id": format!("c{i}"), "type": "function", "function": {"name": "noop", "arguments": "{}"}}))
+            .map(|i| json!({"id": format!("c{i}"), "type": "function", "function": {"name": tool, "arguments": arguments}}))
             .collect();
         Json(
             json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": calls}}]}),
@@ -459,14 +473,30 @@ async fn model_stand_in() -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// The `tools` scenario: what one tool call of an `llm` agent costs.
+/// The `tools` scenario: what one tool call of an `llm` agent costs, for
+/// a tool agent and (with `--mcp`) an MCP server's `echo`.
 async fn tools(a: &BenchArgs) -> anyhow::Result<Vec<Value>> {
-    const FEW: usize = 1;
-    const MANY: usize = 101;
     let url = model_stand_in().await?;
-    let pipeline = load_with(
-        &format!(
-            r#"
+    let mut sources = vec![("agent", "{ agent: noop }".to_owned(), "noop")];
+    if let Some(command) = &a.mcp {
+        let argv: Vec<String> = command
+            .split_whitespace()
+            .map(|w| format!("{w:?}"))
+            .collect();
+        sources.push((
+            "mcp",
+            format!(
+                "{{ mcp: {{ command: [{}], tools: [echo] }} }}",
+                argv.join(", ")
+            ),
+            "echo",
+        ));
+    }
+    let mut lines = Vec::new();
+    for (kind, entry, tool) in sources {
+        let pipeline = load_with(
+            &format!(
+                r#"
 pipeline: tools
 inputs: {{ calls: {{ type: integer }} }}
 agents:
@@ -478,15 +508,30 @@ agents:
     kind: llm
     endpoint: "{url}"
     model: stand-in
-    prompt: "calls={{{{ calls }}}}"
-    tools: [{{ agent: noop }}]
-    max_tool_calls: {MANY}
+    prompt: "calls={{{{ calls }}}} tool={tool}"
+    tools: [{entry}]
+    max_tool_calls: {MANY_CALLS}
     reads: [calls]
     writes: [answer]
 "#
-        ),
-        &crate::kinds(),
-    )?;
+            ),
+            &crate::kinds(),
+        )?;
+        lines.push(tool_call_cost(a, &pipeline, kind).await?);
+    }
+    Ok(lines)
+}
+
+/// Calls in `tools`' smaller and larger runs: the difference is 100 calls.
+const FEW_CALLS: usize = 1;
+const MANY_CALLS: usize = 101;
+
+/// `tools`' figure for one pipeline: runs with K = 1 and K = 101 calls.
+async fn tool_call_cost(
+    a: &BenchArgs,
+    pipeline: &Arc<Pipeline>,
+    kind: &str,
+) -> anyhow::Result<Value> {
     let once = |k: usize| {
         let pipeline = pipeline.clone();
         async move {
@@ -494,21 +539,27 @@ agents:
             let start = Instant::now();
             let report = pipeline.run(input, RunOptions::default()).await;
             let ms = start.elapsed().as_secs_f64() * 1e3;
+            let calls = &report.agents["ask"].tool_calls;
             anyhow::ensure!(
-                report.status == RunStatus::Completed && report.agents["ask"].tool_calls.len() == k,
-                "a tools run failed: {:?}",
-                report.error
+                report.status == RunStatus::Completed
+                    && calls.len() == k
+                    && calls
+                        .iter()
+                        .all(|c| c.status == braid_core::AgentStatus::Completed),
+                "a tools run failed: {:?} {:?}",
+                report.error,
+                calls.iter().find_map(|c| c.error.as_ref())
             );
             Ok(ms)
         }
     };
-    let Measured { median: few, .. } = measure(a.repeat, || once(FEW)).await?;
-    let Measured { median: many, .. } = measure(a.repeat, || once(MANY)).await?;
-    Ok(vec![json!({
-        "scenario": "tools", "tool": "agent", "few_calls": FEW, "many_calls": MANY,
+    let Measured { median: few, .. } = measure(a.repeat, || once(FEW_CALLS)).await?;
+    let Measured { median: many, .. } = measure(a.repeat, || once(MANY_CALLS)).await?;
+    Ok(json!({
+        "scenario": "tools", "tool": kind, "few_calls": FEW_CALLS, "many_calls": MANY_CALLS,
         "few_ms": few, "many_ms": many,
-        "per_call_us": (many - few) * 1e3 / (MANY - FEW) as f64,
-    })])
+        "per_call_us": (many - few) * 1e3 / (MANY_CALLS - FEW_CALLS) as f64,
+    }))
 }
 
 /// The `dispatch` scenario: per-agent cost of sending agents to a worker.

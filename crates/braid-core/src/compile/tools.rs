@@ -238,6 +238,7 @@ impl Compiler<'_> {
                 agent: name,
                 settings: &settings,
                 dir: self.dir,
+                allow_processes: self.limits.allow_tool_processes,
             };
             match factory(&config) {
                 Ok(found) => {
