@@ -339,3 +339,71 @@ fn the_research_example_answers_from_the_docs_with_citations() {
         "the file was read"
     );
 }
+
+#[test]
+fn a_cached_tool_agent_is_not_called_again_for_the_same_arguments() {
+    let (endpoint, requests) = model();
+    let ws = Workspace {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(ws.path("mark.py"), MARK).unwrap();
+    std::fs::write(ws.path("fast"), "").unwrap(); // `slow` need not wait here
+    std::fs::write(
+        ws.path("pipeline.yaml"),
+        format!(
+            r#"pipeline: cached-marking
+agents:
+  mark:
+    kind: command
+    run: [python3, mark.py]
+    tool: {{ description: Marks a name, parameters: {{ type: object, properties: {{ name: {{ type: string }} }}, required: [name] }} }}
+    cache: {{ ttl: 1h }}
+    writes: [marked]
+  planner:
+    kind: llm
+    endpoint: "{endpoint}"
+    model: scripted
+    prompt: Mark some names.
+    tools: [{{ agent: mark }}]
+    writes: [answer]
+"#
+        ),
+    )
+    .unwrap();
+    let run = || {
+        json_of(
+            &ws.braid()
+                .arg("run")
+                .arg(ws.path("pipeline.yaml"))
+                .args(["--output", "json"])
+                .output()
+                .unwrap(),
+        )
+    };
+    let first = run();
+    assert_eq!(first["status"], "completed", "{first:#}");
+    let calls = first["agents"]["planner"]["tool_calls"].as_array().unwrap();
+    assert!(
+        calls.iter().all(|c| c.get("cached").is_none()),
+        "{calls:#?}"
+    );
+
+    let second = run();
+    assert_eq!(second["status"], "completed", "{second:#}");
+    let calls = second["agents"]["planner"]["tool_calls"]
+        .as_array()
+        .unwrap();
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["cached"] == true && c["attempts"] == 0 && c["status"] == "completed"),
+        "{calls:#?}"
+    );
+    // The same results, without running the tool: one line per name.
+    assert_eq!(second["state"]["answer"], first["state"]["answer"]);
+    let ran = std::fs::read_to_string(ws.path("ran")).unwrap();
+    assert_eq!(ran.lines().count(), 3, "{ran}");
+    // The model is not cached: it was asked three turns each time.
+    assert_eq!(requests.lock().unwrap().len(), 6);
+}

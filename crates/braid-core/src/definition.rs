@@ -124,6 +124,16 @@ pub(crate) fn portable<'a>(
     chain(&own, graph)
 }
 
+/// A tool agent's definition hash: its own definition (a tool is called,
+/// not a step, so nothing upstream of it matters). Its cached results are
+/// filed under it.
+pub(crate) fn tool_hash(own: &Value) -> Arc<str> {
+    let mut digest = Sha256::new();
+    digest.update(b"braid tool definition v1\n");
+    digest.update(own.to_string().as_bytes());
+    Arc::from(hex(&digest.finalize()))
+}
+
 /// Lowercase hex, into one string (not a string per byte: this runs for
 /// every agent at every load).
 fn hex(bytes: &[u8]) -> String {

@@ -698,13 +698,16 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Whether any agent, in a group too, is cached (`cache:` or
-    /// `defaults.cache`): a run of it then has use for an
+    /// Whether any agent or tool agent, in a group too, is cached
+    /// (`cache:` or `defaults.cache`): a run of it then has use for an
     /// [`AgentCache`](crate::AgentCache).
     pub fn uses_cache(&self) -> bool {
-        self.agents
-            .iter()
-            .any(|a| a.cache.is_some() || a.group_pipeline().is_some_and(Pipeline::uses_cache))
+        self.tool_agents.iter().any(|t| t.is_cached())
+            || self.agents.iter().any(|a| {
+                a.cache.is_some()
+                    || a.tools().iter().any(|t| t.is_cached())
+                    || a.group_pipeline().is_some_and(Pipeline::uses_cache)
+            })
     }
 
     /// Every agent's name, in declaration order.

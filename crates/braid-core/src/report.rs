@@ -265,6 +265,10 @@ pub struct ToolCallReport {
     /// was given again instead of calling the tool a second time.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub resumed: bool,
+    /// Its result came from the cache (the tool agent has `cache:`): the
+    /// tool was not called.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub cached: bool,
 }
 
 fn is_zero(n: &u64) -> bool {

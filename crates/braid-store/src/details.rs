@@ -112,6 +112,7 @@ mod tests {
             error: None,
             call_id: Some("call_1".into()),
             resumed: false,
+            cached: false,
         }];
         report.transcript = Some(vec![serde_json::json!({"role": "user", "content": "hi"})]);
         let column = to_column(&report);

@@ -26,7 +26,8 @@
 //! `researcher.tool#3:search` (the caller, `tool#`, the call's number in
 //! the caller, the tool): its arguments are checked against the tool's
 //! `parameters` schema, it runs with the tool agent's own `timeout`,
-//! `retries` and `backoff`, it emits `tool_called` and `tool_finished`
+//! `retries` and `backoff` (and with its `cache:`, when the run has a
+//! cache, a call with the same arguments takes the stored result), it emits `tool_called` and `tool_finished`
 //! events, and it is listed in the caller's report
 //! ([`AgentReport::tool_calls`](crate::report::AgentReport::tool_calls)),
 //! which checkpointed runs store. An attempt may make at most
@@ -80,6 +81,9 @@ pub struct Tool {
     results: Option<Vec<String>>,
     /// What answers it, as `explain` shows it (`http`, `mcp`, …).
     kind: String,
+    /// A tool agent's `cache:`, with the definition hash its results are
+    /// filed under.
+    cache: Option<(crate::cache::CachePolicy, Arc<str>)>,
 }
 
 impl fmt::Debug for Tool {
@@ -131,6 +135,7 @@ impl Tool {
             policy: RetryPolicy::default(),
             results: None,
             kind: "tool".to_owned(),
+            cache: None,
         })
     }
 
@@ -166,7 +171,24 @@ impl Tool {
             policy,
             results: Some(results),
             kind: kind.to_owned(),
+            cache: None,
         })
+    }
+
+    /// The same tool with its results cached for `policy.ttl`, filed
+    /// under `definition` and the arguments.
+    pub(crate) fn cached(
+        mut self,
+        policy: crate::cache::CachePolicy,
+        definition: Arc<str>,
+    ) -> Self {
+        self.cache = Some((policy, definition));
+        self
+    }
+
+    /// Whether its results are cached (a tool agent with `cache:`).
+    pub fn is_cached(&self) -> bool {
+        self.cache.is_some()
     }
 
     /// Its name, as the model calls it.
@@ -316,6 +338,8 @@ pub(crate) struct ToolCalls {
     /// With `checkpoint: agent`: where each completed call and each turn
     /// of the conversation go on record, so a resumed run repeats neither.
     journal: Option<Journal>,
+    /// The run's cache, for tool agents with `cache:`.
+    cache: Option<Arc<dyn crate::cache::AgentCache>>,
 }
 
 /// Where a calling agent's progress is recorded while it runs: its record,
@@ -352,6 +376,7 @@ impl ToolCalls {
         start: Instant,
         max_depth: usize,
         journal: Option<Journal>,
+        cache: Option<Arc<dyn crate::cache::AgentCache>>,
     ) -> Self {
         Self {
             tools,
@@ -359,6 +384,7 @@ impl ToolCalls {
             max_depth,
             state: Mutex::default(),
             journal,
+            cache,
         }
     }
 
@@ -542,8 +568,16 @@ impl ToolCalls {
             error: None,
             call_id: call_id.map(str::to_owned),
             resumed: false,
+            cached: false,
         });
         Ok((state.records.len() - 1, name))
+    }
+
+    /// Notes that record `index`'s result came from the cache.
+    fn mark_cached(&self, index: usize) {
+        if let Some(record) = self.lock().records.get_mut(index) {
+            record.cached = true;
+        }
     }
 
     /// Closes record `index` with how the call ended.
@@ -632,7 +666,20 @@ impl ToolCalls {
             processes: caller.processes.clone(),
             tools: None,
         };
-        let (outcome, attempts) = self.attempts(found, input).await;
+        let (outcome, attempts) = match self.cached(found, &input).await {
+            Some(stored) => {
+                self.mark_cached(index);
+                (Ok(stored), 0)
+            }
+            None => {
+                let reads = input.reads.0.clone();
+                let (outcome, attempts) = self.attempts(found, input).await;
+                if let Ok(writes) = &outcome {
+                    self.keep(found, &reads, writes);
+                }
+                (outcome, attempts)
+            }
+        };
         let recorded = outcome.as_ref().map_err(ToString::to_string);
         guard.finish(attempts, recorded.clone());
         if recorded.is_ok() {
@@ -654,6 +701,56 @@ impl ToolCalls {
                 error,
             }),
         }
+    }
+
+    /// A cached tool's stored result for these arguments, if the run has a
+    /// cache and one is there (checked like any result); `None` runs it.
+    async fn cached(&self, tool: &Tool, input: &AgentInput) -> Option<Writes> {
+        let ((_, definition), cache) = tool.cache.as_ref().zip(self.cache.as_ref())?;
+        let key: Arc<str> = Arc::from(crate::cache::cache_key(definition, None, &input.reads.0));
+        let lookup =
+            tokio::time::timeout(crate::cache::CACHE_LOOKUP_TIMEOUT, cache.lookup(key)).await;
+        let stored = match lookup {
+            Ok(Ok(Some(stored))) => stored,
+            Ok(Ok(None)) => {
+                crate::telemetry::cache_lookup(false);
+                return None;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(tool = %tool.name, %error, "the cache lookup failed; calling the tool");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(tool = %tool.name, "the cache did not answer in time; calling the tool");
+                return None;
+            }
+        };
+        match self.check_result(tool, stored) {
+            Ok(writes) => {
+                crate::telemetry::cache_lookup(true);
+                Some(writes)
+            }
+            Err(error) => {
+                tracing::warn!(tool = %tool.name, %error, "a cached result does not fit the tool; calling it");
+                None
+            }
+        }
+    }
+
+    /// Keeps a cached tool's result for its arguments.
+    fn keep(&self, tool: &Tool, reads: &[(Arc<str>, Arc<Value>)], writes: &Writes) {
+        let (Some((policy, definition)), Some(cache)) = (&tool.cache, &self.cache) else {
+            return;
+        };
+        cache.store(crate::cache::CacheEntry {
+            key: Arc::from(crate::cache::cache_key(definition, None, reads)),
+            agent: tool.name.clone(),
+            writes: writes
+                .iter()
+                .map(|(k, v)| (Arc::from(k.as_str()), Arc::new(v.clone())))
+                .collect(),
+            ttl: policy.ttl,
+        });
     }
 
     /// The tool's attempts: its timeout on each, its retries with backoff,

@@ -55,7 +55,7 @@ impl Compiler<'_> {
     /// members, a `cache: false` one among them: a group is cached only
     /// when it says so) nor to `input` agents. An `input` agent, or a
     /// group holding one, that asks to be cached is refused.
-    fn cache(
+    pub(super) fn cache(
         &mut self,
         agent: &AgentSpec,
         who: &str,

@@ -145,6 +145,13 @@ impl Compiler<'_> {
             .map(|w| w.strip_suffix('?').unwrap_or(w.as_str()).to_owned())
             .collect();
         let (kind, runner) = built;
+        // `cache:` (or `defaults.cache`): results filed under its own
+        // definition and the call's arguments.
+        let cache = self.cache(agent, who, None).map(|policy| {
+            let mut own = crate::definition::own(name, agent, self.dir, |_| None);
+            own["tool"] = tool.clone();
+            (policy, crate::definition::tool_hash(&own))
+        });
         match Tool::agent(
             name,
             description,
@@ -154,7 +161,10 @@ impl Compiler<'_> {
             policy,
             results,
         ) {
-            Ok(tool) => Some(tool),
+            Ok(tool) => Some(match cache {
+                Some((policy, definition)) => tool.cached(policy, definition),
+                None => tool,
+            }),
             Err(e) => {
                 self.error(at, format!("{who}: {e}"));
                 None

@@ -981,8 +981,14 @@ impl<'p> Scheduler<'p> {
             }),
             _ => None,
         };
-        let mut calls =
-            crate::agent::tool::ToolCalls::new(tools.clone(), self.start, self.max_depth, journal);
+        let cache = self.options.cache.clone();
+        let mut calls = crate::agent::tool::ToolCalls::new(
+            tools.clone(),
+            self.start,
+            self.max_depth,
+            journal,
+            cache,
+        );
         if let Some(earlier) = self.resumed_tool_calls.remove(&agent) {
             calls = calls.resuming(&self.name_of(agent), earlier);
         }
