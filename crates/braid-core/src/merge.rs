@@ -16,6 +16,8 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
+use crate::diagnostic::json_kind as kind;
+
 /// How concurrent writes to one field combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeRule {
@@ -123,17 +125,6 @@ impl MergeRule {
                     .clone()
             }
         })
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 

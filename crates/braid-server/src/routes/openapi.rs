@@ -326,6 +326,49 @@ pub(crate) struct AgentRunReport {
     /// Earlier log lines dropped to keep within the bound.
     #[schema(nullable = false)]
     pub(crate) logs_dropped: Option<u64>,
+    /// A tool-calling agent's tool calls, in the order they started.
+    #[schema(nullable = false)]
+    pub(crate) tool_calls: Option<Vec<ToolCall>>,
+    /// A tool-calling agent's conversation with its model (OpenAI-style
+    /// chat messages, tool calls and results included).
+    #[schema(value_type = Vec<Object>, nullable = false, required = false)]
+    pub(crate) transcript: Option<Vec<Value>>,
+}
+
+/// One tool call of an agent: a step of its run.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ToolCall {
+    /// The step's name, `agent.tool#N:tool`.
+    pub(crate) name: String,
+    /// The tool called.
+    pub(crate) tool: String,
+    /// `running`, `completed`, `failed` or `cancelled`.
+    pub(crate) status: String,
+    /// Its arguments.
+    #[schema(value_type = Object)]
+    pub(crate) arguments: Value,
+    /// Attempts made (0 when refused before running, or taken from the cache).
+    pub(crate) attempts: u32,
+    /// When it started, in milliseconds from the run's start.
+    pub(crate) start_ms: f64,
+    /// How long it took, retries included.
+    #[schema(nullable = false)]
+    pub(crate) duration_ms: Option<f64>,
+    /// Its result: the tool's writes.
+    #[schema(value_type = Object, nullable = false, required = false)]
+    pub(crate) result: Option<Value>,
+    /// Why it failed.
+    #[schema(nullable = false)]
+    pub(crate) error: Option<String>,
+    /// The model's id for the call.
+    #[schema(nullable = false)]
+    pub(crate) call_id: Option<String>,
+    /// Its result was recorded before the run was resumed and given again.
+    #[schema(nullable = false)]
+    pub(crate) resumed: Option<bool>,
+    /// Its result came from the cache.
+    #[schema(nullable = false)]
+    pub(crate) cached: Option<bool>,
 }
 
 /// One failed attempt of an agent.
