@@ -611,9 +611,12 @@ fn add_call_piece(calls: &mut Vec<Value>, piece: &Value) {
         call["id"] = json!(id);
     }
     for part in ["name", "arguments"] {
-        if let Some(text) = piece["function"][part].as_str() {
-            let so_far = call["function"][part].as_str().unwrap_or("").to_owned();
-            call["function"][part] = json!(so_far + text);
+        if let Some(text) = piece["function"][part].as_str()
+            && let Some(Value::String(so_far)) = call["function"].get_mut(part)
+        {
+            // Appended in place: a long answer in many small pieces costs
+            // its length, not its length squared.
+            so_far.push_str(text);
         }
     }
 }

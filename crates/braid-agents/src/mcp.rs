@@ -65,6 +65,17 @@ const DEFAULT_STARTUP: Duration = Duration::from_secs(60);
 /// Lines of a stdio server's stderr kept for error messages.
 const STDERR_LINES: usize = 20;
 
+/// Longer lines of a stdio server's stderr are cut to this many bytes.
+const STDERR_LINE_BYTES: usize = 500;
+
+/// The longest `timeout` or `startup_timeout` taken.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The most tools one server may list, and pages it may list them in: a
+/// server that keeps listing is a load error, not a growing list.
+const MAX_LISTED_TOOLS: usize = 10_000;
+const MAX_TOOL_PAGES: usize = 100;
+
 /// The `mcp` tool source, for [`braid_core::AgentKinds::tool_source`].
 pub fn source() -> ToolSourceFactory {
     Arc::new(tools_of)
@@ -125,8 +136,10 @@ fn tools_of(config: &ToolSourceConfig<'_>) -> Result<Vec<Arc<Tool>>, String> {
             None => Ok(default),
             Some(Value::String(text)) => humantime::parse_duration(text.trim())
                 .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("`{key}: {text}` is not a duration like 30s or 2m")),
+                .filter(|d| !d.is_zero() && *d <= MAX_TIMEOUT)
+                .ok_or_else(|| {
+                    format!("`{key}: {text}` is not a duration between 1ms and 1h, like 30s or 2m")
+                }),
             Some(other) => Err(format!(
                 "`{key}` must be a duration like 30s, found {other}"
             )),
@@ -296,6 +309,7 @@ fn server(endpoint: Endpoint) -> Arc<Server> {
                 label: endpoint.label(),
                 endpoint,
                 connection: tokio::sync::Mutex::new(None),
+                generations: std::sync::atomic::AtomicU64::new(0),
                 stderr: Arc::default(),
             })
         })
@@ -307,6 +321,8 @@ struct Server {
     endpoint: Endpoint,
     label: String,
     connection: tokio::sync::Mutex<Option<Connection>>,
+    /// Connections made so far.
+    generations: std::sync::atomic::AtomicU64,
     /// A stdio server's last lines of stderr.
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
@@ -314,6 +330,8 @@ struct Server {
 struct Connection {
     service: RunningService<RoleClient, ()>,
     tools: Vec<rmcp::model::Tool>,
+    /// Which connection of this server it is (1, 2… as it is made again).
+    generation: u64,
 }
 
 impl Server {
@@ -323,12 +341,19 @@ impl Server {
         let (done, result) = std::sync::mpsc::sync_channel(1);
         let server = self.clone();
         runtime().spawn(async move {
-            let mut connection = server.connection.lock().await;
-            let listed = match server.connected(&mut connection).await {
-                Ok(c) => Ok(c.tools.clone()),
-                Err(e) => Err(e),
-            };
-            let _ = done.send(listed);
+            // Bounded here too: a server that never answers must not keep
+            // the connection's lock (every later load and call waits on it).
+            let listed = tokio::time::timeout(limit, async {
+                let mut connection = server.connection.lock().await;
+                server
+                    .connected(&mut connection)
+                    .await
+                    .map(|c| c.tools.clone())
+            })
+            .await;
+            if let Ok(listed) = listed {
+                let _ = done.send(listed);
+            }
         });
         result.recv_timeout(limit).unwrap_or_else(|_| {
             Err(format!(
@@ -353,16 +378,53 @@ impl Server {
         }
         if slot.is_none() {
             let service = self.connect().await?;
-            let tools = service.peer().list_all_tools().await.map_err(|e| {
+            let tools = self.list_tools(&service).await?;
+            let generation = self
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            *slot = Some(Connection {
+                service,
+                tools,
+                generation,
+            });
+        }
+        Ok(slot.as_ref().expect("connected above"))
+    }
+
+    /// Every tool the server lists, page by page, within
+    /// [`MAX_TOOL_PAGES`] and [`MAX_LISTED_TOOLS`].
+    async fn list_tools(
+        &self,
+        service: &RunningService<RoleClient, ()>,
+    ) -> Result<Vec<rmcp::model::Tool>, String> {
+        let mut tools = Vec::new();
+        let mut cursor = None;
+        for _ in 0..MAX_TOOL_PAGES {
+            let params = rmcp::model::PaginatedRequestParams::default().with_cursor(cursor);
+            let page = service.peer().list_tools(Some(params)).await.map_err(|e| {
                 format!(
                     "{} did not list its tools: {e}{}",
                     self.label,
                     self.stderr_tail()
                 )
             })?;
-            *slot = Some(Connection { service, tools });
+            tools.extend(page.tools);
+            if tools.len() > MAX_LISTED_TOOLS {
+                return Err(format!(
+                    "{} lists more than {MAX_LISTED_TOOLS} tools; name the ones to use with `tools:`",
+                    self.label
+                ));
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(tools),
+            }
         }
-        Ok(slot.as_ref().expect("connected above"))
+        Err(format!(
+            "{} kept listing tools past {MAX_TOOL_PAGES} pages",
+            self.label
+        ))
     }
 
     async fn connect(&self) -> Result<RunningService<RoleClient, ()>, String> {
@@ -387,16 +449,16 @@ impl Server {
                     let kept = self.stderr.clone();
                     let label = self.label.clone();
                     tokio::spawn(async move {
-                        use tokio::io::AsyncBufReadExt;
-                        let mut lines = tokio::io::BufReader::new(stderr).lines();
-                        while let Ok(Some(line)) = lines.next_line().await {
+                        let keep = |line: &[u8]| {
+                            let line = String::from_utf8_lossy(line);
                             tracing::debug!(target: "braid::mcp", server = %label, "{line}");
                             let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                             if kept.len() == STDERR_LINES {
                                 kept.pop_front();
                             }
-                            kept.push_back(line.chars().take(500).collect());
-                        }
+                            kept.push_back(line.into_owned());
+                        };
+                        read_lines_bounded(stderr, STDERR_LINE_BYTES, keep).await;
                     });
                 }
                 ().serve(transport)
@@ -442,10 +504,10 @@ impl Server {
         arguments: serde_json::Map<String, Value>,
     ) -> Result<Writes, AgentError> {
         for attempt in 0..2 {
-            let peer = {
+            let (peer, generation) = {
                 let mut slot = self.connection.lock().await;
                 let connection = self.connected(&mut slot).await.map_err(AgentError::Other)?;
-                connection.service.peer().clone()
+                (connection.service.peer().clone(), connection.generation)
             };
             let params =
                 CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments.clone());
@@ -459,7 +521,11 @@ impl Server {
                 }
                 Err(error) if attempt == 0 => {
                     tracing::warn!(server = %self.label, %error, "the connection broke; starting it again");
-                    *self.connection.lock().await = None;
+                    // Unless another call made it again meanwhile.
+                    let mut slot = self.connection.lock().await;
+                    if slot.as_ref().is_some_and(|c| c.generation == generation) {
+                        *slot = None;
+                    }
                 }
                 Err(error) => {
                     return Err(AgentError::Other(format!(
@@ -540,5 +606,33 @@ impl<T> std::future::Future for AbortOnDrop<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Calls `line` with each line `reader` gives, cut to `max` bytes (the rest
+/// of a longer line is skipped, never held), until it ends.
+async fn read_lines_bounded(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    max: usize,
+    mut line: impl FnMut(&[u8]),
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8192];
+    let mut current: Vec<u8> = Vec::new();
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        for &byte in &buf[..n] {
+            if byte == b'\n' {
+                line(&current);
+                current.clear();
+            } else if current.len() < max {
+                current.push(byte);
+            }
+        }
+    }
+    if !current.is_empty() {
+        line(&current);
     }
 }

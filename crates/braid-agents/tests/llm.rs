@@ -745,3 +745,31 @@ fn tools_are_checked_when_the_pipeline_loads() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_model_that_reuses_call_ids_gets_each_calls_own_result() {
+    // Some servers number calls per turn: `call_0` every time.
+    let (search, asked) = search_service().await;
+    let (endpoint, requests) = stub(|n, _| match n {
+        1 => tool_calls(&[("call_0", "search", r#"{"q": "cloud"}"#)]),
+        2 => tool_calls(&[("call_0", "search", r#"{"q": "payroll"}"#)]),
+        _ => completion("done"),
+    })
+    .await;
+    let report = ask(&researcher(&endpoint, &search, ""), RunOptions::default()).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    assert_eq!(*asked.lock().unwrap(), ["cloud", "payroll"]);
+    let last = requests.lock().unwrap()[2]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert!(
+        last["content"]
+            .as_str()
+            .unwrap()
+            .contains("doc about payroll"),
+        "{last}"
+    );
+}

@@ -390,3 +390,22 @@ agents:
     );
     assert!(pids_with_env(marker).is_empty(), "no server was started");
 }
+
+#[test]
+fn a_server_that_never_answers_is_a_load_error_within_its_startup_timeout() {
+    // Its own command line: a "server" that reads nothing and says nothing.
+    let mcp = "{ command: [sleep, '30'], env: { BRAID_TEST_MCP_INSTANCE: silent }, startup_timeout: 1s }";
+    for _ in 0..2 {
+        // The second load must not wait behind the first one's attempt.
+        let began = std::time::Instant::now();
+        let error = pipeline("http://127.0.0.1:9/v1", mcp).unwrap_err();
+        assert!(error.contains("within 1s (startup_timeout)"), "{error}");
+        assert!(began.elapsed() < std::time::Duration::from_secs(10));
+    }
+    let too_long = pipeline(
+        "http://127.0.0.1:9/v1",
+        "{ command: [x], startup_timeout: 100h }",
+    )
+    .unwrap_err();
+    assert!(too_long.contains("between 1ms and 1h"), "{too_long}");
+}

@@ -100,6 +100,38 @@ async fn pipelines_are_registered_validated_and_explained() {
 }
 
 #[tokio::test]
+async fn command_agents_in_groups_and_tool_agents_need_the_permission_too() {
+    let closed = state(ServerConfig::default());
+    // A tool agent runs when a model calls it: a `command` one runs a
+    // program just the same.
+    let tool = "pipeline: tooled
+agents:
+  sh:
+    kind: command
+    run: [touch, /tmp/braid-should-not-exist]
+    tool: { description: Runs it, parameters: { type: object, properties: {} } }
+    writes: [out]
+  plan: { kind: sleep, ms: 1, writes: [x] }
+";
+    // And a group's agent runs like any other.
+    let grouped = "pipeline: grouped
+agents:
+  outer:
+    kind: pipeline
+    agents:
+      inner: { kind: command, run: [touch, /tmp/braid-should-not-exist], writes: [y] }
+    outputs: { z: y }
+";
+    for (yaml, agent) in [(tool, "sh"), (grouped, "outer.inner")] {
+        let (status, body) = register(&closed, yaml).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "command_agents_not_allowed");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(agent), "{message}");
+    }
+}
+
+#[tokio::test]
 async fn command_agents_over_http_need_the_servers_permission() {
     let yaml = "pipeline: shell\nagents:\n  run: { kind: command, run: [touch, /tmp/braid-should-not-exist] }\n";
     let closed = state(ServerConfig::default());

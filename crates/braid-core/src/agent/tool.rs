@@ -368,6 +368,9 @@ struct CallsState {
     /// Per caller, the conversation an earlier process recorded, until the
     /// caller takes it (see [`AgentInput::replayed_transcript`]).
     replayed: Vec<(Arc<str>, Vec<Value>)>,
+    /// How many of `records` (the first ones) an earlier process made:
+    /// only those are given again.
+    restored: usize,
 }
 
 impl ToolCalls {
@@ -406,6 +409,7 @@ impl ToolCalls {
             }
             let made = u32::try_from(records.len()).unwrap_or(u32::MAX);
             state.callers.push((caller.clone(), 0, 0, made));
+            state.restored = records.len();
             state.records = records;
             if let Some(transcript) = earlier.transcript {
                 state.replayed.push((caller.clone(), transcript.clone()));
@@ -457,20 +461,24 @@ impl ToolCalls {
     }
 
     /// The recorded result of `caller`'s completed call `call_id` of
-    /// `tool`, from before the run was resumed: counted like a call, and
-    /// marked as given again.
+    /// `tool` with these `arguments`, made before the run was resumed and
+    /// not given again yet: counted like a call, and marked as given again.
     fn replay(
         &self,
         caller: &AgentInput,
         tool: &str,
         call_id: &str,
+        arguments: &Value,
     ) -> Option<Result<Value, ToolCallError>> {
         let mut state = self.lock();
         let prefix = format!("{}.tool#", caller.agent);
-        let at = state.records.iter().position(|r| {
+        let restored = state.restored;
+        let at = state.records[..restored].iter().position(|r| {
             r.call_id.as_deref() == Some(call_id)
                 && r.tool == tool
                 && r.status == AgentStatus::Completed
+                && !r.resumed
+                && r.arguments == *arguments
                 && r.name.starts_with(&prefix)
         })?;
         let max = self.tools.max_calls;
@@ -606,7 +614,7 @@ impl ToolCalls {
         arguments: Value,
         call_id: Option<&str>,
     ) -> Result<Value, ToolCallError> {
-        if let Some(replayed) = call_id.and_then(|id| self.replay(caller, tool, id)) {
+        if let Some(replayed) = call_id.and_then(|id| self.replay(caller, tool, id, &arguments)) {
             return replayed;
         }
         let (index, step) = self.open(caller, tool, &arguments, call_id)?;

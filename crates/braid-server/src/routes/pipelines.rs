@@ -112,12 +112,8 @@ pub(super) async fn register_pipeline(
     let name = pipeline.name().to_owned();
     check_name(&name)?;
     if !config.allow_command_agents {
-        let commands: Vec<&str> = pipeline
-            .agents()
-            .iter()
-            .filter(|a| a.kind().name() == "command")
-            .map(|a| a.name())
-            .collect();
+        let mut commands = Vec::new();
+        command_agents(pipeline, "", &mut commands);
         if !commands.is_empty() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -159,6 +155,24 @@ pub(super) async fn register_pipeline(
     pipelines.insert(name, registered.clone());
     drop(pipelines);
     Ok((status, Json(describe(&registered))))
+}
+
+/// The `command` agents of `pipeline` by path: its own, its tool agents
+/// (which a model can make run) and its groups', at any depth.
+fn command_agents(pipeline: &braid_core::Pipeline, prefix: &str, found: &mut Vec<String>) {
+    for agent in pipeline.agents() {
+        if agent.kind().name() == "command" {
+            found.push(format!("{prefix}{}", agent.name()));
+        }
+        if let Some(group) = agent.group_pipeline() {
+            command_agents(group, &format!("{prefix}{}.", agent.name()), found);
+        }
+    }
+    for tool in pipeline.tool_agents() {
+        if tool.kind() == "command" {
+            found.push(format!("{prefix}{}", tool.name()));
+        }
+    }
 }
 
 /// Parses and compiles a pipeline a client sent, under the server's load
