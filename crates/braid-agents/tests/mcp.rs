@@ -394,7 +394,8 @@ agents:
 #[test]
 fn a_server_that_never_answers_is_a_load_error_within_its_startup_timeout() {
     // Its own command line: a "server" that reads nothing and says nothing.
-    let mcp = "{ command: [sleep, '30'], env: { BRAID_TEST_MCP_INSTANCE: silent }, startup_timeout: 1s }";
+    let mcp =
+        "{ command: [sleep, '30'], env: { BRAID_TEST_MCP_INSTANCE: silent }, startup_timeout: 1s }";
     for _ in 0..2 {
         // The second load must not wait behind the first one's attempt.
         let began = std::time::Instant::now();

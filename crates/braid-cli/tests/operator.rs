@@ -584,9 +584,11 @@ agents:
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Follow it from another process once its record exists.
+    // Follow it from another process once its record exists (a fresh
+    // store's migrations come first: on a loaded machine, seconds).
     let mut ids = Vec::new();
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
         ids = run_ids(dir.path());
         if !ids.is_empty() {
             break;
