@@ -205,6 +205,50 @@ for i in range(50):
     lines.append(f"  a{i}: {{ kind: sleep, ms: 1, reads: [{r}], writes: [f{i}] }}")
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PY
+# A tool-calling agent: a scripted stand-in for its model (one call of the
+# `lookup` tool agent, then the answer) on a free port, said on stdout.
+cat >"$work/model.py" <<'PY'
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if any(m["role"] == "tool" for m in body["messages"]):
+            message = {"role": "assistant", "content": "found it"}
+        else:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\": \"braid\"}"}}]}
+        data = json.dumps({"choices": [{"message": message}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+PY
+python3 "$work/model.py" >"$work/model.port" &
+model=$!
+for _ in $(seq 1 50); do [ -s "$work/model.port" ] && break; sleep 0.1; done
+cat >"$work/tools-view.yaml" <<YAML
+pipeline: tools-view
+agents:
+  lookup:
+    kind: sleep
+    ms: 1
+    value: [hit one]
+    tool: { description: Looks things up, parameters: { type: object, properties: { q: { type: string } }, required: [q] } }
+    writes: [hits]
+  ask:
+    kind: llm
+    endpoint: http://127.0.0.1:$(cat "$work/model.port")/v1
+    model: stub
+    prompt: Look it up.
+    tools: [{ agent: lookup }]
+    writes: [answer]
+YAML
 token=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 log="$work/serve.log"
 # Created now, so reading it cannot fail before the server writes to it.
@@ -212,7 +256,7 @@ log="$work/serve.log"
 # Port 0: the server picks a free port and says which on stderr.
 BRAID_TOKEN="$token" "$bin" serve --bind 127.0.0.1:0 --store "sqlite://$work/runs.db" --pipelines "$work" >"$log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $server $model 2>/dev/null || true; rm -rf "$work"' EXIT
 url=""
 for _ in $(seq 1 100); do
   url=$(sed -n 's|^braid: serving on \(http://[0-9.:]*\).*|\1|p' "$log")

@@ -7,7 +7,8 @@
 // expands to its members and rounds. Then the console around it: signing
 // in (form, `#token=`, `?token=`, 401), the runs list with its filters,
 // starting a run from a pipeline's form, watching it (now-line, growing
-// bars), cancelling and resuming it, a failed agent's panel, Markdown
+// bars), cancelling and resuming it, a failed agent's panel, a
+// tool-calling agent's panel (its calls and conversation), Markdown
 // output kept safe, and a layout where no edge crosses a box.
 //
 //   BRAID_URL=http://127.0.0.1:7790 BRAID_TOKEN=… BRAID_GATE=/tmp/…/go \
@@ -468,6 +469,22 @@ try {
     await logsSay('step two');
     const text = await con.textContent('#panel-logs');
     if (text.indexOf('step one') > text.indexOf('step two')) throw new Error(`out of order: ${text}`);
+  });
+
+  const toolsRun = await start('tools-view', true);
+  await con.goto(`${base}/#run=${toolsRun}`);
+  await check('a tool-calling agent\'s panel lists its tool calls and its conversation', async () => {
+    await con.waitForSelector('#run-status[data-status="completed"]', { timeout: 10000 });
+    await con.click('[data-agent="ask"]');
+    const call = await con.waitForSelector('#panel-tool-calls [data-tool-call="ask.tool#1:lookup"]', { timeout: 5000 });
+    const text = await call.textContent();
+    if (!text.includes('completed') || !text.includes('braid') || !text.includes('hit one')) {
+      throw new Error(`the call reads ${text}`);
+    }
+    const roles = await con.$$eval('#panel-transcript [data-role]', (els) => els.map((e) => e.dataset.role));
+    if (roles.join() !== 'user,assistant,tool,assistant') throw new Error(`the transcript's roles are ${roles}`);
+    const transcript = await con.textContent('#panel-transcript');
+    if (!transcript.includes('lookup(') || !transcript.includes('found it')) throw new Error(`the transcript reads ${transcript}`);
   });
 
   const failRun = await start('fail-view', true);
