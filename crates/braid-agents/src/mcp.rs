@@ -235,11 +235,12 @@ fn endpoint(settings: &serde_json::Map<String, Value>, dir: &Path) -> Result<End
     };
     match (settings.get("command"), settings.get("url")) {
         (Some(command), None) => {
-            let argv: Vec<String> = command
+            // Every word text, at least the program.
+            let argv: Option<Vec<String>> = command
                 .as_array()
-                .map(|a| a.iter().filter_map(|w| w.as_str().map(str::to_owned)).collect())
-                .filter(|a: &Vec<String>| !a.is_empty() && a.len() == command.as_array().map_or(0, Vec::len))
-                .ok_or("`command` must be a list: the program and its arguments, e.g. `command: [npx, -y, \"@modelcontextprotocol/server-everything\"]`")?;
+                .filter(|words| !words.is_empty())
+                .and_then(|words| words.iter().map(|w| w.as_str().map(str::to_owned)).collect());
+            let argv = argv.ok_or("`command` must be a list: the program and its arguments, e.g. `command: [npx, -y, \"@modelcontextprotocol/server-everything\"]`")?;
             if settings.contains_key("headers") {
                 return Err("`headers` go with `url`, not `command`".to_owned());
             }

@@ -92,19 +92,9 @@ impl Workspace {
     }
 }
 
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-#[test]
-fn a_run_killed_mid_tool_calls_resumes_without_repeating_completed_calls() {
-    let (endpoint, requests) = model();
+/// A fresh folder with the `mark` tool and a pipeline whose `planner`
+/// (the model at `endpoint`) calls it; `extra` is added to `mark`.
+fn marking(endpoint: &str, extra: &str) -> Workspace {
     let ws = Workspace {
         dir: tempfile::tempdir().unwrap(),
     };
@@ -119,6 +109,7 @@ agents:
     run: [python3, mark.py]
     tool: {{ description: Marks a name, parameters: {{ type: object, properties: {{ name: {{ type: string }} }}, required: [name] }} }}
     writes: [marked]
+    {extra}
   planner:
     kind: llm
     endpoint: "{endpoint}"
@@ -130,6 +121,23 @@ agents:
         ),
     )
     .unwrap();
+    ws
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_run_killed_mid_tool_calls_resumes_without_repeating_completed_calls() {
+    let (endpoint, requests) = model();
+    let ws = marking(&endpoint, "");
 
     let mut child = ws
         .braid()
@@ -343,33 +351,8 @@ fn the_research_example_answers_from_the_docs_with_citations() {
 #[test]
 fn a_cached_tool_agent_is_not_called_again_for_the_same_arguments() {
     let (endpoint, requests) = model();
-    let ws = Workspace {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    std::fs::write(ws.path("mark.py"), MARK).unwrap();
+    let ws = marking(&endpoint, "cache: { ttl: 1h }");
     std::fs::write(ws.path("fast"), "").unwrap(); // `slow` need not wait here
-    std::fs::write(
-        ws.path("pipeline.yaml"),
-        format!(
-            r#"pipeline: cached-marking
-agents:
-  mark:
-    kind: command
-    run: [python3, mark.py]
-    tool: {{ description: Marks a name, parameters: {{ type: object, properties: {{ name: {{ type: string }} }}, required: [name] }} }}
-    cache: {{ ttl: 1h }}
-    writes: [marked]
-  planner:
-    kind: llm
-    endpoint: "{endpoint}"
-    model: scripted
-    prompt: Mark some names.
-    tools: [{{ agent: mark }}]
-    writes: [answer]
-"#
-        ),
-    )
-    .unwrap();
     let run = || {
         json_of(
             &ws.braid()

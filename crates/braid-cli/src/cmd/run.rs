@@ -183,6 +183,17 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
 
 impl StoreArgs {
     /// Connects, or explains which store could not be opened.
+    /// The store, unless `no_store` (`--no-store`: no database at all).
+    pub(crate) async fn open_unless(
+        &self,
+        no_store: bool,
+    ) -> anyhow::Result<Option<std::sync::Arc<Store>>> {
+        if no_store {
+            return Ok(None);
+        }
+        Ok(Some(std::sync::Arc::new(self.open().await?)))
+    }
+
     pub(crate) async fn open(&self) -> anyhow::Result<Store> {
         let url = self.store.clone().unwrap_or_else(braid_store::default_url);
         let settings = StoreSettings {

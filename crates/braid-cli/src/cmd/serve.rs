@@ -169,11 +169,7 @@ pub(crate) fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = if args.no_store {
-            None
-        } else {
-            Some(Arc::new(args.store.open().await?))
-        };
+        let store = args.store.open_unless(args.no_store).await?;
         let config = ServerConfig {
             max_concurrent_runs: args.max_runs,
             ..ServerConfig::default()
@@ -348,11 +344,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = if args.no_store {
-            None
-        } else {
-            Some(Arc::new(args.store.open().await?))
-        };
+        let store = args.store.open_unless(args.no_store).await?;
         let has_token = token.is_some();
         let config = ServerConfig {
             token,
