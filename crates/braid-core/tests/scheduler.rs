@@ -989,10 +989,15 @@ impl metrics::Recorder for AgentsCounted {
     }
 }
 
-/// Runs a one-agent pipeline whose agent cancels the run as it ends, so
-/// that its outcome arrives while the run winds down; gives the report,
-/// the checkpoint calls and the metrics.
-fn run_ending_during_wind_down(fails: bool) -> (RunReport, Vec<String>, AgentsCounted) {
+/// Runs a one-agent pipeline whose agent cancels the run as it ends;
+/// gives the report, the checkpoint calls and the metrics. On a
+/// multi-thread runtime (`spawned`) the agent is a task of its own, so its
+/// outcome arrives while the run winds down; on a current-thread runtime
+/// the run's task polls it, and its outcome arrives with the cancellation.
+fn run_ending_during_wind_down(
+    fails: bool,
+    spawned: bool,
+) -> (RunReport, Vec<String>, AgentsCounted) {
     let cancel = CancellationToken::new();
     let trip = cancel.clone();
     let mut builder = Pipeline::builder("late");
@@ -1015,10 +1020,17 @@ fn run_ending_during_wind_down(fails: bool) -> (RunReport, Vec<String>, AgentsCo
     let pipeline = builder.build().unwrap();
     let recorder = std::sync::Arc::new(Recorder::default());
     let counted = AgentsCounted::default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = if spawned {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .unwrap();
     let report = metrics::with_local_recorder(&counted, || {
         runtime.block_on(run(
             &pipeline,
@@ -1036,7 +1048,7 @@ fn run_ending_during_wind_down(fails: bool) -> (RunReport, Vec<String>, AgentsCo
 
 #[test]
 fn a_failure_during_wind_down_is_checkpointed_and_counted() {
-    let (report, calls, counted) = run_ending_during_wind_down(true);
+    let (report, calls, counted) = run_ending_during_wind_down(true, true);
     assert_eq!(report.status, RunStatus::Cancelled, "{report:?}");
     assert_eq!(report.agents["late"].status, AgentStatus::Failed);
     assert!(
@@ -1047,8 +1059,31 @@ fn a_failure_during_wind_down_is_checkpointed_and_counted() {
 }
 
 #[test]
+fn a_failure_that_cancels_its_run_is_checkpointed_and_counted_when_polled() {
+    let (report, calls, counted) = run_ending_during_wind_down(true, false);
+    // The run's task heard of the failure before it looked at the token.
+    assert_eq!(report.status, RunStatus::Failed, "{report:?}");
+    assert_eq!(
+        report.error.as_deref(),
+        Some("agent `late` failed: gave up")
+    );
+    assert_eq!(report.agents["late"].status, AgentStatus::Failed);
+    assert!(
+        calls.contains(&"agent late failed []".to_owned()),
+        "{calls:?}"
+    );
+    assert_eq!(counted.get("failed"), 1);
+}
+
+#[test]
 fn a_completion_during_wind_down_is_checkpointed_and_counted() {
-    let (report, calls, counted) = run_ending_during_wind_down(false);
+    for spawned in [true, false] {
+        completion_during_wind_down(spawned);
+    }
+}
+
+fn completion_during_wind_down(spawned: bool) {
+    let (report, calls, counted) = run_ending_during_wind_down(false, spawned);
     assert_eq!(report.status, RunStatus::Cancelled, "{report:?}");
     assert_eq!(report.agents["late"].status, AgentStatus::Completed);
     assert_eq!(*report.state["out"], json!(1));

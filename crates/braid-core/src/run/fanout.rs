@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::attempt::Member;
@@ -53,8 +52,6 @@ pub(super) struct Fanout {
     /// Each declared write's value per element: `results[write][item]`.
     results: Vec<Vec<Option<Arc<Value>>>>,
     items: Vec<Item>,
-    /// Instances in flight, by element, to cancel them when one fails.
-    handles: Vec<Option<AbortHandle>>,
     /// Instances an earlier attempt at this run completed.
     resumed: HashMap<usize, AgentRecord>,
     /// Each instance's writes by name, kept for the end (checkpointed runs).
@@ -162,7 +159,6 @@ impl Scheduler<'_> {
             base,
             results: vec![vec![None; len]; def.writes.len()],
             items: (0..len).map(|_| Item::default()).collect(),
-            handles: (0..len).map(|_| None).collect(),
             resumed: self.resumed_items.remove(&agent).unwrap_or_default(),
             kept: if checkpointed {
                 vec![Vec::new(); len]
@@ -329,8 +325,7 @@ impl Scheduler<'_> {
             processes: self.processes.clone(),
             tools: self.tool_calls(agent),
         };
-        let handle = self.spawn_member(member, input);
-        f.handles[i] = Some(handle);
+        self.spawn_member(member, input);
         f.running += 1;
         let item = &mut f.items[i];
         item.status = Some(AgentStatus::Running);
@@ -364,7 +359,6 @@ impl Scheduler<'_> {
         };
         f.running -= 1;
         f.done += 1;
-        f.handles[i] = None;
         // Named only for what is told about it: events, records, errors.
         let name = if self.options.events.is_some() || self.checkpoint.is_some() {
             instance_name(&self.name_of(agent), i)
@@ -422,9 +416,9 @@ impl Scheduler<'_> {
         });
         if fail_agent.is_some() {
             f.stopped = true;
-            for handle in f.handles.iter_mut().filter_map(Option::take) {
-                handle.abort();
-            }
+            // Its other instances in flight are cancelled.
+            self.tasks
+                .abort_where(|m| m.agent == agent && m.item.is_some());
         }
         self.progress[agent].fanout = Some(f);
         if let Some(report) = record
@@ -468,7 +462,6 @@ impl Scheduler<'_> {
             return;
         };
         f.running -= 1;
-        f.handles[i] = None;
         let item = &mut f.items[i];
         item.status = Some(AgentStatus::Cancelled);
         item.finished = Some(now);

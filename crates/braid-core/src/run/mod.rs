@@ -1,8 +1,10 @@
 //! Running a pipeline: the eager scheduler, retries and timeouts,
 //! cancellation, and the run report.
 //!
-//! The scheduler is one loop that owns the run's state. Agents run as tasks
-//! in a [`JoinSet`](tokio::task::JoinSet); when one finishes, its writes are
+//! The scheduler is one loop that owns the run's state. Its agents are in
+//! flight in `members` (polled by the run's own task on a current-thread
+//! runtime, spawned in a [`JoinSet`](tokio::task::JoinSet) on a
+//! multi-thread one); when one finishes, its writes are
 //! merged and every dependent whose last dependency that was is started at
 //! once (subject only to the run's concurrency limit). There is no level
 //! barrier. Dropping the run's future, cancelling its token or a failing
@@ -12,6 +14,7 @@
 //! - `scheduler`: the loop — readiness, launching, stopping, the report.
 //! - `attempt`: one agent's attempts — timeouts, retries with
 //!   [`Backoff`](crate::backoff::Backoff), output checking.
+//! - `members`: the agents in flight, polled or spawned, and their ends.
 //! - `cached`: the cache lookup and store around a cached agent's task.
 //! - `outcome`: the one place an agent's outcome is recorded (state merge,
 //!   report, telemetry, events, per-agent checkpoint), used by the loop and
@@ -39,6 +42,7 @@ mod attempt;
 mod cached;
 mod fanout;
 mod group;
+mod members;
 mod outcome;
 mod scheduler;
 mod wait;

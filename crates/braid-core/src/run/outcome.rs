@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::attempt::{Finished, Member};
+use super::attempt::Member;
+use super::members::Ended;
 use super::ms;
 use super::scheduler::Scheduler;
 use crate::checkpoint::{AgentRecord, CheckpointPolicy, FieldValue};
@@ -27,9 +28,6 @@ pub(super) enum Outcome {
     /// It did not run, for this reason.
     Skipped(String),
 }
-
-/// A task the [`JoinSet`](tokio::task::JoinSet) handed back.
-type Joined = Result<(tokio::task::Id, Finished), tokio::task::JoinError>;
 
 impl Scheduler<'_> {
     /// Records how `agent` ended: merges a completed agent's writes into
@@ -116,9 +114,9 @@ impl Scheduler<'_> {
         self.conclude(agent, Outcome::Failed(error), now);
     }
 
-    /// Takes a task the loop joined.
-    pub(super) fn finish(&mut self, joined: Joined) {
-        if let Some((member, outcome, attempts, now)) = self.joined(joined) {
+    /// Takes a member that ended while the run goes on.
+    pub(super) fn finish(&mut self, ended: Ended) {
+        if let Some((member, outcome, attempts, now)) = self.joined(ended) {
             match member.item {
                 None => self.conclude(member.agent, outcome, now),
                 Some(_) => self.item_finished(member, outcome, attempts, now, true),
@@ -126,13 +124,12 @@ impl Scheduler<'_> {
         }
     }
 
-    /// What a joined task says: who it ran for, its outcome, attempts and
-    /// end. A task aborted in flight is marked cancelled here (and gives
-    /// `None`), as is one the scheduler does not know.
-    fn joined(&mut self, joined: Joined) -> Option<(Member, Outcome, u32, Instant)> {
-        match joined {
-            Ok((id, done)) => {
-                self.task_agent.remove(&id);
+    /// What a member's end says: who it ran for, its outcome, attempts
+    /// and end. A member aborted in flight is marked cancelled here (and
+    /// gives `None`).
+    fn joined(&mut self, ended: Ended) -> Option<(Member, Outcome, u32, Instant)> {
+        match ended {
+            Ended::Finished(done) => {
                 if done.member.item.is_none() {
                     self.progress[done.member.agent].attempts = done.attempts;
                 }
@@ -156,20 +153,17 @@ impl Scheduler<'_> {
                 };
                 Some((done.member, outcome, done.attempts, done.finished))
             }
-            Err(error) => {
-                let member = self.task_agent.remove(&error.id())?;
-                let now = Instant::now();
-                if error.is_cancelled() {
-                    self.cancelled(member, now);
-                    None
-                } else {
-                    let why = format!("the agent panicked: {error}");
-                    if member.item.is_none() {
-                        let progress = &mut self.progress[member.agent];
-                        progress.attempts = progress.attempts.max(1);
-                    }
-                    Some((member, Outcome::Failed(why), 1, now))
+            Ended::Cancelled(member) => {
+                self.cancelled(member, Instant::now());
+                None
+            }
+            Ended::Panicked(member, message) => {
+                let why = format!("the agent panicked: {message}");
+                if member.item.is_none() {
+                    let progress = &mut self.progress[member.agent];
+                    progress.attempts = progress.attempts.max(1);
                 }
+                Some((member, Outcome::Failed(why), 1, Instant::now()))
             }
         }
     }
@@ -204,8 +198,8 @@ impl Scheduler<'_> {
     /// are cancelled.
     pub(super) async fn wind_down(&mut self) {
         self.tasks.abort_all();
-        while let Some(joined) = self.tasks.join_next_with_id().await {
-            if let Some((member, outcome, attempts, now)) = self.joined(joined) {
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Some((member, outcome, attempts, now)) = self.joined(ended) {
                 match member.item {
                     None => self.record(member.agent, outcome, now),
                     Some(_) => self.item_finished(member, outcome, attempts, now, false),

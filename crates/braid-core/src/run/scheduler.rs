@@ -7,11 +7,11 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::attempt::{Finished, Member, attempt_loop};
 use super::fanout::Fanout;
+use super::members::{InFlight, MemberTask};
 use super::{RunOptions, ms};
 use crate::agent::{AgentInput, Reads};
 use crate::checkpoint::{
@@ -63,8 +63,8 @@ pub(super) struct Scheduler<'p> {
     pub(super) tokens: Arc<[crate::agent::TokenCounter]>,
     /// Ready agents, earliest in topological order first.
     pub(super) ready: BinaryHeap<Reverse<(usize, AgentId)>>,
-    pub(super) tasks: JoinSet<Finished>,
-    pub(super) task_agent: TaskMembers,
+    /// Its members in flight (see `members.rs`).
+    pub(super) tasks: InFlight,
     /// Instances of `foreach` agents an earlier attempt completed, by
     /// agent and element, until the fan-out starts (resume).
     pub(super) resumed_items: HashMap<AgentId, HashMap<usize, AgentRecord>>,
@@ -148,56 +148,26 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
-/// Spawns a member's task in `tasks` under `span` (when one is recorded),
+/// A member's task, boxed once, under `span` (when one is recorded) and
 /// inside its cache call if it has one.
 ///
-/// The task is boxed once, here: Tokio's task cell then holds a pointer,
-/// not the whole future, which is otherwise copied several times on its
-/// way into the cell and again when its output replaces it (measured: about
-/// 1,000 instructions of `memcpy` per agent).
-fn spawn(
-    tasks: &mut JoinSet<Finished>,
+/// Boxed once, here: a spawned task's cell then holds a pointer, not the
+/// whole future, which is otherwise copied several times on its way into
+/// the cell and again when its output replaces it (measured: about 1,000
+/// instructions of `memcpy` per agent).
+fn boxed(
     task: impl Future<Output = Finished> + Send + 'static,
     cache: Option<super::cached::CacheCall>,
     span: tracing::Span,
-) -> tokio::task::AbortHandle {
+) -> MemberTask {
     use tracing::Instrument;
-    type Task = std::pin::Pin<Box<dyn Future<Output = Finished> + Send>>;
-    let task: Task = match (cache, span.is_disabled()) {
+    match (cache, span.is_disabled()) {
         (None, true) => Box::pin(task),
         (None, false) => Box::pin(task.instrument(span)),
         (Some(call), true) => Box::pin(call.around(task)),
         (Some(call), false) => Box::pin(call.around(task).instrument(span)),
-    };
-    tasks.spawn(task)
-}
-
-/// Hashes a [`tokio::task::Id`] (a `u64` that is unique per task) with
-/// one multiplication instead of SipHash: the ids are not chosen by
-/// anyone who could make them collide, and the map sees one insert and one
-/// remove per agent.
-#[derive(Default, Clone, Copy)]
-pub(super) struct TaskIdHasher(u64);
-
-impl std::hash::Hasher for TaskIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: the high bits, which hashbrown uses, depend on
-        // every bit of the id.
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
-
-/// Tasks' members by task id (see [`TaskIdHasher`]).
-pub(super) type TaskMembers =
-    HashMap<tokio::task::Id, Member, std::hash::BuildHasherDefault<TaskIdHasher>>;
 
 /// A slot of `slots`, once one is free (never, without slots).
 async fn acquire(
@@ -346,8 +316,7 @@ impl<'p> Scheduler<'p> {
             progress,
             tokens: (0..n).map(|_| Default::default()).collect(),
             ready: BinaryHeap::new(),
-            tasks: JoinSet::new(),
-            task_agent: TaskMembers::default(),
+            tasks: InFlight::default(),
             resumed_items: HashMap::new(),
             start: Instant::now(),
             stop: foreign.map(|why| (RunStatus::Failed, why)),
@@ -658,6 +627,8 @@ impl<'p> Scheduler<'p> {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         self.loop_span = tracing::Span::current();
+        // Spawned or polled, by the runtime the run is on (`members.rs`).
+        self.tasks = InFlight::for_this_runtime();
         // Answers delivered while the run is in flight (see `wait.rs`).
         let mut inbox = match self.options.answers.clone() {
             Some(inbox) => Some(inbox.0.lock_owned().await),
@@ -697,7 +668,7 @@ impl<'p> Scheduler<'p> {
                 () = &mut cancelled => {
                     self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
                 }
-                Some(joined) = self.tasks.join_next_with_id() => self.finish(joined),
+                Some(ended) = self.tasks.join_next() => self.finish(ended),
                 permit = acquire(self.slots.clone()), if self.wants_slot => {
                     self.wants_slot = false;
                     self.spare = permit;
@@ -911,18 +882,14 @@ impl<'p> Scheduler<'p> {
     }
 
     /// Starts a member's task: its attempts, or a group's nested run(s).
-    pub(super) fn spawn_member(
-        &mut self,
-        member: Member,
-        input: AgentInput,
-    ) -> tokio::task::AbortHandle {
+    pub(super) fn spawn_member(&mut self, member: Member, input: AgentInput) {
         let pipeline = self.pipeline;
         let def = &pipeline.agents[member.agent];
         // The agent's spans are children of the run's.
         let span = self.loop_span.clone();
         // A cached agent's task looks itself up first (see `cached.rs`).
         let cache = self.cache_call(member, &input.agent, &input.reads.0);
-        let handle = match (&def.group, &self.ctx) {
+        let task = match (&def.group, &self.ctx) {
             (Some(group), Some(ctx)) => {
                 let task = super::group::run_group(
                     member,
@@ -932,7 +899,7 @@ impl<'p> Scheduler<'p> {
                     self.definition_of(member.agent),
                     def.policy.timeout,
                 );
-                spawn(&mut self.tasks, task, cache, span)
+                boxed(task, cache, span)
             }
             _ => {
                 let task = attempt_loop(
@@ -945,8 +912,7 @@ impl<'p> Scheduler<'p> {
                 );
                 match self.slot.take() {
                     // Held until the task ends, however it ends (aborted too).
-                    Some(slot) => spawn(
-                        &mut self.tasks,
+                    Some(slot) => boxed(
                         async move {
                             let finished = task.await;
                             drop(slot);
@@ -955,12 +921,11 @@ impl<'p> Scheduler<'p> {
                         cache,
                         span,
                     ),
-                    None => spawn(&mut self.tasks, task, cache, span),
+                    None => boxed(task, cache, span),
                 }
             }
         };
-        self.task_agent.insert(handle.id(), member);
-        handle
+        self.tasks.start(member, task);
     }
 
     /// Where `agent`'s tool calls are recorded, for an agent with tools
