@@ -21,8 +21,10 @@ use serde_json::Value;
 /// names come from a validated pipeline, bounded in number.
 pub type NameHasher = foldhash::fast::RandomState;
 
-/// A map by agent or field name, in the pipeline's order.
-pub type ByName<V> = IndexMap<String, V, NameHasher>;
+/// A map by agent or field name, in the pipeline's order. The names are
+/// shared with the pipeline (`Arc<str>`), not copied for every run; look
+/// one up with a `&str` (`report.agents["triage"]`).
+pub type ByName<V> = IndexMap<Arc<str>, V, NameHasher>;
 
 /// How a run ended (or, for [`Waiting`](RunStatus::Waiting), where it
 /// stands). A run still in progress has no `RunStatus`; stores write it as
@@ -419,13 +421,14 @@ pub fn natural_order(name: &str) -> Vec<(String, u64)> {
 /// top-level agent's `instances`, in element and round order, and counts a
 /// `foreach` agent's instances in its `items` (for reports rebuilt from
 /// stored records, which keep one record a member).
-pub fn nest_instances(
-    members: impl IntoIterator<Item = (String, AgentReport)>,
+pub fn nest_instances<N: Into<Arc<str>>>(
+    members: impl IntoIterator<Item = (N, AgentReport)>,
 ) -> ByName<AgentReport> {
     let mut agents: ByName<AgentReport> = ByName::default();
-    let mut nested: Vec<(String, AgentReport)> = Vec::new();
+    let mut nested: Vec<(Arc<str>, AgentReport)> = Vec::new();
     for (name, report) in members {
-        if top_agent(&name) == name {
+        let name: Arc<str> = name.into();
+        if top_agent(&name) == &*name {
             agents.insert(name, report);
         } else {
             nested.push((name, report));
@@ -433,7 +436,7 @@ pub fn nest_instances(
     }
     // By the nested run each belongs to; within one, as given.
     nested.sort_by_cached_key(|(name, _)| {
-        natural_order(name.rsplit_once('.').map_or(name.as_str(), |(run, _)| run))
+        natural_order(name.rsplit_once('.').map_or(&**name, |(run, _)| run))
     });
     for (name, report) in nested {
         let Some(parent) = agents.get_mut(top_agent(&name)) else {
@@ -493,7 +496,7 @@ mod tests {
         ];
         let nested = nest_instances(names.iter().map(|n| (n.to_string(), done())));
         assert_eq!(
-            nested.keys().collect::<Vec<_>>(),
+            nested.keys().map(|k| &**k).collect::<Vec<_>>(),
             ["per_doc", "refine", "orphan[1]"]
         );
         let per_doc = &nested["per_doc"];
@@ -503,6 +506,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .keys()
+                .map(|k| &**k)
                 .collect::<Vec<_>>(),
             ["per_doc[2].b", "per_doc[2]", "per_doc[2].a", "per_doc[10]"]
         );
@@ -518,6 +522,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .keys()
+                .map(|k| &**k)
                 .collect::<Vec<_>>(),
             ["refine#0", "refine#1.draft", "refine#1"]
         );

@@ -147,7 +147,7 @@ impl RunState {
         self.values
             .iter()
             .enumerate()
-            .filter_map(|(f, v)| Some((pipeline.field_name(f).to_owned(), v.clone()?)))
+            .filter_map(|(f, v)| Some((pipeline.fields[f].name.clone(), v.clone()?)))
             .collect()
     }
 
@@ -158,7 +158,7 @@ impl RunState {
         std::mem::take(&mut self.values)
             .into_iter()
             .enumerate()
-            .filter_map(|(f, v)| v.map(|v| (pipeline.field_name(f).to_owned(), v)))
+            .filter_map(|(f, v)| v.map(|v| (pipeline.fields[f].name.clone(), v)))
             .collect()
     }
 }

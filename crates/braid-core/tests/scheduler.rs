@@ -105,13 +105,13 @@ async fn sequential_runs_one_agent_at_a_time_in_topological_order() {
     )
     .await;
     assert_eq!(report.status, RunStatus::Completed);
-    let mut order: Vec<(&String, f64)> = report
+    let mut order: Vec<(&str, f64)> = report
         .agents
         .iter()
-        .map(|(name, a)| (name, a.start_ms.unwrap()))
+        .map(|(name, a)| (&**name, a.start_ms.unwrap()))
         .collect();
     order.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = order.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names,
         [

@@ -91,7 +91,7 @@ proptest! {
         let (mut start, mut end) = (vec![0.0; n], vec![0.0; n]);
         for i in 0..n {
             let name = format!("a{i}");
-            let agent = &report.agents[&name];
+            let agent = &report.agents[name.as_str()];
             prop_assert_eq!(agent.status, AgentStatus::Completed);
             prop_assert_eq!(agent.attempts, 1);
             prop_assert_eq!(started.get(&name), Some(&1));

@@ -139,7 +139,7 @@ agents:
     assert_eq!((items.total, items.completed, items.failed), (4, 4, 0));
     let instances = summarize.instances.as_ref().unwrap();
     assert_eq!(
-        instances.keys().collect::<Vec<_>>(),
+        instances.keys().map(|k| &**k).collect::<Vec<_>>(),
         [
             "summarize[0]",
             "summarize[1]",
@@ -767,11 +767,12 @@ agents:
             other_classify_end < slow_extract_end,
             "element 1 finished classify at {other_classify_end} ms, after element 0's extract ended at {slow_extract_end} ms: a stage barrier"
         );
-        let names: Vec<&String> = report.agents["per_doc"]
+        let names: Vec<&str> = report.agents["per_doc"]
             .instances
             .as_ref()
             .unwrap()
             .keys()
+            .map(|k| &**k)
             .collect();
         assert_eq!(
             names,
@@ -955,7 +956,7 @@ agents:
         let instances = report.agents["each"].instances.as_ref().unwrap();
         let spans: Vec<(f64, f64)> = (0..24)
             .map(|i| {
-                let r = &instances[&format!("each[{i}]")];
+                let r = &instances[format!("each[{i}]").as_str()];
                 (
                     r.start_ms.unwrap(),
                     r.start_ms.unwrap() + r.duration_ms.unwrap(),

@@ -207,14 +207,14 @@ async fn a_timed_out_wait_uses_its_default_or_fails() {
         .agents
         .iter()
         .map(|(name, r)| AgentRecord {
-            agent: Arc::from(name.as_str()),
+            agent: name.clone(),
             report: r.clone(),
             writes: Vec::new(),
             definition: Some(Arc::from(
                 with_default
                     .agents()
                     .iter()
-                    .find(|a| a.name() == name)
+                    .find(|a| a.name() == &**name)
                     .unwrap()
                     .definition_hash(),
             )),

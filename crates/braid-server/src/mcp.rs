@@ -193,7 +193,7 @@ impl McpHandler {
                         report
                             .state
                             .iter()
-                            .map(|(k, v)| (k.clone(), (**v).clone()))
+                            .map(|(k, v)| (k.to_string(), (**v).clone()))
                             .collect(),
                     ),
                 };

@@ -462,11 +462,11 @@ impl StoredRun {
         let mut state: braid_core::report::ByName<Arc<Value>> = self
             .input
             .iter()
-            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+            .map(|(k, v)| (Arc::from(k.as_str()), Arc::new(v.clone())))
             .collect();
         for agent in &self.agents {
             for (field, value) in &agent.writes {
-                state.insert(field.to_string(), value.clone());
+                state.insert(field.clone(), value.clone());
             }
         }
         state

@@ -607,7 +607,7 @@ async fn a_resume_reruns_changed_agents_and_their_downstream_only(store: Store, 
             .agents
             .iter()
             .filter(|(_, a)| a.resumed)
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| n.to_string())
             .collect();
         names.sort();
         names

@@ -763,7 +763,7 @@ pub(crate) fn print_table(
     let width = report
         .agents
         .keys()
-        .map(String::len)
+        .map(|name| name.len())
         .max()
         .unwrap_or(5)
         .max(5);

@@ -552,9 +552,10 @@ async fn show(
         let mut agents: Vec<(String, AgentReport)> = braid_core::report::nest_instances(
             run.agents
                 .iter()
-                .map(|a| (a.agent.to_string(), a.report.clone())),
+                .map(|a| (a.agent.clone(), a.report.clone())),
         )
         .into_iter()
+        .map(|(name, report)| (name.to_string(), report))
         .collect();
         if let Some(p) = &pipeline {
             agents.sort_by_key(|(name, _)| p.agent_names().position(|n| n == name));
@@ -670,7 +671,7 @@ async fn show(
                     )?;
                 }
             }
-            let logged: Vec<(&String, usize)> = agents
+            let logged: Vec<(&Arc<str>, usize)> = agents
                 .iter()
                 .filter(|(_, a)| !a.logs.is_empty())
                 .map(|(n, a)| (n, a.logs.len() + a.logs_dropped as usize))

@@ -7,6 +7,7 @@
 //! report; a `repeat` group's name says how many rounds it ran.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use braid_core::{AgentReport, AgentStatus, Pipeline};
 
@@ -73,7 +74,10 @@ pub(crate) fn critical_path(
     let Some(pipeline) = pipeline else {
         return Vec::new();
     };
-    let by_name: braid_core::report::ByName<AgentReport> = agents.iter().cloned().collect();
+    let by_name: braid_core::report::ByName<AgentReport> = agents
+        .iter()
+        .map(|(name, report)| (Arc::from(name.as_str()), report.clone()))
+        .collect();
     pipeline.run_critical_path(&by_name)
 }
 

@@ -92,7 +92,7 @@ pub(super) fn resumed_instances(
         .into_iter()
         .map(|(_, r)| {
             (
-                r.agent.to_string(),
+                r.agent,
                 AgentReport {
                     resumed: true,
                     ..r.report
@@ -535,7 +535,7 @@ impl Scheduler<'_> {
         for i in 0..f.len {
             let item = self.item_report(agent, f, i);
             counts.count(item.status);
-            instances.insert(format!("{name}[{i}]"), item);
+            instances.insert(instance_name(&name, i), item);
         }
         report.items = Some(counts);
         report.instances = Some(instances);
@@ -560,7 +560,7 @@ impl Scheduler<'_> {
             .enumerate()
             .filter(|(_, (_, r))| !matches!(r.status, AgentStatus::Pending | AgentStatus::Running))
             .map(|(i, (name, r))| AgentRecord {
-                agent: Arc::from(name.as_str()),
+                agent: name.clone(),
                 report: r.clone(),
                 writes: f.kept.get_mut(i).map(std::mem::take).unwrap_or_default(),
                 definition: Some(definition.clone()),

@@ -989,12 +989,7 @@ impl<'p> Scheduler<'p> {
         crate::snapshot::RunSnapshot {
             elapsed_ms: ms(self.start.elapsed()),
             agents: (0..self.progress.len())
-                .map(|a| {
-                    (
-                        self.pipeline.agents[a].name.to_string(),
-                        self.agent_report(a),
-                    )
-                })
+                .map(|a| (self.pipeline.agents[a].name.clone(), self.agent_report(a)))
                 .collect(),
             state: self.state.map(self.pipeline),
         }
@@ -1043,12 +1038,7 @@ impl<'p> Scheduler<'p> {
             makespan_ms,
         });
         let mut agents: crate::report::ByName<AgentReport> = (0..self.progress.len())
-            .map(|a| {
-                (
-                    self.pipeline.agents[a].name.to_string(),
-                    self.agent_report(a),
-                )
-            })
+            .map(|a| (self.pipeline.agents[a].name.clone(), self.agent_report(a)))
             .collect();
         // Checkpointed runs hand over every instance's record at the end.
         let mut item_records = Vec::new();
@@ -1067,7 +1057,7 @@ impl<'p> Scheduler<'p> {
                     group
                         .instances
                         .get_or_insert_with(crate::report::ByName::default)
-                        .insert(path, report);
+                        .insert(path.into(), report);
                 }
             }
             // A group's instances by the nested run they belong to, in
@@ -1079,7 +1069,7 @@ impl<'p> Scheduler<'p> {
                 {
                     instances.sort_by_cached_key(|path, _| {
                         crate::report::natural_order(
-                            path.rsplit_once('.').map_or(path.as_str(), |(run, _)| run),
+                            path.rsplit_once('.').map_or(&**path, |(run, _)| run),
                         )
                     });
                 }
@@ -1110,7 +1100,7 @@ impl<'p> Scheduler<'p> {
                 .zip(&report.agents)
                 .zip(&self.pipeline.agents)
                 .map(|((writes, (name, agent)), def)| AgentRecord {
-                    agent: Arc::from(name.as_str()),
+                    agent: name.clone(),
                     report: AgentReport {
                         instances: None,
                         ..agent.clone()

@@ -218,7 +218,7 @@ async fn running_json(state: &AppState, run: &LiveRun) -> Value {
         let waiting = snapshot
             .agents
             .iter()
-            .map(|(name, a)| (name.as_str(), a.status, a.deadline_ms));
+            .map(|(name, a)| (&**name, a.status, a.deadline_ms));
         let asked = questions(state, &run.pipeline, waiting, |field| {
             snapshot.state.get(field).map(|v| (**v).clone())
         });
@@ -498,7 +498,7 @@ pub(super) async fn get_run(
                 let waiting = report
                     .agents
                     .iter()
-                    .map(|(name, a)| (name.as_str(), a.status, a.deadline_ms));
+                    .map(|(name, a)| (&**name, a.status, a.deadline_ms));
                 let asked = questions(&state, &report.pipeline, waiting, |field| {
                     report.state.get(field).map(|v| (**v).clone())
                 });
