@@ -48,6 +48,9 @@ pub(super) struct InFlight {
 }
 
 enum Mode {
+    /// Nothing started yet: the mode is picked, by the runtime the run is
+    /// on, when the first member starts (and nothing is allocated before).
+    Idle,
     /// Polled by the run's task. `live` counts the members not yet ended:
     /// an aborted member's slot stays in the set, emptied, until the set is
     /// next empty of live ones.
@@ -99,40 +102,39 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Default for InFlight {
-    /// Polled: what a run uses until [`InFlight::for_this_runtime`] says
-    /// otherwise.
+    /// None in flight; the mode is picked when the first member starts.
     fn default() -> Self {
         Self {
-            mode: Mode::Polled {
-                set: FuturesUnordered::new(),
-                live: 0,
-            },
+            mode: Mode::Idle,
             cancelled: VecDeque::new(),
         }
     }
 }
 
-impl InFlight {
-    /// Members for the runtime this is called on: spawned on a
-    /// multi-thread runtime, polled by the run's task otherwise.
-    pub(super) fn for_this_runtime() -> Self {
+impl Mode {
+    /// For the runtime this is called on: spawned on a multi-thread
+    /// runtime, polled by the run's task otherwise.
+    fn for_this_runtime() -> Self {
         let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
         match flavor {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => Self {
-                mode: Mode::Spawned {
-                    tasks: JoinSet::new(),
-                    members: HashMap::default(),
-                },
-                cancelled: VecDeque::new(),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => Mode::Spawned {
+                tasks: JoinSet::new(),
+                members: HashMap::default(),
             },
-            _ => Self::default(),
+            _ => Mode::Polled {
+                set: FuturesUnordered::new(),
+                live: 0,
+            },
         }
     }
+}
 
+impl InFlight {
     /// How many members are in flight.
     pub(super) fn len(&self) -> usize {
         self.cancelled.len()
             + match &self.mode {
+                Mode::Idle => 0,
                 Mode::Polled { live, .. } => *live,
                 Mode::Spawned { tasks, .. } => tasks.len(),
             }
@@ -144,7 +146,11 @@ impl InFlight {
 
     /// Starts `member`'s task.
     pub(super) fn start(&mut self, member: Member, task: MemberTask) {
+        if matches!(self.mode, Mode::Idle) {
+            self.mode = Mode::for_this_runtime();
+        }
         match &mut self.mode {
+            Mode::Idle => unreachable!("the mode was just picked"),
             Mode::Polled { set, live } => {
                 set.push(Polled {
                     member,
@@ -174,6 +180,7 @@ impl InFlight {
                     }
                 }
             }
+            Mode::Idle => {}
             Mode::Spawned { members, .. } => {
                 for (member, handle) in members.values() {
                     if which(*member) {
@@ -197,6 +204,7 @@ impl InFlight {
                 *live = 0;
             }
             Mode::Spawned { tasks, .. } => tasks.abort_all(),
+            Mode::Idle => {}
         }
     }
 
@@ -210,6 +218,7 @@ impl InFlight {
             return Poll::Ready(Some(Ended::Cancelled(member)));
         }
         match &mut self.mode {
+            Mode::Idle => Poll::Ready(None),
             Mode::Polled { set, live } => loop {
                 if *live == 0 {
                     // Only aborted members' emptied slots are left.

@@ -35,7 +35,6 @@ impl Scheduler<'_> {
     /// it in the metrics and hands it to the checkpointer. What the run does
     /// next (ready dependents, stop) is the caller's.
     pub(super) fn record(&mut self, agent: AgentId, outcome: Outcome, now: Instant) {
-        let name = self.name_of(agent);
         let attempts = self.progress[agent].attempts;
         match outcome {
             Outcome::Completed(writes) => {
@@ -51,7 +50,7 @@ impl Scheduler<'_> {
                 let duration_ms = progress.started.map(|s| ms(now - s)).unwrap_or_default();
                 let cached = progress.cached;
                 self.emit(|| EventKind::AgentCompleted {
-                    agent: name,
+                    agent: self.name_of(agent),
                     duration_ms,
                     cached,
                 });
@@ -60,7 +59,7 @@ impl Scheduler<'_> {
             }
             Outcome::Failed(error) => {
                 self.emit(|| EventKind::AgentFailed {
-                    agent: name,
+                    agent: self.name_of(agent),
                     error: error.clone(),
                 });
                 self.any_failed = true;
@@ -73,7 +72,7 @@ impl Scheduler<'_> {
             }
             Outcome::Skipped(reason) => {
                 self.emit(|| EventKind::AgentSkipped {
-                    agent: name,
+                    agent: self.name_of(agent),
                     reason: reason.clone(),
                 });
                 crate::telemetry::agent_finished("skipped", None, 0);

@@ -202,7 +202,13 @@ impl<'p> Scheduler<'p> {
         };
         let run_id: Arc<str> = match &options.run_id {
             Some(id) => Arc::from(id.as_str()),
-            None => Arc::from(uuid::Uuid::now_v7().to_string()),
+            // Encoded into a buffer: `to_string` goes through the
+            // formatting machinery, several hundred instructions a run.
+            None => Arc::from(
+                &*uuid::Uuid::now_v7()
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ),
         };
         let n = pipeline.agents.len();
         let progress = (0..n)
@@ -627,8 +633,6 @@ impl<'p> Scheduler<'p> {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         self.loop_span = tracing::Span::current();
-        // Spawned or polled, by the runtime the run is on (`members.rs`).
-        self.tasks = InFlight::for_this_runtime();
         // Answers delivered while the run is in flight (see `wait.rs`).
         let mut inbox = match self.options.answers.clone() {
             Some(inbox) => Some(inbox.0.lock_owned().await),
@@ -873,9 +877,9 @@ impl<'p> Scheduler<'p> {
         if let Some(ready) = progress.ready_at {
             crate::telemetry::queue_wait(now - ready);
         }
-        let name = self.name_of(agent);
+        // Named only when an event is wanted.
         self.emit(|| EventKind::AgentStarted {
-            agent: name,
+            agent: self.name_of(agent),
             attempt: 1,
             items: None,
         });
