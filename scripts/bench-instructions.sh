@@ -18,7 +18,9 @@
 #
 # Allocations are calls to Rust's global allocator (alloc, alloc_zeroed and
 # realloc) made by every thread; C code (SQLite) allocates on its own and
-# is not counted.
+# is not counted. The release profile's LTO inlines the allocator's Rust
+# entry points into mimalloc's, so those are counted when the Rust ones are
+# not in the profile (mimalloc is only reached from Rust here).
 #
 #   scripts/bench-instructions.sh [--runs 100] [--nodes 1000]
 # Prints one JSON object per figure. BRAID_BIN=path skips the build.
@@ -59,8 +61,10 @@ count() {
   allocations=$(python3 - "$out" <<'PY'
 import re, sys
 names, current, total = {}, None, 0
-wanted = {"__rustc::__rust_alloc", "__rustc::__rust_alloc_zeroed", "__rustc::__rust_realloc"}
+rust = {"__rustc::__rust_alloc", "__rustc::__rust_alloc_zeroed", "__rustc::__rust_realloc"}
+mimalloc = {"mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"}
 pattern = re.compile(r"^c?fn=\((\d+)\)(?: (.*))?$")
+calls = {}
 for line in open(sys.argv[1], errors="replace"):
     if line.startswith(("fn=", "cfn=")):
         m = pattern.match(line.rstrip("\n"))
@@ -68,9 +72,10 @@ for line in open(sys.argv[1], errors="replace"):
             names[m.group(1)] = m.group(2)
         if line.startswith("cfn="):
             current = names.get(m.group(1)) if m else None
-    elif line.startswith("calls=") and current in wanted:
-        total += int(line.split()[0][len("calls="):])
-print(total)
+    elif line.startswith("calls=") and current in rust | mimalloc:
+        calls[current] = calls.get(current, 0) + int(line.split()[0][len("calls="):])
+total = sum(n for f, n in calls.items() if f in rust)
+print(total or sum(n for f, n in calls.items() if f in mimalloc))
 PY
 )
   echo "$instructions $allocations"
