@@ -394,6 +394,50 @@ pub fn top_agent(name: &str) -> &str {
     &name[..end]
 }
 
+/// Compares member names with their numbers as numbers (`per_doc[2]`
+/// before `per_doc[10]`), as [`natural_order`]'s keys do, without
+/// allocating them.
+///
+/// ```
+/// use braid_core::report::natural_cmp;
+/// assert!(natural_cmp("per_doc[2]", "per_doc[10]").is_lt());
+/// assert!(natural_cmp("refine#3.draft", "refine#3").is_gt());
+/// ```
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    if a == b {
+        // Members of one nested run, side by side in a report.
+        return std::cmp::Ordering::Equal;
+    }
+    natural_chunks(a).cmp(natural_chunks(b))
+}
+
+/// `name` as [`natural_order`]'s key: each run of text before a number,
+/// with the number, then the text after the last number (with 0).
+fn natural_chunks(name: &str) -> impl Iterator<Item = (&str, u64)> {
+    let mut rest = Some(name);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let Some(start) = text.find(|c: char| c.is_ascii_digit()) else {
+            rest = None;
+            return Some((text, 0));
+        };
+        let digits = text[start..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(text.len(), |end| start + end);
+        let n = text[start..digits].bytes().fold(0u64, |n, d| {
+            n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        });
+        rest = Some(&text[digits..]);
+        Some((&text[..start], n))
+    })
+}
+
+/// The nested run a member belongs to (`per_doc[3]` for
+/// `per_doc[3].classify`), or the name itself.
+pub(crate) fn nested_run_of(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(run, _)| run)
+}
+
 /// A sort key that orders member names by their numbers as numbers
 /// (`per_doc[2]` before `per_doc[10]`).
 pub fn natural_order(name: &str) -> Vec<(String, u64)> {
@@ -435,9 +479,7 @@ pub fn nest_instances<N: Into<Arc<str>>>(
         }
     }
     // By the nested run each belongs to; within one, as given.
-    nested.sort_by_cached_key(|(name, _)| {
-        natural_order(name.rsplit_once('.').map_or(&**name, |(run, _)| run))
-    });
+    nested.sort_by(|(a, _), (b, _)| natural_cmp(nested_run_of(a), nested_run_of(b)));
     for (name, report) in nested {
         let Some(parent) = agents.get_mut(top_agent(&name)) else {
             agents.insert(name, report);
@@ -478,6 +520,22 @@ impl RunReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The comparison that does not allocate orders names exactly as
+        /// their allocated keys do.
+        #[test]
+        fn natural_cmp_agrees_with_natural_order(
+            a in "[a-c0-9\\[\\]#._]{0,12}",
+            b in "[a-c0-9\\[\\]#._]{0,12}",
+        ) {
+            proptest::prop_assert_eq!(
+                natural_cmp(&a, &b),
+                natural_order(&a).cmp(&natural_order(&b)),
+                "{} vs {}", a, b
+            );
+        }
+    }
 
     #[test]
     fn stored_members_nest_under_their_top_level_agent_in_order() {

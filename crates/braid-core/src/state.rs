@@ -155,10 +155,18 @@ impl RunState {
     /// fields settled; one whose merge failed is left out).
     pub(crate) fn take_map(&mut self, pipeline: &Pipeline) -> crate::report::ByName<Arc<Value>> {
         let _ = self.settle_all(pipeline);
-        std::mem::take(&mut self.values)
-            .into_iter()
-            .enumerate()
-            .filter_map(|(f, v)| v.map(|v| (pipeline.fields[f].name.clone(), v)))
-            .collect()
+        // Sized once: collecting a filtered iterator grows the map (and
+        // rehashes it) a few times a run.
+        let values = std::mem::take(&mut self.values);
+        let mut map = crate::report::ByName::with_capacity_and_hasher(
+            values.iter().filter(|v| v.is_some()).count(),
+            Default::default(),
+        );
+        for (f, value) in values.into_iter().enumerate() {
+            if let Some(value) = value {
+                map.insert(pipeline.fields[f].name.clone(), value);
+            }
+        }
+        map
     }
 }

@@ -489,7 +489,9 @@ pub(crate) fn call_once<'a>(
 ) -> impl Future<Output = Result<Writes, AgentError>> + Send + 'a {
     async move {
         match timeout {
-            Some(limit) => tokio::time::timeout(limit, runner.call(input))
+            // Boxed: the timer entry is over 100 bytes, which every agent
+            // in flight would otherwise carry, timeout or not.
+            Some(limit) => Box::pin(tokio::time::timeout(limit, runner.call(input)))
                 .await
                 .unwrap_or(Err(AgentError::Timeout(limit))),
             None => runner.call(input).await,

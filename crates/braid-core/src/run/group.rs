@@ -1,7 +1,7 @@
 //! Groups (`kind: pipeline`) at run time: each run of a group's agents is a
-//! nested [`Scheduler`] over the group's pipeline, inside the group's task
-//! in the parent's `JoinSet` (so aborting the parent aborts it and every
-//! task it started). A group under `foreach` is a fan-out like any other:
+//! nested [`Scheduler`] over the group's pipeline, inside the group's
+//! member future among the parent's members in flight (so dropping or
+//! aborting the parent drops it and every agent it started). A group under `foreach` is a fan-out like any other:
 //! each instance (`per_doc[3]`) is one nested run, so element 3's agents
 //! move on as soon as their own inputs are ready, whatever the other
 //! elements do. A group under `repeat` runs its nested run again, round
@@ -51,7 +51,7 @@ pub(super) struct RunContext {
     /// (`refine#2`): their state, to carry on from.
     pub(super) rounds: Mutex<HashMap<String, AgentRecord>>,
     /// Reports of nested members and rounds, as they end.
-    pub(super) reports: Mutex<Vec<(String, AgentReport)>>,
+    pub(super) reports: Mutex<Vec<(Arc<str>, AgentReport)>>,
     /// Records of nested members for the end of a checkpointed run.
     pub(super) records: Mutex<Vec<AgentRecord>>,
 }
@@ -126,7 +126,7 @@ impl RunContext {
         self.reports
             .lock()
             .expect("not poisoned")
-            .push((path, record.report));
+            .push((path.into(), record.report));
     }
 }
 
@@ -286,7 +286,8 @@ async fn repeat(
         round += 1;
     }
     while round < repeat.max {
-        let round_path: Arc<str> = Arc::from(format!("{path}#{round}"));
+        // Joined, not formatted: this is once a round.
+        let round_path: Arc<str> = Arc::from([path, "#", round.to_string().as_str()].concat());
         let started = Instant::now();
         let mut values = base.clone();
         values.push((repeat.round, Arc::new(Value::from(round))));
@@ -424,11 +425,7 @@ impl Scheduler<'_> {
             .iter()
             .map(|(name, report)| (name.clone(), report.status))
             .collect();
-        ctx.reports.lock().expect("not poisoned").extend(
-            reports
-                .into_iter()
-                .map(|(name, report)| (name.to_string(), report)),
-        );
+        ctx.reports.lock().expect("not poisoned").extend(reports);
         statuses
     }
 }

@@ -81,6 +81,9 @@ pub(super) struct Scheduler<'p> {
     /// A nested run's path (`per_doc[3]`, `refine#2`): its members are
     /// named `path.agent`. `None` for the run itself.
     pub(super) prefix: Option<Arc<str>>,
+    /// In a nested run: each agent's path (`prefix.agent`), made once
+    /// rather than formatted at every start, end and report.
+    pub(super) paths: Vec<Arc<str>>,
     /// A nested run's members went to the run's context (see
     /// `hand_over_members`).
     pub(super) handed_over: bool,
@@ -308,6 +311,7 @@ impl<'p> Scheduler<'p> {
             run_id,
             processes,
             prefix: None,
+            paths: Vec::new(),
             handed_over: false,
             group_definition: None,
             slots,
@@ -357,6 +361,12 @@ impl<'p> Scheduler<'p> {
             ..RunOptions::default()
         };
         let mut scheduler = Self::new(pipeline, input, options);
+        scheduler.paths = pipeline
+            .agents
+            .iter()
+            // Joined, not formatted: a nested run is made every round.
+            .map(|a| Arc::from([&*path, ".", &*a.name].concat()))
+            .collect();
         scheduler.prefix = Some(path);
         scheduler.group_definition = Some(group_definition);
         scheduler.checkpoint = ctx.checkpoint.clone();
@@ -389,10 +399,9 @@ impl<'p> Scheduler<'p> {
     /// The name `agent` goes by in events, reports and records: its own,
     /// or its path in a nested run (`per_doc[3].classify`).
     pub(super) fn name_of(&self, agent: AgentId) -> Arc<str> {
-        let name = &self.pipeline.agents[agent].name;
-        match &self.prefix {
-            None => name.clone(),
-            Some(prefix) => Arc::from(format!("{prefix}.{name}")),
+        match self.paths.get(agent) {
+            Some(path) => path.clone(),
+            None => self.pipeline.agents[agent].name.clone(),
         }
     }
 
@@ -1056,12 +1065,25 @@ impl<'p> Scheduler<'p> {
         // Groups' nested members and rounds join their group's instances.
         if let Some(ctx) = &self.ctx {
             let nested = std::mem::take(&mut *ctx.reports.lock().expect("not poisoned"));
+            // Each group's map sized once: a loop of many rounds would
+            // otherwise grow (and copy) it again and again.
+            let mut sizes = vec![0; agents.len()];
+            for (path, _) in &nested {
+                if let Some(i) = agents.get_index_of(crate::report::top_agent(path)) {
+                    sizes[i] += 1;
+                }
+            }
             for (path, report) in nested {
-                if let Some(group) = agents.get_mut(crate::report::top_agent(&path)) {
+                if let Some((i, _, group)) = agents.get_full_mut(crate::report::top_agent(&path)) {
                     group
                         .instances
-                        .get_or_insert_with(crate::report::ByName::default)
-                        .insert(path.into(), report);
+                        .get_or_insert_with(|| {
+                            crate::report::ByName::with_capacity_and_hasher(
+                                sizes[i],
+                                Default::default(),
+                            )
+                        })
+                        .insert(path, report);
                 }
             }
             // A group's instances by the nested run they belong to, in
@@ -1071,11 +1093,11 @@ impl<'p> Scheduler<'p> {
                 if let Some(instances) = &mut group.instances
                     && self.pipeline.agents[a].group.is_some()
                 {
-                    instances.sort_by_cached_key(|path, _| {
-                        crate::report::natural_order(
-                            path.rsplit_once('.').map_or(&**path, |(run, _)| run),
-                        )
-                    });
+                    // Already in order but for a fan-out's elements that
+                    // finished out of order: a stable sort that compares
+                    // without allocating is about linear then.
+                    use crate::report::{natural_cmp, nested_run_of};
+                    instances.sort_by(|a, _, b, _| natural_cmp(nested_run_of(a), nested_run_of(b)));
                 }
             }
             if self.checkpoint.is_some() {
