@@ -148,7 +148,7 @@ impl Scheduler<'_> {
         if let Some(ready) = progress.ready_at {
             crate::telemetry::queue_wait(now - ready);
         }
-        progress.fanout = Some(Box::new(Fanout {
+        progress.rare().fanout = Some(Box::new(Fanout {
             list,
             len,
             next: 0,
@@ -180,7 +180,7 @@ impl Scheduler<'_> {
     fn advance(&mut self, agent: AgentId, now: Instant) {
         let limit = self.item_limit(agent);
         let rank = self.pipeline.graph.rank(agent);
-        let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
+        let Some(f) = self.progress[agent].fanout_mut() else {
             return;
         };
         if f.stopped {
@@ -200,7 +200,7 @@ impl Scheduler<'_> {
     /// Each declared write as a list in element order.
     fn assemble(&mut self, agent: AgentId) -> Vec<(crate::pipeline::FieldId, Arc<Value>)> {
         let def = &self.pipeline.agents[agent];
-        let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
+        let Some(f) = self.progress[agent].fanout_mut() else {
             return Vec::new();
         };
         def.writes
@@ -218,7 +218,7 @@ impl Scheduler<'_> {
 
     /// The agent's attempts are its instances' attempts, added up.
     fn conclude_fanout(&mut self, agent: AgentId, outcome: Outcome, now: Instant) {
-        if let Some(f) = self.progress[agent].fanout.as_deref() {
+        if let Some(f) = self.progress[agent].fanout() {
             let attempts = f.items.iter().map(|i| i.attempts).sum();
             self.progress[agent].attempts = attempts;
         }
@@ -229,7 +229,7 @@ impl Scheduler<'_> {
     /// ones an earlier attempt completed as they are).
     pub(super) fn launch_item(&mut self, agent: AgentId) {
         let now = Instant::now();
-        let Some(mut f) = self.progress[agent].fanout.take() else {
+        let Some(mut f) = self.progress[agent].take_fanout() else {
             return;
         };
         f.queued = false;
@@ -252,7 +252,7 @@ impl Scheduler<'_> {
             self.spawn_item(agent, &mut f, i, now);
             started += 1;
         }
-        self.progress[agent].fanout = Some(f);
+        self.progress[agent].put_fanout(f);
         self.advance(agent, now);
     }
 
@@ -354,7 +354,7 @@ impl Scheduler<'_> {
         };
         let pipeline = self.pipeline;
         let def = &pipeline.agents[agent];
-        let Some(mut f) = self.progress[agent].fanout.take() else {
+        let Some(mut f) = self.progress[agent].take_fanout() else {
             return;
         };
         f.running -= 1;
@@ -420,7 +420,7 @@ impl Scheduler<'_> {
             self.tasks
                 .abort_where(|m| m.agent == agent && m.item.is_some());
         }
-        self.progress[agent].fanout = Some(f);
+        self.progress[agent].put_fanout(f);
         if let Some(report) = record
             && let Some((checkpointer, _, run)) = &self.checkpoint
         {
@@ -445,8 +445,7 @@ impl Scheduler<'_> {
     /// Instance `i` of `agent` took its writes from the cache.
     pub(super) fn item_cached(&mut self, agent: AgentId, i: usize) {
         if let Some(item) = self.progress[agent]
-            .fanout
-            .as_deref_mut()
+            .fanout_mut()
             .and_then(|f| f.items.get_mut(i))
         {
             item.cached = true;
@@ -458,7 +457,7 @@ impl Scheduler<'_> {
         let (agent, Some(i)) = (member.agent, member.item) else {
             return;
         };
-        let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
+        let Some(f) = self.progress[agent].fanout_mut() else {
             return;
         };
         f.running -= 1;
@@ -476,14 +475,15 @@ impl Scheduler<'_> {
             if progress.status != AgentStatus::Running {
                 continue;
             }
-            let Some(f) = progress.fanout.as_deref_mut() else {
+            let Some(f) = progress.fanout_mut() else {
                 continue;
             };
             f.stopped = true;
+            let attempts = f.items.iter().map(|i| i.attempts).sum::<u32>().max(1);
             progress.status = AgentStatus::Cancelled;
             progress.finished = Some(now);
-            progress.attempts = f.items.iter().map(|i| i.attempts).sum::<u32>().max(1);
-            progress.error = Some(format!("cancelled in flight: {why}"));
+            progress.attempts = attempts;
+            progress.rare().error = Some(format!("cancelled in flight: {why}"));
         }
     }
 
@@ -501,8 +501,8 @@ impl Scheduler<'_> {
         {
             status = AgentStatus::Cancelled;
             let why = progress
-                .error
-                .clone()
+                .error()
+                .cloned()
                 .unwrap_or_else(|| "the run stopped".to_owned());
             error = Some(format!("not started: {why}"));
         }
@@ -522,7 +522,7 @@ impl Scheduler<'_> {
 
     /// A fan-out's counts and instance reports, for its agent's report.
     pub(super) fn fanout_report(&self, agent: AgentId, report: &mut AgentReport) {
-        let Some(f) = self.progress[agent].fanout.as_deref() else {
+        let Some(f) = self.progress[agent].fanout() else {
             return;
         };
         let name = self.name_of(agent);
@@ -549,7 +549,7 @@ impl Scheduler<'_> {
         report: &AgentReport,
     ) -> Vec<AgentRecord> {
         let definition = self.definition_of(agent);
-        let Some(f) = self.progress[agent].fanout.as_deref_mut() else {
+        let Some(f) = self.progress[agent].fanout_mut() else {
             return Vec::new();
         };
         let Some(instances) = &report.instances else {

@@ -67,7 +67,7 @@ impl Scheduler<'_> {
                 let progress = &mut self.progress[agent];
                 progress.status = AgentStatus::Failed;
                 progress.finished.get_or_insert(now);
-                progress.error = Some(error);
+                progress.rare().error = Some(error);
                 self.checkpoint_agent(agent, Vec::new());
             }
             Outcome::Skipped(reason) => {
@@ -78,7 +78,7 @@ impl Scheduler<'_> {
                 crate::telemetry::agent_finished("skipped", None, 0);
                 let progress = &mut self.progress[agent];
                 progress.status = AgentStatus::Skipped;
-                progress.reason = Some(reason);
+                progress.rare().reason = Some(reason);
                 self.checkpoint_agent(agent, Vec::new());
             }
         }
@@ -136,7 +136,7 @@ impl Scheduler<'_> {
                     self.mark_cached(done.member);
                 }
                 if !done.failures.is_empty() {
-                    let failures = &mut self.progress[done.member.agent].failures;
+                    let failures = &mut self.progress[done.member.agent].rare().failures;
                     match done.member.item {
                         None => failures.extend(done.failures),
                         // An instance's failures join its agent's, named.
@@ -180,7 +180,7 @@ impl Scheduler<'_> {
             .stop
             .as_ref()
             .map(|(_, why)| why.clone())
-            .or_else(|| self.progress[member.agent].error.clone())
+            .or_else(|| self.progress[member.agent].error().cloned())
             .unwrap_or_else(|| "the run stopped".to_owned());
         if member.item.is_some() {
             return self.item_cancelled(member, now, &reason);
@@ -189,7 +189,7 @@ impl Scheduler<'_> {
         progress.status = AgentStatus::Cancelled;
         progress.finished = Some(now);
         progress.attempts = progress.attempts.max(1);
-        progress.error = Some(format!("cancelled in flight: {reason}"));
+        progress.rare().error = Some(format!("cancelled in flight: {reason}"));
     }
 
     /// Aborts what is still in flight and records what finished meanwhile
@@ -215,14 +215,14 @@ impl Scheduler<'_> {
         for progress in &mut self.progress {
             if progress.status == AgentStatus::Waiting {
                 progress.status = AgentStatus::Cancelled;
-                progress.error = Some(format!(
+                progress.rare().error = Some(format!(
                     "stopped while waiting for its answer: {}",
                     why.clone().unwrap_or_else(|| "the run stopped".to_owned())
                 ));
             }
             if progress.status == AgentStatus::Pending {
                 progress.status = AgentStatus::Cancelled;
-                progress.error = Some(format!(
+                progress.rare().error = Some(format!(
                     "not started: {}",
                     why.clone().unwrap_or_else(|| "the run stopped".to_owned())
                 ));
@@ -233,8 +233,8 @@ impl Scheduler<'_> {
     /// What the report will say of `agent`, as of now.
     pub(super) fn agent_report(&self, agent: AgentId) -> AgentReport {
         let progress = &self.progress[agent];
-        if let Some(earlier) = &progress.resumed {
-            return (**earlier).clone();
+        if let Some(earlier) = progress.resumed() {
+            return earlier.clone();
         }
         let start = self.start;
         let mut report = AgentReport {
@@ -248,18 +248,22 @@ impl Scheduler<'_> {
                 .zip(progress.started)
                 .map(|(r, s)| ms(s - r)),
             attempts: progress.attempts,
-            error: progress.error.clone(),
-            reason: progress.reason.clone(),
+            error: progress.error().cloned(),
+            reason: progress.rare.as_ref().and_then(|r| r.reason.clone()),
             tokens: self.tokens[agent].usage(),
             deadline_ms: self.deadline_of(agent),
             cached: progress.cached,
-            failures: progress.failures.clone(),
+            failures: progress
+                .rare
+                .as_ref()
+                .map(|r| r.failures.clone())
+                .unwrap_or_default(),
             ..AgentReport::new(progress.status)
         };
-        if let Some(kept) = &progress.logs {
+        if let Some(kept) = progress.rare.as_ref().and_then(|r| r.logs.as_ref()) {
             (report.logs, report.logs_dropped) = kept.lines();
         }
-        if let Some(calls) = &progress.tool_calls {
+        if let Some(calls) = progress.rare.as_ref().and_then(|r| r.tool_calls.as_ref()) {
             report.tool_calls = calls.records();
             report.transcript = calls.transcript(&self.pipeline.agents[agent].name);
         }

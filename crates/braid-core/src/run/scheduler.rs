@@ -24,32 +24,88 @@ use crate::pipeline::{FieldId, Pipeline};
 use crate::report::{AgentReport, AgentStatus, RunReport, RunStatus};
 use crate::state::RunState;
 
-/// One agent's bookkeeping during a run.
+/// One agent's bookkeeping during a run: what every agent has inline,
+/// what few agents have behind one pointer ([`Rare`]), so that the
+/// bookkeeping of a run in flight stays small.
 #[derive(Debug)]
 pub(super) struct AgentProgress {
     pub(super) status: AgentStatus,
+    /// Waiting in the ready queue (never queued twice).
+    pub(super) queued: bool,
+    /// Its writes came from the cache.
+    pub(super) cached: bool,
+    pub(super) attempts: u32,
     pub(super) missing: usize,
     pub(super) ready_at: Option<Instant>,
     pub(super) started: Option<Instant>,
     pub(super) finished: Option<Instant>,
-    pub(super) attempts: u32,
+    /// Made when the agent first needs one of its fields.
+    pub(super) rare: Option<Box<Rare>>,
+}
+
+/// The parts of an agent's bookkeeping most agents never use: an error or
+/// a reason, a resumed record, a fan-out, kept logs, failed attempts, tool
+/// calls.
+#[derive(Debug, Default)]
+pub(super) struct Rare {
     pub(super) error: Option<String>,
     pub(super) reason: Option<String>,
-    /// Its record from the run this one resumes (boxed: rare, and these
-    /// are per agent per run in flight).
-    pub(super) resumed: Option<Box<AgentReport>>,
-    /// Waiting in the ready queue (never queued twice).
-    pub(super) queued: bool,
+    /// Its record from the run this one resumes.
+    pub(super) resumed: Option<AgentReport>,
     /// A `foreach` agent's instances, once its list is known.
     pub(super) fanout: Option<Box<Fanout>>,
-    /// Its writes came from the cache.
-    pub(super) cached: bool,
     /// Its log lines, kept when the run is checkpointed (made at its start).
     pub(super) logs: Option<Arc<crate::agent::logs::KeptLogs>>,
     /// Its failed attempts (and its instances', named), oldest first.
     pub(super) failures: Vec<crate::report::AttemptFailure>,
     /// Its tool calls (an agent with `tools:`), made at its start.
     pub(super) tool_calls: Option<Arc<crate::agent::tool::ToolCalls>>,
+}
+
+impl AgentProgress {
+    fn new(missing: usize) -> Self {
+        Self {
+            status: AgentStatus::Pending,
+            queued: false,
+            cached: false,
+            attempts: 0,
+            missing,
+            ready_at: None,
+            started: None,
+            finished: None,
+            rare: None,
+        }
+    }
+
+    /// Its rare parts, made on first use.
+    pub(super) fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    pub(super) fn error(&self) -> Option<&String> {
+        self.rare.as_ref()?.error.as_ref()
+    }
+
+    pub(super) fn resumed(&self) -> Option<&AgentReport> {
+        self.rare.as_ref()?.resumed.as_ref()
+    }
+
+    pub(super) fn fanout(&self) -> Option<&Fanout> {
+        self.rare.as_ref()?.fanout.as_deref()
+    }
+
+    pub(super) fn fanout_mut(&mut self) -> Option<&mut Fanout> {
+        self.rare.as_mut()?.fanout.as_deref_mut()
+    }
+
+    /// Takes its fan-out out (to be put back with `put_fanout`).
+    pub(super) fn take_fanout(&mut self) -> Option<Box<Fanout>> {
+        self.rare.as_mut()?.fanout.take()
+    }
+
+    pub(super) fn put_fanout(&mut self, fanout: Box<Fanout>) {
+        self.rare().fanout = Some(fanout);
+    }
 }
 
 /// One run in progress: everything the loop owns.
@@ -215,23 +271,7 @@ impl<'p> Scheduler<'p> {
         };
         let n = pipeline.agents.len();
         let progress = (0..n)
-            .map(|a| AgentProgress {
-                status: AgentStatus::Pending,
-                missing: pipeline.graph.dependencies(a).len(),
-                ready_at: None,
-                started: None,
-                finished: None,
-                attempts: 0,
-                error: None,
-                reason: None,
-                resumed: None,
-                queued: false,
-                fanout: None,
-                cached: false,
-                logs: None,
-                failures: Vec::new(),
-                tool_calls: None,
-            })
+            .map(|a| AgentProgress::new(pipeline.graph.dependencies(a).len()))
             .collect();
         let mut policy = options
             .checkpoint
@@ -537,11 +577,11 @@ impl<'p> Scheduler<'p> {
             let progress = &mut self.progress[id];
             progress.status = report.status;
             progress.attempts = report.attempts;
-            progress.resumed = Some(Box::new(report));
+            progress.rare().resumed = Some(report);
         }
         let now = self.start;
         for a in 0..self.progress.len() {
-            if self.progress[a].resumed.is_some() {
+            if self.progress[a].resumed().is_some() {
                 self.release(a, now);
             }
         }
@@ -664,7 +704,7 @@ impl<'p> Scheduler<'p> {
                     break;
                 }
                 self.ready.pop();
-                if self.progress[a].fanout.is_some() {
+                if self.progress[a].fanout().is_some() {
                     self.launch_item(a);
                 } else {
                     self.launch(a);
@@ -948,7 +988,11 @@ impl<'p> Scheduler<'p> {
         agent: AgentId,
     ) -> Option<Arc<crate::agent::tool::ToolCalls>> {
         let tools = self.pipeline.agents[agent].tools.as_ref()?;
-        if let Some(calls) = &self.progress[agent].tool_calls {
+        if let Some(calls) = self.progress[agent]
+            .rare
+            .as_ref()
+            .and_then(|r| r.tool_calls.as_ref())
+        {
             return Some(calls.clone());
         }
         // Per agent: each completed call and each turn goes on record.
@@ -971,7 +1015,7 @@ impl<'p> Scheduler<'p> {
             calls = calls.resuming(&self.name_of(agent), earlier);
         }
         let calls = Arc::new(calls);
-        self.progress[agent].tool_calls = Some(calls.clone());
+        self.progress[agent].rare().tool_calls = Some(calls.clone());
         Some(calls)
     }
 
@@ -985,12 +1029,17 @@ impl<'p> Scheduler<'p> {
             return None;
         }
         // A fan-out's instances share their agent's (named once).
-        if let Some(kept) = &self.progress[agent].logs {
+        if let Some(kept) = self.progress[agent]
+            .rare
+            .as_ref()
+            .and_then(|r| r.logs.as_ref())
+        {
             return Some(kept.clone());
         }
         let owner = self.name_of(agent);
         Some(
             self.progress[agent]
+                .rare()
                 .logs
                 .get_or_insert_with(|| Arc::new(crate::agent::logs::KeptLogs::new(owner)))
                 .clone(),

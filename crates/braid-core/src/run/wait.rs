@@ -112,7 +112,7 @@ impl Scheduler<'_> {
             .unwrap_or_default();
         match &input.default {
             Some(value) => {
-                self.progress[agent].reason =
+                self.progress[agent].rare().reason =
                     Some(format!("no answer within {waited}; its default was used"));
                 let name = self.name_of(agent);
                 self.emit(|| EventKind::AgentAnswered {
