@@ -1099,9 +1099,19 @@ impl<'p> Scheduler<'p> {
             status,
             makespan_ms,
         });
-        let mut agents: crate::report::ByName<AgentReport> = (0..self.progress.len())
-            .map(|a| (self.pipeline.agents[a].name.clone(), self.agent_report(a)))
-            .collect();
+        // Each entry is filled in where the map keeps it (see `fill_report`).
+        let mut agents: crate::report::ByName<AgentReport> =
+            crate::report::ByName::with_capacity_and_hasher(
+                self.progress.len(),
+                Default::default(),
+            );
+        for (a, progress) in self.progress.iter().enumerate() {
+            let name = self.pipeline.agents[a].name.clone();
+            let (i, _) = agents.insert_full(name, AgentReport::new(progress.status));
+            if let Some((_, report)) = agents.get_index_mut(i) {
+                self.fill_report(a, report);
+            }
+        }
         // Checkpointed runs hand over every instance's record at the end.
         let mut item_records = Vec::new();
         if self.checkpoint.is_some() {
