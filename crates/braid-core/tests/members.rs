@@ -194,3 +194,56 @@ agents:
         );
     }
 }
+
+/// Panics when it is dropped.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("dropped badly");
+    }
+}
+
+#[test]
+fn an_agent_that_panics_as_it_is_cancelled_does_not_take_the_run_down() {
+    for (flavor, runtime) in runtimes() {
+        let mut kinds = AgentKinds::standard();
+        kinds.builtin_fn("fails", |_| async {
+            tokio::task::yield_now().await;
+            Err::<Writes, _>(AgentError::Other("gave up".into()))
+        });
+        kinds.builtin_fn("sticky", |_| async {
+            let _guard = PanicsOnDrop;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, AgentError>(Writes::new())
+        });
+        let pipeline = Pipeline::from_yaml_str_with(
+            "pipeline: sticky
+agents:
+  fails: { kind: builtin, function: fails, writes: [x] }
+  sticky: { kind: builtin, function: sticky, writes: [y] }
+",
+            &kinds,
+        )
+        .unwrap();
+        let report = runtime.block_on(run(&pipeline, json!({})));
+        assert_eq!(report.status, RunStatus::Failed, "{flavor}: {report:?}");
+        assert_eq!(
+            report.error.as_deref(),
+            Some("agent `fails` failed: gave up"),
+            "{flavor}"
+        );
+        let sticky = &report.agents["sticky"];
+        if flavor == "current-thread" {
+            // Dropped by the run's own task, which caught the panic.
+            assert_eq!(sticky.status, AgentStatus::Cancelled, "{sticky:?}");
+        } else {
+            // Tokio caught it as the aborted task was dropped, and says so.
+            assert_eq!(sticky.status, AgentStatus::Failed, "{sticky:?}");
+            assert!(
+                sticky.error.as_deref().unwrap().contains("dropped badly"),
+                "{sticky:?}"
+            );
+        }
+    }
+}

@@ -88,8 +88,20 @@ impl Future for Polled {
             Ok(Poll::Ready(finished)) => Ended::Finished(finished),
             Err(panic) => Ended::Panicked(member, panic_message(&*panic)),
         };
-        self.task = None;
+        drop_quietly(self.task.take());
         Poll::Ready(Some(ended))
+    }
+}
+
+/// Drops a member's task; a panic while it drops (a nested run's
+/// bookkeeping, say) is caught, as Tokio catches one in a task it drops,
+/// rather than unwinding into the run's loop.
+fn drop_quietly(task: Option<MemberTask>) {
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(task))) {
+        tracing::warn!(
+            panic = %panic_message(&*panic),
+            "an agent's future panicked while it was dropped"
+        );
     }
 }
 
@@ -175,7 +187,7 @@ impl InFlight {
                 for polled in set.iter_mut() {
                     if polled.task.is_some() && which(polled.member) {
                         // Dropping the task cancels it, here and now.
-                        polled.task = None;
+                        drop_quietly(polled.task.take());
                         *live -= 1;
                         self.cancelled.push_back(polled.member);
                     }
@@ -197,7 +209,8 @@ impl InFlight {
         match &mut self.mode {
             Mode::Polled { set, live } => {
                 for polled in set.iter_mut() {
-                    if polled.task.take().is_some() {
+                    if let Some(task) = polled.task.take() {
+                        drop_quietly(Some(task));
                         self.cancelled.push_back(polled.member);
                     }
                 }

@@ -237,10 +237,15 @@ impl Scheduler<'_> {
         report
     }
 
-    /// Fills in what the report will say of `agent` (whose status
-    /// `report` already has), in place: a run's report builds each agent's
-    /// entry where it is kept, rather than build and move its 384 bytes.
+    /// Fills in what the report will say of `agent` in place, into a
+    /// fresh `AgentReport::new(status)` (fields its progress does not have
+    /// are left as they are): a run's report builds each agent's entry
+    /// where it is kept, rather than build and move its 384 bytes.
     pub(super) fn fill_report(&self, agent: AgentId, report: &mut AgentReport) {
+        debug_assert!(
+            report.error.is_none() && report.instances.is_none() && report.logs.is_empty(),
+            "fill_report takes a fresh report"
+        );
         let progress = &self.progress[agent];
         if let Some(earlier) = progress.resumed() {
             return report.clone_from(earlier);
