@@ -1,5 +1,9 @@
 //! The `braid` binary, driven the way a user drives it.
 
+mod common;
+
+use common::json_of;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -822,16 +826,6 @@ fn braid_in(ws: &Workspace) -> Command {
         format!("sqlite://{}", ws.path("store.db").display()),
     );
     command
-}
-
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 #[test]

@@ -5,12 +5,13 @@
 
 mod common;
 
+use common::json_of;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use braid_store::{RunFilter, Store, SyntheticRuns};
-use serde_json::Value;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -118,16 +119,6 @@ where
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            stderr(output)
-        )
-    })
 }
 
 fn sorted(mut ids: Vec<String>) -> Vec<String> {

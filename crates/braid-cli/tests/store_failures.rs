@@ -4,12 +4,14 @@
 //! full-disk and read-only-media tests mount a small tmpfs (root, as CI
 //! runs).
 
+mod common;
+
+use common::json_of;
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 /// A pipeline file and its store in a fresh folder.
 struct Workspace {
@@ -49,16 +51,6 @@ impl Workspace {
         command.env("BRAID_STORE", url);
         command
     }
-}
-
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 fn wait_for_file(path: &Path) -> String {

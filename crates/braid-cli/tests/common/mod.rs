@@ -1,12 +1,25 @@
-//! What the CLI's integration tests share: where a `braid serve` child
-//! listens, and one plain HTTP/1.1 request to it, spoken over a socket as
-//! any client would. Each test binary uses a part of it.
+//! What the CLI's integration tests share: a command's JSON output, where
+//! a `braid serve` child listens, and one plain HTTP/1.1 request to it,
+//! spoken over a socket as any client would. Each test binary uses a part
+//! of it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::Child;
+use std::process::{Child, Output};
 use std::time::Duration;
+
+/// A command's stdout as JSON, or a panic that shows what it printed
+/// instead (stdout and stderr).
+pub(crate) fn json_of(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
 
 /// Reads `braid serve`'s stderr (which must be piped) until it says where
 /// it listens, and returns that `host:port`; the rest of its stderr is
