@@ -10,19 +10,10 @@ cd "$(dirname "$0")/.."
 
 command -v python3 >/dev/null || { echo "error: python3 is required for the MCP client tests" >&2; exit 1; }
 
-bin="${BRAID_BIN:-}"
-if [ -z "$bin" ]; then
-  cargo build --quiet --bin braid
-  bin="${CARGO_TARGET_DIR:-target}/debug/braid"
-fi
-[ -x "$bin" ] || { echo "error: $bin is not an executable braid binary" >&2; exit 1; }
-bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
-
+. scripts/lib/python-tests.sh
+braid_binary
 venv="${BRAID_MCP_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/braid-mcp-client-venv}"
-if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-fi
+python_venv "$venv"
 "$venv/bin/python" -m pip --disable-pip-version-check --quiet install -r crates/braid-server/tests/mcp_client/requirements.txt
 
 cd crates/braid-server/tests/mcp_client
