@@ -312,6 +312,16 @@ pub(crate) struct Shared {
 }
 
 impl AppState {
+    /// The pipeline registered as `name`, if any (shared, not copied).
+    pub(crate) fn pipeline(&self, name: &str) -> Option<Arc<Registered>> {
+        self.inner
+            .pipelines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// A server with `config`, saving runs to `store` if given (a
     /// [`braid_store::Store`], or any other [`RunStore`]).
     pub fn new(config: ServerConfig, store: Option<Arc<dyn RunStore>>) -> Self {

@@ -77,16 +77,7 @@ impl McpHandler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let registered = {
-            let pipelines = self
-                .state
-                .inner
-                .pipelines
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            pipelines.get(&*request.name).cloned()
-        };
-        let Some(registered) = registered else {
+        let Some(registered) = self.state.pipeline(&request.name) else {
             return Err(McpError::invalid_params(
                 format!("no pipeline (tool) named `{}`", request.name),
                 None,

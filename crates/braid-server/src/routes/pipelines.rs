@@ -393,16 +393,9 @@ pub(super) async fn get_pipeline(
 
 /// The pipeline named `name`, or a 404 saying how to register it.
 pub(super) fn registered(state: &AppState, name: &str) -> Result<Arc<Registered>, ApiError> {
-    state
-        .inner
-        .pipelines
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(name)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no pipeline named `{name}`; register it with POST /v1/pipelines"
-            ))
-        })
+    state.pipeline(name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no pipeline named `{name}`; register it with POST /v1/pipelines"
+        ))
+    })
 }
