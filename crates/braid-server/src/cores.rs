@@ -62,6 +62,9 @@ impl Cores {
                 std::thread::Builder::new()
                     .name(format!("braid-run-{i}"))
                     .spawn(move || {
+                        // Sleeps wake on this thread, from this runtime's
+                        // reactor (see `precise_sleep`).
+                        braid_core::agent::sleep::use_runtime_timer();
                         runtime.block_on(async {
                             let _ = stopped.await;
                         });
@@ -85,6 +88,12 @@ impl Cores {
     /// Always false: there is at least one thread.
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// Every thread's runtime, in order: to hand each its share of work at
+    /// once rather than one piece at a time.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
     }
 
     /// The runtime the next run goes to (each in turn).

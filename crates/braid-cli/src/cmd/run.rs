@@ -302,7 +302,11 @@ pub(crate) fn started_by() -> String {
 /// processes. A single-threaded runtime keeps the scheduler and its agent
 /// tasks on one thread, with no cross-thread wake-ups (about 1.3 us per
 /// agent on a 1,000-agent chain, against 10 us on the multi-threaded one).
+///
+/// Its sleeps wake from its own reactor (see
+/// [`braid_core::agent::sleep::use_runtime_timer`]).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    braid_core::agent::sleep::use_runtime_timer();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -8,18 +8,42 @@
 //! rounds every deadline up to the next whole millisecond and adds the
 //! reactor's own millisecond rounding, about +1.2 ms on every 50 ms sleep,
 //! while the real I/O a sleep stands for completes when the socket becomes
-//! readable, with no such rounding. So sleeps are handed to one process-wide
-//! timer thread that waits on a futex with nanosecond deadlines. A new sleep
-//! wakes that thread only when it is due before every queued one, so a
-//! thousand sleeps started together cost one wake-up, not a thousand system
-//! calls. (It follows the real monotonic clock, not Tokio's paused test
-//! clock.)
+//! readable, with no such rounding. So [`precise_sleep`] waits on a Linux
+//! `timerfd` (nanosecond deadlines), in one of two ways:
+//!
+//! - **On a current-thread runtime whose thread asked for it** with
+//!   [`use_runtime_timer`] (`braid run`, `braid bench` and each of `braid
+//!   serve`'s per-core runtimes do) the runtime has a timer of its own:
+//!   a heap of deadlines and one `timerfd` in the runtime's reactor, armed
+//!   for the earliest. When it fires, a small task on that runtime wakes
+//!   every sleeper that is due, on the runtime's own thread, exactly as a
+//!   socket that became readable would: no other thread, no system call per
+//!   sleeper. (A thread-wide timer that woke each sleeper across threads
+//!   cost an `eventfd` write per sleeper, 600,000 a round at 100,000 runs,
+//!   and a third thread competing for the cores.)
+//! - **Elsewhere** (a multi-thread runtime, a thread that did not ask) sleeps
+//!   go to one process-wide timer thread that waits on a futex with
+//!   nanosecond deadlines; a new sleep wakes that thread only when it is
+//!   due before every queued one.
+//!
+//! Either way, a thousand sleeps started together cost one arming of the
+//! timer, not a thousand system calls, and no sleep ends before its
+//! deadline. (They follow the real monotonic clock, not Tokio's paused
+//! test clock.)
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use tokio::io::unix::AsyncFd;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::oneshot;
 
 use serde_json::Value;
@@ -153,15 +177,301 @@ fn timer() -> &'static Timer {
     })
 }
 
-/// Waits `duration` on the precise timer thread (see the module docs).
-/// Dropping the future cancels the wait.
+/// One sleeper of a runtime's own timer: whom to wake, and when.
+struct Due {
+    deadline: Instant,
+    seq: u64,
+    waker: Waker,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deadline, self.seq) == (other.deadline, other.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.deadline, self.seq).cmp(&(other.deadline, other.seq))
+    }
+}
+
+/// A `timerfd` as Tokio's [`AsyncFd`] wants it.
+struct TimerFile(TimerFd);
+
+impl AsRawFd for TimerFile {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// `file` in the current runtime's reactor. Panics when the runtime has no
+/// I/O driver (see [`use_runtime_timer`]).
+#[allow(unsafe_code)]
+fn register(file: TimerFile) -> Option<AsyncFd<TimerFile>> {
+    // SAFETY: `AsyncFd::register` needs the descriptor to stay open, and
+    // to be the one `as_raw_fd` returns, for as long as the `AsyncFd`
+    // lives. `TimerFile` owns its `TimerFd`, which owns the descriptor
+    // (an `OwnedFd`, closed only when it is dropped); the `AsyncFd` owns
+    // the `TimerFile` and hands out only shared references to it, and
+    // nothing here replaces or closes the `TimerFd` it holds.
+    unsafe { AsyncFd::register(file) }.ok()
+}
+
+/// What a [`RuntimeTimer`] keeps under its lock.
+struct Sleepers {
+    due: BinaryHeap<Reverse<Due>>,
+    /// The deadline the `timerfd` is armed for, if it is.
+    armed: Option<Instant>,
+    seq: u64,
+}
+
+/// The timer of one current-thread runtime (see the [module docs](self)).
+///
+/// Only that runtime's thread touches it, so its lock is never contended;
+/// it is a lock, not a `RefCell`, because the task that fires it must be
+/// `Send` to be spawned.
+struct RuntimeTimer {
+    runtime: tokio::runtime::Id,
+    sleepers: Mutex<Sleepers>,
+    file: AsyncFd<TimerFile>,
+    /// False once the firing task has ended (its runtime shut down, or the
+    /// `timerfd` failed): a sleep then makes a new timer, or uses the
+    /// thread-wide one.
+    firing: AtomicBool,
+}
+
+/// What this thread's sleeps use: the timer of the current-thread runtime
+/// that last slept here, or a note that that runtime cannot have one.
+enum ThisThread {
+    Unset,
+    Runtime(Arc<RuntimeTimer>),
+    /// A `timerfd` could not be made for this runtime: its sleeps use the
+    /// timer thread.
+    Unable(tokio::runtime::Id),
+}
+
+thread_local! {
+    static THIS_THREAD: RefCell<ThisThread> = const { RefCell::new(ThisThread::Unset) };
+    static RUNTIME_TIMER_WANTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Lets the [`precise_sleep`]s made on this thread, while a current-thread
+/// runtime runs on it, wait in that runtime's own reactor instead of on
+/// the process-wide timer thread (see the [module docs](self)): sleepers
+/// are then woken on this thread, with no system call each.
+///
+/// Call it on a thread that drives current-thread runtimes built with I/O
+/// enabled (`enable_io` or `enable_all`): Tokio panics when a file is
+/// registered with a runtime that has no I/O driver, and offers no way to
+/// ask first. On a multi-thread runtime it changes nothing.
+///
+/// ```
+/// braid_core::agent::sleep::use_runtime_timer();
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// runtime.block_on(braid_core::agent::sleep::precise_sleep(std::time::Duration::from_millis(1)));
+/// ```
+pub fn use_runtime_timer() {
+    RUNTIME_TIMER_WANTED.with(|wanted| wanted.set(true));
+}
+
+impl RuntimeTimer {
+    /// The current runtime's timer, started at its first sleep; `None` when
+    /// the runtime is not current-thread, or cannot have one.
+    fn current() -> Option<Arc<Self>> {
+        if !RUNTIME_TIMER_WANTED.with(std::cell::Cell::get) {
+            return None;
+        }
+        let handle = Handle::try_current().ok()?;
+        if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        let id = handle.id();
+        THIS_THREAD.with(|this| {
+            let mut this = this.borrow_mut();
+            match &*this {
+                ThisThread::Runtime(timer)
+                    if timer.runtime == id && timer.firing.load(Ordering::Relaxed) =>
+                {
+                    return Some(timer.clone());
+                }
+                ThisThread::Unable(runtime) if *runtime == id => return None,
+                _ => {}
+            }
+            match Self::start(&handle) {
+                Some(timer) => {
+                    *this = ThisThread::Runtime(timer.clone());
+                    Some(timer)
+                }
+                None => {
+                    *this = ThisThread::Unable(id);
+                    None
+                }
+            }
+        })
+    }
+
+    /// A `timerfd` in `handle`'s reactor, and the task that fires it.
+    fn start(handle: &Handle) -> Option<Arc<Self>> {
+        let file = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .ok()?;
+        let file = register(TimerFile(file))?;
+        let timer = Arc::new(Self {
+            runtime: handle.id(),
+            sleepers: Mutex::new(Sleepers {
+                due: BinaryHeap::new(),
+                armed: None,
+                seq: 0,
+            }),
+            file,
+            firing: AtomicBool::new(true),
+        });
+        handle.spawn(timer.clone().fire());
+        Some(timer)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sleepers> {
+        self.sleepers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Arms the `timerfd` for `deadline` (never for less than a
+    /// nanosecond: a zero time would disarm it).
+    fn arm(&self, deadline: Instant) -> nix::Result<()> {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        self.file.get_ref().0.set(
+            Expiration::OneShot(TimeSpec::from_duration(wait)),
+            TimerSetTimeFlags::empty(),
+        )
+    }
+
+    /// Queues `waker` to be woken at `deadline`; false if the `timerfd`
+    /// could not be armed (the sleep then uses the timer thread).
+    fn register(&self, deadline: Instant, waker: Waker) -> bool {
+        let mut sleepers = self.lock();
+        if sleepers.armed.is_none_or(|armed| deadline < armed) {
+            if self.arm(deadline).is_err() {
+                self.firing.store(false, Ordering::Relaxed);
+                return false;
+            }
+            sleepers.armed = Some(deadline);
+        }
+        sleepers.seq += 1;
+        let seq = sleepers.seq;
+        sleepers.due.push(Reverse(Due {
+            deadline,
+            seq,
+            waker,
+        }));
+        true
+    }
+
+    /// The task that fires the timer: each time the `timerfd` expires, wakes
+    /// every sleeper that is due and arms it for the next.
+    async fn fire(self: Arc<Self>) {
+        /// Marks the timer as no longer firing however the task ends
+        /// (dropped with its runtime, or the `timerfd` failed).
+        struct Ended<'a>(&'a AtomicBool);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        let _ended = Ended(&self.firing);
+        let mut woken = Vec::new();
+        loop {
+            let Ok(mut ready) = self.file.readable().await else {
+                return;
+            };
+            // Consume the expiry, then clear readiness before re-arming,
+            // so that the next expiry is a new edge.
+            let _ = self.file.get_ref().0.wait();
+            ready.clear_ready();
+            {
+                let mut sleepers = self.lock();
+                let now = Instant::now();
+                while sleepers.due.peek().is_some_and(|d| d.0.deadline <= now) {
+                    let Reverse(due) = sleepers.due.pop().expect("peeked");
+                    woken.push(due.waker);
+                }
+                sleepers.armed = None;
+                if let Some(next) = sleepers.due.peek().map(|d| d.0.deadline) {
+                    if self.arm(next).is_err() {
+                        // Wake the rest now: each finds it is not due,
+                        // and sleeps on the timer thread instead.
+                        self.firing.store(false, Ordering::Relaxed);
+                        woken.extend(sleepers.due.drain().map(|d| d.0.waker));
+                    } else {
+                        sleepers.armed = Some(next);
+                    }
+                }
+            }
+            // Outside the lock: a waker may do anything, sleep included.
+            for waker in woken.drain(..) {
+                waker.wake();
+            }
+            if !self.firing.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+}
+
+/// Waits `duration` precisely (see the [module docs](self)). Dropping the
+/// future cancels the wait.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::{Duration, Instant};
+/// let start = Instant::now();
+/// braid_core::agent::sleep::precise_sleep(Duration::from_millis(5)).await;
+/// assert!(start.elapsed() >= Duration::from_millis(5));
+/// # });
+/// ```
 pub async fn precise_sleep(duration: Duration) {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Some(deadline) = Instant::now().checked_add(duration) else {
         // Further than the clock can count: Tokio's timer clamps it.
         tokio::time::sleep(duration).await;
         return;
     };
+    if let Some(timer) = RuntimeTimer::current() {
+        // The waker it is queued with, to queue again if polled with
+        // another (as a future must).
+        let mut queued: Option<Waker> = None;
+        let slept = std::future::poll_fn(|cx| {
+            if Instant::now() >= deadline {
+                return Poll::Ready(true);
+            }
+            if !timer.firing.load(Ordering::Relaxed) {
+                // Its runtime is going away, or its `timerfd` failed.
+                return Poll::Ready(false);
+            }
+            if !queued.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                if !timer.register(deadline, cx.waker().clone()) {
+                    return Poll::Ready(false);
+                }
+                queued = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        if slept {
+            return;
+        }
+    }
+    if Instant::now() >= deadline {
+        return;
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (done, wait) = oneshot::channel();
     timer().register(Wake {
         deadline,
@@ -179,6 +489,163 @@ mod tests {
     use std::task::{Context, Waker};
 
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sleeps_on_a_multi_thread_runtime_use_the_timer_thread_and_never_wake_early() {
+        let start = Instant::now();
+        let ends = futures_util::future::join_all((1..=20u64).rev().map(|ms| async move {
+            precise_sleep(Duration::from_millis(ms)).await;
+            (ms, Instant::now())
+        }))
+        .await;
+        for (ms, end) in ends {
+            assert!(
+                end - start >= Duration::from_millis(ms),
+                "{ms} ms ended early"
+            );
+        }
+    }
+
+    /// A waker that notes the thread it is woken on, then wakes `inner`.
+    struct OnThread {
+        threads: Mutex<Vec<std::thread::ThreadId>>,
+        inner: Waker,
+    }
+
+    impl std::task::Wake for OnThread {
+        fn wake(self: Arc<Self>) {
+            self.threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            self.inner.wake_by_ref();
+        }
+    }
+
+    /// Awaits `sleep`, noting each thread its waker was woken on.
+    async fn woken_on(sleep: impl Future<Output = ()>) -> Vec<std::thread::ThreadId> {
+        let mut sleep = std::pin::pin!(sleep);
+        let mut noted: Option<Arc<OnThread>> = None;
+        std::future::poll_fn(|cx| {
+            let waker = noted
+                .get_or_insert_with(|| {
+                    Arc::new(OnThread {
+                        threads: Mutex::new(Vec::new()),
+                        inner: cx.waker().clone(),
+                    })
+                })
+                .clone();
+            sleep
+                .as_mut()
+                .poll(&mut Context::from_waker(&Waker::from(waker)))
+        })
+        .await;
+        let noted = noted.expect("polled at least once");
+        noted.threads.lock().unwrap().clone()
+    }
+
+    /// A current-thread runtime whose sleeps use its own timer.
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        use_runtime_timer();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn sleeps_on_a_current_thread_runtime_are_woken_on_its_own_thread() {
+        let runtime = current_thread_runtime();
+        let here = std::thread::current().id();
+        let woken_on = runtime.block_on(async {
+            let start = Instant::now();
+            let threads = woken_on(precise_sleep(Duration::from_millis(20))).await;
+            assert!(start.elapsed() >= Duration::from_millis(20));
+            threads
+        });
+        assert!(!woken_on.is_empty(), "the sleep was never woken");
+        assert!(
+            woken_on.iter().all(|t| *t == here),
+            "woken on another thread: {woken_on:?} (the runtime runs on {here:?})"
+        );
+    }
+
+    #[test]
+    fn many_sleeps_on_one_runtime_each_end_at_or_after_their_deadline() {
+        current_thread_runtime().block_on(async {
+            let start = Instant::now();
+            // Registered latest first, with repeats, so the timer is armed
+            // again and again for earlier deadlines.
+            let ends = futures_util::future::join_all((0..200u64).rev().map(|i| async move {
+                let ms = 1 + (i * 7) % 40;
+                precise_sleep(Duration::from_millis(ms)).await;
+                (ms, Instant::now())
+            }))
+            .await;
+            for (ms, end) in ends {
+                assert!(
+                    end - start >= Duration::from_millis(ms),
+                    "{ms} ms ended early"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn a_cancelled_sleep_leaves_the_others_on_time() {
+        current_thread_runtime().block_on(async {
+            let start = Instant::now();
+            tokio::select! {
+                () = precise_sleep(Duration::from_millis(5)) => {}
+                () = precise_sleep(Duration::from_secs(3600)) => panic!("the hour-long sleep won"),
+            }
+            precise_sleep(Duration::from_millis(10)).await;
+            assert!(start.elapsed() >= Duration::from_millis(15));
+            assert!(start.elapsed() < Duration::from_secs(60));
+        });
+    }
+
+    /// Each runtime gets a timer of its own, even on one thread: one that
+    /// has shut down, or is not running while another is, fires nothing.
+    #[test]
+    fn runtimes_that_follow_or_alternate_on_one_thread_each_sleep() {
+        let sleep_on = |runtime: &tokio::runtime::Runtime| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    precise_sleep(Duration::from_millis(5)),
+                )
+                .await
+                .expect("the sleep never ended");
+                assert!(start.elapsed() >= Duration::from_millis(5));
+            });
+        };
+        let first = current_thread_runtime();
+        sleep_on(&first);
+        drop(first);
+        let (a, b) = (current_thread_runtime(), current_thread_runtime());
+        sleep_on(&a);
+        sleep_on(&b);
+        sleep_on(&a);
+        sleep_on(&b);
+    }
+
+    #[test]
+    fn a_thread_that_did_not_ask_sleeps_on_the_timer_thread() {
+        let (threads, here) = std::thread::spawn(|| {
+            // No I/O driver: the runtime's own timer would panic here.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let threads = runtime.block_on(woken_on(precise_sleep(Duration::from_millis(5))));
+            (threads, std::thread::current().id())
+        })
+        .join()
+        .unwrap();
+        assert!(!threads.is_empty() && threads.iter().all(|t| *t != here));
+    }
 
     #[tokio::test]
     async fn precise_sleep_never_wakes_early() {
