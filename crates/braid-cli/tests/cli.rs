@@ -707,6 +707,30 @@ fn a_reader_that_goes_away_does_not_turn_success_into_a_crash() {
 }
 
 #[test]
+fn bench_many_spreads_runs_that_do_not_divide_evenly_over_its_run_threads() {
+    // 7 runs over 3 threads: shares of 3, 2 and 2, each started and
+    // joined on its own thread; the bench fails unless all 7 complete.
+    let output = braid()
+        .args(["bench", "--scenario", "many", "--concurrent", "7"])
+        .args(["--run-threads", "3", "--latency-ms", "2", "--repeat", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(line["concurrent"], 7);
+    assert_eq!(line["run_threads"], 3);
+    assert!(
+        line["makespan_ms"].as_f64().unwrap() >= line["ideal_ms"].as_f64().unwrap(),
+        "no run can beat its 4L critical path: {line}"
+    );
+}
+
+#[test]
 fn bench_prints_one_json_object_per_scenario_with_the_peers_fields() {
     let output = braid()
         .args(["bench", "--latency-ms", "2", "--runs", "5", "--nodes", "20"])

@@ -215,19 +215,22 @@ async fn many_once(
     c: usize,
     cores: Option<&braid_server::cores::Cores>,
 ) -> anyhow::Result<f64> {
-    async fn share(pipeline: Arc<Pipeline>, runs: usize) -> anyhow::Result<()> {
+    /// Starts `runs` runs here and waits for them: how many completed.
+    async fn share(pipeline: Arc<Pipeline>, runs: usize) -> anyhow::Result<usize> {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..runs {
             let pipeline = pipeline.clone();
             set.spawn(async move { makespan(&pipeline, false).await });
         }
+        let mut completed = 0;
         while let Some(result) = set.join_next().await {
             result??;
+            completed += 1;
         }
-        Ok(())
+        Ok(completed)
     }
     let start = Instant::now();
-    match cores {
+    let completed = match cores {
         Some(cores) => {
             let n = cores.len();
             let mut shares = tokio::task::JoinSet::new();
@@ -235,12 +238,18 @@ async fn many_once(
                 let runs = c / n + usize::from(i < c % n);
                 shares.spawn_on(share(pipeline.clone(), runs), handle);
             }
+            let mut completed = 0;
             while let Some(result) = shares.join_next().await {
-                result??;
+                completed += result??;
             }
+            completed
         }
         None => share(pipeline.clone(), c).await?,
-    }
+    };
+    anyhow::ensure!(
+        completed == c,
+        "{completed} of {c} concurrent runs completed"
+    );
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 

@@ -448,7 +448,8 @@ pub async fn precise_sleep(duration: Duration) {
         // another (as a future must).
         let mut queued: Option<Waker> = None;
         let slept = std::future::poll_fn(|cx| {
-            if Instant::now() >= deadline {
+            // Not due at the first poll: the deadline was just set ahead.
+            if queued.is_some() && Instant::now() >= deadline {
                 return Poll::Ready(true);
             }
             if !timer.firing.load(Ordering::Relaxed) {

@@ -692,7 +692,10 @@ impl<'p> Scheduler<'p> {
             None => None,
         };
         while self.stop.is_none() {
-            if cancel.is_cancelled() {
+            // Before anything starts, or the run ends. (Asking the token
+            // takes its lock: when nothing can start and members are in
+            // flight, the select below, which hears it first, is enough.)
+            if (!self.ready.is_empty() || self.tasks.is_empty()) && cancel.is_cancelled() {
                 self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
                 break;
             }
