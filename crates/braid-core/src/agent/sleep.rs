@@ -177,16 +177,17 @@ fn timer() -> &'static Timer {
     })
 }
 
-/// One sleeper of a runtime's own timer: whom to wake, and when.
+/// One sleeper of a runtime's own timer: whom to wake, and when. Ordered
+/// by deadline alone: sleepers due at the same instant are all woken in
+/// the same firing, in no particular order.
 struct Due {
     deadline: Instant,
-    seq: u64,
     waker: Waker,
 }
 
 impl PartialEq for Due {
     fn eq(&self, other: &Self) -> bool {
-        (self.deadline, self.seq) == (other.deadline, other.seq)
+        self.deadline == other.deadline
     }
 }
 impl Eq for Due {}
@@ -197,7 +198,7 @@ impl PartialOrd for Due {
 }
 impl Ord for Due {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.deadline, self.seq).cmp(&(other.deadline, other.seq))
+        self.deadline.cmp(&other.deadline)
     }
 }
 
@@ -228,7 +229,6 @@ struct Sleepers {
     due: BinaryHeap<Reverse<Due>>,
     /// The deadline the `timerfd` is armed for, if it is.
     armed: Option<Instant>,
-    seq: u64,
 }
 
 /// The timer of one current-thread runtime (see the [module docs](self)).
@@ -329,7 +329,6 @@ impl RuntimeTimer {
             sleepers: Mutex::new(Sleepers {
                 due: BinaryHeap::new(),
                 armed: None,
-                seq: 0,
             }),
             file,
             firing: AtomicBool::new(true),
@@ -365,13 +364,7 @@ impl RuntimeTimer {
             }
             sleepers.armed = Some(deadline);
         }
-        sleepers.seq += 1;
-        let seq = sleepers.seq;
-        sleepers.due.push(Reverse(Due {
-            deadline,
-            seq,
-            waker,
-        }));
+        sleepers.due.push(Reverse(Due { deadline, waker }));
         true
     }
 

@@ -4,7 +4,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::future::Pending;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures_util::future::Either;
 
 use serde_json::Value;
 use tokio::time::Instant;
@@ -200,10 +204,14 @@ async fn next_snapshot_request(
 type SnapshotReply = tokio::sync::oneshot::Sender<crate::snapshot::RunSnapshot>;
 
 /// Sleeps until `wake` (for ever, without one).
-async fn sleep_until(wake: Option<Instant>) {
+///
+/// The timer is boxed: the run loop's future holds every branch of its
+/// `select!` while it waits, and a timer inline is 112 bytes in every run
+/// in flight, while few runs ever have a deadline.
+fn sleep_until(wake: Option<Instant>) -> Either<Pin<Box<tokio::time::Sleep>>, Pending<()>> {
     match wake {
-        Some(wake) => tokio::time::sleep_until(wake).await,
-        None => std::future::pending().await,
+        Some(wake) => Either::Left(Box::pin(tokio::time::sleep_until(wake))),
+        None => Either::Right(std::future::pending()),
     }
 }
 
@@ -228,13 +236,20 @@ fn boxed(
     }
 }
 
+/// A slot of the run's concurrency limit.
+type Slot = tokio::sync::OwnedSemaphorePermit;
+
+/// A boxed wait for a [`Slot`].
+type SlotWait = Pin<Box<dyn Future<Output = Option<Slot>> + Send>>;
+
 /// A slot of `slots`, once one is free (never, without slots).
-async fn acquire(
-    slots: Option<Arc<tokio::sync::Semaphore>>,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
+///
+/// Boxed, like [`sleep_until`]'s timer: only a run held back by its
+/// concurrency limit waits for a slot.
+fn acquire(slots: Option<Arc<tokio::sync::Semaphore>>) -> Either<SlotWait, Pending<Option<Slot>>> {
     match slots {
-        Some(slots) => slots.acquire_owned().await.ok(),
-        None => std::future::pending().await,
+        Some(slots) => Either::Left(Box::pin(async move { slots.acquire_owned().await.ok() })),
+        None => Either::Right(std::future::pending()),
     }
 }
 
@@ -725,7 +740,7 @@ impl<'p> Scheduler<'p> {
                     self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
                 }
                 Some(ended) = self.tasks.join_next() => self.finish(ended),
-                permit = acquire(self.slots.clone()), if self.wants_slot => {
+                permit = acquire(self.slots.as_ref().filter(|_| self.wants_slot).cloned()), if self.wants_slot => {
                     self.wants_slot = false;
                     self.spare = permit;
                 }
