@@ -370,50 +370,61 @@ impl RuntimeTimer {
 
     /// The task that fires the timer: each time the `timerfd` expires, wakes
     /// every sleeper that is due and arms it for the next.
-    async fn fire(self: Arc<Self>) {
-        /// Marks the timer as no longer firing however the task ends
-        /// (dropped with its runtime, or the `timerfd` failed).
-        struct Ended<'a>(&'a AtomicBool);
-        impl Drop for Ended<'_> {
+    fn fire(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        /// However the task ends (dropped with its runtime, even before it
+        /// first ran; the `timerfd` failed; arming failed in `register`):
+        /// marks the timer as no longer firing and wakes every sleeper
+        /// still queued, which then finds it is not due and sleeps on the
+        /// timer thread instead (or is dropped with its runtime). None is
+        /// left waiting on a timer that will never fire.
+        struct Ended(Arc<RuntimeTimer>);
+        impl Drop for Ended {
             fn drop(&mut self) {
-                self.0.store(false, Ordering::Relaxed);
+                self.0.firing.store(false, Ordering::Relaxed);
+                let left: Vec<Waker> = self.0.lock().due.drain().map(|d| d.0.waker).collect();
+                for waker in left {
+                    waker.wake();
+                }
             }
         }
-        let _ended = Ended(&self.firing);
-        let mut woken = Vec::new();
-        loop {
-            let Ok(mut ready) = self.file.readable().await else {
-                return;
-            };
-            // Consume the expiry, then clear readiness before re-arming,
-            // so that the next expiry is a new edge.
-            let _ = self.file.get_ref().0.wait();
-            ready.clear_ready();
-            {
-                let mut sleepers = self.lock();
-                let now = Instant::now();
-                while sleepers.due.peek().is_some_and(|d| d.0.deadline <= now) {
-                    let Reverse(due) = sleepers.due.pop().expect("peeked");
-                    woken.push(due.waker);
-                }
-                sleepers.armed = None;
-                if let Some(next) = sleepers.due.peek().map(|d| d.0.deadline) {
-                    if self.arm(next).is_err() {
-                        // Wake the rest now: each finds it is not due,
-                        // and sleeps on the timer thread instead.
-                        self.firing.store(false, Ordering::Relaxed);
-                        woken.extend(sleepers.due.drain().map(|d| d.0.waker));
-                    } else {
-                        sleepers.armed = Some(next);
+        // Made here, not in the async block: a task dropped before its
+        // first poll drops what its future captured, and only that.
+        let ended = Ended(self);
+        async move {
+            let this = &ended.0;
+            let mut woken = Vec::new();
+            loop {
+                let Ok(mut ready) = this.file.readable().await else {
+                    return;
+                };
+                // Consume the expiry, then clear readiness before re-arming,
+                // so that the next expiry is a new edge.
+                let _ = this.file.get_ref().0.wait();
+                ready.clear_ready();
+                {
+                    let mut sleepers = this.lock();
+                    let now = Instant::now();
+                    while sleepers.due.peek().is_some_and(|d| d.0.deadline <= now) {
+                        let Reverse(due) = sleepers.due.pop().expect("peeked");
+                        woken.push(due.waker);
+                    }
+                    sleepers.armed = None;
+                    if let Some(next) = sleepers.due.peek().map(|d| d.0.deadline) {
+                        if this.arm(next).is_err() {
+                            // The rest are woken as the task ends (`Ended`).
+                            this.firing.store(false, Ordering::Relaxed);
+                        } else {
+                            sleepers.armed = Some(next);
+                        }
                     }
                 }
-            }
-            // Outside the lock: a waker may do anything, sleep included.
-            for waker in woken.drain(..) {
-                waker.wake();
-            }
-            if !self.firing.load(Ordering::Relaxed) {
-                return;
+                // Outside the lock: a waker may do anything, sleep included.
+                for waker in woken.drain(..) {
+                    waker.wake();
+                }
+                if !this.firing.load(Ordering::Relaxed) {
+                    return;
+                }
             }
         }
     }
@@ -623,6 +634,40 @@ mod tests {
         sleep_on(&b);
         sleep_on(&a);
         sleep_on(&b);
+    }
+
+    /// A sleep first polled under a runtime that then shuts down is woken
+    /// as the runtime's timer goes, and finishes on the timer thread, even
+    /// when its task is on another runtime and nothing else polls it.
+    #[test]
+    fn a_sleep_outlives_the_runtime_whose_timer_it_was_queued_on() {
+        let first = current_thread_runtime();
+        let start = Instant::now();
+        let mut sleep = Box::pin(precise_sleep(Duration::from_millis(50)));
+        first.block_on(async {
+            assert!(futures_util::poll!(sleep.as_mut()).is_pending());
+        });
+        let other = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (polled, polled_there) = mpsc::channel();
+        let ended = other.spawn(async move {
+            // Queued again on the first runtime's timer, with this task's
+            // waker.
+            assert!(futures_util::poll!(sleep.as_mut()).is_pending());
+            polled.send(()).unwrap();
+            sleep.await;
+            Instant::now()
+        });
+        polled_there.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(first);
+        let ended = other
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), ended).await })
+            .expect("the sleep was never woken after its timer's runtime shut down")
+            .unwrap();
+        assert!(ended - start >= Duration::from_millis(50), "it ended early");
     }
 
     #[test]
