@@ -715,13 +715,8 @@ fn bench_many_spreads_runs_that_do_not_divide_evenly_over_its_run_threads() {
         .args(["--run-threads", "3", "--latency-ms", "2", "--repeat", "1"])
         .output()
         .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let line = common::json_of(&output);
+    assert!(output.status.success(), "{line}");
     assert_eq!(line["concurrent"], 7);
     assert_eq!(line["run_threads"], 3);
     assert!(

@@ -82,29 +82,34 @@ impl Agent for SleepAgent {
     }
 }
 
-/// One pending wake-up of the timer thread.
-struct Wake {
+/// Something to do at `deadline`: a sleeper to wake, on the timer thread
+/// (a channel) or on a runtime's own timer (a waker). Ordered by deadline
+/// alone: what is due at the same instant is all done in one firing, in no
+/// particular order.
+struct At<T> {
     deadline: Instant,
-    seq: u64,
-    done: oneshot::Sender<()>,
+    what: T,
 }
 
-impl PartialEq for Wake {
+impl<T> PartialEq for At<T> {
     fn eq(&self, other: &Self) -> bool {
-        (self.deadline, self.seq) == (other.deadline, other.seq)
+        self.deadline == other.deadline
     }
 }
-impl Eq for Wake {}
-impl PartialOrd for Wake {
+impl<T> Eq for At<T> {}
+impl<T> PartialOrd for At<T> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Wake {
+impl<T> Ord for At<T> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.deadline, self.seq).cmp(&(other.deadline, other.seq))
+        self.deadline.cmp(&other.deadline)
     }
 }
+
+/// One pending wake-up of the timer thread.
+type Wake = At<oneshot::Sender<()>>;
 
 /// The timer thread's queue: wakes by deadline, and a condition variable
 /// the thread waits on until the earliest one. A new wake only wakes the
@@ -141,7 +146,7 @@ impl Timer {
                 drop(due);
                 for wake in fired {
                     // The sleeper may have been cancelled; that is fine.
-                    let _ = wake.done.send(());
+                    let _ = wake.what.send(());
                 }
                 due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
                 continue;
@@ -177,30 +182,8 @@ fn timer() -> &'static Timer {
     })
 }
 
-/// One sleeper of a runtime's own timer: whom to wake, and when. Ordered
-/// by deadline alone: sleepers due at the same instant are all woken in
-/// the same firing, in no particular order.
-struct Due {
-    deadline: Instant,
-    waker: Waker,
-}
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        self.deadline == other.deadline
-    }
-}
-impl Eq for Due {}
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.deadline.cmp(&other.deadline)
-    }
-}
+/// One sleeper of a runtime's own timer: whom to wake, and when.
+type Due = At<Waker>;
 
 /// A `timerfd` as Tokio's [`AsyncFd`] wants it.
 struct TimerFile(TimerFd);
@@ -364,7 +347,10 @@ impl RuntimeTimer {
             }
             sleepers.armed = Some(deadline);
         }
-        sleepers.due.push(Reverse(Due { deadline, waker }));
+        sleepers.due.push(Reverse(Due {
+            deadline,
+            what: waker,
+        }));
         true
     }
 
@@ -381,7 +367,7 @@ impl RuntimeTimer {
         impl Drop for Ended {
             fn drop(&mut self) {
                 self.0.firing.store(false, Ordering::Relaxed);
-                let left: Vec<Waker> = self.0.lock().due.drain().map(|d| d.0.waker).collect();
+                let left: Vec<Waker> = self.0.lock().due.drain().map(|d| d.0.what).collect();
                 for waker in left {
                     waker.wake();
                 }
@@ -406,7 +392,7 @@ impl RuntimeTimer {
                     let now = Instant::now();
                     while sleepers.due.peek().is_some_and(|d| d.0.deadline <= now) {
                         let Reverse(due) = sleepers.due.pop().expect("peeked");
-                        woken.push(due.waker);
+                        woken.push(due.what);
                     }
                     sleepers.armed = None;
                     if let Some(next) = sleepers.due.peek().map(|d| d.0.deadline) {
@@ -476,12 +462,10 @@ pub async fn precise_sleep(duration: Duration) {
     if Instant::now() >= deadline {
         return;
     }
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (done, wait) = oneshot::channel();
     timer().register(Wake {
         deadline,
-        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        done,
+        what: done,
     });
     let _ = wait.await;
 }
@@ -495,10 +479,11 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sleeps_on_a_multi_thread_runtime_use_the_timer_thread_and_never_wake_early() {
+    /// Sleeps `ms` milliseconds each, all at once, in the order given, and
+    /// checks that none ended before its deadline.
+    async fn none_ends_early(ms: impl Iterator<Item = u64>) {
         let start = Instant::now();
-        let ends = futures_util::future::join_all((1..=20u64).rev().map(|ms| async move {
+        let ends = futures_util::future::join_all(ms.map(|ms| async move {
             precise_sleep(Duration::from_millis(ms)).await;
             (ms, Instant::now())
         }))
@@ -509,6 +494,11 @@ mod tests {
                 "{ms} ms ended early"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sleeps_on_a_multi_thread_runtime_use_the_timer_thread_and_never_wake_early() {
+        none_ends_early((1..=20u64).rev()).await;
     }
 
     /// A waker that notes the thread it is woken on, then wakes `inner`.
@@ -578,21 +568,9 @@ mod tests {
     #[test]
     fn many_sleeps_on_one_runtime_each_end_at_or_after_their_deadline() {
         current_thread_runtime().block_on(async {
-            let start = Instant::now();
             // Registered latest first, with repeats, so the timer is armed
             // again and again for earlier deadlines.
-            let ends = futures_util::future::join_all((0..200u64).rev().map(|i| async move {
-                let ms = 1 + (i * 7) % 40;
-                precise_sleep(Duration::from_millis(ms)).await;
-                (ms, Instant::now())
-            }))
-            .await;
-            for (ms, end) in ends {
-                assert!(
-                    end - start >= Duration::from_millis(ms),
-                    "{ms} ms ended early"
-                );
-            }
+            none_ends_early((0..200u64).rev().map(|i| 1 + (i * 7) % 40)).await;
         });
     }
 
@@ -725,7 +703,7 @@ mod tests {
         // The later deadline is registered first. (It is far enough ahead
         // that a stall between the two registrations cannot let it fire
         // before the earlier one is even registered.)
-        for (seq, (name, ms)) in [("late", 200), ("early", 20)].into_iter().enumerate() {
+        for (name, ms) in [("late", 200), ("early", 20)] {
             let (done, mut wait) = oneshot::channel();
             let waker = Waker::from(Arc::new(Note {
                 name,
@@ -736,8 +714,7 @@ mod tests {
             let deadline = base + Duration::from_millis(ms);
             let wake = Wake {
                 deadline,
-                seq: seq as u64,
-                done,
+                what: done,
             };
             timer().register(wake);
             waits.push((name, deadline, wait));
