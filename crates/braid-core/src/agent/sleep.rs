@@ -33,7 +33,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
@@ -182,8 +182,9 @@ fn timer() -> &'static Timer {
     })
 }
 
-/// One sleeper of a runtime's own timer: whom to wake, and when.
-type Due = At<Waker>;
+/// One sleeper of a runtime's own timer: when, its sleep's id, and whom to
+/// wake.
+type Due = At<(u64, Waker)>;
 
 /// A `timerfd` as Tokio's [`AsyncFd`] wants it.
 struct TimerFile(TimerFd);
@@ -212,7 +213,18 @@ struct Sleepers {
     due: BinaryHeap<Reverse<Due>>,
     /// The deadline the `timerfd` is armed for, if it is.
     armed: Option<Instant>,
+    /// The id the next sleep queued here gets.
+    next_id: u64,
+    /// Sleeps dropped while still queued. Their entries are not woken when
+    /// they come due, and once they are half the queue (and at least
+    /// [`COMPACT_AT`]) they are taken out at once: an entry holds its
+    /// task's waker, and with it the task's memory.
+    cancelled: HashSet<u64>,
 }
+
+/// The fewest cancelled sleeps a runtime's timer takes out of its queue at
+/// once (see [`Sleepers::cancelled`]).
+const COMPACT_AT: usize = 64;
 
 /// The timer of one current-thread runtime (see the [module docs](self)).
 ///
@@ -312,6 +324,8 @@ impl RuntimeTimer {
             sleepers: Mutex::new(Sleepers {
                 due: BinaryHeap::new(),
                 armed: None,
+                next_id: 0,
+                cancelled: HashSet::new(),
             }),
             file,
             firing: AtomicBool::new(true),
@@ -336,9 +350,10 @@ impl RuntimeTimer {
         )
     }
 
-    /// Queues `waker` to be woken at `deadline`; false if the `timerfd`
-    /// could not be armed (the sleep then uses the timer thread).
-    fn register(&self, deadline: Instant, waker: Waker) -> bool {
+    /// Queues `waker` to be woken at `deadline`, under the sleep's `id`
+    /// (given one the first time); false if the `timerfd` could not be
+    /// armed (the sleep then uses the timer thread).
+    fn register(&self, deadline: Instant, waker: Waker, id: &mut Option<u64>) -> bool {
         let mut sleepers = self.lock();
         if sleepers.armed.is_none_or(|armed| deadline < armed) {
             if self.arm(deadline).is_err() {
@@ -347,11 +362,36 @@ impl RuntimeTimer {
             }
             sleepers.armed = Some(deadline);
         }
+        let id = *id.get_or_insert_with(|| {
+            sleepers.next_id += 1;
+            sleepers.next_id
+        });
         sleepers.due.push(Reverse(Due {
             deadline,
-            what: waker,
+            what: (id, waker),
         }));
         true
+    }
+
+    /// Notes that the sleep `id` was dropped while queued; takes every
+    /// such sleep out of the queue once they are half of it.
+    fn cancel(&self, id: u64) {
+        let mut sleepers = self.lock();
+        sleepers.cancelled.insert(id);
+        let cancelled = sleepers.cancelled.len();
+        if cancelled < COMPACT_AT || cancelled * 2 < sleepers.due.len() {
+            return;
+        }
+        let cancelled = std::mem::take(&mut sleepers.cancelled);
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut sleepers.due)
+            .into_vec()
+            .into_iter()
+            .partition(|d| cancelled.contains(&d.0.what.0));
+        sleepers.due = BinaryHeap::from(kept);
+        drop(sleepers);
+        // Outside the lock: dropping a waker may drop its task, and with
+        // it another sleep.
+        drop(gone);
     }
 
     /// The task that fires the timer: each time the `timerfd` expires, wakes
@@ -367,7 +407,7 @@ impl RuntimeTimer {
         impl Drop for Ended {
             fn drop(&mut self) {
                 self.0.firing.store(false, Ordering::Relaxed);
-                let left: Vec<Waker> = self.0.lock().due.drain().map(|d| d.0.what).collect();
+                let left: Vec<Waker> = self.0.lock().due.drain().map(|d| d.0.what.1).collect();
                 for waker in left {
                     waker.wake();
                 }
@@ -379,6 +419,7 @@ impl RuntimeTimer {
         async move {
             let this = &ended.0;
             let mut woken = Vec::new();
+            let mut stale = Vec::new();
             loop {
                 let Ok(mut ready) = this.file.readable().await else {
                     return;
@@ -392,7 +433,13 @@ impl RuntimeTimer {
                     let now = Instant::now();
                     while sleepers.due.peek().is_some_and(|d| d.0.deadline <= now) {
                         let Reverse(due) = sleepers.due.pop().expect("peeked");
-                        woken.push(due.what);
+                        let (id, waker) = due.what;
+                        // (Hashed only when some sleep was cancelled.)
+                        if !sleepers.cancelled.is_empty() && sleepers.cancelled.remove(&id) {
+                            stale.push(waker);
+                        } else {
+                            woken.push(waker);
+                        }
                     }
                     sleepers.armed = None;
                     if let Some(next) = sleepers.due.peek().map(|d| d.0.deadline) {
@@ -408,10 +455,32 @@ impl RuntimeTimer {
                 for waker in woken.drain(..) {
                     waker.wake();
                 }
+                stale.clear();
                 if !this.firing.load(Ordering::Relaxed) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A sleep on a runtime's own timer: dropped before it is over, it tells
+/// the timer, which then need not keep its waker until the deadline.
+struct Queued<'a> {
+    timer: &'a RuntimeTimer,
+    /// Its id in the timer's queue, once queued.
+    id: Option<u64>,
+    /// The waker it is queued with, to queue again if polled with another
+    /// (as a future must).
+    waker: Option<Waker>,
+    /// It ended: slept, or moved to the timer thread.
+    over: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let (Some(id), false) = (self.id, self.over) {
+            self.timer.cancel(id);
         }
     }
 }
@@ -434,23 +503,34 @@ pub async fn precise_sleep(duration: Duration) {
         return;
     };
     if let Some(timer) = RuntimeTimer::current() {
-        // The waker it is queued with, to queue again if polled with
-        // another (as a future must).
-        let mut queued: Option<Waker> = None;
+        let mut queued = Queued {
+            timer: &timer,
+            id: None,
+            waker: None,
+            over: false,
+        };
         let slept = std::future::poll_fn(|cx| {
             // Not due at the first poll: the deadline was just set ahead.
-            if queued.is_some() && Instant::now() >= deadline {
+            if queued.waker.is_some() && Instant::now() >= deadline {
+                queued.over = true;
                 return Poll::Ready(true);
             }
             if !timer.firing.load(Ordering::Relaxed) {
-                // Its runtime is going away, or its `timerfd` failed.
+                // Its runtime is going away, or its `timerfd` failed (and
+                // its queue was emptied).
+                queued.over = true;
                 return Poll::Ready(false);
             }
-            if !queued.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                if !timer.register(deadline, cx.waker().clone()) {
+            if !queued
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                if !timer.register(deadline, cx.waker().clone(), &mut queued.id) {
+                    queued.over = true;
                     return Poll::Ready(false);
                 }
-                queued = Some(cx.waker().clone());
+                queued.waker = Some(cx.waker().clone());
             }
             Poll::Pending
         })
@@ -585,6 +665,47 @@ mod tests {
             precise_sleep(Duration::from_millis(10)).await;
             assert!(start.elapsed() >= Duration::from_millis(15));
             assert!(start.elapsed() < Duration::from_secs(60));
+        });
+    }
+
+    /// A waker that counts how often it is dropped.
+    struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn cancelled_sleeps_give_their_wakers_back_before_their_deadline() {
+        current_thread_runtime().block_on(async {
+            let start = Instant::now();
+            let mut on_time = std::pin::pin!(precise_sleep(Duration::from_millis(20)));
+            assert!(futures_util::poll!(on_time.as_mut()).is_pending());
+            let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            for _ in 0..1_000 {
+                let mut sleep = std::pin::pin!(precise_sleep(Duration::from_secs(3600)));
+                let waker = Waker::from(Arc::new(Counted(dropped.clone())));
+                let polled = sleep.as_mut().poll(&mut Context::from_waker(&waker));
+                assert!(polled.is_pending());
+                // Dropped here, an hour early.
+            }
+            let queued = RuntimeTimer::current().unwrap().lock().due.len();
+            assert!(queued <= 2 * COMPACT_AT, "{queued} sleeps still queued");
+            assert!(
+                dropped.load(Ordering::Relaxed) >= 1_000 - 2 * COMPACT_AT,
+                "only {} of 1,000 wakers given back",
+                dropped.load(Ordering::Relaxed)
+            );
+            // A sleep queued before them all is still on time.
+            on_time.await;
+            let slept = start.elapsed();
+            assert!(slept >= Duration::from_millis(20) && slept < Duration::from_secs(60));
         });
     }
 
