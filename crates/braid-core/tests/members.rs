@@ -48,20 +48,27 @@ impl Drop for DropCounter {
     }
 }
 
-/// `boom` panics; `slow` would take a minute; `started` counts starts and
-/// `dropped` the ends of `slow`'s calls.
+/// `boom` panics once a `slow` call has started (on a busy machine a
+/// multi-thread worker may not have polled it yet); `slow` would take a
+/// minute; `started` counts starts and `dropped` the ends of `slow`'s calls.
 fn kinds(started: Arc<AtomicUsize>, dropped: Arc<AtomicUsize>) -> AgentKinds {
+    let slow_started = Arc::new(tokio::sync::Notify::new());
     let mut kinds = AgentKinds::standard();
-    kinds.builtin_fn("boom", |_| async {
-        tokio::task::yield_now().await;
-        if true {
-            panic!("boom at the second poll");
+    let wait_for_slow = slow_started.clone();
+    kinds.builtin_fn("boom", move |_| {
+        let wait_for_slow = wait_for_slow.clone();
+        async move {
+            wait_for_slow.notified().await;
+            if true {
+                panic!("boom while slow runs");
+            }
+            Ok::<_, AgentError>(Writes::new())
         }
-        Ok::<_, AgentError>(Writes::new())
     });
     kinds.builtin_fn("slow", move |_| {
         let guard = DropCounter(dropped.clone());
         started.fetch_add(1, Ordering::SeqCst);
+        slow_started.notify_one();
         async move {
             let _guard = guard;
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -99,7 +106,7 @@ agents:
         assert_eq!(boom.status, AgentStatus::Failed, "{flavor}");
         assert_eq!(
             boom.error.as_deref(),
-            Some("the agent panicked: boom at the second poll"),
+            Some("the agent panicked: boom while slow runs"),
             "{flavor}"
         );
         let slow = &report.agents["slow"];
@@ -207,15 +214,27 @@ impl Drop for PanicsOnDrop {
 #[test]
 fn an_agent_that_panics_as_it_is_cancelled_does_not_take_the_run_down() {
     for (flavor, runtime) in runtimes() {
+        // `fails` fails only once `sticky` holds its guard: on a busy
+        // machine a multi-thread worker may not have polled `sticky` yet,
+        // and a task aborted before its first poll has nothing to panic.
+        let holds_guard = Arc::new(tokio::sync::Notify::new());
         let mut kinds = AgentKinds::standard();
-        kinds.builtin_fn("fails", |_| async {
-            tokio::task::yield_now().await;
-            Err::<Writes, _>(AgentError::Other("gave up".into()))
+        let started = holds_guard.clone();
+        kinds.builtin_fn("fails", move |_| {
+            let started = started.clone();
+            async move {
+                started.notified().await;
+                Err::<Writes, _>(AgentError::Other("gave up".into()))
+            }
         });
-        kinds.builtin_fn("sticky", |_| async {
-            let _guard = PanicsOnDrop;
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            Ok::<_, AgentError>(Writes::new())
+        kinds.builtin_fn("sticky", move |_| {
+            let holds_guard = holds_guard.clone();
+            async move {
+                let _guard = PanicsOnDrop;
+                holds_guard.notify_one();
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, AgentError>(Writes::new())
+            }
         });
         let pipeline = Pipeline::from_yaml_str_with(
             "pipeline: sticky
