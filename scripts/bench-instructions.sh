@@ -16,11 +16,10 @@
 #                                SQLite (what a per-agent checkpoint adds:
 #                                the record, the writer thread, SQLite)
 #
-# Allocations are calls to Rust's global allocator (alloc, alloc_zeroed and
-# realloc) made by every thread; C code (SQLite) allocates on its own and
-# is not counted. The release profile's LTO inlines the allocator's Rust
-# entry points into mimalloc's, so those are counted when the Rust ones are
-# not in the profile (mimalloc is only reached from Rust here).
+# Allocations are calls into mimalloc (alloc, alloc_zeroed and realloc)
+# made by every thread: only Rust's global allocator reaches mimalloc here,
+# inlined into its callers or not; C code (SQLite) allocates on its own and
+# is not counted.
 #
 #   scripts/bench-instructions.sh [--runs 100] [--nodes 1000]
 # Prints one JSON object per figure. BRAID_BIN=path skips the build.
@@ -61,8 +60,9 @@ count() {
   allocations=$(python3 - "$out" <<'PY'
 import re, sys
 names, current, total = {}, None, 0
-rust = {"__rustc::__rust_alloc", "__rustc::__rust_alloc_zeroed", "__rustc::__rust_realloc"}
-mimalloc = {"mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"}
+# The binary's allocator (crates/braid-cli/src/allocator.rs) calls mi_malloc
+# and mi_zalloc itself for alignments up to 16, the aligned entries otherwise.
+mimalloc = {"mi_malloc", "mi_zalloc", "mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"}
 pattern = re.compile(r"^c?fn=\((\d+)\)(?: (.*))?$")
 calls = {}
 for line in open(sys.argv[1], errors="replace"):
@@ -72,10 +72,9 @@ for line in open(sys.argv[1], errors="replace"):
             names[m.group(1)] = m.group(2)
         if line.startswith("cfn="):
             current = names.get(m.group(1)) if m else None
-    elif line.startswith("calls=") and current in rust | mimalloc:
+    elif line.startswith("calls=") and current in mimalloc:
         calls[current] = calls.get(current, 0) + int(line.split()[0][len("calls="):])
-total = sum(n for f, n in calls.items() if f in rust)
-print(total or sum(n for f, n in calls.items() if f in mimalloc))
+print(sum(calls.values()))
 PY
 )
   echo "$instructions $allocations"

@@ -6,6 +6,7 @@
 //! run finished but could not be saved to the store; 130 the run was
 //! cancelled.
 
+mod allocator;
 mod cmd;
 mod progress;
 mod traces;
@@ -18,7 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// mimalloc rather than the system allocator: runs allocate many small,
 /// short-lived objects across threads (see BENCHMARKS.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 /// Runs multi-agent pipelines as fast as their data dependencies allow.
 #[derive(Debug, Parser)]
