@@ -581,19 +581,24 @@ agents:
         .arg(&file)
         .args(["--checkpoint", "agent"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("run.stderr")).unwrap())
         .spawn()
         .unwrap();
     // Follow it from another process once its record exists (a fresh
-    // store's migrations come first: on a loaded machine, seconds).
+    // store's migrations come first: on a loaded machine, seconds). Each
+    // look opens the store too, so not more often than every 100 ms.
     let mut ids = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
         ids = run_ids(dir.path());
         if !ids.is_empty() {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        if let Some(status) = run.try_wait().unwrap() {
+            let stderr = std::fs::read_to_string(dir.path().join("run.stderr")).unwrap();
+            panic!("the run ended ({status}) before it was on record: {stderr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(ids.len(), 1, "the run is on record while it runs");
     let output = braid(dir.path())
