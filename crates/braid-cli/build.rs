@@ -8,8 +8,9 @@
 //!
 //! Done where the link is known to go through LLD, which reads a symbol
 //! ordering file: Rust links with its own LLD by default on
-//! x86_64-unknown-linux-gnu (since 1.90). `BRAID_NO_SYMBOL_ORDER=1` turns
-//! it off, for a build that links with another linker.
+//! x86_64-unknown-linux-gnu (since 1.90). Not done when the build names
+//! its own linker or linker flags (GNU ld and gold do not know the
+//! option), nor with `BRAID_NO_SYMBOL_ORDER=1`.
 
 use std::env;
 use std::path::Path;
@@ -18,7 +19,16 @@ fn main() {
     println!("cargo::rerun-if-changed=symbol-order.txt");
     println!("cargo::rerun-if-env-changed=BRAID_NO_SYMBOL_ORDER");
     let target = env::var("TARGET").unwrap_or_default();
-    if target != "x86_64-unknown-linux-gnu" || env::var_os("BRAID_NO_SYMBOL_ORDER").is_some() {
+    // Cargo sets RUSTC_LINKER for a configured linker; linker flags come
+    // through the encoded RUSTFLAGS (`-Clinker=…`, `-Clinker-features=-lld`,
+    // `-Clink-arg=-fuse-ld=…`).
+    let own_linker = env::var_os("RUSTC_LINKER").is_some()
+        || env::var("CARGO_ENCODED_RUSTFLAGS")
+            .is_ok_and(|flags| flags.contains("linker") || flags.contains("fuse-ld"));
+    if target != "x86_64-unknown-linux-gnu"
+        || own_linker
+        || env::var_os("BRAID_NO_SYMBOL_ORDER").is_some()
+    {
         return;
     }
     let manifest = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
