@@ -4,19 +4,23 @@
 # at the start of the binary's code (crates/braid-cli/build.rs).
 #
 # Why: the kernel maps a binary's code into memory 64 KB at a time around
-# each page a process first touches. The few hundred functions a run
-# executes (about 1.5 MB) are otherwise spread over the whole 24 MB of code,
-# so a `braid` process that runs pipelines had 9.5 MB of code resident
-# (BENCHMARKS.md, "Memory"). Grouped, they fit in a few windows.
+# each page a process first touches. The functions a run executes (about
+# 1,000 of them, 1.5 MB; 2,800 and 3.8 MB with loading, checking and the
+# main example's agents) were spread over the whole 24 MB of code, so a
+# `braid` process that runs pipelines had 9-12 MB of code resident
+# (BENCHMARKS.md, "Issue 16, third pass"). Grouped, they fit in a few
+# windows.
 #
 # The functions are those callgrind sees executed in the binary while it
 # runs the `many` and `overhead` benchmark scenarios, then validates,
-# explains and runs the main example, listed in that order. Symbols are mangled names with a hash that
-# stays the same while a function's path and generic arguments do, so the
-# list ages slowly: the linker ignores names it no longer finds (the
-# functions then sit where they would have anyway). `--check` says how many
-# of the listed names the current binary still has; rerun this script when
-# that share drops.
+# explains and runs the main example, listed in that order. Symbols are
+# mangled names with a hash that stays the same while a function's path,
+# generic arguments and crate do; a crate's hash changes with its version,
+# its dependencies and the compiler, so a new toolchain, or a dependency
+# added to braid-cli (which renames braid-cli's own functions), calls for a
+# new list. The linker ignores names it no longer finds (those functions
+# then sit where they would have anyway). `--check` says how many of the
+# listed names the binary still has; rerun this script when that drops.
 #
 #   scripts/symbol-order.sh [--check]     BRAID_BIN=path skips the build.
 set -euo pipefail
