@@ -44,6 +44,12 @@ else
 fi
 [ -x "$braid_bin" ] || { echo "error: braid binary $braid_bin not found or not executable" >&2; exit 1; }
 [ -x "$peer_bin" ] || { echo "error: peer binary $peer_bin not found after the build" >&2; exit 1; }
+# braid's memory figures depend on its code layout (BENCHMARKS.md, "Issue
+# 16, third pass"): say whether the binary still has the functions the
+# linker was told to group.
+if command -v nm >/dev/null; then
+  BRAID_BIN="$braid_bin" bash scripts/symbol-order.sh --check >&2 || true
+fi
 
 # The same scenarios with the same parameters, given to both explicitly:
 # L = 50 ms, 200 runs for overhead, 1,000 agents in wide and deep and items
