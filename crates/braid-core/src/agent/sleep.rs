@@ -26,8 +26,9 @@
 //!   nanosecond deadlines; a new sleep wakes that thread only when it is
 //!   due before every queued one.
 //!
-//! Either way, a thousand sleeps started together cost one arming of the
-//! timer, not a thousand system calls, and no sleep ends before its
+//! Either way a new sleep re-arms the timer only when it is due before
+//! every queued one (a thousand 50 ms sleeps started together cost one
+//! arming, not a thousand system calls), and no sleep ends before its
 //! deadline. (They follow the real monotonic clock, not Tokio's paused
 //! test clock.)
 
@@ -108,6 +109,14 @@ impl<T> Ord for At<T> {
     }
 }
 
+/// What in `queue` is due at `now`, earliest first, taken out of it.
+fn pop_due<T>(queue: &mut BinaryHeap<Reverse<At<T>>>, now: Instant) -> Option<At<T>> {
+    queue
+        .peek()
+        .is_some_and(|d| d.0.deadline <= now)
+        .then(|| queue.pop().expect("peeked").0)
+}
+
 /// One pending wake-up of the timer thread.
 type Wake = At<oneshot::Sender<()>>;
 
@@ -138,8 +147,7 @@ impl Timer {
         loop {
             let now = Instant::now();
             let mut fired = Vec::new();
-            while due.peek().is_some_and(|w| w.0.deadline <= now) {
-                let Reverse(wake) = due.pop().expect("peeked");
+            while let Some(wake) = pop_due(&mut due, now) {
                 fired.push(wake);
             }
             if !fired.is_empty() {
@@ -198,25 +206,25 @@ impl AsRawFd for TimerFile {
 /// `file` in the current runtime's reactor. Panics when the runtime has no
 /// I/O driver (see [`use_runtime_timer`]).
 #[allow(unsafe_code)]
-fn register(file: TimerFile) -> Option<AsyncFd<TimerFile>> {
+fn register_fd(file: TimerFile) -> Option<AsyncFd<TimerFile>> {
     // SAFETY: `AsyncFd::register` needs the descriptor to stay open, and
     // to be the one `as_raw_fd` returns, for as long as the `AsyncFd`
     // lives. `TimerFile` owns its `TimerFd`, which owns the descriptor
     // (an `OwnedFd`, closed only when it is dropped); the `AsyncFd` owns
-    // the `TimerFile` and hands out only shared references to it, and
-    // nothing here replaces or closes the `TimerFd` it holds.
+    // the `TimerFile` and lives in the timer's `Arc`, so nothing ever
+    // takes it mutably, and nothing here replaces or closes the `TimerFd`.
     unsafe { AsyncFd::register(file) }.ok()
 }
 
 /// What a [`RuntimeTimer`] keeps under its lock.
 struct Sleepers {
+    /// The queue; the `timerfd` is armed for its earliest deadline (or an
+    /// earlier one, of a sleep since cancelled).
     due: BinaryHeap<Reverse<Due>>,
-    /// The deadline the `timerfd` is armed for, if it is.
-    armed: Option<Instant>,
     /// The id the next sleep queued here gets.
     next_id: u64,
-    /// Sleeps dropped while still queued. Their entries are not woken when
-    /// they come due, and once they are half the queue (and at least
+    /// Sleeps dropped while still queued, before their deadline. Their
+    /// entries are not woken when they come due, and once they are half the queue (and at least
     /// [`COMPACT_AT`]) they are taken out at once: an entry holds its
     /// task's waker, and with it the task's memory.
     cancelled: HashSet<u64>,
@@ -228,31 +236,36 @@ const COMPACT_AT: usize = 64;
 
 /// The timer of one current-thread runtime (see the [module docs](self)).
 ///
-/// Only that runtime's thread touches it, so its lock is never contended;
-/// it is a lock, not a `RefCell`, because the task that fires it must be
-/// `Send` to be spawned.
+/// Its runtime's thread is nearly always the only one to touch it, so its
+/// lock is rarely contended; it is a lock, not a `RefCell`, because the
+/// task that fires it must be `Send` to be spawned, and because a sleep
+/// can be polled again from another thread (its future moved there).
 struct RuntimeTimer {
     runtime: tokio::runtime::Id,
     sleepers: Mutex<Sleepers>,
     file: AsyncFd<TimerFile>,
-    /// False once the firing task has ended (its runtime shut down, or the
-    /// `timerfd` failed): a sleep then makes a new timer, or uses the
-    /// thread-wide one.
+    /// False once the timer takes no more sleeps (its firing task ended
+    /// with its runtime, or the `timerfd` failed): a sleep then makes a new
+    /// timer, or uses the thread-wide one. Set under the lock, so that no
+    /// sleep is queued after the queue was emptied for good.
     firing: AtomicBool,
 }
 
-/// What this thread's sleeps use: the timer of the current-thread runtime
-/// that last slept here, or a note that that runtime cannot have one.
-enum ThisThread {
-    Unset,
-    Runtime(Arc<RuntimeTimer>),
+/// What this thread's sleeps use: the timers of the current-thread
+/// runtimes that slept here (one, unless runtimes take turns on this
+/// thread), and the last runtime that cannot have one.
+struct ThisThread {
+    /// Those still firing; one that stopped is let go at the next new one.
+    timers: Vec<Arc<RuntimeTimer>>,
     /// A `timerfd` could not be made for this runtime: its sleeps use the
     /// timer thread.
-    Unable(tokio::runtime::Id),
+    unable: Option<tokio::runtime::Id>,
 }
 
 thread_local! {
-    static THIS_THREAD: RefCell<ThisThread> = const { RefCell::new(ThisThread::Unset) };
+    static THIS_THREAD: RefCell<ThisThread> = const {
+        RefCell::new(ThisThread { timers: Vec::new(), unable: None })
+    };
     static RUNTIME_TIMER_WANTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -289,22 +302,23 @@ impl RuntimeTimer {
         let id = handle.id();
         THIS_THREAD.with(|this| {
             let mut this = this.borrow_mut();
-            match &*this {
-                ThisThread::Runtime(timer)
-                    if timer.runtime == id && timer.firing.load(Ordering::Relaxed) =>
-                {
-                    return Some(timer.clone());
-                }
-                ThisThread::Unable(runtime) if *runtime == id => return None,
-                _ => {}
+            let firing = |timer: &Arc<Self>| timer.firing.load(Ordering::Relaxed);
+            if let Some(timer) = this.timers.iter().find(|t| t.runtime == id && firing(t)) {
+                return Some(timer.clone());
             }
+            if this.unable == Some(id) {
+                return None;
+            }
+            // Timers of runtimes that shut down (or whose `timerfd` failed)
+            // are let go here, so a thread keeps one per live runtime.
+            this.timers.retain(firing);
             match Self::start(&handle) {
                 Some(timer) => {
-                    *this = ThisThread::Runtime(timer.clone());
+                    this.timers.push(timer.clone());
                     Some(timer)
                 }
                 None => {
-                    *this = ThisThread::Unable(id);
+                    this.unable = Some(id);
                     None
                 }
             }
@@ -318,12 +332,11 @@ impl RuntimeTimer {
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )
         .ok()?;
-        let file = register(TimerFile(file))?;
+        let file = register_fd(TimerFile(file))?;
         let timer = Arc::new(Self {
             runtime: handle.id(),
             sleepers: Mutex::new(Sleepers {
                 due: BinaryHeap::new(),
-                armed: None,
                 next_id: 0,
                 cancelled: HashSet::new(),
             }),
@@ -355,12 +368,16 @@ impl RuntimeTimer {
     /// armed (the sleep then uses the timer thread).
     fn register(&self, deadline: Instant, waker: Waker, id: &mut Option<u64>) -> bool {
         let mut sleepers = self.lock();
-        if sleepers.armed.is_none_or(|armed| deadline < armed) {
-            if self.arm(deadline).is_err() {
-                self.firing.store(false, Ordering::Relaxed);
-                return false;
-            }
-            sleepers.armed = Some(deadline);
+        // Checked under the lock: the queue may have just been emptied for
+        // good (`Ended`), by another thread than this sleep's.
+        if !self.firing.load(Ordering::Relaxed) {
+            return false;
+        }
+        if sleepers.due.peek().is_none_or(|d| deadline < d.0.deadline)
+            && self.arm(deadline).is_err()
+        {
+            self.firing.store(false, Ordering::Relaxed);
+            return false;
         }
         let id = *id.get_or_insert_with(|| {
             sleepers.next_id += 1;
@@ -398,16 +415,19 @@ impl RuntimeTimer {
     /// every sleeper that is due and arms it for the next.
     fn fire(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         /// However the task ends (dropped with its runtime, even before it
-        /// first ran; the `timerfd` failed; arming failed in `register`):
-        /// marks the timer as no longer firing and wakes every sleeper
-        /// still queued, which then finds it is not due and sleeps on the
-        /// timer thread instead (or is dropped with its runtime). None is
-        /// left waiting on a timer that will never fire.
+        /// first ran; the `timerfd` failed; arming failed, which ends it at
+        /// its next expiry): marks the timer as no longer firing and wakes
+        /// every sleeper still queued, which then finds it is not due and
+        /// sleeps on the timer thread instead (or is dropped with its
+        /// runtime). None is left waiting on a timer that will never fire.
         struct Ended(Arc<RuntimeTimer>);
         impl Drop for Ended {
             fn drop(&mut self) {
+                let mut sleepers = self.0.lock();
+                // Under the lock: `register` queues nothing after this.
                 self.0.firing.store(false, Ordering::Relaxed);
-                let left: Vec<Waker> = self.0.lock().due.drain().map(|d| d.0.what.1).collect();
+                let left: Vec<Waker> = sleepers.due.drain().map(|d| d.0.what.1).collect();
+                drop(sleepers);
                 for waker in left {
                     waker.wake();
                 }
@@ -431,8 +451,7 @@ impl RuntimeTimer {
                 {
                     let mut sleepers = this.lock();
                     let now = Instant::now();
-                    while sleepers.due.peek().is_some_and(|d| d.0.deadline <= now) {
-                        let Reverse(due) = sleepers.due.pop().expect("peeked");
+                    while let Some(due) = pop_due(&mut sleepers.due, now) {
                         let (id, waker) = due.what;
                         // (Hashed only when some sleep was cancelled.)
                         if !sleepers.cancelled.is_empty() && sleepers.cancelled.remove(&id) {
@@ -441,14 +460,11 @@ impl RuntimeTimer {
                             woken.push(waker);
                         }
                     }
-                    sleepers.armed = None;
-                    if let Some(next) = sleepers.due.peek().map(|d| d.0.deadline) {
-                        if this.arm(next).is_err() {
-                            // The rest are woken as the task ends (`Ended`).
-                            this.firing.store(false, Ordering::Relaxed);
-                        } else {
-                            sleepers.armed = Some(next);
-                        }
+                    if let Some(next) = sleepers.due.peek().map(|d| d.0.deadline)
+                        && this.arm(next).is_err()
+                    {
+                        // The rest are woken as the task ends (`Ended`).
+                        this.firing.store(false, Ordering::Relaxed);
                     }
                 }
                 // Outside the lock: a waker may do anything, sleep included.
@@ -468,6 +484,7 @@ impl RuntimeTimer {
 /// the timer, which then need not keep its waker until the deadline.
 struct Queued<'a> {
     timer: &'a RuntimeTimer,
+    deadline: Instant,
     /// Its id in the timer's queue, once queued.
     id: Option<u64>,
     /// The waker it is queued with, to queue again if polled with another
@@ -479,7 +496,13 @@ struct Queued<'a> {
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        if let (Some(id), false) = (self.id, self.over) {
+        // Once due, its entry may already be out of the queue (woken, then
+        // dropped before it was polled): noting it as cancelled would leave
+        // an id behind that no entry clears. An entry still queued past its
+        // deadline is simply woken, for nothing, at the next firing.
+        if let (Some(id), false) = (self.id, self.over)
+            && Instant::now() < self.deadline
+        {
             self.timer.cancel(id);
         }
     }
@@ -497,6 +520,9 @@ impl Drop for Queued<'_> {
 /// # });
 /// ```
 pub async fn precise_sleep(duration: Duration) {
+    if duration.is_zero() {
+        return;
+    }
     let Some(deadline) = Instant::now().checked_add(duration) else {
         // Further than the clock can count: Tokio's timer clamps it.
         tokio::time::sleep(duration).await;
@@ -505,12 +531,15 @@ pub async fn precise_sleep(duration: Duration) {
     if let Some(timer) = RuntimeTimer::current() {
         let mut queued = Queued {
             timer: &timer,
+            deadline,
             id: None,
             waker: None,
             over: false,
         };
         let slept = std::future::poll_fn(|cx| {
-            // Not due at the first poll: the deadline was just set ahead.
+            // The first poll queues it without reading the clock: the
+            // deadline was just set ahead (if it passed meanwhile, the
+            // timer wakes it at once).
             if queued.waker.is_some() && Instant::now() >= deadline {
                 queued.over = true;
                 return Poll::Ready(true);
@@ -576,9 +605,55 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sleeps_on_a_multi_thread_runtime_use_the_timer_thread_and_never_wake_early() {
-        none_ends_early((1..=20u64).rev()).await;
+    #[test]
+    fn sleeps_on_a_multi_thread_runtime_use_the_timer_thread_and_never_wake_early() {
+        // Even on worker threads that asked for a runtime timer.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .on_thread_start(use_runtime_timer)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(runtime.spawn(async {
+                assert!(
+                    RuntimeTimer::current().is_none(),
+                    "a multi-thread runtime has no timer of its own"
+                );
+                none_ends_early((1..=20u64).rev()).await;
+            }))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_zero_sleep_ends_at_its_first_poll() {
+        current_thread_runtime().block_on(async {
+            let sleep = std::pin::pin!(precise_sleep(Duration::ZERO));
+            assert!(futures_util::poll!(sleep).is_ready());
+            assert_eq!(
+                RuntimeTimer::current().unwrap().lock().due.len(),
+                0,
+                "nothing queued"
+            );
+        });
+    }
+
+    /// A sleep woken as it came due, then dropped before it was polled (a
+    /// `select!` another branch won), leaves nothing behind in its timer.
+    #[test]
+    fn a_sleep_dropped_after_its_wake_leaves_no_cancelled_id() {
+        current_thread_runtime().block_on(async {
+            let mut sleep = Box::pin(precise_sleep(Duration::from_millis(5)));
+            assert!(futures_util::poll!(sleep.as_mut()).is_pending());
+            // The runtime's timer fires meanwhile and wakes it.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(sleep);
+            // (Had the thread stalled past both deadlines, its entry may
+            // still be queued, to be woken for nothing: only a cancelled id
+            // would outstay it.)
+            let timer = RuntimeTimer::current().unwrap();
+            assert!(timer.lock().cancelled.is_empty());
+        });
     }
 
     /// A waker that notes the thread it is woken on, then wakes `inner`.
@@ -648,6 +723,10 @@ mod tests {
     #[test]
     fn many_sleeps_on_one_runtime_each_end_at_or_after_their_deadline() {
         current_thread_runtime().block_on(async {
+            assert!(
+                RuntimeTimer::current().is_some(),
+                "the runtime has its own timer"
+            );
             // Registered latest first, with repeats, so the timer is armed
             // again and again for earlier deadlines.
             none_ends_early((0..200u64).rev().map(|i| 1 + (i * 7) % 40)).await;
@@ -662,9 +741,19 @@ mod tests {
                 () = precise_sleep(Duration::from_millis(5)) => {}
                 () = precise_sleep(Duration::from_secs(3600)) => panic!("the hour-long sleep won"),
             }
-            precise_sleep(Duration::from_millis(10)).await;
+            {
+                // The hour-long sleep told its timer it was dropped.
+                let timer = RuntimeTimer::current().unwrap();
+                let sleepers = timer.lock();
+                assert_eq!((sleepers.due.len(), sleepers.cancelled.len()), (1, 1));
+            }
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                precise_sleep(Duration::from_millis(10)),
+            )
+            .await
+            .expect("the next sleep was never woken");
             assert!(start.elapsed() >= Duration::from_millis(15));
-            assert!(start.elapsed() < Duration::from_secs(60));
         });
     }
 
@@ -725,14 +814,26 @@ mod tests {
                 assert!(start.elapsed() >= Duration::from_millis(5));
             });
         };
+        let timer_of = |runtime: &tokio::runtime::Runtime| {
+            runtime.block_on(async { RuntimeTimer::current().expect("a timer") })
+        };
         let first = current_thread_runtime();
         sleep_on(&first);
         drop(first);
         let (a, b) = (current_thread_runtime(), current_thread_runtime());
         sleep_on(&a);
+        let a_timer = timer_of(&a);
         sleep_on(&b);
         sleep_on(&a);
         sleep_on(&b);
+        // Taking turns, each runtime keeps its one timer; the first one's,
+        // which stopped with it, was let go.
+        assert!(
+            Arc::ptr_eq(&a_timer, &timer_of(&a)),
+            "a second timer for `a`"
+        );
+        assert!(!Arc::ptr_eq(&a_timer, &timer_of(&b)));
+        assert_eq!(THIS_THREAD.with(|this| this.borrow().timers.len()), 2);
     }
 
     /// A sleep first polled under a runtime that then shuts down is woken
