@@ -740,6 +740,8 @@ impl<'p> Scheduler<'p> {
                     self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
                 }
                 Some(ended) = self.tasks.join_next() => self.finish(ended),
+                // `select!` builds a disabled branch's future too (it only
+                // skips polling it): filtered, that is no clone and no box.
                 permit = acquire(self.slots.as_ref().filter(|_| self.wants_slot).cloned()), if self.wants_slot => {
                     self.wants_slot = false;
                     self.spare = permit;
