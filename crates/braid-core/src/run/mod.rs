@@ -15,6 +15,8 @@
 //! - `attempt`: one agent's attempts — timeouts, retries with
 //!   [`Backoff`](crate::backoff::Backoff), output checking.
 //! - `members`: the agents in flight, polled or spawned, and their ends.
+//! - `cancel`: the loop's watch on its cancellation token, which asks the
+//!   token only after the token woke it.
 //! - `cached`: the cache lookup and store around a cached agent's task.
 //! - `outcome`: the one place an agent's outcome is recorded (state merge,
 //!   report, telemetry, events, per-agent checkpoint), used by the loop and
@@ -40,6 +42,7 @@ pub use crate::report::{AgentReport, AgentStatus, RunReport, RunStatus};
 
 mod attempt;
 mod cached;
+mod cancel;
 mod fanout;
 mod group;
 mod members;

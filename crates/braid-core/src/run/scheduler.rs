@@ -693,9 +693,11 @@ impl<'p> Scheduler<'p> {
         };
         let cancel = self.options.cancel.clone();
         // Made once and polled in every turn of the loop (it stays
-        // registered), rather than made and dropped at each turn.
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
+        // registered), rather than made and dropped at each turn; it asks
+        // the token only when the token woke it (see `cancel.rs`).
+        let token_cancelled = cancel.cancelled();
+        tokio::pin!(token_cancelled);
+        let mut cancelled = super::cancel::Cancelled::new(&cancel, token_cancelled);
         self.loop_span = tracing::Span::current();
         // Answers delivered while the run is in flight (see `wait.rs`).
         let mut inbox = match self.options.answers.clone() {
@@ -707,10 +709,8 @@ impl<'p> Scheduler<'p> {
             None => None,
         };
         while self.stop.is_none() {
-            // Before anything starts, or the run ends. (Asking the token
-            // takes its lock: when nothing can start and members are in
-            // flight, the select below, which hears it first, is enough.)
-            if (!self.ready.is_empty() || self.tasks.is_empty()) && cancel.is_cancelled() {
+            // Before anything starts, or the run ends.
+            if cancelled.is_cancelled() {
                 self.stop = Some((RunStatus::Cancelled, "the run was cancelled".to_owned()));
                 break;
             }
