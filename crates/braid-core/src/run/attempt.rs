@@ -27,7 +27,9 @@ pub(super) struct Member {
 pub(super) struct Finished {
     pub(super) member: Member,
     pub(super) attempts: u32,
-    pub(super) finished: Instant,
+    /// When it ended; `None` when the run's loop stamps it as it joins it
+    /// (a polled member, joined in the same poll: see `Scheduler::clock`).
+    pub(super) finished: Option<Instant>,
     pub(super) result: Result<Vec<(FieldId, Arc<Value>)>, AgentError>,
     /// Its writes came from the cache: the agent was not called.
     pub(super) cached: bool,
@@ -41,18 +43,31 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// Runs an agent's attempts: timeout per attempt, retries with exponential
 /// backoff and jitter, and the output checked against its declared writes.
+/// `first_began` is when the member started (its first attempt's start,
+/// for the duration a failed first attempt reports); with `stamp_end` it
+/// reads the clock as it ends, without it the run's loop does as it joins
+/// it (a polled member: in the same poll).
+///
+/// `runner` and `writes` are the agent's, shared (`Arc`) by a task that
+/// must own what it holds, borrowed from the pipeline by one its run polls.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice in its state"
 )]
-pub(super) fn attempt_loop(
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is moved into the future once; a struct of them would be built and taken apart again for every agent"
+)]
+pub(super) fn attempt_loop<'a>(
     member: Member,
-    runner: Arc<dyn Agent>,
+    runner: impl std::ops::Deref<Target = dyn Agent> + Send + 'a,
     mut input: AgentInput,
     policy: RetryPolicy,
-    writes: Arc<[FieldWrite]>,
+    writes: impl std::ops::Deref<Target = [FieldWrite]> + Send + 'a,
     max_depth: usize,
-) -> impl Future<Output = Finished> + Send + 'static {
+    first_began: Instant,
+    stamp_end: bool,
+) -> impl Future<Output = Finished> + Send + 'a {
     // An `async move` block, not an `async fn`: an `async fn` copies its
     // arguments into its state a second time (rust-lang/rust#62958),
     // about 220 bytes for every agent in flight.
@@ -62,7 +77,12 @@ pub(super) fn attempt_loop(
         let mut failures = Vec::new();
         loop {
             input.attempt = attempt;
-            let began = Instant::now();
+            // The first attempt began when the member was started.
+            let began = if attempt == 1 {
+                first_began
+            } else {
+                Instant::now()
+            };
             let span = tracing::debug_span!(
                 "agent",
                 agent = %input.agent,
@@ -116,7 +136,7 @@ pub(super) fn attempt_loop(
                     return Finished {
                         member,
                         attempts: attempt,
-                        finished: Instant::now(),
+                        finished: stamp_end.then(Instant::now),
                         result,
                         cached: false,
                         failures,

@@ -97,7 +97,7 @@ impl CacheCall {
                         return Finished {
                             member: self.member,
                             attempts: 0,
-                            finished: Instant::now(),
+                            finished: Some(Instant::now()),
                             result: Ok(writes),
                             cached: true,
                             failures: Vec::new(),

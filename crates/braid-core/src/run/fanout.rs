@@ -228,7 +228,7 @@ impl Scheduler<'_> {
     /// Popped from the ready queue: starts the next instance (taking the
     /// ones an earlier attempt completed as they are).
     pub(super) fn launch_item(&mut self, agent: AgentId) {
-        let now = Instant::now();
+        let now = self.clock();
         let Some(mut f) = self.progress[agent].take_fanout() else {
             return;
         };
@@ -325,7 +325,7 @@ impl Scheduler<'_> {
             processes: self.processes.clone(),
             tools: self.tool_calls(agent),
         };
-        self.spawn_member(member, input);
+        self.spawn_member(member, input, now);
         f.running += 1;
         let item = &mut f.items[i];
         item.status = Some(AgentStatus::Running);

@@ -155,7 +155,7 @@ pub(super) async fn run_group(
     Finished {
         member,
         attempts: 1,
-        finished: Instant::now(),
+        finished: Some(Instant::now()),
         result: result
             .map(|outputs| {
                 outputs

@@ -27,8 +27,11 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use super::attempt::{Finished, Member};
 
-/// A member's work, boxed once (see `scheduler::spawn`).
-pub(super) type MemberTask = Pin<Box<dyn Future<Output = Finished> + Send>>;
+/// A member's work, boxed once (see `scheduler::spawn`). A polled
+/// member's work may borrow from the run (`'a`, its pipeline: its runner
+/// and declared writes, with no reference count taken); a spawned
+/// member's is `'static`.
+pub(super) type MemberTask<'a> = Pin<Box<dyn Future<Output = Finished> + Send + 'a>>;
 
 /// How a member in flight ended.
 pub(super) enum Ended {
@@ -41,14 +44,14 @@ pub(super) enum Ended {
 }
 
 /// The members of one run in flight. See the [module docs](self).
-pub(super) struct InFlight {
-    mode: Mode,
+pub(super) struct InFlight<'a> {
+    mode: Mode<'a>,
     /// Members aborted here (polled mode), handed back by
     /// [`InFlight::join_next`] before anything else.
     cancelled: VecDeque<Member>,
 }
 
-enum Mode {
+enum Mode<'a> {
     /// Nothing started yet: the mode is picked, by the runtime the run is
     /// on, when the first member starts (and nothing is allocated before).
     Idle,
@@ -56,7 +59,7 @@ enum Mode {
     /// an aborted member's slot stays in the set, emptied, until the set is
     /// next empty of live ones.
     Polled {
-        set: FuturesUnordered<Polled>,
+        set: FuturesUnordered<Polled<'a>>,
         live: usize,
     },
     /// Spawned on a multi-thread runtime; the map says whose each task is.
@@ -67,12 +70,12 @@ enum Mode {
 }
 
 /// A polled member: its task until it ends (or is aborted).
-struct Polled {
+struct Polled<'a> {
     member: Member,
-    task: Option<MemberTask>,
+    task: Option<MemberTask<'a>>,
 }
 
-impl Future for Polled {
+impl Future for Polled<'_> {
     /// `None` for a member aborted while it was already queued to be polled.
     type Output = Option<Ended>;
 
@@ -96,7 +99,7 @@ impl Future for Polled {
 /// Drops a member's task; a panic while it drops (a nested run's
 /// bookkeeping, say) is caught, as Tokio catches one in a task it drops,
 /// rather than unwinding into the run's loop.
-fn drop_quietly(task: Option<MemberTask>) {
+fn drop_quietly(task: Option<MemberTask<'_>>) {
     if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(task))) {
         tracing::warn!(
             panic = %panic_message(&*panic),
@@ -114,7 +117,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
-impl Default for InFlight {
+impl Default for InFlight<'_> {
     /// None in flight; the mode is picked when the first member starts.
     fn default() -> Self {
         Self {
@@ -124,7 +127,7 @@ impl Default for InFlight {
     }
 }
 
-impl Mode {
+impl Mode<'_> {
     /// For the runtime this is called on: spawned on a multi-thread
     /// runtime, polled by the run's task otherwise.
     fn for_this_runtime() -> Self {
@@ -142,7 +145,7 @@ impl Mode {
     }
 }
 
-impl InFlight {
+impl<'a> InFlight<'a> {
     /// How many members are in flight.
     pub(super) fn len(&self) -> usize {
         self.cancelled.len()
@@ -157,8 +160,35 @@ impl InFlight {
         self.len() == 0
     }
 
+    /// Whether members are polled by the run's task (picking the mode, by
+    /// the runtime this is called on, if nothing started yet): a member's
+    /// task may then borrow from the run ([`InFlight::start_borrowing`]).
+    pub(super) fn polled(&mut self) -> bool {
+        if matches!(self.mode, Mode::Idle) {
+            self.mode = Mode::for_this_runtime();
+        }
+        matches!(self.mode, Mode::Polled { .. })
+    }
+
+    /// Starts `member`'s task, which borrows from the run. Only for polled
+    /// members: call it when [`InFlight::polled`] said so.
+    pub(super) fn start_borrowing(&mut self, member: Member, task: MemberTask<'a>) {
+        match &mut self.mode {
+            Mode::Polled { set, live } => {
+                set.push(Polled {
+                    member,
+                    task: Some(task),
+                });
+                *live += 1;
+            }
+            Mode::Idle | Mode::Spawned { .. } => {
+                unreachable!("a borrowing task is started only when members are polled")
+            }
+        }
+    }
+
     /// Starts `member`'s task.
-    pub(super) fn start(&mut self, member: Member, task: MemberTask) {
+    pub(super) fn start(&mut self, member: Member, task: MemberTask<'static>) {
         if matches!(self.mode, Mode::Idle) {
             self.mode = Mode::for_this_runtime();
         }

@@ -150,7 +150,8 @@ impl Scheduler<'_> {
                     Ok(writes) => Outcome::Completed(writes),
                     Err(error) => Outcome::Failed(error.to_string()),
                 };
-                Some((done.member, outcome, done.attempts, done.finished))
+                let finished = done.finished.unwrap_or_else(|| self.clock());
+                Some((done.member, outcome, done.attempts, finished))
             }
             Ended::Cancelled(member) => {
                 self.cancelled(member, Instant::now());
@@ -198,6 +199,8 @@ impl Scheduler<'_> {
     pub(super) async fn wind_down(&mut self) {
         self.tasks.abort_all();
         while let Some(ended) = self.tasks.join_next().await {
+            // Each join is a turn of its own.
+            self.turn_time = None;
             if let Some((member, outcome, attempts, now)) = self.joined(ended) {
                 match member.item {
                     None => self.record(member.agent, outcome, now),

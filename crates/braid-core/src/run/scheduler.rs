@@ -124,11 +124,14 @@ pub(super) struct Scheduler<'p> {
     /// Ready agents, earliest in topological order first.
     pub(super) ready: BinaryHeap<Reverse<(usize, AgentId)>>,
     /// Its members in flight (see `members.rs`).
-    pub(super) tasks: InFlight,
+    pub(super) tasks: InFlight<'p>,
     /// Instances of `foreach` agents an earlier attempt completed, by
     /// agent and element, until the fan-out starts (resume).
     pub(super) resumed_items: HashMap<AgentId, HashMap<usize, AgentRecord>>,
     pub(super) start: Instant,
+    /// The time of this turn of the loop, read once (see
+    /// [`Scheduler::clock`]).
+    pub(super) turn_time: Option<Instant>,
     /// Set when the run must stop: its status and why.
     pub(super) stop: Option<(RunStatus, String)>,
     pub(super) any_failed: bool,
@@ -222,11 +225,11 @@ fn sleep_until(wake: Option<Instant>) -> Either<Pin<Box<tokio::time::Sleep>>, Pe
 /// whole future, which is otherwise copied several times on its way into
 /// the cell and again when its output replaces it (measured: about 1,000
 /// instructions of `memcpy` per agent).
-fn boxed(
-    task: impl Future<Output = Finished> + Send + 'static,
+fn boxed<'a>(
+    task: impl Future<Output = Finished> + Send + 'a,
     cache: Option<super::cached::CacheCall>,
     span: tracing::Span,
-) -> MemberTask {
+) -> MemberTask<'a> {
     use tracing::Instrument;
     match (cache, span.is_disabled()) {
         (None, true) => Box::pin(task),
@@ -238,6 +241,29 @@ fn boxed(
 
 /// A slot of the run's concurrency limit.
 type Slot = tokio::sync::OwnedSemaphorePermit;
+
+/// `task` boxed (see [`boxed`]), holding `slot` (if it took one) until it
+/// ends, however it ends (aborted too). Without a slot, `task` is boxed as
+/// it is: a wrapper would make every agent's box larger.
+fn boxed_holding<'a>(
+    task: impl Future<Output = Finished> + Send + 'a,
+    slot: Option<Slot>,
+    cache: Option<super::cached::CacheCall>,
+    span: tracing::Span,
+) -> MemberTask<'a> {
+    match slot {
+        Some(slot) => boxed(
+            async move {
+                let finished = task.await;
+                drop(slot);
+                finished
+            },
+            cache,
+            span,
+        ),
+        None => boxed(task, cache, span),
+    }
+}
 
 /// A boxed wait for a [`Slot`].
 type SlotWait = Pin<Box<dyn Future<Output = Option<Slot>> + Send>>;
@@ -384,6 +410,7 @@ impl<'p> Scheduler<'p> {
             tasks: InFlight::default(),
             resumed_items: HashMap::new(),
             start: Instant::now(),
+            turn_time: None,
             stop: foreign.map(|why| (RunStatus::Failed, why)),
             any_failed: false,
             kept_writes,
@@ -734,6 +761,8 @@ impl<'p> Scheduler<'p> {
                 break;
             }
             let wake = self.next_deadline();
+            // What happens after the wait is a new turn, at a new time.
+            self.turn_time = None;
             tokio::select! {
                 biased;
                 () = &mut cancelled => {
@@ -792,6 +821,17 @@ impl<'p> Scheduler<'p> {
                 false
             }
         }
+    }
+
+    /// The time of this turn of the run's loop: read from the monotonic
+    /// clock at its first use in the turn, then the same for what else
+    /// happens in the turn (members that ended, the agents they made
+    /// ready and that start). A clock read was about a tenth of a no-op
+    /// agent's time (issue 16); times in the report have the resolution
+    /// of one turn, which lasts microseconds (a turn that starts a
+    /// fan-out of thousands, a millisecond or so).
+    pub(super) fn clock(&mut self) -> Instant {
+        *self.turn_time.get_or_insert_with(Instant::now)
     }
 
     pub(super) fn make_ready(&mut self, agent: AgentId, now: Instant) {
@@ -866,7 +906,7 @@ impl<'p> Scheduler<'p> {
     /// Starts `agent`, or skips it when its condition is false or a read it
     /// needs was never produced.
     pub(super) fn launch(&mut self, agent: AgentId) {
-        let now = Instant::now();
+        let now = self.clock();
         let pipeline = self.pipeline;
         let def = &pipeline.agents[agent];
         // Merge fields it reads are combined now, once all their writers are done.
@@ -939,7 +979,7 @@ impl<'p> Scheduler<'p> {
             processes: self.processes.clone(),
             tools: self.tool_calls(agent),
         };
-        self.spawn_member(Member { agent, item: None }, input);
+        self.spawn_member(Member { agent, item: None }, input, now);
         let progress = &mut self.progress[agent];
         progress.status = AgentStatus::Running;
         progress.started = Some(now);
@@ -955,14 +995,16 @@ impl<'p> Scheduler<'p> {
     }
 
     /// Starts a member's task: its attempts, or a group's nested run(s).
-    pub(super) fn spawn_member(&mut self, member: Member, input: AgentInput) {
+    /// `now` is when it starts (its first attempt's start: the clock is
+    /// not read again for it).
+    pub(super) fn spawn_member(&mut self, member: Member, input: AgentInput, now: Instant) {
         let pipeline = self.pipeline;
         let def = &pipeline.agents[member.agent];
         // The agent's spans are children of the run's.
         let span = self.loop_span.clone();
         // A cached agent's task looks itself up first (see `cached.rs`).
         let cache = self.cache_call(member, &input.agent, &input.reads.0);
-        let task = match (&def.group, &self.ctx) {
+        match (&def.group, &self.ctx) {
             (Some(group), Some(ctx)) => {
                 let task = super::group::run_group(
                     member,
@@ -972,7 +1014,26 @@ impl<'p> Scheduler<'p> {
                     self.definition_of(member.agent),
                     def.policy.timeout,
                 );
-                boxed(task, cache, span)
+                self.tasks.start(member, boxed(task, cache, span));
+            }
+            // Polled by this run's task, the attempts borrow the agent's
+            // runner and writes from the pipeline: no reference count is
+            // taken and given back per agent (which every run on every
+            // core shares).
+            _ if self.tasks.polled() => {
+                let task = attempt_loop(
+                    member,
+                    &*def.runner,
+                    input,
+                    def.policy,
+                    &*def.writes,
+                    self.max_depth,
+                    now,
+                    // Joined in the poll it ends in: the loop stamps it.
+                    false,
+                );
+                let task = boxed_holding(task, self.slot.take(), cache, span);
+                self.tasks.start_borrowing(member, task);
             }
             _ => {
                 let task = attempt_loop(
@@ -982,23 +1043,13 @@ impl<'p> Scheduler<'p> {
                     def.policy,
                     def.writes.clone(),
                     self.max_depth,
+                    now,
+                    true,
                 );
-                match self.slot.take() {
-                    // Held until the task ends, however it ends (aborted too).
-                    Some(slot) => boxed(
-                        async move {
-                            let finished = task.await;
-                            drop(slot);
-                            finished
-                        },
-                        cache,
-                        span,
-                    ),
-                    None => boxed(task, cache, span),
-                }
+                let task = boxed_holding(task, self.slot.take(), cache, span);
+                self.tasks.start(member, task);
             }
-        };
-        self.tasks.start(member, task);
+        }
     }
 
     /// Where `agent`'s tool calls are recorded, for an agent with tools
@@ -1184,8 +1235,10 @@ impl<'p> Scheduler<'p> {
             }
         }
         let report = RunReport {
-            run_id: self.run_id.to_string(),
-            pipeline: self.pipeline.name.to_string(),
+            // Copied, not formatted: `to_string` on an `Arc<str>` goes
+            // through `Display` and the formatter (issue 16).
+            run_id: String::from(&*self.run_id),
+            pipeline: String::from(&*self.pipeline.name),
             status,
             error,
             makespan_ms,
