@@ -75,14 +75,14 @@ pub(super) fn attempt_loop<'a>(
         use tracing::Instrument;
         let mut attempt = 1;
         let mut failures = Vec::new();
+        // The first attempt began when the member was started (one slot in
+        // the future for both, not two).
+        let mut began = first_began;
         loop {
             input.attempt = attempt;
-            // The first attempt began when the member was started.
-            let began = if attempt == 1 {
-                first_began
-            } else {
-                Instant::now()
-            };
+            if attempt > 1 {
+                began = Instant::now();
+            }
             let span = tracing::debug_span!(
                 "agent",
                 agent = %input.agent,

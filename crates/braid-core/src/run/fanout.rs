@@ -159,7 +159,11 @@ impl Scheduler<'_> {
             base,
             results: vec![vec![None; len]; def.writes.len()],
             items: (0..len).map(|_| Item::default()).collect(),
-            resumed: self.resumed_items.remove(&agent).unwrap_or_default(),
+            resumed: self
+                .resumed
+                .as_mut()
+                .and_then(|r| r.items.remove(&agent))
+                .unwrap_or_default(),
             kept: if checkpointed {
                 vec![Vec::new(); len]
             } else {

@@ -125,9 +125,9 @@ pub(super) struct Scheduler<'p> {
     pub(super) ready: BinaryHeap<Reverse<(usize, AgentId)>>,
     /// Its members in flight (see `members.rs`).
     pub(super) tasks: InFlight<'p>,
-    /// Instances of `foreach` agents an earlier attempt completed, by
-    /// agent and element, until the fan-out starts (resume).
-    pub(super) resumed_items: HashMap<AgentId, HashMap<usize, AgentRecord>>,
+    /// What the run this one continues left to take up (a resumed run's
+    /// alone: boxed, so that other runs do not carry three empty maps).
+    pub(super) resumed: Option<Box<Resumed>>,
     pub(super) start: Instant,
     /// The time of this turn of the loop, read once (see
     /// [`Scheduler::clock`]).
@@ -172,12 +172,6 @@ pub(super) struct Scheduler<'p> {
     /// `input` agents waiting for their answer, with their deadline (ms
     /// since the Unix epoch; `None` waits for ever). See `wait.rs`.
     pub(super) waits: Vec<(AgentId, Option<i64>)>,
-    /// Deadlines of `input` agents that were waiting in the run this one
-    /// continues: a wait keeps its deadline across processes.
-    pub(super) resumed_waits: HashMap<AgentId, i64>,
-    /// Agents with tools that were running when the run this one continues
-    /// stopped: their record (tool calls and conversation), to take up.
-    pub(super) resumed_tool_calls: HashMap<AgentId, AgentReport>,
     /// The span current when the loop began (the run's, when recorded):
     /// its agents' spans are its children. Taken once, not looked up in
     /// the dispatcher for every agent.
@@ -237,6 +231,21 @@ fn boxed<'a>(
         (Some(call), true) => Box::pin(call.around(task)),
         (Some(call), false) => Box::pin(call.around(task).instrument(span)),
     }
+}
+
+/// What a resumed run takes up from the run it continues, until each
+/// agent it concerns starts.
+#[derive(Default)]
+pub(super) struct Resumed {
+    /// Instances of `foreach` agents an earlier attempt completed, by
+    /// agent and element, until the fan-out starts.
+    pub(super) items: HashMap<AgentId, HashMap<usize, AgentRecord>>,
+    /// Deadlines of `input` agents that were waiting: a wait keeps its
+    /// deadline across processes (see `wait.rs`).
+    pub(super) waits: HashMap<AgentId, i64>,
+    /// Agents with tools that were running when it stopped: their record
+    /// (tool calls and conversation), to take up.
+    pub(super) tool_calls: HashMap<AgentId, AgentReport>,
 }
 
 /// A slot of the run's concurrency limit.
@@ -408,7 +417,7 @@ impl<'p> Scheduler<'p> {
             tokens: (0..n).map(|_| Default::default()).collect(),
             ready: BinaryHeap::new(),
             tasks: InFlight::default(),
-            resumed_items: HashMap::new(),
+            resumed: None,
             start: Instant::now(),
             turn_time: None,
             stop: foreign.map(|why| (RunStatus::Failed, why)),
@@ -416,8 +425,6 @@ impl<'p> Scheduler<'p> {
             kept_writes,
             checkpoint,
             waits: Vec::new(),
-            resumed_waits: HashMap::new(),
-            resumed_tool_calls: HashMap::new(),
             loop_span: tracing::Span::none(),
         }
     }
@@ -524,7 +531,7 @@ impl<'p> Scheduler<'p> {
                 && let (Some(&id), Some(deadline)) =
                     (ids.get(&*record.agent), record.report.deadline_ms)
             {
-                self.resumed_waits.insert(id, deadline);
+                self.resumed_mut().waits.insert(id, deadline);
             }
             if record.report.status == AgentStatus::Running
                 && (!record.report.tool_calls.is_empty() || record.report.transcript.is_some())
@@ -576,7 +583,7 @@ impl<'p> Scheduler<'p> {
                 && let Some(record) = running.remove(&id)
                 && same(record.definition.as_deref())
             {
-                self.resumed_tool_calls.insert(id, record.report);
+                self.resumed_mut().tool_calls.insert(id, record.report);
             }
             let Some(record) = by_agent[id].take() else {
                 // A fan-out that did not finish keeps its finished
@@ -584,7 +591,7 @@ impl<'p> Scheduler<'p> {
                 if let Some(mut done) = items.remove(&id) {
                     done.retain(|_, r| same(r.definition.as_deref()));
                     if !done.is_empty() {
-                        self.resumed_items.insert(id, done);
+                        self.resumed_mut().items.insert(id, done);
                     }
                 }
                 continue;
@@ -832,6 +839,11 @@ impl<'p> Scheduler<'p> {
     /// fan-out of thousands, a millisecond or so).
     pub(super) fn clock(&mut self) -> Instant {
         *self.turn_time.get_or_insert_with(Instant::now)
+    }
+
+    /// What this run takes up from the one it continues (made on first use).
+    pub(super) fn resumed_mut(&mut self) -> &mut Resumed {
+        self.resumed.get_or_insert_with(Default::default)
     }
 
     pub(super) fn make_ready(&mut self, agent: AgentId, now: Instant) {
@@ -1082,7 +1094,11 @@ impl<'p> Scheduler<'p> {
             journal,
             cache,
         );
-        if let Some(earlier) = self.resumed_tool_calls.remove(&agent) {
+        if let Some(earlier) = self
+            .resumed
+            .as_mut()
+            .and_then(|r| r.tool_calls.remove(&agent))
+        {
             calls = calls.resuming(&self.name_of(agent), earlier);
         }
         let calls = Arc::new(calls);

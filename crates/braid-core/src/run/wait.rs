@@ -43,11 +43,15 @@ impl Scheduler<'_> {
         let Some(input) = def.input.clone() else {
             return;
         };
-        let deadline = self.resumed_waits.remove(&agent).or_else(|| {
-            def.policy
-                .timeout
-                .map(|t| unix_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)))
-        });
+        let deadline = self
+            .resumed
+            .as_mut()
+            .and_then(|r| r.waits.remove(&agent))
+            .or_else(|| {
+                def.policy.timeout.map(|t| {
+                    unix_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+                })
+            });
         let progress = &mut self.progress[agent];
         progress.status = AgentStatus::Waiting;
         progress.started = Some(now);
