@@ -232,7 +232,7 @@ impl Scheduler<'_> {
     /// Popped from the ready queue: starts the next instance (taking the
     /// ones an earlier attempt completed as they are).
     pub(super) fn launch_item(&mut self, agent: AgentId) {
-        let now = self.clock();
+        let now = self.start_time();
         let Some(mut f) = self.progress[agent].take_fanout() else {
             return;
         };

@@ -833,12 +833,22 @@ impl<'p> Scheduler<'p> {
     /// The time of this turn of the run's loop: read from the monotonic
     /// clock at its first use in the turn, then the same for what else
     /// happens in the turn (members that ended, the agents they made
-    /// ready and that start). A clock read was about a tenth of a no-op
+    /// ready; those that start in it, a nanosecond later: see
+    /// [`Scheduler::start_time`]). A clock read was about a tenth of a no-op
     /// agent's time (issue 16); times in the report have the resolution
     /// of one turn, which lasts microseconds (a turn that starts a
     /// fan-out of thousands, a millisecond or so).
     pub(super) fn clock(&mut self) -> Instant {
         *self.turn_time.get_or_insert_with(Instant::now)
+    }
+
+    /// When an agent (or instance) that starts in this turn starts: a
+    /// nanosecond after [`Scheduler::clock`], so that it comes after every
+    /// end joined in the turn (its dependencies' among them), in the
+    /// report's milliseconds too: a start equal to an end could read as a
+    /// rounding error before it (`start_ms + duration_ms`).
+    pub(super) fn start_time(&mut self) -> Instant {
+        self.clock() + std::time::Duration::from_nanos(1)
     }
 
     /// What this run takes up from the one it continues (made on first use).
@@ -918,7 +928,7 @@ impl<'p> Scheduler<'p> {
     /// Starts `agent`, or skips it when its condition is false or a read it
     /// needs was never produced.
     pub(super) fn launch(&mut self, agent: AgentId) {
-        let now = self.clock();
+        let now = self.start_time();
         let pipeline = self.pipeline;
         let def = &pipeline.agents[agent];
         // Merge fields it reads are combined now, once all their writers are done.
