@@ -49,10 +49,10 @@ pub(super) struct Cancelled<'a, 'f> {
     token: &'a CancellationToken,
     future: Pin<&'f mut WaitForCancellationFuture<'a>>,
     woken: Arc<Woken>,
-    /// The task's waker `woken` wakes (the one of the last poll).
+    /// The task's waker `woken` wakes (the one of the last poll); `Some`
+    /// once polled, when the token's future is registered and wakes
+    /// `woken`.
     task: Option<Waker>,
-    /// The token's future was polled: it is registered, and wakes `woken`.
-    registered: bool,
     /// The token's future ended: the token is cancelled.
     ended: bool,
 }
@@ -72,7 +72,6 @@ impl<'a, 'f> Cancelled<'a, 'f> {
             future,
             woken,
             task: None,
-            registered: false,
             ended: false,
         }
     }
@@ -83,7 +82,7 @@ impl<'a, 'f> Cancelled<'a, 'f> {
         if self.ended {
             return true;
         }
-        if self.registered && !self.woken.load_hint() {
+        if self.task.is_some() && !self.woken.load_hint() {
             return false;
         }
         self.token.is_cancelled()
@@ -105,6 +104,7 @@ impl Future for Cancelled<'_, '_> {
         if this.ended {
             return Poll::Ready(());
         }
+        let registered = this.task.is_some();
         // The task to wake is registered again only when it changed (a run
         // is polled by one task, whose waker stays the same).
         if !this.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
@@ -112,10 +112,9 @@ impl Future for Cancelled<'_, '_> {
             this.task = Some(cx.waker().clone());
         }
         let woken = this.woken.load_hint() && this.woken.woken.swap(false, Ordering::AcqRel);
-        if this.registered && !woken {
+        if registered && !woken {
             return Poll::Pending;
         }
-        this.registered = true;
         // Made when needed (the first poll, and after each wake-up) rather
         // than kept: 16 bytes less in every run in flight.
         let waker = Waker::from(this.woken.clone());
@@ -130,6 +129,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Whether `cancelled` is still pending after a few milliseconds.
+    async fn stays_pending(cancelled: &mut Cancelled<'_, '_>) -> bool {
+        tokio::time::timeout(Duration::from_millis(5), cancelled)
+            .await
+            .is_err()
+    }
+
     #[tokio::test]
     async fn ends_when_the_token_is_cancelled_after_it_was_polled() {
         let token = CancellationToken::new();
@@ -139,11 +145,7 @@ mod tests {
         assert!(!cancelled.is_cancelled());
         // Registered, and not ready yet: polled many times, it stays pending.
         for _ in 0..3 {
-            assert!(
-                tokio::time::timeout(Duration::from_millis(5), &mut cancelled)
-                    .await
-                    .is_err()
-            );
+            assert!(stays_pending(&mut cancelled).await);
         }
         assert!(!cancelled.is_cancelled());
         let canceller = token.clone();
@@ -163,11 +165,7 @@ mod tests {
         let future = token.cancelled();
         tokio::pin!(future);
         let mut cancelled = Cancelled::new(&token, future);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(5), &mut cancelled)
-                .await
-                .is_err()
-        );
+        assert!(stays_pending(&mut cancelled).await);
         token.cancel();
         (&mut cancelled).await;
         // The wake-up was taken by the poll that ended it.
@@ -194,11 +192,7 @@ mod tests {
         let future = token.cancelled();
         tokio::pin!(future);
         let mut cancelled = Cancelled::new(&token, future);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(5), &mut cancelled)
-                .await
-                .is_err()
-        );
+        assert!(stays_pending(&mut cancelled).await);
         token.cancel();
         // The wake-up was noted: the token is asked, without a poll between.
         assert!(cancelled.is_cancelled());
